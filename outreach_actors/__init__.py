@@ -1,0 +1,15 @@
+"""outreach_actors: reactive email outreach campaigns on Dramatiq actors.
+
+``dramatiq outreach_actors`` and ``periodiq outreach_actors`` import this package:
+it reads the settings, starts Sentry (if configured) before building the broker,
+installs the broker with its middleware, binds the database and declares every
+actor. Building the broker does no I/O; the embedded Redis starts on first use.
+"""
+
+from .runtime import setup as _setup
+
+broker = _setup()
+
+from . import actors  # noqa: E402,F401  (declares every actor on `broker`)
+
+__all__ = ["broker"]

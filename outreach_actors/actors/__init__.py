@@ -1,0 +1,1 @@
+"""Thin Dramatiq actors: each loads ids, calls the domain, and lets middleware rule."""

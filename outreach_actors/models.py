@@ -1,0 +1,269 @@
+"""The tables: every fact the engine keeps, bound to the database through a proxy."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import peewee
+from playhouse.shortcuts import ThreadSafeDatabaseMetadata
+
+database_proxy = peewee.DatabaseProxy()
+
+
+def utcnow() -> datetime:
+    """Naive UTC: what every DateTimeField holds, on SQLite and PostgreSQL alike."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def new_message_id() -> str:
+    return "msg_" + uuid.uuid4().hex
+
+
+class JSONField(peewee.TextField):
+    """JSON stored as text, so the same schema works on SQLite and PostgreSQL."""
+
+    def db_value(self, value):
+        import json
+
+        return None if value is None else json.dumps(value, sort_keys=True, default=str)
+
+    def python_value(self, value):
+        import json
+
+        return None if value is None else json.loads(value)
+
+
+class BaseModel(peewee.Model):
+    class Meta:
+        database = database_proxy
+        # Tests and host apps rebind the database at run time; this keeps the
+        # binding consistent across worker threads.
+        model_metadata_class = ThreadSafeDatabaseMetadata
+        legacy_table_names = False
+
+
+class Tenant(BaseModel):
+    id = peewee.CharField(primary_key=True, max_length=64)
+    name = peewee.CharField(default="")
+    # Per-tenant overrides of the rate limits, e.g. {"tenant_per_hour": 10000}.
+    rate_limits = JSONField(default=dict)
+    created_at = peewee.DateTimeField(default=utcnow)
+
+
+class SenderIdentity(BaseModel):
+    tenant = peewee.ForeignKeyField(Tenant, backref="senders", on_delete="CASCADE")
+    email = peewee.CharField()
+    name = peewee.CharField(default="")
+    verified = peewee.BooleanField(default=False)
+    rate_limits = JSONField(default=dict)
+    created_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("tenant", "email"), True),)
+
+
+class Contact(BaseModel):
+    tenant = peewee.ForeignKeyField(Tenant, backref="contacts", on_delete="CASCADE")
+    email = peewee.CharField()  # stored lower-cased
+    fields = JSONField(default=dict)
+    timezone = peewee.CharField(null=True)
+    created_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("tenant", "email"), True),)
+
+
+class Plan(BaseModel):
+    tenant = peewee.ForeignKeyField(Tenant, backref="plans", on_delete="CASCADE")
+    name = peewee.CharField()
+    version = peewee.IntegerField(default=1)
+    definition = JSONField()
+    created_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("tenant", "name", "version"), True),)
+
+
+class Enrollment(BaseModel):
+    ACTIVE, COMPLETED, EXITED, FAILED = "active", "completed", "exited", "failed"
+
+    tenant = peewee.ForeignKeyField(Tenant, backref="enrollments", on_delete="CASCADE")
+    plan = peewee.ForeignKeyField(Plan, backref="enrollments", on_delete="CASCADE")
+    contact = peewee.ForeignKeyField(Contact, backref="enrollments", on_delete="CASCADE")
+    # Unique unless the plan allows re-entry: refuses a second enrollment atomically.
+    enrollment_key = peewee.CharField(unique=True)
+    current_node = peewee.CharField()
+    status = peewee.CharField(default=ACTIVE, index=True)
+    exit_reason = peewee.CharField(null=True)
+    # Optimistic concurrency: every move is `UPDATE ... WHERE version = seen`.
+    version = peewee.IntegerField(default=0)
+    node_entered_at = peewee.DateTimeField(default=utcnow)
+    created_at = peewee.DateTimeField(default=utcnow)
+    updated_at = peewee.DateTimeField(default=utcnow)
+
+
+class NodeVisit(BaseModel):
+    """One row each time an enrollment enters a node: the history behind the funnel."""
+
+    enrollment = peewee.ForeignKeyField(Enrollment, backref="visits", on_delete="CASCADE")
+    node = peewee.CharField()
+    via_event = peewee.CharField(null=True)
+    entered_at = peewee.DateTimeField(default=utcnow)
+    # The version the enrollment had after this move: unique per enrollment.
+    version = peewee.IntegerField()
+
+    class Meta:
+        indexes = ((("enrollment", "version"), True),)
+
+
+class ScheduledAction(BaseModel):
+    """A timer: the database, not the broker, is the source of truth for time."""
+
+    SEND, TIMEOUT = "send", "timeout"
+    PENDING, ENQUEUED, RUNNING = "pending", "enqueued", "running"
+    DONE, SKIPPED, CANCELLED, FAILED = "done", "skipped", "cancelled", "failed"
+    OPEN_STATUSES = (PENDING, ENQUEUED, RUNNING)
+
+    enrollment = peewee.ForeignKeyField(Enrollment, backref="actions", on_delete="CASCADE")
+    node = peewee.CharField()
+    kind = peewee.CharField()
+    event = peewee.CharField(null=True)  # the synthetic event a timeout fires
+    message = peewee.DeferredForeignKey("OutboundMessage", null=True, on_delete="SET NULL")
+    run_at = peewee.DateTimeField()
+    status = peewee.CharField(default=PENDING)
+    attempts = peewee.IntegerField(default=0)
+    # An enqueued/running action whose lease passed is enqueued again.
+    lease_until = peewee.DateTimeField(null=True)
+    dedupe_key = peewee.CharField(unique=True)
+    result = peewee.TextField(null=True)
+    created_at = peewee.DateTimeField(default=utcnow)
+    enqueued_at = peewee.DateTimeField(null=True)
+    fired_at = peewee.DateTimeField(null=True)
+    finished_at = peewee.DateTimeField(null=True)
+
+    class Meta:
+        indexes = (
+            (("status", "run_at"), False),
+            (("enrollment", "status"), False),
+        )
+
+
+class OutboundMessage(BaseModel):
+    RENDERED, SENDING, SENT, FAILED = "rendered", "sending", "sent", "failed"
+    SUPPRESSED, AMBIGUOUS, CANCELLED = "suppressed", "ambiguous", "cancelled"
+
+    id = peewee.CharField(primary_key=True, default=new_message_id, max_length=64)
+    tenant = peewee.ForeignKeyField(Tenant, backref="messages", on_delete="CASCADE")
+    enrollment = peewee.ForeignKeyField(
+        Enrollment, backref="messages", null=True, on_delete="CASCADE"
+    )
+    action = peewee.ForeignKeyField(
+        ScheduledAction, backref="messages", null=True, on_delete="SET NULL"
+    )
+    node = peewee.CharField(null=True)
+    dedupe_key = peewee.CharField(unique=True)
+    status = peewee.CharField(default=RENDERED, index=True)
+    to_email = peewee.CharField()
+    from_email = peewee.CharField()
+    from_name = peewee.CharField(default="")
+    subject = peewee.TextField()
+    html = peewee.TextField()
+    text = peewee.TextField()
+    categories = JSONField(default=list)
+    headers = JSONField(default=dict)
+    provider_message_id = peewee.CharField(null=True, index=True)
+    error = peewee.TextField(null=True)
+    attempts = peewee.IntegerField(default=0)
+    created_at = peewee.DateTimeField(default=utcnow)
+    send_started_at = peewee.DateTimeField(null=True)
+    sent_at = peewee.DateTimeField(null=True)
+
+
+class WebhookDelivery(BaseModel):
+    RECEIVED, PROCESSED, FAILED = "received", "processed", "failed"
+
+    provider = peewee.CharField(default="sendgrid")
+    body = peewee.BlobField()
+    headers = JSONField(default=dict)
+    status = peewee.CharField(default=RECEIVED, index=True)
+    error = peewee.TextField(null=True)
+    attempts = peewee.IntegerField(default=0)
+    received_at = peewee.DateTimeField(default=utcnow, index=True)
+    processed_at = peewee.DateTimeField(null=True)
+
+
+class MessageEvent(BaseModel):
+    message = peewee.ForeignKeyField(
+        OutboundMessage, backref="events", null=True, on_delete="CASCADE"
+    )
+    tenant = peewee.CharField(null=True)
+    type = peewee.CharField()
+    provider_event = peewee.CharField(null=True)  # SendGrid's own name, e.g. "spamreport"
+    synthetic = peewee.BooleanField(default=False)
+    # sg_event_id, a stable hash of the event, or "action:<id>" for synthetic events.
+    event_key = peewee.CharField(unique=True)
+    email = peewee.CharField(null=True)
+    occurred_at = peewee.DateTimeField()
+    received_at = peewee.DateTimeField(default=utcnow)
+    action = peewee.ForeignKeyField(ScheduledAction, null=True, on_delete="SET NULL")
+    delivery = peewee.ForeignKeyField(WebhookDelivery, null=True, on_delete="SET NULL")
+    scheduled_for = peewee.DateTimeField(null=True)  # synthetic: when the timer was due
+    data = JSONField(default=dict)
+
+    class Meta:
+        indexes = ((("message", "type"), False),)
+
+
+class Suppression(BaseModel):
+    EMAIL = "email"  # whole-tenant suppression; ASM groups use "asm_group:<id>"
+
+    tenant = peewee.ForeignKeyField(Tenant, backref="suppressions", on_delete="CASCADE")
+    channel = peewee.CharField(default=EMAIL)
+    value = peewee.CharField()  # the address, lower-cased
+    reason = peewee.CharField()
+    source = peewee.CharField(null=True)  # event key, "manual", "import", ...
+    created_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("tenant", "channel", "value"), True),)
+
+
+class PeriodicTick(BaseModel):
+    """One row per (job, tick): a unique insert makes a periodic job run once per tick."""
+
+    job = peewee.CharField()
+    tick = peewee.CharField()
+    created_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("job", "tick"), True),)
+
+
+ALL_MODELS: list[type[BaseModel]] = [
+    Tenant,
+    SenderIdentity,
+    Contact,
+    Plan,
+    Enrollment,
+    NodeVisit,
+    ScheduledAction,
+    OutboundMessage,
+    WebhookDelivery,
+    MessageEvent,
+    Suppression,
+    PeriodicTick,
+]
+
+
+def bind(database: peewee.Database) -> None:
+    database_proxy.initialize(database)
+
+
+def create_schema(database: peewee.Database) -> None:
+    """Create or upgrade the schema; safe to run any number of times."""
+    bind(database)
+    with database.connection_context():
+        # A DeferredForeignKey (ScheduledAction.message) is created as a plain
+        # column: the tables reference each other, and no constraint is needed.
+        database.create_tables(ALL_MODELS, safe=True)

@@ -1,0 +1,63 @@
+"""Wiring for a process: Sentry first, then the broker, then the database binding."""
+
+from __future__ import annotations
+
+import logging
+
+import dramatiq
+
+from . import models
+from .broker import make_broker
+from .db import database_from_url
+from .settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+
+def init_sentry(settings: Settings) -> bool:
+    """Start sentry-sdk with the Dramatiq integration, if a DSN is configured.
+
+    Must run before any broker is built: the integration patches Broker.__init__.
+    """
+    if not settings.sentry_dsn:
+        return False
+    try:
+        import sentry_sdk
+        from sentry_sdk.integrations.dramatiq import DramatiqIntegration
+    except ImportError as exc:
+        from .settings import SettingsError
+
+        raise SettingsError(
+            "OUTREACH_SENTRY_DSN is set but sentry-sdk is not installed; "
+            "install outreach_actors[sentry]"
+        ) from exc
+    from .observability import sentry_before_send
+
+    sentry_sdk.init(
+        dsn=settings.sentry_dsn,
+        environment=settings.sentry_environment,
+        integrations=[DramatiqIntegration()],
+        before_send=sentry_before_send,
+    )
+    return True
+
+
+def bind_database(settings: Settings) -> None:
+    models.bind(database_from_url(settings.database_url, settings))
+
+
+def setup(settings: Settings | None = None) -> dramatiq.Broker:
+    """Build and install the process-wide broker and database for these settings."""
+    settings = settings or get_settings()
+    init_sentry(settings)
+    broker = make_broker(settings)
+    dramatiq.set_broker(broker)
+    bind_database(settings)
+    return broker
+
+
+def rebind_actors(broker: dramatiq.Broker, actors: list[dramatiq.Actor]) -> None:
+    """Move already-declared actors onto another broker (tests switch brokers)."""
+    for actor in actors:
+        actor.broker = broker
+        broker.declare_actor(actor)

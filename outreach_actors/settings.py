@@ -1,0 +1,217 @@
+"""One frozen Settings object, read from ``OUTREACH_*`` variables or a host app's config.
+
+Every field maps to an environment variable named ``OUTREACH_`` + the field name in
+upper case (``broker_url`` -> ``OUTREACH_BROKER_URL``). Django reads the same keys
+from an ``OUTREACH`` dict and Flask from ``app.config`` (``OUTREACH_*`` keys), see
+:func:`settings_from_mapping`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import isodate
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, field_validator
+
+ENV_PREFIX = "OUTREACH_"
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the variable."""
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Parse an ISO-8601 duration (``PT72H``, ``P2D``) into a timedelta.
+
+    Years and months are refused: their length depends on the calendar, and a
+    timer must mean the same number of seconds wherever it is computed.
+    """
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected an ISO-8601 duration such as PT72H, got {value!r}")
+    try:
+        parsed = isodate.parse_duration(value.strip())
+    except (isodate.ISO8601Error, ValueError) as exc:
+        raise ValueError(f"{value!r} is not an ISO-8601 duration such as PT72H or P2D") from exc
+    if isinstance(parsed, isodate.Duration):
+        raise ValueError(f"{value!r} uses years or months; use days (P30D) instead")
+    if parsed < timedelta(0):
+        raise ValueError(f"{value!r} is negative; a duration must be zero or more")
+    return parsed
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class Settings(BaseModel):
+    """Everything the engine can be told, with the defaults that work out of the box."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Where work and facts live. Unset broker/database URLs mean the embedded default.
+    broker_url: str | None = None
+    database_url: str | None = None
+    data_dir: Path = Path("./var")
+    broker_namespace: str = "outreach"
+    templates_dir: Path = Path("./templates")
+
+    # SendGrid.
+    sendgrid_api_key: str | None = None
+    sendgrid_api_host: str = "https://api.sendgrid.com"
+    sendgrid_timeout: Duration = timedelta(seconds=10)
+    sendgrid_webhook_public_key: str | None = None
+    # Accepting unsigned webhooks must be asked for by name; it is logged at start.
+    sendgrid_webhook_allow_unsigned: bool = False
+    webhook_replay_window: Duration = timedelta(minutes=10)
+    webhook_max_body_bytes: int = 10 * 1024 * 1024
+
+    # Public URL of the webhook/unsubscribe app, used to build unsubscribe links.
+    public_base_url: str = "http://localhost:8000"
+    # Secret for unsubscribe tokens; the default is only fit for local use.
+    secret_key: str = "outreach-insecure-development-key"
+
+    sentry_dsn: str | None = None
+    sentry_environment: str | None = None
+
+    # Default timeouts for transitions that do not give `after`.
+    no_open_timeout: Duration = timedelta(hours=72)
+    no_click_timeout: Duration = timedelta(hours=24)
+    # Whether opens that SendGrid flags as machine opens (Apple MPP, proxies) count
+    # as engagement: when false they are stored but do not move contacts.
+    machine_opens_are_engagement: bool = False
+
+    # Rate limits, per scope; overridable per tenant and sender in the database.
+    ratelimit_sender_per_minute: int = 20
+    ratelimit_sender_per_hour: int = 1000
+    ratelimit_tenant_per_hour: int = 5000
+    ratelimit_domain_per_hour: int = 200
+    ratelimit_global_per_hour: int = 20000
+
+    # Timers and the dispatcher.
+    dispatch_horizon: Duration = timedelta(minutes=1)
+    dispatch_interval: Duration = timedelta(seconds=5)
+    dispatch_batch_size: int = 500
+    action_lease: Duration = timedelta(minutes=5)
+    send_max_retries: int = 8
+
+    # Suppression policy.
+    soft_bounce_limit: int = 3
+    soft_bounce_window: Duration = timedelta(days=7)
+
+    # Retention of raw webhook deliveries and events.
+    retention: Duration = timedelta(days=30)
+
+    @field_validator(
+        "webhook_max_body_bytes",
+        "ratelimit_sender_per_minute",
+        "ratelimit_sender_per_hour",
+        "ratelimit_tenant_per_hour",
+        "ratelimit_domain_per_hour",
+        "ratelimit_global_per_hour",
+        "dispatch_batch_size",
+        "soft_bounce_limit",
+    )
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError("must be a positive whole number")
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _known_broker_scheme(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        if scheme not in {"redis", "rediss", "unix", "amqp", "amqps", "stub"}:
+            raise ValueError(
+                "must start with redis://, rediss://, unix://, amqp:// or stub:// "
+                "(or be unset for the embedded default)"
+            )
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database_scheme(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        if scheme not in {"sqlite", "postgres", "postgresql"}:
+            raise ValueError("must start with sqlite:/// or postgresql:// (or be unset)")
+        return value
+
+    @property
+    def sqlite_path(self) -> Path:
+        """Where the embedded default keeps its SQLite database."""
+        return self.data_dir / "outreach.db"
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def settings_from_mapping(mapping: Mapping[str, Any], *, prefixed: bool = True) -> Settings:
+    """Build Settings from ``OUTREACH_*`` keys (``prefixed``) or bare field names.
+
+    Unknown ``OUTREACH_*`` keys are refused so that a typo does not silently fall
+    back to a default.
+    """
+    values: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if prefixed:
+            if not key.startswith(ENV_PREFIX):
+                continue
+            field = key[len(ENV_PREFIX):].lower()
+        else:
+            field = key.lower()
+        if field in _NOT_SETTINGS:
+            continue
+        if field not in Settings.model_fields:
+            raise SettingsError(f"{env_name(field)} is not a known setting")
+        if isinstance(value, str) and value == "" and field in _NULLABLE:
+            value = None
+        values[field] = value
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{env_name(str(err['loc'][0]))}: {err['msg']}" if err["loc"] else err["msg"]
+            for err in exc.errors()
+        )
+        raise SettingsError(f"invalid configuration: {problems}") from None
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
+    return settings_from_mapping(os.environ if environ is None else environ)
+
+
+# OUTREACH_* variables that belong to the test suite and tools, not to Settings.
+_NOT_SETTINGS = {"require_services", "test_redis_url", "test_rabbitmq_url", "test_database_url"}
+_NULLABLE = {
+    name
+    for name, field in Settings.model_fields.items()
+    if field.default is None
+}
+
+_current: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    global _current
+    if _current is None:
+        _current = settings_from_env()
+    return _current
+
+
+def configure(settings: Settings | None) -> None:
+    """Replace the process-wide settings (host apps and tests); None re-reads the env."""
+    global _current
+    _current = settings

@@ -1,0 +1,212 @@
+"""Fixtures in Dramatiq's manner: one per broker and database, plus workers.
+
+Tests that need a service (Redis, RabbitMQ, PostgreSQL) skip with the reason when
+it is not reachable, and fail instead when ``OUTREACH_REQUIRE_SERVICES=1`` (CI).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+# The package builds its process-wide broker at import: make that the stub broker
+# and keep its data directory out of the working tree, before anything imports it.
+os.environ["OUTREACH_BROKER_URL"] = "stub://"
+os.environ.setdefault("OUTREACH_DATA_DIR", "/tmp/outreach-tests-default")
+
+import dramatiq  # noqa: E402
+import pytest  # noqa: E402
+import redis  # noqa: E402
+
+import outreach_actors  # noqa: E402
+from outreach_actors import models  # noqa: E402
+from outreach_actors.broker import make_broker  # noqa: E402
+from outreach_actors.db import database_from_url, is_postgresql  # noqa: E402
+from outreach_actors.embedded import stop_embedded_redis  # noqa: E402
+from outreach_actors.runtime import rebind_actors  # noqa: E402
+from outreach_actors.settings import Settings, configure  # noqa: E402
+
+REDIS_URL = os.environ.get("OUTREACH_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+RABBITMQ_URL = os.environ.get("OUTREACH_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+POSTGRES_URL = os.environ.get(
+    "OUTREACH_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/outreach_test"
+)
+SERVICES_REQUIRED = os.environ.get("OUTREACH_REQUIRE_SERVICES") == "1"
+PROJECT_ACTORS = list(outreach_actors.broker.actors.values())
+
+
+def service_unavailable(name: str, reason: str) -> None:
+    message = f"{name} is not reachable ({reason}); see README 'Running the tests'"
+    if SERVICES_REQUIRED:
+        pytest.fail(message + " and OUTREACH_REQUIRE_SERVICES=1", pytrace=False)
+    pytest.skip(message)
+
+
+def port_open(url: str, default_port: int) -> str | None:
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or default_port), 1):
+            return None
+    except OSError as exc:
+        return str(exc)
+
+
+def require_redis() -> None:
+    if (problem := port_open(REDIS_URL, 6379)) is not None:
+        service_unavailable("Redis", problem)
+
+
+def require_rabbitmq() -> None:
+    if (problem := port_open(RABBITMQ_URL, 5672)) is not None:
+        service_unavailable("RabbitMQ", problem)
+
+
+def require_postgres() -> None:
+    if (problem := port_open(POSTGRES_URL, 5432)) is not None:
+        service_unavailable("PostgreSQL", problem)
+    try:
+        import psycopg2
+    except ImportError:
+        service_unavailable("PostgreSQL", "psycopg2 is not installed")
+    parsed = urlparse(POSTGRES_URL)
+    name = parsed.path.lstrip("/")
+    admin = psycopg2.connect(
+        dbname="postgres", user=parsed.username, password=parsed.password,
+        host=parsed.hostname, port=parsed.port or 5432,
+    )
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+        if cursor.fetchone() is None:
+            cursor.execute(f'CREATE DATABASE "{name}"')
+    admin.close()
+
+
+# --- settings and databases -------------------------------------------------------
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "var"
+    path.mkdir()
+    return path
+
+
+def make_settings(data_dir: Path, **overrides) -> Settings:
+    values = dict(
+        data_dir=data_dir,
+        broker_url="stub://",
+        database_url=f"sqlite:///{data_dir / 'outreach.db'}",
+        templates_dir=Path(__file__).resolve().parent.parent / "templates",
+        sendgrid_api_key="SG.test-key",
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+def reset_schema(database) -> None:
+    models.bind(database)
+    with database.connection_context():
+        database.drop_tables(models.ALL_MODELS, safe=True, cascade=is_postgresql(database))
+    models.create_schema(database)
+
+
+@pytest.fixture
+def sqlite_db(data_dir: Path):
+    database = database_from_url(f"sqlite:///{data_dir / 'outreach.db'}", make_settings(data_dir))
+    models.create_schema(database)
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def postgres_db(data_dir: Path):
+    require_postgres()
+    database = database_from_url(POSTGRES_URL, make_settings(data_dir))
+    reset_schema(database)
+    yield database
+    database.close_all()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_db(request):
+    return request.getfixturevalue("sqlite_db" if request.param == "sqlite" else "postgres_db")
+
+
+@pytest.fixture
+def settings(data_dir: Path, sqlite_db) -> Iterator[Settings]:
+    """Settings for one test: stub broker, SQLite in a temporary directory."""
+    current = make_settings(data_dir)
+    configure(current)
+    yield current
+    configure(None)
+
+
+# --- brokers and workers -----------------------------------------------------------
+
+def install_broker(broker: dramatiq.Broker) -> dramatiq.Broker:
+    broker.emit_after("process_boot")
+    dramatiq.set_broker(broker)
+    rebind_actors(broker, PROJECT_ACTORS)
+    return broker
+
+
+@pytest.fixture
+def stub_broker(data_dir: Path):
+    broker = install_broker(make_broker(make_settings(data_dir, broker_url="stub://")))
+    yield broker
+    broker.flush_all()
+    broker.close()
+
+
+@pytest.fixture
+def redis_broker(data_dir: Path):
+    require_redis()
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    broker = install_broker(make_broker(make_settings(data_dir, broker_url=REDIS_URL)))
+    yield broker
+    broker.flush_all()
+    broker.close()
+
+
+@pytest.fixture
+def rabbitmq_broker(data_dir: Path):
+    require_rabbitmq()
+    broker = install_broker(make_broker(make_settings(data_dir, broker_url=RABBITMQ_URL)))
+    for actor in PROJECT_ACTORS:
+        broker.declare_queue(actor.queue_name)
+    broker.flush_all()
+    yield broker
+    broker.flush_all()
+    broker.close()
+
+
+@pytest.fixture
+def embedded_broker(data_dir: Path):
+    broker = install_broker(make_broker(make_settings(data_dir, broker_url=None)))
+    yield broker
+    broker.close()
+    stop_embedded_redis(data_dir)
+
+
+@pytest.fixture(params=["stub", "redis", "rabbitmq", "embedded"])
+def any_broker(request):
+    return request.getfixturevalue(f"{request.param}_broker")
+
+
+@pytest.fixture
+def stub_worker(stub_broker):
+    worker = dramatiq.Worker(stub_broker, worker_timeout=100, worker_threads=4)
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def worker(any_broker):
+    worker = dramatiq.Worker(any_broker, worker_timeout=100, worker_threads=4)
+    worker.start()
+    yield worker
+    worker.stop()
