@@ -46,7 +46,6 @@ def postgresql_database(url: str) -> peewee.Database:
         # Connections idle longer than this are recycled, so a restarted server
         # does not leave dead sockets in the pool for long.
         stale_timeout=300,
-        autorollback=True,
         **options,
     )
 

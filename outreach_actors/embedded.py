@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+from filelock import FileLock
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from filelock import FileLock
 
 logger = logging.getLogger(__name__)
 

@@ -129,6 +129,9 @@ class ScheduledAction(BaseModel):
     node = peewee.CharField()
     kind = peewee.CharField()
     event = peewee.CharField(null=True)  # the synthetic event a timeout fires
+    # The enrollment's version when it entered `node`: a timer or send from an
+    # earlier visit of the same node (plans may loop) is recognised as stale.
+    visit_version = peewee.IntegerField(default=0)
     message = peewee.DeferredForeignKey("OutboundMessage", null=True, on_delete="SET NULL")
     run_at = peewee.DateTimeField()
     status = peewee.CharField(default=PENDING)
@@ -212,7 +215,11 @@ class MessageEvent(BaseModel):
     data = JSONField(default=dict)
 
     class Meta:
-        indexes = ((("message", "type"), False),)
+        indexes = (
+            (("message", "type"), False),
+            # Per-address history: soft-bounce counts and ASM group (un)subscribe order.
+            (("tenant", "email", "type"), False),
+        )
 
 
 class Suppression(BaseModel):

@@ -1,0 +1,400 @@
+"""The state machine: enroll contacts, enter nodes, move enrollments on events.
+
+No Dramatiq here: the engine writes rows (enrollments, visits, scheduled actions)
+and the dispatcher turns due actions into messages. Every move is an optimistic
+``UPDATE ... WHERE version = seen``, so two events racing on one enrollment move
+it once; the loser re-reads and finds the node changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime, timedelta
+from functools import lru_cache
+from typing import Any
+
+import peewee
+
+from .models import (
+    Contact,
+    Enrollment,
+    MessageEvent,
+    NodeVisit,
+    OutboundMessage,
+    Plan,
+    ScheduledAction,
+    Tenant,
+    database_proxy,
+    utcnow,
+)
+from .plans import ENGAGEMENT_TIMEOUTS, TIMEOUT_EVENTS
+from .plans import Plan as PlanModel
+from .plans import plan_from_definition
+from .scheduling import next_send_time
+from .settings import get_settings
+
+logger = logging.getLogger(__name__)
+
+# Provider events that prove an ambiguous send reached SendGrid.
+PROOF_OF_SEND = {"queued", "deferred", "delivered", "opened", "clicked", "bounced", "rejected",
+                 "complained", "unsubscribed"}
+MAX_MOVE_ATTEMPTS = 5
+
+
+class EnrollmentError(ValueError):
+    """An enrollment was refused; the message says why."""
+
+
+class AlreadyEnrolled(EnrollmentError):
+    """The contact is already in this plan and the plan does not allow re-entry."""
+
+
+@lru_cache(maxsize=256)
+def _parsed_plan(plan_id: int, definition_json: str) -> PlanModel:
+    import json
+
+    return plan_from_definition(json.loads(definition_json))
+
+
+def plan_for(plan: Plan) -> PlanModel:
+    """The parsed plan of a stored row (cached: plans are immutable once stored)."""
+    import json
+
+    return _parsed_plan(plan.id, json.dumps(plan.definition, sort_keys=True))
+
+
+def latest_plan(tenant_id: str, plan_name: str) -> Plan:
+    row = (
+        Plan.select()
+        .where(Plan.tenant == tenant_id, Plan.name == plan_name)
+        .order_by(Plan.version.desc())
+        .first()
+    )
+    if row is None:
+        raise EnrollmentError(
+            f"tenant {tenant_id!r} has no plan named {plan_name!r}; "
+            "load it with `outreach plan load FILE --tenant TENANT`"
+        )
+    return row
+
+
+def normalize_email(email: str) -> str:
+    email = (email or "").strip()
+    if not email or any(ch in email for ch in "\r\n\0 ,;<>") or email.count("@") != 1:
+        raise EnrollmentError(f"{email!r} is not a valid email address")
+    local, domain = email.split("@")
+    if not local or "." not in domain or domain.startswith(".") or domain.endswith("."):
+        raise EnrollmentError(f"{email!r} is not a valid email address")
+    return email.lower()
+
+
+def upsert_contact(
+    tenant_id: str, email: str, fields: dict[str, Any] | None, timezone: str | None
+) -> Contact:
+    address = normalize_email(email)
+    contact, created = Contact.get_or_create(
+        tenant=tenant_id, email=address,
+        defaults={"fields": dict(fields or {}), "timezone": timezone},
+    )
+    if not created and (fields or timezone):
+        contact.fields = {**(contact.fields or {}), **(fields or {})}
+        contact.timezone = timezone or contact.timezone
+        contact.save()
+    return contact
+
+
+def enroll(
+    tenant_id: str,
+    email: str,
+    plan_name: str,
+    *,
+    fields: dict[str, Any] | None = None,
+    timezone: str | None = None,
+    now: datetime | None = None,
+) -> Enrollment:
+    """Enroll a contact into the tenant's latest version of a plan.
+
+    Safe to call from a web request: it only writes rows (the first send is a
+    ScheduledAction that the dispatcher picks up). Raises AlreadyEnrolled when the
+    contact is in the plan already and the plan does not allow re-entry.
+    """
+    now = now or utcnow()
+    if not Tenant.select().where(Tenant.id == tenant_id).exists():
+        raise EnrollmentError(f"unknown tenant {tenant_id!r}")
+    plan_row = latest_plan(tenant_id, plan_name)
+    plan = plan_for(plan_row)
+    with database_proxy.atomic():
+        contact = upsert_contact(tenant_id, email, fields, timezone)
+        key = (
+            f"reentry:{uuid.uuid4().hex}"
+            if plan.allow_reentry
+            else f"{tenant_id}:{plan_name}:{contact.id}"
+        )
+        try:
+            with database_proxy.atomic():
+                enrollment = Enrollment.create(
+                    tenant=tenant_id, plan=plan_row, contact=contact, enrollment_key=key,
+                    current_node=plan.start, version=0, node_entered_at=now,
+                    created_at=now, updated_at=now,
+                )
+        except peewee.IntegrityError:
+            raise AlreadyEnrolled(
+                f"{contact.email} is already enrolled in plan {plan_name!r} "
+                "(set allow_reentry: true in the plan to allow it)"
+            ) from None
+        _enter(enrollment, plan, plan.start, via_event=None, now=now)
+    logger.info("Enrolled enrollment=%s tenant=%s plan=%s", enrollment.id, tenant_id, plan_name)
+    return enrollment
+
+
+def _enter(
+    enrollment: Enrollment, plan: PlanModel, node_name: str, *, via_event: str | None,
+    now: datetime,
+) -> None:
+    """Record the visit and create what the node needs (send, timers, completion)."""
+    node = plan.node(node_name)
+    NodeVisit.create(
+        enrollment=enrollment, node=node_name, via_event=via_event, entered_at=now,
+        version=enrollment.version,
+    )
+    if node.type == "email":
+        run_at = next_send_time(now, plan.send_window, enrollment.contact.timezone)
+        _schedule(enrollment, node_name, ScheduledAction.SEND, None, run_at, None)
+    elif node.type == "wait":
+        for transition in plan.timeout_transitions(node_name):
+            _schedule(enrollment, node_name, ScheduledAction.TIMEOUT, transition.on,
+                      now + _timeout_duration(transition.on, transition.after), None)
+    else:
+        Enrollment.update(status=Enrollment.COMPLETED, updated_at=now).where(
+            Enrollment.id == enrollment.id
+        ).execute()
+        logger.info("Completed enrollment=%s at node=%s", enrollment.id, node_name)
+
+
+def _schedule(
+    enrollment: Enrollment, node: str, kind: str, event: str | None, run_at: datetime,
+    message: OutboundMessage | None,
+) -> None:
+    key = f"{kind}:{enrollment.id}:{node}:{event or '-'}:{enrollment.version}"
+    ScheduledAction.insert(
+        enrollment=enrollment, node=node, kind=kind, event=event, run_at=run_at,
+        message=message, dedupe_key=key, visit_version=enrollment.version,
+    ).on_conflict_ignore().execute()
+
+
+def _timeout_duration(event: str, after: timedelta | None) -> timedelta:
+    if after is not None:
+        return after
+    settings = get_settings()
+    return {"no_open": settings.no_open_timeout, "no_click": settings.no_click_timeout}[event]
+
+
+def process_event(
+    enrollment_id: int,
+    event: str,
+    *,
+    node: str | None = None,
+    visit_version: int | None = None,
+    now: datetime | None = None,
+) -> bool:
+    """Take the current node's first transition on ``event``; True if the enrollment moved.
+
+    ``node``/``visit_version`` name the visit the event belongs to (the node whose
+    email or timer produced it): an event from a node the enrollment has left is
+    stale and moves nothing.
+    """
+    now = now or utcnow()
+    for _ in range(MAX_MOVE_ATTEMPTS):
+        enrollment = Enrollment.get_or_none(Enrollment.id == enrollment_id)
+        if enrollment is None or enrollment.status != Enrollment.ACTIVE:
+            return False
+        if node is not None and enrollment.current_node != node:
+            return False
+        if visit_version is not None and enrollment.version != visit_version:
+            return False
+        plan = plan_for(enrollment.plan)
+        transition = plan.transition_for(enrollment.current_node, event)
+        if transition is None:
+            return False
+        with database_proxy.atomic():
+            moved = (
+                Enrollment.update(
+                    current_node=transition.to, version=Enrollment.version + 1,
+                    node_entered_at=now, updated_at=now,
+                )
+                .where(Enrollment.id == enrollment.id, Enrollment.version == enrollment.version)
+                .execute()
+            )
+            if not moved:
+                continue  # another event moved it first: re-read and decide again
+            _cancel_open_actions(enrollment.id, enrollment.current_node, now)
+            enrollment = Enrollment.get_by_id(enrollment.id)
+            _enter(enrollment, plan, transition.to, via_event=event, now=now)
+        logger.info(
+            "Moved enrollment=%s from=%s to=%s on=%s",
+            enrollment.id, node or "-", transition.to, event,
+        )
+        return True
+    raise RuntimeError(f"enrollment {enrollment_id} kept changing under {event!r}; giving up")
+
+
+def _cancel_open_actions(enrollment_id: int, node: str, now: datetime) -> int:
+    """Cancel the timers and sends of the node being left.
+
+    Only pending and enqueued ones: a running action (often the very timeout that
+    caused this move) finishes on its own and re-checks the enrollment.
+    """
+    return (
+        ScheduledAction.update(status=ScheduledAction.CANCELLED, finished_at=now)
+        .where(
+            ScheduledAction.enrollment == enrollment_id,
+            ScheduledAction.node == node,
+            ScheduledAction.status.in_([ScheduledAction.PENDING, ScheduledAction.ENQUEUED]),
+        )
+        .execute()
+    )
+
+
+def exit_enrollment(enrollment_id: int, reason: str, *, now: datetime | None = None) -> bool:
+    """End an active enrollment where it stands (suppressed, failed send, unsubscribed)."""
+    now = now or utcnow()
+    with database_proxy.atomic():
+        enrollment = Enrollment.get_or_none(Enrollment.id == enrollment_id)
+        if enrollment is None or enrollment.status != Enrollment.ACTIVE:
+            return False
+        status = Enrollment.FAILED if reason in {"send_failed", "ambiguous_send"} else Enrollment.EXITED
+        moved = (
+            Enrollment.update(status=status, exit_reason=reason, version=Enrollment.version + 1,
+                              updated_at=now)
+            .where(Enrollment.id == enrollment_id, Enrollment.version == enrollment.version)
+            .execute()
+        )
+        if moved:
+            _cancel_open_actions(enrollment_id, enrollment.current_node, now)
+    if moved:
+        logger.info("Exited enrollment=%s reason=%s", enrollment_id, reason)
+    return bool(moved)
+
+
+def exit_contact_enrollments(tenant_id: str, email: str, reason: str) -> int:
+    """End every active enrollment of one contact in one tenant (unsubscribe, complaint)."""
+    ids = [
+        row.id
+        for row in Enrollment.select(Enrollment.id)
+        .join(Contact)
+        .where(
+            Enrollment.tenant == tenant_id,
+            Contact.email == email.strip().lower(),
+            Enrollment.status == Enrollment.ACTIVE,
+        )
+    ]
+    return sum(exit_enrollment(enrollment_id, reason) for enrollment_id in ids)
+
+
+def after_send(message: OutboundMessage, *, now: datetime | None = None) -> None:
+    """Create the node's timers from ``sent_at``; safe to call again (dedupe keys)."""
+    if message.enrollment_id is None or message.action_id is None:
+        return
+    action = ScheduledAction.get_by_id(message.action_id)
+    enrollment = Enrollment.get_by_id(message.enrollment_id)
+    plan = plan_for(enrollment.plan)
+    sent_at = message.sent_at or now or utcnow()
+    for transition in plan.timeout_transitions(action.node):
+        key = f"timeout:{enrollment.id}:{action.node}:{transition.on}:{action.visit_version}"
+        ScheduledAction.insert(
+            enrollment=enrollment, node=action.node, kind=ScheduledAction.TIMEOUT,
+            event=transition.on, message=message, dedupe_key=key,
+            visit_version=action.visit_version,
+            run_at=sent_at + _timeout_duration(transition.on, transition.after),
+        ).on_conflict_ignore().execute()
+
+
+def engagement_seen(message_id: str, timeout_event: str) -> bool:
+    """Whether the real event a ``no_open``/``no_click`` timer waits for has arrived.
+
+    A click counts as an open (image blocking hides opens of people who click).
+    Machine opens count only if the settings say so.
+    """
+    wanted = {"no_open": ["opened", "clicked"], "no_click": ["clicked"]}[timeout_event]
+    machine_opens_count = get_settings().machine_opens_are_engagement
+    for event in MessageEvent.select(MessageEvent.type, MessageEvent.data).where(
+        MessageEvent.message == message_id, MessageEvent.type.in_(wanted),
+        MessageEvent.synthetic == False,  # noqa: E712 (peewee expression)
+    ):
+        if event.type == "opened" and not machine_opens_count and (event.data or {}).get(
+            "machine_open"
+        ):
+            continue
+        return True
+    return False
+
+
+def handle_message_event(
+    message_id: str,
+    event_type: str,
+    occurred_at: datetime,
+    *,
+    data: dict[str, Any] | None = None,
+    provider_message_id: str | None = None,
+) -> bool:
+    """React to one new provider event of one of our messages; True if it moved a contact.
+
+    It resolves an ambiguous send (any event proves SendGrid accepted the mail),
+    then hands the event to the enrollment's current visit.
+    """
+    message = OutboundMessage.get_or_none(OutboundMessage.id == message_id)
+    if message is None:
+        return False
+    if message.status == OutboundMessage.AMBIGUOUS and event_type in PROOF_OF_SEND:
+        resolve_ambiguous_send(message, occurred_at, provider_message_id)
+    if event_type == "opened" and (data or {}).get("machine_open"):
+        if not get_settings().machine_opens_are_engagement:
+            return False
+    if message.enrollment_id is None or event_type in TIMEOUT_EVENTS:
+        return False
+    visit_version = None
+    if message.action_id is not None:
+        action = ScheduledAction.get_or_none(ScheduledAction.id == message.action_id)
+        visit_version = action.visit_version if action else None
+    return process_event(
+        message.enrollment_id, event_type, node=message.node, visit_version=visit_version,
+    )
+
+
+def resolve_ambiguous_send(
+    message: OutboundMessage, occurred_at: datetime, provider_message_id: str | None
+) -> bool:
+    """An ambiguous send was accepted after all: record it as sent and start its timers."""
+    with database_proxy.atomic():
+        updated = (
+            OutboundMessage.update(
+                status=OutboundMessage.SENT,
+                sent_at=message.send_started_at or occurred_at,
+                provider_message_id=message.provider_message_id or provider_message_id,
+                error=(message.error or "") + " | resolved by provider event",
+            )
+            .where(OutboundMessage.id == message.id,
+                   OutboundMessage.status == OutboundMessage.AMBIGUOUS)
+            .execute()
+        )
+        if updated:
+            after_send(OutboundMessage.get_by_id(message.id))
+    if updated:
+        logger.info("Resolved ambiguous send message=%s as sent", message.id)
+    return bool(updated)
+
+
+__all__ = [
+    "ENGAGEMENT_TIMEOUTS",
+    "AlreadyEnrolled",
+    "EnrollmentError",
+    "after_send",
+    "engagement_seen",
+    "enroll",
+    "exit_contact_enrollments",
+    "exit_enrollment",
+    "handle_message_event",
+    "process_event",
+    "resolve_ambiguous_send",
+]

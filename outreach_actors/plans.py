@@ -1,0 +1,308 @@
+"""Plan parsing and validation: pure, no I/O beyond an optional template checker.
+
+A plan is YAML or JSON (see DESIGN.md). :func:`validate_plan` reports every fault
+at once, each with the path where it sits (``nodes.bump.transitions[0].after``),
+so a user fixes a plan in one pass. Nothing is enrolled into a plan that fails.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from datetime import time, timedelta
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .settings import parse_duration
+
+# Plans are written by people; a plan this large is a mistake or an attack.
+MAX_PLAN_BYTES = 1_000_000
+MAX_NODES = 500
+
+# The event names a plan may use, mapped to the normalized event that fires them.
+EVENT_ALIASES: dict[str, str] = {
+    "open": "opened", "opened": "opened",
+    "click": "clicked", "clicked": "clicked",
+    "bounce": "bounced", "bounced": "bounced",
+    "deliver": "delivered", "delivered": "delivered",
+    "queued": "queued", "deferred": "deferred",
+    "rejected": "rejected", "dropped": "rejected",
+    "complained": "complained", "spamreport": "complained",
+    "unsubscribed": "unsubscribed", "unsubscribe": "unsubscribed",
+    "no_open": "no_open", "no_click": "no_click",
+    "elapsed": "elapsed",
+}
+# Synthetic events fired by a timer; only these may carry `after`.
+TIMEOUT_EVENTS = {"no_open", "no_click", "elapsed"}
+# Timeouts that watch for engagement with the node's email, and the real event each waits for.
+ENGAGEMENT_TIMEOUTS = {"no_open": "opened", "no_click": "clicked"}
+WEEKDAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+TemplateChecker = Callable[..., list[str]]
+
+
+class PlanError(ValueError):
+    """A plan is invalid; ``errors`` lists every fault with its path."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        super().__init__("invalid plan:\n" + "\n".join(f"  {error}" for error in errors))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Transition(_Strict):
+    on: str
+    to: str
+    after: timedelta | None = None
+
+    @field_validator("on")
+    @classmethod
+    def _known_event(cls, value: str) -> str:
+        if value not in EVENT_ALIASES:
+            known = ", ".join(sorted(EVENT_ALIASES))
+            raise ValueError(f"unknown event {value!r}; known events: {known}")
+        return EVENT_ALIASES[value]
+
+    @field_validator("after", mode="before")
+    @classmethod
+    def _iso_duration(cls, value: Any) -> timedelta | None:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ValueError(f"expected an ISO-8601 duration such as PT72H, got {value!r}")
+        return parse_duration(value)
+
+
+class SendWindow(_Strict):
+    days: list[str] = Field(default_factory=lambda: list(WEEKDAYS))
+    start: time = time(0, 0)
+    end: time = time(23, 59, 59)
+    # Used when a contact has no timezone of its own.
+    timezone: str = "UTC"
+
+    @field_validator("days")
+    @classmethod
+    def _weekdays(cls, value: list[str]) -> list[str]:
+        days = [day.lower()[:3] for day in value]
+        unknown = [day for day, short in zip(value, days, strict=True) if short not in WEEKDAYS]
+        if unknown:
+            raise ValueError(f"unknown weekday(s) {unknown}; use mon, tue, wed, thu, fri, sat, sun")
+        if not days:
+            raise ValueError("a send window needs at least one day")
+        return days
+
+    @field_validator("timezone")
+    @classmethod
+    def _iana_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone such as Europe/Paris") from None
+        return value
+
+
+class Node(_Strict):
+    type: Literal["email", "wait", "exit"]
+    subject: str | None = None
+    template: str | None = None
+    body: str | None = None
+    categories: list[str] = Field(default_factory=list)
+    transitions: list[Transition] = Field(default_factory=list)
+
+
+class Plan(_Strict):
+    name: str = Field(min_length=1, max_length=128)
+    start: str
+    nodes: dict[str, Node]
+    send_window: SendWindow | None = None
+    sender: str | None = None
+    categories: list[str] = Field(default_factory=list)
+    allow_reentry: bool = False
+    description: str = ""
+
+    def node(self, name: str) -> Node:
+        return self.nodes[name]
+
+    def timeout_transitions(self, node_name: str) -> list[Transition]:
+        return [t for t in self.nodes[node_name].transitions if t.on in TIMEOUT_EVENTS]
+
+    def transition_for(self, node_name: str, event: str) -> Transition | None:
+        """The first transition of the node taken on this normalized event, if any."""
+        for transition in self.nodes[node_name].transitions:
+            if transition.on == event:
+                return transition
+        return None
+
+    def to_definition(self) -> dict[str, Any]:
+        return json.loads(self.model_dump_json(exclude_none=True))
+
+
+def _format_location(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "(plan)"
+
+
+class _PlanLoader(yaml.SafeLoader):
+    """YAML 1.1 reads `on`, `off`, `yes`, `no` as booleans, and plans say `on: click`."""
+
+
+_PlanLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_PlanLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+def load_plan_text(text: str | bytes, *, source: str = "plan") -> dict[str, Any]:
+    """Parse YAML or JSON text into a mapping, or raise PlanError."""
+    if len(text) > MAX_PLAN_BYTES:
+        raise PlanError([f"{source}: plan is {len(text):,} bytes; the limit is {MAX_PLAN_BYTES:,}"])
+    try:
+        # JSON is a subset of YAML 1.2, and safe_load builds only plain data.
+        data = yaml.load(text, Loader=_PlanLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        raise PlanError([f"{source}: not valid YAML or JSON: {exc}"]) from None
+    if not isinstance(data, Mapping):
+        raise PlanError([f"{source}: a plan must be a mapping with name, start and nodes"])
+    return dict(data)
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _graph_errors(data: Mapping[str, Any]) -> list[str]:
+    """Cross-node checks, run on the raw mapping so that they are reported even when
+    some fields fail the schema: a user sees every fault in one pass."""
+    errors: list[str] = []
+    nodes = _mapping(data.get("nodes"))
+    start = data.get("start")
+    if isinstance(start, str) and start not in nodes:
+        errors.append(f"start: node {start!r} does not exist")
+    for name, raw_node in nodes.items():
+        node = _mapping(raw_node)
+        base = f"nodes.{name}"
+        node_type = node.get("type")
+        transitions = node.get("transitions") or []
+        transitions = transitions if isinstance(transitions, list) else []
+        events: list[str] = []
+        for index, raw_transition in enumerate(transitions):
+            transition = _mapping(raw_transition)
+            path = f"{base}.transitions[{index}]"
+            event = EVENT_ALIASES.get(str(transition.get("on")))
+            target = transition.get("to")
+            if isinstance(target, str) and target not in nodes:
+                errors.append(f"{path}.to: node {target!r} does not exist")
+            if event is None:
+                continue  # the schema check reports the unknown event
+            events.append(event)
+            has_after = transition.get("after") is not None
+            if has_after and event not in TIMEOUT_EVENTS:
+                errors.append(
+                    f"{path}.after: only timeout events ({', '.join(sorted(TIMEOUT_EVENTS))}) "
+                    f"take `after`, not {transition.get('on')!r}"
+                )
+            elif has_after and _parses_to_zero(transition["after"]):
+                errors.append(f"{path}.after: must be longer than zero")
+            if event == "elapsed" and not has_after:
+                errors.append(f"{path}.after: `elapsed` needs a duration, e.g. after: P2D")
+            if node_type == "wait" and event != "elapsed":
+                errors.append(f"{path}.on: a wait node sends no email; it only moves on `elapsed`")
+        for event in sorted({e for e in events if events.count(e) > 1}):
+            errors.append(f"{base}.transitions: event {event!r} appears more than once")
+        if node_type == "exit" and transitions:
+            errors.append(f"{base}.transitions: an exit node has no transitions")
+        if node_type in {"email", "wait"} and not transitions:
+            errors.append(f"{base}.transitions: a {node_type} node needs a way out (or use type: exit)")
+        if node_type == "email":
+            if not node.get("subject"):
+                errors.append(f"{base}.subject: an email node needs a subject")
+            if (node.get("template") is None) == (node.get("body") is None):
+                errors.append(f"{base}: give exactly one of `template` or `body`")
+        elif node_type in {"wait", "exit"} and any(node.get(k) for k in ("subject", "template", "body")):
+            errors.append(f"{base}: only email nodes take subject, template or body")
+    if isinstance(start, str) and start in nodes:
+        reachable = {start}
+        frontier = [start]
+        while frontier:
+            raw = _mapping(nodes[frontier.pop()]).get("transitions") or []
+            for transition in raw if isinstance(raw, list) else []:
+                target = _mapping(transition).get("to")
+                if isinstance(target, str) and target in nodes and target not in reachable:
+                    reachable.add(target)
+                    frontier.append(target)
+        for name in nodes:
+            if name not in reachable:
+                errors.append(f"nodes.{name}: unreachable from start {start!r}")
+    return errors
+
+
+def _parses_to_zero(value: Any) -> bool:
+    try:
+        return parse_duration(value) == timedelta(0)
+    except ValueError:
+        return False  # the schema check reports it
+
+
+def validate_plan(
+    data: Mapping[str, Any] | str | bytes,
+    *,
+    check_template: TemplateChecker | None = None,
+) -> Plan:
+    """Return the Plan, or raise PlanError listing every fault with its path.
+
+    ``check_template(subject=..., template=..., body=...)`` (from rendering) returns
+    a list of problems for one email node; without it templates are not checked.
+    """
+    if isinstance(data, str | bytes):
+        data = load_plan_text(data)
+    nodes = data.get("nodes") if isinstance(data, Mapping) else None
+    if isinstance(nodes, Mapping) and len(nodes) > MAX_NODES:
+        raise PlanError([f"nodes: {len(nodes):,} nodes; a plan may have at most {MAX_NODES}"])
+    plan: Plan | None = None
+    errors: list[str] = []
+    try:
+        plan = Plan.model_validate(dict(data))
+    except ValidationError as exc:
+        errors = [_describe(err) for err in exc.errors()]
+    errors += _graph_errors(data)
+    if plan is not None and plan.send_window is not None and plan.send_window.start >= plan.send_window.end:
+        errors.append("send_window.end: must be later than start")
+    if plan is not None and check_template is not None:
+        for name, node in plan.nodes.items():
+            if node.type != "email" or not node.subject or (node.template is None) == (node.body is None):
+                continue
+            for problem in check_template(subject=node.subject, template=node.template, body=node.body):
+                errors.append(f"nodes.{name}.{'template' if node.template else 'body'}: {problem}")
+    if errors or plan is None:
+        raise PlanError(errors)
+    return plan
+
+
+def _describe(error: Any) -> str:
+    # pydantic prefixes messages from our validators with "Value error, ".
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] in {"literal_error", "string_type", "int_type", "bool_type", "time_parsing"}:
+        message += f" (got {error['input']!r})"
+    return f"{_format_location(error['loc'])}: {message}"
+
+
+def plan_from_definition(definition: Mapping[str, Any]) -> Plan:
+    """Rebuild a stored (already validated) plan without re-checking templates."""
+    return validate_plan(definition)

@@ -1,0 +1,137 @@
+"""The state machine: enroll, enter nodes, move once on events, exit."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta
+
+import pytest
+
+from outreach_actors import engine
+from outreach_actors.models import Enrollment, NodeVisit, OutboundMessage, ScheduledAction, utcnow
+
+from .factories import load_plan, make_tenant
+
+WAIT_PLAN = """
+name: drip
+start: pause
+nodes:
+  pause:
+    type: wait
+    transitions: [{on: elapsed, after: P1D, to: done}]
+  done: {type: exit}
+"""
+
+
+@pytest.fixture
+def acme(settings):
+    make_tenant()
+    load_plan()
+    return "acme"
+
+
+def test_enroll_creates_an_enrollment_and_a_send_action(acme) -> None:
+    enrollment = engine.enroll("acme", "Ada@Example.com", "onboarding", fields={"first_name": "Ada"})
+    assert enrollment.current_node == "intro"
+    assert enrollment.contact.email == "ada@example.com"
+    [action] = ScheduledAction.select().where(ScheduledAction.enrollment == enrollment)
+    assert action.kind == "send" and action.node == "intro" and action.status == "pending"
+    assert NodeVisit.select().where(NodeVisit.enrollment == enrollment).count() == 1
+
+
+def test_enrolling_twice_is_refused_unless_the_plan_allows_reentry(acme) -> None:
+    engine.enroll("acme", "ada@example.com", "onboarding")
+    with pytest.raises(engine.AlreadyEnrolled, match="already enrolled"):
+        engine.enroll("acme", "ADA@example.com", "onboarding")
+    load_plan(allow_reentry=True)  # version 2 allows it
+    engine.enroll("acme", "ada@example.com", "onboarding")
+    assert Enrollment.select().count() == 2
+
+
+@pytest.mark.parametrize("address", ["", "no-at-sign", "a@b", "x@example.com\r\nBcc: evil@x.com",
+                                     "two@@example.com"])
+def test_bad_addresses_are_refused(acme, address: str) -> None:
+    with pytest.raises(engine.EnrollmentError, match="not a valid email address"):
+        engine.enroll("acme", address, "onboarding")
+    assert Enrollment.select().count() == 0
+
+
+def test_unknown_plan_and_tenant_are_clear_errors(acme) -> None:
+    with pytest.raises(engine.EnrollmentError, match="no plan named 'nope'"):
+        engine.enroll("acme", "a@example.com", "nope")
+    with pytest.raises(engine.EnrollmentError, match="unknown tenant 'globex'"):
+        engine.enroll("globex", "a@example.com", "onboarding")
+
+
+def test_an_event_takes_the_first_matching_transition_and_cancels_old_actions(acme) -> None:
+    enrollment = engine.enroll("acme", "ada@example.com", "onboarding")
+    assert engine.process_event(enrollment.id, "clicked", node="intro")
+    enrollment = Enrollment.get_by_id(enrollment.id)
+    assert enrollment.current_node == "thanks"
+    assert enrollment.status == Enrollment.COMPLETED
+    assert ScheduledAction.get(ScheduledAction.node == "intro").status == "cancelled"
+    # An event with no transition from the current node moves nothing.
+    assert not engine.process_event(enrollment.id, "clicked")
+
+
+def test_an_event_from_a_node_already_left_is_stale(acme) -> None:
+    enrollment = engine.enroll("acme", "ada@example.com", "onboarding")
+    assert engine.process_event(enrollment.id, "no_open", node="intro")
+    # A late click on the intro email must not move the contact out of bump.
+    assert not engine.process_event(enrollment.id, "clicked", node="intro")
+    assert Enrollment.get_by_id(enrollment.id).current_node == "bump"
+
+
+def test_two_events_racing_move_the_enrollment_once(acme) -> None:
+    # Given one enrollment and eight threads delivering events for its intro node
+    enrollment = engine.enroll("acme", "ada@example.com", "onboarding")
+    barrier = threading.Barrier(8)
+    results: list[bool] = []
+
+    def deliver(event: str) -> None:
+        barrier.wait()
+        results.append(engine.process_event(enrollment.id, event, node="intro"))
+
+    threads = [threading.Thread(target=deliver, args=(e,)) for e in ["clicked", "bounced"] * 4]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Then exactly one of them moved it, and the history has one move.
+    assert results.count(True) == 1
+    assert NodeVisit.select().where(NodeVisit.enrollment == enrollment.id).count() == 2
+
+
+def test_wait_node_schedules_its_elapsed_timer_on_entry(settings) -> None:
+    make_tenant()
+    load_plan(WAIT_PLAN)
+    now = datetime(2026, 1, 5, 12, 0)
+    enrollment = engine.enroll("acme", "ada@example.com", "drip", now=now)
+    [action] = ScheduledAction.select().where(ScheduledAction.enrollment == enrollment)
+    assert (action.kind, action.event, action.run_at) == ("timeout", "elapsed", now + timedelta(days=1))
+
+
+def test_after_send_schedules_timeouts_from_sent_at_once(acme) -> None:
+    enrollment = engine.enroll("acme", "ada@example.com", "onboarding")
+    action = ScheduledAction.get(ScheduledAction.enrollment == enrollment)
+    sent_at = utcnow()
+    message = OutboundMessage.create(
+        tenant="acme", enrollment=enrollment, action=action, node="intro", dedupe_key="k",
+        status="sent", to_email="ada@example.com", from_email="sales@acme.test", subject="s",
+        html="h", text="t", sent_at=sent_at,
+    )
+    engine.after_send(message)
+    engine.after_send(message)  # a replay creates nothing more
+    [timeout] = ScheduledAction.select().where(ScheduledAction.kind == "timeout")
+    assert timeout.event == "no_open"
+    assert timeout.run_at == sent_at + timedelta(seconds=2)
+    assert timeout.message_id == message.id
+
+
+def test_exit_contact_enrollments_ends_every_active_one(acme) -> None:
+    load_plan(WAIT_PLAN)
+    engine.enroll("acme", "ada@example.com", "onboarding")
+    engine.enroll("acme", "ada@example.com", "drip")
+    assert engine.exit_contact_enrollments("acme", "ADA@example.com", "unsubscribed") == 2
+    assert {e.status for e in Enrollment.select()} == {"exited"}
+    assert ScheduledAction.select().where(ScheduledAction.status == "pending").count() == 0

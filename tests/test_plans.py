@@ -1,0 +1,132 @@
+"""Plan validation: every fault reported at once, each with its path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from outreach_actors.plans import PlanError, validate_plan
+
+VALID = """
+name: onboarding
+start: intro
+send_window: {days: [mon, tue, wed, thu, fri], start: "09:00", end: "17:00"}
+nodes:
+  intro:
+    type: email
+    subject: "Welcome, {{ contact.first_name }}"
+    body: "<p>Hello</p>"
+    transitions:
+      - {on: click, to: thanks}
+      - {on: no_open, after: PT72H, to: bump}
+      - {on: bounce, to: stop}
+  bump:
+    type: email
+    subject: "Did you see this?"
+    body: "<p>Hi</p>"
+    transitions:
+      - {on: no_click, after: PT24H, to: pause}
+  pause:
+    type: wait
+    transitions:
+      - {on: elapsed, after: P2D, to: stop}
+  thanks: {type: exit}
+  stop: {type: exit}
+"""
+
+
+def errors_of(text: str, **kwargs) -> list[str]:
+    with pytest.raises(PlanError) as info:
+        validate_plan(text, **kwargs)
+    return info.value.errors
+
+
+def test_valid_yaml_plan_is_accepted_with_normalized_events() -> None:
+    plan = validate_plan(VALID)
+    assert plan.start == "intro"
+    assert [t.on for t in plan.nodes["intro"].transitions] == ["clicked", "no_open", "bounced"]
+    assert plan.transition_for("intro", "clicked").to == "thanks"
+    assert plan.nodes["intro"].transitions[1].after.total_seconds() == 72 * 3600
+
+
+def test_the_same_plan_as_json_is_accepted() -> None:
+    import yaml
+
+    data = yaml.safe_load(VALID.replace("{on:", "{'on':").replace(" on:", " 'on':"))
+    as_json = json.dumps(data)
+    assert validate_plan(as_json).name == "onboarding"
+
+
+def test_an_omitted_after_on_no_open_is_allowed_and_uses_the_default() -> None:
+    plan = validate_plan(VALID.replace("{on: no_open, after: PT72H, to: bump}", "{on: no_open, to: bump}"))
+    assert plan.nodes["intro"].transitions[1].after is None
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (("type: wait", "type: rocket"), "nodes.pause.type: Input should be 'email', 'wait' or 'exit'"),
+        (("start: intro", "start: nowhere"), "start: node 'nowhere' does not exist"),
+        (("to: thanks}", "to: thank_you}"), "nodes.intro.transitions[0].to: node 'thank_you' does not exist"),
+        (("{on: bounce,", "{on: exploded,"), "nodes.intro.transitions[2].on: unknown event 'exploded'"),
+        (("after: PT72H", "after: soon"), "nodes.intro.transitions[1].after: 'soon' is not an ISO-8601 duration"),
+        (("after: PT72H", "after: -PT1H"), "nodes.intro.transitions[1].after: '-PT1H' is negative"),
+        (("after: PT72H", "after: PT0S"), "nodes.intro.transitions[1].after: must be longer than zero"),
+        (("{on: click, to: thanks}", "{on: click, after: PT1H, to: thanks}"),
+         "nodes.intro.transitions[0].after: only timeout events"),
+        (("      - {on: elapsed, after: P2D, to: stop}", "      - {on: elapsed, to: stop}"),
+         "nodes.pause.transitions[0].after: `elapsed` needs a duration"),
+        (("      - {on: elapsed, after: P2D, to: stop}", "      - {on: no_open, after: P2D, to: stop}"),
+         "nodes.pause.transitions[0].on: a wait node sends no email"),
+        (("      - {on: no_click, after: PT24H, to: pause}", "      - {on: no_click, after: PT24H, to: stop}"),
+         "nodes.pause: unreachable from start 'intro'"),
+        (("    transitions:\n      - {on: elapsed, after: P2D, to: stop}", "    transitions: []"),
+         "nodes.pause.transitions: a wait node needs a way out"),
+        (('subject: "Did you see this?"', 'subject: ""'), "nodes.bump.subject: an email node needs a subject"),
+        (('body: "<p>Hi</p>"', 'template: bump.html.j2\n    body: "<p>Hi</p>"'),
+         "nodes.bump: give exactly one of `template` or `body`"),
+        (("days: [mon, tue", "days: [monday, funday, tue"), "send_window.days: unknown weekday(s) ['funday']"),
+        (('end: "17:00"', 'end: "08:00"'), "send_window.end: must be later than start"),
+        (("stop: {type: exit}", "stop: {type: exit, colour: red}"), "nodes.stop.colour: Extra inputs are not permitted"),
+    ],
+)
+def test_each_fault_is_reported_with_its_path(change: tuple[str, str], expected: str) -> None:
+    old, new = change
+    assert old in VALID
+    errors = errors_of(VALID.replace(old, new))
+    assert any(error.startswith(expected) for error in errors), errors
+
+
+def test_all_errors_are_reported_at_once() -> None:
+    broken = (
+        VALID.replace("to: thanks}", "to: thank_you}")
+        .replace("after: PT72H", "after: soon")
+        .replace("type: wait", "type: rocket")
+        .replace("start: intro", "start: intro")
+    )
+    errors = errors_of(broken)
+    assert len(errors) >= 3
+    assert any("thank_you" in e for e in errors)
+    assert any("soon" in e for e in errors)
+    assert any("rocket" in e for e in errors)
+
+
+def test_malformed_documents_are_clear_errors() -> None:
+    assert errors_of("name: [unclosed")[0].startswith("plan: not valid YAML or JSON")
+    assert errors_of("- just\n- a list")[0].startswith("plan: a plan must be a mapping")
+    assert "nodes: Field required" in errors_of("name: x\nstart: a\n")
+
+
+def test_absurd_sizes_are_refused() -> None:
+    nodes = {f"n{i}": {"type": "exit"} for i in range(10_000)}
+    errors = errors_of(json.dumps({"name": "big", "start": "n0", "nodes": nodes}))
+    assert errors == ["nodes: 10,000 nodes; a plan may have at most 500"]
+    assert "limit is 1,000,000" in errors_of("x" * 2_000_000)[0]
+
+
+def test_template_checker_problems_carry_the_node_path() -> None:
+    def checker(*, subject, template, body):
+        return ["unexpected '}'"] if "Hi" in (body or "") else []
+
+    assert errors_of(VALID, check_template=checker) == ["nodes.bump.body: unexpected '}'"]

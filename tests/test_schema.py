@@ -1,0 +1,46 @@
+"""Schema creation on SQLite and PostgreSQL: idempotent, with the hot-query indexes."""
+
+from __future__ import annotations
+
+import peewee
+import pytest
+
+from outreach_actors import models
+from outreach_actors.db import database_from_url
+from outreach_actors.settings import Settings
+
+
+def test_schema_is_created_and_recreated_idempotently(any_db: peewee.Database) -> None:
+    models.create_schema(any_db)
+    models.create_schema(any_db)  # a second `outreach db init` changes nothing
+    with any_db.connection_context():
+        tables = set(any_db.get_tables())
+        assert {m._meta.table_name for m in models.ALL_MODELS} <= tables
+        index_columns = {
+            (table, tuple(index.columns))
+            for table in ("scheduled_action", "message_event", "suppression")
+            for index in any_db.get_indexes(table)
+        }
+    assert ("scheduled_action", ("status", "run_at")) in index_columns
+    assert ("message_event", ("message_id", "type")) in index_columns
+    assert ("suppression", ("tenant_id", "channel", "value")) in index_columns
+
+
+def test_unique_constraints_hold(any_db: peewee.Database) -> None:
+    with any_db.connection_context():
+        tenant = models.Tenant.create(id="acme")
+        models.Suppression.create(tenant=tenant, value="a@example.com", reason="bounce")
+        with pytest.raises(peewee.IntegrityError), any_db.atomic():
+            models.Suppression.create(tenant=tenant, value="a@example.com", reason="again")
+
+
+def test_sqlite_uses_wal_and_a_busy_timeout(tmp_path) -> None:
+    database = database_from_url(f"sqlite:///{tmp_path / 'x.db'}", Settings(data_dir=tmp_path))
+    with database.connection_context():
+        assert database.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert database.execute_sql("PRAGMA busy_timeout").fetchone()[0] >= 5000
+
+
+def test_default_database_lives_in_the_data_dir(tmp_path) -> None:
+    database = database_from_url(None, Settings(data_dir=tmp_path / "var"))
+    assert database.database == str(tmp_path / "var" / "outreach.db")
