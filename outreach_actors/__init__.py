@@ -7,8 +7,13 @@ actor. Building the broker does no I/O; the embedded Redis starts on first use.
 """
 
 from .runtime import setup as _setup
+from .settings import SettingsError as _SettingsError
 
-broker = _setup()
+try:
+    broker = _setup()
+except _SettingsError as _exc:
+    # A bad OUTREACH_* value stops every entry point at start, naming the variable.
+    raise SystemExit(f"outreach_actors: {_exc}") from None
 
 from . import actors  # noqa: E402,F401  (declares every actor on `broker`)
 

@@ -1,0 +1,462 @@
+"""The ``outreach`` command: set up, load plans, enroll, inspect, operate."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from . import models
+from .settings import get_settings
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[red]error:[/red] {message}")
+    raise SystemExit(1)
+
+
+def _database():
+    from .db import database_from_url
+
+    settings = get_settings()
+    database = database_from_url(settings.database_url, settings)
+    models.bind(database)
+    return database
+
+
+def _open_database():
+    """Bind and check the schema; a clear message if `db init` was not run."""
+    database = _database()
+    database.connect(reuse_if_open=True)
+    if not database.table_exists("enrollment"):
+        _fail("the database has no outreach tables yet; run `outreach db init` first")
+    return database
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Reactive email outreach campaigns on Dramatiq actors."""
+
+
+# --- db ----------------------------------------------------------------------------
+
+@main.group()
+def db() -> None:
+    """Create or upgrade the database schema."""
+
+
+@db.command("init")
+def db_init() -> None:
+    """Create or upgrade the schema (safe to run any number of times)."""
+    database = _database()
+    models.create_schema(database)
+    console.print(f"database ready: {_describe_database()}")
+
+
+def _describe_database() -> str:
+    settings = get_settings()
+    if settings.database_url:
+        return settings.database_url.split("@")[-1]
+    return str(settings.sqlite_path.resolve())
+
+
+# --- plans -------------------------------------------------------------------------
+
+def _template_checker():
+    from .rendering import TemplateRenderer
+
+    return TemplateRenderer(Path(get_settings().templates_dir)).check_template
+
+
+def _read_plan(path: Path):
+    from .plans import PlanError, validate_plan
+
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        _fail(f"cannot read {path}: {exc.strerror}")
+    try:
+        return validate_plan(text, check_template=_template_checker())
+    except PlanError as exc:
+        err_console.print(f"[red]{path}: {len(exc.errors)} error(s)[/red]")
+        for error in exc.errors:
+            err_console.print(f"  {error}", markup=False, highlight=False)
+        raise SystemExit(1) from None
+
+
+@main.group()
+def plan() -> None:
+    """Validate, load and list campaign plans."""
+
+
+@plan.command("validate")
+@click.argument("file", type=click.Path(path_type=Path))
+def plan_validate(file: Path) -> None:
+    """Check a plan (YAML or JSON) and its templates; prints "ok" or every error."""
+    _read_plan(file)
+    console.print("ok")
+
+
+@plan.command("load")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--tenant", required=True, help="Tenant id; created if new.")
+def plan_load(file: Path, tenant: str) -> None:
+    """Validate a plan and store it as the tenant's next version."""
+    parsed = _read_plan(file)
+    _open_database()
+    models.Tenant.get_or_create(id=tenant, defaults={"name": tenant})
+    with models.database_proxy.atomic():
+        version = (
+            models.Plan.select()
+            .where(models.Plan.tenant == tenant, models.Plan.name == parsed.name)
+            .count() + 1
+        )
+        models.Plan.create(tenant=tenant, name=parsed.name, version=version,
+                           definition=parsed.to_definition())
+    console.print(f"loaded plan {parsed.name!r} version {version} for tenant {tenant!r}")
+
+
+@plan.command("list")
+@click.option("--tenant", default=None)
+def plan_list(tenant: str | None) -> None:
+    """List stored plans and their versions."""
+    _open_database()
+    query = models.Plan.select().order_by(models.Plan.tenant, models.Plan.name, models.Plan.version)
+    if tenant:
+        query = query.where(models.Plan.tenant == tenant)
+    table = Table("tenant", "plan", "version", "nodes", "enrollments")
+    for row in query:
+        table.add_row(row.tenant_id, row.name, str(row.version), str(len(row.definition["nodes"])),
+                      str(row.enrollments.count()))
+    console.print(table)
+
+
+# --- senders -----------------------------------------------------------------------
+
+@main.group()
+def sender() -> None:
+    """Manage sender identities (the From addresses SendGrid has verified)."""
+
+
+@sender.command("add")
+@click.argument("email")
+@click.option("--tenant", required=True)
+@click.option("--name", default="", help="Display name.")
+@click.option("--verified/--unverified", default=False,
+              help="Whether SendGrid has verified this sender; unverified senders never send.")
+def sender_add(email: str, tenant: str, name: str, verified: bool) -> None:
+    """Add or update a sender identity."""
+    from .engine import EnrollmentError, normalize_email
+
+    _open_database()
+    try:
+        address = normalize_email(email)
+    except EnrollmentError as exc:
+        _fail(str(exc))
+    if any(ch in name for ch in "\r\n"):
+        _fail("a sender name cannot contain line breaks")
+    models.Tenant.get_or_create(id=tenant, defaults={"name": tenant})
+    identity, created = models.SenderIdentity.get_or_create(
+        tenant=tenant, email=address, defaults={"name": name, "verified": verified})
+    if not created:
+        identity.name, identity.verified = name or identity.name, verified
+        identity.save()
+    console.print(f"sender {address} for {tenant}: {'verified' if verified else 'unverified'}")
+
+
+# --- enroll ------------------------------------------------------------------------
+
+@main.command()
+@click.option("--plan", "plan_name", required=True)
+@click.option("--tenant", required=True)
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path), required=True,
+              help="CSV with an `email` column; `timezone` and any other columns become fields.")
+def enroll(plan_name: str, tenant: str, csv_path: Path) -> None:
+    """Enroll every row of a CSV file; bad rows are reported with their line and skipped."""
+    from .engine import EnrollmentError
+    from .engine import enroll as enroll_contact
+
+    _open_database()
+    try:
+        handle = csv_path.open(newline="", encoding="utf-8-sig")
+    except OSError as exc:
+        _fail(f"cannot read {csv_path}: {exc.strerror}")
+    with handle:
+        rows = list(csv.DictReader(handle))
+    if rows and "email" not in rows[0]:
+        _fail(f"{csv_path}: no `email` column (columns: {', '.join(rows[0])})")
+    enrolled, problems = 0, []
+    with Progress(console=err_console, transient=True) as progress:
+        task = progress.add_task("enrolling", total=len(rows))
+        for line, row in enumerate(rows, start=2):  # line 1 is the header
+            fields = {k: v for k, v in row.items() if k and k not in {"email", "timezone"}}
+            try:
+                enroll_contact(tenant, row.get("email") or "", plan_name, fields=fields,
+                               timezone=row.get("timezone") or None)
+                enrolled += 1
+            except EnrollmentError as exc:
+                problems.append(f"line {line}: {exc}")
+                if "no plan named" in str(exc) or "unknown tenant" in str(exc):
+                    _fail(str(exc))
+            progress.advance(task)
+    for problem in problems:
+        err_console.print(f"[yellow]skipped[/yellow] {problem}", highlight=False)
+    console.print(f"enrolled {enrolled} of {len(rows)} rows; {len(problems)} skipped")
+    if problems and not enrolled:
+        raise SystemExit(1)
+
+
+# --- preview and stats ---------------------------------------------------------------
+
+@main.command()
+@click.option("--plan", "plan_name", required=True)
+@click.option("--tenant", required=True)
+@click.option("--node", required=True)
+@click.option("--contact", "email", required=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Where to write the HTML (default: ./preview-<node>.html).")
+def preview(plan_name: str, tenant: str, node: str, email: str, out: Path | None) -> None:
+    """Render one node for one contact: subject and text here, the HTML to a file."""
+    from .engine import EnrollmentError, latest_plan, plan_for
+    from .rendering import RenderError, TemplateRenderer
+    from .unsubscribe import unsubscribe_url
+
+    _open_database()
+    try:
+        row = latest_plan(tenant, plan_name)
+    except EnrollmentError as exc:
+        _fail(str(exc))
+    parsed = plan_for(row)
+    if node not in parsed.nodes or parsed.nodes[node].type != "email":
+        emails = [n for n, spec in parsed.nodes.items() if spec.type == "email"]
+        _fail(f"plan {plan_name!r} has no email node {node!r}; email nodes: {', '.join(emails)}")
+    contact = models.Contact.get_or_none(models.Contact.tenant == tenant,
+                                         models.Contact.email == email.lower())
+    fields = dict(contact.fields or {}) if contact else {}
+    settings = get_settings()
+    spec = parsed.nodes[node]
+    try:
+        rendered = TemplateRenderer(Path(settings.templates_dir)).render_email(
+            subject=spec.subject or "", template=spec.template, body=spec.body,
+            context={
+                "contact": {**fields, "email": email.lower(),
+                            "timezone": contact.timezone if contact else None},
+                "tenant": {"id": tenant, "name": tenant},
+                "plan": {"name": parsed.name, "version": row.version},
+                "node": {"name": node},
+                "unsubscribe_url": unsubscribe_url(settings, tenant, email.lower(), "preview"),
+            },
+        )
+    except RenderError as exc:
+        _fail(str(exc))
+    out = out or Path(f"preview-{node}.html")
+    out.write_text(rendered.html, encoding="utf-8")
+    console.print(f"[bold]Subject:[/bold] {rendered.subject}", highlight=False, markup=True)
+    console.print(rendered.text, highlight=False, markup=False)
+    console.print(f"HTML written to {out}")
+
+
+@main.command()
+@click.option("--plan", "plan_name", default=None)
+@click.option("--tenant", default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def stats(plan_name: str | None, tenant: str | None, as_json: bool) -> None:
+    """A funnel per node: entered, sent, delivered, opened, clicked, bounced, ..."""
+    from .stats import funnel
+
+    _open_database()
+    rows = funnel(plan_name=plan_name, tenant_id=tenant)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    console.print(funnel_table(rows))
+
+
+def funnel_table(rows: list[dict]) -> Table:
+    from .stats import FUNNEL_COLUMNS
+
+    table = Table("plan", "node", *FUNNEL_COLUMNS)
+    for row in rows:
+        table.add_row(row["plan"], row["node"], *(str(row[c]) for c in FUNNEL_COLUMNS))
+    return table
+
+
+# --- suppressions ------------------------------------------------------------------
+
+@main.group()
+def suppressions() -> None:
+    """List, add, remove and import suppressed addresses."""
+
+
+@suppressions.command("list")
+@click.option("--tenant", default=None)
+def suppressions_list(tenant: str | None) -> None:
+    _open_database()
+    query = models.Suppression.select().order_by(models.Suppression.created_at)
+    if tenant:
+        query = query.where(models.Suppression.tenant == tenant)
+    table = Table("tenant", "channel", "address", "reason", "source", "since")
+    for row in query:
+        table.add_row(row.tenant_id, row.channel, row.value, row.reason, row.source or "",
+                      row.created_at.isoformat(timespec="seconds"))
+    console.print(table)
+
+
+@suppressions.command("add")
+@click.argument("email")
+@click.option("--tenant", required=True)
+@click.option("--reason", default="manual")
+def suppressions_add(email: str, tenant: str, reason: str) -> None:
+    from .suppressions import suppress
+
+    _open_database()
+    models.Tenant.get_or_create(id=tenant, defaults={"name": tenant})
+    suppress(tenant, email, reason, "manual")
+    console.print(f"suppressed {email.lower()} for {tenant}")
+
+
+@suppressions.command("remove")
+@click.argument("email")
+@click.option("--tenant", required=True)
+def suppressions_remove(email: str, tenant: str) -> None:
+    from .suppressions import lift
+
+    _open_database()
+    removed = lift(tenant, email)
+    console.print(f"removed {removed} suppression(s) of {email.lower()} for {tenant}")
+
+
+@suppressions.command("import")
+@click.argument("csv_path", type=click.Path(path_type=Path))
+@click.option("--tenant", required=True)
+@click.option("--reason", default="import")
+def suppressions_import(csv_path: Path, tenant: str, reason: str) -> None:
+    """Import addresses from a CSV with an `email` column (or one address per line)."""
+    from .engine import EnrollmentError, normalize_email
+    from .suppressions import suppress
+
+    _open_database()
+    models.Tenant.get_or_create(id=tenant, defaults={"name": tenant})
+    with csv_path.open(newline="", encoding="utf-8-sig") as handle:
+        lines = list(csv.reader(handle))
+    header = [cell.strip().lower() for cell in lines[0]] if lines else []
+    column = header.index("email") if "email" in header else 0
+    start = 1 if "email" in header else 0
+    imported, problems = 0, []
+    for number, cells in enumerate(lines[start:], start=start + 1):
+        try:
+            suppress(tenant, normalize_email(cells[column] if cells else ""), reason, "import")
+            imported += 1
+        except (EnrollmentError, IndexError) as exc:
+            problems.append(f"line {number}: {exc}")
+    for problem in problems:
+        err_console.print(f"[yellow]skipped[/yellow] {problem}", highlight=False)
+    console.print(f"imported {imported} suppression(s); {len(problems)} skipped")
+
+
+# --- webhooks, serve, broker ---------------------------------------------------------
+
+@main.group()
+def webhooks() -> None:
+    """Inspect and replay stored webhook deliveries."""
+
+
+@webhooks.command("replay")
+@click.argument("delivery_id", type=int)
+def webhooks_replay(delivery_id: int) -> None:
+    """Normalize a stored delivery again (after fixing what made it fail)."""
+    from .ingest import replay_delivery
+
+    _open_database()
+    if models.WebhookDelivery.get_or_none(models.WebhookDelivery.id == delivery_id) is None:
+        _fail(f"no webhook delivery {delivery_id}")
+    replay_delivery(delivery_id)
+    console.print(f"delivery {delivery_id} queued for normalization again")
+
+
+@webhooks.command("list")
+@click.option("--status", default=None, help="received, processed or failed")
+def webhooks_list(status: str | None) -> None:
+    _open_database()
+    query = models.WebhookDelivery.select().order_by(models.WebhookDelivery.id.desc()).limit(50)
+    if status:
+        query = query.where(models.WebhookDelivery.status == status)
+    table = Table("id", "received", "status", "bytes", "error")
+    for row in query:
+        table.add_row(str(row.id), row.received_at.isoformat(timespec="seconds"), row.status,
+                      str(len(row.body)), (row.error or "")[:80])
+    console.print(table)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+def serve(host: str, port: int) -> None:
+    """Serve the webhook and unsubscribe endpoints (standalone WSGI app)."""
+    from wsgiref.simple_server import make_server
+
+    from .wsgi import create_app
+
+    _open_database()
+    app = create_app()
+    console.print(f"serving POST /webhooks/sendgrid and /unsubscribe/<token> on http://{host}:{port}")
+    with make_server(host, port, app) as server:
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+
+
+@main.group()
+def broker() -> None:
+    """Manage the embedded Redis broker."""
+
+
+@broker.command("stop")
+def broker_stop() -> None:
+    """Stop the embedded Redis server cleanly (its queue is kept on disk)."""
+    from .embedded import stop_embedded_redis
+
+    settings = get_settings()
+    if settings.broker_url:
+        _fail("OUTREACH_BROKER_URL is set: there is no embedded broker to stop")
+    if stop_embedded_redis(settings.data_dir):
+        console.print(f"stopped the embedded Redis in {settings.data_dir}")
+    else:
+        console.print("the embedded Redis was not running")
+
+
+@broker.command("status")
+def broker_status() -> None:
+    """Say whether the embedded Redis server is running."""
+    from .embedded import EmbeddedRedis
+
+    server = EmbeddedRedis(get_settings().data_dir)
+    state = "running" if server.is_running() else "stopped"
+    console.print(f"embedded Redis {state} ({server.socket_path})")
+
+
+@main.command()
+@click.option("--contacts", default=300, show_default=True, type=click.IntRange(1, 5000))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 8))
+@click.option("--timeout", "timeout_s", default=120, show_default=True, type=int,
+              help="Give up (and exit non-zero) after this many seconds.")
+def demo(contacts: int, workers: int, timeout_s: int) -> None:
+    """Run a whole campaign locally: workers, the SendGrid stand-in, simulated engagement."""
+    from .demo import run_demo
+
+    raise SystemExit(run_demo(contacts=contacts, workers=workers, timeout_s=timeout_s,
+                              console=console))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""The dispatcher: move due ScheduledActions from the database into the broker.
+
+The broker only ever holds actions due within a short horizon; everything later
+waits as a row. Claiming is a conditional update (``pending -> enqueued``) taken
+with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (an immediate transaction on SQLite),
+so several dispatchers never enqueue one action twice. An action enqueued but not
+finished within its lease (a killed worker, a flushed broker) is enqueued again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+import peewee
+
+from .db import is_postgresql
+from .models import OutboundMessage, ScheduledAction, database_proxy, utcnow
+from .settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+# Called with (action, delay_ms) after the claim is committed.
+Enqueue = Callable[[ScheduledAction, int], None]
+# Called with (message_id) for a rendered message whose send was lost.
+EnqueueSend = Callable[[str], None]
+
+
+def _write_transaction() -> peewee._transaction:
+    database = database_proxy.obj
+    if isinstance(database, peewee.SqliteDatabase):
+        # Take the write lock up front: two dispatchers must not both read the same
+        # pending rows and then both mark them.
+        return database.atomic("IMMEDIATE")
+    return database.atomic()
+
+
+def _claim(query: peewee.ModelSelect, now: datetime, lease_until: datetime,
+           from_statuses: list[str]) -> list[ScheduledAction]:
+    """Mark the selected rows enqueued in one transaction and return the ones we won."""
+    database = database_proxy.obj
+    with _write_transaction():
+        if is_postgresql(database):
+            query = query.for_update("FOR UPDATE SKIP LOCKED")
+        actions = list(query)
+        if actions:
+            ScheduledAction.update(
+                status=ScheduledAction.ENQUEUED, enqueued_at=now, lease_until=lease_until,
+            ).where(
+                ScheduledAction.id.in_([action.id for action in actions]),
+                ScheduledAction.status.in_(from_statuses),
+            ).execute()
+    for action in actions:
+        action.status, action.lease_until = ScheduledAction.ENQUEUED, lease_until
+    return actions
+
+
+def dispatch_due_actions(
+    enqueue: Enqueue, *, now: datetime | None = None, settings: Settings | None = None,
+) -> int:
+    """Claim actions due within the horizon and hand them to ``enqueue``; returns the count."""
+    settings = settings or get_settings()
+    now = now or utcnow()
+    horizon = now + settings.dispatch_horizon
+    total = 0
+    while True:
+        query = (
+            ScheduledAction.select()
+            .where(ScheduledAction.status == ScheduledAction.PENDING, ScheduledAction.run_at <= horizon)
+            .order_by(ScheduledAction.run_at)
+            .limit(settings.dispatch_batch_size)
+        )
+        # The lease counts from the end of the horizon: an action enqueued with a
+        # delay is not late before it is due.
+        lease_until = horizon + settings.action_lease
+        actions = _claim(query, now, lease_until, [ScheduledAction.PENDING])
+        for action in actions:
+            delay = max(0, int((action.run_at - now).total_seconds() * 1000))
+            enqueue(action, delay)
+        total += len(actions)
+        if len(actions) < settings.dispatch_batch_size:
+            break
+    if total:
+        logger.info("Dispatched %d due actions", total)
+    return total
+
+
+def reconcile_expired_leases(
+    enqueue: Enqueue, *, now: datetime | None = None, settings: Settings | None = None,
+) -> int:
+    """Enqueue again the actions whose lease passed without the work finishing."""
+    settings = settings or get_settings()
+    now = now or utcnow()
+    query = (
+        ScheduledAction.select()
+        .where(
+            ScheduledAction.status.in_([ScheduledAction.ENQUEUED, ScheduledAction.RUNNING]),
+            ScheduledAction.lease_until < now,
+        )
+        .order_by(ScheduledAction.lease_until)
+        .limit(settings.dispatch_batch_size)
+    )
+    actions = _claim(query, now, now + settings.action_lease,
+                     [ScheduledAction.ENQUEUED, ScheduledAction.RUNNING])
+    for action in actions:
+        logger.warning("Re-enqueueing action=%s kind=%s: its lease expired", action.id, action.kind)
+        enqueue(action, 0)
+    return len(actions)
+
+
+def reconcile_stuck_messages(
+    enqueue_send: EnqueueSend, *, now: datetime | None = None, settings: Settings | None = None,
+) -> tuple[int, int]:
+    """Find sends that were lost or cut short; returns (re-enqueued, marked ambiguous).
+
+    A message ``rendered`` long ago lost its send message: enqueue it again (the
+    send claims ``rendered -> sending``, so a duplicate is harmless). A message left
+    ``sending`` past the lease may or may not have reached SendGrid: it becomes
+    ``ambiguous`` and is never resent silently (see README, "Guarantees").
+    """
+    settings = settings or get_settings()
+    now = now or utcnow()
+    cutoff = now - settings.action_lease
+    stale_rendered = [
+        m.id for m in OutboundMessage.select(OutboundMessage.id).where(
+            OutboundMessage.status == OutboundMessage.RENDERED, OutboundMessage.created_at < cutoff,
+            (OutboundMessage.send_started_at.is_null()) | (OutboundMessage.send_started_at < cutoff),
+        ).limit(settings.dispatch_batch_size)
+    ]
+    for message_id in stale_rendered:
+        enqueue_send(message_id)
+    ambiguous = (
+        OutboundMessage.update(
+            status=OutboundMessage.AMBIGUOUS,
+            error="worker stopped while sending; waiting for a provider event to confirm",
+        )
+        .where(OutboundMessage.status == OutboundMessage.SENDING,
+               OutboundMessage.send_started_at < cutoff)
+        .execute()
+    )
+    if ambiguous:
+        logger.warning("Marked %d interrupted sends ambiguous", ambiguous)
+    return len(stale_rendered), ambiguous

@@ -1,0 +1,105 @@
+"""The dispatcher: due rows go to the broker once; far-off rows stay in the database."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+
+from outreach_actors import dispatch, engine, models
+from outreach_actors.models import OutboundMessage, ScheduledAction, utcnow
+
+from .conftest import make_settings
+from .factories import load_plan, make_tenant
+
+
+@pytest.fixture
+def enrollments(request, data_dir):
+    """Twenty enrollments, each with a pending send action, on SQLite or PostgreSQL."""
+    database = request.getfixturevalue(getattr(request, "param", "sqlite_db"))
+    models.bind(database)
+    make_tenant()
+    load_plan()
+    return [engine.enroll("acme", f"c{i}@example.com", "onboarding") for i in range(20)]
+
+
+def test_due_actions_are_claimed_and_far_off_ones_stay(enrollments, data_dir) -> None:
+    settings = make_settings(data_dir)
+    now = utcnow()
+    # Push half of the actions three days out.
+    far = [e.id for e in enrollments[:10]]
+    ScheduledAction.update(run_at=now + timedelta(days=3)).where(
+        ScheduledAction.enrollment.in_(far)).execute()
+    enqueued: list[tuple[int, int]] = []
+    assert dispatch.dispatch_due_actions(lambda a, d: enqueued.append((a.id, d)), now=now,
+                                         settings=settings) == 10
+    assert ScheduledAction.select().where(ScheduledAction.status == "pending").count() == 10
+    # A second pass finds nothing new: the claim is taken.
+    assert dispatch.dispatch_due_actions(lambda a, d: enqueued.append((a.id, d)), now=now,
+                                         settings=settings) == 0
+    assert len(enqueued) == 10
+
+
+def test_actions_due_within_the_horizon_are_enqueued_with_their_delay(enrollments, data_dir) -> None:
+    settings = make_settings(data_dir)
+    now = utcnow()
+    ScheduledAction.update(run_at=now + timedelta(seconds=30)).execute()
+    delays: list[int] = []
+    dispatch.dispatch_due_actions(lambda a, d: delays.append(d), now=now, settings=settings)
+    assert len(delays) == 20 and all(29_000 <= d <= 30_000 for d in delays)
+
+
+@pytest.mark.parametrize("enrollments", ["sqlite_db", "postgres_db"], indirect=True)
+def test_concurrent_dispatchers_never_enqueue_an_action_twice(enrollments, data_dir) -> None:
+    settings = make_settings(data_dir, dispatch_batch_size=3)
+    enqueued: list[int] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(4)
+
+    def record(action, delay):
+        with lock:
+            enqueued.append(action.id)
+
+    def run():
+        barrier.wait()
+        dispatch.dispatch_due_actions(record, settings=settings)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(enqueued) == sorted({a.id for a in ScheduledAction.select()})
+    assert len(enqueued) == 20
+
+
+def test_an_action_whose_lease_expired_is_enqueued_again(enrollments, data_dir) -> None:
+    # Given actions enqueued to a broker that then lost them (flushed, restarted)
+    settings = make_settings(data_dir)
+    now = utcnow()
+    dispatch.dispatch_due_actions(lambda a, d: None, now=now, settings=settings)
+    # When the lease passes with no worker finishing them
+    later = now + settings.dispatch_horizon + settings.action_lease + timedelta(seconds=1)
+    again: list[int] = []
+    assert dispatch.reconcile_expired_leases(lambda a, d: again.append(a.id), now=later,
+                                             settings=settings) == 20
+    # Then each is enqueued again, once
+    assert dispatch.reconcile_expired_leases(lambda a, d: again.append(a.id), now=later,
+                                             settings=settings) == 0
+    assert len(again) == 20
+
+
+def test_interrupted_sends_become_ambiguous_and_lost_sends_are_requeued(enrollments, data_dir) -> None:
+    settings = make_settings(data_dir)
+    old = utcnow() - timedelta(hours=1)
+    action = ScheduledAction.select().first()
+    common = dict(tenant="acme", enrollment=action.enrollment, action=action, node="intro",
+                  to_email="a@example.com", from_email="sales@acme.test", subject="s", html="h",
+                  text="t", created_at=old)
+    OutboundMessage.create(id="lost", dedupe_key="k1", status="rendered", **common)
+    OutboundMessage.create(id="cut", dedupe_key="k2", status="sending", send_started_at=old, **common)
+    requeued: list[str] = []
+    assert dispatch.reconcile_stuck_messages(requeued.append, settings=settings) == (1, 1)
+    assert requeued == ["lost"]
+    assert OutboundMessage.get_by_id("cut").status == "ambiguous"
