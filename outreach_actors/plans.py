@@ -288,8 +288,12 @@ def validate_plan(
         for name, node in plan.nodes.items():
             if node.type != "email" or not node.subject or (node.template is None) == (node.body is None):
                 continue
+            source_field = "template" if node.template else "body"
             for problem in check_template(subject=node.subject, template=node.template, body=node.body):
-                errors.append(f"nodes.{name}.{'template' if node.template else 'body'}: {problem}")
+                if problem.startswith("subject: "):
+                    errors.append(f"nodes.{name}.subject: {problem.removeprefix('subject: ')}")
+                else:
+                    errors.append(f"nodes.{name}.{source_field}: {problem}")
     if errors or plan is None:
         raise PlanError(errors)
     return plan

@@ -1,0 +1,372 @@
+"""Render email subjects and bodies from Jinja2 templates in a sandbox, and check them before use.
+
+Templates get this context: ``contact`` (every field of the contact, plus ``email``
+and ``timezone``), ``tenant`` (``id``, ``name``), ``plan`` (``name``, ``version``),
+``node`` (``name``) and ``unsubscribe_url``.
+
+A value the template names but the context lacks (``contact.company`` for a contact
+without a company, or a typo such as ``contact.frist_name``) is an error for that one
+send, never an email with a hole in it: the send records a :class:`RenderError` that
+names the node, the field and the line, and the rest of the campaign goes on. A field
+that some contacts lack takes a fallback: ``{{ contact.first_name | default("there", true) }}``
+(``true`` also covers an empty or null value); a condition on such a field is
+written ``{% if contact.company is defined %}``. A value that is present but null
+renders as an empty string rather than ``None``.
+
+Bodies are HTML and always autoescaped; the plain-text part is derived from the HTML.
+Subjects are plain text (not escaped); surrounding whitespace is trimmed and what is
+left must be a single line, so a contact field cannot inject headers.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from inscriptis import get_text
+from inscriptis.model.config import ParserConfig
+from jinja2 import (
+    FileSystemLoader,
+    StrictUndefined,
+    Template,
+    TemplateError,
+    TemplateNotFound,
+    TemplateSyntaxError,
+    UndefinedError,
+    meta,
+    nodes,
+)
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+MAX_TEMPLATE_BYTES = 1024 * 1024
+MAX_OUTPUT_CHARS = 2 * 1024 * 1024
+# Integers above 4096 bits (about 1,200 digits) have no place in an email; Python refuses
+# to print ints over 4,300 digits anyway.
+MAX_INTEGER_BITS = 4096
+
+CONTEXT_NAMES = frozenset({"contact", "tenant", "plan", "node", "unsubscribe_url"})
+
+# Every character str.splitlines() breaks on, and NUL: a subject must stay one header line.
+_LINE_BREAK = re.compile("[\r\n\x00\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+_BLANK_LINES = re.compile(r"\n{3,}")
+_SIZE_ADVICE = (
+    f"over the limit of {MAX_TEMPLATE_BYTES:,} bytes (1 MiB); "
+    "link to large content such as images instead of embedding it"
+)
+
+
+class RenderError(ValueError):
+    """A template could not be checked or rendered; the message says where and why."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        node: str | None = None,
+        field: str | None = None,
+        line: int | None = None,
+    ) -> None:
+        self.reason, self.node, self.field, self.line = reason, node, field, line
+        where = [f"node {node!r}"] if node else []
+        where += [field] if field else []
+        where += [f"line {line}"] if line else []
+        super().__init__(f"{', '.join(where)}: {reason}" if where else reason)
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedEmail:
+    """The rendered parts of one email."""
+
+    subject: str
+    html: str
+    text: str
+
+
+class _GuardedLoader(FileSystemLoader):
+    """A FileSystemLoader that also refuses symlinks out of the directory and oversized files."""
+
+    def get_source(
+        self, environment: Any, template: str
+    ) -> tuple[str, str | None, Callable[[], bool] | None]:
+        _check_template_file(Path(self.searchpath[0]), template)
+        return super().get_source(environment, template)
+
+
+class _SandboxedEnvironment(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, with ``**`` and ``*`` refused when the result would be huge.
+
+    Why: the sandbox's other guards (MAX_RANGE, our output limit) act between template
+    steps, but ``10 ** (10 ** 10)`` or ``"x" * 10**10`` is one C call that takes minutes
+    of CPU or all memory before anything can stop it. Intercepting the operators also
+    stops Jinja from folding them as constants at compile time, so checking such a
+    template does not hang. Other single calls can still build a huge string (a string
+    method or filter given a huge width); the worker's memory limit is the backstop.
+    """
+
+    intercepted_binops = frozenset({"**", "*"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**":
+            _check_power(left, right)
+        else:
+            _check_product(left, right)
+        return super().call_binop(context, operator, left, right)
+
+
+def _check_power(base: Any, exponent: Any) -> None:
+    if isinstance(base, int) and isinstance(exponent, int) and exponent > 0 and abs(base) > 1:
+        if exponent * math.log2(abs(base)) > MAX_INTEGER_BITS:
+            raise RenderError(f"{base} ** {exponent} is too large to compute in a template")
+
+
+def _check_product(left: Any, right: Any) -> None:
+    if isinstance(left, int) and isinstance(right, int):
+        if left.bit_length() + right.bit_length() > MAX_INTEGER_BITS:
+            raise RenderError("a multiplication result is too large to compute in a template")
+        return
+    count, sequence = (left, right) if isinstance(left, int) else (right, left)
+    if isinstance(count, int) and isinstance(sequence, str | list | tuple):
+        if len(sequence) * count > MAX_OUTPUT_CHARS:
+            raise RenderError(
+                f"repeating a value {count:,} times would pass the output limit of "
+                f"{MAX_OUTPUT_CHARS:,} characters"
+            )
+
+
+def _check_template_file(root: Path, name: str) -> None:
+    """Raise RenderError or TemplateNotFound, saying why, if a template file cannot be used."""
+    pure, path = PurePosixPath(name), (root / name).resolve()
+    if pure.is_absolute() or ".." in pure.parts or not path.is_relative_to(root.resolve()):
+        raise RenderError(
+            f"template {name!r} points outside the templates directory {root}; "
+            "give a path relative to it"
+        )
+    if not path.is_file():
+        raise TemplateNotFound(name, f"template {name!r} not found in {root}")
+    size = path.stat().st_size
+    if size > MAX_TEMPLATE_BYTES:
+        raise RenderError(f"template {name!r} is too large: {size:,} bytes, {_SIZE_ADVICE}")
+
+
+def _source_too_large(source: str) -> str | None:
+    size = len(source.encode("utf-8"))
+    if size > MAX_TEMPLATE_BYTES:
+        return f"too large: {size:,} bytes, {_SIZE_ADVICE}"
+    return None
+
+
+def _none_as_empty(value: Any) -> Any:
+    return "" if value is None else value
+
+
+def html_to_text(html: str) -> str:
+    """Return a plain-text version of an HTML email, links kept as ``[text](url)``."""
+    text = get_text(html, ParserConfig(display_links=True))
+    # Email layouts are nested tables, whose cells Inscriptis pads and aligns (align=center);
+    # a plain-text mail reads best flush left.
+    lines = "\n".join(line.strip() for line in text.splitlines())
+    return _BLANK_LINES.sub("\n\n", lines).strip()
+
+
+class TemplateRenderer:
+    """Renders and checks email templates kept in ``templates_dir``."""
+
+    def __init__(self, templates_dir: Path) -> None:
+        self.templates_dir = Path(templates_dir).resolve()
+        loader = _GuardedLoader(self.templates_dir)
+        options: dict[str, Any] = {
+            "loader": loader,
+            "undefined": StrictUndefined,
+            "finalize": _none_as_empty,
+        }
+        # Every body is HTML (the text part is derived from it), so a body is always
+        # escaped, whatever its file extension; a subject is a header, never HTML.
+        self._html_env = _SandboxedEnvironment(autoescape=True, **options)
+        self._subject_env = _SandboxedEnvironment(autoescape=False, **options)
+        # Inline subjects and bodies recur for every contact: compile each once.
+        self._compile_html = functools.lru_cache(maxsize=256)(self._html_env.from_string)
+        self._compile_subject = functools.lru_cache(maxsize=256)(self._subject_env.from_string)
+
+    def render_email(
+        self,
+        *,
+        subject: str,
+        template: str | None,
+        body: str | None,
+        context: Mapping[str, Any],
+    ) -> RenderedEmail:
+        """Render one email, or raise RenderError naming the node, field and line at fault."""
+        node = _node_name(context)
+        if (template is None) == (body is None):
+            raise RenderError("give exactly one of template or body", node=node)
+        rendered_subject = self._render(
+            lambda: self._compile_subject(subject), context, node=node, field="subject"
+        ).strip()
+        if _LINE_BREAK.search(rendered_subject):
+            raise RenderError(
+                "the rendered subject contains a line break or NUL (from a template value "
+                "or a contact field); a subject must be one line",
+                node=node,
+                field="subject",
+            )
+        if not rendered_subject:
+            raise RenderError("the rendered subject is empty", node=node, field="subject")
+        if template is not None:
+            html = self._render(
+                lambda: self._html_env.get_template(template), context, node=node, field="template"
+            )
+        else:
+            html = self._render(lambda: self._compile_html(body), context, node=node, field="body")
+        return RenderedEmail(subject=rendered_subject, html=html, text=html_to_text(html))
+
+    def _render(
+        self,
+        load: Callable[[], Template],
+        context: Mapping[str, Any],
+        *,
+        node: str | None,
+        field: str,
+    ) -> str:
+        try:
+            return _join_limited(load().generate(context))
+        except RenderError as exc:  # from our loader or operator guards
+            line = exc.line or _template_line(exc)
+            raise RenderError(exc.reason, node=node, field=field, line=line) from exc
+        except TemplateSyntaxError as exc:
+            raise RenderError(
+                exc.message or str(exc), node=node, field=field, line=exc.lineno
+            ) from exc
+        except Exception as exc:  # template code can raise anything: 1/0, 'a' + 1, ...
+            raise RenderError(
+                _describe(exc), node=node, field=field, line=_template_line(exc)
+            ) from exc
+
+    def check_template(self, *, subject: str, template: str | None, body: str | None) -> list[str]:
+        """Return what is wrong with an email node's subject and template or body (empty: fine).
+
+        Problems with the subject start with ``subject:``, problems in a template that
+        this one includes or extends start with that template's name; the rest are
+        about the template file or inline body itself.
+        """
+        problems = [f"subject: {problem}" for problem in self._check_subject(subject)]
+        if (template is None) == (body is None):
+            problems.append(
+                "give exactly one of template (a file in the templates directory) or body (inline HTML)"
+            )
+        elif template is not None:
+            problems += self._check_file(template, seen={template}, nested=False)
+        else:
+            problems += self._check_source(self._html_env, body, seen=set(), nested=False)
+        return problems
+
+    def _check_subject(self, subject: str) -> list[str]:
+        if not subject.strip():
+            return ["is empty"]
+        problems = self._check_source(self._subject_env, subject, seen=set(), nested=False)
+        if _LINE_BREAK.search(subject.strip()):
+            problems.append("contains a line break; a subject must be one line")
+        return problems
+
+    def _check_file(self, name: str, *, seen: set[str], nested: bool) -> list[str]:
+        prefix = f"{name}: " if nested else ""
+        try:
+            source, _, _ = self._html_env.loader.get_source(self._html_env, name)
+        except (RenderError, TemplateNotFound) as exc:
+            return [f"{prefix}{exc}"]
+        except UnicodeDecodeError:
+            return [f"{prefix}template {name!r} is not UTF-8 text"]
+        problems = self._check_source(self._html_env, source, seen=seen, nested=nested, name=name)
+        return [f"{prefix}{problem}" for problem in problems]
+
+    def _check_source(
+        self,
+        env: _SandboxedEnvironment,
+        source: str,
+        *,
+        seen: set[str],
+        nested: bool,
+        name: str | None = None,
+    ) -> list[str]:
+        if too_large := _source_too_large(source):
+            return [too_large]
+        try:
+            ast = env.parse(source, name=name)
+            env.compile(ast, name=name)
+        except TemplateSyntaxError as exc:
+            return [f"line {exc.lineno}: {exc.message}"]
+        problems = _private_attribute_problems(ast)
+        if not nested:
+            # An included template may use its includer's variables: check names at the top only.
+            problems += _unknown_name_problems(ast, known=CONTEXT_NAMES | env.globals.keys())
+        for included in meta.find_referenced_templates(ast):
+            if included is not None and included not in seen:
+                seen.add(included)
+                problems += self._check_file(included, seen=seen, nested=True)
+        return problems
+
+
+def _join_limited(chunks: Iterator[str]) -> str:
+    parts, size = [], 0
+    for chunk in chunks:
+        size += len(chunk)
+        if size > MAX_OUTPUT_CHARS:
+            # Mail clients clip far earlier (Gmail at about 100 KB); this stops runaway loops.
+            raise RenderError(f"the output passed the limit of {MAX_OUTPUT_CHARS:,} characters")
+        parts.append(chunk)
+    return "".join(parts)
+
+
+def _private_attribute_problems(ast: nodes.Template) -> list[str]:
+    # Best effort: the sandbox refuses these at render time whatever the syntax.
+    problems = []
+    for found in ast.find_all((nodes.Getattr, nodes.Getitem)):
+        attr = found.attr if isinstance(found, nodes.Getattr) else getattr(found.arg, "value", None)
+        if isinstance(attr, str) and attr.startswith("_"):
+            problems.append(
+                f"line {found.lineno}: {attr!r} is not allowed: templates cannot read names starting with '_'"
+            )
+    return problems
+
+
+def _unknown_name_problems(ast: nodes.Template, *, known: AbstractSet[str]) -> list[str]:
+    problems = []
+    for unknown in sorted(meta.find_undeclared_variables(ast) - known):
+        line = next(n.lineno for n in ast.find_all(nodes.Name) if n.name == unknown)
+        problems.append(
+            f"line {line}: unknown variable {unknown!r}; templates get {', '.join(sorted(CONTEXT_NAMES))}"
+        )
+    return problems
+
+
+def _node_name(context: Mapping[str, Any]) -> str | None:
+    node = context.get("node")
+    return node.get("name") if isinstance(node, Mapping) else None
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, UndefinedError):
+        return (
+            f"{exc}; for a value some contacts lack, give a fallback such as "
+            '{{ contact.nickname | default("there", true) }}'
+        )
+    if isinstance(exc, MemoryError):
+        return "the template needed more memory than is available"
+    message = str(exc) or type(exc).__name__
+    return message if isinstance(exc, TemplateError) else f"{message} ({type(exc).__name__})"
+
+
+def _template_line(exc: BaseException) -> int | None:
+    """Return the template line of an error raised while rendering, if Jinja recorded one."""
+    line, tb = None, exc.__traceback__
+    while tb is not None:
+        # Jinja rewrites the traceback so template frames carry this global and the template line.
+        if "__jinja_exception__" in tb.tb_frame.f_globals:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
