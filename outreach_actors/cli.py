@@ -402,18 +402,14 @@ def webhooks_list(status: str | None) -> None:
 @click.option("--port", default=8000, show_default=True, type=int)
 def serve(host: str, port: int) -> None:
     """Serve the webhook and unsubscribe endpoints (standalone WSGI app)."""
-    from wsgiref.simple_server import make_server
-
-    from .wsgi import create_app
+    from .wsgi import serve as serve_wsgi
 
     _open_database()
-    app = create_app()
     console.print(f"serving POST /webhooks/sendgrid and /unsubscribe/<token> on http://{host}:{port}")
-    with make_server(host, port, app) as server:
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
+    try:
+        serve_wsgi(host, port)
+    except KeyboardInterrupt:
+        pass
 
 
 @main.group()

@@ -56,6 +56,21 @@ def setup(settings: Settings | None = None) -> dramatiq.Broker:
     return broker
 
 
+def install(settings: Settings) -> dramatiq.Broker:
+    """Switch this process to other settings: new broker, database, actors moved over.
+
+    For programs that configure themselves after import (the demo, host apps that
+    build settings from their own config).
+    """
+    from .settings import configure
+
+    actors = list(dramatiq.get_broker().actors.values())
+    configure(settings)
+    broker = setup(settings)
+    rebind_actors(broker, actors)
+    return broker
+
+
 def rebind_actors(broker: dramatiq.Broker, actors: list[dramatiq.Actor]) -> None:
     """Move already-declared actors onto another broker (tests switch brokers)."""
     for actor in actors:

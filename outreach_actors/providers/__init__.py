@@ -1,0 +1,1 @@
+"""Email providers: building and sending mail (sendgrid), reading their webhook events (events)."""

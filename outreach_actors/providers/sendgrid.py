@@ -1,0 +1,358 @@
+"""Build SendGrid v3 mail from an OutgoingEmail, send it, and say what happened.
+
+The send actor calls :meth:`SendGridClient.send` and acts on the :class:`SendOutcome`:
+``sent`` (keep the provider id), ``retry`` (nothing was accepted; ask again, after
+``retry_after_s`` when given), ``permanent`` (asking again cannot help) or
+``ambiguous`` (the request went out and the answer was lost: SendGrid may have
+accepted it, so sending again could deliver twice; reconcile through the webhook
+events, which carry our ``outreach_message_id``). No Dramatiq here.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from email.message import Message
+from email.utils import parsedate_to_datetime
+from typing import Literal
+from urllib.error import URLError
+from urllib.parse import urlsplit
+
+import sendgrid
+from python_http_client.exceptions import HTTPError
+from sendgrid.helpers.mail import (
+    Category,
+    CustomArg,
+    From,
+    Header,
+    HtmlContent,
+    Mail,
+    PlainTextContent,
+    Subject,
+    To,
+)
+from sendgrid.helpers.mail.exceptions import ApiKeyIncludedException
+
+from ..settings import Settings, SettingsError
+
+logger = logging.getLogger(__name__)
+
+OutcomeKind = Literal["sent", "retry", "permanent", "ambiguous"]
+
+# SendGrid returns custom_args at the top level of every event: these two tie an
+# event back to our OutboundMessage row and its tenant.
+MESSAGE_ID_ARG = "outreach_message_id"
+TENANT_ARG = "outreach_tenant"
+
+# Headers SendGrid writes itself and refuses in `headers` (v3 mail/send reference).
+RESERVED_HEADERS = frozenset({
+    "x-sg-id", "x-sg-eid", "received", "dkim-signature", "content-type",
+    "content-transfer-encoding", "to", "from", "subject", "reply-to", "cc", "bcc",
+})
+# SendGrid's documented limits; checked here so the error names our field, not theirs.
+MAX_CATEGORIES = 10
+MAX_CATEGORY_LENGTH = 255
+MAX_CUSTOM_ARGS_BYTES = 10_000
+
+# Statuses worth asking again besides 5xx: SendGrid's rate limit and a timeout at its edge.
+_RETRY_STATUSES = frozenset({408, 429})
+_MAX_ERROR_CHARS = 500
+
+
+class InvalidEmail(ValueError):
+    """An OutgoingEmail that SendGrid must not be asked to send; the message names the field."""
+
+    def __init__(self, field_name: str, problem: str) -> None:
+        super().__init__(f"{field_name}: {problem}")
+        self.field = field_name
+
+
+@dataclass(frozen=True)
+class OutgoingEmail:
+    """One rendered email to one recipient, ready to hand to SendGrid."""
+
+    message_id: str
+    tenant: str
+    to_email: str
+    from_email: str
+    from_name: str | None
+    subject: str
+    html: str | None
+    text: str | None
+    categories: list[str] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+    custom_args: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    """What one send attempt came to; ``error`` is the provider's own message when it gave one."""
+
+    kind: OutcomeKind
+    provider_message_id: str | None = None
+    status_code: int | None = None
+    error: str | None = None
+    retry_after_s: float | None = None
+
+
+# Addresses: the email-validator library is not a dependency of this project, so the
+# check is written here and is deliberately strict: an RFC 5322 dot-atom local part
+# in ASCII, at most 64 characters, and a domain of at least two LDH labels whose last
+# label is not numeric. SendGrid refuses Unicode in addresses ("501 Recipient syntax
+# error"), so a non-ASCII domain is sent in its IDNA (punycode) form and a non-ASCII
+# local part is refused. Quoted local parts and address literals ([192.0.2.1]) are
+# refused too: SendGrid does not send to address literals, and neither belongs in an
+# outreach list.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LOCAL_PART = re.compile(rf"{_ATOM}(?:\.{_ATOM})*\Z")
+_DOMAIN_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
+_LINE_BREAK = re.compile(r"[\r\n\x00]")
+# RFC 5322 field names: printable ASCII except the colon.
+_HEADER_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+\Z")
+
+
+def _refuse_line_breaks(value: str, field_name: str) -> None:
+    if _LINE_BREAK.search(value):
+        raise InvalidEmail(
+            field_name, "contains a line break or NUL character, which could inject mail headers"
+        )
+
+
+def validate_address(value: object, field_name: str = "address") -> str:
+    """``value`` as SendGrid must receive it (domain in IDNA form); InvalidEmail if it is no address."""
+    if not isinstance(value, str) or not value:
+        raise InvalidEmail(field_name, "is empty; an email address is required")
+    _refuse_line_breaks(value, field_name)
+    local, at, domain = value.rpartition("@")
+    problem = f"{value!r} is not a valid email address"
+    if not at or len(value) > 254 or len(local) > 64 or not _LOCAL_PART.match(local):
+        raise InvalidEmail(field_name, problem)
+    try:
+        ascii_domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise InvalidEmail(field_name, problem) from None
+    labels = ascii_domain.split(".")
+    if len(labels) < 2 or labels[-1].isdigit() or not all(map(_DOMAIN_LABEL.match, labels)):
+        raise InvalidEmail(field_name, problem)
+    return f"{local}@{ascii_domain}"
+
+
+def _custom_args(email: OutgoingEmail) -> dict[str, str]:
+    for name in ("message_id", "tenant"):
+        value = getattr(email, name)
+        if not isinstance(value, str) or not value:
+            raise InvalidEmail(name, "is empty; events are matched to the email by it")
+    ours = {MESSAGE_ID_ARG: email.message_id, TENANT_ARG: email.tenant}
+    args = dict(email.custom_args)
+    for key, value in args.items():
+        if not isinstance(key, str) or not key:
+            raise InvalidEmail("custom_args", f"has an empty or non-text key {key!r}")
+        if not isinstance(value, str):
+            raise InvalidEmail(
+                f"custom_args.{key}", f"must be text, got {type(value).__name__}; SendGrid refuses others"
+            )
+        if key in ours and value != ours[key]:
+            raise InvalidEmail(
+                f"custom_args.{key}", f"is {value!r} but this email is {ours[key]!r}; leave it out"
+            )
+    args.update(ours)
+    if len(json.dumps(args).encode()) >= MAX_CUSTOM_ARGS_BYTES:
+        raise InvalidEmail("custom_args", f"must be smaller than {MAX_CUSTOM_ARGS_BYTES} bytes in all")
+    return args
+
+
+def _check_headers(headers: dict[str, str]) -> None:
+    for name, value in headers.items():
+        label = f"headers[{name!r}]"
+        if not isinstance(name, str) or not _HEADER_NAME.match(name):
+            raise InvalidEmail(label, "is not a valid header name (printable ASCII, no colon)")
+        if name.lower() in RESERVED_HEADERS:
+            raise InvalidEmail(label, "is set by SendGrid itself and cannot be given")
+        if not isinstance(value, str):
+            raise InvalidEmail(label, f"must be text, got {type(value).__name__}")
+        _refuse_line_breaks(value, label)
+
+
+def _check_categories(categories: list[str]) -> None:
+    if len(categories) > MAX_CATEGORIES:
+        raise InvalidEmail("categories", f"has {len(categories)} entries; SendGrid allows {MAX_CATEGORIES}")
+    for index, category in enumerate(categories):
+        label = f"categories[{index}]"
+        if not isinstance(category, str) or not category:
+            raise InvalidEmail(label, "must be non-empty text")
+        if len(category) > MAX_CATEGORY_LENGTH:
+            raise InvalidEmail(label, f"is longer than {MAX_CATEGORY_LENGTH} characters")
+        _refuse_line_breaks(category, label)
+
+
+def _content(
+    kind: type[PlainTextContent] | type[HtmlContent], value: str | None, field_name: str
+) -> PlainTextContent | HtmlContent | None:
+    if not value:
+        return None
+    try:
+        return kind(value)
+    except ApiKeyIncludedException:
+        # The sendgrid helpers refuse a body that starts like an API key (SG.xxx.yyy).
+        raise InvalidEmail(
+            field_name, "starts with what looks like a SendGrid API key (SG.xxx.yyy); remove it"
+        ) from None
+
+
+def build_mail(email: OutgoingEmail) -> Mail:
+    """Build the SendGrid Mail for ``email``, refusing anything SendGrid would reject or that could inject headers."""
+    to_email = validate_address(email.to_email, "to_email")
+    from_email = validate_address(email.from_email, "from_email")
+    if email.from_name:
+        _refuse_line_breaks(email.from_name, "from_name")
+    if not isinstance(email.subject, str) or not email.subject.strip():
+        raise InvalidEmail("subject", "is empty; SendGrid requires a subject")
+    _refuse_line_breaks(email.subject, "subject")
+    if not email.html and not email.text:
+        raise InvalidEmail("html", "is empty and so is text; an email needs a body")
+    _check_headers(email.headers)
+    _check_categories(email.categories)
+    custom_args = _custom_args(email)
+    mail = Mail(
+        from_email=From(from_email, email.from_name or None),
+        to_emails=To(to_email),
+        subject=Subject(email.subject),
+        plain_text_content=_content(PlainTextContent, email.text, "text"),
+        html_content=_content(HtmlContent, email.html, "html"),
+    )
+    for category in email.categories:
+        mail.add_category(Category(category))
+    for name, value in email.headers.items():
+        mail.add_header(Header(name, value))
+    for key, value in custom_args.items():
+        mail.add_custom_arg(CustomArg(key, value))
+    return mail
+
+
+def provider_error_text(status: int, body: bytes | str | None) -> str:
+    """SendGrid's error messages from a response body (``field: message; ...``), or the raw text."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else (body or "")
+    try:
+        errors = json.loads(text)["errors"]
+        messages = [
+            f"{error['field']}: {error['message']}" if error.get("field") else str(error["message"])
+            for error in errors
+        ]
+    except (ValueError, KeyError, TypeError):
+        messages = []
+    if messages:
+        return "; ".join(messages)
+    return text.strip()[:_MAX_ERROR_CHARS] or f"HTTP {status} with no message"
+
+
+def retry_after_seconds(headers: Message, now: float | None = None) -> float | None:
+    """The wait a 429/5xx asks for: ``Retry-After`` (seconds or HTTP date), else ``X-RateLimit-Reset``."""
+    now = time.time() if now is None else now
+    retry_after = headers.get("Retry-After")
+    if retry_after:
+        try:
+            return max(0.0, float(retry_after))
+        except ValueError:
+            pass
+        try:
+            return max(0.0, parsedate_to_datetime(retry_after).timestamp() - now)
+        except (TypeError, ValueError):
+            pass
+    reset = headers.get("X-RateLimit-Reset")
+    if reset:
+        try:
+            return max(0.0, float(reset) - now)
+        except ValueError:
+            pass
+    return None
+
+
+def outcome_for_response(status: int, headers: Message, body: bytes | str | None) -> SendOutcome:
+    """Classify an HTTP answer from mail/send: 2xx sent, 408/429/5xx retry, other 4xx permanent."""
+    if 200 <= status < 300:
+        return SendOutcome("sent", provider_message_id=headers.get("X-Message-Id"), status_code=status)
+    if status in _RETRY_STATUSES or status >= 500:
+        return SendOutcome(
+            "retry",
+            status_code=status,
+            error=provider_error_text(status, body),
+            retry_after_s=retry_after_seconds(headers),
+        )
+    return SendOutcome("permanent", status_code=status, error=provider_error_text(status, body))
+
+
+class SendGridClient:
+    """Sends OutgoingEmail through SendGrid's v3 mail/send and classifies every result.
+
+    Parameters:
+      api_key(str): The SendGrid API key.
+      host(str): Base URL of the API; a :class:`~outreach_actors.testing.SendGridStandIn`'s
+        ``.host`` in tests.
+      timeout_s(float): Seconds to wait to connect and then for the answer.
+    """
+
+    def __init__(self, api_key: str, host: str = "https://api.sendgrid.com", timeout_s: float = 10.0) -> None:
+        if not api_key:
+            raise ValueError("a SendGrid API key is required; set OUTREACH_SENDGRID_API_KEY")
+        parts = urlsplit(host)
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise ValueError(f"SendGrid host {host!r} must be an http(s) URL such as https://api.sendgrid.com")
+        if timeout_s <= 0:
+            raise ValueError(f"SendGrid timeout must be positive, got {timeout_s}")
+        self.host = host.rstrip("/")
+        self.timeout_s = timeout_s
+        self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
+        # The client fixes its host when built, so it is built here for this host. The
+        # timeout lives on its python_http_client.Client, which hands it on to the
+        # per-request clients that `client.mail.send` builds.
+        self._api = sendgrid.SendGridAPIClient(api_key, host=self.host)
+        self._api.client.timeout = timeout_s
+
+    def send(self, email: OutgoingEmail) -> SendOutcome:
+        """Send one email; never raises for SendGrid's answer or the network, returns a SendOutcome."""
+        try:
+            mail = build_mail(email)
+        except InvalidEmail as exc:
+            self.logger.warning("Refused to send message %s: %s", email.message_id, exc)
+            return SendOutcome("permanent", error=str(exc))
+        try:
+            response = self._api.send(mail)
+        except HTTPError as exc:
+            outcome = outcome_for_response(exc.status_code, exc.headers, exc.body)
+        except URLError as exc:
+            # urllib wraps every failure to connect or to write the request in URLError,
+            # so SendGrid never had the whole request: asking again cannot send twice.
+            outcome = SendOutcome("retry", error=f"could not reach SendGrid at {self.host}: {exc.reason}")
+        except (http.client.HTTPException, OSError) as exc:
+            # The request was written and the answer was lost (connection dropped, read
+            # timed out): SendGrid may have accepted it, so a resend could deliver twice.
+            outcome = SendOutcome(
+                "ambiguous", error=f"SendGrid did not answer after the request was sent: {exc!r}"
+            )
+        else:
+            outcome = outcome_for_response(response.status_code, response.headers, response.body)
+        self.logger.info(
+            "Message %s: %s (HTTP %s, provider id %s)",
+            email.message_id, outcome.kind, outcome.status_code, outcome.provider_message_id,
+        )
+        return outcome
+
+
+def sendgrid_client_from_settings(settings: Settings) -> SendGridClient:
+    """A SendGridClient for the configured key, host and timeout."""
+    if not settings.sendgrid_api_key:
+        raise SettingsError(
+            "OUTREACH_SENDGRID_API_KEY is not set; sending email needs a SendGrid API key"
+        )
+    try:
+        return SendGridClient(
+            settings.sendgrid_api_key,
+            host=settings.sendgrid_api_host,
+            timeout_s=settings.sendgrid_timeout.total_seconds(),
+        )
+    except ValueError as exc:
+        raise SettingsError(f"invalid SendGrid configuration: {exc}") from None
