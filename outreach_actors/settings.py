@@ -93,6 +93,19 @@ class Settings(BaseModel):
     ratelimit_tenant_per_hour: int = 5000
     ratelimit_domain_per_hour: int = 200
     ratelimit_global_per_hour: int = 20000
+    # A deferred send comes back at most this late to look again: delayed messages
+    # wait unacked in worker memory, and RabbitMQ drops a consumer that holds one
+    # past its consumer_timeout (30 min by default).
+    ratelimit_max_deferral: Duration = timedelta(minutes=10)
+    # Redis for rate-limit and idempotency state when the broker is not Redis
+    # (RabbitMQ); unset means the embedded server, which is shared by one host only.
+    state_redis_url: str | None = None
+    # Idempotency: a lease outlives a killed worker by at most idempotency_lease; a
+    # finished effect is remembered for idempotency_done_ttl; a duplicate that finds
+    # the lease held looks again after idempotency_duplicate_delay.
+    idempotency_lease: Duration = timedelta(minutes=5)
+    idempotency_done_ttl: Duration = timedelta(hours=24)
+    idempotency_duplicate_delay: Duration = timedelta(seconds=1)
 
     # Timers and the dispatcher.
     dispatch_horizon: Duration = timedelta(minutes=1)

@@ -174,7 +174,10 @@ def redis_broker(data_dir: Path):
 @pytest.fixture
 def rabbitmq_broker(data_dir: Path):
     require_rabbitmq()
-    broker = install_broker(make_broker(make_settings(data_dir, broker_url=RABBITMQ_URL)))
+    require_redis()  # rate-limit and idempotency state lives in Redis beside RabbitMQ
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    broker = install_broker(make_broker(
+        make_settings(data_dir, broker_url=RABBITMQ_URL, state_redis_url=REDIS_URL)))
     for actor in PROJECT_ACTORS:
         broker.declare_queue(actor.queue_name)
     broker.flush_all()
