@@ -1,0 +1,115 @@
+"""The campaign actors: render, send, fire timeouts, dispatch due actions.
+
+Each one loads ids and calls the domain; duplicates are absorbed by the domain's
+row claims and by the idempotency middleware, rate limits by the rate-limit one.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+import dramatiq
+from dramatiq.middleware import CurrentMessage
+from periodiq import cron
+
+from .. import delivery, dispatch, timeouts
+from ..models import OutboundMessage, ScheduledAction, SenderIdentity
+from ..ratelimit import Limit, default_limits
+from ..settings import get_settings
+
+logger = logging.getLogger(__name__)
+
+SEND_MAX_RETRIES = get_settings().send_max_retries
+
+
+@lru_cache(maxsize=4)
+def _client(api_key: str | None, host: str, timeout_s: float):
+    from ..providers.sendgrid import SendGridClient
+
+    return SendGridClient(api_key or "", host, timeout_s)
+
+
+def sendgrid_client():
+    settings = get_settings()
+    return _client(settings.sendgrid_api_key, settings.sendgrid_api_host,
+                   settings.sendgrid_timeout.total_seconds())
+
+
+@dramatiq.actor(queue_name="render", max_retries=5)
+def render(action_id: int) -> str | None:
+    """Render a send action's email; its result (a message id) is piped to `send`."""
+    return delivery.render_action(action_id)
+
+
+def send_rate_limits(message: dramatiq.Message) -> list[Limit]:
+    """Every scope one send takes: its sender, tenant, recipient domain and the global one."""
+    message_id = message.args[0] if message.args else None
+    if message_id is None:
+        return []
+    row = OutboundMessage.get_or_none(OutboundMessage.id == message_id)
+    if row is None or row.status != OutboundMessage.RENDERED:
+        return []  # nothing will be sent: do not take a slot
+    sender = SenderIdentity.get_or_none(SenderIdentity.tenant == row.tenant_id,
+                                        SenderIdentity.email == row.from_email)
+    return default_limits(
+        get_settings(), tenant=row.tenant_id, sender=row.from_email,
+        recipient_domain=row.to_email.rsplit("@", 1)[-1],
+        tenant_overrides=row.tenant.rate_limits or {},
+        sender_overrides=(sender.rate_limits if sender else None) or {},
+    )
+
+
+@dramatiq.actor(queue_name="send", max_retries=SEND_MAX_RETRIES, min_backoff=5_000,
+                max_backoff=600_000, rate_limits=send_rate_limits)
+def send(message_id: str | None) -> None:
+    """Send one rendered message through SendGrid."""
+    if message_id is None:
+        return  # the render found nothing to send
+    message = CurrentMessage.get_current_message()
+    retries = message.options.get("retries", 0) if message else 0
+    delivery.send_message(message_id, sendgrid_client(), final_attempt=retries >= SEND_MAX_RETRIES)
+
+
+@dramatiq.actor(queue_name="timeouts", max_retries=10)
+def fire_timeout(action_id: int) -> None:
+    """Fire a due timeout: a synthetic no_open/no_click/elapsed event, exactly once."""
+    timeouts.fire_timeout(action_id)
+
+
+def enqueue_action(action: ScheduledAction, delay_ms: int) -> None:
+    """Turn a claimed ScheduledAction into broker messages."""
+    if action.kind == ScheduledAction.SEND:
+        dramatiq.pipeline([render.message(action.id), send.message()]).run(
+            delay=delay_ms or None
+        )
+    else:
+        fire_timeout.send_with_options(args=(action.id,), delay=delay_ms or None)
+
+
+def enqueue_send(message_id: str) -> None:
+    send.send(message_id)
+
+
+@dramatiq.actor(queue_name="periodic", max_retries=0, periodic=cron("* * * * *"))
+def dispatch_due(remaining: int | None = None) -> None:
+    """Enqueue due actions; started every minute, it repeats every dispatch interval.
+
+    periodiq ticks once a minute; each tick starts a short chain of runs spaced by
+    OUTREACH_DISPATCH_INTERVAL that ends before the next tick, so chains never pile up.
+    """
+    settings = get_settings()
+    dispatch.dispatch_due_actions(enqueue_action, settings=settings)
+    interval_ms = int(settings.dispatch_interval.total_seconds() * 1000)
+    if remaining is None:
+        remaining = max(0, 60_000 // max(interval_ms, 1) - 1)
+    if remaining > 0 and interval_ms > 0:
+        dispatch_due.send_with_options(args=(remaining - 1,), delay=interval_ms)
+
+
+@dramatiq.actor(queue_name="periodic", max_retries=0, periodic=cron("* * * * *"))
+def reconcile() -> None:
+    """Re-enqueue actions whose lease expired and sends that were lost or cut short."""
+    settings = get_settings()
+    dispatch.reconcile_expired_leases(enqueue_action, settings=settings)
+    dispatch.reconcile_stuck_messages(enqueue_send, settings=settings)
