@@ -15,7 +15,8 @@ from rich.table import Table
 from . import models
 from .settings import get_settings
 
-console = Console()
+# Tables are wide; when output is not a terminal (CI logs, pipes) do not squeeze them to 80.
+console = Console(width=None if sys.stdout.isatty() else 140)
 err_console = Console(stderr=True)
 
 

@@ -26,7 +26,8 @@ class JSONField(peewee.TextField):
     def db_value(self, value):
         import json
 
-        return None if value is None else json.dumps(value, sort_keys=True, default=str)
+        # Key order is kept: a plan's nodes are listed in the order they were written.
+        return None if value is None else json.dumps(value, default=str)
 
     def python_value(self, value):
         import json
