@@ -28,9 +28,8 @@ from .models import (
     database_proxy,
     utcnow,
 )
-from .plans import ENGAGEMENT_TIMEOUTS, TIMEOUT_EVENTS
+from .plans import ENGAGEMENT_TIMEOUTS, TIMEOUT_EVENTS, plan_from_definition
 from .plans import Plan as PlanModel
-from .plans import plan_from_definition
 from .scheduling import next_send_time
 from .settings import get_settings
 

@@ -1,0 +1,76 @@
+"""What the Flask, Django and standalone WSGI hosts share: settings, runtime, endpoints, enroll.
+
+A host app configures the package once at start (``activate``): its settings
+replace the environment's, the database is bound and the broker rebuilt for
+them. Sentry is left to the host app, which initialises it for itself.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+
+from .. import engine
+from ..broker import make_broker
+from ..models import Enrollment
+from ..runtime import bind_database, rebind_actors
+from ..settings import ENV_PREFIX, Settings, configure, settings_from_mapping
+from ..unsubscribe import UnsubscribePage
+from ..webhooks import SendGridWebhookReceiver, database_connection
+
+WEBHOOK_PATH = "/webhooks/sendgrid"
+UNSUBSCRIBE_PATH = "/unsubscribe/"
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """The two endpoints a host mounts, built once from the settings."""
+
+    settings: Settings
+    webhook: SendGridWebhookReceiver
+    unsubscribe: UnsubscribePage
+
+
+def host_settings(
+    config: Mapping[str, Any], *, prefixed: bool = True, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Settings from a host's config over the ``OUTREACH_*`` environment.
+
+    ``prefixed`` config uses ``OUTREACH_*`` keys (Flask's ``app.config``); otherwise
+    bare field names (Django's ``OUTREACH`` dict).
+    """
+    environ = os.environ if environ is None else environ
+    merged: dict[str, Any] = {k: v for k, v in environ.items() if k.startswith(ENV_PREFIX)}
+    for key, value in config.items():
+        if prefixed and not key.startswith(ENV_PREFIX):
+            continue
+        merged[key if prefixed else ENV_PREFIX + key.upper()] = value
+    return settings_from_mapping(merged)
+
+
+def activate(settings: Settings) -> Endpoints:
+    """Make these the process's settings, database and broker; the endpoints to mount."""
+    configure(settings)
+    bind_database(settings)
+    previous = dramatiq.get_broker()
+    broker = make_broker(settings)
+    dramatiq.set_broker(broker)
+    rebind_actors(broker, list(previous.actors.values()))
+    return Endpoints(settings, SendGridWebhookReceiver(settings), UnsubscribePage(settings))
+
+
+def enroll(
+    tenant_id: str,
+    email: str,
+    plan_name: str,
+    *,
+    fields: dict[str, Any] | None = None,
+    timezone: str | None = None,
+) -> Enrollment:
+    """Enroll a contact from a host app's view (see ``engine.enroll``)."""
+    with database_connection():
+        return engine.enroll(tenant_id, email, plan_name, fields=fields, timezone=timezone)

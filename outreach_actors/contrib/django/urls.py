@@ -1,0 +1,12 @@
+"""The outreach URLs; mount with ``path("", include("outreach_actors.contrib.django.urls"))``."""
+
+from django.urls import path
+
+from . import views
+
+app_name = "outreach"
+
+urlpatterns = [
+    path("webhooks/sendgrid", views.sendgrid_webhook, name="sendgrid_webhook"),
+    path("unsubscribe/<str:token>", views.unsubscribe, name="unsubscribe"),
+]

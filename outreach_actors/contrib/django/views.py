@@ -1,0 +1,41 @@
+"""Django views for the SendGrid Event Webhook and the unsubscribe link."""
+
+from __future__ import annotations
+
+from django.apps import apps
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_http_methods, require_POST
+
+from ...webhooks import Reply
+from .apps import OutreachConfig
+
+
+@csrf_exempt  # SendGrid signs its requests; it cannot send a CSRF token
+@require_POST
+def sendgrid_webhook(request: HttpRequest) -> HttpResponse:
+    reply = _config().endpoints.webhook.receive(
+        dict(request.headers), request.read, _content_length(request)
+    )
+    return _response(reply)
+
+
+@csrf_exempt  # RFC 8058 one-click POSTs come from mail providers, without a token
+@require_http_methods(["GET", "POST"])
+def unsubscribe(request: HttpRequest, token: str) -> HttpResponse:
+    return _response(_config().endpoints.unsubscribe.respond(request.method or "GET", token))
+
+
+def _config() -> OutreachConfig:
+    return apps.get_app_config(OutreachConfig.label)
+
+
+def _content_length(request: HttpRequest) -> int | None:
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or "")
+    except ValueError:
+        return None
+
+
+def _response(reply: Reply) -> HttpResponse:
+    return HttpResponse(reply.body, status=reply.status, content_type=reply.content_type)

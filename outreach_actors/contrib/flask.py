@@ -1,0 +1,64 @@
+"""Flask integration: the ``OutreachFlask`` extension and the blueprint it registers.
+
+    app.config["OUTREACH_SENDGRID_WEBHOOK_PUBLIC_KEY"] = "MFkw..."
+    outreach = OutreachFlask(app)          # or OutreachFlask() then .init_app(app)
+
+    @app.post("/signup")
+    def signup():
+        outreach.enroll("acme", request.form["email"], "onboarding")
+
+Settings are the ``OUTREACH_*`` keys of ``app.config`` over the environment. The
+blueprint serves ``POST /webhooks/sendgrid`` and ``GET|POST /unsubscribe/<token>``.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Flask, Response, current_app, request
+
+from ..webhooks import Reply
+from . import Endpoints, activate, enroll, host_settings
+
+EXTENSION = "outreach"
+
+blueprint = Blueprint("outreach", __name__)
+
+
+class OutreachFlask:
+    """Configures the package from ``app.config`` and mounts the outreach blueprint.
+
+    Parameters:
+      app(Flask): the app to initialise now; or call ``init_app`` later.
+      url_prefix(str): where to mount the endpoints (default: at the root).
+    """
+
+    enroll = staticmethod(enroll)
+
+    def __init__(self, app: Flask | None = None, *, url_prefix: str | None = None) -> None:
+        self.url_prefix = url_prefix
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        app.extensions[EXTENSION] = activate(host_settings(app.config))
+        app.register_blueprint(blueprint, url_prefix=self.url_prefix)
+
+
+@blueprint.post("/webhooks/sendgrid")
+def sendgrid_webhook() -> Response:
+    reply = _endpoints().webhook.receive(
+        dict(request.headers.items()), request.stream.read, request.content_length
+    )
+    return _response(reply)
+
+
+@blueprint.route("/unsubscribe/<token>", methods=["GET", "POST"])
+def unsubscribe(token: str) -> Response:
+    return _response(_endpoints().unsubscribe.respond(request.method, token))
+
+
+def _endpoints() -> Endpoints:
+    return current_app.extensions[EXTENSION]
+
+
+def _response(reply: Reply) -> Response:
+    return Response(reply.body, status=reply.status, content_type=reply.content_type)

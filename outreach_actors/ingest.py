@@ -1,0 +1,433 @@
+"""Normalize a stored webhook delivery: parse, match messages, dedupe, store, suppress, react.
+
+A delivery is processed in one transaction: its new events are inserted in bulk
+(``ON CONFLICT DO NOTHING ... RETURNING`` tells which keys are new), and only
+those drive suppressions and the engine, so running a delivery twice, or
+receiving the same event in two deliveries, has every effect once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
+
+from peewee import chunked
+
+from . import engine
+from .models import (
+    Enrollment,
+    MessageEvent,
+    OutboundMessage,
+    Plan,
+    WebhookDelivery,
+    database_proxy,
+    utcnow,
+)
+from .plans import Plan as PlanModel
+from .providers.events import EVENT_TYPES, MalformedBatch, NormalizedEvent, parse_sendgrid_batch
+from .settings import Settings, get_settings
+from .suppressions import (
+    group_channel,
+    lift,
+    normalize_address,
+    soft_bounce_should_suppress,
+    suppress,
+)
+
+logger = logging.getLogger(__name__)
+
+# Every provider event a plan may name or that proves a send reached SendGrid goes
+# to the engine; a resubscribe moves no one and "unknown" means nothing to a plan.
+ENGINE_EVENTS = frozenset(EVENT_TYPES.values()) - {"subscribed"}
+# Tenant-wide suppression reasons, by normalized event (bounces and drops below).
+SUPPRESSING_EVENTS = {"complained": "complained", "unsubscribed": "unsubscribed"}
+SUPPRESSING_BOUNCES = {"hard": "bounced"}
+SUPPRESSING_DROPS = {
+    "bounced": "rejected:bounced",
+    "invalid": "rejected:invalid",
+    "complained": "rejected:complained",
+}
+# Events after which the contact leaves every active enrollment of the tenant.
+EXITING_EVENTS = {"complained": "complained", "unsubscribed": "unsubscribed"}
+
+INSERT_CHUNK = 500
+LOOKUP_CHUNK = 1000
+MAX_ERRORS_KEPT = 20
+# Column widths (Peewee's CharField default) that provider-supplied text must fit.
+MAX_TEXT = 255
+
+
+class MessagesNotYetStored(RuntimeError):
+    """Events name messages that are not committed yet: the delivery is retried later."""
+
+
+@dataclass
+class IngestResult:
+    """What one run over a delivery did."""
+
+    delivery_id: int
+    status: str
+    stored: int = 0
+    duplicates: int = 0
+    waiting: int = 0
+    refused: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class _Message(NamedTuple):
+    id: str
+    tenant: str
+    provider_message_id: str | None
+    to_email: str
+    status: str
+    enrollment: int | None
+    node: str | None
+
+
+class _EngineInterest:
+    """Which new events can move a contact or resolve a send; only those go to the engine.
+
+    A cheap over-approximation of ``engine.handle_message_event``, read in bulk per
+    batch: an event can matter if its message's send is ambiguous, or if the
+    message's enrollment is active at the message's node and the plan has a
+    transition on the event there. The engine still decides; this only spares it
+    the calls that could only answer "nothing to do" (most events of a batch).
+    """
+
+    def __init__(self, messages: list[_Message]) -> None:
+        self.enrollments: dict[int, tuple[str, str, int]] = {}
+        self.plans: dict[int, PlanModel] = {}
+        self.stale: set[int] = set()
+        self._load({m.enrollment for m in messages if m.enrollment is not None})
+
+    def wants(self, message: _Message, event_type: str) -> bool:
+        if message.status == OutboundMessage.AMBIGUOUS:
+            return True
+        state = self._state(message.enrollment) if message.enrollment else None
+        if state is None or state[0] != Enrollment.ACTIVE:
+            return False
+        node = message.node or state[1]
+        plan = self.plans[state[2]]
+        return (
+            node == state[1] and node in plan.nodes
+            and plan.transition_for(node, event_type) is not None
+        )
+
+    def moved(self, enrollment_id: int) -> None:
+        """An enrollment moved: read it again if another event of the batch concerns it."""
+        self.enrollments.pop(enrollment_id, None)
+        self.stale.add(enrollment_id)
+
+    def _state(self, enrollment_id: int) -> tuple[str, str, int] | None:
+        if enrollment_id in self.stale:
+            self.stale.discard(enrollment_id)
+            self._load({enrollment_id})
+        return self.enrollments.get(enrollment_id)
+
+    def _load(self, ids: set[int]) -> None:
+        columns = (Enrollment.id, Enrollment.status, Enrollment.current_node, Enrollment.plan)
+        for chunk in chunked(sorted(ids), LOOKUP_CHUNK):
+            for row in Enrollment.select(*columns).where(Enrollment.id.in_(chunk)).tuples():
+                self.enrollments[row[0]] = row[1:]
+        plan_ids = {state[2] for state in self.enrollments.values()} - self.plans.keys()
+        if plan_ids:
+            for plan in Plan.select().where(Plan.id.in_(sorted(plan_ids))):
+                self.plans[plan.id] = engine.plan_for(plan)
+
+
+@dataclass
+class _Batch:
+    """The events of a batch sorted by what happens to them."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    keyed: dict[str, tuple[NormalizedEvent, _Message | None, datetime]] = field(
+        default_factory=dict
+    )
+    duplicates: int = 0
+    waiting: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+
+
+def normalize_delivery(delivery_id: int, *, settings: Settings | None = None) -> IngestResult:
+    """Process one stored delivery; safe to run again (it finds its events already stored).
+
+    Raises MessagesNotYetStored, after storing everything else, when events name
+    messages that do not exist yet; the caller retries and the delivery stays
+    ``failed`` with that error once retries run out (``outreach webhooks replay ID``).
+    """
+    settings = settings or get_settings()
+    delivery = WebhookDelivery.get_or_none(WebhookDelivery.id == delivery_id)
+    if delivery is None:
+        logger.error("Webhook delivery=%s does not exist (purged?); nothing to do", delivery_id)
+        return IngestResult(delivery_id, status="missing")
+    if delivery.status == WebhookDelivery.PROCESSED:
+        return IngestResult(delivery_id, status=WebhookDelivery.PROCESSED)
+    WebhookDelivery.update(attempts=WebhookDelivery.attempts + 1).where(
+        WebhookDelivery.id == delivery_id
+    ).execute()
+
+    try:
+        events, errors = parse_sendgrid_batch(bytes(delivery.body))
+    except MalformedBatch as exc:
+        logger.warning("Webhook delivery=%s is malformed: %s", delivery_id, exc)
+        _finish(delivery_id, WebhookDelivery.FAILED, f"{exc}; fix and replay it")
+        return IngestResult(delivery_id, status=WebhookDelivery.FAILED, errors=[str(exc)])
+
+    batch = _sort_batch(events, delivery, _find_messages(events))
+    with database_proxy.atomic():
+        new_keys = _insert(batch.rows)
+        new = sorted(
+            (batch.keyed[key] for key in new_keys),
+            key=lambda item: (item[2], item[0].event_key),
+        )
+        interest = _EngineInterest([message for _, message, _ in new if message is not None])
+        for event, message, occurred_at in new:
+            if message is not None:
+                _react(event, message, occurred_at, settings, interest)
+
+    result = IngestResult(
+        delivery_id,
+        status=WebhookDelivery.FAILED if batch.waiting else WebhookDelivery.PROCESSED,
+        stored=len(new_keys),
+        duplicates=batch.duplicates + len(batch.rows) - len(new_keys),
+        waiting=len(batch.waiting),
+        refused=len(batch.refused),
+        errors=errors + batch.refused + batch.waiting,
+    )
+    summary = _summary(result.errors)
+    if batch.waiting:
+        summary = (
+            f"{len(batch.waiting)} event(s) wait for their message and are retried "
+            f"(then `outreach webhooks replay {delivery_id}`): {summary}"
+        )
+    _finish(delivery_id, result.status, summary)
+    logger.info(
+        "Normalized delivery=%s stored=%d duplicates=%d waiting=%d refused=%d errors=%d",
+        delivery_id, result.stored, result.duplicates, result.waiting, result.refused,
+        len(errors),
+    )
+    if batch.waiting:
+        raise MessagesNotYetStored(
+            f"delivery {delivery_id}: {len(batch.waiting)} event(s) wait for messages "
+            "that are not stored yet; retrying"
+        )
+    return result
+
+
+def replay_delivery(delivery_id: int) -> None:
+    """Reset a delivery to ``received`` and enqueue it again (``outreach webhooks replay``)."""
+    reset = (
+        WebhookDelivery.update(status=WebhookDelivery.RECEIVED, error=None, processed_at=None)
+        .where(WebhookDelivery.id == delivery_id)
+        .execute()
+    )
+    if not reset:
+        raise LookupError(f"there is no webhook delivery {delivery_id}")
+    enqueue_delivery(delivery_id)
+
+
+def requeue_stale_deliveries(older_than: timedelta, *, now: datetime | None = None) -> int:
+    """Enqueue again deliveries still ``received`` after ``older_than`` (a lost enqueue).
+
+    A delivery enqueued twice is harmless: the second run finds it processed.
+    """
+    cutoff = (now or utcnow()) - older_than
+    ids = [
+        row.id
+        for row in WebhookDelivery.select(WebhookDelivery.id).where(
+            WebhookDelivery.status == WebhookDelivery.RECEIVED,
+            WebhookDelivery.received_at < cutoff,
+        )
+    ]
+    for delivery_id in ids:
+        enqueue_delivery(delivery_id)
+    return len(ids)
+
+
+def enqueue_delivery(delivery_id: int) -> None:
+    """Hand a committed delivery to the ``normalize_webhook`` actor."""
+    # Imported here: the actors import this module.
+    from .actors.webhook import normalize_webhook
+
+    normalize_webhook.send(delivery_id)
+
+
+def _find_messages(events: list[NormalizedEvent]) -> dict[str, dict[str, _Message]]:
+    """Our messages named by the batch, by our id and by SendGrid's X-Message-Id."""
+    columns = (
+        OutboundMessage.id, OutboundMessage.tenant, OutboundMessage.provider_message_id,
+        OutboundMessage.to_email, OutboundMessage.status, OutboundMessage.enrollment,
+        OutboundMessage.node,
+    )
+    by_id: dict[str, _Message] = {}
+    by_provider: dict[str, _Message] = {}
+    ids = {event.message_id for event in events if event.message_id}
+    provider_ids = {event.provider_message_id for event in events if event.provider_message_id}
+    for chunk in chunked(sorted(ids), LOOKUP_CHUNK):
+        for row in OutboundMessage.select(*columns).where(OutboundMessage.id.in_(chunk)).tuples():
+            by_id[row[0]] = _Message(*row)
+    for chunk in chunked(sorted(provider_ids), LOOKUP_CHUNK):
+        query = OutboundMessage.select(*columns).where(
+            OutboundMessage.provider_message_id.in_(chunk)
+        )
+        for row in query.tuples():
+            by_provider[row[2]] = _Message(*row)
+    return {"id": by_id, "provider": by_provider}
+
+
+def _sort_batch(
+    events: list[NormalizedEvent],
+    delivery: WebhookDelivery,
+    messages: dict[str, dict[str, _Message]],
+) -> _Batch:
+    batch = _Batch()
+    for event in events:
+        message = messages["id"].get(event.message_id or "") or messages["provider"].get(
+            event.provider_message_id or ""
+        )
+        if message is None and event.message_id:
+            batch.waiting.append(f"event {event.event_key}: message {event.message_id} not found")
+            continue
+        if message is not None and event.tenant and event.tenant != message.tenant:
+            logger.warning(
+                "Refused event key=%s delivery=%s: tenant %r does not own message=%s",
+                event.event_key, delivery.id, event.tenant, message.id,
+            )
+            batch.refused.append(
+                f"event {event.event_key}: refused, tenant {event.tenant!r} "
+                f"does not own message {message.id}"
+            )
+            continue
+        if event.event_key in batch.keyed:
+            batch.duplicates += 1
+            continue
+        occurred_at = event.occurred_at or delivery.received_at
+        batch.keyed[event.event_key] = (event, message, occurred_at)
+        batch.rows.append({
+            "message": message.id if message else None,
+            "tenant": message.tenant if message else _clip(event.tenant),
+            "type": event.type,
+            "provider_event": _clip(event.provider_event),
+            "synthetic": False,
+            "event_key": event.event_key,
+            "email": _clip(event.email),
+            "occurred_at": occurred_at,
+            "received_at": delivery.received_at,
+            "delivery": delivery.id,
+            "data": event.data,
+        })
+    return batch
+
+
+def _insert(rows: list[dict[str, Any]]) -> list[str]:
+    """Insert the events, ignoring known keys; the keys that were new.
+
+    The statement is written here rather than with ``insert_many``: Peewee builds
+    its SQL value by value, which cost half of a 1,000-event batch. The syntax
+    (``ON CONFLICT DO NOTHING RETURNING``) is the same on PostgreSQL and SQLite
+    3.35+, and values still go through each field's ``db_value``.
+    """
+    if not rows:
+        return []
+    fields = [MessageEvent._meta.fields[name] for name in rows[0]]
+    columns = ", ".join(f'"{field.column_name}"' for field in fields)
+    placeholders = "(" + ", ".join([database_proxy.param] * len(fields)) + ")"
+    new: list[str] = []
+    for chunk in chunked(rows, INSERT_CHUNK):
+        sql = (
+            f'INSERT INTO "{MessageEvent._meta.table_name}" ({columns}) VALUES '
+            + ", ".join([placeholders] * len(chunk))
+            + ' ON CONFLICT ("event_key") DO NOTHING RETURNING "event_key"'
+        )
+        params = [field.db_value(row[field.name]) for row in chunk for field in fields]
+        new.extend(row[0] for row in database_proxy.execute_sql(sql, params).fetchall())
+    return new
+
+
+def _react(
+    event: NormalizedEvent, message: _Message, occurred_at: datetime, settings: Settings,
+    interest: _EngineInterest,
+) -> None:
+    """Apply one new event of one of our messages: suppressions, then the engine."""
+    email = normalize_address(event.email or message.to_email)
+    group = event.data.get("asm_group_id")
+    if event.type in {"unsubscribed", "subscribed"} and group is not None:
+        _apply_group_event(event, message.tenant, email, group, occurred_at)
+    elif reason := _suppression_reason(event, message.tenant, email, occurred_at, settings):
+        suppress(message.tenant, email, reason, event.event_key)
+    if event.type in ENGINE_EVENTS and interest.wants(message, event.type):
+        moved = engine.handle_message_event(
+            message.id, event.type, occurred_at,
+            data=event.data, provider_message_id=event.provider_message_id,
+        )
+        if moved and message.enrollment is not None:
+            interest.moved(message.enrollment)
+    if (exit_reason := EXITING_EVENTS.get(event.type)) and group is None:
+        engine.exit_contact_enrollments(message.tenant, email, exit_reason)
+
+
+def _suppression_reason(
+    event: NormalizedEvent, tenant_id: str, email: str, occurred_at: datetime,
+    settings: Settings,
+) -> str | None:
+    if event.type == "bounced":
+        if event.data.get("bounce_type") == "soft":
+            limit_reached = soft_bounce_should_suppress(
+                tenant_id, email, occurred_at, settings=settings
+            )
+            return "soft_bounce_limit" if limit_reached else None
+        return SUPPRESSING_BOUNCES.get(event.data.get("bounce_type", ""))
+    if event.type == "rejected":
+        return SUPPRESSING_DROPS.get(event.data.get("reject_reason", ""))
+    return SUPPRESSING_EVENTS.get(event.type)
+
+
+def _apply_group_event(
+    event: NormalizedEvent, tenant_id: str, email: str, group: Any, occurred_at: datetime
+) -> None:
+    """Suppress or lift one ASM group, unless a later (un)subscribe of it is already stored.
+
+    SendGrid does not promise order: an unsubscribe that arrives after the
+    resubscribe that followed it must not win.
+    """
+    columns = (MessageEvent.data, MessageEvent.occurred_at, MessageEvent.event_key)
+    later = MessageEvent.select(*columns).where(
+        MessageEvent.tenant == tenant_id,
+        MessageEvent.email == email,
+        MessageEvent.type.in_(["unsubscribed", "subscribed"]),
+        MessageEvent.occurred_at >= occurred_at,
+        MessageEvent.event_key != event.event_key,
+    )
+    for row in later:
+        same_group = str((row.data or {}).get("asm_group_id")) == str(group)
+        if same_group and (row.occurred_at, row.event_key) > (occurred_at, event.event_key):
+            logger.info(
+                "Skipped stale group event key=%s: a later one (%s) is stored",
+                event.event_key, row.event_key,
+            )
+            return
+    if event.type == "subscribed":
+        lift(tenant_id, email, group_channel(group))
+    else:
+        suppress(tenant_id, email, "group_unsubscribed", event.event_key, group_channel(group))
+
+
+def _finish(delivery_id: int, status: str, error: str | None) -> None:
+    WebhookDelivery.update(
+        status=status, error=error,
+        processed_at=utcnow() if status == WebhookDelivery.PROCESSED else None,
+    ).where(WebhookDelivery.id == delivery_id).execute()
+
+
+def _summary(errors: list[str]) -> str | None:
+    if not errors:
+        return None
+    kept = errors[:MAX_ERRORS_KEPT]
+    more = len(errors) - len(kept)
+    return "; ".join(kept) + (f"; and {more} more" if more else "")
+
+
+def _clip(value: str | None) -> str | None:
+    return value[:MAX_TEXT] if value else value

@@ -1,0 +1,132 @@
+"""The Flask extension in a real app, driven by Flask's own test client."""
+
+from __future__ import annotations
+
+import pytest
+from flask import Flask, jsonify, request
+
+from outreach_actors.contrib.flask import OutreachFlask
+from outreach_actors.models import Enrollment, Suppression, WebhookDelivery
+from outreach_actors.settings import SettingsError, get_settings
+from outreach_actors.unsubscribe import unsubscribe_url
+
+from .factories import load_plan, make_tenant
+from .test_events import SAMPLE_BODY
+from .test_webhooks import (  # noqa: F401  (host_runtime is a fixture)
+    activated,
+    host_runtime,
+    new_key,
+    public_key_of,
+    signed_headers,
+)
+
+# Every test starts a host app, which replaces the process's broker and database binding.
+pytestmark = pytest.mark.usefixtures("host_runtime")
+
+
+def flask_app(data_dir, key, **config) -> Flask:
+    app = Flask(__name__)
+    app.config.update(
+        OUTREACH_DATABASE_URL=f"sqlite:///{data_dir / 'outreach.db'}",
+        OUTREACH_BROKER_URL="stub://",
+        OUTREACH_DATA_DIR=str(data_dir),
+        OUTREACH_SENDGRID_WEBHOOK_PUBLIC_KEY=public_key_of(key),
+        OUTREACH_SECRET_KEY="flask-test-secret",
+        OUTREACH_PUBLIC_BASE_URL="https://hooks.acme.test",
+        **config,
+    )
+    outreach = OutreachFlask()
+    outreach.init_app(app)
+
+    @app.post("/signup")
+    def signup():
+        enrollment = outreach.enroll("acme", request.form["email"], "onboarding")
+        return jsonify(enrollment=enrollment.id, node=enrollment.current_node)
+
+    return activated(app)
+
+
+@pytest.fixture
+def key():
+    return new_key()
+
+
+@pytest.fixture
+def app(settings, data_dir, key) -> Flask:
+    return flask_app(data_dir, key)
+
+
+def test_app_config_becomes_the_settings(app) -> None:
+    assert get_settings().secret_key == "flask-test-secret"
+    assert get_settings().public_base_url == "https://hooks.acme.test"
+
+
+def test_signed_webhook_is_stored(app, key) -> None:
+    response = app.test_client().post(
+        "/webhooks/sendgrid", data=SAMPLE_BODY, headers=signed_headers(key, SAMPLE_BODY)
+    )
+    assert response.status_code == 200
+    assert bytes(WebhookDelivery.get().body) == SAMPLE_BODY
+
+
+def test_unsigned_or_forged_webhook_gets_403_and_get_405(app) -> None:
+    client = app.test_client()
+    assert client.post("/webhooks/sendgrid", data=SAMPLE_BODY).status_code == 403
+    forged = signed_headers(new_key(), SAMPLE_BODY)
+    assert client.post("/webhooks/sendgrid", data=SAMPLE_BODY, headers=forged).status_code == 403
+    assert client.get("/webhooks/sendgrid").status_code == 405
+    assert WebhookDelivery.select().count() == 0
+
+
+def test_oversized_webhook_gets_413(settings, data_dir, key) -> None:
+    app = flask_app(data_dir, key, OUTREACH_WEBHOOK_MAX_BODY_BYTES=64)
+    response = app.test_client().post(
+        "/webhooks/sendgrid", data=SAMPLE_BODY, headers=signed_headers(key, SAMPLE_BODY)
+    )
+    assert response.status_code == 413
+
+
+def test_unsubscribe_page_and_one_click(app) -> None:
+    make_tenant("acme")
+    load_plan()
+    enrollment = app.test_client().post("/signup", data={"email": "ada@example.com"}).json
+    url = unsubscribe_url(get_settings(), "acme", "ada@example.com", "MSG-1")
+    path = url.removeprefix("https://hooks.acme.test")
+    client = app.test_client()
+    page = client.get(path)
+    assert page.status_code == 200 and b"<form" in page.data
+    assert Suppression.select().count() == 0
+    # RFC 8058: the mail provider POSTs List-Unsubscribe=One-Click to the same URL.
+    done = client.post(path, data={"List-Unsubscribe": "One-Click"})
+    assert done.status_code == 200
+    assert Suppression.get().reason == "unsubscribed"
+    assert Enrollment.get_by_id(enrollment["enrollment"]).status == "exited"
+    assert client.post(path, data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    assert client.get(path[:-3] + "abc").status_code == 400
+
+
+def test_a_view_can_enroll(app) -> None:
+    make_tenant("acme")
+    load_plan()
+    response = app.test_client().post("/signup", data={"email": "Ada@Example.com"})
+    assert response.status_code == 200
+    assert response.json["node"] == "intro"
+    assert Enrollment.get_by_id(response.json["enrollment"]).contact.email == "ada@example.com"
+
+
+def test_a_mistyped_setting_fails_at_start(settings, data_dir, key) -> None:
+    with pytest.raises(SettingsError, match="OUTREACH_SECRET_KYE is not a known setting"):
+        flask_app(data_dir, key, OUTREACH_SECRET_KYE="x")
+
+
+def test_the_blueprint_mounts_under_a_prefix(settings, data_dir, key) -> None:
+    app = Flask(__name__)
+    app.config.update(OUTREACH_DATABASE_URL=f"sqlite:///{data_dir / 'outreach.db'}",
+                      OUTREACH_BROKER_URL="stub://",
+                      OUTREACH_SENDGRID_WEBHOOK_PUBLIC_KEY=public_key_of(key))
+    OutreachFlask(app, url_prefix="/outreach")
+    activated(app)
+    response = app.test_client().post(
+        "/outreach/webhooks/sendgrid", data=b"[]", headers=signed_headers(key, b"[]")
+    )
+    assert response.status_code == 200

@@ -1,0 +1,349 @@
+"""Normalizing stored deliveries: dedupe, tenants, suppressions, the engine, retries, the actor."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+
+import dramatiq
+import pytest
+
+from outreach_actors import engine, ingest, models
+from outreach_actors.actors.webhook import normalize_webhook
+from outreach_actors.models import (
+    Enrollment,
+    MessageEvent,
+    NodeVisit,
+    OutboundMessage,
+    Suppression,
+    WebhookDelivery,
+)
+from outreach_actors.runtime import rebind_actors
+from outreach_actors.settings import configure
+from outreach_actors.suppressions import is_suppressed
+
+from .conftest import make_settings
+from .factories import load_plan, make_tenant
+from .test_events import SAMPLE_BODY, SAMPLE_EVENTS
+
+ORDER_PLAN = """
+name: order
+start: intro
+nodes:
+  intro:
+    type: email
+    subject: "Hi"
+    body: "<p>Hi</p>"
+    transitions:
+      - {on: click, to: clicked_first}
+      - {on: open, to: opened_first}
+  clicked_first: {type: exit}
+  opened_first: {type: exit}
+"""
+
+
+@pytest.fixture
+def db(any_db, data_dir):
+    """The tables on SQLite and on PostgreSQL, with settings that point at them."""
+    configure(make_settings(data_dir))
+    models.bind(any_db)
+    yield any_db
+    configure(None)
+
+
+def make_message(message_id: str, email: str, *, tenant: str = "acme",
+                 enrollment: Enrollment | None = None, node: str | None = None,
+                 provider_message_id: str | None = None) -> OutboundMessage:
+    return OutboundMessage.create(
+        id=message_id, tenant=tenant, enrollment=enrollment, node=node,
+        dedupe_key=f"test:{message_id}", status=OutboundMessage.SENT, to_email=email,
+        from_email="sales@acme.test", subject="s", html="<p>h</p>", text="h",
+        provider_message_id=provider_message_id,
+    )
+
+
+def sample_world() -> dict[str, Enrollment]:
+    """Tenant acme, every sample recipient enrolled in onboarding, MSG-n sent at intro."""
+    make_tenant("acme")
+    load_plan()
+    enrollments = {}
+    for raw in SAMPLE_EVENTS:
+        message_id = raw.get("outreach_message_id")
+        if message_id and not OutboundMessage.get_or_none(OutboundMessage.id == message_id):
+            enrollment = engine.enroll("acme", raw["email"], "onboarding")
+            make_message(message_id, raw["email"], enrollment=enrollment, node="intro")
+            enrollments[raw["email"]] = enrollment
+    return enrollments
+
+
+def store(body: bytes | list) -> int:
+    if isinstance(body, list):
+        body = json.dumps(body).encode()
+    return WebhookDelivery.create(body=body, headers={}).id
+
+
+def reload(enrollment: Enrollment) -> Enrollment:
+    return Enrollment.get_by_id(enrollment.id)
+
+
+def test_sample_delivery_stores_every_event_once_with_its_message(db) -> None:
+    sample_world()
+    result = ingest.normalize_delivery(store(SAMPLE_BODY))
+    assert (result.status, result.stored, result.duplicates, result.errors) == (
+        "processed", len(SAMPLE_EVENTS), 0, []
+    )
+    types = [e.type for e in MessageEvent.select().where(MessageEvent.message == "MSG-1")
+             .order_by(MessageEvent.occurred_at)]
+    assert types == ["queued", "deferred", "delivered", "opened", "clicked"]
+    unknown = MessageEvent.get(MessageEvent.type == "unknown")
+    assert unknown.message_id is None and unknown.provider_event == "account_status_change"
+    assert WebhookDelivery.get().status == "processed"
+
+
+def test_sample_delivery_suppresses_and_moves_contacts(db) -> None:
+    enrollments = sample_world()
+    ingest.normalize_delivery(store(SAMPLE_BODY))
+    reasons = {s.value: (s.reason, s.channel) for s in Suppression.select()}
+    assert reasons == {
+        "bob@example.org": ("bounced", "email"),          # hard bounce
+        "dee@example.com": ("rejected:bounced", "email"),  # dropped: Bounced Address
+        "eve@example.com": ("complained", "email"),        # spamreport
+        "fay@example.com": ("unsubscribed", "email"),      # unsubscribe without sg_event_id
+    }  # cy's single soft bounce is under the limit; gus resubscribed to group 42
+    assert Suppression.get(Suppression.value == "bob@example.org").source == (
+        "sg:6g4ZI7SA-xmRDv57GoPIPw=="
+    )
+    assert reload(enrollments["ada@example.com"]).current_node == "thanks"  # click
+    assert reload(enrollments["bob@example.org"]).current_node == "stop"    # bounce
+    assert reload(enrollments["cy@example.net"]).current_node == "stop"     # blocked = bounce
+    for email, reason in [("eve@example.com", "complained"), ("fay@example.com", "unsubscribed")]:
+        enrollment = reload(enrollments[email])
+        assert (enrollment.status, enrollment.exit_reason) == ("exited", reason)
+    # gus only left group 42, and came back: still active.
+    assert reload(enrollments["gus@example.com"]).status == "active"
+    # hal's open was a machine open, which does not count as engagement by default.
+    assert reload(enrollments["hal@example.com"]).current_node == "intro"
+
+
+def test_normalizing_twice_has_every_effect_once(db) -> None:
+    sample_world()
+    delivery_id = store(SAMPLE_BODY)
+    ingest.normalize_delivery(delivery_id)
+    snapshot = (MessageEvent.select().count(), NodeVisit.select().count(),
+                Suppression.select().count(), [e.version for e in Enrollment.select()])
+    # The same delivery again, reset as a replay would, and the same body delivered twice.
+    WebhookDelivery.update(status="received").execute()
+    again = ingest.normalize_delivery(delivery_id)
+    second = ingest.normalize_delivery(store(SAMPLE_BODY))
+    assert again.stored == second.stored == 0
+    assert second.duplicates == len(SAMPLE_EVENTS)
+    assert snapshot == (MessageEvent.select().count(), NodeVisit.select().count(),
+                        Suppression.select().count(), [e.version for e in Enrollment.select()])
+
+
+def test_a_processed_delivery_is_not_processed_again(db) -> None:
+    sample_world()
+    delivery_id = store(SAMPLE_BODY)
+    ingest.normalize_delivery(delivery_id)
+    assert ingest.normalize_delivery(delivery_id).stored == 0
+    assert WebhookDelivery.get_by_id(delivery_id).attempts == 1
+
+
+def test_duplicates_within_one_batch_are_stored_once(db) -> None:
+    sample_world()
+    click = next(e for e in SAMPLE_EVENTS if e["event"] == "click")
+    result = ingest.normalize_delivery(store([click, click, dict(reversed(click.items()))]))
+    assert (result.stored, result.duplicates) == (1, 2)
+
+
+def test_events_without_sg_event_id_dedupe_on_their_hash(db) -> None:
+    sample_world()
+    unsubscribe = next(e for e in SAMPLE_EVENTS if e["event"] == "unsubscribe")
+    assert ingest.normalize_delivery(store([unsubscribe])).stored == 1
+    assert ingest.normalize_delivery(store([unsubscribe])).duplicates == 1
+    later = {**unsubscribe, "timestamp": unsubscribe["timestamp"] + 60}  # a different event
+    assert ingest.normalize_delivery(store([later])).stored == 1
+    assert MessageEvent.select().where(MessageEvent.type == "unsubscribed").count() == 2
+
+
+def test_an_event_naming_another_tenant_is_refused_and_moves_no_one(db) -> None:
+    enrollments = sample_world()
+    make_tenant("globex", sender="sales@globex.test")
+    forged = [{**e, "outreach_tenant": "globex"} for e in SAMPLE_EVENTS
+              if e.get("outreach_message_id") in {"MSG-1", "MSG-6"}]
+    delivery_id = store(forged)
+    result = ingest.normalize_delivery(delivery_id)
+    assert (result.status, result.stored, result.refused) == ("processed", 0, len(forged))
+    assert MessageEvent.select().count() == 0
+    assert Suppression.select().count() == 0
+    assert reload(enrollments["ada@example.com"]).current_node == "intro"
+    assert reload(enrollments["fay@example.com"]).status == "active"
+    error = WebhookDelivery.get_by_id(delivery_id).error
+    assert "tenant 'globex' does not own message MSG-1" in error
+
+
+def test_an_event_for_a_message_not_yet_stored_is_retried_then_applied(db) -> None:
+    make_tenant("acme")
+    load_plan()
+    early_click = {"event": "click", "email": "zed@example.com", "timestamp": 1763790500,
+                   "sg_event_id": "early-click", "url": "https://example.com/x",
+                   "outreach_message_id": "MSG-LATE", "outreach_tenant": "acme"}
+    other = {"event": "account_status_change", "timestamp": 1763790501, "sg_event_id": "acct"}
+    delivery_id = store([early_click, other])
+    with pytest.raises(ingest.MessagesNotYetStored):
+        ingest.normalize_delivery(delivery_id)
+    delivery = WebhookDelivery.get_by_id(delivery_id)
+    assert delivery.status == "failed" and "MSG-LATE" in delivery.error
+    assert MessageEvent.select().count() == 1  # what could be stored was stored
+
+    # When the send commits its message, the retry stores and applies the click.
+    enrollment = engine.enroll("acme", "zed@example.com", "onboarding")
+    make_message("MSG-LATE", "zed@example.com", enrollment=enrollment, node="intro")
+    result = ingest.normalize_delivery(delivery_id)
+    assert (result.status, result.stored, result.duplicates) == ("processed", 1, 1)
+    assert WebhookDelivery.get_by_id(delivery_id).error is None
+    assert reload(enrollment).current_node == "thanks"
+
+
+def test_events_found_by_sg_message_id_when_our_ids_are_missing(db) -> None:
+    make_tenant("acme")
+    make_message("MSG-X", "ada@example.com", provider_message_id="W86EgYT6SQKk0lRflfLRsA")
+    event = {"event": "delivered", "email": "ada@example.com", "timestamp": 1763790000,
+             "sg_event_id": "by-sg-id",
+             "sg_message_id": "W86EgYT6SQKk0lRflfLRsA.filterdrecv-p3las1-5bf99c48d.0"}
+    ingest.normalize_delivery(store([event]))
+    assert MessageEvent.get().message_id == "MSG-X"
+    assert MessageEvent.get().tenant == "acme"
+
+
+def test_unknown_and_unmatched_events_are_stored_without_a_message(db) -> None:
+    event = {"event": "something_new", "email": "x@example.com", "timestamp": 1763790000,
+             "sg_message_id": "nothing-we-sent.filter1"}
+    result = ingest.normalize_delivery(store([event]))
+    assert (result.status, result.stored) == ("processed", 1)
+    stored = MessageEvent.get()
+    assert (stored.type, stored.provider_event, stored.message_id) == (
+        "unknown", "something_new", None
+    )
+
+
+def test_a_malformed_body_is_kept_with_its_error_and_can_be_replayed(db, stub_broker) -> None:
+    rebind_actors(stub_broker, [normalize_webhook])
+    delivery_id = store(b'[{"event": "open",')
+    result = ingest.normalize_delivery(delivery_id)
+    delivery = WebhookDelivery.get_by_id(delivery_id)
+    assert result.status == delivery.status == "failed"
+    assert "not valid JSON" in delivery.error
+    assert bytes(delivery.body) == b'[{"event": "open",'
+    ingest.replay_delivery(delivery_id)
+    assert WebhookDelivery.get_by_id(delivery_id).status == "received"
+    [message] = stub_broker.queues["webhooks"].queue
+    assert json.loads(message)["args"] == [delivery_id]
+    with pytest.raises(LookupError, match="no webhook delivery 999"):
+        ingest.replay_delivery(999)
+
+
+def test_elements_that_are_not_events_are_reported_in_the_delivery(db) -> None:
+    delivery_id = store([{"event": "processed", "sg_event_id": "ok", "timestamp": 1}, "junk"])
+    result = ingest.normalize_delivery(delivery_id)
+    assert (result.status, result.stored) == ("processed", 1)
+    assert "event 1: expected a JSON object, got a string" in WebhookDelivery.get().error
+
+
+def test_events_of_a_batch_reach_the_engine_in_timestamp_order(db) -> None:
+    make_tenant("acme")
+    load_plan(ORDER_PLAN)
+    enrollment = engine.enroll("acme", "ada@example.com", "order")
+    make_message("MSG-O", "ada@example.com", enrollment=enrollment, node="intro")
+    base = {"email": "ada@example.com", "outreach_message_id": "MSG-O", "outreach_tenant": "acme"}
+    # Listed click first, but the open happened first: the open's transition wins.
+    batch = [{**base, "event": "click", "timestamp": 1763790200, "sg_event_id": "c"},
+             {**base, "event": "open", "timestamp": 1763790100, "sg_event_id": "o"}]
+    ingest.normalize_delivery(store(batch))
+    assert reload(enrollment).current_node == "opened_first"
+
+
+def test_a_late_group_unsubscribe_does_not_undo_a_later_resubscribe(db) -> None:
+    sample_world()
+    unsubscribe = next(e for e in SAMPLE_EVENTS if e["event"] == "group_unsubscribe")
+    resubscribe = next(e for e in SAMPLE_EVENTS if e["event"] == "group_resubscribe")
+    ingest.normalize_delivery(store([resubscribe]))
+    ingest.normalize_delivery(store([unsubscribe]))  # older, delivered later
+    assert not is_suppressed("acme", "gus@example.com", asm_group_id=42)
+    ingest.normalize_delivery(store([{**unsubscribe, "sg_event_id": "newer",
+                                      "timestamp": resubscribe["timestamp"] + 10}]))
+    assert is_suppressed("acme", "gus@example.com", asm_group_id=42)
+    assert not is_suppressed("acme", "gus@example.com")
+
+
+def test_soft_bounces_suppress_at_the_configured_limit(db, data_dir) -> None:
+    sample_world()
+    configure(make_settings(data_dir, soft_bounce_limit=2, soft_bounce_window=timedelta(days=1)))
+    blocked = next(e for e in SAMPLE_EVENTS if e.get("type") == "blocked")
+    ingest.normalize_delivery(store([blocked]))
+    assert not is_suppressed("acme", "cy@example.net")
+    far = {**blocked, "sg_event_id": "far", "timestamp": blocked["timestamp"] + 2 * 86400}
+    ingest.normalize_delivery(store([far]))
+    assert not is_suppressed("acme", "cy@example.net")  # the first is out of the window
+    near = {**blocked, "sg_event_id": "near", "timestamp": far["timestamp"] + 60}
+    ingest.normalize_delivery(store([near]))
+    suppression = Suppression.get(Suppression.value == "cy@example.net")
+    assert (suppression.reason, suppression.source) == ("soft_bounce_limit", "sg:near")
+
+
+def test_machine_opens_move_contacts_when_the_setting_says_they_count(db, data_dir) -> None:
+    enrollments = sample_world()
+    load_plan(ORDER_PLAN)
+    configure(make_settings(data_dir, machine_opens_are_engagement=True))
+    hal = engine.enroll("acme", "hal@example.com", "order")
+    OutboundMessage.update(enrollment=hal).where(OutboundMessage.id == "MSG-8").execute()
+    machine_open = next(e for e in SAMPLE_EVENTS if e.get("sg_machine_open") is True)
+    ingest.normalize_delivery(store([machine_open]))
+    assert reload(hal).current_node == "opened_first"
+    assert reload(enrollments["hal@example.com"]).current_node == "intro"
+
+
+def test_stale_received_deliveries_are_enqueued_again(db, stub_broker) -> None:
+    rebind_actors(stub_broker, [normalize_webhook])
+    old = store(SAMPLE_BODY)
+    WebhookDelivery.update(received_at=datetime(2025, 1, 1)).where(
+        WebhookDelivery.id == old).execute()
+    store(SAMPLE_BODY)  # fresh: its own enqueue is presumably on its way
+    assert ingest.requeue_stale_deliveries(timedelta(minutes=10)) == 1
+    [message] = stub_broker.queues["webhooks"].queue
+    assert json.loads(message)["args"] == [old]
+
+
+def test_the_actor_run_twice_stores_and_applies_each_event_once(settings, stub_broker) -> None:
+    rebind_actors(stub_broker, [normalize_webhook])
+    enrollments = sample_world()
+    delivery_id = store(SAMPLE_BODY)
+    worker = dramatiq.Worker(stub_broker, worker_timeout=50, worker_threads=2)
+    worker.start()
+    try:
+        normalize_webhook.send(delivery_id)
+        normalize_webhook.send(delivery_id)
+        stub_broker.join(normalize_webhook.queue_name)
+        worker.join()
+    finally:
+        worker.stop()
+    assert MessageEvent.select().count() == len(SAMPLE_EVENTS)
+    assert WebhookDelivery.get_by_id(delivery_id).status == "processed"
+    assert reload(enrollments["ada@example.com"]).current_node == "thanks"
+    assert NodeVisit.select().where(
+        NodeVisit.enrollment == enrollments["ada@example.com"].id).count() == 2
+
+
+def test_a_provider_event_resolves_an_ambiguous_send(db) -> None:
+    # Given a send whose outcome was unknown (the request timed out)
+    make_tenant("acme")
+    message = make_message("MSG-A", "ada@example.com")
+    OutboundMessage.update(status=OutboundMessage.AMBIGUOUS).where(
+        OutboundMessage.id == message.id).execute()
+    # When SendGrid reports it processed, then the message counts as sent
+    processed = {"event": "processed", "email": "ada@example.com", "timestamp": 1763790000,
+                 "sg_event_id": "amb", "sg_message_id": "XAMB.filter1",
+                 "outreach_message_id": "MSG-A", "outreach_tenant": "acme"}
+    ingest.normalize_delivery(store([processed]))
+    resolved = OutboundMessage.get_by_id("MSG-A")
+    assert (resolved.status, resolved.provider_message_id) == ("sent", "XAMB")

@@ -1,0 +1,380 @@
+"""The webhook receiver and the standalone WSGI app: signatures, replay window, size, storage.
+
+Requests are signed the way SendGrid signs them, base64(ECDSA-P256-SHA256(timestamp +
+body)), with the sample's private key or keys made here.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import threading
+import time
+import urllib.error
+import urllib.request
+from datetime import timedelta
+from wsgiref.simple_server import make_server
+from wsgiref.util import setup_testing_defaults
+
+import dramatiq
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from outreach_actors import ingest, models
+from outreach_actors.actors.webhook import normalize_webhook
+from outreach_actors.db import database_from_url
+from outreach_actors.models import MessageEvent, Suppression, WebhookDelivery
+from outreach_actors.runtime import rebind_actors
+from outreach_actors.settings import SettingsError, configure
+from outreach_actors.unsubscribe import (
+    InvalidUnsubscribeToken,
+    make_token,
+    read_token,
+    unsubscribe_url,
+)
+from outreach_actors.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, SendGridWebhookReceiver
+from outreach_actors.wsgi import QuietHandler, ThreadingWSGIServer, make_app
+
+from .conftest import make_settings
+from .factories import make_tenant
+from .test_events import SAMPLE_BODY, SAMPLES
+
+SIGNED_SAMPLE = json.loads((SAMPLES / "sendgrid_signed_request.json").read_text())
+SAMPLE_KEY = serialization.load_pem_private_key(
+    SIGNED_SAMPLE["private_key_pem"].encode(), password=None
+)
+TEN_YEARS = timedelta(days=3650)
+
+
+def new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def public_key_of(private_key: ec.EllipticCurvePrivateKey) -> str:
+    """The key as SendGrid shows it: base64 DER, no PEM armour."""
+    der = private_key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return base64.b64encode(der).decode()
+
+
+def signed_headers(private_key: ec.EllipticCurvePrivateKey, body: bytes,
+                   timestamp: int | None = None) -> dict[str, str]:
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    signature = private_key.sign(str(timestamp).encode() + body, ec.ECDSA(hashes.SHA256()))
+    return {
+        SIGNATURE_HEADER: base64.b64encode(signature).decode(),
+        TIMESTAMP_HEADER: str(timestamp),
+        "Content-Type": "application/json",
+    }
+
+
+def post(receiver: SendGridWebhookReceiver, body: bytes, headers: dict[str, str],
+         content_length: int | None = -1):
+    length = len(body) if content_length == -1 else content_length
+    return receiver.receive(headers, io.BytesIO(body).read, length)
+
+
+@pytest.fixture
+def webhooks_queue(stub_broker):
+    """The stub broker's queue that the receiver enqueues deliveries on."""
+    rebind_actors(stub_broker, [normalize_webhook])
+    stub_broker.declare_queue(normalize_webhook.queue_name)
+    return stub_broker.queues[normalize_webhook.queue_name]
+
+
+@pytest.fixture
+def host_runtime():
+    """Undo what a host app's start (``activate``) did to the process: broker and database."""
+    broker = dramatiq.get_broker()
+    actors = {*broker.actors.values(), normalize_webhook}
+    bindings = {actor: actor.broker for actor in actors}
+    database = models.database_proxy.obj
+    yield
+    if models.database_proxy.obj is not database:
+        models.database_proxy.obj.close()
+        models.bind(database)
+    dramatiq.set_broker(broker)
+    for actor, bound in bindings.items():
+        actor.broker = bound
+
+
+def activated(app):
+    """The app, with the webhook actor on the broker its start installed.
+
+    Until the actors package imports the webhook actor, it is not among the
+    actors that ``activate`` moves, so the test moves it.
+    """
+    rebind_actors(dramatiq.get_broker(), [normalize_webhook])
+    return app
+
+
+@pytest.fixture
+def key():
+    return new_key()
+
+
+@pytest.fixture
+def receiver(settings, data_dir, key):
+    current = make_settings(data_dir, sendgrid_webhook_public_key=public_key_of(key))
+    configure(current)
+    return SendGridWebhookReceiver(current)
+
+
+def test_the_signed_sample_is_stored_raw_and_enqueued(settings, data_dir, webhooks_queue) -> None:
+    # The sample was signed in 2025: a wide replay window lets its timestamp through.
+    current = make_settings(data_dir, sendgrid_webhook_public_key=SIGNED_SAMPLE["public_key"],
+                            webhook_replay_window=TEN_YEARS)
+    reply = post(SendGridWebhookReceiver(current), SAMPLE_BODY, SIGNED_SAMPLE["headers"])
+    assert reply.status == 200
+    delivery = WebhookDelivery.get()
+    assert bytes(delivery.body) == SAMPLE_BODY
+    assert delivery.status == "received"
+    assert delivery.headers[TIMESTAMP_HEADER.lower()] == SIGNED_SAMPLE["headers"][TIMESTAMP_HEADER]
+    [message] = webhooks_queue.queue
+    assert json.loads(message)["args"] == [delivery.id]
+
+
+def test_a_signed_body_that_is_not_json_is_stored_and_fails_normalization(
+    receiver, key, webhooks_queue
+) -> None:
+    # Given a verified request whose body does not parse: it is kept, not refused.
+    body = b'[{"event": "open", "email": '
+    assert post(receiver, body, signed_headers(key, body)).status == 200
+    delivery = WebhookDelivery.get()
+    assert bytes(delivery.body) == body
+    assert ingest.normalize_delivery(delivery.id).status == "failed"
+    assert "not valid JSON" in WebhookDelivery.get_by_id(delivery.id).error
+
+
+def test_posted_events_reach_the_database_through_the_actor(
+    receiver, key, webhooks_queue, stub_broker
+) -> None:
+    body = json.dumps([{"event": "account_status_change", "timestamp": 1763790280,
+                        "sg_event_id": "acct-1", "type": "compliance_suspend"}]).encode()
+    worker = dramatiq.Worker(stub_broker, worker_timeout=50, worker_threads=1)
+    worker.start()
+    try:
+        assert post(receiver, body, signed_headers(key, body)).status == 200
+        stub_broker.join(normalize_webhook.queue_name)
+        worker.join()
+    finally:
+        worker.stop()
+    assert WebhookDelivery.get().status == "processed"
+    assert MessageEvent.get().event_key == "sg:acct-1"
+
+
+def test_the_signed_sample_is_stale_under_the_default_window(settings, data_dir) -> None:
+    current = make_settings(data_dir, sendgrid_webhook_public_key=SIGNED_SAMPLE["public_key"])
+    reply = post(SendGridWebhookReceiver(current), SAMPLE_BODY, SIGNED_SAMPLE["headers"])
+    assert reply.status == 403 and "replay window" in reply.body
+    assert WebhookDelivery.select().count() == 0
+
+
+def test_a_request_signed_now_with_our_key_is_accepted(receiver, key, webhooks_queue) -> None:
+    reply = post(receiver, SAMPLE_BODY, signed_headers(key, SAMPLE_BODY))
+    assert reply.status == 200
+    assert WebhookDelivery.select().count() == 1 and len(webhooks_queue.queue) == 1
+
+
+def test_the_sample_key_signs_new_requests_too(settings, data_dir, webhooks_queue) -> None:
+    current = make_settings(data_dir, sendgrid_webhook_public_key=SIGNED_SAMPLE["public_key"])
+    reply = post(SendGridWebhookReceiver(current), b"[]", signed_headers(SAMPLE_KEY, b"[]"))
+    assert reply.status == 200
+
+
+@pytest.mark.parametrize(
+    ("tamper", "reason"),
+    [
+        (lambda h, b: (h, b + b" "), "signature does not match"),
+        (lambda h, b: ({**h, SIGNATURE_HEADER: "not base64!"}, b), "signature does not match"),
+        (lambda h, b: ({**h, SIGNATURE_HEADER: "QUJD"}, b), "signature does not match"),
+        (lambda h, b: ({**h, SIGNATURE_HEADER: "abc"}, b), "signature does not match"),  # padding
+        (lambda h, b: ({**h, TIMESTAMP_HEADER: str(int(h[TIMESTAMP_HEADER]) + 1)}, b),
+         "signature does not match"),
+        (lambda h, b: ({**h, TIMESTAMP_HEADER: "yesterday"}, b), "not a Unix time"),
+        (lambda h, b: ({k: v for k, v in h.items() if k != SIGNATURE_HEADER}, b), "are required"),
+        (lambda h, b: ({k: v for k, v in h.items() if k != TIMESTAMP_HEADER}, b), "are required"),
+        (lambda h, b: (h, b"\xff" + b), "not UTF-8"),
+    ],
+)
+def test_bad_signatures_get_403_and_store_nothing(receiver, key, tamper, reason) -> None:
+    headers, body = tamper(signed_headers(key, SAMPLE_BODY), SAMPLE_BODY)
+    reply = post(receiver, body, headers)
+    assert reply.status == 403 and reason in reply.body
+    assert WebhookDelivery.select().count() == 0
+
+
+def test_a_request_signed_with_another_key_gets_403(receiver) -> None:
+    reply = post(receiver, SAMPLE_BODY, signed_headers(new_key(), SAMPLE_BODY))
+    assert reply.status == 403
+
+
+@pytest.mark.parametrize("skew", [-11 * 60, 11 * 60])
+def test_timestamps_outside_the_replay_window_get_403(receiver, key, skew: int) -> None:
+    headers = signed_headers(key, SAMPLE_BODY, int(time.time()) + skew)
+    reply = post(receiver, SAMPLE_BODY, headers)
+    assert reply.status == 403 and "replay window" in reply.body
+
+
+def test_the_replay_window_is_a_setting(settings, data_dir, key, webhooks_queue) -> None:
+    current = make_settings(data_dir, sendgrid_webhook_public_key=public_key_of(key),
+                            webhook_replay_window=timedelta(minutes=30))
+    headers = signed_headers(key, SAMPLE_BODY, int(time.time()) - 20 * 60)
+    assert post(SendGridWebhookReceiver(current), SAMPLE_BODY, headers).status == 200
+
+
+def test_oversized_bodies_get_413_by_length_or_by_content(settings, data_dir, key) -> None:
+    current = make_settings(data_dir, sendgrid_webhook_public_key=public_key_of(key),
+                            webhook_max_body_bytes=100)
+    receiver = SendGridWebhookReceiver(current)
+    body = b"[" + b" " * 200 + b"]"
+    headers = signed_headers(key, body)
+    assert post(receiver, body, headers).status == 413
+    # A client that does not say its length (or lies) is cut off after the limit.
+    assert post(receiver, body, headers, content_length=None).status == 413
+    assert post(receiver, body, headers, content_length=10).status == 413
+    assert WebhookDelivery.select().count() == 0
+
+
+def test_without_a_key_webhooks_are_refused_unless_unsigned_is_allowed(
+    settings, data_dir, webhooks_queue, caplog
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        refusing = SendGridWebhookReceiver(make_settings(data_dir))
+    assert "every SendGrid webhook is refused" in caplog.text
+    assert post(refusing, SAMPLE_BODY, {}).status == 403
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        unsigned = SendGridWebhookReceiver(
+            make_settings(data_dir, sendgrid_webhook_allow_unsigned=True)
+        )
+    assert "Unsigned webhooks accepted" in caplog.text
+    assert post(unsigned, SAMPLE_BODY, {}).status == 200
+    assert WebhookDelivery.select().count() == 1
+
+
+def test_a_bad_public_key_fails_at_start(data_dir) -> None:
+    with pytest.raises(SettingsError, match="OUTREACH_SENDGRID_WEBHOOK_PUBLIC_KEY"):
+        SendGridWebhookReceiver(make_settings(data_dir, sendgrid_webhook_public_key="bm9wZQ=="))
+
+
+def test_a_pem_armoured_public_key_is_accepted(settings, data_dir, key, webhooks_queue) -> None:
+    armoured = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+    receiver = SendGridWebhookReceiver(
+        make_settings(data_dir, sendgrid_webhook_public_key=armoured)
+    )
+    assert post(receiver, b"[]", signed_headers(key, b"[]")).status == 200
+
+
+def test_credentials_are_not_stored_with_the_headers(receiver, key, webhooks_queue) -> None:
+    headers = {**signed_headers(key, b"[]"), "Authorization": "Bearer secret"}
+    post(receiver, b"[]", headers)
+    stored = WebhookDelivery.get().headers
+    assert "authorization" not in stored and stored["content-type"] == "application/json"
+
+
+def test_a_database_outage_answers_503_so_sendgrid_retries(
+    receiver, key, data_dir, host_runtime
+) -> None:
+    # Given a database nobody listens on: storing fails, and the answer says "later".
+    models.bind(database_from_url("postgresql://postgres@127.0.0.1:1/none",
+                                  make_settings(data_dir)))
+    reply = post(receiver, SAMPLE_BODY, signed_headers(key, SAMPLE_BODY))
+    assert reply.status == 503
+
+
+def test_a_broker_outage_still_answers_200_and_the_delivery_waits(
+    receiver, key, data_dir, host_runtime
+) -> None:
+    # Given a broker nobody listens on: the body is stored, and the sweep enqueues it later.
+    from outreach_actors.broker import make_broker
+
+    broker = make_broker(make_settings(data_dir, broker_url="redis://127.0.0.1:1/0"))
+    rebind_actors(broker, [normalize_webhook])
+    reply = post(receiver, SAMPLE_BODY, signed_headers(key, SAMPLE_BODY))
+    assert reply.status == 200
+    assert WebhookDelivery.get().status == "received"
+
+
+# --- the standalone WSGI app ------------------------------------------------------------------
+
+def call(app, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None):
+    environ: dict = {"REQUEST_METHOD": method, "PATH_INFO": path,
+                     "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body)}
+    for name, value in (headers or {}).items():
+        environ["HTTP_" + name.upper().replace("-", "_")] = value
+    setup_testing_defaults(environ)
+    status: list[str] = []
+    chunks = app(environ, lambda s, h: status.append(s))
+    return int(status[0].split()[0]), b"".join(chunks).decode()
+
+
+@pytest.fixture
+def wsgi_app(settings, data_dir, key, host_runtime):
+    return activated(make_app(make_settings(
+        data_dir, sendgrid_webhook_public_key=public_key_of(key), secret_key="wsgi-test-secret"
+    )))
+
+
+def test_wsgi_app_routes_the_webhook(wsgi_app, key) -> None:
+    status, _ = call(wsgi_app, "POST", "/webhooks/sendgrid", SAMPLE_BODY,
+                     signed_headers(key, SAMPLE_BODY))
+    assert status == 200 and WebhookDelivery.select().count() == 1
+    assert call(wsgi_app, "GET", "/webhooks/sendgrid")[0] == 405
+    assert call(wsgi_app, "POST", "/webhooks/sendgrid", SAMPLE_BODY, {})[0] == 403
+    assert call(wsgi_app, "GET", "/elsewhere")[0] == 404
+
+
+def test_wsgi_app_serves_unsubscribe_links(wsgi_app) -> None:
+    make_tenant("acme")
+    token = make_token(wsgi_app.endpoints.settings, "acme", "Ada@Example.com", "MSG-1")
+    status, page = call(wsgi_app, "GET", f"/unsubscribe/{token}")
+    assert status == 200 and 'method="post"' in page and "ada@example.com" in page
+    assert Suppression.select().count() == 0  # a GET (a link scanner) changes nothing
+    status, page = call(wsgi_app, "POST", f"/unsubscribe/{token}", b"List-Unsubscribe=One-Click")
+    assert status == 200 and "no more" in page
+    assert Suppression.get().source == "one-click:MSG-1"
+    assert call(wsgi_app, "POST", f"/unsubscribe/{token}x")[0] == 400
+
+
+def test_outreach_serve_answers_over_http(settings, data_dir, key, host_runtime) -> None:
+    app = activated(make_app(
+        make_settings(data_dir, sendgrid_webhook_public_key=public_key_of(key))
+    ))
+    with make_server("127.0.0.1", 0, app, ThreadingWSGIServer, QuietHandler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        url = f"http://127.0.0.1:{server.server_port}/webhooks/sendgrid"
+        request = urllib.request.Request(url, data=SAMPLE_BODY,
+                                         headers=signed_headers(key, SAMPLE_BODY))
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 200
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(url, data=b"[]"), timeout=5)
+        assert refused.value.code == 403
+        server.shutdown()
+    assert WebhookDelivery.select().count() == 1
+
+
+# --- unsubscribe tokens ---------------------------------------------------------------------
+
+def test_unsubscribe_tokens_round_trip_and_resist_tampering(data_dir) -> None:
+    current = make_settings(data_dir, secret_key="s1", public_base_url="https://hooks.acme.test/")
+    url = unsubscribe_url(current, "acme", "Ada@Example.com", "MSG-1")
+    assert url.startswith("https://hooks.acme.test/unsubscribe/")
+    token = url.rsplit("/", 1)[1]
+    request = read_token(current, token)
+    assert (request.tenant_id, request.email, request.message_id) == (
+        "acme", "ada@example.com", "MSG-1"
+    )
+    for bad in [token[:-2], token + "x", "", "garbage.token"]:
+        with pytest.raises(InvalidUnsubscribeToken):
+            read_token(current, bad)
+    with pytest.raises(InvalidUnsubscribeToken):
+        read_token(make_settings(data_dir, secret_key="s2"), token)
