@@ -92,7 +92,7 @@ def render_action(action_id: int, *, settings: Settings | None = None,
         _finish_action(action_id, ScheduledAction.SKIPPED, "enrollment moved on", now=now)
         return None
 
-    plan = engine.plan_for(enrollment.plan)
+    plan = engine.plan_for_id(enrollment.plan_id)
     node = plan.node(action.node)
     contact = enrollment.contact
     tenant = enrollment.tenant

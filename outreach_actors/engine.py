@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import datetime, timedelta
-from functools import lru_cache
 from typing import Any
 
 import peewee
@@ -49,18 +48,22 @@ class AlreadyEnrolled(EnrollmentError):
     """The contact is already in this plan and the plan does not allow re-entry."""
 
 
-@lru_cache(maxsize=256)
-def _parsed_plan(plan_id: int, definition_json: str) -> PlanModel:
-    import json
-
-    return plan_from_definition(json.loads(definition_json))
-
-
 def plan_for(plan: Plan) -> PlanModel:
-    """The parsed plan of a stored row (cached: plans are immutable once stored)."""
-    import json
+    """The parsed plan of a stored row (cached: a stored plan version never changes)."""
+    cached = _plan_cache.get(plan.id)
+    if cached is None:
+        cached = _plan_cache[plan.id] = plan_from_definition(plan.definition)
+    return cached
 
-    return _parsed_plan(plan.id, json.dumps(plan.definition, sort_keys=True))
+
+def plan_for_id(plan_id: int) -> PlanModel:
+    """Like plan_for, without loading the row when the plan is cached."""
+    cached = _plan_cache.get(plan_id)
+    return cached if cached is not None else plan_for(Plan.get_by_id(plan_id))
+
+
+# Plan id -> parsed plan. Emptied whenever another database is bound (see models.bind).
+_plan_cache: dict[int, PlanModel] = {}
 
 
 def latest_plan(tenant_id: str, plan_name: str) -> Plan:
@@ -212,7 +215,7 @@ def process_event(
             return False
         if visit_version is not None and enrollment.version != visit_version:
             return False
-        plan = plan_for(enrollment.plan)
+        plan = plan_for_id(enrollment.plan_id)
         transition = plan.transition_for(enrollment.current_node, event)
         if transition is None:
             return False
@@ -228,7 +231,7 @@ def process_event(
             if not moved:
                 continue  # another event moved it first: re-read and decide again
             _cancel_open_actions(enrollment.id, enrollment.current_node, now)
-            enrollment = Enrollment.get_by_id(enrollment.id)
+            enrollment.current_node, enrollment.version = transition.to, enrollment.version + 1
             _enter(enrollment, plan, transition.to, via_event=event, now=now)
         logger.info(
             "Moved enrollment=%s from=%s to=%s on=%s",
@@ -297,7 +300,7 @@ def after_send(message: OutboundMessage, *, now: datetime | None = None) -> None
         return
     action = ScheduledAction.get_by_id(message.action_id)
     enrollment = Enrollment.get_by_id(message.enrollment_id)
-    plan = plan_for(enrollment.plan)
+    plan = plan_for_id(enrollment.plan_id)
     sent_at = message.sent_at or now or utcnow()
     for transition in plan.timeout_transitions(action.node):
         key = f"timeout:{enrollment.id}:{action.node}:{transition.on}:{action.visit_version}"
@@ -342,7 +345,16 @@ def handle_message_event(
     It resolves an ambiguous send (any event proves SendGrid accepted the mail),
     then hands the event to the enrollment's current visit.
     """
-    message = OutboundMessage.get_or_none(OutboundMessage.id == message_id)
+    # Only the columns needed here: the row also holds the rendered html and text.
+    message = (
+        OutboundMessage.select(
+            OutboundMessage.id, OutboundMessage.status, OutboundMessage.enrollment,
+            OutboundMessage.action, OutboundMessage.node, OutboundMessage.send_started_at,
+            OutboundMessage.provider_message_id, OutboundMessage.error,
+        )
+        .where(OutboundMessage.id == message_id)
+        .first()
+    )
     if message is None:
         return False
     if message.status == OutboundMessage.AMBIGUOUS and event_type in PROOF_OF_SEND:

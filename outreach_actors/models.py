@@ -266,6 +266,10 @@ ALL_MODELS: list[type[BaseModel]] = [
 
 def bind(database: peewee.Database) -> None:
     database_proxy.initialize(database)
+    # Parsed plans are cached by id; ids mean other plans in another database.
+    from .engine import _plan_cache
+
+    _plan_cache.clear()
 
 
 def create_schema(database: peewee.Database) -> None:

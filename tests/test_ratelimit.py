@@ -418,8 +418,9 @@ def test_deferrals_do_not_reach_sentry_but_errors_do(tmp_path: Path, data_dir: P
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    # Then the two deferrals happened, and Sentry saw only the real error.
-    assert report["done"] == [0]
+    # Then one send ran (whichever two worker threads picked first), the two others
+    # were deferred, and Sentry saw only the real error.
+    assert len(report["done"]) == 1
     assert report["deferrals"] == 2
     assert report["events"] and all(types == ["ValueError"] for types in report["events"])
 
