@@ -16,6 +16,7 @@ from pathlib import Path
 import peewee
 
 from . import engine
+from .metrics import count
 from .models import (
     Enrollment,
     OutboundMessage,
@@ -25,6 +26,7 @@ from .models import (
     new_message_id,
     utcnow,
 )
+from .observability import tag
 from .providers.sendgrid import OutgoingEmail, SendOutcome
 from .rendering import RenderError, TemplateRenderer
 from .settings import Settings, get_settings
@@ -93,6 +95,8 @@ def render_action(action_id: int, *, settings: Settings | None = None,
         return None
 
     plan = engine.plan_for_id(enrollment.plan_id)
+    tag(action=action_id, enrollment=enrollment.id, tenant=enrollment.tenant_id, plan=plan.name,
+        node=action.node)
     node = plan.node(action.node)
     contact = enrollment.contact
     tenant = enrollment.tenant
@@ -180,6 +184,19 @@ def _set_status(message_id: str, status: str, **values) -> None:
 
 def send_message(message_id: str, client, *, now: datetime | None = None,
                  final_attempt: bool = False) -> SendResult:
+    """Send one message and count its outcome (see _send_message)."""
+    try:
+        result = _send_message(message_id, client, now=now, final_attempt=final_attempt)
+    except RetryableSendError:
+        count("outreach_emails_total", outcome="retry")
+        raise
+    if result.status != "replay":
+        count("outreach_emails_total", outcome=result.status)
+    return result
+
+
+def _send_message(message_id: str, client, *, now: datetime | None = None,
+                  final_attempt: bool = False) -> SendResult:
     """Send one rendered message through ``client`` (a SendGridClient) exactly once.
 
     Raises RetryableSendError for 429/5xx/network failures (the message goes back to
@@ -193,6 +210,8 @@ def send_message(message_id: str, client, *, now: datetime | None = None,
         logger.info("Send of message=%s skipped: already %s", message_id, state)
         return SendResult(message_id, "replay", state)
     message = OutboundMessage.get_by_id(message_id)
+    tag(message=message_id, tenant=message.tenant_id, node=message.node,
+        enrollment=message.enrollment_id)
     enrollment = message.enrollment
     if enrollment is not None and (
         enrollment.status != Enrollment.ACTIVE or enrollment.current_node != message.node

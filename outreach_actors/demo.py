@@ -177,7 +177,7 @@ def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console) -
              "sys.argv[0] = 'periodiq'; sys.exit(entrypoint())", "outreach_actors"],
             env=child_env, stdout=log, stderr=subprocess.STDOUT, cwd=data_dir))
 
-        from .actors.pipeline import dispatch_due
+        from .actors.periodic import dispatch_due
 
         dispatch_due.send()  # start dispatching now rather than at periodiq's next minute
         simulator = EngagementSimulator(standin, f"http://127.0.0.1:{port}/webhooks/sendgrid",

@@ -142,3 +142,46 @@ def reconcile_stuck_messages(
     if ambiguous:
         logger.warning("Marked %d interrupted sends ambiguous", ambiguous)
     return len(stale_rendered), ambiguous
+
+
+def settle_ambiguous_sends(
+    enqueue_send: EnqueueSend, *, now: datetime | None = None, settings: Settings | None = None,
+) -> int:
+    """Apply the ambiguous-send policy to sends no provider event confirmed in time.
+
+    ``fail``: the message is failed and its enrollment ends (status failed), so a
+    contact never gets the same email twice. ``resend``: the message goes back to
+    ``rendered`` and is sent again, with a warning; the choice is the operator's.
+    """
+    from . import engine
+
+    settings = settings or get_settings()
+    now = now or utcnow()
+    expired = list(
+        OutboundMessage.select(OutboundMessage.id, OutboundMessage.enrollment)
+        .where(OutboundMessage.status == OutboundMessage.AMBIGUOUS,
+               OutboundMessage.send_started_at < now - settings.ambiguous_send_window)
+        .limit(settings.dispatch_batch_size)
+    )
+    settled = 0
+    for message in expired:
+        if settings.ambiguous_send_policy == "resend":
+            target, note = OutboundMessage.RENDERED, "ambiguous send not confirmed; sending again"
+        else:
+            target, note = OutboundMessage.FAILED, "ambiguous send not confirmed by any provider event"
+        updated = (
+            OutboundMessage.update(status=target, error=note)
+            .where(OutboundMessage.id == message.id,
+                   OutboundMessage.status == OutboundMessage.AMBIGUOUS)
+            .execute()
+        )
+        if not updated:
+            continue  # an event confirmed it meanwhile
+        settled += 1
+        logger.warning("Ambiguous send message=%s settled by policy=%s",
+                       message.id, settings.ambiguous_send_policy)
+        if target == OutboundMessage.RENDERED:
+            enqueue_send(message.id)
+        elif message.enrollment_id is not None:
+            engine.exit_enrollment(message.enrollment_id, "ambiguous_send", now=now)
+    return settled

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 from peewee import chunked
 
 from . import engine
+from .metrics import count
 from .models import (
     Enrollment,
     MessageEvent,
@@ -182,6 +183,8 @@ def normalize_delivery(delivery_id: int, *, settings: Settings | None = None) ->
             (batch.keyed[key] for key in new_keys),
             key=lambda item: (item[2], item[0].event_key),
         )
+        for event, _, _ in new:
+            count("outreach_events_total", type=event.type, synthetic="false")
         interest = _EngineInterest([message for _, message, _ in new if message is not None])
         for event, message, occurred_at in new:
             if message is not None:

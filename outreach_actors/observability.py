@@ -1,17 +1,30 @@
-"""Error reporting and metrics hooks shared by the actors and middleware."""
+"""Error reporting: Sentry tags with the ids of what is being worked on."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 
-class Deferred(Exception):
-    """Raised to stop processing a message that was put back for later (not an error)."""
+def tag(**ids: Any) -> None:
+    """Tag the current Sentry scope (one per Dramatiq message) with tenant/plan/node/... ids.
+
+    A no-op unless sentry-sdk was imported and initialised: the domain stays free
+    of any hard dependency on it.
+    """
+    sentry_sdk = sys.modules.get("sentry_sdk")
+    if sentry_sdk is None or not sentry_sdk.is_initialized():
+        return
+    for name, value in ids.items():
+        if value is not None:
+            sentry_sdk.set_tag(f"outreach.{name}", str(value))
 
 
 def sentry_before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] | None:
-    """Drop deferrals and skipped duplicates: they are flow control, not errors."""
+    """Drop flow control that reaches Sentry as an exception: deferrals and skipped duplicates."""
+    from dramatiq.middleware import SkipMessage  # here: the domain modules import this one
+
     exc_info = hint.get("exc_info")
-    if exc_info and isinstance(exc_info[1], Deferred):
+    if exc_info and isinstance(exc_info[1], SkipMessage):
         return None
     return event

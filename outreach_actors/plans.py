@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import reprlib
 from collections.abc import Callable, Mapping
 from datetime import time, timedelta
 from typing import Any, Literal
@@ -178,6 +179,8 @@ def load_plan_text(text: str | bytes, *, source: str = "plan") -> dict[str, Any]
         data = yaml.load(text, Loader=_PlanLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         raise PlanError([f"{source}: not valid YAML or JSON: {exc}"]) from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise PlanError([f"{source}: nested too deeply to be a plan"]) from None
     if not isinstance(data, Mapping):
         raise PlanError([f"{source}: a plan must be a mapping with name, start and nodes"])
     return dict(data)
@@ -256,7 +259,7 @@ def _graph_errors(data: Mapping[str, Any]) -> list[str]:
 def _parses_to_zero(value: Any) -> bool:
     try:
         return parse_duration(value) == timedelta(0)
-    except ValueError:
+    except (ValueError, OverflowError):
         return False  # the schema check reports it
 
 
@@ -303,7 +306,8 @@ def _describe(error: Any) -> str:
     # pydantic prefixes messages from our validators with "Value error, ".
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] in {"literal_error", "string_type", "int_type", "bool_type", "time_parsing"}:
-        message += f" (got {error['input']!r})"
+        # reprlib bounds the echo: a YAML alias bomb or deep nesting has a huge full repr.
+        message += f" (got {reprlib.repr(error['input'])})"
     return f"{_format_location(error['loc'])}: {message}"
 
 

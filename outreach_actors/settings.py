@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import isodate
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, field_validator
@@ -38,7 +38,7 @@ def parse_duration(value: Any) -> timedelta:
         raise ValueError(f"expected an ISO-8601 duration such as PT72H, got {value!r}")
     try:
         parsed = isodate.parse_duration(value.strip())
-    except (isodate.ISO8601Error, ValueError) as exc:
+    except (isodate.ISO8601Error, ValueError, OverflowError) as exc:
         raise ValueError(f"{value!r} is not an ISO-8601 duration such as PT72H or P2D") from exc
     if isinstance(parsed, isodate.Duration):
         raise ValueError(f"{value!r} uses years or months; use days (P30D) instead")
@@ -113,6 +113,13 @@ class Settings(BaseModel):
     dispatch_batch_size: int = 500
     action_lease: Duration = timedelta(minutes=5)
     send_max_retries: int = 8
+    # An ambiguous send (the connection dropped after SendGrid may have accepted it)
+    # waits this long for a provider event to confirm it; then the policy decides:
+    # "fail" records it failed and ends the enrollment (never a second email),
+    # "resend" sends it again, logged and counted (for setups that prefer a
+    # possible duplicate to a missing email).
+    ambiguous_send_window: Duration = timedelta(hours=1)
+    ambiguous_send_policy: Literal["fail", "resend"] = "fail"
 
     # Suppression policy.
     soft_bounce_limit: int = 3

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
+from .metrics import count
 from .models import MessageEvent, Suppression, utcnow
 from .settings import Settings, get_settings
 
@@ -62,6 +63,7 @@ def suppress(
         .execute()
     )
     if created:
+        count("outreach_suppressions_total", reason=reason)
         logger.info(
             "Suppressed tenant=%s channel=%s reason=%s source=%s",
             tenant_id, channel, reason, source,

@@ -6,7 +6,9 @@ import logging
 from datetime import datetime
 
 from . import engine
+from .metrics import count, observe
 from .models import Enrollment, MessageEvent, ScheduledAction, database_proxy, utcnow
+from .observability import tag
 from .plans import ENGAGEMENT_TIMEOUTS
 from .settings import get_settings
 
@@ -47,6 +49,7 @@ def fire_timeout(action_id: int, *, now: datetime | None = None) -> str:
         return "replay"
     action = ScheduledAction.get_by_id(action_id)
     enrollment = Enrollment.get_by_id(action.enrollment_id)
+    tag(action=action_id, enrollment=enrollment.id, tenant=enrollment.tenant_id, node=action.node)
     if (enrollment.status != Enrollment.ACTIVE or enrollment.current_node != action.node
             or enrollment.version != action.visit_version):
         _finish(action_id, ScheduledAction.SKIPPED, "enrollment moved on", now)
@@ -72,6 +75,8 @@ def fire_timeout(action_id: int, *, now: datetime | None = None) -> str:
         )
         _finish(action_id, ScheduledAction.DONE, "moved" if moved else "no transition", now)
     lateness = (now - action.run_at).total_seconds()
+    observe("outreach_timer_lateness_seconds", lateness)
+    count("outreach_events_total", type=action.event, synthetic="true")
     logger.info("Fired timeout action=%s event=%s enrollment=%s late_s=%.3f",
                 action_id, action.event, enrollment.id, lateness)
     return "fired"

@@ -1,3 +1,3 @@
 """Thin Dramatiq actors: each loads ids, calls the domain, and lets middleware rule."""
 
-from . import pipeline, webhook  # noqa: F401
+from . import periodic, pipeline, webhook  # noqa: F401

@@ -1,4 +1,4 @@
-"""The campaign actors: render, send, fire timeouts, dispatch due actions.
+"""The campaign actors: render, send, fire timeouts; and how due actions become messages.
 
 Each one loads ids and calls the domain; duplicates are absorbed by the domain's
 row claims and by the idempotency middleware, rate limits by the rate-limit one.
@@ -11,9 +11,8 @@ from functools import lru_cache
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
-from periodiq import cron
 
-from .. import delivery, dispatch, timeouts
+from .. import delivery, timeouts
 from ..models import OutboundMessage, ScheduledAction, SenderIdentity
 from ..ratelimit import Limit, default_limits
 from ..settings import get_settings
@@ -89,27 +88,3 @@ def enqueue_action(action: ScheduledAction, delay_ms: int) -> None:
 
 def enqueue_send(message_id: str) -> None:
     send.send(message_id)
-
-
-@dramatiq.actor(queue_name="periodic", max_retries=0, periodic=cron("* * * * *"))
-def dispatch_due(remaining: int | None = None) -> None:
-    """Enqueue due actions; started every minute, it repeats every dispatch interval.
-
-    periodiq ticks once a minute; each tick starts a short chain of runs spaced by
-    OUTREACH_DISPATCH_INTERVAL that ends before the next tick, so chains never pile up.
-    """
-    settings = get_settings()
-    dispatch.dispatch_due_actions(enqueue_action, settings=settings)
-    interval_ms = int(settings.dispatch_interval.total_seconds() * 1000)
-    if remaining is None:
-        remaining = max(0, 60_000 // max(interval_ms, 1) - 1)
-    if remaining > 0 and interval_ms > 0:
-        dispatch_due.send_with_options(args=(remaining - 1,), delay=interval_ms)
-
-
-@dramatiq.actor(queue_name="periodic", max_retries=0, periodic=cron("* * * * *"))
-def reconcile() -> None:
-    """Re-enqueue actions whose lease expired and sends that were lost or cut short."""
-    settings = get_settings()
-    dispatch.reconcile_expired_leases(enqueue_action, settings=settings)
-    dispatch.reconcile_stuck_messages(enqueue_send, settings=settings)

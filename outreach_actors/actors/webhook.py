@@ -12,9 +12,12 @@ from .. import ingest
 WEBHOOK_MAX_RETRIES = 10
 
 
+# No idempotency lease: every event is stored once by its unique key, so running a
+# delivery twice is harmless, and `outreach webhooks replay ID` must run it again
+# even after an earlier run finished (a body kept as failed, then replayed).
 @dramatiq.actor(
     queue_name="webhooks", max_retries=WEBHOOK_MAX_RETRIES, min_backoff=5_000,
-    max_backoff=600_000,
+    max_backoff=600_000, idempotency_key=False,
 )
 def normalize_webhook(delivery_id: int) -> None:
     """Normalize one delivery; running it twice stores and applies each event once."""

@@ -14,6 +14,7 @@ from ..leases import Leases, MemoryLeases, RedisLeases
 from ..ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from ..settings import Settings, SettingsError, env_name
 from .idempotency import Idempotency
+from .periodic import PeriodicTickLock
 from .ratelimit import RateLimits
 
 logger = logging.getLogger(__name__)
@@ -77,12 +78,14 @@ def _ms(settings: Settings, name: str) -> int:
 def project_middleware(settings: Settings) -> list[dramatiq.Middleware]:
     """The project's own middleware, in the order it must run.
 
+    The periodic tick lock comes first: a tick that already ran needs nothing else.
     Idempotency runs before RateLimits: a duplicate is skipped before it can take
     a rate-limit slot, and when RateLimits defers a message, Idempotency releases
     the message's lease in ``after_skip_message``.
     """
     state = BrokerState(settings)
     return [
+        PeriodicTickLock(),
         Idempotency(
             leases_for=state.leases,
             lease_ttl=_ms(settings, "idempotency_lease"),

@@ -11,15 +11,9 @@ from collections.abc import Callable
 import dramatiq
 from dramatiq.logging import get_logger
 from dramatiq.middleware import Middleware, MiddlewareError, SkipMessage
-from prometheus_client import Counter
 
 from ..leases import Leases, LeaseState
-
-DUPLICATES = Counter(
-    "outreach_idempotency_duplicates_total",
-    "Deliveries of an effect already in progress (held) or already done (done).",
-    ["outcome"],
-)
+from ..metrics import count
 
 
 class IdempotencyError(MiddlewareError):
@@ -133,7 +127,7 @@ class Idempotency(Middleware):
         if outcome.state is LeaseState.ACQUIRED:
             self.held.lease = (key, token)
             return
-        DUPLICATES.labels(outcome=outcome.state.value).inc()
+        count("outreach_idempotency_duplicates_total", outcome=outcome.state.value)
         if outcome.state is LeaseState.DONE:
             self.logger.info(
                 "Skipped message %r: effect %r was already done by %s.",

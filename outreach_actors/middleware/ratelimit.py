@@ -7,15 +7,9 @@ from collections.abc import Callable
 import dramatiq
 from dramatiq.logging import get_logger
 from dramatiq.middleware import Middleware, MiddlewareError, SkipMessage
-from prometheus_client import Counter
 
+from ..metrics import count
 from ..ratelimit import RateLimiter
-
-DEFERRALS = Counter(
-    "outreach_ratelimit_deferrals_total",
-    "Messages put back because a rate limit was full, by the scope that needed the longest wait.",
-    ["scope"],
-)
 
 
 class RateLimitError(MiddlewareError):
@@ -84,7 +78,7 @@ class RateLimits(Middleware):
                 f"could not apply the rate limits of message {message.message_id}: {exc}"
             ) from exc
         scope = decision.refused_by.scope
-        DEFERRALS.labels(scope=scope).inc()
+        count("outreach_ratelimit_deferrals_total", scope=scope)
         self.logger.info(
             "Deferred message %r by %d ms: its %s rate limit is full.",
             message.message_id, delay, scope,

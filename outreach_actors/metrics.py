@@ -1,0 +1,42 @@
+"""Prometheus counters and histograms of the engine, created on first use.
+
+Created lazily on purpose: Dramatiq's Prometheus middleware switches
+prometheus_client to multiprocess mode when a worker boots, and a metric created
+before that (at import) would never reach its exporter.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from prometheus_client import Counter, Histogram
+
+_DEFINITIONS: dict[str, tuple[type, str, tuple[str, ...]]] = {
+    "outreach_emails_total": (Counter, "Send attempts by outcome (sent, failed, suppressed, "
+                              "ambiguous, retry, cancelled).", ("outcome",)),
+    "outreach_events_total": (Counter, "Events stored, by normalized type.", ("type", "synthetic")),
+    "outreach_suppressions_total": (Counter, "Addresses suppressed, by reason.", ("reason",)),
+    "outreach_timer_lateness_seconds": (Histogram, "How late timeouts fired (fired_at - run_at).",
+                                        ()),
+    "outreach_ratelimit_deferrals_total": (Counter, "Messages put back because a rate limit was "
+                                           "full, by the scope that needed the longest wait.",
+                                           ("scope",)),
+    "outreach_idempotency_duplicates_total": (Counter, "Deliveries of an effect already in "
+                                              "progress (held) or already done (done).",
+                                              ("outcome",)),
+}
+
+
+@cache
+def metric(name: str) -> Counter | Histogram:
+    kind, documentation, labels = _DEFINITIONS[name]
+    return kind(name, documentation, labels)
+
+
+def count(name: str, amount: float = 1, **labels: str) -> None:
+    counter = metric(name)
+    (counter.labels(**labels) if labels else counter).inc(amount)
+
+
+def observe(name: str, value: float) -> None:
+    metric(name).observe(value)

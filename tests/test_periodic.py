@@ -1,0 +1,113 @@
+"""Periodic work: one run per tick whatever the schedulers, purge, ambiguous-send policy."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import dramatiq
+import pytest
+from periodiq import cron
+
+from outreach_actors import dispatch, engine, maintenance, models
+from outreach_actors.middleware.periodic import tick_of
+from outreach_actors.models import (
+    Enrollment,
+    MessageEvent,
+    OutboundMessage,
+    ScheduledAction,
+    WebhookDelivery,
+    utcnow,
+)
+
+from .conftest import make_settings
+from .factories import load_plan, make_tenant
+
+
+def test_a_tick_sent_by_two_schedulers_runs_once(settings, stub_broker) -> None:
+    # Given two periodiq processes that both sent the 05:41 tick (their clocks a second apart)
+    runs: list[str] = []
+
+    @dramatiq.actor(broker=stub_broker, periodic=cron("* * * * *"))
+    def heartbeat() -> None:
+        runs.append("ran")
+
+    now = utcnow().replace(second=0, microsecond=0).isoformat() + "+00:00"
+    later = now.replace(":00+00:00", ":01+00:00")
+    worker = dramatiq.Worker(stub_broker, worker_timeout=50)
+    worker.start()
+    try:
+        heartbeat.send_with_options(scheduled_at=now)
+        heartbeat.send_with_options(scheduled_at=later)
+        # and one sent by hand, which always runs
+        heartbeat.send()
+        stub_broker.join(heartbeat.queue_name)
+        worker.join()
+    finally:
+        worker.stop()
+    # Then the tick ran once, plus the manual run.
+    assert runs == ["ran", "ran"]
+    assert models.PeriodicTick.select().count() == 1
+
+
+def test_tick_of_floors_to_the_utc_minute() -> None:
+    assert tick_of("2026-11-22T06:41:00.500000+01:00") == "2026-11-22T05:41"
+    assert tick_of("2026-11-22T05:41:59+00:00") == "2026-11-22T05:41"
+
+
+@pytest.fixture
+def sent_message(settings):
+    make_tenant()
+    load_plan()
+    enrollment = engine.enroll("acme", "ada@example.com", "onboarding")
+    action = ScheduledAction.get(ScheduledAction.enrollment == enrollment)
+    return OutboundMessage.create(
+        tenant="acme", enrollment=enrollment, action=action, node="intro", dedupe_key="k",
+        status="ambiguous", to_email="ada@example.com", from_email="sales@acme.test", subject="s",
+        html="h", text="t", send_started_at=utcnow() - timedelta(hours=2),
+    )
+
+
+def test_unconfirmed_ambiguous_send_fails_by_default_and_ends_the_enrollment(sent_message,
+                                                                             data_dir) -> None:
+    resent: list[str] = []
+    settled = dispatch.settle_ambiguous_sends(resent.append, settings=make_settings(data_dir))
+    assert settled == 1 and resent == []
+    message = OutboundMessage.get_by_id(sent_message.id)
+    assert message.status == "failed" and "not confirmed" in message.error
+    assert Enrollment.get_by_id(sent_message.enrollment_id).status == "failed"
+
+
+def test_resend_policy_sends_an_unconfirmed_ambiguous_send_again(sent_message, data_dir) -> None:
+    resent: list[str] = []
+    settings = make_settings(data_dir, ambiguous_send_policy="resend")
+    assert dispatch.settle_ambiguous_sends(resent.append, settings=settings) == 1
+    assert resent == [sent_message.id]
+    assert OutboundMessage.get_by_id(sent_message.id).status == "rendered"
+
+
+def test_an_event_confirms_an_ambiguous_send_before_the_window(sent_message, data_dir) -> None:
+    # Given SendGrid's `processed` event for the ambiguous message
+    engine.handle_message_event(sent_message.id, "queued", utcnow(), provider_message_id="X1")
+    # Then it is sent, its timers exist, and the policy leaves it alone.
+    message = OutboundMessage.get_by_id(sent_message.id)
+    assert (message.status, message.provider_message_id) == ("sent", "X1")
+    assert ScheduledAction.select().where(ScheduledAction.kind == "timeout").count() == 1
+    assert dispatch.settle_ambiguous_sends(lambda _: None, settings=make_settings(data_dir)) == 0
+
+
+def test_purge_keeps_failed_deliveries_and_active_contacts_events(sent_message, data_dir) -> None:
+    old = utcnow() - timedelta(days=40)
+    processed = WebhookDelivery.create(body=b"[]", status="processed", received_at=old)
+    failed = WebhookDelivery.create(body=b"{", status="failed", received_at=old, error="bad")
+    MessageEvent.create(message=sent_message, type="opened", event_key="a", occurred_at=old,
+                        received_at=old)
+    MessageEvent.create(message=None, type="unknown", event_key="b", occurred_at=old,
+                        received_at=old)
+    counts = maintenance.purge_old_data(settings=make_settings(data_dir))
+    assert counts["deliveries"] == 1 and counts["events"] == 1
+    assert WebhookDelivery.get_or_none(WebhookDelivery.id == processed.id) is None
+    assert WebhookDelivery.get_by_id(failed.id).status == "failed"
+    # The active contact's open stays: its no_open timer may still look for it.
+    assert MessageEvent.get(MessageEvent.event_key == "a")
+    engine.exit_enrollment(sent_message.enrollment_id, "unsubscribed")
+    assert maintenance.purge_old_data(settings=make_settings(data_dir))["events"] == 1
