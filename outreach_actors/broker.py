@@ -75,7 +75,21 @@ def make_broker(settings: Settings) -> dramatiq.Broker:
         broker.add_middleware(EmbeddedRedisStarter(settings.data_dir))
     for middleware in extra_middleware(settings):
         broker.add_middleware(middleware)
+    if settings.metrics_enabled:
+        broker.add_middleware(_prometheus_middleware())
     return broker
+
+
+def _prometheus_middleware() -> dramatiq.Middleware:
+    try:
+        import prometheus_client  # noqa: F401
+        from dramatiq.middleware.prometheus import Prometheus
+    except ImportError as exc:
+        raise SettingsError(
+            "OUTREACH_METRICS_ENABLED is set but prometheus-client is missing; "
+            "install outreach_actors[prometheus]"
+        ) from exc
+    return Prometheus()
 
 
 class EmbeddedRedisStarter(dramatiq.Middleware):

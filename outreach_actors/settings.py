@@ -77,6 +77,10 @@ class Settings(BaseModel):
     # Secret for unsubscribe tokens; the default is only fit for local use.
     secret_key: str = "outreach-insecure-development-key"
 
+    # Export Prometheus metrics from each worker (Dramatiq's middleware, port 9191 by
+    # default, with our own counters beside its own); needs the `prometheus` extra.
+    metrics_enabled: bool = False
+
     sentry_dsn: str | None = None
     sentry_environment: str | None = None
 
