@@ -273,9 +273,30 @@ def bind(database: peewee.Database) -> None:
 
 
 def create_schema(database: peewee.Database) -> None:
-    """Create or upgrade the schema; safe to run any number of times."""
+    """Create or upgrade the schema; safe to run any number of times.
+
+    Missing tables and indexes are created; columns added in a newer version are
+    added to existing tables (with their defaults). Nothing is ever dropped.
+    """
     bind(database)
     with database.connection_context():
         # A DeferredForeignKey (ScheduledAction.message) is created as a plain
         # column: the tables reference each other, and no constraint is needed.
         database.create_tables(ALL_MODELS, safe=True)
+        _add_missing_columns(database)
+
+
+def _add_missing_columns(database: peewee.Database) -> None:
+    from playhouse.migrate import SchemaMigrator, migrate
+
+    migrator = SchemaMigrator.from_database(database)
+    operations = []
+    for model in ALL_MODELS:
+        table = model._meta.table_name
+        existing = {column.name for column in database.get_columns(table)}
+        for field in model._meta.sorted_fields:
+            if field.column_name not in existing:
+                operations.append(migrator.add_column(table, field.column_name, field))
+    if operations:
+        with database.atomic():
+            migrate(*operations)

@@ -44,3 +44,19 @@ def test_sqlite_uses_wal_and_a_busy_timeout(tmp_path) -> None:
 def test_default_database_lives_in_the_data_dir(tmp_path) -> None:
     database = database_from_url(None, Settings(data_dir=tmp_path / "var"))
     assert database.database == str(tmp_path / "var" / "outreach.db")
+
+
+def test_db_init_adds_columns_a_newer_version_introduced(any_db: peewee.Database) -> None:
+    # Given a database created by an older version, without Enrollment.exit_reason
+    # and ScheduledAction.visit_version, holding a row
+    with any_db.connection_context():
+        models.Tenant.create(id="acme")
+        any_db.execute_sql('ALTER TABLE enrollment DROP COLUMN exit_reason')
+        any_db.execute_sql('ALTER TABLE scheduled_action DROP COLUMN visit_version')
+    # When `outreach db init` runs
+    models.create_schema(any_db)
+    # Then the columns are back, existing rows keep their data, and the defaults apply
+    with any_db.connection_context():
+        assert "exit_reason" in {c.name for c in any_db.get_columns("enrollment")}
+        assert "visit_version" in {c.name for c in any_db.get_columns("scheduled_action")}
+        assert models.Tenant.get_by_id("acme")

@@ -1,0 +1,123 @@
+"""Render and send through the real client and the SendGrid stand-in: every outcome."""
+
+from __future__ import annotations
+
+import pytest
+
+from outreach_actors import delivery, engine
+from outreach_actors.models import Enrollment, OutboundMessage, ScheduledAction, SenderIdentity
+from outreach_actors.providers.sendgrid import SendGridClient
+from outreach_actors.suppressions import suppress
+from outreach_actors.testing import SendGridStandIn
+
+from .factories import load_plan, make_tenant
+
+
+@pytest.fixture
+def standin():
+    with SendGridStandIn(api_key="SG.key") as server:
+        yield server
+
+
+@pytest.fixture
+def rendered(settings):
+    """A rendered intro email for Ada, ready to send."""
+    make_tenant()
+    load_plan()
+    enrollment = engine.enroll("acme", "ada@example.com", "onboarding", fields={"first_name": "Ada"})
+    action = ScheduledAction.get(ScheduledAction.enrollment == enrollment)
+    return OutboundMessage.get_by_id(delivery.render_action(action.id))
+
+
+def client_for(standin: SendGridStandIn, timeout: float = 5) -> SendGridClient:
+    return SendGridClient("SG.key", standin.host, timeout)
+
+
+def status_of(message: OutboundMessage) -> str:
+    return OutboundMessage.get_by_id(message.id).status
+
+
+def test_render_stores_subject_html_text_and_unsubscribe_headers(rendered) -> None:
+    assert rendered.subject == "Welcome, Ada"
+    assert "https://example.com/start" in rendered.text
+    assert rendered.headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert rendered.headers["List-Unsubscribe"].startswith("<http://localhost:8000/unsubscribe/")
+    # A replay returns the same row and renders nothing new.
+    assert delivery.render_action(rendered.action_id) == rendered.id
+    assert OutboundMessage.select().count() == 1
+
+
+def test_a_sent_message_carries_our_ids_and_schedules_its_timers(rendered, standin) -> None:
+    result = delivery.send_message(rendered.id, client_for(standin))
+    assert result.status == "sent"
+    [mail] = standin.messages
+    assert mail.custom_args == {"outreach_message_id": rendered.id, "outreach_tenant": "acme"}
+    assert mail.body["categories"] == ["onboarding"]
+    assert OutboundMessage.get_by_id(rendered.id).provider_message_id == mail.x_message_id
+    assert ScheduledAction.select().where(ScheduledAction.kind == "timeout").count() == 1
+    # Sending again is a replay: no second request.
+    assert delivery.send_message(rendered.id, client_for(standin)).status == "replay"
+    assert len(standin.messages) == 1
+
+
+@pytest.mark.parametrize("status", [500, 503, 429])
+def test_temporary_failures_are_retried_then_fail_on_the_last_attempt(rendered, standin,
+                                                                      status) -> None:
+    standin.fail_next(status, count=2)
+    with pytest.raises(delivery.RetryableSendError):
+        delivery.send_message(rendered.id, client_for(standin))
+    assert status_of(rendered) == "rendered"  # the retry can claim it again
+    result = delivery.send_message(rendered.id, client_for(standin), final_attempt=True)
+    assert result.status == "failed"
+    assert Enrollment.get_by_id(rendered.enrollment_id).status == "failed"
+    assert standin.messages == []
+
+
+def test_a_permanent_refusal_is_recorded_with_the_providers_message(rendered, standin) -> None:
+    standin.fail_next(400, body={"errors": [{"message": "The from address does not match a "
+                                             "verified Sender Identity.", "field": "from"}]})
+    result = delivery.send_message(rendered.id, client_for(standin))
+    assert result.status == "failed"
+    assert "verified Sender Identity" in OutboundMessage.get_by_id(rendered.id).error
+
+
+def test_a_connection_dropped_after_acceptance_is_ambiguous_not_retried(rendered, standin) -> None:
+    standin.drop_next()
+    result = delivery.send_message(rendered.id, client_for(standin, timeout=2))
+    assert result.status == "ambiguous"
+    assert len(standin.messages) == 1  # SendGrid did take it
+    assert delivery.send_message(rendered.id, client_for(standin)).status == "replay"
+    assert len(standin.messages) == 1
+
+
+def test_a_suppressed_address_is_skipped_and_its_enrollment_ends(rendered, standin) -> None:
+    suppress("acme", "ADA@example.com", "unsubscribed", "test")
+    assert delivery.send_message(rendered.id, client_for(standin)).status == "suppressed"
+    assert standin.messages == []
+    assert Enrollment.get_by_id(rendered.enrollment_id).exit_reason == "suppressed"
+
+
+def test_an_unverified_sender_never_sends(rendered, standin) -> None:
+    SenderIdentity.update(verified=False).execute()
+    result = delivery.send_message(rendered.id, client_for(standin))
+    assert result.status == "failed" and "not a verified sender" in result.detail
+    assert standin.messages == []
+
+
+def test_a_message_whose_enrollment_moved_on_is_cancelled(rendered, standin) -> None:
+    engine.process_event(rendered.enrollment_id, "clicked", node="intro")
+    assert delivery.send_message(rendered.id, client_for(standin)).status == "cancelled"
+    assert standin.messages == []
+
+
+def test_a_contact_field_cannot_inject_headers_through_the_subject(settings, standin) -> None:
+    make_tenant()
+    load_plan()
+    enrollment = engine.enroll("acme", "eve@example.com", "onboarding",
+                               fields={"first_name": "Eve\r\nBcc: everyone@example.com"})
+    action = ScheduledAction.get(ScheduledAction.enrollment == enrollment)
+    assert delivery.render_action(action.id) is None
+    action = ScheduledAction.get_by_id(action.id)
+    assert action.status == "failed" and "line break" in action.result
+    assert Enrollment.get_by_id(enrollment.id).status == "failed"
+    assert standin.messages == []
