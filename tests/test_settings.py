@@ -6,8 +6,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from outreach_actors.settings import Settings, SettingsError, settings_from_env, settings_from_mapping
+from outreach_actors.settings import (
+    Settings,
+    SettingsError,
+    settings_from_env,
+    settings_from_mapping,
+)
 
 
 def test_defaults_work_with_no_configuration() -> None:
@@ -70,7 +76,7 @@ def test_unknown_outreach_variable_is_refused() -> None:
 
 def test_settings_are_frozen() -> None:
     settings = Settings()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         settings.broker_url = "stub://"  # type: ignore[misc]
 
 
