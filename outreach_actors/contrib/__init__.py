@@ -12,13 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import dramatiq
 
 from .. import engine
-from ..broker import make_broker
 from ..models import Enrollment
-from ..runtime import bind_database, rebind_actors
-from ..settings import ENV_PREFIX, Settings, configure, settings_from_mapping
+from ..runtime import install
+from ..settings import ENV_PREFIX, Settings, settings_from_mapping
 from ..unsubscribe import UnsubscribePage
 from ..webhooks import SendGridWebhookReceiver, database_connection
 
@@ -54,12 +52,7 @@ def host_settings(
 
 def activate(settings: Settings) -> Endpoints:
     """Make these the process's settings, database and broker; the endpoints to mount."""
-    configure(settings)
-    bind_database(settings)
-    previous = dramatiq.get_broker()
-    broker = make_broker(settings)
-    dramatiq.set_broker(broker)
-    rebind_actors(broker, list(previous.actors.values()))
+    install(settings)
     return Endpoints(settings, SendGridWebhookReceiver(settings), UnsubscribePage(settings))
 
 
