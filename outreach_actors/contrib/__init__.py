@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-
 from .. import engine
 from ..models import Enrollment
 from ..runtime import install
