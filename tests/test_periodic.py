@@ -111,3 +111,30 @@ def test_purge_keeps_failed_deliveries_and_active_contacts_events(sent_message, 
     assert MessageEvent.get(MessageEvent.event_key == "a")
     engine.exit_enrollment(sent_message.enrollment_id, "unsubscribed")
     assert maintenance.purge_old_data(settings=make_settings(data_dir))["events"] == 1
+
+
+def test_each_message_gets_a_connection_and_gives_it_back(settings, stub_broker) -> None:
+    import sqlite3
+
+    from outreach_actors.models import database_proxy
+
+    # Given an actor that keeps the connection its message ran on
+    connections: list[sqlite3.Connection] = []
+
+    @dramatiq.actor(broker=stub_broker)
+    def query() -> None:
+        connections.append(database_proxy.obj.connection())
+        models.Tenant.select().count()
+
+    worker = dramatiq.Worker(stub_broker, worker_timeout=50, worker_threads=1)
+    worker.start()
+    try:
+        query.send()
+        stub_broker.join(query.queue_name)
+        worker.join()
+    finally:
+        worker.stop()
+    # Then the connection was closed when the message was done.
+    [connection] = connections
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        connection.execute("SELECT 1")

@@ -13,6 +13,7 @@ from ..embedded import ensure_embedded_redis
 from ..leases import Leases, MemoryLeases, RedisLeases
 from ..ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from ..settings import Settings, SettingsError, env_name
+from .database import DatabaseConnections
 from .idempotency import Idempotency
 from .periodic import PeriodicTickLock
 from .ratelimit import RateLimits
@@ -78,13 +79,15 @@ def _ms(settings: Settings, name: str) -> int:
 def project_middleware(settings: Settings) -> list[dramatiq.Middleware]:
     """The project's own middleware, in the order it must run.
 
-    The periodic tick lock comes first: a tick that already ran needs nothing else.
+    The database connection opens first (the others may query) and closes last.
+    The periodic tick lock comes next: a tick that already ran needs nothing else.
     Idempotency runs before RateLimits: a duplicate is skipped before it can take
     a rate-limit slot, and when RateLimits defers a message, Idempotency releases
     the message's lease in ``after_skip_message``.
     """
     state = BrokerState(settings)
     return [
+        DatabaseConnections(),
         PeriodicTickLock(),
         Idempotency(
             leases_for=state.leases,
