@@ -118,11 +118,18 @@ def test_each_message_gets_a_connection_and_gives_it_back(settings, stub_broker)
 
     from outreach_actors.models import database_proxy
 
-    # Given an actor that keeps the connection its message ran on
+    # Given one worker thread running the same actor twice
     connections: list[sqlite3.Connection] = []
+    previous_was_closed: list[bool] = []
 
     @dramatiq.actor(broker=stub_broker)
     def query() -> None:
+        if connections:  # (SQLite connections may only be touched by their own thread)
+            try:
+                connections[-1].execute("SELECT 1")
+                previous_was_closed.append(False)
+            except sqlite3.ProgrammingError:
+                previous_was_closed.append(True)
         connections.append(database_proxy.obj.connection())
         models.Tenant.select().count()
 
@@ -131,10 +138,12 @@ def test_each_message_gets_a_connection_and_gives_it_back(settings, stub_broker)
     try:
         query.send()
         stub_broker.join(query.queue_name)
+        query.send()
+        stub_broker.join(query.queue_name)
         worker.join()
     finally:
         worker.stop()
-    # Then the connection was closed when the message was done.
-    [connection] = connections
-    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
-        connection.execute("SELECT 1")
+    # Then the first message's connection was closed before the second ran,
+    # and the second got a fresh one.
+    assert previous_was_closed == [True]
+    assert connections[0] is not connections[1]
