@@ -123,7 +123,7 @@ def test_each_message_gets_a_connection_and_gives_it_back(settings, stub_broker)
     previous_was_closed: list[bool] = []
 
     @dramatiq.actor(broker=stub_broker)
-    def query() -> None:
+    def query(n: int) -> None:
         if connections:  # (SQLite connections may only be touched by their own thread)
             try:
                 connections[-1].execute("SELECT 1")
@@ -136,9 +136,9 @@ def test_each_message_gets_a_connection_and_gives_it_back(settings, stub_broker)
     worker = dramatiq.Worker(stub_broker, worker_timeout=50, worker_threads=1)
     worker.start()
     try:
-        query.send()
+        query.send(1)
         stub_broker.join(query.queue_name)
-        query.send()
+        query.send(2)
         stub_broker.join(query.queue_name)
         worker.join()
     finally:
