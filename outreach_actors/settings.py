@@ -115,6 +115,8 @@ class Settings(BaseModel):
     dispatch_horizon: Duration = timedelta(minutes=1)
     dispatch_interval: Duration = timedelta(seconds=5)
     dispatch_batch_size: int = 500
+    # How often idle workers poll, and so how late a due delayed message can start.
+    worker_poll_interval: Duration = timedelta(milliseconds=100)
     action_lease: Duration = timedelta(minutes=5)
     send_max_retries: int = 8
     # An ambiguous send (the connection dropped after SendGrid may have accepted it)

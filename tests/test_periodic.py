@@ -147,3 +147,22 @@ def test_each_message_gets_a_connection_and_gives_it_back(settings, stub_broker)
     # and the second got a fresh one.
     assert previous_was_closed == [True]
     assert connections[0] is not connections[1]
+
+
+def test_workers_poll_at_the_configured_interval(data_dir) -> None:
+    from outreach_actors.broker import make_broker
+
+    broker = make_broker(make_settings(data_dir, worker_poll_interval="PT0.05S"))
+
+    @dramatiq.actor(broker=broker)
+    def noop() -> None:
+        pass
+
+    worker = dramatiq.Worker(broker, worker_timeout=1000)
+    worker.start()
+    try:
+        assert worker.worker_timeout == 50
+        assert worker.consumers
+        assert all(consumer.worker_timeout == 50 for consumer in worker.consumers.values())
+    finally:
+        worker.stop()

@@ -16,6 +16,7 @@ from ..settings import Settings, SettingsError, env_name
 from .database import DatabaseConnections
 from .idempotency import Idempotency
 from .periodic import PeriodicTickLock
+from .polling import WorkerPolling
 from .ratelimit import RateLimits
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ def project_middleware(settings: Settings) -> list[dramatiq.Middleware]:
     """
     state = BrokerState(settings)
     return [
+        WorkerPolling(interval_ms=_ms(settings, "worker_poll_interval")),
         DatabaseConnections(),
         PeriodicTickLock(),
         Idempotency(
