@@ -16,7 +16,7 @@ from datetime import datetime
 import peewee
 
 from .db import is_postgresql
-from .models import OutboundMessage, ScheduledAction, database_proxy, utcnow
+from .models import MessageEvent, OutboundMessage, ScheduledAction, database_proxy, utcnow
 from .settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -36,8 +36,7 @@ def _write_transaction() -> peewee._transaction:
     return database.atomic()
 
 
-def _claim(query: peewee.ModelSelect, now: datetime, lease_until: datetime,
-           from_statuses: list[str]) -> list[ScheduledAction]:
+def _claim(query: peewee.ModelSelect, now: datetime, lease_until: datetime) -> list[ScheduledAction]:
     """Mark the selected rows enqueued in one transaction and return the ones we won."""
     database = database_proxy.obj
     with _write_transaction():
@@ -45,12 +44,12 @@ def _claim(query: peewee.ModelSelect, now: datetime, lease_until: datetime,
             query = query.for_update("FOR UPDATE SKIP LOCKED")
         actions = list(query)
         if actions:
+            # By primary key alone: the rows are ours (locked FOR UPDATE SKIP LOCKED on
+            # PostgreSQL, the write lock held on SQLite), and adding the status test
+            # makes PostgreSQL pick the status index and scan every pending row.
             ScheduledAction.update(
                 status=ScheduledAction.ENQUEUED, enqueued_at=now, lease_until=lease_until,
-            ).where(
-                ScheduledAction.id.in_([action.id for action in actions]),
-                ScheduledAction.status.in_(from_statuses),
-            ).execute()
+            ).where(ScheduledAction.id.in_([action.id for action in actions])).execute()
     for action in actions:
         action.status, action.lease_until = ScheduledAction.ENQUEUED, lease_until
     return actions
@@ -74,7 +73,7 @@ def dispatch_due_actions(
         # The lease counts from the end of the horizon: an action enqueued with a
         # delay is not late before it is due.
         lease_until = horizon + settings.action_lease
-        actions = _claim(query, now, lease_until, [ScheduledAction.PENDING])
+        actions = _claim(query, now, lease_until)
         for action in actions:
             delay = max(0, int((action.run_at - now).total_seconds() * 1000))
             enqueue(action, delay)
@@ -101,8 +100,7 @@ def reconcile_expired_leases(
         .order_by(ScheduledAction.lease_until)
         .limit(settings.dispatch_batch_size)
     )
-    actions = _claim(query, now, now + settings.action_lease,
-                     [ScheduledAction.ENQUEUED, ScheduledAction.RUNNING])
+    actions = _claim(query, now, now + settings.action_lease)
     for action in actions:
         logger.warning("Re-enqueueing action=%s kind=%s: its lease expired", action.id, action.kind)
         enqueue(action, 0)
@@ -158,13 +156,29 @@ def settle_ambiguous_sends(
     settings = settings or get_settings()
     now = now or utcnow()
     expired = list(
-        OutboundMessage.select(OutboundMessage.id, OutboundMessage.enrollment)
+        OutboundMessage.select(
+            OutboundMessage.id, OutboundMessage.enrollment, OutboundMessage.send_started_at,
+            OutboundMessage.provider_message_id, OutboundMessage.error,
+        )
         .where(OutboundMessage.status == OutboundMessage.AMBIGUOUS,
                OutboundMessage.send_started_at < now - settings.ambiguous_send_window)
         .limit(settings.dispatch_batch_size)
     )
     settled = 0
     for message in expired:
+        # An event stored while the send still looked in flight (a worker killed
+        # between SendGrid's 202 and its commit) confirmed it without resolving it.
+        proof = (
+            MessageEvent.select(MessageEvent.occurred_at)
+            .where(MessageEvent.message == message.id,
+                   MessageEvent.synthetic == False,  # noqa: E712 (peewee expression)
+                   MessageEvent.type.in_(sorted(engine.PROOF_OF_SEND)))
+            .order_by(MessageEvent.occurred_at)
+            .first()
+        )
+        if proof is not None:
+            engine.resolve_ambiguous_send(message, proof.occurred_at, None)
+            continue
         if settings.ambiguous_send_policy == "resend":
             target, note = OutboundMessage.RENDERED, "ambiguous send not confirmed; sending again"
         else:
