@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -161,7 +162,9 @@ def _enter(
         version=enrollment.version,
     )
     if node.type == "email":
-        run_at = next_send_time(now, plan.send_window, enrollment.contact.timezone)
+        # The contact's zone matters only inside a send window: skip the query otherwise.
+        timezone = enrollment.contact.timezone if plan.send_window else None
+        run_at = next_send_time(now, plan.send_window, timezone)
         _schedule(enrollment, node_name, ScheduledAction.SEND, None, run_at, None)
     elif node.type == "wait":
         for transition in plan.timeout_transitions(node_name):
@@ -172,6 +175,13 @@ def _enter(
             Enrollment.id == enrollment.id
         ).execute()
         logger.info("Completed enrollment=%s at node=%s", enrollment.id, node_name)
+
+
+def _transaction():
+    """A transaction, or nothing when one is open already (no savepoint round trips)."""
+    if database_proxy.in_transaction():
+        return nullcontext()
+    return database_proxy.atomic()
 
 
 def _schedule(
@@ -199,16 +209,19 @@ def process_event(
     node: str | None = None,
     visit_version: int | None = None,
     now: datetime | None = None,
+    enrollment: Enrollment | None = None,
 ) -> bool:
     """Take the current node's first transition on ``event``; True if the enrollment moved.
 
     ``node``/``visit_version`` name the visit the event belongs to (the node whose
     email or timer produced it): an event from a node the enrollment has left is
-    stale and moves nothing.
+    stale and moves nothing. ``enrollment`` may pass the row just read, to save a
+    query; if it is stale, the version check catches it and the row is read again.
     """
     now = now or utcnow()
     for _ in range(MAX_MOVE_ATTEMPTS):
-        enrollment = Enrollment.get_or_none(Enrollment.id == enrollment_id)
+        if enrollment is None:
+            enrollment = Enrollment.get_or_none(Enrollment.id == enrollment_id)
         if enrollment is None or enrollment.status != Enrollment.ACTIVE:
             return False
         if node is not None and enrollment.current_node != node:
@@ -219,7 +232,7 @@ def process_event(
         transition = plan.transition_for(enrollment.current_node, event)
         if transition is None:
             return False
-        with database_proxy.atomic():
+        with _transaction():
             moved = (
                 Enrollment.update(
                     current_node=transition.to, version=Enrollment.version + 1,
@@ -229,6 +242,7 @@ def process_event(
                 .execute()
             )
             if not moved:
+                enrollment = None
                 continue  # another event moved it first: re-read and decide again
             _cancel_open_actions(enrollment.id, enrollment.current_node, now)
             enrollment.current_node, enrollment.version = transition.to, enrollment.version + 1

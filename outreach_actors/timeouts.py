@@ -15,9 +15,10 @@ from .settings import get_settings
 logger = logging.getLogger(__name__)
 
 
-def claim_action(action_id: int, now: datetime) -> bool:
-    """``pending|enqueued -> running``; False when another delivery holds or finished it."""
-    return bool(
+def claim_action(action_id: int, now: datetime) -> ScheduledAction | None:
+    """``pending|enqueued -> running``; the claimed row, or None when another delivery
+    holds or finished it. One statement: the row comes back with RETURNING."""
+    claimed = (
         ScheduledAction.update(
             status=ScheduledAction.RUNNING, attempts=ScheduledAction.attempts + 1, fired_at=now,
             lease_until=now + get_settings().action_lease,
@@ -26,8 +27,10 @@ def claim_action(action_id: int, now: datetime) -> bool:
             ScheduledAction.id == action_id,
             ScheduledAction.status.in_([ScheduledAction.PENDING, ScheduledAction.ENQUEUED]),
         )
+        .returning(ScheduledAction)
         .execute()
     )
+    return next(iter(claimed), None)
 
 
 def _finish(action_id: int, status: str, result: str, now: datetime) -> None:
@@ -44,10 +47,10 @@ def fire_timeout(action_id: int, *, now: datetime | None = None) -> str:
     reconciler enqueues the action again and it runs from the start.
     """
     now = now or utcnow()
-    if not claim_action(action_id, now):
+    action = claim_action(action_id, now)
+    if action is None:
         logger.info("Timeout action=%s skipped: already claimed or finished", action_id)
         return "replay"
-    action = ScheduledAction.get_by_id(action_id)
     enrollment = Enrollment.get_by_id(action.enrollment_id)
     tag(action=action_id, enrollment=enrollment.id, tenant=enrollment.tenant_id, node=action.node)
     if (enrollment.status != Enrollment.ACTIVE or enrollment.current_node != action.node
@@ -71,7 +74,7 @@ def fire_timeout(action_id: int, *, now: datetime | None = None) -> str:
         ).on_conflict_ignore().execute()
         moved = engine.process_event(
             enrollment.id, action.event, node=action.node, visit_version=action.visit_version,
-            now=now,
+            now=now, enrollment=enrollment,
         )
         _finish(action_id, ScheduledAction.DONE, "moved" if moved else "no transition", now)
     lateness = (now - action.run_at).total_seconds()
