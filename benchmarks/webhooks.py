@@ -32,7 +32,7 @@ from outreach_actors.plans import validate_plan  # noqa: E402
 from outreach_actors.settings import Settings, configure  # noqa: E402
 
 DEFAULT_DATABASE_URL = os.environ.get(
-    "OUTREACH_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/outreach_bench"
+    "BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/outreach_bench"
 )
 TARGET_EVENTS_PER_S = 5000
 BATCH_SIZE = 1000

@@ -1,0 +1,279 @@
+"""Helpers the benchmarks share: their database and broker, worker processes, figures.
+
+Benchmarks run beside other people's tests on one machine, so each uses its own
+PostgreSQL database and Redis database (``BENCH_DATABASE_URL`` and
+``BENCH_REDIS_URL``, defaults ``outreach_bench`` and Redis db 13; not ``OUTREACH_*``
+names, which Settings refuses when it does not know them).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+# The package builds its process-wide broker at import: keep that the stub broker
+# (no embedded Redis) until a benchmark installs its own settings.
+os.environ.setdefault("OUTREACH_BROKER_URL", "stub://")
+
+import peewee  # noqa: E402
+import psutil  # noqa: E402
+import psycopg2  # noqa: E402
+
+import outreach_actors  # noqa: E402,F401  (installs the broker before any actor is declared)
+from outreach_actors import models, runtime  # noqa: E402
+from outreach_actors.models import Enrollment, OutboundMessage, ScheduledAction  # noqa: E402
+from outreach_actors.settings import Settings, settings_from_mapping  # noqa: E402
+
+DATABASE_URL = os.environ.get(
+    "BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/outreach_bench"
+)
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+BENCHMARKS_DIR = Path(__file__).resolve().parent
+# Rate limits far above anything a benchmark sends, so that they never bind.
+UNBOUNDED_RATE_LIMITS = {
+    "OUTREACH_RATELIMIT_SENDER_PER_MINUTE": "100000000",
+    "OUTREACH_RATELIMIT_SENDER_PER_HOUR": "100000000",
+    "OUTREACH_RATELIMIT_TENANT_PER_HOUR": "100000000",
+    "OUTREACH_RATELIMIT_DOMAIN_PER_HOUR": "100000000",
+    "OUTREACH_RATELIMIT_GLOBAL_PER_HOUR": "100000000",
+}
+TENANT = "bench"
+SENDER = "hello@bench.outreach.test"
+# What `dramatiq` runs with on a 2-core machine: one process per core, its default threads.
+WORKER_PROCESSES = 2
+WORKER_THREADS = 8
+
+
+def figure(value: float | int, unit: str, reference: float | int | None,
+           ratio: float | None = None) -> dict[str, Any]:
+    """One figure as run.py prints it; the ratio defaults to value / reference."""
+    if ratio is None and reference:
+        ratio = value / reference
+    return {"value": value, "unit": unit, "reference": reference,
+            "ratio": None if ratio is None else round(ratio, 3)}
+
+
+def ensure_database(url: str) -> None:
+    """Create the PostgreSQL database ``url`` names if it does not exist."""
+    parsed = urlparse(url)
+    name = parsed.path.lstrip("/")
+    admin = psycopg2.connect(dbname="postgres", user=parsed.username, password=parsed.password,
+                             host=parsed.hostname, port=parsed.port or 5432)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if cursor.fetchone() is None:
+                cursor.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        admin.close()
+
+
+def data_dir_for(namespace: str) -> Path:
+    """A benchmark's scratch directory: worker log, embedded Redis."""
+    data_dir = Path(tempfile.gettempdir()) / f"outreach-bench-{namespace}"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return data_dir
+
+
+def bench_environment(database_url: str, redis_url: str, namespace: str,
+                      **overrides: str) -> dict[str, str]:
+    """The ``OUTREACH_*`` variables of a benchmark, for its own process and its workers."""
+    return {
+        "OUTREACH_BROKER_URL": redis_url,
+        "OUTREACH_DATABASE_URL": database_url,
+        "OUTREACH_BROKER_NAMESPACE": namespace,
+        "OUTREACH_DATA_DIR": str(data_dir_for(namespace)),
+        "OUTREACH_TEMPLATES_DIR": str(BENCHMARKS_DIR.parent / "templates"),
+        **UNBOUNDED_RATE_LIMITS,
+        **overrides,
+    }
+
+
+def install(environment: dict[str, str]) -> Settings:
+    """Make these settings this process's own: broker, database, actors moved over."""
+    settings = settings_from_mapping(environment)
+    runtime.install(settings)
+    return settings
+
+
+def fresh_schema() -> peewee.Database:
+    """Drop and create every table of the bound database."""
+    database = models.database_proxy.obj
+    with database.connection_context():
+        database.drop_tables(models.ALL_MODELS, safe=True, cascade=True)
+    models.create_schema(database)
+    return database
+
+
+def truncate_all() -> None:
+    """Empty every table (cheaper than dropping them while workers hold connections).
+
+    Ids go on from where they were: a new row never shares an id, and so an
+    idempotency key, with one that already ran.
+    """
+    tables = ", ".join(f'"{model._meta.table_name}"' for model in models.ALL_MODELS)
+    models.database_proxy.obj.execute_sql(f"TRUNCATE {tables} CASCADE")
+
+
+def seed_tenant(definition: dict) -> models.Plan:
+    """The benchmark tenant, its verified sender and one plan."""
+    models.Tenant.create(id=TENANT, name="Bench Inc.")
+    models.SenderIdentity.create(tenant=TENANT, email=SENDER, name="Bench", verified=True)
+    return models.Plan.create(tenant=TENANT, name=definition["name"], version=1,
+                              definition=definition)
+
+
+def seed_sent_messages(plan: models.Plan, prefix: str, run_ats: Sequence[datetime]) -> list[int]:
+    """One enrolled contact per ``run_ats`` entry, its intro email sent, and its no_open timer.
+
+    Rows are bulk-inserted as the engine would have written them after the send;
+    returns the timers' ids.
+    """
+    now = models.utcnow()
+    emails = [f"{prefix}-{n}@example.com" for n in range(len(run_ats))]
+    models.Contact.insert_many([(TENANT, email) for email in emails],
+                               fields=[models.Contact.tenant, models.Contact.email]).execute()
+    contacts = dict(models.Contact.select(models.Contact.email, models.Contact.id)
+                    .where(models.Contact.email.in_(emails)).tuples())
+    Enrollment.insert_many(
+        [(TENANT, plan.id, contacts[email], f"{TENANT}:{plan.name}:{contacts[email]}", "intro")
+         for email in emails],
+        fields=[Enrollment.tenant, Enrollment.plan, Enrollment.contact, Enrollment.enrollment_key,
+                Enrollment.current_node],
+    ).execute()
+    enrollments = dict(Enrollment.select(Enrollment.contact, Enrollment.id)
+                       .where(Enrollment.contact.in_(list(contacts.values()))).tuples())
+    OutboundMessage.insert_many(
+        [(f"msg_{prefix}_{n}", TENANT, enrollments[contacts[email]], "intro", f"bench:{prefix}:{n}",
+          OutboundMessage.SENT, email, SENDER, "Welcome", "<p>Hi</p>", "Hi", now)
+         for n, email in enumerate(emails)],
+        fields=[OutboundMessage.id, OutboundMessage.tenant, OutboundMessage.enrollment,
+                OutboundMessage.node, OutboundMessage.dedupe_key, OutboundMessage.status,
+                OutboundMessage.to_email, OutboundMessage.from_email, OutboundMessage.subject,
+                OutboundMessage.html, OutboundMessage.text, OutboundMessage.sent_at],
+    ).execute()
+    keys = []
+    rows = []
+    for n, (email, run_at) in enumerate(zip(emails, run_ats, strict=True)):
+        enrollment = enrollments[contacts[email]]
+        keys.append(f"timeout:{enrollment}:intro:no_open:0")
+        rows.append((enrollment, "intro", ScheduledAction.TIMEOUT, "no_open", f"msg_{prefix}_{n}",
+                     keys[-1], run_at))
+    ScheduledAction.insert_many(
+        rows,
+        fields=[ScheduledAction.enrollment, ScheduledAction.node, ScheduledAction.kind,
+                ScheduledAction.event, ScheduledAction.message, ScheduledAction.dedupe_key,
+                ScheduledAction.run_at],
+    ).execute()
+    return [action_id for (action_id,) in ScheduledAction.select(ScheduledAction.id)
+            .where(ScheduledAction.dedupe_key.in_(keys)).tuples()]
+
+
+def finished(action_ids: Sequence[int]) -> int:
+    """How many of these timers have fired or been skipped."""
+    low, high = min(action_ids), max(action_ids)
+    # One bulk insert gives consecutive ids: a range keeps this poll cheap.
+    ids = (ScheduledAction.id.between(low, high) if high - low + 1 == len(action_ids)
+           else ScheduledAction.id.in_(list(action_ids)))
+    return ScheduledAction.select().where(
+        ids, ScheduledAction.status.in_([ScheduledAction.DONE, ScheduledAction.SKIPPED]),
+    ).count()
+
+
+def clear_redis(client, *patterns: str) -> None:
+    """Delete a benchmark's keys: idempotency marks of an earlier run would skip work."""
+    for pattern in patterns:
+        keys = list(client.scan_iter(match=pattern, count=1000))
+        for start in range(0, len(keys), 1000):
+            client.delete(*keys[start:start + 1000])
+
+
+def wait_until(condition: Callable[[], bool], *, timeout_s: float, what: str,
+               interval_s: float = 0.02) -> float:
+    """Poll ``condition`` until true; returns the monotonic time it became true."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not happen within {timeout_s:.0f}s")
+        time.sleep(interval_s)
+    return time.monotonic()
+
+
+class Workers:
+    """``dramatiq outreach_actors [modules]`` in subprocesses, as production runs it.
+
+    Parameters:
+      environment: the ``OUTREACH_*`` variables the workers read.
+      modules: more modules to import (the benchmark's own actors).
+      processes, threads: the ``dramatiq`` CLI's ``-p`` and ``-t``.
+    """
+
+    READY = "is ready for action"
+
+    def __init__(self, environment: dict[str, str], *, modules: tuple[str, ...] = (),
+                 processes: int = WORKER_PROCESSES, threads: int = WORKER_THREADS) -> None:
+        self.environment = environment
+        self.modules = modules
+        self.processes = processes
+        self.threads = threads
+        self.log_path = Path(environment["OUTREACH_DATA_DIR"]) / "workers.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 60) -> Workers:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
+        env.update(self.environment)
+        command = [sys.executable, "-m", "dramatiq", "outreach_actors", *self.modules,
+                   "--path", str(BENCHMARKS_DIR), "-p", str(self.processes),
+                   "-t", str(self.threads)]
+        self.log_path.write_bytes(b"")
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(command, env=env, stdout=log,
+                                            stderr=subprocess.STDOUT, cwd=BENCHMARKS_DIR.parent)
+        try:
+            wait_until(self._ready, timeout_s=timeout_s, what="worker start", interval_s=0.1)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"dramatiq workers did not start; see {self.log_path}") from None
+        return self
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"dramatiq exited with {self.process.returncode}; "
+                               f"see {self.log_path}")
+        return self.log_path.read_text(errors="replace").count(self.READY) >= self.processes
+
+    def children(self) -> list[psutil.Process]:
+        """The worker processes (the CLI's main process only supervises them)."""
+        return psutil.Process(self.process.pid).children()
+
+    def rss_mib(self) -> float:
+        """The resident memory of the largest worker process, in MiB."""
+        return max(child.memory_info().rss for child in self.children()) / 2**20
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def __enter__(self) -> Workers:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

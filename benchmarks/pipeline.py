@@ -1,0 +1,225 @@
+"""Benchmark of the campaign pipeline: emails rendered and sent, and timeouts fired, per second.
+
+Everything is real except SendGrid: ``dramatiq outreach_actors`` worker processes
+(2 processes x 8 threads, the CLI's defaults on this 2-core machine) on a Redis
+broker, PostgreSQL, and the real ``sendgrid`` client posting to the SendGrid
+stand-in over HTTP. This process plays the dispatcher (``dispatch_due_actions``,
+what the ``dispatch_due`` actor runs) and watches the database.
+
+- emails_per_s: N contacts are enrolled in the sample plan (templates/onboarding.yaml,
+  send window removed so that every first send is due now); from the dispatch of
+  their send actions until all N messages are ``sent``. Rate limits are raised so
+  that they do not bind.
+- noop_chain_per_s, the reference: N two-actor pipelines of actors that do nothing,
+  on the same workers, broker and middleware; from the first enqueue until both
+  queues are empty. The target is emails_per_s >= noop_chain_per_s / 3.
+- timeouts_per_s: N sent messages each with a due ``no_open`` timer (a move to the
+  ``bump`` email node); from their dispatch until the ``fire_timeout`` actor has
+  fired all N. The target is 1,000 per second.
+
+Usage: python benchmarks/pipeline.py [--quick] [--json] [--profile DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import _common
+import dramatiq
+import redis
+
+from outreach_actors import dispatch, engine, models
+from outreach_actors.actors.pipeline import enqueue_action
+from outreach_actors.models import Enrollment, OutboundMessage, utcnow
+from outreach_actors.plans import validate_plan
+from outreach_actors.settings import Settings
+from outreach_actors.testing import SendGridStandIn
+
+NAMESPACE = "outreach-bench-pipeline"
+NOOP_QUEUES = ("bench_noop_first", "bench_noop_second")
+API_KEY = "SG.bench-key"
+TIMEOUTS_TARGET_PER_S = 1000
+EMAILS_TARGET_RATIO = 1 / 3
+PY_SPY = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+
+
+@dataclass(frozen=True)
+class Size:
+    emails: int
+    noop_chains: int
+    timeouts: int
+
+
+FULL = Size(emails=3000, noop_chains=6000, timeouts=6000)
+QUICK = Size(emails=400, noop_chains=1500, timeouts=1000)
+
+
+@dramatiq.actor(queue_name=NOOP_QUEUES[0])
+def noop_first(n: int) -> int:
+    """First link of the reference chain: hands its argument on."""
+    return n
+
+
+@dramatiq.actor(queue_name=NOOP_QUEUES[1])
+def noop_second(n: int) -> None:
+    """Second link of the reference chain: does nothing."""
+
+
+def sample_plan() -> dict:
+    """The sample plan as the README shows it, without its send window."""
+    text = (_common.BENCHMARKS_DIR.parent / "templates" / "onboarding.yaml").read_text()
+    definition = validate_plan(text).to_definition()
+    definition.pop("send_window", None)
+    return definition
+
+
+def measure_noop_chains(broker: dramatiq.Broker, count: int) -> float:
+    started = time.monotonic()
+    for n in range(count):
+        dramatiq.pipeline([noop_first.message(n), noop_second.message()]).run()
+    finished = _common.wait_until(
+        lambda: all(broker.do_qsize(queue) == 0 for queue in NOOP_QUEUES),
+        timeout_s=300, what=f"{count} no-op chains",
+    )
+    return count / (finished - started)
+
+
+def measure_emails(settings: Settings, standin: SendGridStandIn, count: int) -> float:
+    with models.database_proxy.atomic():
+        for n in range(count):
+            engine.enroll(_common.TENANT, f"contact-{n}@example.com", "onboarding",
+                          fields={"first_name": f"Ada{n}"})
+    sent = OutboundMessage.select().where(OutboundMessage.status == OutboundMessage.SENT)
+    started = time.monotonic()
+    dispatch.dispatch_due_actions(enqueue_action, settings=settings)
+    finished = _common.wait_until(lambda: sent.count() >= count, timeout_s=600,
+                                  what=f"{count} emails sent", interval_s=0.05)
+    if len(standin.messages) != count or sent.count() != count:
+        raise RuntimeError(f"{len(standin.messages)} mails reached the stand-in and "
+                           f"{sent.count()} are sent, expected {count}")
+    return count / (finished - started)
+
+
+def measure_timeouts(settings: Settings, plan: models.Plan, count: int) -> float:
+    now = utcnow()
+    timers = _common.seed_sent_messages(plan, "quiet", [now] * count)
+    # One claim of every timer: the sends that the fired timers create are due now
+    # too, and a second batch would dispatch them into this measurement.
+    one_batch = settings.model_copy(update={"dispatch_batch_size": count + 1})
+    started = time.monotonic()
+    dispatch.dispatch_due_actions(enqueue_action, settings=one_batch)
+    finished = _common.wait_until(lambda: _common.finished(timers) >= count, timeout_s=600,
+                                  what=f"{count} timeouts fired", interval_s=0.05)
+    synthetic = models.MessageEvent.select().where(models.MessageEvent.type == "no_open").count()
+    moved = Enrollment.select().where(Enrollment.current_node == "bump").count()
+    if synthetic != count or moved != count:
+        raise RuntimeError(f"{synthetic} no_open events and {moved} moves, expected {count}")
+    return count / (finished - started)
+
+
+def profiled(workers: _common.Workers, profile_dir: Path | None, name: str) -> ExitStack:
+    """py-spy records every worker process while the block runs (when asked)."""
+    stack = ExitStack()
+    if profile_dir is None:
+        return stack
+    profile_dir.mkdir(parents=True, exist_ok=True)
+    for child in workers.children():
+        process = subprocess.Popen(
+            [PY_SPY, "record", "--pid", str(child.pid), "--rate", "200", "--format", "raw",
+             "--output", str(profile_dir / f"{name}-{child.pid}.txt")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stack.callback(_stop_profiler, process)
+    return stack
+
+
+def _stop_profiler(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=30)
+
+
+def run(quick: bool, database_url: str = _common.DATABASE_URL,
+        redis_url: str = _common.REDIS_URL, profile_dir: Path | None = None,
+        processes: int = _common.WORKER_PROCESSES,
+        threads: int = _common.WORKER_THREADS) -> dict[str, dict]:
+    """Every figure as {"value", "unit", "reference", "ratio"}."""
+    size = QUICK if quick else FULL
+    _common.ensure_database(database_url)
+    client = redis.Redis.from_url(redis_url)
+    _common.clear_redis(client, f"{NAMESPACE}*")
+    state_keys = (f"{NAMESPACE}:idempotency:*", f"{NAMESPACE}:ratelimit:*")
+    with SendGridStandIn(api_key=API_KEY) as standin:
+        environment = _common.bench_environment(
+            database_url, redis_url, NAMESPACE,
+            OUTREACH_SENDGRID_API_KEY=API_KEY, OUTREACH_SENDGRID_API_HOST=standin.host,
+        )
+        settings = _common.install(environment)
+        broker = dramatiq.get_broker()
+        database = _common.fresh_schema()
+        try:
+            with database.connection_context(), _common.Workers(
+                environment, modules=("pipeline",), processes=processes, threads=threads,
+            ) as workers:
+                plan = _common.seed_tenant(sample_plan())
+                noop_per_s = measure_noop_chains(broker, size.noop_chains)
+                _common.clear_redis(client, *state_keys)
+                with profiled(workers, profile_dir, "emails"):
+                    emails_per_s = measure_emails(settings, standin, size.emails)
+                _common.truncate_all()
+                _common.clear_redis(client, *state_keys)
+                plan = _common.seed_tenant(sample_plan())
+                with profiled(workers, profile_dir, "timeouts"):
+                    timeouts_per_s = measure_timeouts(settings, plan, size.timeouts)
+        finally:
+            database.close_all()
+            _common.clear_redis(client, f"{NAMESPACE}*")
+    return {
+        "emails_per_s": _common.figure(
+            round(emails_per_s, 1), "emails/s", round(noop_per_s, 1),
+            ratio=emails_per_s / noop_per_s),
+        "noop_chain_per_s": _common.figure(round(noop_per_s, 1), "chains/s", None),
+        "timeouts_per_s": _common.figure(
+            round(timeouts_per_s, 1), "timeouts/s", TIMEOUTS_TARGET_PER_S),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smaller run (about 30 s)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--database-url", default=_common.DATABASE_URL)
+    parser.add_argument("--redis-url", default=_common.REDIS_URL)
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="record each worker with py-spy into DIR (raw stacks)")
+    parser.add_argument("--processes", type=int, default=_common.WORKER_PROCESSES,
+                        help="worker processes (dramatiq -p)")
+    parser.add_argument("--threads", type=int, default=_common.WORKER_THREADS,
+                        help="threads per worker process (dramatiq -t)")
+    options = parser.parse_args()
+    figures = run(options.quick, options.database_url, options.redis_url, options.profile,
+                  options.processes, options.threads)
+    if options.json:
+        print(json.dumps(figures))
+        return
+    size = QUICK if options.quick else FULL
+    emails, noop, timeouts = (figures[name] for name in
+                              ("emails_per_s", "noop_chain_per_s", "timeouts_per_s"))
+    print(f"workers: dramatiq, {options.processes} processes x {options.threads} threads; "
+          "Redis broker; PostgreSQL")
+    print(f"noop_chain_per_s {noop['value']} chains/s ({size.noop_chains} chains)")
+    print(f"emails_per_s     {emails['value']} emails/s ({size.emails} emails), "
+          f"{emails['ratio']} of the no-op chain (target {EMAILS_TARGET_RATIO:.2f})")
+    print(f"timeouts_per_s   {timeouts['value']} timeouts/s ({size.timeouts} timers), "
+          f"{timeouts['ratio']} of the target {TIMEOUTS_TARGET_PER_S}/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Run every benchmark and print one table of figures, each beside its reference.
+
+Each benchmark module exposes ``run(quick) -> {name: {"value", "unit",
+"reference", "ratio"}}`` and runs here in a process of its own (each installs its
+own settings, broker and database binding). A benchmark that fails shows its
+error in place of its figures and makes this script exit non-zero; chaos.py is
+run when it exists.
+
+Usage: python benchmarks/run.py [--quick] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCHMARKS_DIR = Path(__file__).resolve().parent
+# In order, with the figures each one must report (a failed one shows them as errors).
+BENCHMARKS: dict[str, tuple[str, ...]] = {
+    "pipeline": ("emails_per_s", "noop_chain_per_s", "timeouts_per_s"),
+    "limiter": ("limiter_overshoot", "limiter_utilization"),
+    "webhooks": ("webhook_events_per_s",),
+    "timers": ("timer_lateness_p99_s", "broker_bytes_per_pending_timer",
+               "worker_rss_mib_1m_timers"),
+    "chaos": ("chaos_duplicate_sends", "chaos_lost_timers", "chaos_lost_events"),
+}
+OPTIONAL = {"chaos"}
+TIMEOUT_S = {True: 600, False: 3600}
+
+
+def run_one(name: str, quick: bool, output: Path) -> None:
+    """In the child process: import one benchmark, run it, write its figures as JSON."""
+    sys.path.insert(0, str(BENCHMARKS_DIR))
+    module = importlib.import_module(name)
+    if not hasattr(module, "run"):
+        raise SystemExit(f"benchmarks/{name}.py has no run(quick) function")
+    output.write_text(json.dumps(module.run(quick)))
+
+
+def child_environment() -> dict[str, str]:
+    env = dict(os.environ)
+    # limiter.py reads the test suite's Redis URL: point it at the benchmarks' database.
+    env.setdefault("OUTREACH_TEST_REDIS_URL",
+                   os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13"))
+    return env
+
+
+def run_benchmark(name: str, quick: bool) -> tuple[dict[str, dict], str | None, float]:
+    """(figures, error or None, seconds) of one benchmark run in a child process."""
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as scratch:
+        output = Path(scratch) / "figures.json"
+        command = [sys.executable, str(Path(__file__).resolve()), "--one", name,
+                   "--output", str(output), *(["--quick"] if quick else [])]
+        try:
+            child = subprocess.run(command, env=child_environment(), capture_output=True,
+                                   text=True, timeout=TIMEOUT_S[quick])
+        except subprocess.TimeoutExpired:
+            return {}, f"did not finish within {TIMEOUT_S[quick]} s", time.monotonic() - started
+        elapsed = time.monotonic() - started
+        if child.returncode != 0 or not output.exists():
+            lines = (child.stderr or child.stdout).strip().splitlines()
+            return {}, lines[-1] if lines else f"exited with {child.returncode}", elapsed
+        return json.loads(output.read_text()), None, elapsed
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        text = f"{value:,.3f}" if abs(value) < 100 else f"{value:,.1f}"
+        return text.rstrip("0") + ("0" if text.rstrip("0").endswith(".") else "")
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def print_table(results: dict[str, tuple[dict[str, dict], str | None, float]]) -> None:
+    rows = [("figure", "value", "unit", "reference", "ratio", "benchmark")]
+    for name, (figures, error, elapsed) in results.items():
+        if error is not None:
+            rows += [(figure, "ERROR", "", "", "", name) for figure in BENCHMARKS[name]]
+            continue
+        for figure, entry in figures.items():
+            rows.append((figure, _cell(entry["value"]), entry["unit"], _cell(entry["reference"]),
+                         _cell(entry["ratio"]), f"{name} ({elapsed:.0f} s)"))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for index, row in enumerate(rows):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+        if index == 0:
+            print("  ".join("-" * width for width in widths))
+    errors = [(name, error) for name, (_f, error, _e) in results.items() if error is not None]
+    if errors:
+        print()
+    for name, error in errors:
+        print(f"{name} failed: {error}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="every benchmark, small (~2 min)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--one", choices=sorted(BENCHMARKS), help=argparse.SUPPRESS)
+    parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.one:
+        run_one(options.one, options.quick, options.output)
+        return
+
+    load_before = os.getloadavg()[0]
+    started = time.monotonic()
+    results = {}
+    for name in BENCHMARKS:
+        if name in OPTIONAL and not (BENCHMARKS_DIR / f"{name}.py").exists():
+            continue
+        results[name] = run_benchmark(name, options.quick)
+    failed = [name for name, (_f, error, _e) in results.items() if error is not None]
+    if options.json:
+        merged: dict[str, dict] = {}
+        for name, (figures, error, _elapsed) in results.items():
+            merged.update(figures if error is None else {
+                figure: {"value": None, "unit": None, "reference": None, "ratio": None,
+                         "error": error}
+                for figure in BENCHMARKS[name]
+            })
+        print(json.dumps(merged))
+    else:
+        print_table(results)
+        skipped = [name for name in BENCHMARKS if name not in results]
+        print(f"\n{'quick' if options.quick else 'full'} run, {time.monotonic() - started:.0f} s; "
+              f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
+              f"({os.cpu_count()} CPUs)"
+              + (f"; not present: {', '.join(skipped)}" if skipped else ""))
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
