@@ -7,7 +7,7 @@ from periodiq import cron
 
 from .. import dispatch, ingest, maintenance
 from ..settings import get_settings
-from .pipeline import enqueue_action, enqueue_send
+from .pipeline import enqueue_action, enqueue_send, requeue_action, requeue_send
 
 
 @dramatiq.actor(queue_name="periodic", max_retries=0, periodic=cron("* * * * *"))
@@ -36,9 +36,9 @@ def reconcile() -> None:
     normalized are enqueued again.
     """
     settings = get_settings()
-    dispatch.reconcile_expired_leases(enqueue_action, settings=settings)
+    dispatch.reconcile_expired_leases(requeue_action, settings=settings)
     dispatch.reconcile_stuck_messages(enqueue_send, settings=settings)
-    dispatch.settle_ambiguous_sends(enqueue_send, settings=settings)
+    dispatch.settle_ambiguous_sends(requeue_send, settings=settings)
     ingest.requeue_stale_deliveries(settings.action_lease)
 
 

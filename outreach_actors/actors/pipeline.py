@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from functools import lru_cache
+from typing import Any
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
@@ -76,15 +77,30 @@ def fire_timeout(action_id: int) -> None:
     timeouts.fire_timeout(action_id)
 
 
-def enqueue_action(action: ScheduledAction, delay_ms: int) -> None:
-    """Turn a claimed ScheduledAction into broker messages."""
+def enqueue_action(action: ScheduledAction, delay_ms: int, **options: Any) -> None:
+    """Turn a claimed ScheduledAction into broker messages (``options``: message options)."""
     if action.kind == ScheduledAction.SEND:
-        dramatiq.pipeline([render.message(action.id), send.message()]).run(
-            delay=delay_ms or None
-        )
+        dramatiq.pipeline([
+            render.message_with_options(args=(action.id,), **options),
+            send.message_with_options(**options),
+        ]).run(delay=delay_ms or None)
     else:
-        fire_timeout.send_with_options(args=(action.id,), delay=delay_ms or None)
+        fire_timeout.send_with_options(args=(action.id,), delay=delay_ms or None, **options)
 
 
-def enqueue_send(message_id: str) -> None:
-    send.send(message_id)
+def enqueue_send(message_id: str, **options: Any) -> None:
+    send.send_with_options(args=(message_id,), **options)
+
+
+# Deliberate re-runs, where the database says the work is not done: they skip the
+# idempotency lease. A delivery that found the claim of a killed worker taken ran
+# to its end ("replay") and left the effect marked done; that mark must not skip
+# the re-run, or the timer (or the resend) is lost until the mark expires.
+def requeue_action(action: ScheduledAction, delay_ms: int) -> None:
+    """Enqueue again an action whose lease expired."""
+    enqueue_action(action, delay_ms, idempotency_key=False)
+
+
+def requeue_send(message_id: str) -> None:
+    """Enqueue an ambiguous send again under the ``resend`` policy."""
+    enqueue_send(message_id, idempotency_key=False)

@@ -1,0 +1,222 @@
+"""The chaos run, bounded: a campaign under kills, a Redis restart and SendGrid faults keeps every invariant.
+
+Real parts: the embedded Redis server (append-only) as the broker, PostgreSQL,
+two ``dramatiq outreach_actors`` processes killed with SIGKILL and restarted, the
+real ``sendgrid`` client against the stand-in, signed webhook batches posted
+twice and out of order (see ``outreach_actors/chaos.py``). About a minute.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+from urllib.parse import urlparse
+
+from outreach_actors import dispatch, engine, timeouts
+from outreach_actors.actors.pipeline import fire_timeout, requeue_action, requeue_send, send
+from outreach_actors.audit import audit_campaign
+from outreach_actors.chaos import ChaosConfig, run_chaos
+from outreach_actors.models import (
+    Enrollment,
+    MessageEvent,
+    OutboundMessage,
+    ScheduledAction,
+    WebhookDelivery,
+    utcnow,
+)
+from outreach_actors.settings import configure
+from outreach_actors.suppressions import suppress
+from outreach_actors.testing import AcceptedMessage, SendGridStandIn
+
+from .conftest import POSTGRES_URL, make_settings, require_postgres
+from .factories import load_plan, make_tenant
+
+# Its own database: the run drops its tables (outreach_test is the other suites',
+# outreach_chaos the benchmark's, which may run at the same time).
+CHAOS_DATABASE_URL = urlparse(POSTGRES_URL)._replace(path="/outreach_chaos_test").geturl()
+
+
+def test_a_campaign_under_faults_keeps_every_invariant(tmp_path) -> None:
+    require_postgres()
+    # Given a few hundred contacts in a three-email-node plan with timers of seconds,
+    # When they go through it while workers are killed every 3-8 s, Redis is killed
+    # once and restarted on its append-only file, SendGrid fails ~10% of sends with
+    # 500/429 and drops ~2% of connections after accepting, and every webhook batch
+    # arrives twice, out of order
+    report = run_chaos(ChaosConfig(
+        database_url=CHAOS_DATABASE_URL, data_dir=tmp_path, enrollments=200, suppressed=4,
+        seed=11, time_limit_s=75, drain_limit_s=30,
+    ))
+    summary = "\n".join(report.lines())
+    print(summary)
+
+    # Then every fault happened
+    faults = report.faults
+    assert faults.worker_kills >= 2 and faults.worker_restarts == faults.worker_kills, summary
+    assert faults.redis_restarts == 1, summary
+    assert faults.sends_answered_500 and faults.sends_answered_429, summary
+    assert faults.connections_dropped, summary
+    assert faults.duplicate_batches and faults.out_of_order_batches, summary
+    # and every dropped connection became an ambiguous send settled per the policy
+    assert report.audit.ambiguous["total"] >= faults.connections_dropped, summary
+    # and no invariant broke: one email per (enrollment, node), every timer fired
+    # once or closed by a transition, every accepted event stored once, every
+    # contact at a terminal node, no suppressed address mailed
+    assert report.violations() == dict.fromkeys(report.violations(), 0), summary
+    assert report.audit.enrollments.get("completed", 0) > 0.9 * 200, summary
+
+
+def test_an_event_stored_while_a_send_looked_in_flight_confirms_it_at_settlement(settings) -> None:
+    # The chaos run found this: a worker killed between SendGrid's 202 and its commit
+    # leaves the message `sending`; SendGrid's events arrive and are stored, but
+    # only an `ambiguous` message is resolved by an event; the reconciler then
+    # marks it ambiguous and, with no new event to come, the policy failed it.
+    make_tenant()
+    load_plan()
+    enrollment = engine.enroll("acme", "ada@example.com", "onboarding")
+    action = ScheduledAction.get(ScheduledAction.enrollment == enrollment)
+    started = utcnow() - timedelta(hours=2)
+    message = OutboundMessage.create(
+        tenant="acme", enrollment=enrollment, action=action, node="intro", dedupe_key="k",
+        status="sending", to_email="ada@example.com", from_email="sales@acme.test",
+        subject="s", html="h", text="t", send_started_at=started,
+    )
+    # Given SendGrid's `processed` event, stored while the message was still sending
+    processed_at = started + timedelta(seconds=1)
+    MessageEvent.create(message=message, tenant="acme", type="queued", provider_event="processed",
+                        event_key="sg:processed-1", occurred_at=processed_at)
+    engine.handle_message_event(message.id, "queued", processed_at)
+    # When the reconciler finds the send cut short and its window has passed
+    dispatch.reconcile_stuck_messages(lambda _: None, settings=settings)
+    assert OutboundMessage.get_by_id(message.id).status == "ambiguous"
+    settled = dispatch.settle_ambiguous_sends(lambda _: None, settings=settings)
+    # Then the stored event confirms it: sent, its timer started, the contact goes on
+    assert settled == 0
+    assert OutboundMessage.get_by_id(message.id).status == "sent"
+    assert Enrollment.get_by_id(enrollment.id).status == "active"
+    timers = ScheduledAction.select().where(ScheduledAction.kind == ScheduledAction.TIMEOUT)
+    assert [(timer.node, timer.event) for timer in timers] == [("intro", "no_open")]
+
+
+def test_a_timer_claimed_by_a_killed_worker_fires_once_its_lease_expires(settings, stub_broker,
+                                                                        stub_worker) -> None:
+    # The chaos run found this: a second delivery of a timer's message finds the
+    # claim of the killed worker taken, returns ("replay"), and the idempotency
+    # middleware marks the effect done; the reconciler's re-run was then skipped as
+    # done, and the timer never fired.
+    make_tenant()
+    load_plan()
+    enrollment = engine.enroll("acme", "ada@example.com", "onboarding")
+    ScheduledAction.update(status="cancelled").execute()  # the intro email is not under test
+    action = ScheduledAction.create(
+        enrollment=enrollment, node="intro", kind="timeout", event="no_open", status="enqueued",
+        run_at=utcnow() - timedelta(minutes=10), dedupe_key="timer", visit_version=0,
+    )
+    # Given a worker that claimed the timer ten minutes ago and was killed
+    assert timeouts.claim_action(action.id, utcnow() - timedelta(minutes=10))
+    # and a second delivery of its message, which finds the claim taken
+    fire_timeout.send(action.id)
+    stub_broker.join(fire_timeout.queue_name)
+    stub_worker.join()
+    assert ScheduledAction.get_by_id(action.id).status == "running"
+    # When the reconciler finds its lease expired
+    assert dispatch.reconcile_expired_leases(requeue_action, settings=settings) == 1
+    stub_broker.join(fire_timeout.queue_name)
+    stub_worker.join()
+    # Then the timer fires, once
+    assert ScheduledAction.get_by_id(action.id).status == "done"
+    assert MessageEvent.select().where(MessageEvent.action == action.id).count() == 1
+    assert Enrollment.get_by_id(enrollment.id).current_node == "bump"
+
+
+def test_a_resend_is_not_skipped_by_a_replay_of_the_send_it_repeats(data_dir, sqlite_db, stub_broker,
+                                                                    stub_worker) -> None:
+    # The same cause under the `resend` policy: a second delivery of a send cut short
+    # by a kill found it `sending` and left it marked done, which skipped the resend.
+    with SendGridStandIn(api_key="SG.test-key") as standin:
+        settings = make_settings(data_dir, sendgrid_api_host=standin.host,
+                                 ambiguous_send_policy="resend")
+        configure(settings)
+        try:
+            make_tenant()
+            load_plan()
+            enrollment = engine.enroll("acme", "ada@example.com", "onboarding")
+            action = ScheduledAction.get(ScheduledAction.enrollment == enrollment)
+            message = OutboundMessage.create(
+                tenant="acme", enrollment=enrollment, action=action, node="intro",
+                dedupe_key="k", status="sending", to_email="ada@example.com",
+                from_email="sales@acme.test", subject="s", html="<p>h</p>", text="h",
+                send_started_at=utcnow() - timedelta(hours=2),
+            )
+            # Given a worker killed while sending, and a second delivery that found it sending
+            send.send(message.id)
+            stub_broker.join(send.queue_name)
+            stub_worker.join()
+            # When the send is found cut short and the policy resends it
+            dispatch.reconcile_stuck_messages(lambda _: None, settings=settings)
+            assert dispatch.settle_ambiguous_sends(requeue_send, settings=settings) == 1
+            stub_broker.join(send.queue_name)
+            stub_worker.join()
+        finally:
+            configure(None)
+        # Then it is sent
+        assert OutboundMessage.get_by_id(message.id).status == "sent"
+        assert [m.custom_args["outreach_message_id"] for m in standin.messages] == [message.id]
+
+
+def _message(message_id: str, enrollment: Enrollment, status: str, **values) -> OutboundMessage:
+    return OutboundMessage.create(
+        id=message_id, tenant="acme", enrollment=enrollment, node="intro",
+        dedupe_key=message_id, status=status, to_email=enrollment.contact.email,
+        from_email="sales@acme.test", subject="s", html="h", text="t",
+        send_started_at=utcnow(), **values,
+    )
+
+
+def _accepted(message: OutboundMessage) -> AcceptedMessage:
+    body = {"personalizations": [{"to": [{"email": message.to_email}]}],
+            "custom_args": {"outreach_message_id": message.id}}
+    return AcceptedMessage("X-" + message.id, body, {}, 0.0)
+
+
+def test_the_audit_counts_each_kind_of_breach(settings) -> None:
+    # The chaos run passes only if its audit finds nothing: here, one breach of each kind.
+    make_tenant()
+    load_plan()
+    ada, bob, carol, dave, eve = (
+        engine.enroll("acme", f"{name}@example.com", "onboarding")
+        for name in ("ada", "bob", "carol", "dave", "eve")
+    )
+    # Given ada's intro accepted twice by SendGrid, with its no_open timer never run
+    to_ada = _message("m-ada", ada, "sent")
+    ScheduledAction.create(enrollment=ada, node="intro", kind="timeout", event="no_open",
+                           message=to_ada, run_at=utcnow(), dedupe_key="t-ada")
+    # and carol's intro sent without the timer it should have started
+    to_carol = _message("m-carol", carol, "sent")
+    # and bob's send still ambiguous
+    _message("m-bob", bob, "ambiguous")
+    # and dave's send failed by the policy although its `processed` event had been processed
+    to_dave = _message("m-dave", dave, "failed",
+                       error="ambiguous send not confirmed by any provider event")
+    delivery = WebhookDelivery.create(body=b"[]", status="processed",
+                                      processed_at=utcnow() - timedelta(minutes=1))
+    MessageEvent.create(message=to_dave, tenant="acme", type="queued", event_key="sg:d1",
+                        occurred_at=utcnow(), delivery=delivery)
+    engine.exit_enrollment(dave.id, "ambiguous_send")
+    # and eve, suppressed before she was enrolled, mailed
+    suppress("acme", "eve@example.com", "manual")
+    to_eve = _message("m-eve", eve, "suppressed")
+    # and two events accepted by our endpoint, one of them never stored
+    MessageEvent.create(message=to_ada, tenant="acme", type="delivered", event_key="sg:e1",
+                        occurred_at=utcnow())
+    accepted_events = Counter({"e1": 2, "e2": 1, "d1": 1})
+
+    audit = audit_campaign([_accepted(to_ada), _accepted(to_ada), _accepted(to_carol),
+                            _accepted(to_eve)], accepted_events, {"eve@example.com"})
+
+    # Then each breach is counted once
+    assert audit.violations() == {
+        "duplicate_sends": 1, "lost_timers": 2, "lost_events": 1, "not_terminal": 4,
+        "suppressed_mailed": 1, "ambiguous_unresolved": 1, "ambiguous_misapplied": 1,
+    }
+    assert audit.timers == {"total": 1, "lost_never_started": 1, "lost_pending": 1}
