@@ -113,19 +113,27 @@ def reconcile_stuck_messages(
     """Find sends that were lost or cut short; returns (re-enqueued, marked ambiguous).
 
     A message ``rendered`` long ago lost its send message: enqueue it again (the
-    send claims ``rendered -> sending``, so a duplicate is harmless). A message left
+    send claims ``rendered -> sending``, so a duplicate is harmless), at most once
+    per lease, since it may only be waiting (a retry backoff, a rate-limit
+    deferral) and each pass would otherwise pile another copy on the queue. A message left
     ``sending`` past the lease may or may not have reached SendGrid: it becomes
     ``ambiguous`` and is never resent silently (see README, "Guarantees").
     """
     settings = settings or get_settings()
     now = now or utcnow()
     cutoff = now - settings.action_lease
-    stale_rendered = [
-        m.id for m in OutboundMessage.select(OutboundMessage.id).where(
+    with _write_transaction():
+        query = OutboundMessage.select(OutboundMessage.id).where(
             OutboundMessage.status == OutboundMessage.RENDERED, OutboundMessage.created_at < cutoff,
             (OutboundMessage.send_started_at.is_null()) | (OutboundMessage.send_started_at < cutoff),
+            (OutboundMessage.requeued_at.is_null()) | (OutboundMessage.requeued_at < cutoff),
         ).limit(settings.dispatch_batch_size)
-    ]
+        if is_postgresql(database_proxy.obj):
+            query = query.for_update("FOR UPDATE SKIP LOCKED")
+        stale_rendered = [message.id for message in query]
+        if stale_rendered:
+            OutboundMessage.update(requeued_at=now).where(
+                OutboundMessage.id.in_(stale_rendered)).execute()
     for message_id in stale_rendered:
         enqueue_send(message_id)
     ambiguous = (

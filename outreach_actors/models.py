@@ -181,6 +181,8 @@ class OutboundMessage(BaseModel):
     attempts = peewee.IntegerField(default=0)
     created_at = peewee.DateTimeField(default=utcnow)
     send_started_at = peewee.DateTimeField(null=True)
+    # When the reconciler last enqueued this send again (at most once per lease).
+    requeued_at = peewee.DateTimeField(null=True)
     sent_at = peewee.DateTimeField(null=True)
 
 

@@ -103,3 +103,9 @@ def test_interrupted_sends_become_ambiguous_and_lost_sends_are_requeued(enrollme
     assert dispatch.reconcile_stuck_messages(requeued.append, settings=settings) == (1, 1)
     assert requeued == ["lost"]
     assert OutboundMessage.get_by_id("cut").status == "ambiguous"
+    # A message that is only waiting (retry backoff, rate-limit deferral) is not
+    # piled onto the queue again at every pass: once per lease.
+    assert dispatch.reconcile_stuck_messages(requeued.append, settings=settings) == (0, 0)
+    later = utcnow() + settings.action_lease + timedelta(seconds=1)
+    assert dispatch.reconcile_stuck_messages(requeued.append, now=later, settings=settings) == (1, 0)
+    assert requeued == ["lost", "lost"]
