@@ -84,8 +84,10 @@ def latest_plan(tenant_id: str, plan_name: str) -> Plan:
 
 def normalize_email(email: str) -> str:
     email = (email or "").strip()
-    if not email or any(ch in email for ch in "\r\n\0 ,;<>") or email.count("@") != 1:
-        raise EnrollmentError(f"{email!r} is not a valid email address")
+    # Not printable (line breaks, NUL, lone surrogates) or over RFC 5321's 254: no address.
+    if (not email or not email.isprintable() or len(email) > 254
+            or any(ch in email for ch in " ,;<>") or email.count("@") != 1):
+        raise EnrollmentError(f"{email!r:.300} is not a valid email address")
     local, domain = email.split("@")
     if not local or "." not in domain or domain.startswith(".") or domain.endswith("."):
         raise EnrollmentError(f"{email!r} is not a valid email address")
@@ -96,6 +98,10 @@ def upsert_contact(
     tenant_id: str, email: str, fields: dict[str, Any] | None, timezone: str | None
 ) -> Contact:
     address = normalize_email(email)
+    # An unknown zone falls back to the plan's; one no column can store is refused.
+    if timezone is not None and not (
+            isinstance(timezone, str) and timezone.isprintable() and len(timezone) <= 64):
+        raise EnrollmentError(f"{timezone!r:.80} is not a time zone name such as Europe/Paris")
     contact, created = Contact.get_or_create(
         tenant=tenant_id, email=address,
         defaults={"fields": dict(fields or {}), "timezone": timezone},

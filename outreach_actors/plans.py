@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticSerializationError
 
 from .settings import parse_duration
 
@@ -44,6 +45,10 @@ ENGAGEMENT_TIMEOUTS = {"no_open": "opened", "no_click": "clicked"}
 WEEKDAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
 TemplateChecker = Callable[..., list[str]]
+
+# Values echoed in errors are cut short: a YAML alias bomb or deep nesting has a huge repr.
+_ECHO = reprlib.Repr()
+_ECHO.maxlevel, _ECHO.maxlist, _ECHO.maxdict = 2, 4, 4
 
 
 class PlanError(ValueError):
@@ -77,7 +82,7 @@ class Transition(_Strict):
         if value is None:
             return None
         if not isinstance(value, str):
-            raise ValueError(f"expected an ISO-8601 duration such as PT72H, got {value!r}")
+            raise ValueError(f"expected an ISO-8601 duration such as PT72H, got {_ECHO.repr(value)}")
         return parse_duration(value)
 
 
@@ -99,12 +104,21 @@ class SendWindow(_Strict):
             raise ValueError("a send window needs at least one day")
         return days
 
+    @field_validator("start", "end")
+    @classmethod
+    def _wall_clock(cls, value: time) -> time:
+        # pydantic reads "09:00+02:00" and plain numbers as times with an offset.
+        if value.tzinfo is not None:
+            raise ValueError("give a wall-clock time such as 09:00, without an offset; "
+                             "the contact's time zone applies")
+        return value
+
     @field_validator("timezone")
     @classmethod
     def _iana_zone(cls, value: str) -> str:
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a path
             raise ValueError(f"{value!r} is not an IANA time zone such as Europe/Paris") from None
         return value
 
@@ -201,14 +215,15 @@ def _graph_errors(data: Mapping[str, Any]) -> list[str]:
     for name, raw_node in nodes.items():
         node = _mapping(raw_node)
         base = f"nodes.{name}"
-        node_type = node.get("type")
+        node_type = node.get("type") if isinstance(node.get("type"), str) else None
         transitions = node.get("transitions") or []
         transitions = transitions if isinstance(transitions, list) else []
         events: list[str] = []
         for index, raw_transition in enumerate(transitions):
             transition = _mapping(raw_transition)
             path = f"{base}.transitions[{index}]"
-            event = EVENT_ALIASES.get(str(transition.get("on")))
+            on = transition.get("on")
+            event = EVENT_ALIASES.get(on) if isinstance(on, str) else None
             target = transition.get("to")
             if isinstance(target, str) and target not in nodes:
                 errors.append(f"{path}.to: node {target!r} does not exist")
@@ -257,9 +272,11 @@ def _graph_errors(data: Mapping[str, Any]) -> list[str]:
 
 
 def _parses_to_zero(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False  # the schema check reports it
     try:
         return parse_duration(value) == timedelta(0)
-    except (ValueError, OverflowError):
+    except ValueError:
         return False  # the schema check reports it
 
 
@@ -275,7 +292,9 @@ def validate_plan(
     """
     if isinstance(data, str | bytes):
         data = load_plan_text(data)
-    nodes = data.get("nodes") if isinstance(data, Mapping) else None
+    if not isinstance(data, Mapping):
+        raise PlanError(["(plan): a plan must be a mapping with name, start and nodes"])
+    nodes = data.get("nodes")
     if isinstance(nodes, Mapping) and len(nodes) > MAX_NODES:
         raise PlanError([f"nodes: {len(nodes):,} nodes; a plan may have at most {MAX_NODES}"])
     plan: Plan | None = None
@@ -284,7 +303,15 @@ def validate_plan(
         plan = Plan.model_validate(dict(data))
     except ValidationError as exc:
         errors = [_describe(err) for err in exc.errors()]
-    errors += _graph_errors(data)
+    definition = None
+    if plan is not None:
+        try:
+            definition = plan.to_definition()
+        except PydanticSerializationError:  # YAML's "\ud800" escape gives a lone surrogate
+            errors.append("(plan): contains a lone surrogate (an escape such as \\ud800), "
+                          "which is not text and cannot be stored; remove it")
+    # Judged on the parsed plan when the schema passed: pydantic coerces (bytes to str).
+    errors += _graph_errors(data if definition is None else definition)
     if plan is not None and plan.send_window is not None and plan.send_window.start >= plan.send_window.end:
         errors.append("send_window.end: must be later than start")
     if plan is not None and check_template is not None:
@@ -306,8 +333,7 @@ def _describe(error: Any) -> str:
     # pydantic prefixes messages from our validators with "Value error, ".
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] in {"literal_error", "string_type", "int_type", "bool_type", "time_parsing"}:
-        # reprlib bounds the echo: a YAML alias bomb or deep nesting has a huge full repr.
-        message += f" (got {reprlib.repr(error['input'])})"
+        message += f" (got {_ECHO.repr(error['input'])})"
     return f"{_format_location(error['loc'])}: {message}"
 
 

@@ -141,6 +141,8 @@ def _check_product(left: Any, right: Any) -> None:
 
 def _check_template_file(root: Path, name: str) -> None:
     """Raise RenderError or TemplateNotFound, saying why, if a template file cannot be used."""
+    if "\x00" in name:  # the file system refuses it with a bare ValueError
+        raise RenderError(f"template name {name!r} contains a NUL character")
     pure, path = PurePosixPath(name), (root / name).resolve()
     if pure.is_absolute() or ".." in pure.parts or not path.is_relative_to(root.resolve()):
         raise RenderError(
@@ -205,6 +207,10 @@ class TemplateRenderer:
         node = _node_name(context)
         if (template is None) == (body is None):
             raise RenderError("give exactly one of template or body", node=node)
+        # Files are size-checked by the loader; inline sources here, before compiling them.
+        for field, source in (("subject", subject), ("body", body)):
+            if source is not None and (too_large := _source_too_large(source)):
+                raise RenderError(too_large, node=node, field=field)
         rendered_subject = self._render(
             lambda: self._compile_subject(subject), context, node=node, field="subject"
         ).strip()
@@ -300,6 +306,8 @@ class TemplateRenderer:
             env.compile(ast, name=name)
         except TemplateSyntaxError as exc:
             return [f"line {exc.lineno}: {exc.message}"]
+        except RecursionError:  # Jinja parses and compiles nested expressions recursively
+            return ["nested too deeply to check; split the expression or the blocks"]
         problems = _private_attribute_problems(ast)
         if not nested:
             # An included template may use its includer's variables: check names at the top only.

@@ -14,7 +14,7 @@ def contact_zone(timezone: str | None, window: SendWindow | None) -> ZoneInfo:
         if name:
             try:
                 return ZoneInfo(name)
-            except (ZoneInfoNotFoundError, ValueError):
+            except (ZoneInfoNotFoundError, ValueError, OSError):
                 continue  # a bad zone on one contact must not stop its campaign
     return ZoneInfo("UTC")
 

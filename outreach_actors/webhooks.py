@@ -153,7 +153,8 @@ class SendGridWebhookReceiver:
             valid = False
         if not valid:
             return "the signature does not match the body and timestamp"
-        if abs(time() - signed_at) > self.replay_window_s:
+        # In integers: a signed timestamp of hundreds of digits overflows a float.
+        if abs(int(time()) - signed_at) > self.replay_window_s:
             return "the timestamp is outside the replay window"
         return None
 

@@ -105,8 +105,10 @@ def event_key_for(raw: Mapping[str, Any]) -> str:
     twice hashes the same because the JSON is canonical (sorted keys).
     """
     sg_event_id = raw.get("sg_event_id")
-    if isinstance(sg_event_id, str | int) and 0 < len(str(sg_event_id)) <= MAX_EVENT_ID_LENGTH:
-        return f"sg:{sg_event_id}"
+    text = str(sg_event_id) if isinstance(sg_event_id, str | int) else ""
+    # An id with characters a column refuses (NUL, lone surrogates) is no real id: hash it.
+    if 0 < len(text) <= MAX_EVENT_ID_LENGTH and text.isprintable():
+        return f"sg:{text}"
     canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
     return "sg-sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -117,9 +119,8 @@ def provider_message_id_for(sg_message_id: Any) -> str | None:
     SendGrid appends the relaying server to the id it returned at send time
     (``<X-Message-Id>.filter0001...``); older ids without that suffix are kept whole.
     """
-    if not isinstance(sg_message_id, str) or not sg_message_id:
-        return None
-    return sg_message_id.split(".filter", 1)[0]
+    text = _text(sg_message_id) if isinstance(sg_message_id, str) else None
+    return text.split(".filter", 1)[0] if text else None
 
 
 def normalize_sendgrid_event(raw: Mapping[str, Any]) -> NormalizedEvent:
@@ -164,6 +165,10 @@ def parse_sendgrid_batch(body: bytes) -> tuple[list[NormalizedEvent], list[str]]
         raise MalformedBatch(
             f"body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
         ) from None
+    except RecursionError:
+        raise MalformedBatch("body is nested too deeply to be a batch of events") from None
+    except ValueError as exc:  # an integer over Python's 4,300-digit conversion limit
+        raise MalformedBatch(f"body is not usable JSON ({str(exc).split(':')[0]})") from None
     if not isinstance(batch, list):
         raise MalformedBatch(
             f"body is a JSON {type(batch).__name__}, not an array of events"
@@ -203,7 +208,8 @@ _DERIVED = {"bounced": _bounce_fields, "rejected": _drop_fields, "opened": _open
 
 def _text(value: Any) -> str | None:
     if isinstance(value, str):
-        return value or None
+        # What text columns take: PostgreSQL refuses NUL, no UTF-8 column a lone surrogate.
+        return value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8") or None
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return None
@@ -218,11 +224,11 @@ def _categories(value: Any) -> list[str]:
 
 
 def _timestamp(value: Any) -> datetime | None:
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return None
     try:
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return None
         return datetime.fromtimestamp(value, UTC).replace(tzinfo=None)
     except (OverflowError, OSError, ValueError):
         return None
