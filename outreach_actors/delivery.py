@@ -126,6 +126,9 @@ def render_action(action_id: int, *, settings: Settings | None = None,
     except RenderError as exc:
         _fail_render(action, enrollment, str(exc), now)
         return None
+    if problem := _unstorable(rendered.subject, rendered.html, rendered.text):
+        _fail_render(action, enrollment, f"node {action.node!r}: {problem}", now)
+        return None
 
     try:
         with database_proxy.atomic():
@@ -149,6 +152,19 @@ def render_action(action_id: int, *, settings: Settings | None = None,
         return existing.id
     logger.info("Rendered message=%s action=%s node=%s", message_id, action_id, action.node)
     return message_id
+
+
+def _unstorable(*texts: str) -> str | None:
+    """Why rendered text cannot be stored or sent, if it cannot: a contact field may
+    carry a NUL (PostgreSQL refuses it) or a lone surrogate (not encodable as UTF-8)."""
+    for text in texts:
+        if "\x00" in text:
+            return "the rendered email contains a NUL character (from a contact field?)"
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "the rendered email contains text that is not valid Unicode (from a contact field?)"
+    return None
 
 
 def _fail_render(action: ScheduledAction, enrollment: Enrollment, problem: str,

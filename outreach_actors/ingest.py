@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
+import peewee
 from peewee import chunked
 
 from . import engine
@@ -177,18 +178,26 @@ def normalize_delivery(delivery_id: int, *, settings: Settings | None = None) ->
         return IngestResult(delivery_id, status=WebhookDelivery.FAILED, errors=[str(exc)])
 
     batch = _sort_batch(events, delivery, _find_messages(events))
-    with database_proxy.atomic():
-        new_keys = _insert(batch.rows)
-        new = sorted(
-            (batch.keyed[key] for key in new_keys),
-            key=lambda item: (item[2], item[0].event_key),
-        )
-        for event, _, _ in new:
-            count("outreach_events_total", type=event.type, synthetic="false")
-        interest = _EngineInterest([message for _, message, _ in new if message is not None])
-        for event, message, occurred_at in new:
-            if message is not None:
-                _react(event, message, occurred_at, settings, interest)
+    try:
+        with database_proxy.atomic():
+            new_keys = _insert(batch.rows)
+            new = sorted(
+                (batch.keyed[key] for key in new_keys),
+                key=lambda item: (item[2], item[0].event_key),
+            )
+            interest = _EngineInterest([message for _, message, _ in new if message is not None])
+            for event, message, occurred_at in new:
+                if message is not None:
+                    _react(event, message, occurred_at, settings, interest)
+    except (peewee.DataError, ValueError) as exc:
+        # A value the database refuses (an address longer than any column, a NUL in a
+        # group id) would fail every retry the same way: keep the delivery as failed,
+        # with the reason, for `outreach webhooks replay` once the cause is fixed.
+        logger.error("Webhook delivery=%s cannot be stored: %s", delivery_id, exc)
+        _finish(delivery_id, WebhookDelivery.FAILED, f"cannot be stored: {exc}; fix and replay it")
+        return IngestResult(delivery_id, status=WebhookDelivery.FAILED, errors=[str(exc)])
+    for event, _, _ in new:
+        count("outreach_events_total", type=event.type, synthetic="false")
 
     result = IngestResult(
         delivery_id,

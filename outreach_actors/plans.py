@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import reprlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from datetime import time, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -170,7 +170,22 @@ def _format_location(loc: tuple[Any, ...]) -> str:
 
 
 class _PlanLoader(yaml.SafeLoader):
-    """YAML 1.1 reads `on`, `off`, `yes`, `no` as booleans, and plans say `on: click`."""
+    """YAML 1.1 reads `on`, `off`, `yes`, `no` as booleans, and plans say `on: click`.
+
+    And PyYAML keeps the last of two equal keys: a second node with the name of
+    the first would silently replace it. Here a repeated key is an error.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark)
+            if isinstance(key, Hashable):
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _PlanLoader.yaml_implicit_resolvers = {

@@ -42,6 +42,7 @@ from jinja2 import (
     meta,
     nodes,
 )
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 MAX_TEMPLATE_BYTES = 1024 * 1024
@@ -111,12 +112,29 @@ class _SandboxedEnvironment(ImmutableSandboxedEnvironment):
 
     intercepted_binops = frozenset({"**", "*"})
 
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        # Jinja's lipsum(n) has no bound: a million paragraphs is a minute of CPU
+        # before the output limit can act. Keep it, with a cap a placeholder needs.
+        lipsum = self.globals["lipsum"]
+        self.globals["lipsum"] = lambda n=5, *args, **kwargs: lipsum(
+            _bounded_count(n, MAX_LIPSUM_PARAGRAPHS), *args, **kwargs)
+
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "**":
             _check_power(left, right)
         else:
             _check_product(left, right)
         return super().call_binop(context, operator, left, right)
+
+
+MAX_LIPSUM_PARAGRAPHS = 100
+
+
+def _bounded_count(n: Any, limit: int) -> Any:
+    if isinstance(n, int) and n > limit:
+        raise SecurityError(f"lipsum({n}) asks for more than {limit} paragraphs")
+    return n
 
 
 def _check_power(base: Any, exponent: Any) -> None:

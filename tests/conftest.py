@@ -153,6 +153,21 @@ def install_broker(broker: dramatiq.Broker) -> dramatiq.Broker:
     return broker
 
 
+_DEFAULT_BROKER = outreach_actors.broker
+
+
+@pytest.fixture(autouse=True)
+def _restore_default_broker():
+    """Put the import-time stub broker back after every test.
+
+    Tests install other brokers (and stop their servers); the project's actors must
+    not stay bound to a closed one for the tests that follow.
+    """
+    yield
+    dramatiq.set_broker(_DEFAULT_BROKER)
+    rebind_actors(_DEFAULT_BROKER, PROJECT_ACTORS)
+
+
 @pytest.fixture
 def stub_broker(data_dir: Path):
     broker = install_broker(make_broker(make_settings(data_dir, broker_url="stub://")))

@@ -345,8 +345,6 @@ def test_odd_but_valid_plan_texts_are_accepted(text: str | bytes) -> None:
     assert judge(text).name == "p"
 
 
-@pytest.mark.xfail(strict=True, reason="PyYAML keeps the last of duplicate keys: a second "
-                   "node named like the first silently replaces it (reported to plans.py)")
 def test_a_node_name_used_twice_is_an_error_not_a_silent_replacement() -> None:
     text = (
         "name: p\nstart: a\nnodes:\n"
@@ -585,8 +583,6 @@ def test_resource_bombs_fail_fast_with_a_render_error(source: str) -> None:
     assert time.monotonic() - started < 5
 
 
-@pytest.mark.xfail(strict=True, reason="lipsum(n) has no bound: 10**6 paragraphs take ~50 s "
-                   "of CPU before the output limit applies (reported to rendering.py)")
 @pytest.mark.timeout(5)
 def test_a_huge_lipsum_fails_fast() -> None:
     with pytest.raises(RenderError):

@@ -194,9 +194,6 @@ def test_a_line_break_in_a_category_fails_the_message(
     assert_send_refused(message, "categories[", standin, enrollment)
 
 
-@pytest.mark.xfail(strict=True, reason="a lone surrogate in a contact field is rendered into the "
-                   "subject and body and fails the database write with UnicodeEncodeError "
-                   "instead of a RenderError (reported)")
 def test_a_lone_surrogate_in_a_contact_field_fails_the_render_cleanly(db, standin, client) -> None:
     make_tenant("acme")
     load_plan(PLAN)
@@ -210,10 +207,6 @@ def test_a_lone_surrogate_in_a_contact_field_fails_the_render_cleanly(db, standi
 def test_a_nul_in_a_contact_field_rendered_into_the_body_fails_or_sends_cleanly(
     db, standin, client, request
 ) -> None:
-    if is_postgresql(models.database_proxy.obj):
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="PostgreSQL refuses the NUL when the rendered body is stored: "
-            "render_action raises ValueError instead of failing the render (reported)"))
     make_tenant("acme")
     load_plan(PLAN.replace('"Hi {{ contact.first_name }}"', '"Hi"'))
 
