@@ -198,7 +198,7 @@ def test_the_sample_key_signs_new_requests_too(settings, data_dir, webhooks_queu
         (lambda h, b: ({**h, TIMESTAMP_HEADER: "yesterday"}, b), "not a Unix time"),
         (lambda h, b: ({k: v for k, v in h.items() if k != SIGNATURE_HEADER}, b), "are required"),
         (lambda h, b: ({k: v for k, v in h.items() if k != TIMESTAMP_HEADER}, b), "are required"),
-        (lambda h, b: (h, b"\xff" + b), "not UTF-8"),
+        (lambda h, b: (h, b"\xff" + b), "does not match"),
     ],
 )
 def test_bad_signatures_get_403_and_store_nothing(receiver, key, tamper, reason) -> None:
