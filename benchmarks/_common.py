@@ -18,7 +18,6 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 # The package builds its process-wide broker at import: keep that the stub broker
 # (no embedded Redis) until a benchmark installs its own settings.
@@ -26,10 +25,10 @@ os.environ.setdefault("OUTREACH_BROKER_URL", "stub://")
 
 import peewee  # noqa: E402
 import psutil  # noqa: E402
-import psycopg2  # noqa: E402
 
 import outreach_actors  # noqa: E402,F401  (installs the broker before any actor is declared)
 from outreach_actors import models, runtime  # noqa: E402
+from outreach_actors.db import ensure_postgres_database  # noqa: E402
 from outreach_actors.models import Enrollment, OutboundMessage, ScheduledAction  # noqa: E402
 from outreach_actors.settings import Settings, settings_from_mapping  # noqa: E402
 
@@ -64,18 +63,7 @@ def figure(value: float | int, unit: str, reference: float | int | None,
 
 def ensure_database(url: str) -> None:
     """Create the PostgreSQL database ``url`` names if it does not exist."""
-    parsed = urlparse(url)
-    name = parsed.path.lstrip("/")
-    admin = psycopg2.connect(dbname="postgres", user=parsed.username, password=parsed.password,
-                             host=parsed.hostname, port=parsed.port or 5432)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cursor:
-            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-            if cursor.fetchone() is None:
-                cursor.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        admin.close()
+    ensure_postgres_database(url)
 
 
 def data_dir_for(namespace: str) -> Path:

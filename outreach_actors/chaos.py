@@ -38,7 +38,6 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlparse
 from wsgiref.simple_server import make_server
 
 import dramatiq
@@ -46,6 +45,7 @@ import dramatiq
 from . import dispatch, engine, ingest, models
 from .actors.pipeline import enqueue_action, enqueue_send, requeue_action, requeue_send
 from .audit import Audit, audit_campaign
+from .db import ensure_postgres_database
 from .embedded import EmbeddedRedis, ensure_embedded_redis, stop_embedded_redis
 from .models import (
     Enrollment,
@@ -201,24 +201,6 @@ class ChaosReport:
             "faults: " + faults,
             *self.audit.lines(),
         ]
-
-
-def ensure_postgres_database(url: str) -> None:
-    """Create the PostgreSQL database ``url`` names if it does not exist."""
-    import psycopg2
-
-    parsed = urlparse(url)
-    name = parsed.path.lstrip("/")
-    admin = psycopg2.connect(dbname="postgres", user=parsed.username, password=parsed.password,
-                             host=parsed.hostname, port=parsed.port or 5432)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cursor:
-            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-            if cursor.fetchone() is None:
-                cursor.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        admin.close()
 
 
 def run_chaos(config: ChaosConfig) -> ChaosReport:

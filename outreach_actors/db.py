@@ -69,3 +69,21 @@ def database_from_url(url: str | None, settings: Settings) -> peewee.Database:
 
 def is_postgresql(database: peewee.Database) -> bool:
     return isinstance(database, peewee.PostgresqlDatabase)
+
+
+def ensure_postgres_database(url: str) -> None:
+    """Create the PostgreSQL database ``url`` names if it does not exist (tests, benchmarks)."""
+    import psycopg2
+
+    parsed = urlparse(url)
+    name = unquote(parsed.path.lstrip("/"))
+    admin = psycopg2.connect(dbname="postgres", user=parsed.username, password=parsed.password,
+                             host=parsed.hostname, port=parsed.port or 5432)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if cursor.fetchone() is None:
+                cursor.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        admin.close()

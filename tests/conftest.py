@@ -24,7 +24,7 @@ import redis  # noqa: E402
 import outreach_actors  # noqa: E402
 from outreach_actors import models  # noqa: E402
 from outreach_actors.broker import make_broker  # noqa: E402
-from outreach_actors.db import database_from_url, is_postgresql  # noqa: E402
+from outreach_actors.db import database_from_url, ensure_postgres_database, is_postgresql  # noqa: E402
 from outreach_actors.embedded import stop_embedded_redis  # noqa: E402
 from outreach_actors.runtime import rebind_actors  # noqa: E402
 from outreach_actors.settings import Settings, configure  # noqa: E402
@@ -68,21 +68,9 @@ def require_postgres() -> None:
     if (problem := port_open(POSTGRES_URL, 5432)) is not None:
         service_unavailable("PostgreSQL", problem)
     try:
-        import psycopg2
+        ensure_postgres_database(POSTGRES_URL)
     except ImportError:
         service_unavailable("PostgreSQL", "psycopg2 is not installed")
-    parsed = urlparse(POSTGRES_URL)
-    name = parsed.path.lstrip("/")
-    admin = psycopg2.connect(
-        dbname="postgres", user=parsed.username, password=parsed.password,
-        host=parsed.hostname, port=parsed.port or 5432,
-    )
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-        if cursor.fetchone() is None:
-            cursor.execute(f'CREATE DATABASE "{name}"')
-    admin.close()
 
 
 # --- settings and databases -------------------------------------------------------
