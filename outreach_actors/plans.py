@@ -12,11 +12,11 @@ import re
 import reprlib
 from collections.abc import Callable, Hashable, Mapping
 from datetime import time, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticSerializationError
 
 from .settings import parse_duration
@@ -123,12 +123,26 @@ class SendWindow(_Strict):
         return value
 
 
+def _sendgrid_categories(value: list[str]) -> list[str]:
+    """SendGrid's rules for categories, checked when the plan is loaded, not at each send."""
+    if len(value) > MAX_CATEGORIES:
+        raise ValueError(f"SendGrid takes at most {MAX_CATEGORIES} categories per email")
+    for category in value:
+        if not category or len(category) > 255 or not category.isprintable():
+            raise ValueError(f"category {category!r:.60} must be 1 to 255 printable characters")
+    return value
+
+
+Categories = Annotated[list[str], AfterValidator(_sendgrid_categories)]
+MAX_CATEGORIES = 10
+
+
 class Node(_Strict):
     type: Literal["email", "wait", "exit"]
     subject: str | None = None
     template: str | None = None
     body: str | None = None
-    categories: list[str] = Field(default_factory=list)
+    categories: Categories = Field(default_factory=list)
     transitions: list[Transition] = Field(default_factory=list)
 
 
@@ -138,7 +152,7 @@ class Plan(_Strict):
     nodes: dict[str, Node]
     send_window: SendWindow | None = None
     sender: str | None = None
-    categories: list[str] = Field(default_factory=list)
+    categories: Categories = Field(default_factory=list)
     allow_reentry: bool = False
     description: str = ""
 

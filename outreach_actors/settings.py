@@ -150,6 +150,14 @@ class Settings(BaseModel):
             raise ValueError("must be a positive whole number")
         return value
 
+    @field_validator("public_base_url")
+    @classmethod
+    def _http_base_url(cls, value: str) -> str:
+        # It goes into every email's List-Unsubscribe header: a line break would break them all.
+        if not value.startswith(("http://", "https://")) or not value.isprintable() or " " in value:
+            raise ValueError("must be an http:// or https:// URL, e.g. https://mail.example.com")
+        return value.rstrip("/")
+
     @field_validator("broker_url")
     @classmethod
     def _known_broker_scheme(cls, value: str | None) -> str | None:

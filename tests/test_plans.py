@@ -89,6 +89,10 @@ def test_an_omitted_after_on_no_open_is_allowed_and_uses_the_default() -> None:
         (("days: [mon, tue", "days: [monday, funday, tue"), "send_window.days: unknown weekday(s) ['funday']"),
         (('end: "17:00"', 'end: "08:00"'), "send_window.end: must be later than start"),
         (("stop: {type: exit}", "stop: {type: exit, colour: red}"), "nodes.stop.colour: Extra inputs are not permitted"),
+        (("    type: email\n    subject: \"Did", "    type: email\n    categories: [\"a\\r\\nb\"]\n    subject: \"Did"),
+         "nodes.bump.categories: category 'a\\r\\nb' must be 1 to 255 printable characters"),
+        (("start: intro\n", "start: intro\ncategories: [a, b, c, d, e, f, g, h, i, j, k]\n"),
+         "categories: SendGrid takes at most 10 categories per email"),
     ],
 )
 def test_each_fault_is_reported_with_its_path(change: tuple[str, str], expected: str) -> None:
