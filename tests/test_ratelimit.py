@@ -301,8 +301,9 @@ def test_a_long_wait_is_split_into_max_deferral_steps(data_dir: Path) -> None:
     finally:
         worker.stop()
         broker.close()
-    # The second send waits an hour, looking again every 150 ms.
-    assert sent == [1]
+    # One send went (whichever of the two worker threads took first); the other waits
+    # an hour, looking again every 150 ms.
+    assert len(sent) == 1
     assert {delay for _, delay in recorder.deferrals} == {150}
 
 
