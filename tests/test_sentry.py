@@ -47,12 +47,14 @@ WORKER = textwrap.dedent(
     worker = dramatiq.Worker(outreach_actors.broker, worker_timeout=50)
     worker.start()
     render.send_with_options(args=(broken.id,), max_retries=0)
-    fire_timeout.send(timer.id)
-    fire_timeout.send(timer.id)  # a duplicate: skipped, not an error
     try:
         outreach_actors.broker.join("render")
     except Exception:
         pass
+    # Only then the timer: run beside the render, it could move the enrollment first
+    # and the render would be skipped (moved on) instead of failing.
+    fire_timeout.send(timer.id)
+    fire_timeout.send(timer.id)  # a duplicate: skipped, not an error
     outreach_actors.broker.join("timeouts")
     worker.join()
     worker.stop()
