@@ -51,14 +51,6 @@ def renderer_for(templates_dir: Path) -> TemplateRenderer:
     return TemplateRenderer(templates_dir)
 
 
-def _finish_action(action_id: int, status: str, result: str, *, message_id: str | None = None,
-                   now: datetime) -> None:
-    values = {"status": status, "result": result, "finished_at": now}
-    if message_id is not None:
-        values["message"] = message_id
-    ScheduledAction.update(**values).where(ScheduledAction.id == action_id).execute()
-
-
 def _sender_for(enrollment: Enrollment, plan_sender: str | None) -> SenderIdentity | None:
     query = SenderIdentity.select().where(SenderIdentity.tenant == enrollment.tenant_id)
     if plan_sender:
@@ -91,7 +83,7 @@ def render_action(action_id: int, *, settings: Settings | None = None,
     enrollment = action.enrollment
     if (enrollment.status != Enrollment.ACTIVE or enrollment.current_node != action.node
             or enrollment.version != action.visit_version):
-        _finish_action(action_id, ScheduledAction.SKIPPED, "enrollment moved on", now=now)
+        ScheduledAction.finish(action_id, ScheduledAction.SKIPPED, "enrollment moved on", now=now)
         return None
 
     plan = engine.plan_for_id(enrollment.plan_id)
@@ -144,7 +136,7 @@ def render_action(action_id: int, *, settings: Settings | None = None,
                 },
                 created_at=now,
             )
-            _finish_action(action_id, ScheduledAction.DONE, "rendered", message_id=message_id,
+            ScheduledAction.finish(action_id, ScheduledAction.DONE, "rendered", message_id=message_id,
                            now=now)
     except peewee.IntegrityError:
         # Two renders of one action raced: the other one stored the message first.
@@ -170,7 +162,7 @@ def _unstorable(*texts: str) -> str | None:
 def _fail_render(action: ScheduledAction, enrollment: Enrollment, problem: str,
                  now: datetime) -> None:
     logger.error("Render of action=%s failed: %s", action.id, problem)
-    _finish_action(action.id, ScheduledAction.FAILED, problem, now=now)
+    ScheduledAction.finish(action.id, ScheduledAction.FAILED, problem, now=now)
     engine.exit_enrollment(enrollment.id, "send_failed", now=now)
 
 

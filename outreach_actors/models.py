@@ -152,6 +152,15 @@ class ScheduledAction(BaseModel):
             (("enrollment", "status"), False),
         )
 
+    @classmethod
+    def finish(cls, action_id: int, status: str, result: str, *, now: datetime,
+               message_id: str | None = None) -> None:
+        """Record how an action ended (done, skipped, failed) and, for a send, its message."""
+        values = {"status": status, "result": result, "finished_at": now}
+        if message_id is not None:
+            values["message"] = message_id
+        cls.update(**values).where(cls.id == action_id).execute()
+
 
 class OutboundMessage(BaseModel):
     RENDERED, SENDING, SENT, FAILED = "rendered", "sending", "sent", "failed"

@@ -33,12 +33,6 @@ def claim_action(action_id: int, now: datetime) -> ScheduledAction | None:
     return next(iter(claimed), None)
 
 
-def _finish(action_id: int, status: str, result: str, now: datetime) -> None:
-    ScheduledAction.update(status=status, result=result, finished_at=now).where(
-        ScheduledAction.id == action_id
-    ).execute()
-
-
 def fire_timeout(action_id: int, *, now: datetime | None = None) -> str:
     """Run a timeout action; returns what happened: fired, skipped, replay or moved-on.
 
@@ -55,12 +49,12 @@ def fire_timeout(action_id: int, *, now: datetime | None = None) -> str:
     tag(action=action_id, enrollment=enrollment.id, tenant=enrollment.tenant_id, node=action.node)
     if (enrollment.status != Enrollment.ACTIVE or enrollment.current_node != action.node
             or enrollment.version != action.visit_version):
-        _finish(action_id, ScheduledAction.SKIPPED, "enrollment moved on", now)
+        ScheduledAction.finish(action_id, ScheduledAction.SKIPPED, "enrollment moved on", now=now)
         logger.info("Timeout action=%s skipped: enrollment=%s moved on", action_id, enrollment.id)
         return "moved-on"
     if (action.event in ENGAGEMENT_TIMEOUTS and action.message_id is not None
             and engine.engagement_seen(action.message_id, action.event)):
-        _finish(action_id, ScheduledAction.SKIPPED, "engagement seen", now)
+        ScheduledAction.finish(action_id, ScheduledAction.SKIPPED, "engagement seen", now=now)
         logger.info("Timeout action=%s skipped: %s was seen", action_id,
                     ENGAGEMENT_TIMEOUTS[action.event])
         return "skipped"
@@ -76,7 +70,7 @@ def fire_timeout(action_id: int, *, now: datetime | None = None) -> str:
             enrollment.id, action.event, node=action.node, visit_version=action.visit_version,
             now=now, enrollment=enrollment,
         )
-        _finish(action_id, ScheduledAction.DONE, "moved" if moved else "no transition", now)
+        ScheduledAction.finish(action_id, ScheduledAction.DONE, "moved" if moved else "no transition", now=now)
     lateness = (now - action.run_at).total_seconds()
     observe("outreach_timer_lateness_seconds", lateness)
     count("outreach_events_total", type=action.event, synthetic="true")
