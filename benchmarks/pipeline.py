@@ -14,7 +14,7 @@ what the ``dispatch_due`` actor runs) and watches the database.
   on the same workers, broker and middleware; from the first enqueue until both
   queues are empty. The target is emails_per_s >= noop_chain_per_s / 3.
 - timeouts_per_s: N sent messages each with a due ``no_open`` timer (a move to the
-  ``bump`` email node); from their dispatch until the ``fire_timeout`` actor has
+  ``bump`` email node); from their dispatch until the ``fire_timeouts`` actor has
   fired all N. The target is 1,000 per second.
 
 Usage: python benchmarks/pipeline.py [--quick] [--json] [--profile DIR]
@@ -38,7 +38,7 @@ import dramatiq
 import redis
 
 from outreach_actors import dispatch, engine, models
-from outreach_actors.actors.pipeline import enqueue_action
+from outreach_actors.actors.pipeline import enqueue_actions
 from outreach_actors.models import Enrollment, OutboundMessage, utcnow
 from outreach_actors.plans import validate_plan
 from outreach_actors.settings import Settings
@@ -100,7 +100,7 @@ def measure_emails(settings: Settings, standin: SendGridStandIn, count: int) -> 
                           fields={"first_name": f"Ada{n}"})
     sent = OutboundMessage.select().where(OutboundMessage.status == OutboundMessage.SENT)
     started = time.monotonic()
-    dispatch.dispatch_due_actions(enqueue_action, settings=settings)
+    dispatch.dispatch_due_actions(enqueue_actions, settings=settings)
     finished = _common.wait_until(lambda: sent.count() >= count, timeout_s=600,
                                   what=f"{count} emails sent", interval_s=0.05)
     if len(standin.messages) != count or sent.count() != count:
@@ -116,7 +116,7 @@ def measure_timeouts(settings: Settings, plan: models.Plan, count: int) -> float
     # too, and a second batch would dispatch them into this measurement.
     one_batch = settings.model_copy(update={"dispatch_batch_size": count + 1})
     started = time.monotonic()
-    dispatch.dispatch_due_actions(enqueue_action, settings=one_batch)
+    dispatch.dispatch_due_actions(enqueue_actions, settings=one_batch)
     finished = _common.wait_until(lambda: _common.finished(timers) >= count, timeout_s=600,
                                   what=f"{count} timeouts fired", interval_s=0.05)
     synthetic = models.MessageEvent.select().where(models.MessageEvent.type == "no_open").count()
@@ -134,7 +134,7 @@ def profiled(workers: _common.Workers, profile_dir: Path | None, name: str) -> E
     profile_dir.mkdir(parents=True, exist_ok=True)
     for child in workers.children():
         process = subprocess.Popen(
-            [PY_SPY, "record", "--pid", str(child.pid), "--rate", "200", "--format", "raw",
+            [PY_SPY, "record", "--pid", str(child.pid), "--rate", "200", "--gil", "--format", "raw",
              "--output", str(profile_dir / f"{name}-{child.pid}.txt")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         stack.callback(_stop_profiler, process)

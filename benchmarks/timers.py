@@ -40,7 +40,7 @@ import redis
 
 from outreach_actors import dispatch, models
 from outreach_actors.actors.periodic import dispatch_due
-from outreach_actors.actors.pipeline import enqueue_action
+from outreach_actors.actors.pipeline import enqueue_actions
 from outreach_actors.embedded import ensure_embedded_redis, stop_embedded_redis
 from outreach_actors.models import ScheduledAction, utcnow
 from outreach_actors.plans import validate_plan
@@ -136,7 +136,7 @@ def timed_dispatch() -> float:
     timers would otherwise take the CPU from the dispatcher being timed.
     """
     started = time.perf_counter()
-    dispatched = dispatch.dispatch_due_actions(enqueue_action)
+    dispatched = dispatch.dispatch_due_actions(enqueue_actions)
     elapsed = time.perf_counter() - started
     if dispatched == 0:
         raise RuntimeError("nothing was due; nothing was timed")
@@ -225,7 +225,7 @@ def measure(quick: bool, database_url: str = _common.DATABASE_URL,
                 # the dispatcher's claim scans every pending row (seconds per batch).
                 database.execute_sql("ANALYZE scheduled_action")
                 started = time.perf_counter()
-                dispatch.dispatch_due_actions(enqueue_action)
+                dispatch.dispatch_due_actions(enqueue_actions)
                 details["idle_dispatch_ms"] = (time.perf_counter() - started) * 1000
                 memory_pending = broker_memory(client)
 

@@ -43,7 +43,7 @@ from wsgiref.simple_server import make_server
 import dramatiq
 
 from . import dispatch, engine, ingest, models
-from .actors.pipeline import enqueue_action, enqueue_send, requeue_action, requeue_send
+from .actors.pipeline import enqueue_actions, enqueue_send, requeue_actions, requeue_send
 from .audit import Audit, audit_campaign
 from .db import ensure_postgres_database
 from .embedded import EmbeddedRedis, ensure_embedded_redis, stop_embedded_redis
@@ -466,11 +466,11 @@ class Campaign:
     def maintain(self) -> None:
         """One pass of the dispatcher and, every second, of the reconciler."""
         try:
-            dispatch.dispatch_due_actions(enqueue_action, settings=self.settings)
+            dispatch.dispatch_due_actions(enqueue_actions, settings=self.settings)
             if time.monotonic() >= self.next_reconcile:
                 self.next_reconcile = time.monotonic() + RECONCILE_EVERY_S
                 self.tally.leases_reclaimed += dispatch.reconcile_expired_leases(
-                    requeue_action, settings=self.settings)
+                    requeue_actions, settings=self.settings)
                 requeued, ambiguous = dispatch.reconcile_stuck_messages(
                     enqueue_send, settings=self.settings)
                 self.tally.sends_requeued += requeued

@@ -10,36 +10,34 @@ finished within its lease (a killed worker, a flushed broker) is enqueued again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import peewee
 
 from .db import is_postgresql
-from .models import MessageEvent, OutboundMessage, ScheduledAction, database_proxy, utcnow
+from .models import (
+    MessageEvent,
+    OutboundMessage,
+    ScheduledAction,
+    database_proxy,
+    utcnow,
+    write_transaction,
+)
 from .settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
-# Called with (action, delay_ms) after the claim is committed.
-Enqueue = Callable[[ScheduledAction, int], None]
+# Called with the claimed actions, each with its delay in ms, after the claim is committed.
+Enqueue = Callable[[list[tuple[ScheduledAction, int]]], None]
 # Called with (message_id) for a rendered message whose send was lost.
 EnqueueSend = Callable[[str], None]
-
-
-def _write_transaction() -> peewee._transaction:
-    database = database_proxy.obj
-    if isinstance(database, peewee.SqliteDatabase):
-        # Take the write lock up front: two dispatchers must not both read the same
-        # pending rows and then both mark them.
-        return database.atomic("IMMEDIATE")
-    return database.atomic()
 
 
 def _claim(query: peewee.ModelSelect, now: datetime, lease_until: datetime) -> list[ScheduledAction]:
     """Mark the selected rows enqueued in one transaction and return the ones we won."""
     database = database_proxy.obj
-    with _write_transaction():
+    with write_transaction():
         if is_postgresql(database):
             query = query.for_update("FOR UPDATE SKIP LOCKED")
         actions = list(query)
@@ -74,15 +72,40 @@ def dispatch_due_actions(
         # delay is not late before it is due.
         lease_until = horizon + settings.action_lease
         actions = _claim(query, now, lease_until)
-        for action in actions:
-            delay = max(0, int((action.run_at - now).total_seconds() * 1000))
-            enqueue(action, delay)
+        if actions:
+            enqueue([(action, max(0, int((action.run_at - now).total_seconds() * 1000)))
+                     for action in actions])
         total += len(actions)
         if len(actions) < settings.dispatch_batch_size:
             break
     if total:
         logger.info("Dispatched %d due actions", total)
     return total
+
+
+def timer_batches(
+    due: Sequence[tuple[ScheduledAction, int]], *, max_size: int, window_ms: int,
+) -> list[tuple[list[int], int]]:
+    """Group due timers into (action ids, delay ms) batches, one broker message each.
+
+    A batch holds at most ``max_size`` timers, all due within ``window_ms`` of its
+    first, and is sent with the delay of its last: none fires early, none later than
+    the window (about a polling interval, which lateness already includes).
+    """
+    batches: list[tuple[list[int], int]] = []
+    ids: list[int] = []
+    first = last = 0
+    for action, delay_ms in sorted(due, key=lambda pair: (pair[1], pair[0].id)):
+        if ids and (len(ids) >= max_size or delay_ms - first > window_ms):
+            batches.append((ids, last))
+            ids = []
+        if not ids:
+            first = delay_ms
+        ids.append(action.id)
+        last = delay_ms
+    if ids:
+        batches.append((ids, last))
+    return batches
 
 
 def reconcile_expired_leases(
@@ -103,7 +126,8 @@ def reconcile_expired_leases(
     actions = _claim(query, now, now + settings.action_lease)
     for action in actions:
         logger.warning("Re-enqueueing action=%s kind=%s: its lease expired", action.id, action.kind)
-        enqueue(action, 0)
+    if actions:
+        enqueue([(action, 0) for action in actions])
     return len(actions)
 
 
@@ -122,7 +146,7 @@ def reconcile_stuck_messages(
     settings = settings or get_settings()
     now = now or utcnow()
     cutoff = now - settings.action_lease
-    with _write_transaction():
+    with write_transaction():
         query = OutboundMessage.select(OutboundMessage.id).where(
             OutboundMessage.status == OutboundMessage.RENDERED, OutboundMessage.created_at < cutoff,
             (OutboundMessage.send_started_at.is_null()) | (OutboundMessage.send_started_at < cutoff),

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from datetime import datetime, timedelta
 from typing import Any
@@ -152,35 +154,59 @@ def enroll(
                 f"{contact.email} is already enrolled in plan {plan_name!r} "
                 "(set allow_reentry: true in the plan to allow it)"
             ) from None
-        _enter(enrollment, plan, plan.start, via_event=None, now=now)
+        _enter([enrollment], plan, plan.start, via_event=None, now=now)
     logger.info("Enrolled enrollment=%s tenant=%s plan=%s", enrollment.id, tenant_id, plan_name)
     return enrollment
 
 
 def _enter(
-    enrollment: Enrollment, plan: PlanModel, node_name: str, *, via_event: str | None,
-    now: datetime,
+    enrollments: Sequence[Enrollment], plan: PlanModel, node_name: str, *,
+    via_event: str | None, now: datetime,
 ) -> None:
-    """Record the visit and create what the node needs (send, timers, completion)."""
+    """Record the visits and create what the node needs (send, timers, completion).
+
+    ``enrollments`` have just entered ``node_name`` of ``plan`` at their current
+    version: one, or a batch that moved together (the same statements either way).
+    """
+    if not enrollments:
+        return
     node = plan.node(node_name)
-    NodeVisit.create(
-        enrollment=enrollment, node=node_name, via_event=via_event, entered_at=now,
-        version=enrollment.version,
-    )
+    NodeVisit.insert_many([
+        {"enrollment": enrollment.id, "node": node_name, "via_event": via_event,
+         "entered_at": now, "version": enrollment.version}
+        for enrollment in enrollments
+    ]).execute()
     if node.type == "email":
         # The contact's zone matters only inside a send window: skip the query otherwise.
-        timezone = enrollment.contact.timezone if plan.send_window else None
-        run_at = next_send_time(now, plan.send_window, timezone)
-        _schedule(enrollment, node_name, ScheduledAction.SEND, None, run_at, None)
+        zones = _contact_zones(enrollments) if plan.send_window else {}
+        _schedule([
+            (enrollment, node_name, ScheduledAction.SEND, None,
+             next_send_time(now, plan.send_window, zones.get(enrollment.contact_id)))
+            for enrollment in enrollments
+        ])
     elif node.type == "wait":
-        for transition in plan.timeout_transitions(node_name):
-            _schedule(enrollment, node_name, ScheduledAction.TIMEOUT, transition.on,
-                      now + _timeout_duration(transition.on, transition.after), None)
+        _schedule([
+            (enrollment, node_name, ScheduledAction.TIMEOUT, transition.on,
+             now + _timeout_duration(transition.on, transition.after))
+            for transition in plan.timeout_transitions(node_name)
+            for enrollment in enrollments
+        ])
     else:
+        ids = [enrollment.id for enrollment in enrollments]
         Enrollment.update(status=Enrollment.COMPLETED, updated_at=now).where(
-            Enrollment.id == enrollment.id
+            Enrollment.id.in_(ids)
         ).execute()
-        logger.info("Completed enrollment=%s at node=%s", enrollment.id, node_name)
+        logger.info("Completed enrollment=%s at node=%s", ",".join(map(str, ids)), node_name)
+
+
+def _contact_zones(enrollments: Sequence[Enrollment]) -> dict[int, str | None]:
+    """Each enrollment's contact time zone, by contact id; loaded contacts cost nothing."""
+    zones = {e.contact_id: e.contact.timezone for e in enrollments if "contact" in e.__rel__}
+    missing = [e.contact_id for e in enrollments if e.contact_id not in zones]
+    if missing:
+        zones.update(Contact.select(Contact.id, Contact.timezone)
+                     .where(Contact.id.in_(missing)).tuples())
+    return zones
 
 
 def _transaction():
@@ -190,15 +216,17 @@ def _transaction():
     return database_proxy.atomic()
 
 
-def _schedule(
-    enrollment: Enrollment, node: str, kind: str, event: str | None, run_at: datetime,
-    message: OutboundMessage | None,
-) -> None:
-    key = f"{kind}:{enrollment.id}:{node}:{event or '-'}:{enrollment.version}"
-    ScheduledAction.insert(
-        enrollment=enrollment, node=node, kind=kind, event=event, run_at=run_at,
-        message=message, dedupe_key=key, visit_version=enrollment.version,
-    ).on_conflict_ignore().execute()
+def _schedule(actions: Sequence[tuple[Enrollment, str, str, str | None, datetime]]) -> None:
+    """Insert (enrollment, node, kind, event, run_at) actions of the enrollments'
+    current visits; one already there (same dedupe key) is left as it is."""
+    if not actions:
+        return
+    ScheduledAction.insert_many([
+        {"enrollment": enrollment.id, "node": node, "kind": kind, "event": event,
+         "run_at": run_at, "visit_version": enrollment.version,
+         "dedupe_key": f"{kind}:{enrollment.id}:{node}:{event or '-'}:{enrollment.version}"}
+        for enrollment, node, kind, event, run_at in actions
+    ]).on_conflict_ignore().execute()
 
 
 def _timeout_duration(event: str, after: timedelta | None) -> timedelta:
@@ -234,34 +262,63 @@ def process_event(
             return False
         if visit_version is not None and enrollment.version != visit_version:
             return False
-        plan = plan_for_id(enrollment.plan_id)
-        transition = plan.transition_for(enrollment.current_node, event)
-        if transition is None:
+        from_node = enrollment.current_node
+        if plan_for_id(enrollment.plan_id).transition_for(from_node, event) is None:
             return False
-        with _transaction():
-            moved = (
-                Enrollment.update(
-                    current_node=transition.to, version=Enrollment.version + 1,
-                    node_entered_at=now, updated_at=now,
-                )
-                .where(Enrollment.id == enrollment.id, Enrollment.version == enrollment.version)
-                .execute()
-            )
-            if not moved:
-                enrollment = None
-                continue  # another event moved it first: re-read and decide again
-            _cancel_open_actions(enrollment.id, enrollment.current_node, now)
-            enrollment.current_node, enrollment.version = transition.to, enrollment.version + 1
-            _enter(enrollment, plan, transition.to, via_event=event, now=now)
-        logger.info(
-            "Moved enrollment=%s from=%s to=%s on=%s",
-            enrollment.id, node or "-", transition.to, event,
-        )
-        return True
+        if move_on_event([enrollment], event, now=now):
+            logger.info("Moved enrollment=%s from=%s to=%s on=%s",
+                        enrollment.id, from_node, enrollment.current_node, event)
+            return True
+        enrollment = None  # another event moved it first: re-read and decide again
     raise RuntimeError(f"enrollment {enrollment_id} kept changing under {event!r}; giving up")
 
 
-def _cancel_open_actions(enrollment_id: int, node: str, now: datetime) -> int:
+def move_on_event(enrollments: Sequence[Enrollment], event: str, *,
+                  now: datetime | None = None) -> list[Enrollment]:
+    """Move each enrollment on ``event`` from the node it is at, as read; returns the
+    ones that moved, updated in place.
+
+    A batch costs the statements of one enrollment: an ``UPDATE ... WHERE (id,
+    version) IN`` per (plan, node), then the left node's cancellations and the new
+    node's actions in bulk. An enrollment another writer moved since it was read
+    fails its version check and stays (the caller decides whether to read it again).
+    Each enrollment must appear once.
+    """
+    now = now or utcnow()
+    groups: dict[tuple[int, str], list[Enrollment]] = defaultdict(list)
+    for enrollment in enrollments:
+        if enrollment.status == Enrollment.ACTIVE:
+            groups[(enrollment.plan_id, enrollment.current_node)].append(enrollment)
+    moved: list[Enrollment] = []
+    with _transaction():
+        # One order for every writer, so that two batches cannot deadlock on rows.
+        for (plan_id, from_node), group in sorted(groups.items()):
+            plan = plan_for_id(plan_id)
+            transition = plan.transition_for(from_node, event)
+            if transition is None:
+                continue
+            group.sort(key=lambda enrollment: enrollment.id)
+            won = {
+                enrollment_id for (enrollment_id,) in
+                Enrollment.update(current_node=transition.to, version=Enrollment.version + 1,
+                                  node_entered_at=now, updated_at=now)
+                .where(peewee.Tuple(Enrollment.id, Enrollment.version)
+                       .in_([(enrollment.id, enrollment.version) for enrollment in group]))
+                .returning(Enrollment.id).tuples().execute()
+            }
+            winners = [enrollment for enrollment in group if enrollment.id in won]
+            if not winners:
+                continue
+            _cancel_open_actions([enrollment.id for enrollment in winners], from_node, now)
+            for enrollment in winners:
+                enrollment.current_node, enrollment.version = transition.to, enrollment.version + 1
+                enrollment.node_entered_at = enrollment.updated_at = now
+            _enter(winners, plan, transition.to, via_event=event, now=now)
+            moved.extend(winners)
+    return moved
+
+
+def _cancel_open_actions(enrollment_ids: Sequence[int], node: str, now: datetime) -> int:
     """Cancel the timers and sends of the node being left.
 
     Only pending and enqueued ones: a running action (often the very timeout that
@@ -270,7 +327,7 @@ def _cancel_open_actions(enrollment_id: int, node: str, now: datetime) -> int:
     return (
         ScheduledAction.update(status=ScheduledAction.CANCELLED, finished_at=now)
         .where(
-            ScheduledAction.enrollment == enrollment_id,
+            ScheduledAction.enrollment.in_(list(enrollment_ids)),
             ScheduledAction.node == node,
             ScheduledAction.status.in_([ScheduledAction.PENDING, ScheduledAction.ENQUEUED]),
         )
@@ -293,7 +350,7 @@ def exit_enrollment(enrollment_id: int, reason: str, *, now: datetime | None = N
             .execute()
         )
         if moved:
-            _cancel_open_actions(enrollment_id, enrollment.current_node, now)
+            _cancel_open_actions([enrollment_id], enrollment.current_node, now)
     if moved:
         logger.info("Exited enrollment=%s reason=%s", enrollment_id, reason)
     return bool(moved)
@@ -332,24 +389,37 @@ def after_send(message: OutboundMessage, *, now: datetime | None = None) -> None
         ).on_conflict_ignore().execute()
 
 
-def engagement_seen(message_id: str, timeout_event: str) -> bool:
-    """Whether the real event a ``no_open``/``no_click`` timer waits for has arrived.
+# The real events each engagement timeout waits for. A click counts as an open
+# (image blocking hides the opens of people who click).
+AWAITED_ENGAGEMENT = {"no_open": frozenset({"opened", "clicked"}), "no_click": frozenset({"clicked"})}
 
-    A click counts as an open (image blocking hides opens of people who click).
-    Machine opens count only if the settings say so.
-    """
-    wanted = {"no_open": ["opened", "clicked"], "no_click": ["clicked"]}[timeout_event]
+
+def engagement_seen(message_id: str, timeout_event: str) -> bool:
+    """Whether the real event a ``no_open``/``no_click`` timer waits for has arrived."""
+    return bool(engaged_timers([(message_id, timeout_event)]))
+
+
+def engaged_timers(timers: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Of (message id, ``no_open``/``no_click``) pairs, those whose awaited real event
+    has arrived; one query for any number. Machine opens count only if the settings
+    say so."""
+    timers = set(timers)
+    if not timers:
+        return set()
     machine_opens_count = get_settings().machine_opens_are_engagement
-    for event in MessageEvent.select(MessageEvent.type, MessageEvent.data).where(
-        MessageEvent.message == message_id, MessageEvent.type.in_(wanted),
+    seen: dict[str, set[str]] = defaultdict(set)
+    for message_id, event_type, data in MessageEvent.select(
+        MessageEvent.message, MessageEvent.type, MessageEvent.data,
+    ).where(
+        MessageEvent.message.in_(sorted({message_id for message_id, _ in timers})),
+        MessageEvent.type.in_(sorted(AWAITED_ENGAGEMENT["no_open"])),
         MessageEvent.synthetic == False,  # noqa: E712 (peewee expression)
-    ):
-        if event.type == "opened" and not machine_opens_count and (event.data or {}).get(
-            "machine_open"
-        ):
+    ).tuples():
+        if event_type == "opened" and not machine_opens_count and (data or {}).get("machine_open"):
             continue
-        return True
-    return False
+        seen[message_id].add(event_type)
+    return {(message_id, event) for message_id, event in timers
+            if seen[message_id] & AWAITED_ENGAGEMENT[event]}
 
 
 def handle_message_event(
@@ -421,11 +491,13 @@ __all__ = [
     "AlreadyEnrolled",
     "EnrollmentError",
     "after_send",
+    "engaged_timers",
     "engagement_seen",
     "enroll",
     "exit_contact_enrollments",
     "exit_enrollment",
     "handle_message_event",
+    "move_on_event",
     "process_event",
     "resolve_ambiguous_send",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from datetime import UTC, datetime
 
 import peewee
@@ -33,6 +34,20 @@ class JSONField(peewee.TextField):
         import json
 
         return None if value is None else json.loads(value)
+
+
+def write_transaction() -> peewee._transaction:
+    """A transaction that reads and then writes.
+
+    On SQLite it takes the write lock up front: a deferred transaction that reads
+    first and then finds another writer fails at once with "database is locked"
+    instead of waiting out the busy timeout, and two dispatchers must not both read
+    the same pending rows and then both mark them.
+    """
+    database = database_proxy.obj
+    if isinstance(database, peewee.SqliteDatabase):
+        return database.atomic("IMMEDIATE")
+    return database.atomic()
 
 
 class BaseModel(peewee.Model):
@@ -153,13 +168,17 @@ class ScheduledAction(BaseModel):
         )
 
     @classmethod
-    def finish(cls, action_id: int, status: str, result: str, *, now: datetime,
-               message_id: str | None = None) -> None:
-        """Record how an action ended (done, skipped, failed) and, for a send, its message."""
+    def finish(cls, action_ids: int | Collection[int], status: str, result: str, *,
+               now: datetime, message_id: str | None = None) -> None:
+        """Record how one action or several ended (done, skipped, failed) and, for a
+        send, its message."""
+        ids = [action_ids] if isinstance(action_ids, int) else list(action_ids)
+        if not ids:
+            return
         values = {"status": status, "result": result, "finished_at": now}
         if message_id is not None:
             values["message"] = message_id
-        cls.update(**values).where(cls.id == action_id).execute()
+        cls.update(**values).where(cls.id.in_(ids) if len(ids) > 1 else cls.id == ids[0]).execute()
 
 
 class OutboundMessage(BaseModel):

@@ -115,6 +115,8 @@ class Settings(BaseModel):
     dispatch_horizon: Duration = timedelta(minutes=1)
     dispatch_interval: Duration = timedelta(seconds=5)
     dispatch_batch_size: int = 500
+    # Timers due together are fired by one message, in batches of at most this many.
+    timeout_batch_size: int = 100
     # How often idle workers poll, and so how late a due delayed message can start.
     worker_poll_interval: Duration = timedelta(milliseconds=100)
     action_lease: Duration = timedelta(minutes=5)
@@ -142,6 +144,7 @@ class Settings(BaseModel):
         "ratelimit_domain_per_hour",
         "ratelimit_global_per_hour",
         "dispatch_batch_size",
+        "timeout_batch_size",
         "soft_bounce_limit",
     )
     @classmethod

@@ -13,7 +13,7 @@ from datetime import timedelta
 from urllib.parse import urlparse
 
 from outreach_actors import dispatch, engine, timeouts
-from outreach_actors.actors.pipeline import fire_timeout, requeue_action, requeue_send, send
+from outreach_actors.actors.pipeline import fire_timeout, requeue_actions, requeue_send, send
 from outreach_actors.audit import audit_campaign
 from outreach_actors.chaos import ChaosConfig, run_chaos
 from outreach_actors.models import (
@@ -113,14 +113,14 @@ def test_a_timer_claimed_by_a_killed_worker_fires_once_its_lease_expires(setting
         run_at=utcnow() - timedelta(minutes=10), dedupe_key="timer", visit_version=0,
     )
     # Given a worker that claimed the timer ten minutes ago and was killed
-    assert timeouts.claim_action(action.id, utcnow() - timedelta(minutes=10))
+    assert timeouts.claim_actions([action.id], utcnow() - timedelta(minutes=10))
     # and a second delivery of its message, which finds the claim taken
     fire_timeout.send(action.id)
     stub_broker.join(fire_timeout.queue_name)
     stub_worker.join()
     assert ScheduledAction.get_by_id(action.id).status == "running"
     # When the reconciler finds its lease expired
-    assert dispatch.reconcile_expired_leases(requeue_action, settings=settings) == 1
+    assert dispatch.reconcile_expired_leases(requeue_actions, settings=settings) == 1
     stub_broker.join(fire_timeout.queue_name)
     stub_worker.join()
     # Then the timer fires, once

@@ -32,11 +32,11 @@ def test_due_actions_are_claimed_and_far_off_ones_stay(enrollments, data_dir) ->
     ScheduledAction.update(run_at=now + timedelta(days=3)).where(
         ScheduledAction.enrollment.in_(far)).execute()
     enqueued: list[tuple[int, int]] = []
-    assert dispatch.dispatch_due_actions(lambda a, d: enqueued.append((a.id, d)), now=now,
+    assert dispatch.dispatch_due_actions(lambda due: enqueued.extend((a.id, d) for a, d in due), now=now,
                                          settings=settings) == 10
     assert ScheduledAction.select().where(ScheduledAction.status == "pending").count() == 10
     # A second pass finds nothing new: the claim is taken.
-    assert dispatch.dispatch_due_actions(lambda a, d: enqueued.append((a.id, d)), now=now,
+    assert dispatch.dispatch_due_actions(lambda due: enqueued.extend((a.id, d) for a, d in due), now=now,
                                          settings=settings) == 0
     assert len(enqueued) == 10
 
@@ -46,7 +46,7 @@ def test_actions_due_within_the_horizon_are_enqueued_with_their_delay(enrollment
     now = utcnow()
     ScheduledAction.update(run_at=now + timedelta(seconds=30)).execute()
     delays: list[int] = []
-    dispatch.dispatch_due_actions(lambda a, d: delays.append(d), now=now, settings=settings)
+    dispatch.dispatch_due_actions(lambda due: delays.extend(d for _, d in due), now=now, settings=settings)
     assert len(delays) == 20 and all(29_000 <= d <= 30_000 for d in delays)
 
 
@@ -57,9 +57,9 @@ def test_concurrent_dispatchers_never_enqueue_an_action_twice(enrollments, data_
     lock = threading.Lock()
     barrier = threading.Barrier(4)
 
-    def record(action, delay):
+    def record(due):
         with lock:
-            enqueued.append(action.id)
+            enqueued.extend(action.id for action, _ in due)
 
     def run():
         barrier.wait()
@@ -78,14 +78,14 @@ def test_an_action_whose_lease_expired_is_enqueued_again(enrollments, data_dir) 
     # Given actions enqueued to a broker that then lost them (flushed, restarted)
     settings = make_settings(data_dir)
     now = utcnow()
-    dispatch.dispatch_due_actions(lambda a, d: None, now=now, settings=settings)
+    dispatch.dispatch_due_actions(lambda due: None, now=now, settings=settings)
     # When the lease passes with no worker finishing them
     later = now + settings.dispatch_horizon + settings.action_lease + timedelta(seconds=1)
     again: list[int] = []
-    assert dispatch.reconcile_expired_leases(lambda a, d: again.append(a.id), now=later,
+    assert dispatch.reconcile_expired_leases(lambda due: again.extend(a.id for a, _ in due), now=later,
                                              settings=settings) == 20
     # Then each is enqueued again, once
-    assert dispatch.reconcile_expired_leases(lambda a, d: again.append(a.id), now=later,
+    assert dispatch.reconcile_expired_leases(lambda due: again.extend(a.id for a, _ in due), now=later,
                                              settings=settings) == 0
     assert len(again) == 20
 

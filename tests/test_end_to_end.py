@@ -16,7 +16,13 @@ import dramatiq
 import pytest
 
 from outreach_actors import dispatch, engine, models
-from outreach_actors.actors.pipeline import enqueue_action, fire_timeout, render, send
+from outreach_actors.actors.pipeline import (
+    enqueue_actions,
+    fire_timeout,
+    fire_timeouts,
+    render,
+    send,
+)
 from outreach_actors.actors.webhook import normalize_webhook
 from outreach_actors.models import (
     Enrollment,
@@ -112,7 +118,7 @@ def test_every_contact_ends_at_the_right_node_exactly_once(request, any_broker, 
         try:
             deadline = time.monotonic() + 40
             while time.monotonic() < deadline:
-                dispatch.dispatch_due_actions(enqueue_action, settings=settings)
+                dispatch.dispatch_due_actions(enqueue_actions, settings=settings)
                 if not Enrollment.select().where(Enrollment.status == Enrollment.ACTIVE).exists():
                     break
                 time.sleep(0.1)
@@ -146,12 +152,15 @@ def test_every_contact_ends_at_the_right_node_exactly_once(request, any_broker, 
 
         # When every actor runs again on every id it has seen
         before = snapshot(standin)
+        timers = []
         for action in ScheduledAction.select():
             if action.kind == "send":
                 message_id = render(action.id)
                 send(message_id)
             else:
                 fire_timeout(action.id)
+                timers.append(action.id)
+        fire_timeouts(timers)
         for delivery in WebhookDelivery.select():
             normalize_webhook(delivery.id)
         # Then nothing changed: no second email, event, move or timer

@@ -7,7 +7,7 @@ from periodiq import cron
 
 from .. import dispatch, ingest, maintenance
 from ..settings import get_settings
-from .pipeline import enqueue_action, enqueue_send, requeue_action, requeue_send
+from .pipeline import enqueue_actions, enqueue_send, requeue_actions, requeue_send
 
 
 @dramatiq.actor(queue_name="periodic", max_retries=0, periodic=cron("* * * * *"))
@@ -18,7 +18,7 @@ def dispatch_due(remaining: int | None = None) -> None:
     OUTREACH_DISPATCH_INTERVAL that ends before the next tick, so chains never pile up.
     """
     settings = get_settings()
-    dispatch.dispatch_due_actions(enqueue_action, settings=settings)
+    dispatch.dispatch_due_actions(enqueue_actions, settings=settings)
     interval_ms = int(settings.dispatch_interval.total_seconds() * 1000)
     if remaining is None:
         remaining = max(0, 60_000 // max(interval_ms, 1) - 1)
@@ -36,7 +36,7 @@ def reconcile() -> None:
     normalized are enqueued again.
     """
     settings = get_settings()
-    dispatch.reconcile_expired_leases(requeue_action, settings=settings)
+    dispatch.reconcile_expired_leases(requeue_actions, settings=settings)
     dispatch.reconcile_stuck_messages(enqueue_send, settings=settings)
     dispatch.settle_ambiguous_sends(requeue_send, settings=settings)
     ingest.requeue_stale_deliveries(settings.action_lease)

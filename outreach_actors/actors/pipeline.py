@@ -13,7 +13,7 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
-from .. import delivery, timeouts
+from .. import delivery, dispatch, timeouts
 from ..models import OutboundMessage, ScheduledAction, SenderIdentity
 from ..ratelimit import Limit, default_limits
 from ..settings import get_settings
@@ -77,15 +77,31 @@ def fire_timeout(action_id: int) -> None:
     timeouts.fire_timeout(action_id)
 
 
-def enqueue_action(action: ScheduledAction, delay_ms: int, **options: Any) -> None:
-    """Turn a claimed ScheduledAction into broker messages (``options``: message options)."""
-    if action.kind == ScheduledAction.SEND:
-        dramatiq.pipeline([
-            render.message_with_options(args=(action.id,), **options),
-            send.message_with_options(**options),
-        ]).run(delay=delay_ms or None)
-    else:
-        fire_timeout.send_with_options(args=(action.id,), delay=delay_ms or None, **options)
+@dramatiq.actor(queue_name="timeouts", max_retries=10)
+def fire_timeouts(action_ids: list[int]) -> None:
+    """Fire a batch of timeouts that came due together (see timeouts.fire_timeouts)."""
+    timeouts.fire_timeouts(action_ids)
+
+
+def enqueue_actions(due: list[tuple[ScheduledAction, int]], **options: Any) -> None:
+    """Turn claimed ScheduledActions, each with its delay in ms, into broker messages:
+    a render-and-send pipeline per send, a message per batch of timers
+    (``options``: message options)."""
+    settings = get_settings()
+    timers = []
+    for action, delay_ms in due:
+        if action.kind == ScheduledAction.SEND:
+            dramatiq.pipeline([
+                render.message_with_options(args=(action.id,), **options),
+                send.message_with_options(**options),
+            ]).run(delay=delay_ms or None)
+        else:
+            timers.append((action, delay_ms))
+    # Timers due within one polling interval share a message: it fires them no later.
+    window_ms = int(settings.worker_poll_interval.total_seconds() * 1000)
+    for ids, delay_ms in dispatch.timer_batches(
+            timers, max_size=settings.timeout_batch_size, window_ms=window_ms):
+        fire_timeouts.send_with_options(args=(ids,), delay=delay_ms or None, **options)
 
 
 def enqueue_send(message_id: str, **options: Any) -> None:
@@ -96,9 +112,9 @@ def enqueue_send(message_id: str, **options: Any) -> None:
 # idempotency lease. A delivery that found the claim of a killed worker taken ran
 # to its end ("replay") and left the effect marked done; that mark must not skip
 # the re-run, or the timer (or the resend) is lost until the mark expires.
-def requeue_action(action: ScheduledAction, delay_ms: int) -> None:
-    """Enqueue again an action whose lease expired."""
-    enqueue_action(action, delay_ms, idempotency_key=False)
+def requeue_actions(due: list[tuple[ScheduledAction, int]]) -> None:
+    """Enqueue again actions whose lease expired."""
+    enqueue_actions(due, idempotency_key=False)
 
 
 def requeue_send(message_id: str) -> None:
