@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import peewee
 
 from . import engine
 from .metrics import count
 from .models import (
+    Contact,
     Enrollment,
     OutboundMessage,
     ScheduledAction,
@@ -30,7 +32,7 @@ from .observability import tag
 from .providers.sendgrid import OutgoingEmail, SendOutcome
 from .rendering import RenderError, TemplateRenderer
 from .settings import Settings, get_settings
-from .suppressions import is_suppressed
+from .suppressions import is_suppressed, normalize_address, suppressed_sql
 from .unsubscribe import unsubscribe_url
 
 logger = logging.getLogger(__name__)
@@ -51,11 +53,111 @@ def renderer_for(templates_dir: Path) -> TemplateRenderer:
     return TemplateRenderer(templates_dir)
 
 
-def _sender_for(enrollment: Enrollment, plan_sender: str | None) -> SenderIdentity | None:
-    query = SenderIdentity.select().where(SenderIdentity.tenant == enrollment.tenant_id)
-    if plan_sender:
-        query = query.where(SenderIdentity.email == plan_sender.lower())
-    return query.order_by(SenderIdentity.verified.desc(), SenderIdentity.id).first()
+class _SendAction(NamedTuple):
+    """What rendering needs of a send action, its enrollment, contact, tenant and plan."""
+
+    kind: str
+    status: str
+    dedupe_key: str
+    node: str
+    visit_version: int
+    enrollment_id: int
+    enrollment_status: str
+    current_node: str
+    enrollment_version: int
+    plan_id: int
+    tenant_id: str
+    contact_email: str
+    contact_fields: dict | None
+    contact_timezone: str | None
+    tenant_name: str
+    plan_version: int
+    sender_email: str | None  # the tenant's first sender, verified ones first
+    sender_name: str | None
+
+
+# Fixed SQL, not Peewee queries, for the three widest statements that every email
+# runs (the render's read, the rendered message, the send's claim): Peewee spent
+# 0.4 to 1.9 ms of CPU building each of them, more than the database takes to run
+# them, and the email path is CPU-bound. Plain SQL that SQLite and PostgreSQL both
+# accept, ``{p}`` standing for the database's placeholder; the tests run it on both
+# (tests/test_delivery_statements.py also pins the statement count per email).
+_STATEMENTS: dict[tuple[str, str], str] = {}
+
+
+def _statement(template: str) -> str:
+    """``template`` for the bound database (its placeholder style), built once."""
+    param = database_proxy.obj.param
+    key = (template, param)
+    statement = _STATEMENTS.get(key)
+    if statement is None:
+        statement = _STATEMENTS[key] = template.strip().replace("{p}", param)
+    return statement
+
+# The send action, its enrollment, contact, tenant and plan version, and the
+# tenant's first sender identity (verified ones first), as _SendAction.
+_LOAD_SEND_ACTION = """
+SELECT a.kind, a.status, a.dedupe_key, a.node, a.visit_version, a.enrollment_id,
+       e.status, e.current_node, e.version, e.plan_id, e.tenant_id,
+       c.email, c.fields, c.timezone, t.name, p.version, s.email, s.name
+FROM scheduled_action AS a
+JOIN enrollment AS e ON e.id = a.enrollment_id
+JOIN contact AS c ON c.id = e.contact_id
+JOIN tenant AS t ON t.id = e.tenant_id
+JOIN plan AS p ON p.id = e.plan_id
+LEFT JOIN sender_identity AS s ON s.id = (
+    SELECT f.id FROM sender_identity AS f WHERE f.tenant_id = e.tenant_id
+    ORDER BY f.verified DESC, f.id LIMIT 1)
+WHERE a.id = {p}
+"""
+
+
+# The rendered message, as OutboundMessage.insert would write it (the columns left
+# out are null until the send).
+_INSERT_MESSAGE = """
+INSERT INTO outbound_message (id, tenant_id, enrollment_id, action_id, node, dedupe_key, status,
+    to_email, from_email, from_name, subject, html, text, categories, headers, attempts, created_at)
+VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})
+"""
+
+
+def _load_send_action(action_id: int) -> _SendAction | None:
+    """One statement: the action joined to everything its email needs, narrow columns only,
+    and the tenant's first sender (what a plan without ``sender`` mails from)."""
+    row = database_proxy.execute_sql(_statement(_LOAD_SEND_ACTION), (action_id,)).fetchone()
+    if row is None:
+        return None
+    facts = _SendAction(*row)
+    return facts._replace(contact_fields=Contact.fields.python_value(facts.contact_fields))
+
+
+def _sender_for(facts: _SendAction, plan_sender: str | None) -> tuple[str, str] | None:
+    """(email, name) of the identity the email goes out from: the plan's sender, or
+    the tenant's first one (verified first); None if there is none."""
+    if facts.sender_email is None:
+        return None  # the tenant has no sender at all
+    if not plan_sender or facts.sender_email == plan_sender.lower():
+        return facts.sender_email, facts.sender_name
+    row = (
+        SenderIdentity.select(SenderIdentity.email, SenderIdentity.name)
+        .where(SenderIdentity.tenant == facts.tenant_id,
+               SenderIdentity.email == plan_sender.lower())
+        .tuples()
+        .first()
+    )
+    return row
+
+
+def _message_id_for(message_key: str) -> str | None:
+    return (
+        OutboundMessage.select(OutboundMessage.id)
+        .where(OutboundMessage.dedupe_key == message_key)
+        .scalar()
+    )
+
+
+_FINISHED = frozenset({ScheduledAction.CANCELLED, ScheduledAction.SKIPPED, ScheduledAction.DONE,
+                       ScheduledAction.FAILED})
 
 
 def render_action(action_id: int, *, settings: Settings | None = None,
@@ -64,51 +166,54 @@ def render_action(action_id: int, *, settings: Settings | None = None,
 
     Returns None when there is nothing to send: the action was cancelled, or the
     enrollment left the node before the action ran.
+
+    Three statements in the usual case: the joined read, the insert of the message
+    and the action marked done. The message of an earlier render is looked for only
+    when the action has finished (it is stored in the transaction that finishes the
+    action) or when the insert finds it there (two renders raced).
     """
     settings = settings or get_settings()
     now = now or utcnow()
-    action = ScheduledAction.get_or_none(ScheduledAction.id == action_id)
-    if action is None or action.kind != ScheduledAction.SEND:
+    facts = _load_send_action(action_id)
+    if facts is None or facts.kind != ScheduledAction.SEND:
         logger.warning("Render of action=%s skipped: no such send action", action_id)
         return None
-    message_key = f"message:{action.dedupe_key}"
-    existing = OutboundMessage.get_or_none(OutboundMessage.dedupe_key == message_key)
-    if existing is not None:
-        logger.info("Render of action=%s is a replay; message=%s exists", action_id, existing.id)
-        return existing.id
-    if action.status in (ScheduledAction.CANCELLED, ScheduledAction.SKIPPED, ScheduledAction.DONE,
-                         ScheduledAction.FAILED):
-        logger.info("Render of action=%s skipped: action is %s", action_id, action.status)
+    message_key = f"message:{facts.dedupe_key}"
+    if facts.status in _FINISHED:
+        existing = _message_id_for(message_key)
+        if existing is not None:
+            logger.info("Render of action=%s is a replay; message=%s exists", action_id, existing)
+            return existing
+        logger.info("Render of action=%s skipped: action is %s", action_id, facts.status)
         return None
-    enrollment = action.enrollment
-    if (enrollment.status != Enrollment.ACTIVE or enrollment.current_node != action.node
-            or enrollment.version != action.visit_version):
+    if (facts.enrollment_status != Enrollment.ACTIVE or facts.current_node != facts.node
+            or facts.enrollment_version != facts.visit_version):
         ScheduledAction.finish(action_id, ScheduledAction.SKIPPED, "enrollment moved on", now=now)
         return None
 
-    plan = engine.plan_for_id(enrollment.plan_id)
-    tag(action=action_id, enrollment=enrollment.id, tenant=enrollment.tenant_id, plan=plan.name,
-        node=action.node)
-    node = plan.node(action.node)
-    contact = enrollment.contact
-    tenant = enrollment.tenant
-    sender = _sender_for(enrollment, plan.sender)
+    plan = engine.plan_for_id(facts.plan_id)
+    tag(action=action_id, enrollment=facts.enrollment_id, tenant=facts.tenant_id, plan=plan.name,
+        node=facts.node)
+    node = plan.node(facts.node)
+    sender = _sender_for(facts, plan.sender)
     if sender is None:
         problem = (
-            f"tenant {tenant.id!r} has no sender identity"
+            f"tenant {facts.tenant_id!r} has no sender identity"
             + (f" {plan.sender!r}" if plan.sender else "")
             + "; add one with `outreach sender add EMAIL --tenant TENANT --verified`"
         )
-        _fail_render(action, enrollment, problem, now)
+        _fail_render(action_id, facts.enrollment_id, problem, now)
         return None
+    sender_email, sender_name = sender
 
     message_id = new_message_id()
-    unsubscribe = unsubscribe_url(settings, tenant.id, contact.email, message_id)
+    unsubscribe = unsubscribe_url(settings, facts.tenant_id, facts.contact_email, message_id)
     context = {
-        "contact": {**(contact.fields or {}), "email": contact.email, "timezone": contact.timezone},
-        "tenant": {"id": tenant.id, "name": tenant.name or tenant.id},
-        "plan": {"name": plan.name, "version": enrollment.plan.version},
-        "node": {"name": action.node},
+        "contact": {**(facts.contact_fields or {}), "email": facts.contact_email,
+                    "timezone": facts.contact_timezone},
+        "tenant": {"id": facts.tenant_id, "name": facts.tenant_name or facts.tenant_id},
+        "plan": {"name": plan.name, "version": facts.plan_version},
+        "node": {"name": facts.node},
         "unsubscribe_url": unsubscribe,
     }
     try:
@@ -116,33 +221,34 @@ def render_action(action_id: int, *, settings: Settings | None = None,
             subject=node.subject or "", template=node.template, body=node.body, context=context,
         )
     except RenderError as exc:
-        _fail_render(action, enrollment, str(exc), now)
+        _fail_render(action_id, facts.enrollment_id, str(exc), now)
         return None
     if problem := _unstorable(rendered.subject, rendered.html, rendered.text):
-        _fail_render(action, enrollment, f"node {action.node!r}: {problem}", now)
+        _fail_render(action_id, facts.enrollment_id, f"node {facts.node!r}: {problem}", now)
         return None
 
     try:
         with database_proxy.atomic():
-            OutboundMessage.create(
-                id=message_id, tenant=tenant, enrollment=enrollment, action=action,
-                node=action.node, dedupe_key=message_key, status=OutboundMessage.RENDERED,
-                to_email=contact.email, from_email=sender.email, from_name=sender.name or "",
-                subject=rendered.subject, html=rendered.html, text=rendered.text,
-                categories=[*plan.categories, *node.categories],
-                headers={
+            database_proxy.execute_sql(_statement(_INSERT_MESSAGE), (
+                message_id, facts.tenant_id, facts.enrollment_id, action_id, facts.node,
+                message_key, OutboundMessage.RENDERED, facts.contact_email, sender_email,
+                sender_name or "", rendered.subject, rendered.html, rendered.text,
+                OutboundMessage.categories.db_value([*plan.categories, *node.categories]),
+                OutboundMessage.headers.db_value({
                     "List-Unsubscribe": f"<{unsubscribe}>",
                     "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-                },
-                created_at=now,
-            )
+                }),
+                0, now,
+            ))
             ScheduledAction.finish(action_id, ScheduledAction.DONE, "rendered", message_id=message_id,
-                           now=now)
+                                   now=now)
     except peewee.IntegrityError:
         # Two renders of one action raced: the other one stored the message first.
-        existing = OutboundMessage.get(OutboundMessage.dedupe_key == message_key)
-        return existing.id
-    logger.info("Rendered message=%s action=%s node=%s", message_id, action_id, action.node)
+        existing = _message_id_for(message_key)
+        if existing is None:
+            raise
+        return existing
+    logger.info("Rendered message=%s action=%s node=%s", message_id, action_id, facts.node)
     return message_id
 
 
@@ -159,11 +265,10 @@ def _unstorable(*texts: str) -> str | None:
     return None
 
 
-def _fail_render(action: ScheduledAction, enrollment: Enrollment, problem: str,
-                 now: datetime) -> None:
-    logger.error("Render of action=%s failed: %s", action.id, problem)
-    ScheduledAction.finish(action.id, ScheduledAction.FAILED, problem, now=now)
-    engine.exit_enrollment(enrollment.id, "send_failed", now=now)
+def _fail_render(action_id: int, enrollment_id: int, problem: str, now: datetime) -> None:
+    logger.error("Render of action=%s failed: %s", action_id, problem)
+    ScheduledAction.finish(action_id, ScheduledAction.FAILED, problem, now=now)
+    engine.exit_enrollment(enrollment_id, "send_failed", now=now)
 
 
 @dataclass(frozen=True)
@@ -176,13 +281,71 @@ class SendResult:
 
 
 def claim_for_sending(message_id: str, now: datetime) -> bool:
-    return bool(
-        OutboundMessage.update(
-            status=OutboundMessage.SENDING, send_started_at=now,
-            attempts=OutboundMessage.attempts + 1,
-        )
-        .where(OutboundMessage.id == message_id, OutboundMessage.status == OutboundMessage.RENDERED)
-        .execute()
+    """``rendered -> sending``; True if this call took the claim."""
+    return _claim(message_id, now) is not None
+
+
+class _Claimed(NamedTuple):
+    """A message just claimed for sending, and what decides whether it may go out."""
+
+    tenant_id: str
+    enrollment_id: int | None
+    action_id: int | None
+    node: str | None
+    to_email: str
+    from_email: str
+    from_name: str
+    subject: str
+    html: str
+    text: str
+    categories: list | None
+    headers: dict | None
+    enrollment_status: str | None  # None: the message has no enrollment
+    current_node: str | None
+    plan_id: int | None
+    action_node: str | None
+    visit_version: int | None
+    suppressed: bool  # whether an email-channel suppression of to_email exists
+    sender_verified: bool | None  # None: from_email is no sender identity of the tenant
+
+
+# The claim ``rendered -> sending``, returning the message and, read in the same
+# statement, whatever decides if it may go out: the enrollment's state, the
+# suppression list, the sender identity (see _Claimed; fixed SQL as above).
+_SUPPRESSED, _SUPPRESSED_PARAMS = suppressed_sql(
+    "outbound_message.tenant_id", "outbound_message.to_email", "{p}")
+_CLAIM = """
+UPDATE outbound_message SET status = {p}, send_started_at = {p}, attempts = attempts + 1
+WHERE id = {p} AND status = {p}
+RETURNING tenant_id, enrollment_id, action_id, node, to_email, from_email, from_name,
+    subject, html, text, categories, headers,
+    (SELECT e.status FROM enrollment AS e WHERE e.id = outbound_message.enrollment_id),
+    (SELECT e.current_node FROM enrollment AS e WHERE e.id = outbound_message.enrollment_id),
+    (SELECT e.plan_id FROM enrollment AS e WHERE e.id = outbound_message.enrollment_id),
+    (SELECT a.node FROM scheduled_action AS a WHERE a.id = outbound_message.action_id),
+    (SELECT a.visit_version FROM scheduled_action AS a WHERE a.id = outbound_message.action_id),
+    """ + _SUPPRESSED + """,
+    (SELECT s.verified FROM sender_identity AS s
+     WHERE s.tenant_id = outbound_message.tenant_id AND s.email = outbound_message.from_email)
+"""
+
+
+def _claim(message_id: str, now: datetime) -> _Claimed | None:
+    """``rendered -> sending`` in one statement that also returns the message and the
+    checks made before the provider call: the enrollment's state, the suppression
+    list and the sender identity, each read as the claim is taken."""
+    row = database_proxy.execute_sql(
+        _statement(_CLAIM),
+        (OutboundMessage.SENDING, now, message_id, OutboundMessage.RENDERED, *_SUPPRESSED_PARAMS),
+    ).fetchone()
+    if row is None:
+        return None
+    claimed = _Claimed(*row)
+    return claimed._replace(
+        categories=OutboundMessage.categories.python_value(claimed.categories),
+        headers=OutboundMessage.headers.python_value(claimed.headers),
+        suppressed=bool(claimed.suppressed),
+        sender_verified=None if claimed.sender_verified is None else bool(claimed.sender_verified),
     )
 
 
@@ -210,49 +373,63 @@ def _send_message(message_id: str, client, *, now: datetime | None = None,
     Raises RetryableSendError for 429/5xx/network failures (the message goes back to
     ``rendered`` so the retry can claim it), unless ``final_attempt``, when it is
     recorded as failed instead.
+
+    Three statements in the usual case: the claim, which also returns the row and
+    the checks, before the provider call; after a 202, in one transaction, the
+    message marked sent and the node's timers.
     """
     now = now or utcnow()
-    if not claim_for_sending(message_id, now):
-        current = OutboundMessage.get_or_none(OutboundMessage.id == message_id)
-        state = current.status if current else "missing"
+    claimed = _claim(message_id, now)
+    if claimed is None:
+        state = (
+            OutboundMessage.select(OutboundMessage.status)
+            .where(OutboundMessage.id == message_id)
+            .scalar()
+        ) or "missing"
         logger.info("Send of message=%s skipped: already %s", message_id, state)
         return SendResult(message_id, "replay", state)
-    message = OutboundMessage.get_by_id(message_id)
-    tag(message=message_id, tenant=message.tenant_id, node=message.node,
-        enrollment=message.enrollment_id)
-    enrollment = message.enrollment
-    if enrollment is not None and (
-        enrollment.status != Enrollment.ACTIVE or enrollment.current_node != message.node
+    tag(message=message_id, tenant=claimed.tenant_id, node=claimed.node,
+        enrollment=claimed.enrollment_id)
+    if claimed.enrollment_status is not None and (
+        claimed.enrollment_status != Enrollment.ACTIVE or claimed.current_node != claimed.node
     ):
         _set_status(message_id, OutboundMessage.CANCELLED, error="enrollment moved on before sending")
         return SendResult(message_id, OutboundMessage.CANCELLED, "enrollment moved on")
-    # Suppressions win: checked again right before the provider call.
-    if is_suppressed(message.tenant_id, message.to_email):
+    # Suppressions win: checked again right before the provider call, by the claim
+    # itself (an address stored other than normalized is looked up on its own).
+    suppressed = (
+        claimed.suppressed if claimed.to_email == normalize_address(claimed.to_email)
+        else is_suppressed(claimed.tenant_id, claimed.to_email)
+    )
+    if suppressed:
         _set_status(message_id, OutboundMessage.SUPPRESSED, error="address is suppressed")
-        if enrollment is not None:
-            engine.exit_enrollment(enrollment.id, "suppressed", now=now)
+        if claimed.enrollment_id is not None:
+            engine.exit_enrollment(claimed.enrollment_id, "suppressed", now=now)
         logger.info("Send of message=%s skipped: recipient suppressed", message_id)
         return SendResult(message_id, OutboundMessage.SUPPRESSED)
-    sender = SenderIdentity.get_or_none(
-        SenderIdentity.tenant == message.tenant_id, SenderIdentity.email == message.from_email
-    )
-    if sender is None or not sender.verified:
-        return _fail(message, f"sender {message.from_email} is not a verified sender identity", now)
+    if not claimed.sender_verified:
+        return _fail(message_id, claimed.enrollment_id,
+                     f"sender {claimed.from_email} is not a verified sender identity", now)
 
     outcome = client.send(
         OutgoingEmail(
-            message_id=message.id, tenant=message.tenant_id, to_email=message.to_email,
-            from_email=message.from_email, from_name=message.from_name, subject=message.subject,
-            html=message.html, text=message.text, categories=list(message.categories or []),
-            headers=dict(message.headers or {}),
-            custom_args={"outreach_message_id": message.id, "outreach_tenant": message.tenant_id},
+            message_id=message_id, tenant=claimed.tenant_id, to_email=claimed.to_email,
+            from_email=claimed.from_email, from_name=claimed.from_name, subject=claimed.subject,
+            html=claimed.html, text=claimed.text, categories=list(claimed.categories or []),
+            headers=dict(claimed.headers or {}),
+            custom_args={"outreach_message_id": message_id, "outreach_tenant": claimed.tenant_id},
         )
     )
     if outcome.kind == "sent":
         with database_proxy.atomic():
             _set_status(message_id, OutboundMessage.SENT, sent_at=now, error=None,
                         provider_message_id=outcome.provider_message_id)
-            engine.after_send(OutboundMessage.get_by_id(message_id), now=now)
+            # What after_send would read back: the row as just updated, the action's
+            # node and visit, the enrollment's plan (all returned by the claim).
+            sent = OutboundMessage(id=message_id, enrollment=claimed.enrollment_id,
+                                   action=claimed.action_id, sent_at=now)
+            engine.after_send(sent, now=now, node=claimed.action_node,
+                              visit_version=claimed.visit_version, plan_id=claimed.plan_id)
         logger.info("Sent message=%s provider_id=%s", message_id, outcome.provider_message_id)
         return SendResult(message_id, OutboundMessage.SENT)
     if outcome.kind == "ambiguous":
@@ -262,12 +439,13 @@ def _send_message(message_id: str, client, *, now: datetime | None = None,
     if outcome.kind == "retry" and not final_attempt:
         _set_status(message_id, OutboundMessage.RENDERED, error=outcome.error)
         raise RetryableSendError(message_id, outcome)
-    return _fail(message, f"{outcome.status_code or ''} {outcome.error or ''}".strip(), now)
+    return _fail(message_id, claimed.enrollment_id,
+                 f"{outcome.status_code or ''} {outcome.error or ''}".strip(), now)
 
 
-def _fail(message: OutboundMessage, problem: str, now: datetime) -> SendResult:
-    _set_status(message.id, OutboundMessage.FAILED, error=problem)
-    if message.enrollment_id is not None:
-        engine.exit_enrollment(message.enrollment_id, "send_failed", now=now)
-    logger.error("Send of message=%s failed permanently: %s", message.id, problem)
-    return SendResult(message.id, OutboundMessage.FAILED, problem)
+def _fail(message_id: str, enrollment_id: int | None, problem: str, now: datetime) -> SendResult:
+    _set_status(message_id, OutboundMessage.FAILED, error=problem)
+    if enrollment_id is not None:
+        engine.exit_enrollment(enrollment_id, "send_failed", now=now)
+    logger.error("Send of message=%s failed permanently: %s", message_id, problem)
+    return SendResult(message_id, OutboundMessage.FAILED, problem)

@@ -371,22 +371,33 @@ def exit_contact_enrollments(tenant_id: str, email: str, reason: str) -> int:
     return sum(exit_enrollment(enrollment_id, reason) for enrollment_id in ids)
 
 
-def after_send(message: OutboundMessage, *, now: datetime | None = None) -> None:
-    """Create the node's timers from ``sent_at``; safe to call again (dedupe keys)."""
+def after_send(
+    message: OutboundMessage, *, now: datetime | None = None, node: str | None = None,
+    visit_version: int | None = None, plan_id: int | None = None,
+) -> None:
+    """Create the node's timers from ``sent_at``; safe to call again (dedupe keys).
+
+    ``message`` needs its id, enrollment, action and sent_at. A caller that has read
+    the send action's ``node`` and ``visit_version`` and the enrollment's ``plan_id``
+    passes them, and the timers cost one statement; otherwise they are read here.
+    """
     if message.enrollment_id is None or message.action_id is None:
         return
-    action = ScheduledAction.get_by_id(message.action_id)
-    enrollment = Enrollment.get_by_id(message.enrollment_id)
-    plan = plan_for_id(enrollment.plan_id)
+    if node is None or visit_version is None or plan_id is None:
+        action = ScheduledAction.get_by_id(message.action_id)
+        node, visit_version = action.node, action.visit_version
+        plan_id = Enrollment.get_by_id(message.enrollment_id).plan_id
+    transitions = plan_for_id(plan_id).timeout_transitions(node)
+    if not transitions:
+        return
     sent_at = message.sent_at or now or utcnow()
-    for transition in plan.timeout_transitions(action.node):
-        key = f"timeout:{enrollment.id}:{action.node}:{transition.on}:{action.visit_version}"
-        ScheduledAction.insert(
-            enrollment=enrollment, node=action.node, kind=ScheduledAction.TIMEOUT,
-            event=transition.on, message=message, dedupe_key=key,
-            visit_version=action.visit_version,
-            run_at=sent_at + _timeout_duration(transition.on, transition.after),
-        ).on_conflict_ignore().execute()
+    ScheduledAction.insert_many([
+        {"enrollment": message.enrollment_id, "node": node, "kind": ScheduledAction.TIMEOUT,
+         "event": transition.on, "message": message.id, "visit_version": visit_version,
+         "dedupe_key": f"timeout:{message.enrollment_id}:{node}:{transition.on}:{visit_version}",
+         "run_at": sent_at + _timeout_duration(transition.on, transition.after)}
+        for transition in transitions
+    ]).on_conflict_ignore().execute()
 
 
 # The real events each engagement timeout waits for. A click counts as an open

@@ -42,6 +42,22 @@ def is_suppressed(tenant_id: str, email: str, *, asm_group_id: int | str | None 
     )
 
 
+def suppressed_sql(tenant: str, address: str, param: str) -> tuple[str, list[str]]:
+    """SQL that is true when the tenant must not mail the address (``email`` channel),
+    for use inside a larger statement (the send folds it into its claim), and its
+    parameters.
+
+    ``tenant`` and ``address`` are SQL (column names, usually), ``param`` the
+    database's placeholder. The address must already be normalized (see
+    normalize_address), as a message's ``to_email`` is.
+    """
+    return (
+        f"EXISTS (SELECT 1 FROM suppression AS sup WHERE sup.tenant_id = {tenant}"
+        f" AND sup.value = {address} AND sup.channel = {param})",
+        [Suppression.EMAIL],
+    )
+
+
 def suppress(
     tenant_id: str,
     email: str,

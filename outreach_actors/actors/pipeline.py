@@ -12,9 +12,10 @@ from typing import Any
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
+from peewee import JOIN
 
 from .. import delivery, dispatch, timeouts
-from ..models import OutboundMessage, ScheduledAction, SenderIdentity
+from ..models import OutboundMessage, ScheduledAction, SenderIdentity, Tenant
 from ..ratelimit import Limit, default_limits
 from ..settings import get_settings
 
@@ -43,20 +44,33 @@ def render(action_id: int) -> str | None:
 
 
 def send_rate_limits(message: dramatiq.Message) -> list[Limit]:
-    """Every scope one send takes: its sender, tenant, recipient domain and the global one."""
+    """Every scope one send takes: its sender, tenant, recipient domain and the global one.
+
+    One narrow read per send: the message joined to its tenant and, when there is
+    one, its sender identity (their rate-limit overrides).
+    """
     message_id = message.args[0] if message.args else None
     if message_id is None:
         return []
-    row = OutboundMessage.get_or_none(OutboundMessage.id == message_id)
-    if row is None or row.status != OutboundMessage.RENDERED:
+    outbound, sender = OutboundMessage, SenderIdentity
+    row = (
+        outbound.select(outbound.status, outbound.tenant, outbound.from_email, outbound.to_email,
+                        Tenant.rate_limits, sender.rate_limits)
+        .join(Tenant)
+        .join_from(outbound, sender, JOIN.LEFT_OUTER,
+                   on=(sender.tenant == outbound.tenant) & (sender.email == outbound.from_email))
+        .where(outbound.id == message_id)
+        .tuples()
+        .first()
+    )
+    if row is None or row[0] != OutboundMessage.RENDERED:
         return []  # nothing will be sent: do not take a slot
-    sender = SenderIdentity.get_or_none(SenderIdentity.tenant == row.tenant_id,
-                                        SenderIdentity.email == row.from_email)
+    _, tenant_id, from_email, to_email, tenant_overrides, sender_overrides = row
     return default_limits(
-        get_settings(), tenant=row.tenant_id, sender=row.from_email,
-        recipient_domain=row.to_email.rsplit("@", 1)[-1],
-        tenant_overrides=row.tenant.rate_limits or {},
-        sender_overrides=(sender.rate_limits if sender else None) or {},
+        get_settings(), tenant=tenant_id, sender=from_email,
+        recipient_domain=to_email.rsplit("@", 1)[-1],
+        tenant_overrides=tenant_overrides or {},
+        sender_overrides=sender_overrides or {},
     )
 
 

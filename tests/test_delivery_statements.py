@@ -1,0 +1,287 @@
+"""What one email costs the database, and that the cheaper path decides as before.
+
+The statements are counted for real: every statement the bound database runs goes
+through Peewee's query hooks (Peewee-built queries and fixed SQL alike), and every
+transaction through its ``begin``. A change that adds a query to the email path
+fails here, on SQLite and on PostgreSQL, instead of showing up in a benchmark.
+
+The rest runs the render and send outcomes on both databases: the render read,
+the claim and the rendered message are fixed SQL that each must accept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import dramatiq
+import pytest
+
+from outreach_actors import delivery, engine, models
+from outreach_actors.actors.pipeline import send_rate_limits
+from outreach_actors.models import (
+    Enrollment,
+    OutboundMessage,
+    ScheduledAction,
+    SenderIdentity,
+    Tenant,
+    utcnow,
+)
+from outreach_actors.providers.sendgrid import SendGridClient
+from outreach_actors.settings import Settings, configure
+from outreach_actors.suppressions import suppress
+from outreach_actors.testing import SendGridStandIn
+
+from .conftest import make_settings
+from .factories import load_plan, make_tenant
+
+API_KEY = "SG.statements-key"
+
+
+@dataclass
+class Statements:
+    sql: list[str] = field(default_factory=list)
+    transactions: int = 0
+
+    @property
+    def kinds(self) -> list[str]:
+        return [statement.split(None, 1)[0].upper() for statement in self.sql]
+
+
+@contextmanager
+def counting() -> Iterator[Statements]:
+    """Count what the bound database runs inside the block: statements and transactions."""
+    database = models.database_proxy.obj
+    seen = Statements()
+
+    def hook(event) -> None:
+        seen.sql.append(event.sql)
+
+    def begin(*args, **kwargs):
+        seen.transactions += 1
+        return type(database).begin(database, *args, **kwargs)
+
+    database.query_hooks.append(hook)
+    database.begin = begin
+    try:
+        yield seen
+    finally:
+        database.query_hooks.remove(hook)
+        del database.begin
+
+
+@pytest.fixture
+def db(any_db, data_dir) -> Iterator[Settings]:
+    current = make_settings(data_dir)
+    configure(current)
+    models.bind(any_db)
+    yield current
+    configure(None)
+
+
+@pytest.fixture
+def standin() -> Iterator[SendGridStandIn]:
+    with SendGridStandIn(api_key=API_KEY) as server:
+        yield server
+
+
+@pytest.fixture
+def client(standin: SendGridStandIn) -> SendGridClient:
+    return SendGridClient(API_KEY, host=standin.host, timeout_s=5.0)
+
+
+def send_action(email: str, **fields) -> ScheduledAction:
+    enrollment = engine.enroll("acme", email, "onboarding",
+                               fields=fields or {"first_name": email.split("@")[0]})
+    return ScheduledAction.get(ScheduledAction.enrollment == enrollment.id,
+                               ScheduledAction.kind == ScheduledAction.SEND)
+
+
+@pytest.fixture
+def acme(db) -> None:
+    make_tenant()
+    load_plan()
+
+
+@pytest.fixture
+def rendered(acme) -> OutboundMessage:
+    return OutboundMessage.get_by_id(delivery.render_action(send_action("ada@example.com").id))
+
+
+def limits_message(message_id: str | None) -> dramatiq.Message:
+    return dramatiq.Message(queue_name="send", actor_name="send", args=(message_id,), kwargs={},
+                            options={})
+
+
+def timers_of(enrollment_id: int) -> list[tuple[str, str]]:
+    return [(timer.node, timer.event) for timer in ScheduledAction.select().where(
+        ScheduledAction.enrollment == enrollment_id, ScheduledAction.kind == ScheduledAction.TIMEOUT)]
+
+
+# --- the statement budget -----------------------------------------------------------
+
+def test_an_email_costs_three_statements_to_render_one_for_its_limits_and_three_to_send(
+        acme, standin, client) -> None:
+    # A first email warms the plan cache and the connection, as a running worker has.
+    delivery.send_message(delivery.render_action(send_action("first@example.com").id), client)
+    action = send_action("ada@example.com", first_name="Ada")
+
+    with counting() as render:
+        message_id = delivery.render_action(action.id)
+    # the joined read; then, in one transaction, the message and the action marked done
+    assert render.kinds == ["SELECT", "INSERT", "UPDATE"], render.sql
+    assert render.transactions == 1
+
+    with counting() as limits:
+        assert len(send_rate_limits(limits_message(message_id))) == 5
+    assert limits.kinds == ["SELECT"], limits.sql
+
+    with counting() as send:
+        assert delivery.send_message(message_id, client).status == "sent"
+    # the claim, which returns the row and the checks; then, in one transaction,
+    # the message marked sent and the node's timers
+    assert send.kinds == ["UPDATE", "UPDATE", "INSERT"], send.sql
+    assert send.transactions == 1
+
+    message = OutboundMessage.get_by_id(message_id)
+    assert (message.status, message.subject, message.attempts) == ("sent", "Welcome, Ada", 1)
+    assert message.provider_message_id == standin.messages[-1].x_message_id
+    assert timers_of(action.enrollment_id) == [("intro", "no_open")]
+
+
+def test_replays_cost_two_statements_and_change_nothing(rendered, standin, client) -> None:
+    with counting() as render:
+        assert delivery.render_action(rendered.action_id) == rendered.id
+    assert render.kinds == ["SELECT", "SELECT"] and render.transactions == 0
+    assert delivery.send_message(rendered.id, client).status == "sent"
+    with counting() as send:
+        assert delivery.send_message(rendered.id, client).status == "replay"
+    assert send.kinds == ["UPDATE", "SELECT"] and send.transactions == 0
+    assert len(standin.messages) == 1
+    assert OutboundMessage.select().count() == 1
+    assert timers_of(rendered.enrollment_id) == [("intro", "no_open")]
+
+
+# --- the same decisions, on both databases -------------------------------------------
+
+def test_the_rendered_message_holds_what_the_render_read(rendered) -> None:
+    assert (rendered.status, rendered.node, rendered.attempts) == ("rendered", "intro", 0)
+    assert (rendered.to_email, rendered.from_email, rendered.from_name) == (
+        "ada@example.com", "sales@acme.test", "Acme Sales")
+    assert rendered.categories == ["onboarding"]
+    assert rendered.headers["List-Unsubscribe"].startswith("<http://localhost:8000/unsubscribe/")
+    assert "https://example.com/start" in rendered.text
+    action = ScheduledAction.get_by_id(rendered.action_id)
+    assert (action.status, action.result, action.message_id) == ("done", "rendered", rendered.id)
+
+
+def test_the_plans_sender_is_used_and_a_missing_one_fails_the_render(acme) -> None:
+    SenderIdentity.create(tenant="acme", email="news@acme.test", name="Acme News", verified=True)
+    load_plan(sender="News@Acme.test")  # a later version: new enrollments take it
+    message = OutboundMessage.get_by_id(delivery.render_action(send_action("ada@example.com").id))
+    assert (message.from_email, message.from_name) == ("news@acme.test", "Acme News")
+
+    load_plan(sender="nobody@acme.test")
+    action = send_action("bob@example.com")
+    assert delivery.render_action(action.id) is None
+    action = ScheduledAction.get_by_id(action.id)
+    assert action.status == "failed" and "no sender identity 'nobody@acme.test'" in action.result
+    assert Enrollment.get_by_id(action.enrollment_id).status == "failed"
+
+
+def test_a_tenant_without_sender_prefers_a_verified_one_or_fails_the_render(db) -> None:
+    Tenant.create(id="acme", name="")
+    load_plan()
+    action = send_action("ada@example.com")
+    assert delivery.render_action(action.id) is None
+    assert "tenant 'acme' has no sender identity" in ScheduledAction.get_by_id(action.id).result
+
+    SenderIdentity.create(tenant="acme", email="draft@acme.test", verified=False)
+    SenderIdentity.create(tenant="acme", email="sales@acme.test", verified=True)
+    message = OutboundMessage.get_by_id(delivery.render_action(send_action("bob@example.com").id))
+    assert message.from_email == "sales@acme.test"
+
+
+def test_an_enrollment_that_moved_on_skips_the_render_and_cancels_the_send(acme, client) -> None:
+    # A move cancels the node's pending send; one already taken by a worker is not.
+    action = send_action("ada@example.com")
+    Enrollment.update(version=Enrollment.version + 1).execute()
+    assert delivery.render_action(action.id) is None
+    assert ScheduledAction.get_by_id(action.id).status == "skipped"
+    assert ScheduledAction.get_by_id(action.id).result == "enrollment moved on"
+    action = send_action("cy@example.com")
+    engine.process_event(action.enrollment_id, "clicked", node="intro")
+    assert delivery.render_action(action.id) is None
+    assert ScheduledAction.get_by_id(action.id).status == "cancelled"
+
+    action = send_action("bob@example.com")
+    message_id = delivery.render_action(action.id)
+    engine.process_event(action.enrollment_id, "clicked", node="intro")
+    assert delivery.send_message(message_id, client).status == "cancelled"
+    assert OutboundMessage.get_by_id(message_id).error == "enrollment moved on before sending"
+
+
+@pytest.mark.parametrize("stored_as", ["ada@example.com", "Ada@Example.com"])
+def test_a_suppression_made_after_the_render_still_wins(rendered, standin, client,
+                                                        stored_as) -> None:
+    # An address stored other than lower-cased is looked up on its own, as before.
+    OutboundMessage.update(to_email=stored_as).where(OutboundMessage.id == rendered.id).execute()
+    suppress("acme", "ADA@example.com", "unsubscribed", "test")
+    assert delivery.send_message(rendered.id, client).status == "suppressed"
+    assert standin.messages == []
+    assert Enrollment.get_by_id(rendered.enrollment_id).exit_reason == "suppressed"
+
+
+def test_an_unverified_or_removed_sender_never_sends(rendered, acme, standin, client) -> None:
+    SenderIdentity.update(verified=False).execute()
+    result = delivery.send_message(rendered.id, client)
+    assert result.status == "failed" and "not a verified sender" in result.detail
+
+    other = OutboundMessage.get_by_id(delivery.render_action(send_action("bob@example.com").id))
+    SenderIdentity.delete().execute()
+    assert delivery.send_message(other.id, client).status == "failed"
+    assert Enrollment.get_by_id(other.enrollment_id).status == "failed"
+    assert standin.messages == []
+
+
+def test_a_retry_gives_the_claim_back_and_the_last_attempt_fails(rendered, standin,
+                                                                 client) -> None:
+    standin.fail_next(503, count=2)
+    with pytest.raises(delivery.RetryableSendError):
+        delivery.send_message(rendered.id, client)
+    assert OutboundMessage.get_by_id(rendered.id).status == "rendered"
+    assert delivery.send_message(rendered.id, client, final_attempt=True).status == "failed"
+    message = OutboundMessage.get_by_id(rendered.id)
+    assert (message.status, message.attempts) == ("failed", 2)
+    assert Enrollment.get_by_id(rendered.enrollment_id).status == "failed"
+
+
+def test_a_message_without_enrollment_or_action_is_sent_without_timers(acme, standin,
+                                                                       client) -> None:
+    OutboundMessage.create(
+        id="msg_loose", tenant="acme", dedupe_key="loose", status="rendered",
+        to_email="ada@example.com", from_email="sales@acme.test", subject="Hello",
+        html="<p>Hello</p>", text="Hello", created_at=utcnow(),
+    )
+    assert delivery.send_message("msg_loose", client).status == "sent"
+    assert [m.custom_args["outreach_message_id"] for m in standin.messages] == ["msg_loose"]
+    assert ScheduledAction.select().where(ScheduledAction.kind == "timeout").count() == 0
+
+
+def test_send_rate_limits_read_the_tenants_and_the_senders_overrides(rendered) -> None:
+    Tenant.update(rate_limits={"tenant_per_hour": 7, "sender_per_hour": 9}).execute()
+    SenderIdentity.update(rate_limits={"sender_per_minute": 3}).execute()
+    limits = {(limit.scope, limit.period_ms): limit.limit
+              for limit in send_rate_limits(limits_message(rendered.id))}
+    assert limits[("tenant", 3_600_000)] == 7
+    assert limits[("sender", 3_600_000)] == 9
+    assert limits[("sender", 60_000)] == 3
+    # A sender that is no identity (any more) takes the tenant's and the settings' limits.
+    SenderIdentity.delete().execute()
+    assert len(send_rate_limits(limits_message(rendered.id))) == 5
+    # Nothing will be sent: no slot taken.
+    OutboundMessage.update(status="sent").execute()
+    assert send_rate_limits(limits_message(rendered.id)) == []
+    assert send_rate_limits(limits_message("msg_missing")) == []
+    assert send_rate_limits(limits_message(None)) == []
