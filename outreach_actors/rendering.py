@@ -106,11 +106,16 @@ class _SandboxedEnvironment(ImmutableSandboxedEnvironment):
     steps, but ``10 ** (10 ** 10)`` or ``"x" * 10**10`` is one C call that takes minutes
     of CPU or all memory before anything can stop it. Intercepting the operators also
     stops Jinja from folding them as constants at compile time, so checking such a
-    template does not hang. Other single calls can still build a huge string (a string
-    method or filter given a huge width); the worker's memory limit is the backstop.
+    template does not hang. For the same reason the calls that pad to a width
+    (``'x'.center(10**9)``, ``|center``, ``|indent``, a format spec such as
+    ``{:>999999999}`` or ``%999999999s``) are refused when the width passes the output
+    limit.
+
+    Private names (``_x``) are refused outright: Jinja falls back from ``obj.x`` to
+    ``obj['x']``, which turned ``dict.__globals__`` into ``dict['__globals__']``.
     """
 
-    intercepted_binops = frozenset({"**", "*"})
+    intercepted_binops = frozenset({"**", "*", "%"})
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -120,12 +125,93 @@ class _SandboxedEnvironment(ImmutableSandboxedEnvironment):
         self.globals["lipsum"] = lambda n=5, *args, **kwargs: lipsum(
             _bounded_count(n, MAX_LIPSUM_PARAGRAPHS), *args, **kwargs)
 
+        # Filters do not go through call(): the padding ones are guarded here.
+        for name in _WIDTH_FILTERS:
+            self.filters[name] = _width_guarded(self.filters[name])
+        self.filters["format"] = _format_guarded(self.filters["format"])
+
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "**":
             _check_power(left, right)
-        else:
+        elif operator == "*":
             _check_product(left, right)
+        elif isinstance(left, str):
+            _check_format_widths(left)
         return super().call_binop(context, operator, left, right)
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(attribute, str) and attribute.startswith("_"):
+            return self.unsafe_undefined(obj, attribute)
+        return super().getattr(obj, attribute)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        # (Jinja's own signature: a template may pass keywords named self or context.)
+        name = getattr(__obj, "__name__", "")
+        if name in _WIDTH_METHODS and isinstance(getattr(__obj, "__self__", None), str):
+            _check_width(args[0] if args else kwargs.get("width"), f"str.{name}")
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        # The sandbox hands str.format and format_map to its own formatter; check first.
+        owner = getattr(value, "__self__", None)
+        if not isinstance(owner, str) or getattr(value, "__name__", "") not in {
+                "format", "format_map"}:
+            return super().wrap_str_format(value)
+        _check_format_widths(owner)
+        formatter = super().wrap_str_format(value)
+        if formatter is None or not _NESTED_FORMAT_WIDTH.search(owner):
+            return formatter
+
+        def checked(*args: Any, **kwargs: Any) -> str:
+            # '{:>{w}}'.format(x, w=10**9): the width comes in as an argument.
+            for arg in (*args, *kwargs.values()):
+                for width in (arg.values() if isinstance(arg, Mapping) else [arg]):
+                    _check_width(width, "a format width")
+            return formatter(*args, **kwargs)
+
+        return checked
+
+
+# Calls whose output grows with a width argument, which one C call would fill.
+_WIDTH_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
+_WIDTH_FILTERS = ("center", "indent")
+# A width or precision of 8 digits or more in a str.format or printf-style spec.
+_NESTED_FORMAT_WIDTH = re.compile(r"\{[^{}]*:[^{}]*\{")
+_HUGE_FORMAT_WIDTH = re.compile(r"\{[^{}]*:[^{}]*\d{8,}[^{}]*\}|%[-#0 +]*(?:\d{8,}|\*?\.\d{8,})")
+
+
+def _check_width(width: Any, what: str) -> None:
+    if isinstance(width, int) and width > MAX_OUTPUT_CHARS:
+        raise RenderError(f"{what}({width:,}) would pass the output limit of "
+                          f"{MAX_OUTPUT_CHARS:,} characters")
+    if isinstance(width, str) and len(width) > MAX_OUTPUT_CHARS:
+        raise RenderError(f"{what} was given a width string longer than the output limit")
+
+
+def _check_format_widths(template: str) -> None:
+    if _HUGE_FORMAT_WIDTH.search(template):
+        raise RenderError("a format width would pass the output limit of "
+                          f"{MAX_OUTPUT_CHARS:,} characters")
+
+
+def _width_guarded(jinja_filter: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(jinja_filter)
+    def guarded(value: Any, *args: Any, **kwargs: Any) -> Any:
+        # center(value, width) and indent(value, width)
+        _check_width(args[0] if args else kwargs.get("width"), f"|{jinja_filter.__name__[3:]}")
+        return jinja_filter(value, *args, **kwargs)
+
+    return guarded
+
+
+def _format_guarded(jinja_filter: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(jinja_filter)
+    def guarded(value: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(value, str):
+            _check_format_widths(value)
+        return jinja_filter(value, *args, **kwargs)
+
+    return guarded
 
 
 MAX_LIPSUM_PARAGRAPHS = 100

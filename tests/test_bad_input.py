@@ -547,6 +547,8 @@ def test_sandbox_escape_attempts_fail_cleanly_at_check_or_render(
     "{{ cycler.__init__.__globals__.os }}", "{{ joiner.__init__.__globals__ }}",
     "{{ namespace.__init__.__globals__ }}", "{{ lipsum.__globals__['os'] }}",
     "{{ self.__init__.__globals__.__builtins__ }}", "{{ contact['__class__'] }}",
+    # Jinja falls back from .x to ['x']: on the dict type that gave a generic alias.
+    "{% if (dict).__globals__ %}yes{% endif %}",
 ])
 def test_private_names_are_reported_by_check_and_refused_at_render(source: str) -> None:
     problems = RENDERER.check_template(subject="Hi", template=None, body=source)
@@ -567,6 +569,18 @@ RESOURCE_BOMBS = {
     "deep expression": "{{" + "(" * 2_000 + "1" + ")" * 2_000 + "}}",
     "deep blocks": "{% if 1 %}" * 2_000 + "{% endif %}" * 2_000,
     "NUL in an include": "{% include 'a\\x00b' %}",
+    # One C call that pads to a huge width, before any output limit can act.
+    "huge str.center": "{{ 'x'.center(10**9) }}",
+    "huge str.ljust by keyword": "{{ 'x'.ljust(width=10**9) }}",
+    "huge str.zfill": "{{ '1'.zfill(10**9) }}",
+    "huge center filter": "{{ 'x'|center(10**9) }}",
+    "huge indent filter": "{{ 'x\\ny'|indent(10**9) }}",
+    "huge str.format width": "{{ '{:>999999999}'.format('x') }}",
+    "huge nested str.format width": "{{ '{:>{w}}'.format('x', w=10**9) }}",
+    "huge format_map width": "{{ '{x:>999999999}'.format_map({'x': 1}) }}",
+    "huge printf width": "{{ '%999999999s' % 'x' }}",
+    "huge printf precision": "{{ '%.999999999f' % 1 }}",
+    "huge format filter width": "{{ '%999999999s'|format('x') }}",
 }
 
 
@@ -581,6 +595,15 @@ def test_resource_bombs_fail_fast_with_a_render_error(source: str) -> None:
 
     assert isinstance(problems, list)
     assert time.monotonic() - started < 5
+
+
+def test_padding_and_formatting_within_the_limit_still_work() -> None:
+    body = ("{{ '{:,}'.format(5000000) }}|{{ 'x'.center(5) }}|{{ 'a'|center(3) }}|"
+            "{{ '%05d' % 42 }}|{{ 7 % 3 }}|{{ '{:>{w}}'.format('y', w=3) }}|{{ '%s!'|format('hi') }}|"
+            "Call 0123456789012 {}")
+    rendered = RENDERER.render_email(subject="Hi", template=None, body=body,
+                                     context=template_context())
+    assert rendered.html == "5,000,000|  x  | a |00042|1|  y|hi!|Call 0123456789012 {}"
 
 
 @pytest.mark.timeout(5)
