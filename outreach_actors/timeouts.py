@@ -85,13 +85,15 @@ def fire_timeouts(action_ids: Sequence[int], *, now: datetime | None = None) -> 
     if not claimed:
         return outcomes
     tag(action=claimed[0].id if len(claimed) == 1 else f"{len(claimed)} timers")
-    try:
-        # An enrollment's second timer in one batch waits for the first to have moved it.
-        for batch in _one_per_enrollment(claimed):
+    # An enrollment's second timer in one batch waits for the first to have moved it.
+    rounds = _one_per_enrollment(claimed)
+    for index, batch in enumerate(rounds):
+        try:
             outcomes.update(_fire(batch, now))
-    except BaseException:
-        _release_quietly([action for action in claimed if outcomes[action.id] == REPLAY])
-        raise
+        except BaseException:
+            # This round rolled back; it and the rounds after it were not run.
+            _release_quietly([action for later in rounds[index:] for action in later])
+            raise
     return outcomes
 
 

@@ -185,8 +185,12 @@ def refuse_inserts(database, table: str) -> tuple[list[str], list[str]]:
 
 
 def test_a_failed_batch_gives_its_claims_back_for_the_retry(db) -> None:
-    timers = sent_intros(3)
+    timers = sent_intros(4)
     ids = [timer.id for timer in timers]
+    # One contact bounced while its timer was already enqueued: a skip, rolled back too.
+    moved_on = timers[-1]
+    engine.process_event(moved_on.enrollment_id, "bounced", node="intro")
+    ScheduledAction.update(status="enqueued").where(ScheduledAction.id == moved_on.id).execute()
     # A real failure inside the transaction: the synthetic events cannot be stored.
     refuse, allow = refuse_inserts(db, MessageEvent._meta.table_name)
     for statement in refuse:
@@ -196,13 +200,14 @@ def test_a_failed_batch_gives_its_claims_back_for_the_retry(db) -> None:
             timeouts.fire_timeouts(ids)
         assert {a.status for a in ScheduledAction.select().where(ScheduledAction.id.in_(ids))} == {
             "enqueued"}
-        assert Enrollment.select().where(Enrollment.current_node != "intro").count() == 0
+        assert Enrollment.select().where(Enrollment.current_node == "bump").count() == 0
     finally:
         for statement in allow:
             db.execute_sql(statement)
     # The message's retry claims them again and fires each once.
-    assert timeouts.fire_timeouts(ids) == dict.fromkeys(ids, "fired")
-    assert synthetic_events() == dict.fromkeys(ids, 1)
+    assert timeouts.fire_timeouts(ids) == {**dict.fromkeys(ids[:-1], "fired"),
+                                           moved_on.id: "moved-on"}
+    assert synthetic_events() == dict.fromkeys(ids[:-1], 1)
 
 
 def test_timers_due_together_share_a_message_and_none_is_sent_early() -> None:
