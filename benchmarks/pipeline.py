@@ -60,7 +60,7 @@ class Size:
 
 
 FULL = Size(emails=3000, noop_chains=6000, timeouts=6000)
-QUICK = Size(emails=400, noop_chains=1500, timeouts=1000)
+QUICK = Size(emails=400, noop_chains=1500, timeouts=3000)
 
 
 @dramatiq.actor(queue_name=NOOP_QUEUES[0])

@@ -28,6 +28,7 @@ from .models import (
     ScheduledAction,
     Tenant,
     database_proxy,
+    insert_rows,
     utcnow,
 )
 from .plans import ENGAGEMENT_TIMEOUTS, TIMEOUT_EVENTS, plan_from_definition
@@ -171,11 +172,11 @@ def _enter(
     if not enrollments:
         return
     node = plan.node(node_name)
-    NodeVisit.insert_many([
+    insert_rows(NodeVisit, [
         {"enrollment": enrollment.id, "node": node_name, "via_event": via_event,
          "entered_at": now, "version": enrollment.version}
         for enrollment in enrollments
-    ]).execute()
+    ])
     if node.type == "email":
         # The contact's zone matters only inside a send window: skip the query otherwise.
         zones = _contact_zones(enrollments) if plan.send_window else {}
@@ -221,12 +222,12 @@ def _schedule(actions: Sequence[tuple[Enrollment, str, str, str | None, datetime
     current visits; one already there (same dedupe key) is left as it is."""
     if not actions:
         return
-    ScheduledAction.insert_many([
+    insert_rows(ScheduledAction, [
         {"enrollment": enrollment.id, "node": node, "kind": kind, "event": event,
          "run_at": run_at, "visit_version": enrollment.version,
          "dedupe_key": f"{kind}:{enrollment.id}:{node}:{event or '-'}:{enrollment.version}"}
         for enrollment, node, kind, event, run_at in actions
-    ]).on_conflict_ignore().execute()
+    ], ignore_conflicts=True)
 
 
 def _timeout_duration(event: str, after: timedelta | None) -> timedelta:
@@ -391,13 +392,13 @@ def after_send(
     if not transitions:
         return
     sent_at = message.sent_at or now or utcnow()
-    ScheduledAction.insert_many([
+    insert_rows(ScheduledAction, [
         {"enrollment": message.enrollment_id, "node": node, "kind": ScheduledAction.TIMEOUT,
          "event": transition.on, "message": message.id, "visit_version": visit_version,
          "dedupe_key": f"timeout:{message.enrollment_id}:{node}:{transition.on}:{visit_version}",
          "run_at": sent_at + _timeout_duration(transition.on, transition.after)}
         for transition in transitions
-    ]).on_conflict_ignore().execute()
+    ], ignore_conflicts=True)
 
 
 # The real events each engagement timeout waits for. A click counts as an open

@@ -16,7 +16,14 @@ from datetime import datetime
 
 from . import engine
 from .metrics import count, observe
-from .models import Enrollment, MessageEvent, ScheduledAction, utcnow, write_transaction
+from .models import (
+    Enrollment,
+    MessageEvent,
+    ScheduledAction,
+    insert_rows,
+    utcnow,
+    write_transaction,
+)
 from .observability import tag
 from .plans import ENGAGEMENT_TIMEOUTS
 from .settings import get_settings
@@ -165,14 +172,14 @@ def _record_and_move(due: list[ScheduledAction], enrollments: dict[int, Enrollme
                      now: datetime) -> set[int]:
     """Store each timer's synthetic event once and move its enrollment; returns the
     ids of the enrollments that moved."""
-    MessageEvent.insert_many([
+    insert_rows(MessageEvent, [
         {"message": action.message_id, "tenant": enrollments[action.enrollment_id].tenant_id,
          "type": action.event, "synthetic": True, "event_key": f"action:{action.id}",
          "occurred_at": now, "action": action.id, "scheduled_for": action.run_at,
          "data": {"scheduled_for": action.run_at.isoformat(), "fired_at": now.isoformat(),
                   "node": action.node}}
         for action in due
-    ]).on_conflict_ignore().execute()
+    ], ignore_conflicts=True)
     by_event: dict[str, list[Enrollment]] = defaultdict(list)
     for action in due:
         by_event[action.event].append(enrollments[action.enrollment_id])
