@@ -58,7 +58,8 @@ def dispatch_due_actions(
 ) -> int:
     """Claim actions due within the horizon and hand them to ``enqueue``; returns the count."""
     settings = settings or get_settings()
-    now = now or utcnow()
+    clock = (lambda: now) if now is not None else utcnow
+    now = clock()
     horizon = now + settings.dispatch_horizon
     total = 0
     while True:
@@ -73,7 +74,10 @@ def dispatch_due_actions(
         lease_until = horizon + settings.action_lease
         actions = _claim(query, now, lease_until)
         if actions:
-            enqueue([(action, max(0, int((action.run_at - now).total_seconds() * 1000)))
+            # Delays count from now, not from the start: claiming a large backlog
+            # takes a while, and every timer would be late by that much.
+            sent_at = clock()
+            enqueue([(action, max(0, int((action.run_at - sent_at).total_seconds() * 1000)))
                      for action in actions])
         total += len(actions)
         if len(actions) < settings.dispatch_batch_size:
