@@ -135,6 +135,16 @@ def reconcile_expired_leases(
     return len(actions)
 
 
+def note_send_waiting(message_id: str, until: datetime) -> None:
+    """Record that a rendered message's send is waiting in the broker until ``until``
+    (a rate-limit deferral): reconcile_stuck_messages leaves it alone until a lease
+    after that, instead of taking it for a lost send and enqueueing another."""
+    OutboundMessage.update(requeued_at=until).where(
+        OutboundMessage.id == message_id, OutboundMessage.status == OutboundMessage.RENDERED,
+        (OutboundMessage.requeued_at.is_null()) | (OutboundMessage.requeued_at < until),
+    ).execute()
+
+
 def reconcile_stuck_messages(
     enqueue_send: EnqueueSend, *, now: datetime | None = None, settings: Settings | None = None,
 ) -> tuple[int, int]:
@@ -143,7 +153,8 @@ def reconcile_stuck_messages(
     A message ``rendered`` long ago lost its send message: enqueue it again (the
     send claims ``rendered -> sending``, so a duplicate is harmless), at most once
     per lease, since it may only be waiting (a retry backoff, a rate-limit
-    deferral) and each pass would otherwise pile another copy on the queue. A message left
+    deferral) and each pass would otherwise pile another copy on the queue; a
+    deferred send says how long it waits (note_send_waiting). A message left
     ``sending`` past the lease may or may not have reached SendGrid: it becomes
     ``ambiguous`` and is never resent silently (see README, "Guarantees").
     """

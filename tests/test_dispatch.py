@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -109,3 +110,61 @@ def test_interrupted_sends_become_ambiguous_and_lost_sends_are_requeued(enrollme
     later = utcnow() + settings.action_lease + timedelta(seconds=1)
     assert dispatch.reconcile_stuck_messages(requeued.append, now=later, settings=settings) == (1, 0)
     assert requeued == ["lost", "lost"]
+
+
+def test_a_send_waiting_out_a_rate_limit_is_not_taken_for_a_lost_one(enrollments, data_dir) -> None:
+    # Given a message rendered an hour ago whose send a rate limit holds back 20 minutes
+    settings = make_settings(data_dir)
+    now = utcnow()
+    action = ScheduledAction.select().first()
+    OutboundMessage.create(
+        id="waiting", dedupe_key="k1", status="rendered", tenant="acme",
+        enrollment=action.enrollment, action=action, node="intro", to_email="a@example.com",
+        from_email="sales@acme.test", subject="s", html="h", text="t",
+        created_at=now - timedelta(hours=1))
+    dispatch.note_send_waiting("waiting", now + timedelta(minutes=20))
+    requeued: list[str] = []
+    # When the reconciler passes while it waits, and a lease after that
+    past_lease = now + settings.action_lease + timedelta(seconds=1)
+    assert dispatch.reconcile_stuck_messages(requeued.append, now=past_lease,
+                                             settings=settings) == (0, 0)
+    back = now + timedelta(minutes=20) + settings.action_lease + timedelta(seconds=1)
+    assert dispatch.reconcile_stuck_messages(requeued.append, now=back,
+                                             settings=settings) == (1, 0)
+    # Then it is enqueued again only once its wait and a lease passed with no send
+    assert requeued == ["waiting"]
+    # and an earlier "until" never shortens a longer wait already noted.
+    dispatch.note_send_waiting("waiting", now)
+    assert OutboundMessage.get_by_id("waiting").requeued_at == back
+
+
+def test_the_send_actor_notes_its_rate_limit_deferrals(data_dir, sqlite_db, stub_broker,
+                                                       stub_worker) -> None:
+    from outreach_actors.actors.pipeline import enqueue_actions
+    from outreach_actors.settings import configure
+    from outreach_actors.testing import SendGridStandIn
+
+    with SendGridStandIn(api_key="SG.test-key") as standin:
+        configure(make_settings(data_dir, sendgrid_api_host=standin.host))
+        try:
+            # Given a tenant allowed one email an hour, and two contacts due now
+            make_tenant()
+            load_plan()
+            models.Tenant.update(rate_limits={"sender_per_hour": 1}).execute()
+            for email in ("ada@example.com", "bob@example.com"):
+                engine.enroll("acme", email, "onboarding", fields={"first_name": "A"})
+            started = utcnow()
+            dispatch.dispatch_due_actions(enqueue_actions)
+            # (No join: the deferred copy waits ten minutes in the delay queue.)
+            noted = OutboundMessage.select().where(OutboundMessage.status == "rendered",
+                                                   OutboundMessage.requeued_at.is_null(False))
+            deadline = time.monotonic() + 20
+            while not (noted.exists() and len(standin.messages) == 1):
+                assert time.monotonic() < deadline, "no send went, or the deferral was not noted"
+                time.sleep(0.05)
+        finally:
+            configure(None)
+    # Then one went, and the other, held back, says it waits (max_deferral, 10 min)
+    assert len(standin.messages) == 1
+    waiting = OutboundMessage.get(OutboundMessage.status == "rendered")
+    assert started + timedelta(minutes=9) < waiting.requeued_at <= utcnow() + timedelta(minutes=10)

@@ -307,6 +307,36 @@ def test_a_long_wait_is_split_into_max_deferral_steps(data_dir: Path) -> None:
     assert {delay for _, delay in recorder.deferrals} == {150}
 
 
+def test_on_deferral_hears_each_deferral_and_its_failure_does_not_stop_it(stub_broker) -> None:
+    recorder = EnqueueRecorder()
+    stub_broker.add_middleware(recorder)
+    heard: list[tuple[int, int]] = []
+
+    def on_deferral(message, delay_ms):
+        heard.append((message.args[0], delay_ms))
+        raise RuntimeError("the database is down")  # logged; the deferral stands
+
+    @dramatiq.actor(broker=stub_broker, queue_name="noted",
+                    rate_limits=lambda message: [Limit("sender", "noted", 1, HOUR_MS)],
+                    on_deferral=on_deferral)
+    def noted_send(n: int) -> None:
+        pass
+
+    worker = dramatiq.Worker(stub_broker, worker_timeout=50, worker_threads=1)
+    worker.start()
+    try:
+        noted_send.send(1)
+        noted_send.send(2)
+        wait_until(lambda: len(heard) >= 1)
+    finally:
+        worker.stop()
+    # One went; the other was deferred by max_deferral (10 minutes), which the hook
+    # heard, and its failure did not undo the deferral.
+    [(n, delay_ms)] = heard
+    assert n in {1, 2} and delay_ms == 600_000
+    assert [delay for _, delay in recorder.deferrals] == [600_000]
+
+
 def test_limits_that_cannot_be_computed_fail_the_message_instead_of_running_it(
     stub_broker, stub_worker
 ) -> None:

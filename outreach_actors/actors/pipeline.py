@@ -7,6 +7,7 @@ row claims and by the idempotency middleware, rate limits by the rate-limit one.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -15,7 +16,7 @@ from dramatiq.middleware import CurrentMessage
 from peewee import JOIN
 
 from .. import delivery, dispatch, timeouts
-from ..models import OutboundMessage, ScheduledAction, SenderIdentity, Tenant
+from ..models import OutboundMessage, ScheduledAction, SenderIdentity, Tenant, utcnow
 from ..ratelimit import Limit, default_limits
 from ..settings import get_settings
 
@@ -74,8 +75,15 @@ def send_rate_limits(message: dramatiq.Message) -> list[Limit]:
     )
 
 
+def send_deferred(message: dramatiq.Message, delay_ms: int) -> None:
+    """A send held back by its rate limits waits in the broker, not lost: say until when."""
+    message_id = message.args[0] if message.args else None
+    if message_id is not None:
+        dispatch.note_send_waiting(message_id, utcnow() + timedelta(milliseconds=delay_ms))
+
+
 @dramatiq.actor(queue_name="send", max_retries=SEND_MAX_RETRIES, min_backoff=5_000,
-                max_backoff=600_000, rate_limits=send_rate_limits)
+                max_backoff=600_000, rate_limits=send_rate_limits, on_deferral=send_deferred)
 def send(message_id: str | None) -> None:
     """Send one rendered message through SendGrid."""
     if message_id is None:

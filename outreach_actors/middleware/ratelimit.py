@@ -29,7 +29,11 @@ class RateLimits(Middleware):
     message is enqueued with the exact delay until every one has room, and the
     original is skipped: it is acknowledged, uses no retry, and does not reach
     Sentry. Each deferral is counted in ``outreach_ratelimit_deferrals_total``
-    and in the message option ``deferrals``.
+    and in the message option ``deferrals``. An actor may also name
+    ``on_deferral``: a callable given the message and the delay in milliseconds
+    once the copy is enqueued (the send uses it to tell the reconciler that its
+    message is waiting, not lost). Its errors are logged, not raised: the
+    deferral has happened.
 
     Parameters:
       limiter_for(Callable[[Broker], RateLimiter]): Builds the limiter for the
@@ -53,7 +57,7 @@ class RateLimits(Middleware):
 
     @property
     def actor_options(self) -> set[str]:
-        return {"rate_limits"}
+        return {"rate_limits", "on_deferral"}
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         # Several workers may share one broker (and an in-process limiter) in tests.
@@ -79,6 +83,13 @@ class RateLimits(Middleware):
             ) from exc
         scope = decision.refused_by.scope
         count("outreach_ratelimit_deferrals_total", scope=scope)
+        on_deferral = broker.get_actor(message.actor_name).options.get("on_deferral")
+        if on_deferral is not None:
+            try:
+                on_deferral(message, delay)
+            except Exception:
+                self.logger.warning("on_deferral of message %r failed", message.message_id,
+                                    exc_info=True)
         self.logger.info(
             "Deferred message %r by %d ms: its %s rate limit is full.",
             message.message_id, delay, scope,
