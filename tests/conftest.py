@@ -26,8 +26,10 @@ from outreach_actors import models  # noqa: E402
 from outreach_actors.broker import make_broker  # noqa: E402
 from outreach_actors.db import database_from_url, ensure_postgres_database, is_postgresql  # noqa: E402
 from outreach_actors.embedded import stop_embedded_redis  # noqa: E402
+from outreach_actors.providers.sendgrid import SendGridClient  # noqa: E402
 from outreach_actors.runtime import rebind_actors  # noqa: E402
 from outreach_actors.settings import Settings, configure  # noqa: E402
+from outreach_actors.testing import SendGridStandIn  # noqa: E402
 
 REDIS_URL = os.environ.get("OUTREACH_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 RABBITMQ_URL = os.environ.get("OUTREACH_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -88,7 +90,7 @@ def make_settings(data_dir: Path, **overrides) -> Settings:
         broker_url="stub://",
         database_url=f"sqlite:///{data_dir / 'outreach.db'}",
         templates_dir=Path(__file__).resolve().parent.parent / "templates",
-        sendgrid_api_key="SG.test-key",
+        sendgrid_api_key=STANDIN_API_KEY,
     )
     values.update(overrides)
     return Settings(**values)
@@ -130,6 +132,24 @@ def settings(data_dir: Path, sqlite_db) -> Iterator[Settings]:
     configure(current)
     yield current
     configure(None)
+
+
+# --- SendGrid -----------------------------------------------------------------------
+
+# The key make_settings configures and the stand-in expects.
+STANDIN_API_KEY = "SG.test-key"
+
+
+@pytest.fixture
+def standin() -> Iterator[SendGridStandIn]:
+    """The SendGrid stand-in on loopback, reached by the real client."""
+    with SendGridStandIn(api_key=STANDIN_API_KEY) as server:
+        yield server
+
+
+@pytest.fixture
+def sendgrid_client(standin: SendGridStandIn) -> SendGridClient:
+    return SendGridClient(STANDIN_API_KEY, host=standin.host, timeout_s=5.0)
 
 
 # --- brokers and workers -----------------------------------------------------------

@@ -29,7 +29,6 @@ from .conftest import make_settings
 from .factories import load_plan, make_tenant
 from .test_bad_input import fuzz
 
-API_KEY = "SG.bad-input-key"
 PLAN = """
 name: headers
 start: intro
@@ -64,18 +63,7 @@ def skip_unstorable(brk: str) -> None:
         pytest.skip("PostgreSQL cannot store NUL in a text column, so this row cannot exist")
 
 
-@pytest.fixture
-def standin() -> Iterator[SendGridStandIn]:
-    with SendGridStandIn(api_key=API_KEY) as server:
-        yield server
-
-
-@pytest.fixture
-def client(standin: SendGridStandIn) -> SendGridClient:
-    return SendGridClient(API_KEY, host=standin.host, timeout_s=5.0)
-
-
-def deliver(settings: Settings, client: SendGridClient, email: str = "ada@example.com",
+def deliver(settings: Settings, sendgrid_client: SendGridClient, email: str = "ada@example.com",
             **fields: Any) -> tuple[Enrollment, ScheduledAction, OutboundMessage | None]:
     """Enroll one contact, render its first email and send it, as the actors would."""
     enrollment = engine.enroll("acme", email, "headers", fields=fields or {"first_name": "Ada"})
@@ -83,7 +71,7 @@ def deliver(settings: Settings, client: SendGridClient, email: str = "ada@exampl
                                  ScheduledAction.kind == ScheduledAction.SEND)
     message_id = delivery.render_action(action.id, settings=settings)
     if message_id is not None:
-        delivery.send_message(message_id, client)
+        delivery.send_message(message_id, sendgrid_client)
     message = OutboundMessage.get_or_none(OutboundMessage.id == message_id) if message_id else None
     return (Enrollment.get_by_id(enrollment.id), ScheduledAction.get_by_id(action.id), message)
 
@@ -97,12 +85,12 @@ def assert_send_refused(message: OutboundMessage | None, field: str, standin: Se
     assert standin.requests == []
 
 
-def test_a_clean_contact_reaches_the_stand_in(db, standin, client) -> None:
+def test_a_clean_contact_reaches_the_stand_in(db, standin, sendgrid_client) -> None:
     # The control: the same path with clean input sends, so the refusals below are real.
     make_tenant("acme")
     load_plan(PLAN)
 
-    enrollment, _, message = deliver(db, client)
+    enrollment, _, message = deliver(db, sendgrid_client)
 
     assert message.status == OutboundMessage.SENT
     [accepted] = standin.messages
@@ -111,12 +99,12 @@ def test_a_clean_contact_reaches_the_stand_in(db, standin, client) -> None:
 
 @pytest.mark.parametrize("brk", [*BREAKS, "\u2028", "\x85", "\x0b"])
 def test_a_line_break_in_a_contact_field_fails_the_render_of_the_subject(
-    db, standin, client, brk: str
+    db, standin, sendgrid_client, brk: str
 ) -> None:
     make_tenant("acme")
     load_plan(PLAN)
 
-    enrollment, action, message = deliver(db, client, first_name=f"Ada{brk}{INJECTION}")
+    enrollment, action, message = deliver(db, sendgrid_client, first_name=f"Ada{brk}{INJECTION}")
 
     assert message is None and OutboundMessage.select().count() == 0
     assert action.status == ScheduledAction.FAILED
@@ -126,40 +114,40 @@ def test_a_line_break_in_a_contact_field_fails_the_render_of_the_subject(
 
 
 @pytest.mark.parametrize("brk", BREAKS)
-def test_a_line_break_in_the_sender_name_fails_the_message(db, standin, client, brk: str) -> None:
+def test_a_line_break_in_the_sender_name_fails_the_message(db, standin, sendgrid_client, brk: str) -> None:
     skip_unstorable(brk)
     make_tenant("acme")
     SenderIdentity.update(name=f"Acme{brk}{INJECTION}").execute()
     load_plan(PLAN)
 
-    enrollment, _, message = deliver(db, client)
+    enrollment, _, message = deliver(db, sendgrid_client)
 
     assert_send_refused(message, "from_name", standin, enrollment)
 
 
 @pytest.mark.parametrize("brk", BREAKS)
 def test_a_line_break_in_the_sender_address_fails_the_message(
-    db, standin, client, brk: str
+    db, standin, sendgrid_client, brk: str
 ) -> None:
     # The CLI refuses such an address; a row written by other means must not get through.
     skip_unstorable(brk)
     make_tenant("acme", sender=f"sales@acme.test{brk}{INJECTION}")
     load_plan(PLAN)
 
-    enrollment, _, message = deliver(db, client)
+    enrollment, _, message = deliver(db, sendgrid_client)
 
     assert_send_refused(message, "from_email", standin, enrollment)
 
 
 @pytest.mark.parametrize("brk", BREAKS)
 def test_a_line_break_in_the_recipient_address_refuses_the_enrollment(
-    db, standin, client, brk: str
+    db, standin, sendgrid_client, brk: str
 ) -> None:
     make_tenant("acme")
     load_plan(PLAN)
 
     with pytest.raises(engine.EnrollmentError, match="not a valid email address"):
-        deliver(db, client, email=f"ada@example.com{brk}{INJECTION}")
+        deliver(db, sendgrid_client, email=f"ada@example.com{brk}{INJECTION}")
 
     assert models.Contact.select().count() == 0 and Enrollment.select().count() == 0
     assert standin.requests == []
@@ -176,7 +164,7 @@ def test_a_line_break_in_the_public_url_is_refused_at_start(brk: str, data_dir) 
 @pytest.mark.parametrize("brk", BREAKS)
 @pytest.mark.parametrize("where", ["plan", "node"])
 def test_a_line_break_in_a_category_is_refused_when_the_plan_is_loaded(
-    db, standin, client, brk: str, where: str
+    db, standin, sendgrid_client, brk: str, where: str
 ) -> None:
     make_tenant("acme")
     evil = f"spring{brk}{INJECTION}"
@@ -188,23 +176,23 @@ def test_a_line_break_in_a_category_is_refused_when_the_plan_is_loaded(
     assert standin.requests == []
 
 
-def test_a_lone_surrogate_in_a_contact_field_fails_the_render_cleanly(db, standin, client) -> None:
+def test_a_lone_surrogate_in_a_contact_field_fails_the_render_cleanly(db, standin, sendgrid_client) -> None:
     make_tenant("acme")
     load_plan(PLAN)
 
-    enrollment, action, message = deliver(db, client, first_name="Ada\ud800")
+    enrollment, action, message = deliver(db, sendgrid_client, first_name="Ada\ud800")
 
     assert message is None and action.status == ScheduledAction.FAILED
     assert standin.requests == []
 
 
 def test_a_nul_in_a_contact_field_rendered_into_the_body_fails_or_sends_cleanly(
-    db, standin, client, request
+    db, standin, sendgrid_client, request
 ) -> None:
     make_tenant("acme")
     load_plan(PLAN.replace('"Hi {{ contact.first_name }}"', '"Hi"'))
 
-    enrollment, action, message = deliver(db, client, first_name="Ada\x00")
+    enrollment, action, message = deliver(db, sendgrid_client, first_name="Ada\x00")
 
     # Either way it is settled: sent (the NUL is in the HTML body, not in a header) or failed.
     assert action.status in {ScheduledAction.DONE, ScheduledAction.FAILED}

@@ -10,13 +10,8 @@ from outreach_actors.providers.sendgrid import SendGridClient
 from outreach_actors.suppressions import suppress
 from outreach_actors.testing import SendGridStandIn
 
+from .conftest import STANDIN_API_KEY
 from .factories import load_plan, make_tenant
-
-
-@pytest.fixture
-def standin():
-    with SendGridStandIn(api_key="SG.key") as server:
-        yield server
 
 
 @pytest.fixture
@@ -30,7 +25,7 @@ def rendered(settings):
 
 
 def client_for(standin: SendGridStandIn, timeout: float = 5) -> SendGridClient:
-    return SendGridClient("SG.key", standin.host, timeout)
+    return SendGridClient(STANDIN_API_KEY, standin.host, timeout)
 
 
 def status_of(message: OutboundMessage) -> str:

@@ -28,15 +28,11 @@ from outreach_actors.models import (
     Tenant,
     utcnow,
 )
-from outreach_actors.providers.sendgrid import SendGridClient
 from outreach_actors.settings import Settings, configure
 from outreach_actors.suppressions import suppress
-from outreach_actors.testing import SendGridStandIn
 
 from .conftest import make_settings
 from .factories import load_plan, make_tenant
-
-API_KEY = "SG.statements-key"
 
 
 @dataclass
@@ -80,17 +76,6 @@ def db(any_db, data_dir) -> Iterator[Settings]:
     configure(None)
 
 
-@pytest.fixture
-def standin() -> Iterator[SendGridStandIn]:
-    with SendGridStandIn(api_key=API_KEY) as server:
-        yield server
-
-
-@pytest.fixture
-def client(standin: SendGridStandIn) -> SendGridClient:
-    return SendGridClient(API_KEY, host=standin.host, timeout_s=5.0)
-
-
 def send_action(email: str, **fields) -> ScheduledAction:
     enrollment = engine.enroll("acme", email, "onboarding",
                                fields=fields or {"first_name": email.split("@")[0]})
@@ -122,9 +107,9 @@ def timers_of(enrollment_id: int) -> list[tuple[str, str]]:
 # --- the statement budget -----------------------------------------------------------
 
 def test_an_email_costs_three_statements_to_render_one_for_its_limits_and_three_to_send(
-        acme, standin, client) -> None:
+        acme, standin, sendgrid_client) -> None:
     # A first email warms the plan cache and the connection, as a running worker has.
-    delivery.send_message(delivery.render_action(send_action("first@example.com").id), client)
+    delivery.send_message(delivery.render_action(send_action("first@example.com").id), sendgrid_client)
     action = send_action("ada@example.com", first_name="Ada")
 
     with counting() as render:
@@ -138,7 +123,7 @@ def test_an_email_costs_three_statements_to_render_one_for_its_limits_and_three_
     assert limits.kinds == ["SELECT"], limits.sql
 
     with counting() as send:
-        assert delivery.send_message(message_id, client).status == "sent"
+        assert delivery.send_message(message_id, sendgrid_client).status == "sent"
     # the claim, which returns the row and the checks; then, in one transaction,
     # the message marked sent and the node's timers
     assert send.kinds == ["UPDATE", "UPDATE", "INSERT"], send.sql
@@ -150,13 +135,13 @@ def test_an_email_costs_three_statements_to_render_one_for_its_limits_and_three_
     assert timers_of(action.enrollment_id) == [("intro", "no_open")]
 
 
-def test_replays_cost_two_statements_and_change_nothing(rendered, standin, client) -> None:
+def test_replays_cost_two_statements_and_change_nothing(rendered, standin, sendgrid_client) -> None:
     with counting() as render:
         assert delivery.render_action(rendered.action_id) == rendered.id
     assert render.kinds == ["SELECT", "SELECT"] and render.transactions == 0
-    assert delivery.send_message(rendered.id, client).status == "sent"
+    assert delivery.send_message(rendered.id, sendgrid_client).status == "sent"
     with counting() as send:
-        assert delivery.send_message(rendered.id, client).status == "replay"
+        assert delivery.send_message(rendered.id, sendgrid_client).status == "replay"
     assert send.kinds == ["UPDATE", "SELECT"] and send.transactions == 0
     assert len(standin.messages) == 1
     assert OutboundMessage.select().count() == 1
@@ -203,7 +188,7 @@ def test_a_tenant_without_sender_prefers_a_verified_one_or_fails_the_render(db) 
     assert message.from_email == "sales@acme.test"
 
 
-def test_an_enrollment_that_moved_on_skips_the_render_and_cancels_the_send(acme, client) -> None:
+def test_an_enrollment_that_moved_on_skips_the_render_and_cancels_the_send(acme, sendgrid_client) -> None:
     # A move cancels the node's pending send; one already taken by a worker is not.
     action = send_action("ada@example.com")
     Enrollment.update(version=Enrollment.version + 1).execute()
@@ -218,53 +203,53 @@ def test_an_enrollment_that_moved_on_skips_the_render_and_cancels_the_send(acme,
     action = send_action("bob@example.com")
     message_id = delivery.render_action(action.id)
     engine.process_event(action.enrollment_id, "clicked", node="intro")
-    assert delivery.send_message(message_id, client).status == "cancelled"
+    assert delivery.send_message(message_id, sendgrid_client).status == "cancelled"
     assert OutboundMessage.get_by_id(message_id).error == "enrollment moved on before sending"
 
 
 @pytest.mark.parametrize("stored_as", ["ada@example.com", "Ada@Example.com"])
-def test_a_suppression_made_after_the_render_still_wins(rendered, standin, client,
+def test_a_suppression_made_after_the_render_still_wins(rendered, standin, sendgrid_client,
                                                         stored_as) -> None:
     # An address stored other than lower-cased is looked up on its own, as before.
     OutboundMessage.update(to_email=stored_as).where(OutboundMessage.id == rendered.id).execute()
     suppress("acme", "ADA@example.com", "unsubscribed", "test")
-    assert delivery.send_message(rendered.id, client).status == "suppressed"
+    assert delivery.send_message(rendered.id, sendgrid_client).status == "suppressed"
     assert standin.messages == []
     assert Enrollment.get_by_id(rendered.enrollment_id).exit_reason == "suppressed"
 
 
-def test_an_unverified_or_removed_sender_never_sends(rendered, acme, standin, client) -> None:
+def test_an_unverified_or_removed_sender_never_sends(rendered, acme, standin, sendgrid_client) -> None:
     SenderIdentity.update(verified=False).execute()
-    result = delivery.send_message(rendered.id, client)
+    result = delivery.send_message(rendered.id, sendgrid_client)
     assert result.status == "failed" and "not a verified sender" in result.detail
 
     other = OutboundMessage.get_by_id(delivery.render_action(send_action("bob@example.com").id))
     SenderIdentity.delete().execute()
-    assert delivery.send_message(other.id, client).status == "failed"
+    assert delivery.send_message(other.id, sendgrid_client).status == "failed"
     assert Enrollment.get_by_id(other.enrollment_id).status == "failed"
     assert standin.messages == []
 
 
 def test_a_retry_gives_the_claim_back_and_the_last_attempt_fails(rendered, standin,
-                                                                 client) -> None:
+                                                                 sendgrid_client) -> None:
     standin.fail_next(503, count=2)
     with pytest.raises(delivery.RetryableSendError):
-        delivery.send_message(rendered.id, client)
+        delivery.send_message(rendered.id, sendgrid_client)
     assert OutboundMessage.get_by_id(rendered.id).status == "rendered"
-    assert delivery.send_message(rendered.id, client, final_attempt=True).status == "failed"
+    assert delivery.send_message(rendered.id, sendgrid_client, final_attempt=True).status == "failed"
     message = OutboundMessage.get_by_id(rendered.id)
     assert (message.status, message.attempts) == ("failed", 2)
     assert Enrollment.get_by_id(rendered.enrollment_id).status == "failed"
 
 
 def test_a_message_without_enrollment_or_action_is_sent_without_timers(acme, standin,
-                                                                       client) -> None:
+                                                                       sendgrid_client) -> None:
     OutboundMessage.create(
         id="msg_loose", tenant="acme", dedupe_key="loose", status="rendered",
         to_email="ada@example.com", from_email="sales@acme.test", subject="Hello",
         html="<p>Hello</p>", text="Hello", created_at=utcnow(),
     )
-    assert delivery.send_message("msg_loose", client).status == "sent"
+    assert delivery.send_message("msg_loose", sendgrid_client).status == "sent"
     assert [m.custom_args["outreach_message_id"] for m in standin.messages] == ["msg_loose"]
     assert ScheduledAction.select().where(ScheduledAction.kind == "timeout").count() == 0
 

@@ -139,31 +139,29 @@ def test_a_send_waiting_out_a_rate_limit_is_not_taken_for_a_lost_one(enrollments
 
 
 def test_the_send_actor_notes_its_rate_limit_deferrals(data_dir, sqlite_db, stub_broker,
-                                                       stub_worker) -> None:
+                                                       stub_worker, standin) -> None:
     from outreach_actors.actors.pipeline import enqueue_actions
     from outreach_actors.settings import configure
-    from outreach_actors.testing import SendGridStandIn
 
-    with SendGridStandIn(api_key="SG.test-key") as standin:
-        configure(make_settings(data_dir, sendgrid_api_host=standin.host))
-        try:
-            # Given a tenant allowed one email an hour, and two contacts due now
-            make_tenant()
-            load_plan()
-            models.Tenant.update(rate_limits={"sender_per_hour": 1}).execute()
-            for email in ("ada@example.com", "bob@example.com"):
-                engine.enroll("acme", email, "onboarding", fields={"first_name": "A"})
-            started = utcnow()
-            dispatch.dispatch_due_actions(enqueue_actions)
-            # (No join: the deferred copy waits ten minutes in the delay queue.)
-            noted = OutboundMessage.select().where(OutboundMessage.status == "rendered",
-                                                   OutboundMessage.requeued_at.is_null(False))
-            deadline = time.monotonic() + 20
-            while not (noted.exists() and len(standin.messages) == 1):
-                assert time.monotonic() < deadline, "no send went, or the deferral was not noted"
-                time.sleep(0.05)
-        finally:
-            configure(None)
+    configure(make_settings(data_dir, sendgrid_api_host=standin.host))
+    try:
+        # Given a tenant allowed one email an hour, and two contacts due now
+        make_tenant()
+        load_plan()
+        models.Tenant.update(rate_limits={"sender_per_hour": 1}).execute()
+        for email in ("ada@example.com", "bob@example.com"):
+            engine.enroll("acme", email, "onboarding", fields={"first_name": "A"})
+        started = utcnow()
+        dispatch.dispatch_due_actions(enqueue_actions)
+        # (No join: the deferred copy waits ten minutes in the delay queue.)
+        noted = OutboundMessage.select().where(OutboundMessage.status == "rendered",
+                                               OutboundMessage.requeued_at.is_null(False))
+        deadline = time.monotonic() + 20
+        while not (noted.exists() and len(standin.messages) == 1):
+            assert time.monotonic() < deadline, "no send went, or the deferral was not noted"
+            time.sleep(0.05)
+    finally:
+        configure(None)
     # Then one went, and the other, held back, says it waits (max_deferral, 10 min)
     assert len(standin.messages) == 1
     waiting = OutboundMessage.get(OutboundMessage.status == "rendered")
