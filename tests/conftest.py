@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -132,6 +134,40 @@ def settings(data_dir: Path, sqlite_db) -> Iterator[Settings]:
     configure(current)
     yield current
     configure(None)
+
+
+# --- counting SQL -------------------------------------------------------------------
+
+@dataclass
+class Statements:
+    sql: list[str] = field(default_factory=list)
+    transactions: int = 0
+
+    @property
+    def kinds(self) -> list[str]:
+        return [statement.split(None, 1)[0].upper() for statement in self.sql]
+
+
+@contextmanager
+def counting() -> Iterator[Statements]:
+    """Count what the bound database runs inside the block: statements and transactions."""
+    database = models.database_proxy.obj
+    seen = Statements()
+
+    def hook(event) -> None:
+        seen.sql.append(event.sql)
+
+    def begin(*args, **kwargs):
+        seen.transactions += 1
+        return type(database).begin(database, *args, **kwargs)
+
+    database.query_hooks.append(hook)
+    database.begin = begin
+    try:
+        yield seen
+    finally:
+        database.query_hooks.remove(hook)
+        del database.begin
 
 
 # --- SendGrid -----------------------------------------------------------------------

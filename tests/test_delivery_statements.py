@@ -12,8 +12,6 @@ the claim and the rendered message are fixed SQL that each must accept.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import dramatiq
 import pytest
@@ -31,40 +29,8 @@ from outreach_actors.models import (
 from outreach_actors.settings import Settings, configure
 from outreach_actors.suppressions import suppress
 
-from .conftest import make_settings
+from .conftest import counting, make_settings
 from .factories import load_plan, make_tenant
-
-
-@dataclass
-class Statements:
-    sql: list[str] = field(default_factory=list)
-    transactions: int = 0
-
-    @property
-    def kinds(self) -> list[str]:
-        return [statement.split(None, 1)[0].upper() for statement in self.sql]
-
-
-@contextmanager
-def counting() -> Iterator[Statements]:
-    """Count what the bound database runs inside the block: statements and transactions."""
-    database = models.database_proxy.obj
-    seen = Statements()
-
-    def hook(event) -> None:
-        seen.sql.append(event.sql)
-
-    def begin(*args, **kwargs):
-        seen.transactions += 1
-        return type(database).begin(database, *args, **kwargs)
-
-    database.query_hooks.append(hook)
-    database.begin = begin
-    try:
-        yield seen
-    finally:
-        database.query_hooks.remove(hook)
-        del database.begin
 
 
 @pytest.fixture
