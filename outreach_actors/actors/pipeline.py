@@ -93,6 +93,8 @@ def send(message_id: str | None) -> None:
     delivery.send_message(message_id, sendgrid_client(), final_attempt=retries >= SEND_MAX_RETRIES)
 
 
+# The dispatcher sends batches (fire_timeouts); this single-timer actor stays so that
+# messages enqueued by an earlier version, still in a broker, are still processed.
 @dramatiq.actor(queue_name="timeouts", max_retries=10)
 def fire_timeout(action_id: int) -> None:
     """Fire a due timeout: a synthetic no_open/no_click/elapsed event, exactly once."""
