@@ -322,7 +322,32 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], standin: SendGridStandIn) -> None:
         self.standin = standin
+        # Connections stay open between requests (HTTP/1.1 keep-alive, as SendGrid's
+        # do); these are closed when the stand-in stops, so that a client holding one
+        # sees the server gone instead of a handler still answering.
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        self.standin._count_connection()
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def close_open_connections(self) -> None:
+        with self._open_lock:
+            connections, self._open = self._open, set()
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that hung up (a test's short timeout) is expected here, not a failure.
@@ -334,6 +359,8 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "nginx"
     sys_version = ""
+    # An idle kept connection is closed after this long, and its thread ends.
+    timeout = 60
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("Stand-in: " + format, *args)
@@ -397,10 +424,8 @@ class _Handler(BaseHTTPRequestHandler):
         if content_type:
             self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
-        self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(payload)
-        self.close_connection = True
 
     def _drop(self) -> None:
         self.close_connection = True
@@ -460,6 +485,7 @@ class SendGridStandIn:
             self._requests: list[ReceivedRequest] = []
             self._planned: list[_Reply] = []
             self._drops_planned = 0
+            self._connections = 0
 
     def start(self) -> SendGridStandIn:
         """Bind and serve in a background thread; returns self."""
@@ -482,6 +508,7 @@ class SendGridStandIn:
         self._stopping.set()
         self._server.shutdown()
         self._server.server_close()
+        self._server.close_open_connections()
         if self._thread is not None:
             self._thread.join()
         self._server = self._thread = None
@@ -491,6 +518,22 @@ class SendGridStandIn:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+    @property
+    def connections(self) -> int:
+        """TCP connections accepted since the last reset (a client that keeps its
+        connection open makes one for many requests)."""
+        with self._lock:
+            return self._connections
+
+    def close_connections(self) -> None:
+        """Close every open client connection, as a server timing out idle ones does."""
+        if self._server is not None:
+            self._server.close_open_connections()
+
+    def _count_connection(self) -> None:
+        with self._lock:
+            self._connections += 1
 
     @property
     def host(self) -> str:

@@ -19,11 +19,9 @@ from dataclasses import dataclass, field
 from email.message import Message
 from email.utils import parsedate_to_datetime
 from typing import Literal
-from urllib.error import URLError
 from urllib.parse import urlsplit
 
 import sendgrid
-from python_http_client.exceptions import HTTPError
 from sendgrid.helpers.mail import (
     Category,
     CustomArg,
@@ -38,6 +36,7 @@ from sendgrid.helpers.mail import (
 from sendgrid.helpers.mail.exceptions import ApiKeyIncludedException
 
 from ..settings import Settings, SettingsError
+from .keepalive import KeptAliveConnections, RequestNotSent
 
 logger = logging.getLogger(__name__)
 
@@ -306,11 +305,17 @@ class SendGridClient:
         self.host = host.rstrip("/")
         self.timeout_s = timeout_s
         self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
-        # The client fixes its host when built, so it is built here for this host. The
-        # timeout lives on its python_http_client.Client, which hands it on to the
-        # per-request clients that `client.mail.send` builds.
+        # The sendgrid package builds the mail (helpers.mail) and the request: its
+        # client, built for this host, holds the headers (the key, its User-Agent)
+        # and the path. Only the transport differs: its python_http_client opens a
+        # connection per request; see providers/keepalive.py for why and how.
         self._api = sendgrid.SendGridAPIClient(api_key, host=self.host)
-        self._api.client.timeout = timeout_s
+        self._mail_send_path = self._api.client.mail.send._build_url(None)[len(self.host):]
+        self._connections = KeptAliveConnections(self.host, timeout_s)
+
+    def close(self) -> None:
+        """Close the calling thread's kept connection (others close with their threads)."""
+        self._connections.discard()
 
     def send(self, email: OutgoingEmail) -> SendOutcome:
         """Send one email; never raises for SendGrid's answer or the network, returns a SendOutcome."""
@@ -319,14 +324,14 @@ class SendGridClient:
         except InvalidEmail as exc:
             self.logger.warning("Refused to send message %s: %s", email.message_id, exc)
             return SendOutcome("permanent", error=str(exc))
+        headers = {**self._api.client.request_headers, "Content-Type": "application/json"}
         try:
-            response = self._api.send(mail)
-        except HTTPError as exc:
-            outcome = outcome_for_response(exc.status_code, exc.headers, exc.body)
-        except URLError as exc:
-            # urllib wraps every failure to connect or to write the request in URLError,
-            # so SendGrid never had the whole request: asking again cannot send twice.
-            outcome = SendOutcome("retry", error=f"could not reach SendGrid at {self.host}: {exc.reason}")
+            answer = self._connections.post(
+                self._mail_send_path, json.dumps(mail.get()).encode("utf-8"), headers)
+        except RequestNotSent as exc:
+            # Connecting or writing the request failed, so SendGrid never had the whole
+            # request: asking again cannot send twice.
+            outcome = SendOutcome("retry", error=f"could not reach SendGrid at {self.host}: {exc}")
         except (http.client.HTTPException, OSError) as exc:
             # The request was written and the answer was lost (connection dropped, read
             # timed out): SendGrid may have accepted it, so a resend could deliver twice.
@@ -334,7 +339,7 @@ class SendGridClient:
                 "ambiguous", error=f"SendGrid did not answer after the request was sent: {exc!r}"
             )
         else:
-            outcome = outcome_for_response(response.status_code, response.headers, response.body)
+            outcome = outcome_for_response(answer.status, answer.headers, answer.body)
         self.logger.info(
             "Message %s: %s (HTTP %s, provider id %s)",
             email.message_id, outcome.kind, outcome.status_code, outcome.provider_message_id,
