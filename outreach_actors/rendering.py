@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from inscriptis import get_text
-from inscriptis.model.config import ParserConfig
+import html_text
+import lxml.etree
 from jinja2 import (
     FileSystemLoader,
     StrictUndefined,
@@ -271,13 +271,56 @@ def _none_as_empty(value: Any) -> Any:
     return "" if value is None else value
 
 
+# What a reader of the HTML never sees: the head, and elements hidden inline (the
+# preheader most email layouts carry) or by the ``hidden`` attribute.
+_MAYBE_HIDDEN = lxml.etree.XPath("//head | //*[@hidden] | //*[@style]")
+_DISPLAY_NONE = re.compile(r"(?:^|;)\s*display\s*:\s*none\b", re.IGNORECASE)
+_LINKS = lxml.etree.XPath("//a[@href]")
+_LIST_ITEMS = lxml.etree.XPath("//li")
+_EARLIER_ITEMS = lxml.etree.XPath("preceding-sibling::li")
+
+
 def html_to_text(html: str) -> str:
-    """Return a plain-text version of an HTML email, links kept as ``[text](url)``."""
-    text = get_text(html, ParserConfig(display_links=True))
-    # Email layouts are nested tables, whose cells Inscriptis pads and aligns (align=center);
-    # a plain-text mail reads best flush left.
+    """Return a plain-text version of an HTML email, links kept as ``[text](url)``.
+
+    html-text (lxml underneath) lays out the blocks; the links, list markers and
+    hidden parts are settled on the tree first. Inscriptis, used before, took about
+    0.3 ms per email against 0.1 ms, most of the CPU an email spends outside the
+    database and the network: it lays out every table as a grid of padded cells,
+    which email layouts use only to place their content, and which the flush-left
+    lines below undid anyway.
+    """
+    tree = html_text.parse_html(html)
+    for element in _MAYBE_HIDDEN(tree):
+        hidden = element.tag == "head" or element.get("hidden") is not None or bool(
+            _DISPLAY_NONE.search(element.get("style", "")))
+        if hidden and element.getparent() is not None:  # the root stays, hidden or not
+            element.drop_tree()
+    for link in _LINKS(tree):
+        _as_markdown_link(link)
+    for item in _LIST_ITEMS(tree):
+        item.text = _list_marker(item) + (item.text or "")
+    text = html_text.extract_text(tree)
     lines = "\n".join(line.strip() for line in text.splitlines())
     return _BLANK_LINES.sub("\n\n", lines).strip()
+
+
+def _list_marker(item: Any) -> str:
+    """``* `` in a bulleted list, ``3. `` for the third item of a numbered one."""
+    parent = item.getparent()
+    if parent is None or parent.tag != "ol":
+        return "* "
+    start = parent.get("start", "1")
+    first = int(start) if start.strip().lstrip("-").isdigit() and len(start) < 10 else 1
+    return f"{first + len(_EARLIER_ITEMS(item))}. "
+
+
+def _as_markdown_link(link: Any) -> None:
+    """Write ``<a href="url"><b>a</b> text</a>`` as ``[a text](url)`` in the tree."""
+    label = " ".join(link.text_content().split())
+    for child in list(link):
+        link.remove(child)  # the label holds their text, and their tails
+    link.text = f"[{label}]({link.get('href')})"
 
 
 class TemplateRenderer:

@@ -14,6 +14,7 @@ from outreach_actors.rendering import (
     RenderedEmail,
     RenderError,
     TemplateRenderer,
+    html_to_text,
 )
 
 EXAMPLE_TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
@@ -139,6 +140,41 @@ def test_text_alternative_keeps_links_as_text_and_url(renderer: TemplateRenderer
     assert "[Unsubscribe](https://example.com/unsubscribe/tok?a=1&b=2)" in email.text
     assert "<" not in email.text
     assert all(line == line.strip() for line in email.text.splitlines())
+
+
+def test_text_alternative_reads_as_the_html_does() -> None:
+    text = html_to_text(
+        "<html><head><title>Newsletter</title><style>p {color: red}</style></head><body>"
+        '<div style="display: none; max-height: 0">Preheader teaser</div>'
+        "<h1>Hello</h1><p>First line<br>second line</p>"
+        "<ul><li>apples</li><li>pears</li></ul>"
+        '<ol start="3"><li>three</li><li>four</li></ol>'
+        "<table><tr><td>Plan</td><td>Price</td></tr><tr><td>Pro</td><td>&euro;9</td></tr></table>"
+        '<p hidden>tracking</p><script>alert(1)</script>'
+        '<p><a href="https://example.com/x"><b>Bold</b> link</a></p>'
+        "</body></html>"
+    )
+
+    assert text.splitlines() == [
+        "Hello", "", "First line", "second line", "", "* apples", "* pears", "",
+        "3. three", "4. four", "", "Plan Price", "Pro €9", "", "[Bold link](https://example.com/x)",
+    ]
+
+
+@pytest.mark.parametrize(("html", "text"), [
+    ("", ""),
+    ("   ", ""),
+    ("no markup at all", "no markup at all"),
+    ("<p>", ""),
+    ("</div></div>", ""),
+    ("<<>>", "<<>>"),
+    ("a < b & c > d", "a < b & c > d"),
+    ('<html style="display:none"><body><p>hi</p></body></html>', "hi"),
+    ("<ul><li><ul><li>nested</li></ul></li></ul>", "*\n\n* nested"),
+    ('<a href="https://example.com/x"></a>', "[](https://example.com/x)"),
+])
+def test_text_alternative_of_odd_html(html: str, text: str) -> None:
+    assert html_to_text(html) == text
 
 
 # -- missing values and runtime errors --------------------------------------------------

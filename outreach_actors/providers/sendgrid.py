@@ -340,7 +340,8 @@ class SendGridClient:
             )
         else:
             outcome = outcome_for_response(answer.status, answer.headers, answer.body)
-        self.logger.info(
+        # At debug: the send actor logs every outcome once, with what it did about it.
+        self.logger.debug(
             "Message %s: %s (HTTP %s, provider id %s)",
             email.message_id, outcome.kind, outcome.status_code, outcome.provider_message_id,
         )
