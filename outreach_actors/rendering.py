@@ -273,6 +273,7 @@ def _none_as_empty(value: Any) -> Any:
 
 # What a reader of the HTML never sees: the head, and elements hidden inline (the
 # preheader most email layouts carry) or by the ``hidden`` attribute.
+_NOT_XML_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _MAYBE_HIDDEN = lxml.etree.XPath("//head | //*[@hidden] | //*[@style]")
 _DISPLAY_NONE = re.compile(r"(?:^|;)\s*display\s*:\s*none\b", re.IGNORECASE)
 _LINKS = lxml.etree.XPath("//a[@href]")
@@ -290,7 +291,14 @@ def html_to_text(html: str) -> str:
     which email layouts use only to place their content, and which the flush-left
     lines below undid anyway.
     """
-    tree = html_text.parse_html(html)
+    # Control characters and lone surrogates (from a contact field, say) have no
+    # place in text that lxml builds, and the render refuses the latter anyway
+    # (delivery._unstorable); the text part must not raise on them.
+    html = _NOT_XML_TEXT.sub("", html)
+    try:
+        tree = html_text.parse_html(html)
+    except UnicodeEncodeError:
+        tree = html_text.parse_html(html.encode("utf-8", "replace").decode("utf-8"))
     for element in _MAYBE_HIDDEN(tree):
         hidden = element.tag == "head" or element.get("hidden") is not None or bool(
             _DISPLAY_NONE.search(element.get("style", "")))

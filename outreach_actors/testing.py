@@ -424,6 +424,8 @@ class _Handler(BaseHTTPRequestHandler):
         if content_type:
             self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
+        if self.close_connection:  # the client asked to close: say so, as HTTP/1.1 servers do
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(payload)
 

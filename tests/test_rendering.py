@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from outreach_actors.rendering import (
     MAX_OUTPUT_CHARS,
@@ -172,9 +174,25 @@ def test_text_alternative_reads_as_the_html_does() -> None:
     ('<html style="display:none"><body><p>hi</p></body></html>', "hi"),
     ("<ul><li><ul><li>nested</li></ul></li></ul>", "*\n\n* nested"),
     ('<a href="https://example.com/x"></a>', "[](https://example.com/x)"),
+    ("<p>lone \ud800 surrogate</p>", "lone ? surrogate"),
 ])
 def test_text_alternative_of_odd_html(html: str, text: str) -> None:
     assert html_to_text(html) == text
+
+
+MARKUP = st.lists(
+    st.sampled_from(["<p>", "</p>", "<a href='u'>", "</a>", "<li>", "<ol start='x'>", "<br>",
+                     "<head>", "<div style='display:none'>", "<table><tr><td>", "&amp;", "<"])
+    | st.text(max_size=8)
+).map("".join)
+
+
+@given(MARKUP)
+def test_any_html_has_a_text_part(html: str) -> None:
+    text = html_to_text(html)
+
+    assert isinstance(text, str)
+    assert all(line == line.strip() for line in text.splitlines())
 
 
 # -- missing values and runtime errors --------------------------------------------------
