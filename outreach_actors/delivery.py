@@ -18,6 +18,7 @@ from typing import NamedTuple
 import peewee
 
 from . import engine
+from .db import prepare
 from .metrics import count
 from .models import (
     Contact,
@@ -88,13 +89,14 @@ _STATEMENTS: dict[tuple[str, str], str] = {}
 
 
 def _statement(template: str) -> str:
-    """``template`` for the bound database (its placeholder style), built once."""
-    param = database_proxy.obj.param
-    key = (template, param)
+    """``template`` for the bound database (its placeholder style), built once, and
+    run as a prepared statement where the database prepares (see db.py)."""
+    database = database_proxy.obj
+    key = (template, database.param)
     statement = _STATEMENTS.get(key)
     if statement is None:
-        statement = _STATEMENTS[key] = template.strip().replace("{p}", param)
-    return statement
+        statement = _STATEMENTS[key] = template.strip().replace("{p}", database.param)
+    return prepare(database, statement)
 
 # The send action, its enrollment, contact, tenant and plan version, and the
 # tenant's first sender identity (verified ones first), as _SendAction. Tenant, plan
@@ -403,7 +405,9 @@ def _mark_sent(message_id: str, provider_message_id: str | None, timers: list[di
         database_proxy.execute_sql(*mark)
     elif _one_statement_writes() and len(inserts) == 1:
         (insert, params), = inserts
-        database_proxy.execute_sql(f"WITH sent AS ({mark[0]}) {insert}", [*mark[1], *params])
+        # As many texts as a node has distinct timer counts: few, so prepared too.
+        sent_and_timers = prepare(database_proxy.obj, f"WITH sent AS ({mark[0]}) {insert}")
+        database_proxy.execute_sql(sent_and_timers, [*mark[1], *params])
     else:
         with database_proxy.atomic():
             database_proxy.execute_sql(*mark)
