@@ -294,7 +294,8 @@ def render_action(action_id: int, *, settings: Settings | None = None,
         if existing is None:
             raise
         return existing
-    logger.info("Rendered message=%s action=%s node=%s", message_id, action_id, facts.node)
+    # At debug: the send logs each email's outcome once, at info, by message id.
+    logger.debug("Rendered message=%s action=%s node=%s", message_id, action_id, facts.node)
     return message_id
 
 
