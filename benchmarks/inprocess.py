@@ -3,9 +3,10 @@
 A diagnostic for the pipeline benchmark (not a figure run.py reports): it calls
 ``delivery.render_action`` and ``delivery.send_message`` for N fresh enrollments,
 then ``timeouts.fire_timeouts`` over N due timers in batches, in this process on
-PostgreSQL, and prints the CPU time (``time.process_time``) and the SQL statements
-per email and per timer. The SendGrid stand-in runs in this process too, so its
-share of an HTTP request counts. ``--profile`` adds cProfile's top functions.
+PostgreSQL, and prints the CPU time (``time.process_time``), the SQL statements and
+the CPU of the PostgreSQL backend serving this process, per email and per timer.
+The SendGrid stand-in runs in this process too, so its share of an HTTP request
+counts. ``--profile`` adds cProfile's top functions.
 
 Usage: python benchmarks/inprocess.py [--count N] [--batch N] [--profile]
 """
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 
 import _common
+import psutil
 from pipeline import sample_plan
 
 from outreach_actors import delivery, dispatch, engine, models, timeouts
@@ -46,19 +48,28 @@ def counted_statements(counter: list[int]):
         del database.execute_sql
 
 
+def backend_cpu_s(backend: psutil.Process) -> float:
+    times = backend.cpu_times()
+    return times.user + times.system
+
+
 def measure(work: Callable[[], None], count: int, profile: bool, what: str) -> None:
     statements = [0]
     profiler = cProfile.Profile() if profile else None
+    pid = models.database_proxy.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
+    backend = psutil.Process(pid)
     with counted_statements(statements):
-        started = time.process_time()
+        started, backend_started = time.process_time(), backend_cpu_s(backend)
         if profiler:
             profiler.enable()
         work()
         if profiler:
             profiler.disable()
         cpu_s = time.process_time() - started
-    print(f"{what}: {cpu_s / count * 1e3:.2f} ms CPU and {statements[0] / count:.2f} "
-          f"SQL statements each ({count}{', under cProfile' if profile else ''})")
+        backend_s = backend_cpu_s(backend) - backend_started
+    print(f"{what}: {cpu_s / count * 1e3:.2f} ms CPU, {statements[0] / count:.2f} SQL "
+          f"statements and {backend_s / count * 1e3:.2f} ms of PostgreSQL CPU each "
+          f"({count}{', under cProfile' if profile else ''})")
     if profiler:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
 
