@@ -12,7 +12,6 @@ import pytest
 
 from outreach_actors.providers.keepalive import KeptAliveConnections
 from outreach_actors.providers.sendgrid import OutgoingEmail, SendGridClient
-from outreach_actors.testing import SendGridStandIn
 
 from .conftest import STANDIN_API_KEY
 
