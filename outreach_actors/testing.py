@@ -319,6 +319,11 @@ class _Server(ThreadingHTTPServer):
     # Threads, so a delayed answer does not hold up other clients; daemon threads, so
     # stopping never waits on a handler that is still sleeping out a delay.
     daemon_threads = True
+    # socketserver listens with a backlog of 5, which a burst of new connections
+    # (every worker thread at start; a client that connects per request) can
+    # overflow. A benchmark of the per-request client once saw a connection reset,
+    # which reads as an ambiguous send; servers listen with far more.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], standin: SendGridStandIn) -> None:
         self.standin = standin
