@@ -119,3 +119,11 @@ def test_a_base_path_in_the_host_is_kept(standin):
 def test_a_url_that_is_no_http_host_is_refused(url):
     with pytest.raises(ValueError, match="http"):
         KeptAliveConnections(url, timeout_s=1.0)
+
+
+def test_closing_the_client_ends_the_threads_connection(standin, sendgrid_client):
+    assert sendgrid_client.send(email(1)).kind == "sent"
+    sendgrid_client.close()
+
+    assert sendgrid_client.send(email(2)).kind == "sent"
+    assert standin.connections == 2
