@@ -87,25 +87,27 @@ class PreparingPostgresqlDatabase(PooledPostgresqlDatabase):
     def _execute_prepared(self, cursor, name: str, sql: str, params) -> None:
         import psycopg2.errors
 
-        connection = cursor.connection
         with self._prepared_lock:
-            prepared = self._prepared.setdefault(connection, set())
+            prepared = self._prepared.setdefault(cursor.connection, set())
         execute = f"EXECUTE {name} ({', '.join(['%s'] * len(params))})"
-        if name not in prepared:
-            cursor.execute(f"PREPARE {name} AS {_numbered_placeholders(sql)}")
-            prepared.add(name)
-            cursor.execute(execute, params)
-            return
+        if name in prepared:
+            try:
+                cursor.execute(execute, params)
+                return
+            except psycopg2.errors.InvalidSqlStatementName:
+                # Dropped behind our back (DISCARD ALL, a pooler's reset): prepare anew.
+                prepared.clear()
+                if self.in_transaction():
+                    raise  # the transaction is aborted; the caller's retry prepares
         try:
-            cursor.execute(execute, params)
-        except psycopg2.errors.InvalidSqlStatementName:
-            # Dropped behind our back (DISCARD ALL, a pooler's reset): prepare anew.
-            prepared.clear()
-            if self.in_transaction():
-                raise  # the transaction is aborted; the caller's retry prepares
             cursor.execute(f"PREPARE {name} AS {_numbered_placeholders(sql)}")
-            prepared.add(name)
-            cursor.execute(execute, params)
+        except psycopg2.errors.DuplicatePreparedStatement:
+            # The session already has it (a pooler handed it over without a reset): the
+            # name is a hash of the statement, so it is this one.
+            if self.in_transaction():
+                raise
+        prepared.add(name)
+        cursor.execute(execute, params)
 
 
 def _numbered_placeholders(sql: str) -> str:

@@ -109,3 +109,13 @@ def test_prepared_statements_can_be_turned_off(data_dir, standin, sendgrid_clien
 def test_a_bad_prepared_statements_value_is_refused(data_dir):
     with pytest.raises(SettingsError, match="prepared_statements='maybe' must be true or false"):
         database_from_url(POSTGRES_URL + "?prepared_statements=maybe", make_settings(data_dir))
+
+
+def test_statements_the_session_already_has_are_used(postgres, standin, sendgrid_client):
+    email("ada@example.com", sendgrid_client)
+    postgres._prepared.clear()  # as if another client had prepared them on this session
+
+    email("bob@example.com", sendgrid_client)
+
+    assert len(executions()) == 5
+    assert len(standin.messages) == 2

@@ -174,6 +174,7 @@ def test_text_alternative_reads_as_the_html_does() -> None:
     ('<html style="display:none"><body><p>hi</p></body></html>', "hi"),
     ("<ul><li><ul><li>nested</li></ul></li></ul>", "*\n\n* nested"),
     ('<a href="https://example.com/x"></a>', "[](https://example.com/x)"),
+    ('<ol start="--3"><li>a</li></ol><ol start=" 7 "><li>b</li></ol>', "1. a\n\n7. b"),
     ("<p>lone \ud800 surrogate</p>", "lone ? surrogate"),
 ])
 def test_text_alternative_of_odd_html(html: str, text: str) -> None:
