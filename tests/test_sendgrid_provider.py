@@ -8,7 +8,6 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.message import Message
@@ -28,7 +27,7 @@ from outreach_actors.providers.sendgrid import (
 from outreach_actors.settings import Settings, SettingsError
 from outreach_actors.testing import SendGridStandIn, error_body
 
-API_KEY = "SG.provider-test-key"
+from .conftest import STANDIN_API_KEY as API_KEY
 
 EMAIL = OutgoingEmail(
     message_id="MSG-42",
@@ -48,23 +47,12 @@ EMAIL = OutgoingEmail(
 )
 
 
-@pytest.fixture
-def server() -> Iterator[SendGridStandIn]:
-    with SendGridStandIn(api_key=API_KEY) as standin:
-        yield standin
-
-
-@pytest.fixture
-def client(server: SendGridStandIn) -> SendGridClient:
-    return SendGridClient(API_KEY, host=server.host, timeout_s=2.0)
-
-
-def test_a_202_is_sent_with_the_x_message_id_and_everything_reaches_sendgrid(server, client):
-    outcome = client.send(EMAIL)
+def test_a_202_is_sent_with_the_x_message_id_and_everything_reaches_sendgrid(standin, sendgrid_client):
+    outcome = sendgrid_client.send(EMAIL)
 
     assert outcome.kind == "sent"
     assert outcome.status_code == 202
-    [message] = server.messages
+    [message] = standin.messages
     assert outcome.provider_message_id == message.x_message_id
     body = message.body
     assert body["personalizations"] == [{"to": [{"email": "ada@example.com"}]}]
@@ -81,48 +69,48 @@ def test_a_202_is_sent_with_the_x_message_id_and_everything_reaches_sendgrid(ser
     assert message.headers["authorization"] == f"Bearer {API_KEY}"
 
 
-def test_the_outreach_custom_args_are_added_even_when_none_are_given(server, client):
-    client.send(replace(EMAIL, custom_args={}, categories=[], headers={}, text=None))
+def test_the_outreach_custom_args_are_added_even_when_none_are_given(standin, sendgrid_client):
+    sendgrid_client.send(replace(EMAIL, custom_args={}, categories=[], headers={}, text=None))
 
-    body = server.messages[0].body
+    body = standin.messages[0].body
     assert body["custom_args"] == {"outreach_message_id": "MSG-42", "outreach_tenant": "acme"}
     assert body["content"] == [{"type": "text/html", "value": "<p>Hi Ada</p>"}]
 
 
-def test_429_is_retried_after_the_retry_after_header(server, client):
-    server.fail_next(429, retry_after=7)
+def test_429_is_retried_after_the_retry_after_header(standin, sendgrid_client):
+    standin.fail_next(429, retry_after=7)
 
-    outcome = client.send(EMAIL)
+    outcome = sendgrid_client.send(EMAIL)
 
     assert (outcome.kind, outcome.status_code, outcome.retry_after_s) == ("retry", 429, 7.0)
     assert outcome.error == "too many requests"
-    assert server.messages == []
+    assert standin.messages == []
 
 
-def test_429_without_retry_after_waits_until_the_rate_limit_resets(server, client):
-    server.fail_next(429, headers={"X-RateLimit-Reset": str(int(time.time()) + 30)})
+def test_429_without_retry_after_waits_until_the_rate_limit_resets(standin, sendgrid_client):
+    standin.fail_next(429, headers={"X-RateLimit-Reset": str(int(time.time()) + 30)})
 
-    outcome = client.send(EMAIL)
+    outcome = sendgrid_client.send(EMAIL)
 
     assert outcome.kind == "retry"
     assert outcome.retry_after_s is not None and 27 <= outcome.retry_after_s <= 30
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])
-def test_server_errors_are_retried_with_the_providers_text(server, client, status):
-    server.fail_next(status, body="<html>upstream unavailable</html>")
+def test_server_errors_are_retried_with_the_providers_text(standin, sendgrid_client, status):
+    standin.fail_next(status, body="<html>upstream unavailable</html>")
 
-    outcome = client.send(EMAIL)
+    outcome = sendgrid_client.send(EMAIL)
 
     assert (outcome.kind, outcome.status_code) == ("retry", status)
     assert outcome.error == "<html>upstream unavailable</html>"
     assert outcome.retry_after_s is None
 
 
-def test_400_is_permanent_with_sendgrids_message(server, client):
-    server.fail_next(400, body=error_body("The from email does not contain a valid address.", "from.email"))
+def test_400_is_permanent_with_sendgrids_message(standin, sendgrid_client):
+    standin.fail_next(400, body=error_body("The from email does not contain a valid address.", "from.email"))
 
-    outcome = client.send(EMAIL)
+    outcome = sendgrid_client.send(EMAIL)
 
     assert (outcome.kind, outcome.status_code) == ("permanent", 400)
     assert outcome.error == "from.email: The from email does not contain a valid address."
@@ -137,45 +125,45 @@ def test_413_from_the_stand_ins_own_size_check_is_permanent():
     assert "too large" in outcome.error
 
 
-def test_a_refused_api_key_is_permanent(server):
-    sender = SendGridClient("SG.wrong-key", host=server.host, timeout_s=2.0)
+def test_a_refused_api_key_is_permanent(standin):
+    sender = SendGridClient("SG.wrong-key", host=standin.host, timeout_s=2.0)
 
     outcome = sender.send(EMAIL)
 
     assert (outcome.kind, outcome.status_code) == ("permanent", 401)
     assert outcome.error == "The provided authorization grant is invalid, expired, or revoked"
-    assert server.messages == []
+    assert standin.messages == []
 
 
-def test_403_is_permanent(server, client):
-    server.fail_next(403, body=error_body("access forbidden"))
+def test_403_is_permanent(standin, sendgrid_client):
+    standin.fail_next(403, body=error_body("access forbidden"))
 
-    outcome = client.send(EMAIL)
+    outcome = sendgrid_client.send(EMAIL)
 
     assert (outcome.kind, outcome.status_code, outcome.error) == ("permanent", 403, "access forbidden")
 
 
-def test_a_connection_dropped_after_sendgrid_accepted_is_ambiguous(server, client):
-    server.drop_next()
+def test_a_connection_dropped_after_sendgrid_accepted_is_ambiguous(standin, sendgrid_client):
+    standin.drop_next()
 
-    outcome = client.send(EMAIL)
+    outcome = sendgrid_client.send(EMAIL)
 
     assert outcome.kind == "ambiguous"
     assert outcome.provider_message_id is None
     # The mail did go out: sending it again would deliver it twice.
-    [message] = server.messages
+    [message] = standin.messages
     assert message.custom_args["outreach_message_id"] == "MSG-42"
 
 
-def test_a_read_timeout_after_the_request_was_written_is_ambiguous(server):
-    server.delay = 1.0
-    sender = SendGridClient(API_KEY, host=server.host, timeout_s=0.2)
+def test_a_read_timeout_after_the_request_was_written_is_ambiguous(standin):
+    standin.delay = 1.0
+    sender = SendGridClient(API_KEY, host=standin.host, timeout_s=0.2)
 
     outcome = sender.send(EMAIL)
 
     assert outcome.kind == "ambiguous"
     assert "timed out" in outcome.error
-    assert len(server.messages) == 1
+    assert len(standin.messages) == 1
 
 
 def test_connection_refused_is_retried_because_nothing_was_sent():
@@ -203,19 +191,19 @@ def test_connection_refused_is_retried_because_nothing_was_sent():
     {"headers": {"X-Bad\r\nName": "value"}},
     {"headers": {"X-Bad: Name": "value"}},
 ])
-def test_header_injection_is_refused_before_any_request(server, client, change):
+def test_header_injection_is_refused_before_any_request(standin, sendgrid_client, change):
     bad = replace(EMAIL, **change)
 
     with pytest.raises(InvalidEmail) as raised:
         build_mail(bad)
-    outcome = client.send(bad)
+    outcome = sendgrid_client.send(bad)
 
     field = next(iter(change))
     assert raised.value.field.startswith(field)
     assert outcome.kind == "permanent"
     assert outcome.status_code is None
     assert outcome.error == str(raised.value)
-    assert server.requests == []
+    assert standin.requests == []
 
 
 @pytest.mark.parametrize(("change", "field"), [
@@ -231,7 +219,7 @@ def test_header_injection_is_refused_before_any_request(server, client, change):
     ({"html": None, "text": None}, "html"),
     ({"html": "SG.abcdef.ghijkl is our key"}, "html"),
 ])
-def test_mail_sendgrid_would_refuse_is_refused_here_naming_the_field(server, client, change, field):
+def test_mail_sendgrid_would_refuse_is_refused_here_naming_the_field(standin, sendgrid_client, change, field):
     bad = replace(EMAIL, **change)
 
     with pytest.raises(InvalidEmail) as raised:
@@ -239,8 +227,8 @@ def test_mail_sendgrid_would_refuse_is_refused_here_naming_the_field(server, cli
 
     assert raised.value.field == field
     assert str(raised.value).startswith(f"{field}: ")
-    assert client.send(bad).kind == "permanent"
-    assert server.requests == []
+    assert sendgrid_client.send(bad).kind == "permanent"
+    assert standin.requests == []
 
 
 @pytest.mark.parametrize("address", [
@@ -251,12 +239,12 @@ def test_valid_addresses_pass_unchanged(address):
     assert validate_address(address) == address
 
 
-def test_an_international_domain_is_sent_in_its_idna_form(server, client):
+def test_an_international_domain_is_sent_in_its_idna_form(standin, sendgrid_client):
     assert validate_address("ada@bücher.example") == "ada@xn--bcher-kva.example"
 
-    client.send(replace(EMAIL, to_email="ada@bücher.example"))
+    sendgrid_client.send(replace(EMAIL, to_email="ada@bücher.example"))
 
-    assert server.messages[0].body["personalizations"][0]["to"] == [{"email": "ada@xn--bcher-kva.example"}]
+    assert standin.messages[0].body["personalizations"][0]["to"] == [{"email": "ada@xn--bcher-kva.example"}]
 
 
 @pytest.mark.parametrize("address", [
@@ -271,11 +259,11 @@ def test_invalid_addresses_are_refused(address):
         validate_address(address, "to_email")
 
 
-def test_concurrent_sends_through_one_client_each_get_their_own_id(server, client):
+def test_concurrent_sends_through_one_client_each_get_their_own_id(standin, sendgrid_client):
     outcomes = []
 
     def send(index: int) -> None:
-        outcomes.append(client.send(replace(EMAIL, message_id=f"MSG-{index}")))
+        outcomes.append(sendgrid_client.send(replace(EMAIL, message_id=f"MSG-{index}")))
 
     threads = [threading.Thread(target=send, args=(index,)) for index in range(16)]
     for thread in threads:
@@ -284,18 +272,18 @@ def test_concurrent_sends_through_one_client_each_get_their_own_id(server, clien
         thread.join()
 
     assert {outcome.kind for outcome in outcomes} == {"sent"}
-    by_provider_id = {message.x_message_id: message for message in server.messages}
+    by_provider_id = {message.x_message_id: message for message in standin.messages}
     assert sorted(by_provider_id) == sorted(outcome.provider_message_id for outcome in outcomes)
-    assert {message.custom_args["outreach_message_id"] for message in server.messages} == {
+    assert {message.custom_args["outreach_message_id"] for message in standin.messages} == {
         f"MSG-{index}" for index in range(16)
     }
 
 
 def test_under_random_failures_only_sent_outcomes_were_accepted():
-    with SendGridStandIn(api_key=API_KEY, failure_rate=0.5, failure_statuses=(500, 503, 429), seed=3) as server:
-        sender = SendGridClient(API_KEY, host=server.host, timeout_s=2.0)
+    with SendGridStandIn(api_key=API_KEY, failure_rate=0.5, failure_statuses=(500, 503, 429), seed=3) as standin:
+        sender = SendGridClient(API_KEY, host=standin.host, timeout_s=2.0)
         outcomes = [sender.send(replace(EMAIL, message_id=f"MSG-{index}")) for index in range(20)]
-        accepted = {message.x_message_id for message in server.messages}
+        accepted = {message.x_message_id for message in standin.messages}
 
     assert {outcome.kind for outcome in outcomes} == {"sent", "retry"}
     assert accepted == {outcome.provider_message_id for outcome in outcomes if outcome.kind == "sent"}
@@ -312,16 +300,16 @@ def test_retry_after_may_be_an_http_date():
     assert outcome.error == "HTTP 503 with no message"
 
 
-def test_a_client_from_settings_uses_the_configured_host_key_and_timeout(server):
+def test_a_client_from_settings_uses_the_configured_host_key_and_timeout(standin):
     settings = Settings(
-        sendgrid_api_key=API_KEY, sendgrid_api_host=server.host, sendgrid_timeout=timedelta(seconds=3),
+        sendgrid_api_key=API_KEY, sendgrid_api_host=standin.host, sendgrid_timeout=timedelta(seconds=3),
     )
 
     sender = sendgrid_client_from_settings(settings)
 
     assert sender.timeout_s == 3.0
     assert sender.send(EMAIL).kind == "sent"
-    assert len(server.messages) == 1
+    assert len(standin.messages) == 1
 
 
 def test_a_client_from_settings_needs_an_api_key_and_an_http_host():
