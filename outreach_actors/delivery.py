@@ -18,7 +18,7 @@ from typing import NamedTuple
 import peewee
 
 from . import engine
-from .db import prepare
+from .db import is_postgresql, prepare
 from .metrics import count
 from .models import (
     Contact,
@@ -155,7 +155,7 @@ WHERE id = {p}
 
 def _one_statement_writes() -> bool:
     """Whether the bound database runs data-modifying CTEs (PostgreSQL; SQLite does not)."""
-    return isinstance(database_proxy.obj, peewee.PostgresqlDatabase)
+    return is_postgresql(database_proxy.obj)
 
 
 def _load_send_action(action_id: int) -> _SendAction | None:
