@@ -311,6 +311,7 @@ class SendGridClient:
         # connection per request; see providers/keepalive.py for why and how.
         self._api = sendgrid.SendGridAPIClient(api_key, host=self.host)
         self._mail_send_path = self._api.client.mail.send._build_url(None)[len(self.host):]
+        self._headers = {**self._api.client.request_headers, "Content-Type": "application/json"}
         self._connections = KeptAliveConnections(self.host, timeout_s)
 
     def close(self) -> None:
@@ -324,10 +325,9 @@ class SendGridClient:
         except InvalidEmail as exc:
             self.logger.warning("Refused to send message %s: %s", email.message_id, exc)
             return SendOutcome("permanent", error=str(exc))
-        headers = {**self._api.client.request_headers, "Content-Type": "application/json"}
         try:
             answer = self._connections.post(
-                self._mail_send_path, json.dumps(mail.get()).encode("utf-8"), headers)
+                self._mail_send_path, json.dumps(mail.get()).encode("utf-8"), self._headers)
         except RequestNotSent as exc:
             # Connecting or writing the request failed, so SendGrid never had the whole
             # request: asking again cannot send twice.
