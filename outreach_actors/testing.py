@@ -315,6 +315,14 @@ class _Reply:
     drop: bool = False
 
 
+def _shut_down(connection: socket.socket) -> None:
+    """End a client connection at once, both ways (the client may already have gone)."""
+    try:
+        connection.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
 class _Server(ThreadingHTTPServer):
     # Threads, so a delayed answer does not hold up other clients; daemon threads, so
     # stopping never waits on a handler that is still sleeping out a delay.
@@ -349,10 +357,7 @@ class _Server(ThreadingHTTPServer):
         with self._open_lock:
             connections, self._open = self._open, set()
         for connection in connections:
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            _shut_down(connection)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that hung up (a test's short timeout) is expected here, not a failure.
@@ -436,10 +441,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _drop(self) -> None:
         self.close_connection = True
-        try:
-            self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        _shut_down(self.connection)
 
 
 class SendGridStandIn:
