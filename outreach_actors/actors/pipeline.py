@@ -67,8 +67,8 @@ WHERE m.id = {p}
 def send_rate_limits(message: dramatiq.Message) -> list[Limit]:
     """Every scope one send takes: its sender, tenant, recipient domain and the global one.
 
-    One narrow read per send: the message joined to its tenant and, when there is
-    one, its sender identity (their rate-limit overrides).
+    One narrow read per send: the message, with the rate-limit overrides of its
+    tenant and, when there is one, of its sender identity.
     """
     message_id = message.args[0] if message.args else None
     if message_id is None:
