@@ -372,19 +372,14 @@ def exit_contact_enrollments(tenant_id: str, email: str, reason: str) -> int:
     return sum(exit_enrollment(enrollment_id, reason) for enrollment_id in ids)
 
 
-def after_send(
-    message: OutboundMessage, *, now: datetime | None = None, node: str | None = None,
-    visit_version: int | None = None, plan_id: int | None = None,
-) -> None:
+def after_send(message: OutboundMessage, *, now: datetime | None = None) -> None:
     """Create the node's timers from ``sent_at``; safe to call again (dedupe keys).
 
-    ``message`` needs its id, enrollment, action and sent_at. A caller that has read
-    the send action's ``node`` and ``visit_version`` and the enrollment's ``plan_id``
-    passes them, and the timers cost one statement; otherwise they are read here.
+    ``message`` needs its id, enrollment, action and sent_at. (The send itself writes
+    them in the statement that marks the message sent: see timers_after_send.)
     """
     insert_rows(ScheduledAction, timers_after_send(
         message.id, message.enrollment_id, message.action_id, message.sent_at or now or utcnow(),
-        node=node, visit_version=visit_version, plan_id=plan_id,
     ), ignore_conflicts=True)
 
 
