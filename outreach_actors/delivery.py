@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
@@ -26,6 +26,7 @@ from .models import (
     OutboundMessage,
     ScheduledAction,
     SenderIdentity,
+    Tenant,
     database_proxy,
     insert_statements,
     new_message_id,
@@ -75,8 +76,10 @@ class _SendAction(NamedTuple):
     contact_timezone: str | None
     tenant_name: str
     plan_version: int
+    tenant_rate_limits: str | None  # the tenant's rate-limit overrides, as stored
     sender_email: str | None  # the tenant's first sender, verified ones first
     sender_name: str | None
+    sender_rate_limits: str | None
 
 
 # Fixed SQL, not Peewee queries, for the statements that every email runs (the
@@ -99,7 +102,8 @@ def _statement(template: str) -> str:
     return prepare(database, statement)
 
 # The send action, its enrollment, contact, tenant and plan version, and the
-# tenant's first sender identity (verified ones first), as _SendAction. Tenant, plan
+# tenant's first sender identity (verified ones first), as _SendAction; with the
+# rate-limit overrides of both, which the send order carries (see SendOrder). Tenant, plan
 # and sender are scalar subqueries, not joins: PostgreSQL took 0.41 ms to plan the
 # six-way join (searching its join orders) against 0.04 ms to run it; this form plans
 # in 0.13 ms.
@@ -109,9 +113,12 @@ SELECT a.kind, a.status, a.dedupe_key, a.node, a.visit_version, a.enrollment_id,
        c.email, c.fields, c.timezone,
        (SELECT t.name FROM tenant AS t WHERE t.id = e.tenant_id),
        (SELECT p.version FROM plan AS p WHERE p.id = e.plan_id),
+       (SELECT t.rate_limits FROM tenant AS t WHERE t.id = e.tenant_id),
        (SELECT f.email FROM sender_identity AS f WHERE f.tenant_id = e.tenant_id
         ORDER BY f.verified DESC, f.id LIMIT 1),
        (SELECT f.name FROM sender_identity AS f WHERE f.tenant_id = e.tenant_id
+        ORDER BY f.verified DESC, f.id LIMIT 1),
+       (SELECT f.rate_limits FROM sender_identity AS f WHERE f.tenant_id = e.tenant_id
         ORDER BY f.verified DESC, f.id LIMIT 1)
 FROM scheduled_action AS a
 JOIN enrollment AS e ON e.id = a.enrollment_id
@@ -168,15 +175,19 @@ def _load_send_action(action_id: int) -> _SendAction | None:
     return facts._replace(contact_fields=Contact.fields.python_value(facts.contact_fields))
 
 
-def _sender_for(facts: _SendAction, plan_sender: str | None) -> tuple[str, str] | None:
-    """(email, name) of the identity the email goes out from: the plan's sender, or
-    the tenant's first one (verified first); None if there is none."""
+def _sender_for(facts: _SendAction,
+                plan_sender: str | None) -> tuple[str, str, dict | None] | None:
+    """(email, name, rate-limit overrides) of the identity the email goes out from:
+    the plan's sender, or the tenant's first one (verified first); None if there is
+    none."""
     if facts.sender_email is None:
         return None  # the tenant has no sender at all
     if not plan_sender or facts.sender_email == plan_sender.lower():
-        return facts.sender_email, facts.sender_name
+        return (facts.sender_email, facts.sender_name,
+                SenderIdentity.rate_limits.python_value(facts.sender_rate_limits))
     row = (
-        SenderIdentity.select(SenderIdentity.email, SenderIdentity.name)
+        SenderIdentity.select(SenderIdentity.email, SenderIdentity.name,
+                              SenderIdentity.rate_limits)
         .where(SenderIdentity.tenant == facts.tenant_id,
                SenderIdentity.email == plan_sender.lower())
         .tuples()
@@ -197,9 +208,105 @@ _FINISHED = frozenset({ScheduledAction.CANCELLED, ScheduledAction.SKIPPED, Sched
                        ScheduledAction.FAILED})
 
 
+# --- the send order: what a render hands its send -----------------------------------
+
+# How long the rate-limit facts read by a render serve its send. A send follows its
+# render within a second or so; one that waited longer (a backlog, a rate-limit
+# deferral, a retry) reads them again, so that a changed override reaches it.
+SEND_ORDER_FRESH_FOR = timedelta(seconds=30)
+
+
+class SendScope(NamedTuple):
+    """Whom one send counts against: what its rate limits are built from."""
+
+    tenant: str
+    sender: str
+    recipient_domain: str
+    tenant_overrides: dict
+    sender_overrides: dict
+
+
+def send_order(message_id: str, scope: SendScope, rendered_at: datetime) -> dict:
+    """What a render pipes to its send: the message id and whom the send counts
+    against, so that the send's rate limits need no read of their own (the render
+    read it all already). JSON, as it travels in a broker message."""
+    return {"message_id": message_id, "scope": scope._asdict(),
+            "rendered_at": rendered_at.isoformat()}
+
+
+def order_message_id(order: dict | str | None) -> str | None:
+    """The message id of a send order; a bare message id (what the reconciler enqueues,
+    and earlier versions piped) is its own."""
+    return order.get("message_id") if isinstance(order, dict) else order
+
+
+# The message's status, tenant, sender and recipient, and the rate-limit overrides
+# of its tenant and (when it is one) its sender identity: scalar subqueries rather
+# than joins, which PostgreSQL plans in 0.04 ms, not 0.09.
+_SEND_SCOPE = """
+SELECT m.status, m.tenant_id, m.from_email, m.to_email,
+    (SELECT t.rate_limits FROM tenant AS t WHERE t.id = m.tenant_id),
+    (SELECT s.rate_limits FROM sender_identity AS s
+     WHERE s.tenant_id = m.tenant_id AND s.email = m.from_email)
+FROM outbound_message AS m
+WHERE m.id = {p}
+"""
+
+
+def send_scope(order: dict | str | None, *, now: datetime | None = None) -> SendScope | None:
+    """Whom the send of ``order`` counts against; None when nothing will be sent.
+
+    A fresh order (rendered less than SEND_ORDER_FRESH_FOR ago) says so itself.
+    Otherwise one narrow read of the message, which also finds a message that is no
+    longer ``rendered``: nothing will be sent, so the send takes no slot. (A fresh
+    order's message is not looked at: a duplicate of its send, were it to get past
+    the idempotency lease, would take one slot and then find the claim taken.)
+    """
+    if isinstance(order, dict):
+        scope = _fresh_scope(order, now or utcnow())
+        if scope is not None:
+            return scope
+    message_id = order_message_id(order)
+    if message_id is None:
+        return None
+    row = database_proxy.execute_sql(_statement(_SEND_SCOPE), (message_id,)).fetchone()
+    if row is None or row[0] != OutboundMessage.RENDERED:
+        return None
+    _, tenant_id, from_email, to_email, tenant_overrides, sender_overrides = row
+    return SendScope(
+        tenant_id, from_email, to_email.rsplit("@", 1)[-1],
+        Tenant.rate_limits.python_value(tenant_overrides) or {},
+        SenderIdentity.rate_limits.python_value(sender_overrides) or {},
+    )
+
+
+def _fresh_scope(order: dict, now: datetime) -> SendScope | None:
+    """The scope an order carries, if it is fresh and well formed (else None: read it)."""
+    try:
+        rendered_at = datetime.fromisoformat(order["rendered_at"])
+        scope = SendScope(**order["scope"])
+    except (KeyError, TypeError, ValueError):
+        return None  # not an order this version wrote: read the message instead
+    # A clock behind the render's (another host) counts as fresh for as long.
+    if abs(now - rendered_at) >= SEND_ORDER_FRESH_FOR:
+        return None
+    return scope
+
+
+# --- render ----------------------------------------------------------------------------
+
 def render_action(action_id: int, *, settings: Settings | None = None,
                   now: datetime | None = None) -> str | None:
-    """Render the email of a send action and store it; returns the message id to send.
+    """Render the email of a send action and store it; returns the message id to send
+    (see render_for_send)."""
+    return order_message_id(render_for_send(action_id, settings=settings, now=now))
+
+
+def render_for_send(action_id: int, *, settings: Settings | None = None,
+                    now: datetime | None = None) -> dict | str | None:
+    """Render the email of a send action and store it; returns what to send: the send
+    order of the new message (see send_order), or the id of the message an earlier
+    render stored.
 
     Returns None when there is nothing to send: the action was cancelled, or the
     enrollment left the node before the action ran.
@@ -242,7 +349,7 @@ def render_action(action_id: int, *, settings: Settings | None = None,
         )
         _fail_render(action_id, facts.enrollment_id, problem, now)
         return None
-    sender_email, sender_name = sender
+    sender_email, sender_name, sender_overrides = sender
 
     message_id = new_message_id()
     unsubscribe = unsubscribe_url(settings, facts.tenant_id, facts.contact_email, message_id)
@@ -296,7 +403,11 @@ def render_action(action_id: int, *, settings: Settings | None = None,
         return existing
     # At debug: the send logs each email's outcome once, at info, by message id.
     logger.debug("Rendered message=%s action=%s node=%s", message_id, action_id, facts.node)
-    return message_id
+    return send_order(message_id, SendScope(
+        facts.tenant_id, sender_email, facts.contact_email.rsplit("@", 1)[-1],
+        Tenant.rate_limits.python_value(facts.tenant_rate_limits) or {},
+        sender_overrides or {},
+    ), now)
 
 
 def _unstorable(*texts: str) -> str | None:

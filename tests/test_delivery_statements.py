@@ -20,7 +20,6 @@ import dramatiq
 import pytest
 
 from outreach_actors import delivery, engine, models
-from outreach_actors.actors import pipeline
 from outreach_actors.actors.pipeline import send_rate_limits
 from outreach_actors.db import is_postgresql
 from outreach_actors.models import (
@@ -65,8 +64,8 @@ def rendered(acme) -> OutboundMessage:
     return OutboundMessage.get_by_id(delivery.render_action(send_action("ada@example.com").id))
 
 
-def limits_message(message_id: str | None) -> dramatiq.Message:
-    return dramatiq.Message(queue_name="send", actor_name="send", args=(message_id,), kwargs={},
+def limits_message(order: dict | str | None) -> dramatiq.Message:
+    return dramatiq.Message(queue_name="send", actor_name="send", args=(order,), kwargs={},
                             options={})
 
 
@@ -81,14 +80,15 @@ def on_postgresql() -> bool:
     return is_postgresql(models.database_proxy.obj)
 
 
-def test_an_email_costs_two_statements_to_render_one_for_its_limits_and_two_to_send(
+def test_an_email_costs_two_statements_to_render_none_for_its_limits_and_two_to_send(
         acme, standin, sendgrid_client) -> None:
     # A first email warms the plan cache and the connection, as a running worker has.
     delivery.send_message(delivery.render_action(send_action("first@example.com").id), sendgrid_client)
     action = send_action("ada@example.com", first_name="Ada")
 
     with counting() as render:
-        message_id = delivery.render_action(action.id)
+        order = delivery.render_for_send(action.id)
+    message_id = delivery.order_message_id(order)
     if on_postgresql():
         # the joined read; then the message stored and the action marked done by one
         # autocommitted statement: no BEGIN, no COMMIT
@@ -102,10 +102,14 @@ def test_an_email_costs_two_statements_to_render_one_for_its_limits_and_two_to_s
                                   delivery._statement(delivery._FINISH_RENDERED)]
         assert render.transactions == 1
 
+    # the send order the render pipes says whom the send counts against
+    with counting() as limits:
+        assert len(send_rate_limits(limits_message(order))) == 5
+    assert limits.sql == []
+    # a bare message id (the reconciler's) costs one narrow read
     with counting() as limits:
         assert len(send_rate_limits(limits_message(message_id))) == 5
-    assert limits.kinds == ["SELECT"], limits.sql
-    assert limits.sql == [delivery._statement(pipeline._SEND_LIMITS)]
+    assert limits.sql == [delivery._statement(delivery._SEND_SCOPE)]
 
     with counting() as send:
         assert delivery.send_message(message_id, sendgrid_client).status == "sent"
@@ -273,6 +277,69 @@ def test_send_rate_limits_read_the_tenants_and_the_senders_overrides(rendered) -
     assert send_rate_limits(limits_message(rendered.id)) == []
     assert send_rate_limits(limits_message("msg_missing")) == []
     assert send_rate_limits(limits_message(None)) == []
+
+
+
+def limits_of(order: dict | str | None) -> dict[tuple[str, int], int]:
+    return {(limit.scope, limit.period_ms): limit.limit
+            for limit in send_rate_limits(limits_message(order))}
+
+
+def test_a_send_order_carries_the_overrides_the_render_read(acme) -> None:
+    Tenant.update(rate_limits={"tenant_per_hour": 7, "sender_per_hour": 9}).execute()
+    SenderIdentity.update(rate_limits={"sender_per_minute": 3}).execute()
+    order = delivery.render_for_send(send_action("Ada@Example.COM").id)
+
+    assert order["message_id"] == OutboundMessage.get().id
+    assert order["scope"] == {
+        "tenant": "acme", "sender": "sales@acme.test", "recipient_domain": "example.com",
+        "tenant_overrides": {"tenant_per_hour": 7, "sender_per_hour": 9},
+        "sender_overrides": {"sender_per_minute": 3},
+    }
+    # the same limits as a read of the message gives
+    assert limits_of(order) == limits_of(order["message_id"])
+    assert limits_of(order)[("sender", 60_000)] == 3
+    assert limits_of(order)[("tenant", 3_600_000)] == 7
+
+
+def test_a_send_order_names_the_plans_sender_and_its_overrides(acme) -> None:
+    SenderIdentity.create(tenant="acme", email="news@acme.test", name="Acme News", verified=True,
+                          rate_limits={"sender_per_hour": 11})
+    load_plan(sender="News@Acme.test")
+    order = delivery.render_for_send(send_action("ada@example.com").id)
+
+    assert (order["scope"]["sender"], order["scope"]["sender_overrides"]) == (
+        "news@acme.test", {"sender_per_hour": 11})
+    assert limits_of(order) == limits_of(order["message_id"])
+
+
+def test_an_order_that_waited_reads_the_message_again(acme) -> None:
+    rendered_at = utcnow() - delivery.SEND_ORDER_FRESH_FOR
+    order = delivery.render_for_send(send_action("ada@example.com").id, now=rendered_at)
+    # an override changed since the render reaches a send that waited
+    Tenant.update(rate_limits={"tenant_per_hour": 5}).execute()
+    with counting() as read:
+        assert limits_of(order)[("tenant", 3_600_000)] == 5
+    assert read.sql == [delivery._statement(delivery._SEND_SCOPE)]
+    # and one whose message went out meanwhile takes no slot
+    OutboundMessage.update(status="sent").execute()
+    assert send_rate_limits(limits_message(order)) == []
+    # while a fresh order is believed: its send will find the claim taken
+    fresh = {**order, "rendered_at": utcnow().isoformat()}
+    assert len(send_rate_limits(limits_message(fresh))) == 5
+
+
+@pytest.mark.parametrize("broken", [
+    {"rendered_at": "yesterday"},
+    {"rendered_at": None},
+    {"scope": {"tenant": "acme"}},
+    {"scope": "acme"},
+])
+def test_an_order_this_version_did_not_write_reads_the_message(acme, broken) -> None:
+    order = {**delivery.render_for_send(send_action("ada@example.com").id), **broken}
+    with counting() as read:
+        assert len(send_rate_limits(limits_message(order))) == 5
+    assert read.sql == [delivery._statement(delivery._SEND_SCOPE)]
 
 
 # --- the single-statement writes keep their outcomes ----------------------------------

@@ -6,6 +6,7 @@ import threading
 import time
 from datetime import timedelta
 
+import dramatiq
 import pytest
 
 from outreach_actors import dispatch, engine, models
@@ -166,3 +167,51 @@ def test_the_send_actor_notes_its_rate_limit_deferrals(data_dir, sqlite_db, stub
     assert len(standin.messages) == 1
     waiting = OutboundMessage.get(OutboundMessage.status == "rendered")
     assert started + timedelta(minutes=9) < waiting.requeued_at <= utcnow() + timedelta(minutes=10)
+
+
+class _SeenMessages(dramatiq.Middleware):
+    """Records the arguments of the messages a worker runs, and of those it skips."""
+
+    def __init__(self) -> None:
+        self.args: dict[str, list[tuple]] = {}
+        self.skipped: list[tuple] = []
+
+    def before_process_message(self, broker, message) -> None:
+        self.args.setdefault(message.actor_name, []).append(message.args)
+
+    def after_skip_message(self, broker, message) -> None:
+        self.skipped.append(message.args)
+
+
+def test_the_render_pipes_a_send_order_and_a_send_delivered_again_sends_once(
+        data_dir, sqlite_db, stub_broker, stub_worker, standin) -> None:
+    from outreach_actors.actors.pipeline import enqueue_actions, send
+    from outreach_actors.settings import configure
+
+    seen = _SeenMessages()
+    stub_broker.add_middleware(seen)
+    configure(make_settings(data_dir, sendgrid_api_host=standin.host))
+    try:
+        make_tenant()
+        load_plan()
+        engine.enroll("acme", "ada@example.com", "onboarding", fields={"first_name": "Ada"})
+        dispatch.dispatch_due_actions(enqueue_actions)
+        stub_broker.join("render")
+        stub_broker.join("send")
+        message = OutboundMessage.get()
+        # The send took the order the render piped: the message and whom it counts against
+        (order,), = seen.args["send"]
+        assert order["message_id"] == message.id
+        assert order["scope"]["tenant"] == "acme"
+        assert message.status == "sent" and len(standin.messages) == 1
+
+        # When the order is delivered again, and the bare id too (the reconciler's form)
+        send.send(order)
+        send.send(message.id)
+        stub_broker.join("send")
+    finally:
+        configure(None)
+    # Then both were skipped as the same effect, done already, and no second email went out
+    assert sorted(seen.skipped, key=repr) == sorted([(order,), (message.id,)], key=repr)
+    assert len(standin.messages) == 1
+    assert OutboundMessage.get_by_id(message.id).attempts == 1
