@@ -103,7 +103,7 @@ def _statement(template: str) -> str:
 
 # The send action, its enrollment, contact, tenant and plan version, and the
 # tenant's first sender identity (verified ones first), as _SendAction; with the
-# rate-limit overrides of both, which the send order carries (see SendOrder). Tenant, plan
+# rate-limit overrides of both, which the send order carries (see send_order). Tenant, plan
 # and sender are scalar subqueries, not joins: PostgreSQL took 0.41 ms to plan the
 # six-way join (searching its join orders) against 0.04 ms to run it; this form plans
 # in 0.13 ms.
