@@ -283,14 +283,12 @@ def send_scope(order: dict | str | None, *, now: datetime | None = None) -> Send
 def _fresh_scope(order: dict, now: datetime) -> SendScope | None:
     """The scope an order carries, if it is fresh and well formed (else None: read it)."""
     try:
-        rendered_at = datetime.fromisoformat(order["rendered_at"])
         scope = SendScope(**order["scope"])
+        # A clock behind the render's (another host) counts as fresh for as long.
+        age = abs(now - datetime.fromisoformat(order["rendered_at"]))
     except (KeyError, TypeError, ValueError):
         return None  # not an order this version wrote: read the message instead
-    # A clock behind the render's (another host) counts as fresh for as long.
-    if abs(now - rendered_at) >= SEND_ORDER_FRESH_FOR:
-        return None
-    return scope
+    return scope if age < SEND_ORDER_FRESH_FOR else None
 
 
 # --- render ----------------------------------------------------------------------------

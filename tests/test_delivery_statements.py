@@ -332,6 +332,7 @@ def test_an_order_that_waited_reads_the_message_again(acme) -> None:
 @pytest.mark.parametrize("broken", [
     {"rendered_at": "yesterday"},
     {"rendered_at": None},
+    {"rendered_at": "2026-11-22T10:00:00+00:00"},  # naive UTC is what the render writes
     {"scope": {"tenant": "acme"}},
     {"scope": "acme"},
 ])
