@@ -224,6 +224,14 @@ class SendScope(NamedTuple):
     tenant_overrides: dict
     sender_overrides: dict
 
+    @classmethod
+    def of(cls, tenant: str, sender: str, to_email: str, tenant_overrides: dict | None,
+           sender_overrides: dict | None) -> SendScope:
+        """The scope of a send from ``sender`` to ``to_email`` (overrides decoded;
+        None for none)."""
+        return cls(tenant, sender, to_email.rsplit("@", 1)[-1], tenant_overrides or {},
+                   sender_overrides or {})
+
 
 def send_order(message_id: str, scope: SendScope, rendered_at: datetime) -> dict:
     """What a render pipes to its send: the message id and whom the send counts
@@ -272,11 +280,9 @@ def send_scope(order: dict | str | None, *, now: datetime | None = None) -> Send
     if row is None or row[0] != OutboundMessage.RENDERED:
         return None
     _, tenant_id, from_email, to_email, tenant_overrides, sender_overrides = row
-    return SendScope(
-        tenant_id, from_email, to_email.rsplit("@", 1)[-1],
-        Tenant.rate_limits.python_value(tenant_overrides) or {},
-        SenderIdentity.rate_limits.python_value(sender_overrides) or {},
-    )
+    return SendScope.of(tenant_id, from_email, to_email,
+                        Tenant.rate_limits.python_value(tenant_overrides),
+                        SenderIdentity.rate_limits.python_value(sender_overrides))
 
 
 def _fresh_scope(order: dict, now: datetime) -> SendScope | None:
@@ -400,10 +406,9 @@ def render_for_send(action_id: int, *, settings: Settings | None = None,
         return existing
     # At debug: the send logs each email's outcome once, at info, by message id.
     logger.debug("Rendered message=%s action=%s node=%s", message_id, action_id, facts.node)
-    return send_order(message_id, SendScope(
-        facts.tenant_id, sender_email, facts.contact_email.rsplit("@", 1)[-1],
-        Tenant.rate_limits.python_value(facts.tenant_rate_limits) or {},
-        sender_overrides or {},
+    return send_order(message_id, SendScope.of(
+        facts.tenant_id, sender_email, facts.contact_email,
+        Tenant.rate_limits.python_value(facts.tenant_rate_limits), sender_overrides,
     ), now)
 
 

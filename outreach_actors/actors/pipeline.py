@@ -43,13 +43,18 @@ def render(action_id: int) -> dict | str | None:
     return delivery.render_for_send(action_id)
 
 
+def _send_order(message: dramatiq.Message) -> dict | str | None:
+    """What a send message carries: the render's send order, or a message id."""
+    return message.args[0] if message.args else None
+
+
 def send_rate_limits(message: dramatiq.Message) -> list[Limit]:
     """Every scope one send takes: its sender, tenant, recipient domain and the global one.
 
     Read from the send order the render piped, or from the message when the order is
     not fresh (see delivery.send_scope).
     """
-    scope = delivery.send_scope(message.args[0] if message.args else None)
+    scope = delivery.send_scope(_send_order(message))
     if scope is None:
         return []  # nothing will be sent: do not take a slot
     return default_limits(
@@ -62,7 +67,7 @@ def send_rate_limits(message: dramatiq.Message) -> list[Limit]:
 def send_effect(message: dramatiq.Message) -> str | None:
     """The idempotency key of a send: its message, however the send was ordered (a
     piped send order, or a bare id from the reconciler)."""
-    return delivery.order_message_id(message.args[0] if message.args else None)
+    return delivery.order_message_id(_send_order(message))
 
 
 def send_deferred(message: dramatiq.Message, delay_ms: int) -> None:
