@@ -69,6 +69,12 @@ def limits_message(order: dict | str | None) -> dramatiq.Message:
                             options={})
 
 
+def limits_of(order: dict | str | None) -> dict[tuple[str, int], int]:
+    """The send's limits by (scope, period)."""
+    return {(limit.scope, limit.period_ms): limit.limit
+            for limit in send_rate_limits(limits_message(order))}
+
+
 def timers_of(enrollment_id: int) -> list[tuple[str, str]]:
     return [(timer.node, timer.event) for timer in ScheduledAction.select().where(
         ScheduledAction.enrollment == enrollment_id, ScheduledAction.kind == ScheduledAction.TIMEOUT)]
@@ -264,8 +270,7 @@ def test_a_message_without_enrollment_or_action_is_sent_without_timers(acme, sta
 def test_send_rate_limits_read_the_tenants_and_the_senders_overrides(rendered) -> None:
     Tenant.update(rate_limits={"tenant_per_hour": 7, "sender_per_hour": 9}).execute()
     SenderIdentity.update(rate_limits={"sender_per_minute": 3}).execute()
-    limits = {(limit.scope, limit.period_ms): limit.limit
-              for limit in send_rate_limits(limits_message(rendered.id))}
+    limits = limits_of(rendered.id)
     assert limits[("tenant", 3_600_000)] == 7
     assert limits[("sender", 3_600_000)] == 9
     assert limits[("sender", 60_000)] == 3
@@ -278,11 +283,6 @@ def test_send_rate_limits_read_the_tenants_and_the_senders_overrides(rendered) -
     assert send_rate_limits(limits_message("msg_missing")) == []
     assert send_rate_limits(limits_message(None)) == []
 
-
-
-def limits_of(order: dict | str | None) -> dict[tuple[str, int], int]:
-    return {(limit.scope, limit.period_ms): limit.limit
-            for limit in send_rate_limits(limits_message(order))}
 
 
 def test_a_send_order_carries_the_overrides_the_render_read(acme) -> None:
