@@ -137,6 +137,8 @@ def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console) -
         "OUTREACH_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
         "OUTREACH_SECRET_KEY": secret_key,
         "OUTREACH_DISPATCH_INTERVAL": "PT0.5S",
+        # Days pass in seconds here: a second of waiting on an empty queue would show.
+        "OUTREACH_WORKER_IDLE_POLL_INTERVAL": "PT0.1S",
         "OUTREACH_NO_OPEN_TIMEOUT": compress("PT72H"),
         "OUTREACH_NO_CLICK_TIMEOUT": compress("PT24H"),
         # The demo sends hundreds of emails in seconds; real limits would stretch it to hours.

@@ -117,8 +117,11 @@ class Settings(BaseModel):
     dispatch_batch_size: int = 500
     # Timers due together are fired by one message, in batches of at most this many.
     timeout_batch_size: int = 100
-    # How often idle workers poll, and so how late a due delayed message can start.
+    # How long a worker waits on an empty timer queue before it looks again, and so how
+    # late a due timer can start; and the same for every other queue, which no
+    # deadline needs looked at so often (see middleware.polling for the cost).
     worker_poll_interval: Duration = timedelta(milliseconds=100)
+    worker_idle_poll_interval: Duration = timedelta(seconds=1)
     action_lease: Duration = timedelta(minutes=5)
     send_max_retries: int = 8
     # An ambiguous send (the connection dropped after SendGrid may have accepted it)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import dramatiq
@@ -149,20 +150,47 @@ def test_each_message_gets_a_connection_and_gives_it_back(settings, stub_broker)
     assert connections[0] is not connections[1]
 
 
-def test_workers_poll_at_the_configured_interval(data_dir) -> None:
+def _wait_for(condition, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_workers_poll_the_timer_queue_often_and_the_others_seldom(data_dir) -> None:
+    from outreach_actors.actors.pipeline import TIMER_QUEUE
     from outreach_actors.broker import make_broker
 
-    broker = make_broker(make_settings(data_dir, worker_poll_interval="PT0.05S"))
+    broker = make_broker(make_settings(data_dir, worker_poll_interval="PT0.05S",
+                                       worker_idle_poll_interval="PT0.7S"))
 
-    @dramatiq.actor(broker=broker)
-    def noop() -> None:
+    @dramatiq.actor(broker=broker, queue_name=TIMER_QUEUE)
+    def fire() -> None:
+        pass
+
+    @dramatiq.actor(broker=broker, queue_name="render")
+    def render() -> None:
         pass
 
     worker = dramatiq.Worker(broker, worker_timeout=1000)
     worker.start()
     try:
-        assert worker.worker_timeout == 50
-        assert worker.consumers
-        assert all(consumer.worker_timeout == 50 for consumer in worker.consumers.values())
+        # The consumers set their own interval as their threads start.
+        consumers = worker.consumers
+        _wait_for(lambda: all(c.worker_timeout != 1000 for c in consumers.values()))
+        intervals = {name: consumer.worker_timeout for name, consumer in consumers.items()}
+        assert intervals == {TIMER_QUEUE: 50, f"{TIMER_QUEUE}.DQ": 50,
+                             "render": 700, "render.DQ": 700}
+        assert worker.worker_timeout == 700
+        assert all(thread.timeout == 0.7 for thread in worker.workers)
     finally:
         worker.stop()
+
+
+@pytest.mark.parametrize("name", ["worker_poll_interval", "worker_idle_poll_interval"])
+def test_a_zero_polling_interval_is_refused_naming_the_setting(data_dir, name) -> None:
+    from outreach_actors.middleware import project_middleware
+    from outreach_actors.settings import SettingsError, env_name
+
+    with pytest.raises(SettingsError, match=env_name(name)):
+        project_middleware(make_settings(data_dir, **{name: "PT0S"}))

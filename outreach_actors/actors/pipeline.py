@@ -15,6 +15,7 @@ import dramatiq
 from dramatiq.middleware import CurrentMessage
 
 from .. import delivery, dispatch, timeouts
+from ..middleware.polling import TIMER_QUEUE
 from ..models import ScheduledAction, utcnow
 from ..ratelimit import Limit, default_limits
 from ..settings import get_settings
@@ -93,13 +94,13 @@ def send(order: dict | str | None) -> None:
 
 # The dispatcher sends batches (fire_timeouts); this single-timer actor stays so that
 # messages enqueued by an earlier version, still in a broker, are still processed.
-@dramatiq.actor(queue_name="timeouts", max_retries=10)
+@dramatiq.actor(queue_name=TIMER_QUEUE, max_retries=10)
 def fire_timeout(action_id: int) -> None:
     """Fire a due timeout: a synthetic no_open/no_click/elapsed event, exactly once."""
     timeouts.fire_timeout(action_id)
 
 
-@dramatiq.actor(queue_name="timeouts", max_retries=10)
+@dramatiq.actor(queue_name=TIMER_QUEUE, max_retries=10)
 def fire_timeouts(action_ids: list[int]) -> None:
     """Fire a batch of timeouts that came due together (see timeouts.fire_timeouts)."""
     timeouts.fire_timeouts(action_ids)
@@ -119,7 +120,8 @@ def enqueue_actions(due: list[tuple[ScheduledAction, int]], **options: Any) -> N
             ]).run(delay=delay_ms or None)
         else:
             timers.append((action, delay_ms))
-    # Timers due within one polling interval share a message: it fires them no later.
+    # Timers due within one polling interval of the timer queue share a message: it
+    # fires them no later.
     window_ms = int(settings.worker_poll_interval.total_seconds() * 1000)
     for ids, delay_ms in dispatch.timer_batches(
             timers, max_size=settings.timeout_batch_size, window_ms=window_ms):

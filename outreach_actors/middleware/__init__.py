@@ -16,7 +16,7 @@ from ..settings import Settings, SettingsError, env_name
 from .database import DatabaseConnections
 from .idempotency import Idempotency
 from .periodic import PeriodicTickLock
-from .polling import WorkerPolling
+from .polling import TIMER_QUEUE, WorkerPolling
 from .ratelimit import RateLimits
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,11 @@ def project_middleware(settings: Settings) -> list[dramatiq.Middleware]:
     """
     state = BrokerState(settings)
     return [
-        WorkerPolling(interval_ms=_ms(settings, "worker_poll_interval")),
+        WorkerPolling(
+            interval_ms=_ms(settings, "worker_idle_poll_interval"),
+            prompt_queues=[TIMER_QUEUE],
+            prompt_interval_ms=_ms(settings, "worker_poll_interval"),
+        ),
         DatabaseConnections(),
         PeriodicTickLock(),
         Idempotency(
