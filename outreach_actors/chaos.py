@@ -303,6 +303,10 @@ def _environment(config: ChaosConfig, data_dir: Path, redis_dir: Path, sendgrid_
         # with the default minute, a killed worker's delayed messages would hold
         # their actions until the lease after that minute.
         "OUTREACH_DISPATCH_HORIZON": "PT1S",
+        # On this time scale a second spent waiting on an empty queue is a long time
+        # (every step of a campaign would wait it, the dispatcher's too, past the
+        # horizon): every queue is looked at as often as the timer queue.
+        "OUTREACH_WORKER_IDLE_POLL_INTERVAL": "PT0.1S",
         "OUTREACH_ACTION_LEASE": config.action_lease,
         # A killed worker's idempotency lease must not outlive the action lease, or
         # the reconciler's re-enqueued message waits for it.
