@@ -22,11 +22,11 @@ class WorkerPolling(dramatiq.Middleware):
     ``prompt_interval_ms``, or timers would fire up to two intervals late. Every
     other queue, and the worker threads' own wait for work, get ``interval_ms``:
     each look wakes a thread that must take the worker process's GIL from the
-    threads running actors. With every queue at 100 ms the empty ones were
-    looked at some 370 times a second by two worker processes, 0.24 cores of
-    Python while idle, and sending emails went about a quarter slower
-    (benchmarks/pipeline.py). A busy queue is not affected: its consumer fetches
-    again as soon as it has room.
+    threads running actors. With every queue at 100 ms two idle worker
+    processes looked some 370 times a second, 0.21 cores of Python, and under
+    load benchmarks/pipeline.py put through about 15% fewer emails, and as many
+    fewer no-op chains, a second. A busy queue is not affected: its consumer
+    fetches again as soon as it has room.
 
     Set before the consumers start, so it applies to ``dramatiq outreach_actors``
     without flags.
