@@ -151,15 +151,15 @@ def test_each_message_gets_a_connection_and_gives_it_back(settings, stub_broker)
 
 
 def _wait_for(condition, timeout_s: float = 5.0) -> None:
+    """Until ``condition()`` holds or ``timeout_s`` passes; the caller asserts after."""
     deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
+    while not condition() and time.monotonic() < deadline:
         time.sleep(0.01)
 
 
 def test_workers_poll_the_timer_queue_often_and_the_others_seldom(data_dir) -> None:
-    from outreach_actors.actors.pipeline import TIMER_QUEUE
     from outreach_actors.broker import make_broker
+    from outreach_actors.middleware.polling import TIMER_QUEUE
 
     broker = make_broker(make_settings(data_dir, worker_poll_interval="PT0.05S",
                                        worker_idle_poll_interval="PT0.7S"))
@@ -175,12 +175,15 @@ def test_workers_poll_the_timer_queue_often_and_the_others_seldom(data_dir) -> N
     worker = dramatiq.Worker(broker, worker_timeout=1000)
     worker.start()
     try:
-        # The consumers set their own interval as their threads start.
-        consumers = worker.consumers
-        _wait_for(lambda: all(c.worker_timeout != 1000 for c in consumers.values()))
-        intervals = {name: consumer.worker_timeout for name, consumer in consumers.items()}
-        assert intervals == {TIMER_QUEUE: 50, f"{TIMER_QUEUE}.DQ": 50,
-                             "render": 700, "render.DQ": 700}
+        # The consumers are built with the worker's interval and set their own as their
+        # threads start: give the threads a moment, then compare.
+        expected = {TIMER_QUEUE: 50, f"{TIMER_QUEUE}.DQ": 50, "render": 700, "render.DQ": 700}
+
+        def intervals() -> dict[str, int]:
+            return {name: consumer.worker_timeout for name, consumer in worker.consumers.items()}
+
+        _wait_for(lambda: intervals() == expected)
+        assert intervals() == expected
         assert worker.worker_timeout == 700
         assert all(thread.timeout == 0.7 for thread in worker.workers)
     finally:
