@@ -5,11 +5,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
+import html_text
+import lxml.etree
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from outreach_actors import rendering
 from outreach_actors.rendering import (
     MAX_OUTPUT_CHARS,
     MAX_TEMPLATE_BYTES,
@@ -194,6 +198,40 @@ def test_any_html_has_a_text_part(html: str) -> None:
 
     assert isinstance(text, str)
     assert all(line == line.strip() for line in text.splitlines())
+
+
+CLEANED_MARKUP = st.lists(
+    st.sampled_from([
+        "<p>", "</p>", "<div>", "</div>", "<b>", "</b>", "<li>", "<ol start='3'>", "<br>",
+        "<a href='u'>", "</a>", "<head>", "<body>", "<html>", "<title>", "<textarea>", "<img>",
+        "<!-- note -->", "<!--[if mso]><p>mso</p><![endif]-->", "<?pi x?>",
+        "<script>", "</script>", "<style>", "</style>", "<link rel=x>", "<meta name=x>",
+        "<iframe>", "</iframe>", "<object>", "</object>", "<embed>", "<param>", "<applet>",
+        "</applet>", "<frameset>", "<frame>", "<noframes>", "</noframes>", "<layer>",
+        "<p hidden>", "<span style='display:none'>", "</span>", "&amp;", "<",
+    ])
+    | st.text(max_size=8)
+).map("".join)
+
+
+def text_through_the_cleaner(html: str) -> str:
+    """html_to_text as it was before it skipped lxml's Cleaner: every tree cleaned."""
+    nothing, everything = lxml.etree.XPath("/.."), lxml.etree.XPath("//node()")
+    with mock.patch.object(rendering, "_COMMENTS", nothing), \
+            mock.patch.object(rendering, "_CLEANED_ELEMENTS", everything):
+        return html_to_text(html)
+
+
+@given(CLEANED_MARKUP)
+def test_text_without_the_cleaner_is_the_text_with_it(html: str) -> None:
+    """html_to_text skips the Cleaner when it would change nothing the text shows."""
+    assert html_to_text(html) == text_through_the_cleaner(html)
+
+
+def test_the_cleaner_is_skipped_for_a_plain_email() -> None:
+    html = "<html><head><style>p {}</style></head><body><!-- x --><p>Hi</p></body></html>"
+    with mock.patch.object(html_text, "extract_text", side_effect=AssertionError("cleaned")):
+        assert html_to_text(html) == "Hi"
 
 
 # -- missing values and runtime errors --------------------------------------------------
