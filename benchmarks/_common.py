@@ -265,3 +265,66 @@ class Workers:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def _server_processes(name: str) -> list[psutil.Process]:
+    return [process for process in psutil.process_iter(["name"])
+            if (process.info["name"] or "").startswith(name)]
+
+
+class CpuMeter:
+    """The CPU each part of this machine spends from the meter's start, per item done.
+
+    A throughput on a shared 2-core machine moves with the other load; where the
+    CPU of an item goes does not, much, and it says what a ratio is made of. The
+    parts: the workers (the CLI's main process and its workers), PostgreSQL and
+    Redis (every server process of theirs on this machine), this process (the
+    benchmark: its dispatching and waiting, and the SendGrid stand-in's threads),
+    and the machine as a whole (all time not idle, not waiting on disk, not stolen
+    by the hypervisor). Processes are listed again at the end, so a PostgreSQL
+    backend that connected meanwhile counts.
+    """
+
+    PARTS = ("workers", "PostgreSQL", "Redis", "this process", "machine")
+
+    def __init__(self, workers: Workers) -> None:
+        self.workers = workers
+        self.started = self._read()
+
+    def _processes(self) -> dict[str, list[psutil.Process]]:
+        return {
+            "workers": [psutil.Process(self.workers.process.pid), *self.workers.children()],
+            "PostgreSQL": _server_processes("postgres"),
+            "Redis": _server_processes("redis-server"),
+            "this process": [psutil.Process()],
+        }
+
+    def _read(self) -> dict[str, dict[int, float]]:
+        seconds: dict[str, dict[int, float]] = {}
+        for part, processes in self._processes().items():
+            seconds[part] = {}
+            for process in processes:
+                try:
+                    times = process.cpu_times()
+                except psutil.Error:  # ended meanwhile
+                    continue
+                seconds[part][process.pid] = times.user + times.system
+        machine = psutil.cpu_times()
+        seconds["machine"] = {0: machine.user + machine.nice + machine.system
+                              + machine.irq + machine.softirq}
+        return seconds
+
+    def spent(self) -> dict[str, float]:
+        """Seconds of CPU each part spent since the start."""
+        ended = self._read()
+        return {part: sum(seconds - self.started[part].get(pid, 0.0)
+                          for pid, seconds in ended[part].items())
+                for part in self.PARTS}
+
+    def ms_per_item(self, items: int) -> dict[str, float]:
+        """Milliseconds of CPU each part spent per item since the start."""
+        return {part: seconds / items * 1e3 for part, seconds in self.spent().items()}
+
+
+def cpu_split(ms_per_item: dict[str, float]) -> str:
+    return ", ".join(f"{part} {ms:.2f}" for part, ms in ms_per_item.items())

@@ -18,15 +18,10 @@ import os
 import time
 
 import _common
-import psutil
 import redis
 
 NAMESPACE = "outreach-bench-idle"
 SETTLE_S = 5
-
-
-def cpu_seconds(processes: list[psutil.Process]) -> float:
-    return sum(sum(process.cpu_times()[:2]) for process in processes)
 
 
 def scripts_run(client: redis.Redis) -> int:
@@ -45,18 +40,16 @@ def main() -> None:
     _common.install(environment)
     _common.ensure_database(_common.DATABASE_URL)
     client = redis.Redis.from_url(_common.REDIS_URL)
-    redis_servers = [process for process in psutil.process_iter(["name"])
-                     if "redis-server" in (process.info["name"] or "")]
     try:
         with _common.Workers(environment, modules=("pipeline",)) as workers:
             time.sleep(SETTLE_S)
-            processes = [psutil.Process(workers.process.pid), *workers.children()]
-            before = cpu_seconds(processes), cpu_seconds(redis_servers), scripts_run(client)
+            meter, scripts_before = _common.CpuMeter(workers), scripts_run(client)
             time.sleep(options.seconds)
-            after = cpu_seconds(processes), cpu_seconds(redis_servers), scripts_run(client)
+            spent, scripts = meter.spent(), scripts_run(client) - scripts_before
     finally:
         _common.clear_redis(client, f"{NAMESPACE}*")
-    workers_cpu, redis_cpu, scripts = ((b - a) / options.seconds for a, b in zip(before, after, strict=True))
+    workers_cpu, redis_cpu = (spent[part] / options.seconds for part in ("workers", "Redis"))
+    scripts /= options.seconds
     print(f"polling: {polling or 'the defaults'}; workers: dramatiq, "
           f"{_common.WORKER_PROCESSES} processes x {_common.WORKER_THREADS} threads, idle")
     print(f"worker_cpu_cores   {workers_cpu:.3f} (the CLI's main process and its workers)")

@@ -19,6 +19,10 @@ what the ``dispatch_due`` actor runs) and watches the database.
   shared machine one phase can catch a slow spell the other misses, and a single
   pair moved the ratio by a quarter between runs. Each round prints its pair; the
   figures are the medians of the rounds, the ratio the median of their ratios.
+- Each round also prints where the CPU of an email and of a chain went (CpuMeter: the
+  workers, PostgreSQL, Redis, this process with the stand-in, the machine). The machine
+  is CPU-bound in both phases, so the ratio follows the CPU per item; the split says
+  which part of an email's cost a change moved.
 - timeouts_per_s: N sent messages each with a due ``no_open`` timer (a move to the
   ``bump`` email node); from their dispatch until the ``fire_timeouts`` actor has
   fired all N. The target is 1,000 per second.
@@ -67,6 +71,17 @@ class Size:
     timeouts: int
 
 
+@dataclass(frozen=True)
+class Round:
+    """One alternation: the throughputs, and the CPU per item of each phase by part of
+    the machine (CpuMeter.PARTS, in ms)."""
+
+    emails_per_s: float
+    noop_per_s: float
+    email_cpu: dict[str, float]
+    noop_cpu: dict[str, float]
+
+
 ROUNDS = 3
 FULL = Size(emails=3000, noop_chains=6000, timeouts=6000)
 QUICK = Size(emails=400, noop_chains=1500, timeouts=3000)
@@ -108,21 +123,25 @@ def warm_up(broker: dramatiq.Broker, queues: tuple[str, ...], send_one: Callable
                        timeout_s=60, what="the warm-up", interval_s=0.005)
 
 
-def measure_noop_chains(broker: dramatiq.Broker, count: int, idle_poll_s: float) -> float:
+def measure_noop_chains(broker: dramatiq.Broker, workers: _common.Workers, count: int,
+                        idle_poll_s: float) -> tuple[float, dict[str, float]]:
+    """No-op chains per second, and the CPU of a chain (see CpuMeter)."""
     warm_up(broker, NOOP_QUEUES, lambda n: dramatiq.pipeline(
         [noop_first.message(-n), noop_second.message()]).run(), idle_poll_s)
-    started = time.monotonic()
+    started, cpu = time.monotonic(), _common.CpuMeter(workers)
     for n in range(count):
         dramatiq.pipeline([noop_first.message(n), noop_second.message()]).run()
     finished = _common.wait_until(
         lambda: all(broker.do_qsize(queue) == 0 for queue in NOOP_QUEUES),
         timeout_s=300, what=f"{count} no-op chains",
     )
-    return count / (finished - started)
+    return count / (finished - started), cpu.ms_per_item(count)
 
 
-def measure_emails(settings: Settings, standin: SendGridStandIn, count: int) -> float:
-    """Emails per second; the database and the stand-in must hold no earlier email."""
+def measure_emails(settings: Settings, standin: SendGridStandIn, workers: _common.Workers,
+                   count: int) -> tuple[float, dict[str, float]]:
+    """Emails per second, and the CPU of an email (see CpuMeter); the database and the
+    stand-in must hold no earlier email."""
     standin.reset()
     with models.database_proxy.atomic():
         for n in range(count):
@@ -134,7 +153,7 @@ def measure_emails(settings: Settings, standin: SendGridStandIn, count: int) -> 
     warm_up(dramatiq.get_broker(), (render.queue_name, send.queue_name), lambda n: dramatiq.pipeline(
         [render.message(-n), send.message()]).run(),
         settings.worker_idle_poll_interval.total_seconds())
-    started = time.monotonic()
+    started, cpu = time.monotonic(), _common.CpuMeter(workers)
     dispatch.dispatch_due_actions(enqueue_actions, settings=settings)
     # Watched through the stand-in, in this process, until every mail reached it; only
     # then through the database. Counting the sent rows every 50 ms throughout cost this
@@ -147,7 +166,7 @@ def measure_emails(settings: Settings, standin: SendGridStandIn, count: int) -> 
     if len(standin.messages) != count or sent.count() != count:
         raise RuntimeError(f"{len(standin.messages)} mails reached the stand-in and "
                            f"{sent.count()} are sent, expected {count}")
-    return count / (finished - started)
+    return count / (finished - started), cpu.ms_per_item(count)
 
 
 def measure_timeouts(settings: Settings, plan: models.Plan, count: int) -> float:
@@ -191,9 +210,9 @@ def run(quick: bool, database_url: str = _common.DATABASE_URL,
         redis_url: str = _common.REDIS_URL, profile_dir: Path | None = None,
         processes: int = _common.WORKER_PROCESSES,
         threads: int = _common.WORKER_THREADS, rounds: int = ROUNDS,
-        on_round: Callable[[int, float, float], None] | None = None) -> dict[str, dict]:
+        on_round: Callable[[int, Round], None] | None = None) -> dict[str, dict]:
     """Every figure as {"value", "unit", "reference", "ratio"}; ``on_round`` is told
-    each round's emails/s and no-op chains/s as it ends."""
+    each round as it ends."""
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
     size = QUICK if quick else FULL
@@ -218,15 +237,17 @@ def run(quick: bool, database_url: str = _common.DATABASE_URL,
                     _common.truncate_all()
                     _common.clear_redis(client, *state_keys)
                     _common.seed_tenant(sample_plan())
-                    noop_per_s = measure_noop_chains(
-                        broker, size.noop_chains,
+                    noop_per_s, noop_cpu = measure_noop_chains(
+                        broker, workers, size.noop_chains,
                         settings.worker_idle_poll_interval.total_seconds())
                     _common.clear_redis(client, *state_keys)
                     with profiled(workers, profile_dir, f"emails-{round_number}"):
-                        emails_per_s = measure_emails(settings, standin, size.emails)
+                        emails_per_s, email_cpu = measure_emails(
+                            settings, standin, workers, size.emails)
                     pairs.append((emails_per_s, noop_per_s))
                     if on_round:
-                        on_round(round_number, emails_per_s, noop_per_s)
+                        on_round(round_number,
+                                 Round(emails_per_s, noop_per_s, email_cpu, noop_cpu))
                 _common.truncate_all()
                 _common.clear_redis(client, *state_keys)
                 plan = _common.seed_tenant(sample_plan())
@@ -263,10 +284,13 @@ def main() -> None:
                         help="alternating no-op and email measurements (medians are reported)")
     options = parser.parse_args()
 
-    def print_round(number: int, emails_per_s: float, noop_per_s: float) -> None:
+    def print_round(number: int, measured: Round) -> None:
         if not options.json:
-            print(f"round {number}: emails {emails_per_s:.1f}/s, no-op chains {noop_per_s:.1f}/s, "
-                  f"ratio {emails_per_s / noop_per_s:.3f}", flush=True)
+            print(f"round {number}: emails {measured.emails_per_s:.1f}/s, no-op chains "
+                  f"{measured.noop_per_s:.1f}/s, ratio "
+                  f"{measured.emails_per_s / measured.noop_per_s:.3f}\n"
+                  f"  CPU ms per email: {_common.cpu_split(measured.email_cpu)}\n"
+                  f"  CPU ms per chain: {_common.cpu_split(measured.noop_cpu)}", flush=True)
 
     figures = run(options.quick, options.database_url, options.redis_url, options.profile,
                   options.processes, options.threads, options.rounds, print_round)
