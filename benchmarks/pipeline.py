@@ -15,10 +15,11 @@ what the ``dispatch_due`` actor runs) and watches the database.
   queues are empty. The target is emails_per_s >= noop_chain_per_s / 3.
 - Each of the two is timed right after a warm-up of its queues (see warm_up): the
   figures are throughput, not the latency of a worker's first look at an idle queue.
-- The two are measured in alternation, ``--rounds`` times (3 by default): on a
+- The two are measured in alternation, ``--rounds`` times (5 by default): on a
   shared machine one phase can catch a slow spell the other misses, and a single
-  pair moved the ratio by a quarter between runs. Each round prints its pair; the
-  figures are the medians of the rounds, the ratio the median of their ratios.
+  pair moved the ratio by a quarter between runs (the CPU an email costs moved by a
+  third between the rounds of one run). Each round prints its pair; the figures are
+  the medians of the rounds, the ratio the median of their ratios.
 - Each round also prints where the CPU of an email and of a chain went (CpuMeter: the
   workers, PostgreSQL, Redis, this process with the stand-in, the machine). The machine
   is CPU-bound in both phases, so the ratio follows the CPU per item; the split says
@@ -82,7 +83,7 @@ class Round:
     noop_cpu: dict[str, float]
 
 
-ROUNDS = 3
+ROUNDS = 5
 FULL = Size(emails=3000, noop_chains=6000, timeouts=6000)
 QUICK = Size(emails=400, noop_chains=1500, timeouts=3000)
 
