@@ -25,7 +25,7 @@ from outreach_actors.middleware.idempotency import (
 from outreach_actors.middleware.ratelimit import RateLimits
 from outreach_actors.ratelimit import Limit
 
-from .conftest import REDIS_URL, require_redis
+from .conftest import REDIS_URL, require_redis, wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -45,13 +45,6 @@ def duplicates(outcome: str) -> float:
 
 def deferrals() -> float:
     return counted("outreach_ratelimit_deferrals_total", scope="sender")
-
-
-def wait_until(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 class Effects:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import timedelta
 
 import dramatiq
@@ -20,7 +19,7 @@ from outreach_actors.models import (
     utcnow,
 )
 
-from .conftest import make_settings
+from .conftest import make_settings, wait_until
 from .factories import load_plan, make_tenant
 
 
@@ -150,13 +149,6 @@ def test_each_message_gets_a_connection_and_gives_it_back(settings, stub_broker)
     assert connections[0] is not connections[1]
 
 
-def _wait_for(condition, timeout_s: float = 5.0) -> None:
-    """Until ``condition()`` holds or ``timeout_s`` passes; the caller asserts after."""
-    deadline = time.monotonic() + timeout_s
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.01)
-
-
 def test_workers_poll_the_timer_queue_often_and_the_others_seldom(data_dir) -> None:
     from outreach_actors.broker import make_broker
     from outreach_actors.middleware.polling import TIMER_QUEUE
@@ -182,7 +174,7 @@ def test_workers_poll_the_timer_queue_often_and_the_others_seldom(data_dir) -> N
         def intervals() -> dict[str, int]:
             return {name: consumer.worker_timeout for name, consumer in worker.consumers.items()}
 
-        _wait_for(lambda: intervals() == expected)
+        wait_until(lambda: intervals() == expected, timeout=5.0)
         assert intervals() == expected
         assert worker.worker_timeout == 700
         assert all(thread.timeout == 0.7 for thread in worker.workers)

@@ -33,7 +33,7 @@ from outreach_actors.ratelimit import (
 )
 from outreach_actors.settings import Settings, SettingsError
 
-from .conftest import REDIS_URL, install_broker, make_settings, require_redis
+from .conftest import REDIS_URL, install_broker, make_settings, require_redis, wait_until
 
 # A fixed base time for tests that pass the clock in (milliseconds).
 T = 1_700_000_000_000
@@ -241,13 +241,6 @@ class EnqueueRecorder(dramatiq.Middleware):
 
 def deferral_count(scope: str) -> float:
     return REGISTRY.get_sample_value("outreach_ratelimit_deferrals_total", {"scope": scope}) or 0.0
-
-
-def wait_until(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_a_deferred_send_is_sent_once_the_window_opens_using_no_retry(any_broker, worker) -> None:
