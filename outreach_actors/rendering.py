@@ -275,9 +275,9 @@ _NOT_XML_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 # What lxml's Cleaner, which html-text's extract_text runs first, would change in a
 # way the text shows: comments and processing instructions, which it drops as done
 # here, and the elements it drops with or without their content. A tree with none of
-# these is laid out without the Cleaner, the same text for a third less of this
-# function's CPU: the Cleaner is a sanitizer that also walks the whole tree to strip
-# attributes (style, rewritten links) the text never reads.
+# these is laid out without the Cleaner, the same text for about a fifth less of this
+# function's CPU (216 against 266 µs on the benchmark's email): the Cleaner is a
+# sanitizer that also walks the whole tree to strip attributes the text never reads.
 _COMMENTS = lxml.etree.XPath("//comment() | //processing-instruction()")
 _CLEANED_ELEMENTS = lxml.etree.XPath(
     "//script | //style | //link | //meta | //applet | //param | //frameset | //frame"
@@ -322,8 +322,8 @@ def html_to_text(html: str) -> str:
     for comment in _COMMENTS(tree):
         if comment.getparent() is not None:
             comment.drop_tree()
-    cleaned = not _CLEANED_ELEMENTS(tree)
-    text = html_text.etree_to_text(tree) if cleaned else html_text.extract_text(tree)
+    nothing_to_clean = not _CLEANED_ELEMENTS(tree)
+    text = html_text.etree_to_text(tree) if nothing_to_clean else html_text.extract_text(tree)
     lines = "\n".join(line.strip() for line in text.splitlines())
     return _BLANK_LINES.sub("\n\n", lines).strip()
 
