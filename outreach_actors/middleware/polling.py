@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 
 import dramatiq
@@ -39,7 +38,6 @@ class WorkerPolling(dramatiq.Middleware):
 
     def __init__(self, *, interval_ms: int, prompt_queues: Iterable[str] = (),
                  prompt_interval_ms: int | None = None) -> None:
-        self.logger = logging.getLogger(type(self).__name__)
         self.interval_ms = interval_ms
         self.prompt_queues = frozenset(prompt_queues)
         self.prompt_interval_ms = interval_ms if prompt_interval_ms is None else prompt_interval_ms
