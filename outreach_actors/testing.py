@@ -437,7 +437,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.close_connection:  # the client asked to close: say so, as HTTP/1.1 servers do
             self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(payload)
+        if payload:  # a 202 has no body: no empty write
+            self.wfile.write(payload)
 
     def _drop(self) -> None:
         self.close_connection = True
@@ -636,10 +637,11 @@ class SendGridStandIn:
             drop = self._drops_planned > 0 or (bool(self.drop_rate) and self._random.random() < self.drop_rate)
             if drop and self._drops_planned > 0:
                 self._drops_planned -= 1
-        logger.info(
-            "Accepted %s for %s (%s)", message.x_message_id,
-            ", ".join(email for email, _ in message.recipients()), message.custom_args,
-        )
+        if logger.isEnabledFor(logging.INFO):  # the arguments cost more than the check
+            logger.info(
+                "Accepted %s for %s (%s)", message.x_message_id,
+                ", ".join(email for email, _ in message.recipients()), message.custom_args,
+            )
         return _Reply(202, None, {"X-Message-Id": message.x_message_id}, drop=drop)
 
 
