@@ -109,8 +109,32 @@ def _progress_table(counts: dict[str, int], elapsed: float, accepted: int) -> Ta
     return table
 
 
+# A terminal closed (SIGHUP) or a `kill` (SIGTERM) would end Python at once, skipping
+# the cleanup below and leaving the workers, periodiq and the embedded Redis running;
+# the next demo's broker would then feed those orphans, which still mail the old
+# stand-in. These signals end the demo through that cleanup instead, with the status
+# a shell reports for them (128 + the signal's number).
+TERMINATING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP")
+                            if hasattr(signal, name))
+
+
+def _exit_through_cleanup(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _handle_termination() -> dict[int, object]:
+    """Route the terminating signals through the cleanup; returns the handlers they had."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}  # only the main thread may set handlers (and receives the signals)
+    return {each: signal.signal(each, _exit_through_cleanup) for each in TERMINATING_SIGNALS}
+
+
 def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console) -> int:
-    """Run the demo; returns the exit status (0 when every contact finished the plan)."""
+    """Run the demo; returns the exit status (0 when every contact finished the plan).
+
+    SIGTERM and SIGHUP stop it as Ctrl-C does, cleaning up first, then raise
+    SystemExit(128 + the signal's number).
+    """
     from . import runtime
     from .embedded import stop_embedded_redis
     from .simulation import EngagementSimulator
@@ -159,6 +183,7 @@ def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console) -
     simulator = None
     status = 1
     log_path = data_dir / "workers.log"
+    previous_handlers = _handle_termination()
     try:
         runtime.install(settings)
         database = models.database_proxy.obj
@@ -210,6 +235,8 @@ def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console) -
         console.print(f"[red]demo failed:[/red] {exc}")
         status = 1
     finally:
+        for each in previous_handlers:  # a signal now must not cut the cleanup short
+            signal.signal(each, signal.SIG_IGN)
         if simulator is not None:
             simulator._stop.set()
         _stop_processes(processes)
@@ -219,6 +246,8 @@ def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console) -
         standin.stop()
         models.database_proxy.obj.close() if models.database_proxy.obj else None
         stop_embedded_redis(data_dir)
+        for each, handler in previous_handlers.items():
+            signal.signal(each, signal.SIG_DFL if handler is None else handler)
     return status
 
 

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import psutil
+import pytest
+
+from .conftest import wait_until
 
 
 def _processes_under(path: Path) -> list[str]:
@@ -29,3 +35,36 @@ def test_demo_runs_a_whole_campaign_and_cleans_up(tmp_path: Path) -> None:
     # Nothing is left running: no worker, scheduler or embedded Redis of this run.
     assert _processes_under(tmp_path / "var") == []
     assert (tmp_path / "var" / "demo" / "outreach.db").exists()
+
+
+def _demo_processes(demo: psutil.Process) -> list[psutil.Process]:
+    """The demo's workers (the dramatiq parent and its children) and periodiq, once up."""
+    processes = demo.children(recursive=True)
+    commands = [" ".join(process.cmdline()) for process in processes]
+    dramatiq_up = any("dramatiq outreach_actors" in command for command in commands)
+    periodiq_up = any("periodiq" in command for command in commands)
+    return processes if dramatiq_up and periodiq_up and len(processes) >= 4 else []
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGHUP"])
+def test_a_terminated_demo_stops_every_process_it_started(tmp_path: Path, signal_name: str) -> None:
+    # Given a demo well under way (enough contacts that it is still running)...
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "outreach_actors.cli", "demo", "--contacts", "3000", "--timeout", "300"],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        demo_process = psutil.Process(demo.pid)
+        wait_until(lambda: _demo_processes(demo_process), timeout=90)
+        started = _demo_processes(demo_process)
+        # ...when it is told to stop as `kill` or a closed terminal would,
+        demo.send_signal(getattr(signal, signal_name))
+        demo.wait(timeout=60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+        output = demo.stdout.read().decode(errors="replace")
+    # then it exits with the shell's status for that signal, and leaves nothing running.
+    assert demo.returncode == 128 + getattr(signal, signal_name), output[-3000:]
+    _, alive = psutil.wait_procs(started, timeout=10)
+    assert [" ".join(process.cmdline()) for process in alive] == []
