@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import engine
+from ..engine import AlreadyEnrolled, EnrollmentError
 from ..models import Enrollment
 from ..runtime import install
 from ..settings import ENV_PREFIX, Settings, settings_from_mapping
@@ -21,6 +22,9 @@ from ..webhooks import SendGridWebhookReceiver, database_connection
 
 WEBHOOK_PATH = "/webhooks/sendgrid"
 UNSUBSCRIBE_PATH = "/unsubscribe/"
+
+__all__ = ["UNSUBSCRIBE_PATH", "WEBHOOK_PATH", "AlreadyEnrolled", "Endpoints", "EnrollmentError",
+           "activate", "enroll", "host_settings"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,10 @@ def enroll(
     fields: dict[str, Any] | None = None,
     timezone: str | None = None,
 ) -> Enrollment:
-    """Enroll a contact from a host app's view (see ``engine.enroll``)."""
+    """Enroll a contact from a host app's view (see ``engine.enroll``).
+
+    Raises AlreadyEnrolled (an EnrollmentError, like the other refusals: an unknown
+    plan or tenant, an invalid address), both importable from here.
+    """
     with database_connection():
         return engine.enroll(tenant_id, email, plan_name, fields=fields, timezone=timezone)

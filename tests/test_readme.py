@@ -1,0 +1,47 @@
+"""The README's examples and tables say what the code does."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from outreach_actors.plans import validate_plan
+from outreach_actors.rendering import TemplateRenderer
+from outreach_actors.settings import ENV_PREFIX, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def section(title: str) -> str:
+    """The text of a ``## title`` section, up to the next one."""
+    start = README.index(f"\n## {title}\n")
+    end = README.find("\n## ", start + 1)
+    return README[start:end if end != -1 else None]
+
+
+def test_the_plan_reference_is_a_valid_plan() -> None:
+    text = re.search(r"```yaml\n(.*?)```", section("Plan reference"), re.DOTALL).group(1)
+    plan = validate_plan(text, check_template=TemplateRenderer(ROOT / "templates").check_template)
+    assert set(plan.nodes) == {"intro", "bump", "pause", "thanks", "stop"}
+
+
+def test_the_configuration_table_names_every_setting_and_no_other() -> None:
+    documented = set(re.findall(r"^\| `(OUTREACH_[A-Z0-9_]+)` \|", section("Configuration"),
+                                re.MULTILINE))
+    settings = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    assert documented == settings
+
+
+def test_every_documented_setting_says_what_it_means() -> None:
+    rows = re.findall(r"^\| `(OUTREACH_[A-Z0-9_]+)` \|([^|]*)\|([^|]*)\|", section("Configuration"),
+                      re.MULTILINE)
+    assert [name for name, _, meaning in rows if not meaning.strip()] == []
+
+
+def test_a_host_app_imports_enroll_and_its_refusals_from_contrib() -> None:
+    from outreach_actors import contrib, engine
+
+    assert "from outreach_actors.contrib import enroll" in README
+    assert contrib.AlreadyEnrolled is engine.AlreadyEnrolled
+    assert issubclass(contrib.AlreadyEnrolled, contrib.EnrollmentError)
