@@ -15,8 +15,17 @@ from datetime import time, timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import isodate
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+)
 from pydantic_core import PydanticSerializationError
 
 from .settings import parse_duration
@@ -24,6 +33,8 @@ from .settings import parse_duration
 # Plans are written by people; a plan this large is a mistake or an attack.
 MAX_PLAN_BYTES = 1_000_000
 MAX_NODES = 500
+# The longest `after` a transition may wait.
+MAX_AFTER = timedelta(days=3650)
 
 # The event names a plan may use, mapped to the normalized event that fires them.
 EVENT_ALIASES: dict[str, str] = {
@@ -43,6 +54,8 @@ TIMEOUT_EVENTS = {"no_open", "no_click", "elapsed"}
 # Timeouts that watch for engagement with the node's email, and the real event each waits for.
 ENGAGEMENT_TIMEOUTS = {"no_open": "opened", "no_click": "clicked"}
 WEEKDAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+_WEEKDAY_NAMES = {name: name[:3] for name in
+                  ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]}
 
 TemplateChecker = Callable[..., list[str]]
 
@@ -83,7 +96,17 @@ class Transition(_Strict):
             return None
         if not isinstance(value, str):
             raise ValueError(f"expected an ISO-8601 duration such as PT72H, got {_ECHO.repr(value)}")
-        return parse_duration(value)
+        after = parse_duration(value)
+        if after > MAX_AFTER:
+            # Past this a timer is no plan; far past it, send time + after overflows a datetime.
+            raise ValueError(f"{_ECHO.repr(value)} is longer than {MAX_AFTER.days} days")
+        return after
+
+    @field_serializer("after")
+    def _iso_after(self, after: timedelta | None) -> str | None:
+        # Stored plans are read back with parse_duration: pydantic would write 365 days
+        # and more as years ("P1Y"), which it refuses; isodate writes days ("P400D").
+        return None if after is None else isodate.duration_isoformat(after)
 
 
 class SendWindow(_Strict):
@@ -96,7 +119,7 @@ class SendWindow(_Strict):
     @field_validator("days")
     @classmethod
     def _weekdays(cls, value: list[str]) -> list[str]:
-        days = [day.lower()[:3] for day in value]
+        days = [_WEEKDAY_NAMES.get(day.lower(), day.lower()) for day in value]
         unknown = [day for day, short in zip(value, days, strict=True) if short not in WEEKDAYS]
         if unknown:
             raise ValueError(f"unknown weekday(s) {unknown}; use mon, tue, wed, thu, fri, sat, sun")
@@ -146,10 +169,22 @@ class Node(_Strict):
     transitions: list[Transition] = Field(default_factory=list)
 
 
+def _printable_name(value: str) -> str:
+    # Names end up in database keys (enrollment and dedupe keys, at most 255
+    # characters with the ids around them) and in logs: no control characters.
+    if not value or len(value) > MAX_NAME_LENGTH or not value.isprintable():
+        raise ValueError(f"name {_ECHO.repr(value)} must be 1 to {MAX_NAME_LENGTH} printable characters")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_printable_name)]
+MAX_NAME_LENGTH = 128
+
+
 class Plan(_Strict):
-    name: str = Field(min_length=1, max_length=128)
+    name: Name
     start: str
-    nodes: dict[str, Node]
+    nodes: dict[Name, Node]
     send_window: SendWindow | None = None
     sender: str | None = None
     categories: Categories = Field(default_factory=list)
@@ -303,7 +338,29 @@ def _graph_errors(data: Mapping[str, Any]) -> list[str]:
         for name in nodes:
             if name not in reachable:
                 errors.append(f"nodes.{name}: unreachable from start {start!r}")
+    errors += _endless_nodes(nodes)
     return errors
+
+
+def _endless_nodes(nodes: Mapping[str, Any]) -> list[str]:
+    """Nodes from which no exit can be reached: a contact there stays in the plan for
+    ever, and a loop of timeouts among email nodes mails them for ever."""
+    leads_to: dict[str, set[str]] = {name: set() for name in nodes}  # node -> nodes it comes from
+    for name, raw_node in nodes.items():
+        raw = _mapping(raw_node).get("transitions") or []
+        for transition in raw if isinstance(raw, list) else []:
+            target = _mapping(transition).get("to")
+            if isinstance(target, str) and target in nodes:
+                leads_to[target].add(name)
+    ending = {name for name, node in nodes.items() if _mapping(node).get("type") == "exit"}
+    frontier = list(ending)
+    while frontier:
+        for source in leads_to[frontier.pop()] - ending:
+            ending.add(source)
+            frontier.append(source)
+    return [f"nodes.{name}.transitions: no path from here reaches an exit node; a contact "
+            "here would stay in the plan for ever" for name, node in nodes.items()
+            if name not in ending and _mapping(node).get("transitions")]
 
 
 def _parses_to_zero(value: Any) -> bool:

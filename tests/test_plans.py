@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
+import isodate
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from outreach_actors.plans import PlanError, validate_plan
+from outreach_actors.plans import MAX_AFTER, PlanError, validate_plan
 
 VALID = """
 name: onboarding
@@ -93,6 +97,14 @@ def test_an_omitted_after_on_no_open_is_allowed_and_uses_the_default() -> None:
          "nodes.bump.categories: category 'a\\r\\nb' must be 1 to 255 printable characters"),
         (("start: intro\n", "start: intro\ncategories: [a, b, c, d, e, f, g, h, i, j, k]\n"),
          "categories: SendGrid takes at most 10 categories per email"),
+        (("after: P2D", "after: P3651D"), "nodes.pause.transitions[0].after: 'P3651D' is longer than 3650 days"),
+        (("name: onboarding", 'name: "on\\tboarding"'),
+         "name: name 'on\\tboarding' must be 1 to 128 printable characters"),
+        (("  thanks: {type: exit}", "  thanks: {type: exit}\n  " + "n" * 129 + ": {type: exit}"),
+         "nodes." + "n" * 129 + ".[key]: name 'nnnnnnnnnnnn"),
+        (("after: P2D, to: stop}", "after: P2D, to: pause}"),
+         "nodes.pause.transitions: no path from here reaches an exit node"),
+        (("days: [mon, tue", "days: [mondays, tue"), "send_window.days: unknown weekday(s) ['mondays']"),
     ],
 )
 def test_each_fault_is_reported_with_its_path(change: tuple[str, str], expected: str) -> None:
@@ -134,3 +146,12 @@ def test_template_checker_problems_carry_the_node_path() -> None:
         return ["unexpected '}'"] if "Hi" in (body or "") else []
 
     assert errors_of(VALID, check_template=checker) == ["nodes.bump.body: unexpected '}'"]
+
+
+@settings(max_examples=200)
+@given(st.timedeltas(min_value=timedelta(seconds=1), max_value=MAX_AFTER))
+def test_a_stored_plan_reads_back_as_the_same_plan(after: timedelta) -> None:
+    # Stored plans are read back: 365 days and more once came back as "P1Y", refused.
+    plan = validate_plan(VALID.replace("after: P2D", f"after: {isodate.duration_isoformat(after)}"))
+    assert plan.nodes["pause"].transitions[0].after == after
+    assert validate_plan(json.loads(json.dumps(plan.to_definition()))) == plan
