@@ -59,6 +59,7 @@ LOOKUP_CHUNK = 1000
 MAX_ERRORS_KEPT = 20
 # Column widths (Peewee's CharField default) that provider-supplied text must fit.
 MAX_TEXT = 255
+MAX_ADDRESS = 254
 
 
 class MessagesNotYetStored(RuntimeError):
@@ -363,7 +364,7 @@ def _react(
     interest: _EngineInterest,
 ) -> None:
     """Apply one new event of one of our messages: suppressions, then the engine."""
-    email = normalize_address(event.email or message.to_email)
+    email = normalize_address(event.email if _plausible_address(event.email) else message.to_email)
     group = event.data.get("asm_group_id")
     if event.type in {"unsubscribed", "subscribed"} and group is not None:
         _apply_group_event(event, message.tenant, email, group, occurred_at)
@@ -443,3 +444,10 @@ def _summary(errors: list[str]) -> str | None:
 
 def _clip(value: str | None) -> str | None:
     return value[:MAX_TEXT] if value else value
+
+
+def _plausible_address(value: str | None) -> bool:
+    """Whether an event's address can be the recipient's: an address is at most 254
+    characters (RFC 5321) without spaces; else the message's own recipient is used."""
+    return bool(value) and len(value) <= MAX_ADDRESS and "@" in value and value.isprintable() \
+        and not any(character.isspace() for character in value)

@@ -204,3 +204,17 @@ def test_normalization_never_raises_on_any_json_object(raw: dict) -> None:
     assert event.event_key
     assert event.type in {"queued", "deferred", "delivered", "bounced", "rejected", "opened",
                           "clicked", "complained", "unsubscribed", "subscribed", "unknown"}
+
+
+@pytest.mark.parametrize(("asm_group_id", "expected"), [
+    (42, {"asm_group_id": 42}),
+    ("42", {"asm_group_id": 42}),
+    (True, {"invalid_asm_group_id": "true"}),
+    ({"a": 1}, {"invalid_asm_group_id": '{"a": 1}'}),
+    ("9" * 300, {"invalid_asm_group_id": '"' + "9" * 199}),
+    ("4\u00002", {"invalid_asm_group_id": '"4\\u00002"'}),
+])
+def test_a_group_id_is_an_integer_or_kept_aside_as_invalid(asm_group_id, expected) -> None:
+    event = normalize_sendgrid_event({"event": "group_unsubscribe", "asm_group_id": asm_group_id})
+    groups = {k: v for k, v in event.data.items() if k in {"asm_group_id", "invalid_asm_group_id"}}
+    assert groups == expected

@@ -347,3 +347,34 @@ def test_a_provider_event_resolves_an_ambiguous_send(db) -> None:
     ingest.normalize_delivery(store([processed]))
     resolved = OutboundMessage.get_by_id("MSG-A")
     assert (resolved.status, resolved.provider_message_id) == ("sent", "XAMB")
+
+
+def test_events_the_columns_cannot_hold_do_not_hold_back_their_batch(db) -> None:
+    # Given one good hard bounce, and beside it events SendGrid would never send but
+    # a broken relay might: a group id of 300 digits, an address of 300 characters,
+    # a NUL in a free-text field and in a custom arg's name.
+    make_tenant("acme")
+    for n, email in enumerate(["ada@example.com", "bob@example.com", "cy@example.com",
+                               "dee@example.com"], start=1):
+        make_message(f"MSG-{n}", email)
+    base = {"timestamp": 1_700_000_000, "outreach_tenant": "acme"}
+    batch = [
+        {**base, "event": "bounce", "type": "bounce", "email": "ada@example.com",
+         "sg_event_id": "good", "outreach_message_id": "MSG-1"},
+        {**base, "event": "group_unsubscribe", "asm_group_id": "9" * 300, "email": "bob@example.com",
+         "sg_event_id": "long-group", "outreach_message_id": "MSG-2"},
+        {**base, "event": "bounce", "type": "bounce", "email": "c" * 300 + "@example.com",
+         "sg_event_id": "long-email", "outreach_message_id": "MSG-3"},
+        {**base, "event": "open", "useragent": "Mozilla\u0000/5.0", "email": "dee@example.com",
+         "sg_event_id": "nul", "outreach_message_id": "MSG-4", "ca\u0000mpaign": "x"},
+    ]
+    result = ingest.normalize_delivery(store(batch))
+    # Then every event is stored and acted on, and the delivery is done.
+    assert result.status == "processed", result.errors
+    assert {e.event_key for e in MessageEvent.select()} == {
+        "sg:good", "sg:long-group", "sg:long-email", "sg:nul"}
+    assert is_suppressed("acme", "ada@example.com")
+    # A group that cannot be one: the unsubscribe is taken for every mail of the tenant
+    # (suppressions win); the long address is the message's own recipient.
+    assert is_suppressed("acme", "bob@example.com")
+    assert is_suppressed("acme", "cy@example.com")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -55,8 +56,8 @@ DATA_FIELDS: dict[str, dict[str, str]] = {
     "opened": {"useragent": "user_agent"},
     "clicked": {"url": "url", "useragent": "user_agent"},
     "complained": {},
-    "unsubscribed": {"asm_group_id": "asm_group_id"},
-    "subscribed": {"asm_group_id": "asm_group_id"},
+    "unsubscribed": {},  # asm_group_id: see _group_fields
+    "subscribed": {},
     "unknown": {"type": "type"},
 }
 
@@ -198,12 +199,28 @@ def _open_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
     return {"machine_open": raw.get("sg_machine_open") is True}
 
 
+def _group_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
+    # SendGrid's unsubscribe group ids are integers. Anything else cannot name a group
+    # (and would not fit the suppression's channel column): it is kept, under its own
+    # name, and the event counts as an unsubscribe from all of the tenant's mail.
+    if "asm_group_id" not in raw:
+        return {}
+    value = raw["asm_group_id"]
+    if isinstance(value, str) and _GROUP_ID.fullmatch(value.strip()):
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
+        return {"asm_group_id": value}
+    return {"invalid_asm_group_id": json.dumps(value, default=str)[:MAX_EVENT_ID_LENGTH]}
+
+
 def _no_derived(raw: Mapping[str, Any]) -> dict[str, Any]:
     return {}
 
 
+_GROUP_ID = re.compile(r"[0-9]{1,18}")
 # Fields computed from the event rather than copied, per normalized type.
-_DERIVED = {"bounced": _bounce_fields, "rejected": _drop_fields, "opened": _open_fields}
+_DERIVED = {"bounced": _bounce_fields, "rejected": _drop_fields, "opened": _open_fields,
+            "unsubscribed": _group_fields, "subscribed": _group_fields}
 
 
 def _text(value: Any) -> str | None:
