@@ -8,13 +8,15 @@ it once; the loser re-reads and finds the node changed.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import peewee
 
@@ -86,6 +88,8 @@ def latest_plan(tenant_id: str, plan_name: str) -> Plan:
 
 
 def normalize_email(email: str) -> str:
+    if email is not None and not isinstance(email, str):
+        raise EnrollmentError(f"an email address is text, not {type(email).__name__}")
     email = (email or "").strip()
     # Not printable (line breaks, NUL, lone surrogates) or over RFC 5321's 254: no address.
     if (not email or not email.isprintable() or len(email) > 254
@@ -97,17 +101,45 @@ def normalize_email(email: str) -> str:
     return email.lower()
 
 
+def _known_zone(name: object) -> bool:
+    if not isinstance(name, str) or not name.isprintable() or len(name) > 64:
+        return False  # also what no column can store
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a path
+        return False
+    return True
+
+
+def _contact_fields(fields: object) -> dict[str, Any]:
+    """A contact's fields as stored (JSON) and rendered (by name); else EnrollmentError."""
+    if fields is None:
+        return {}
+    if not isinstance(fields, Mapping) or not all(isinstance(name, str) for name in fields):
+        raise EnrollmentError(f"fields must map names (text) to values, not {_kind(fields)}")
+    try:
+        json.dumps(fields, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise EnrollmentError(f"fields must hold JSON values (text, numbers, lists...): {exc}") from None
+    return dict(fields)
+
+
+def _kind(value: object) -> str:
+    return type(value).__name__ if not isinstance(value, Mapping) else "a mapping with other keys"
+
+
 def upsert_contact(
     tenant_id: str, email: str, fields: dict[str, Any] | None, timezone: str | None
 ) -> Contact:
     address = normalize_email(email)
-    # An unknown zone falls back to the plan's; one no column can store is refused.
-    if timezone is not None and not (
-            isinstance(timezone, str) and timezone.isprintable() and len(timezone) <= 64):
-        raise EnrollmentError(f"{timezone!r:.80} is not a time zone name such as Europe/Paris")
+    fields = _contact_fields(fields)
+    timezone = None if timezone == "" else timezone  # an empty CSV cell or form field
+    if timezone is not None and not _known_zone(timezone):
+        # Refused, not stored: the send window would silently use its own zone instead.
+        raise EnrollmentError(f"{timezone!r:.80} is not an IANA time zone such as Europe/Paris")
     contact, created = Contact.get_or_create(
         tenant=tenant_id, email=address,
-        defaults={"fields": dict(fields or {}), "timezone": timezone},
+        defaults={"fields": fields, "timezone": timezone},
     )
     if not created and (fields or timezone):
         contact.fields = {**(contact.fields or {}), **(fields or {})}

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from outreach_actors import engine
+from outreach_actors import engine, models
 from outreach_actors.models import Enrollment, NodeVisit, OutboundMessage, ScheduledAction, utcnow
 
 from .factories import load_plan, make_tenant
@@ -135,3 +135,27 @@ def test_exit_contact_enrollments_ends_every_active_one(acme) -> None:
     assert engine.exit_contact_enrollments("acme", "ADA@example.com", "unsubscribed") == 2
     assert {e.status for e in Enrollment.select()} == {"exited"}
     assert ScheduledAction.select().where(ScheduledAction.status == "pending").count() == 0
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"email": 42}, "an email address is text, not int"),
+    ({"timezone": "Mars/Olympus"}, "'Mars/Olympus' is not an IANA time zone"),
+    ({"timezone": "../../etc/passwd"}, "is not an IANA time zone"),
+    ({"fields": ["a"]}, "fields must map names (text) to values, not list"),
+    ({"fields": {1: "a"}}, "fields must map names (text) to values, not a mapping with other keys"),
+    ({"fields": {"a": object()}}, "fields must hold JSON values"),
+    ({"fields": {"a": float("nan")}}, "fields must hold JSON values"),
+])
+def test_what_a_host_app_passes_wrong_is_an_enrollment_error(acme, kwargs, message) -> None:
+    arguments = {"email": "ada@example.com", **kwargs}
+    with pytest.raises(engine.EnrollmentError) as refused:
+        engine.enroll("acme", arguments.pop("email"), "onboarding", **arguments)
+    assert message in str(refused.value)
+    assert Enrollment.select().count() == 0
+
+
+def test_a_known_time_zone_is_kept_and_an_empty_one_is_none(acme) -> None:
+    engine.enroll("acme", "ada@example.com", "onboarding", timezone="Asia/Tokyo")
+    engine.enroll("acme", "bob@example.com", "onboarding", timezone="")
+    zones = {c.email: c.timezone for c in models.Contact.select()}
+    assert zones == {"ada@example.com": "Asia/Tokyo", "bob@example.com": None}
