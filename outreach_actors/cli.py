@@ -43,7 +43,54 @@ def _open_database():
     return database
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The command group; a database that is down, missing or refusing a value ends
+    a command with one line saying so, not a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        import peewee
+
+        try:
+            return super().invoke(ctx)
+        except peewee.OperationalError as exc:
+            _fail(f"cannot use the database {_describe_database()}: {_first_line(exc)}")
+        except peewee.DatabaseError as exc:
+            _fail(f"the database {_describe_database()} refused: {_first_line(exc)}")
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _tenant_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    # What the tenant table's key holds: checked here, not refused by the database.
+    if value is not None and not (0 < len(value) <= TENANT_ID_LENGTH and value.isprintable()):
+        raise click.BadParameter(f"a tenant id is 1 to {TENANT_ID_LENGTH} printable characters")
+    return value
+
+
+TENANT_ID_LENGTH = models.Tenant.id.max_length
+
+
+def _tenant_option(*, required: bool = True, help: str | None = None):
+    return click.option("--tenant", required=required, default=None, callback=_tenant_id,
+                        help=help)
+
+
+def _read_csv_rows(path: Path) -> list[list[str]]:
+    """The rows of a UTF-8 CSV file (a BOM is skipped); a clear error if it cannot be read."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            return list(csv.reader(handle))
+    except OSError as exc:
+        _fail(f"cannot read {path}: {exc.strerror}")
+    except UnicodeDecodeError as exc:
+        _fail(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 CSV")
+    except csv.Error as exc:
+        _fail(f"{path} is not a CSV file: {exc}")
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Reactive email outreach campaigns on Dramatiq actors."""
 
@@ -109,7 +156,7 @@ def plan_validate(file: Path) -> None:
 
 @plan.command("load")
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("--tenant", required=True, help="Tenant id; created if new.")
+@_tenant_option(help="Tenant id; created if new.")
 def plan_load(file: Path, tenant: str) -> None:
     """Validate a plan and store it as the tenant's next version."""
     parsed = _read_plan(file)
@@ -127,7 +174,7 @@ def plan_load(file: Path, tenant: str) -> None:
 
 
 @plan.command("list")
-@click.option("--tenant", default=None)
+@_tenant_option(required=False)
 def plan_list(tenant: str | None) -> None:
     """List stored plans and their versions."""
     _open_database()
@@ -150,7 +197,7 @@ def sender() -> None:
 
 @sender.command("add")
 @click.argument("email")
-@click.option("--tenant", required=True)
+@_tenant_option()
 @click.option("--name", default="", help="Display name.")
 @click.option("--verified/--unverified", default=False,
               help="Whether SendGrid has verified this sender; unverified senders never send.")
@@ -178,7 +225,7 @@ def sender_add(email: str, tenant: str, name: str, verified: bool) -> None:
 
 @main.command()
 @click.option("--plan", "plan_name", required=True)
-@click.option("--tenant", required=True)
+@_tenant_option()
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), required=True,
               help="CSV with an `email` column; `timezone` and any other columns become fields.")
 def enroll(plan_name: str, tenant: str, csv_path: Path) -> None:
@@ -187,26 +234,31 @@ def enroll(plan_name: str, tenant: str, csv_path: Path) -> None:
     from .engine import enroll as enroll_contact
 
     _open_database()
-    try:
-        handle = csv_path.open(newline="", encoding="utf-8-sig")
-    except OSError as exc:
-        _fail(f"cannot read {csv_path}: {exc.strerror}")
-    with handle:
-        rows = list(csv.DictReader(handle))
-    if rows and "email" not in rows[0]:
-        _fail(f"{csv_path}: no `email` column (columns: {', '.join(rows[0])})")
+    lines = _read_csv_rows(csv_path)
+    header = lines[0] if lines else []
+    if lines and "email" not in header:
+        _fail(f"{csv_path}: no `email` column (columns: {', '.join(header)})")
+    if len(set(header)) != len(header):
+        repeated = sorted({name for name in header if header.count(name) > 1})
+        _fail(f"{csv_path}: column(s) {', '.join(repeated)} appear more than once")
+    # Line numbers as an editor shows them (line 1 is the header); blank lines are skipped.
+    rows = [(line, cells) for line, cells in enumerate(lines[1:], start=2) if cells]
     enrolled, problems = 0, []
     with Progress(console=err_console, transient=True) as progress:
         task = progress.add_task("enrolling", total=len(rows))
-        for line, row in enumerate(rows, start=2):  # line 1 is the header
+        for line, cells in rows:
+            progress.advance(task)
+            if len(cells) > len(header):  # the extra cells have no column: they would be lost
+                problems.append(f"line {line}: {len(cells)} cells for {len(header)} columns")
+                continue
+            row = dict(zip(header, cells + [""] * (len(header) - len(cells)), strict=True))
             fields = {k: v for k, v in row.items() if k and k not in {"email", "timezone"}}
             try:
-                enroll_contact(tenant, row.get("email") or "", plan_name, fields=fields,
+                enroll_contact(tenant, row["email"], plan_name, fields=fields,
                                timezone=row.get("timezone") or None)
                 enrolled += 1
             except EnrollmentError as exc:
                 problems.append(f"line {line}: {exc}")
-            progress.advance(task)
     for problem in problems:
         err_console.print(f"[yellow]skipped[/yellow] {problem}", highlight=False)
     console.print(f"enrolled {enrolled} of {len(rows)} rows; {len(problems)} skipped")
@@ -218,7 +270,7 @@ def enroll(plan_name: str, tenant: str, csv_path: Path) -> None:
 
 @main.command()
 @click.option("--plan", "plan_name", required=True)
-@click.option("--tenant", required=True)
+@_tenant_option()
 @click.option("--node", required=True)
 @click.option("--contact", "email", required=True)
 @click.option("--out", type=click.Path(path_type=Path), default=None,
@@ -258,7 +310,10 @@ def preview(plan_name: str, tenant: str, node: str, email: str, out: Path | None
     except RenderError as exc:
         _fail(str(exc))
     out = out or Path(f"preview-{node}.html")
-    out.write_text(rendered.html, encoding="utf-8")
+    try:
+        out.write_text(rendered.html, encoding="utf-8")
+    except OSError as exc:
+        _fail(f"cannot write {out}: {exc.strerror}")
     console.print(f"[bold]Subject:[/bold] {rendered.subject}", highlight=False, markup=True)
     console.print(rendered.text, highlight=False, markup=False)
     console.print(f"HTML written to {out}")
@@ -266,7 +321,7 @@ def preview(plan_name: str, tenant: str, node: str, email: str, out: Path | None
 
 @main.command()
 @click.option("--plan", "plan_name", default=None)
-@click.option("--tenant", default=None)
+@_tenant_option(required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def stats(plan_name: str | None, tenant: str | None, as_json: bool) -> None:
     """A funnel per node: entered, sent, delivered, opened, clicked, bounced, ..."""
@@ -297,7 +352,7 @@ def suppressions() -> None:
 
 
 @suppressions.command("list")
-@click.option("--tenant", default=None)
+@_tenant_option(required=False)
 def suppressions_list(tenant: str | None) -> None:
     _open_database()
     query = models.Suppression.select().order_by(models.Suppression.created_at)
@@ -312,48 +367,54 @@ def suppressions_list(tenant: str | None) -> None:
 
 @suppressions.command("add")
 @click.argument("email")
-@click.option("--tenant", required=True)
+@_tenant_option()
 @click.option("--reason", default="manual")
 def suppressions_add(email: str, tenant: str, reason: str) -> None:
+    from .engine import EnrollmentError, normalize_email
     from .suppressions import suppress
 
+    try:
+        address = normalize_email(email)
+    except EnrollmentError as exc:
+        _fail(str(exc))
     _open_database()
     models.Tenant.get_or_create(id=tenant, defaults={"name": tenant})
-    suppress(tenant, email, reason, "manual")
-    console.print(f"suppressed {email.lower()} for {tenant}")
+    suppress(tenant, address, reason[:255], "manual")
+    console.print(f"suppressed {address} for {tenant}")
 
 
 @suppressions.command("remove")
 @click.argument("email")
-@click.option("--tenant", required=True)
+@_tenant_option()
 def suppressions_remove(email: str, tenant: str) -> None:
     from .suppressions import lift
 
     _open_database()
-    removed = lift(tenant, email)
-    console.print(f"removed {removed} suppression(s) of {email.lower()} for {tenant}")
+    if lift(tenant, email):
+        console.print(f"removed the suppression of {email.strip().lower()} for {tenant}")
+    else:
+        console.print(f"{email.strip().lower()} was not suppressed for {tenant}; nothing removed")
 
 
 @suppressions.command("import")
 @click.argument("csv_path", type=click.Path(path_type=Path))
-@click.option("--tenant", required=True)
+@_tenant_option()
 @click.option("--reason", default="import")
 def suppressions_import(csv_path: Path, tenant: str, reason: str) -> None:
     """Import addresses from a CSV with an `email` column (or one address per line)."""
     from .engine import EnrollmentError, normalize_email
     from .suppressions import suppress
 
+    lines = _read_csv_rows(csv_path)
     _open_database()
     models.Tenant.get_or_create(id=tenant, defaults={"name": tenant})
-    with csv_path.open(newline="", encoding="utf-8-sig") as handle:
-        lines = list(csv.reader(handle))
     header = [cell.strip().lower() for cell in lines[0]] if lines else []
     column = header.index("email") if "email" in header else 0
     start = 1 if "email" in header else 0
     imported, problems = 0, []
     for number, cells in enumerate(lines[start:], start=start + 1):
         try:
-            suppress(tenant, normalize_email(cells[column] if cells else ""), reason, "import")
+            suppress(tenant, normalize_email(cells[column] if cells else ""), reason[:255], "import")
             imported += 1
         except (EnrollmentError, IndexError) as exc:
             problems.append(f"line {number}: {exc}")
@@ -383,7 +444,8 @@ def webhooks_replay(delivery_id: int) -> None:
 
 
 @webhooks.command("list")
-@click.option("--status", default=None, help="received, processed or failed")
+@click.option("--status", default=None,
+              type=click.Choice(["received", "processed", "failed"]))
 def webhooks_list(status: str | None) -> None:
     _open_database()
     query = models.WebhookDelivery.select().order_by(models.WebhookDelivery.id.desc()).limit(50)
@@ -398,7 +460,7 @@ def webhooks_list(status: str | None) -> None:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 def serve(host: str, port: int) -> None:
     """Serve the webhook and unsubscribe endpoints (standalone WSGI app)."""
     from .wsgi import serve as serve_wsgi
@@ -409,6 +471,8 @@ def serve(host: str, port: int) -> None:
         serve_wsgi(host, port)
     except KeyboardInterrupt:
         pass
+    except OSError as exc:  # the port is taken, or the host is not this machine's
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
 
 
 @main.group()

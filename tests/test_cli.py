@@ -155,3 +155,84 @@ def test_broker_stop_stops_the_embedded_server(data_dir: Path) -> None:
         configure(None)
     assert result.exit_code == 0 and "stopped the embedded Redis" in result.output
     assert not EmbeddedRedis(data_dir).is_running()
+
+
+def test_files_that_cannot_be_read_are_one_line_errors(outreach, tmp_path: Path) -> None:
+    outreach("plan", "load", str(TEMPLATES / "onboarding.yaml"), "--tenant", "acme")
+    binary = tmp_path / "latin1.csv"
+    binary.write_bytes("email\nzoë@example.com\n".encode("latin-1"))
+    for args in (["enroll", "--plan", "onboarding", "--tenant", "acme", "--csv"],
+                 ["suppressions", "import", "--tenant", "acme"]):
+        for path, message in ((tmp_path / "missing.csv", "cannot read"),
+                              (tmp_path, "cannot read"),
+                              (binary, "is not UTF-8 text")):
+            *options, last = args
+            command = [*options, last, str(path)] if last == "--csv" else [*args, str(path)]
+            output = outreach(*command, expect=1).output
+            assert message in output and "Traceback" not in output, (command, output)
+    out = tmp_path / "no-such-dir" / "x.html"
+    outreach("enroll", "--plan", "onboarding", "--tenant", "acme", "--csv",
+             str(_csv(tmp_path, "email\nada@example.com\n")))
+    assert "cannot write" in outreach("preview", "--plan", "onboarding", "--tenant", "acme",
+                                      "--node", "intro", "--contact", "ada@example.com",
+                                      "--out", str(out), expect=1).output
+
+
+def _csv(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "contacts.csv"
+    path.write_text(text)
+    return path
+
+
+def test_enroll_reports_rows_that_do_not_fit_and_refuses_repeated_columns(outreach, tmp_path) -> None:
+    outreach("plan", "load", str(TEMPLATES / "onboarding.yaml"), "--tenant", "acme")
+    contacts = _csv(tmp_path, "email,first_name,timezone\nada@example.com,Ada\n\n"
+                              "bob@example.com,Bob,UTC,extra\ncy@example.com,Cy,Mars/Olympus\n")
+    result = outreach("enroll", "--plan", "onboarding", "--tenant", "acme", "--csv", str(contacts))
+    assert "enrolled 1 of 3 rows; 2 skipped" in result.output
+    assert "line 4: 4 cells for 3 columns" in result.output
+    assert "line 5: 'Mars/Olympus' is not an IANA time zone" in result.output
+    repeated = _csv(tmp_path, "email,email\nada@example.com,bob@example.com\n")
+    assert "column(s) email appear more than once" in outreach(
+        "enroll", "--plan", "onboarding", "--tenant", "acme", "--csv", str(repeated), expect=1).output
+
+
+def test_bad_arguments_are_refused_before_the_database_sees_them(outreach) -> None:
+    long_tenant = "t" * 65
+    for args in (["plan", "load", str(TEMPLATES / "onboarding.yaml"), "--tenant", long_tenant],
+                 ["sender", "add", "a@example.com", "--tenant", long_tenant],
+                 ["suppressions", "add", "a@example.com", "--tenant", long_tenant]):
+        output = outreach(*args, expect=2).output
+        assert "a tenant id is 1 to 64 printable characters" in output, args
+    for address in ("a" * 300 + "@example.com", "a@example.com\nBcc: x@example.com"):
+        assert "is not a valid email address" in outreach(
+            "suppressions", "add", address, "--tenant", "acme", expect=1).output
+    assert models.Suppression.select().count() == 0
+    assert "nothing removed" in outreach("suppressions", "remove", "a@example.com",
+                                         "--tenant", "acme").output
+    assert "'bogus' is not one of" in outreach("webhooks", "list", "--status", "bogus",
+                                               expect=2).output
+    assert "99999 is not in the range 0<=x<=65535" in outreach("serve", "--port", "99999",
+                                                             expect=2).output
+
+
+def test_a_port_in_use_is_a_one_line_error(outreach) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        output = outreach("serve", "--port", str(port), expect=1).output
+    assert f"cannot listen on 127.0.0.1:{port}" in output
+
+
+def test_a_database_nobody_answers_is_a_one_line_error(data_dir: Path) -> None:
+    configure(make_settings(data_dir, database_url="postgresql://postgres@127.0.0.1:1/none"))
+    try:
+        result = CliRunner().invoke(main, ["plan", "list"], catch_exceptions=False)
+    finally:
+        configure(None)
+    assert result.exit_code == 1
+    assert "cannot use the database 127.0.0.1:1/none" in result.output
+    assert "Traceback" not in result.output
