@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 
 import dramatiq
+import peewee
 
-from ..models import database_proxy
+from ..models import Enrollment, create_schema, database_proxy
 
 
 class DatabaseConnections(dramatiq.Middleware):
@@ -20,6 +21,30 @@ class DatabaseConnections(dramatiq.Middleware):
 
     def __init__(self) -> None:
         self.logger = logging.getLogger(type(self).__name__)
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        """Check the tables once per worker process: on SQLite, the zero-configuration
+        default, create them; elsewhere say, once and plainly, what to run. Without
+        this, every message fails with a traceback until someone runs `db init`."""
+        database = database_proxy.obj
+        if database is None:
+            return
+        try:
+            with database.connection_context():
+                if database.table_exists(Enrollment._meta.table_name):
+                    return
+                if isinstance(database, peewee.SqliteDatabase):
+                    create_schema(database)
+                    self.logger.info("Created the outreach tables in %s", database.database)
+                    return
+        except peewee.DatabaseError as exc:
+            # Not fatal: a database that is down at start may be up for the first message.
+            self.logger.error("Could not check the database's tables at worker start: %s", exc)
+            return
+        self.logger.error(
+            "The database has no outreach tables: run `outreach db init`. Messages fail "
+            "(and are retried) until then."
+        )
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
         database_proxy.connect(reuse_if_open=True)

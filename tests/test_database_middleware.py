@@ -1,0 +1,50 @@
+"""DatabaseConnections at worker start: the tables are there, or made, or asked for."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import dramatiq
+
+from outreach_actors import models
+from outreach_actors.db import database_from_url
+from outreach_actors.middleware.database import DatabaseConnections
+from outreach_actors.models import Enrollment
+
+from .conftest import make_settings
+
+
+def boot(database) -> None:
+    models.bind(database)
+    DatabaseConnections().before_worker_boot(dramatiq.get_broker(), None)
+
+
+def has_tables(database) -> bool:
+    with database.connection_context():
+        return database.table_exists(Enrollment._meta.table_name)
+
+
+def test_a_worker_on_a_new_sqlite_file_creates_the_tables(data_dir: Path, caplog) -> None:
+    database = database_from_url(f"sqlite:///{data_dir / 'new.db'}", make_settings(data_dir))
+    with caplog.at_level(logging.INFO):
+        boot(database)
+        boot(database)  # every worker process does it: the second finds them
+    assert has_tables(database)
+    assert [r.message for r in caplog.records].count(f"Created the outreach tables in {data_dir / 'new.db'}") == 1
+
+
+def test_a_worker_on_postgresql_without_tables_says_to_run_db_init(postgres_db, caplog) -> None:
+    with postgres_db.connection_context():
+        postgres_db.drop_tables(models.ALL_MODELS, cascade=True)
+    with caplog.at_level(logging.ERROR):
+        boot(postgres_db)
+    assert "run `outreach db init`" in caplog.text
+    assert not has_tables(postgres_db)  # PostgreSQL schemas change only when asked
+
+
+def test_a_database_down_at_start_is_logged_not_fatal(data_dir: Path, caplog) -> None:
+    database = database_from_url("postgresql://postgres@127.0.0.1:1/none", make_settings(data_dir))
+    with caplog.at_level(logging.ERROR):
+        boot(database)
+    assert "Could not check the database's tables at worker start" in caplog.text
