@@ -42,6 +42,7 @@ from jinja2 import (
     meta,
     nodes,
 )
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -111,14 +112,20 @@ class _SandboxedEnvironment(ImmutableSandboxedEnvironment):
     ``{:>999999999}`` or ``%999999999s``) are refused when the width passes the output
     limit.
 
+    Values that double at each turn of a loop (``{% set ns.s = ns.s ~ ns.s %}``, with
+    ``+`` or ``|replace`` too) pass any memory in about thirty steps, each one C call:
+    a concatenation, a sum or a replacement whose result would pass the output limit
+    is refused before it is built.
+
     Private names (``_x``) are refused outright: Jinja falls back from ``obj.x`` to
     ``obj['x']``, which turned ``dict.__globals__`` into ``dict['__globals__']``.
     """
 
-    intercepted_binops = frozenset({"**", "*", "%"})
+    intercepted_binops = frozenset({"**", "*", "%", "+"})
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
+        self.code_generator_class = _ConcatGuard
         # Jinja's lipsum(n) has no bound: a million paragraphs is a minute of CPU
         # before the output limit can act. Keep it, with a cap a placeholder needs.
         lipsum = self.globals["lipsum"]
@@ -129,15 +136,25 @@ class _SandboxedEnvironment(ImmutableSandboxedEnvironment):
         for name in _WIDTH_FILTERS:
             self.filters[name] = _width_guarded(self.filters[name])
         self.filters["format"] = _format_guarded(self.filters["format"])
+        self.filters["replace"] = _replace_guarded(self.filters["replace"])
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "**":
             _check_power(left, right)
         elif operator == "*":
             _check_product(left, right)
+        elif operator == "+":
+            _check_sum(left, right)
         elif isinstance(left, str):
             _check_format_widths(left)
         return super().call_binop(context, operator, left, right)
+
+    def limited_concat(self, parts: tuple[Any, ...], join: Callable[[Any], str]) -> str:
+        """``a ~ b``, refused when the result would pass the output limit (see _ConcatGuard)."""
+        if sum(len(part) for part in parts if isinstance(part, str)) > MAX_OUTPUT_CHARS:
+            raise RenderError(f"joining text with ~ would pass the output limit of "
+                              f"{MAX_OUTPUT_CHARS:,} characters")
+        return join(parts)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(attribute, str) and attribute.startswith("_"):
@@ -147,8 +164,11 @@ class _SandboxedEnvironment(ImmutableSandboxedEnvironment):
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
         # (Jinja's own signature: a template may pass keywords named self or context.)
         name = getattr(__obj, "__name__", "")
-        if name in _WIDTH_METHODS and isinstance(getattr(__obj, "__self__", None), str):
+        owner = getattr(__obj, "__self__", None)
+        if name in _WIDTH_METHODS and isinstance(owner, str):
             _check_width(args[0] if args else kwargs.get("width"), f"str.{name}")
+        elif name == "replace" and isinstance(owner, str):
+            _check_replace(owner, *args, **kwargs)
         return super().call(__context, __obj, *args, **kwargs)
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
@@ -212,6 +232,52 @@ def _format_guarded(jinja_filter: Callable[..., Any]) -> Callable[..., Any]:
         return jinja_filter(value, *args, **kwargs)
 
     return guarded
+
+
+def _replace_guarded(jinja_filter: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(jinja_filter)
+    def guarded(eval_ctx: Any, value: Any, old: Any, new: Any, count: Any = None) -> Any:
+        _check_replace(str(value), old, new, count)
+        return jinja_filter(eval_ctx, value, old, new, count)
+
+    return guarded
+
+
+def _check_replace(text: str, old: Any = "", new: Any = "", count: Any = None, **_: Any) -> None:
+    if not isinstance(old, str) or not isinstance(new, str) or len(new) <= len(old):
+        return  # str.replace refuses other types itself; a shorter result cannot grow
+    times = text.count(old) if old else len(text) + 1
+    if isinstance(count, int) and count >= 0:
+        times = min(times, count)
+    if len(text) + times * (len(new) - len(old)) > MAX_OUTPUT_CHARS:
+        raise RenderError(f"a replacement would pass the output limit of {MAX_OUTPUT_CHARS:,} characters")
+
+
+def _check_sum(left: Any, right: Any) -> None:
+    if isinstance(left, str | list | tuple) and isinstance(right, str | list | tuple):
+        if len(left) + len(right) > MAX_OUTPUT_CHARS:
+            raise RenderError(f"adding two values would pass the output limit of "
+                              f"{MAX_OUTPUT_CHARS:,} characters")
+
+
+class _ConcatGuard(CodeGenerator):
+    """Compiles ``a ~ b`` to a call that checks the result's size first.
+
+    Jinja compiles ``~`` to a join of its operands, not to a binary operator, so the
+    sandbox's call_binop never sees it.
+    """
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.limited_concat((")
+        for operand in node.nodes:
+            self.visit(operand, frame)
+            self.write(", ")
+        self.write("), ")
+        if frame.eval_ctx.volatile:
+            self.write("(markup_join if context.eval_ctx.volatile else str_join)")
+        else:
+            self.write("markup_join" if frame.eval_ctx.autoescape else "str_join")
+        self.write(")")
 
 
 MAX_LIPSUM_PARAGRAPHS = 100

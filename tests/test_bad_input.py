@@ -581,6 +581,18 @@ RESOURCE_BOMBS = {
     "huge printf width": "{{ '%999999999s' % 'x' }}",
     "huge printf precision": "{{ '%.999999999f' % 1 }}",
     "huge format filter width": "{{ '%999999999s'|format('x') }}",
+    # Values that double at each turn: thirty turns pass any memory, one C call each.
+    "doubling with ~": "{% set ns = namespace(s='x') %}{% for i in range(40) %}"
+    "{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}",
+    "doubling with +": "{% set ns = namespace(s='x') %}{% for i in range(40) %}"
+    "{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s|length }}",
+    "doubling a list with +": "{% set ns = namespace(s=[0]) %}{% for i in range(40) %}"
+    "{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s|length }}",
+    "doubling with |replace": "{% set ns = namespace(s='x') %}{% for i in range(40) %}"
+    "{% set ns.s = ns.s|replace('x', 'xx') %}{% endfor %}{{ ns.s|length }}",
+    "doubling with str.replace": "{% set ns = namespace(s='x') %}{% for i in range(40) %}"
+    "{% set ns.s = ns.s.replace('x', 'xx') %}{% endfor %}{{ ns.s|length }}",
+    "one huge replace": "{{ ('x' * 2000000)|replace('x', 'xxxxxxxxxx') }}",
 }
 
 
@@ -604,6 +616,15 @@ def test_padding_and_formatting_within_the_limit_still_work() -> None:
     rendered = RENDERER.render_email(subject="Hi", template=None, body=body,
                                      context=template_context())
     assert rendered.html == "5,000,000|  x  | a |00042|1|  y|hi!|Call 0123456789012 {}"
+
+
+def test_joining_adding_and_replacing_within_the_limit_still_work() -> None:
+    body = ("{{ 'a' ~ 1 ~ '<b>' }}|{{ 'a' + 'b' }}|{{ 1 + 2 }}|{{ [1] + [2] }}|"
+            "{{ 'abc'|replace('b', 'xy') }}|{{ 'abc'.replace('c', 'z') }}|{{ 'aaa'|replace('a', 'bb', 2) }}")
+    rendered = RENDERER.render_email(subject="{{ 'Hi' ~ ' ' ~ contact.first_name }}", template=None,
+                                     body=body, context=template_context())
+    assert rendered.html == "a1&lt;b&gt;|ab|3|[1, 2]|axyc|abz|bbbba"
+    assert rendered.subject == "Hi Ada"
 
 
 @pytest.mark.timeout(5)
