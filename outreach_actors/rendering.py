@@ -25,6 +25,7 @@ import math
 import re
 from collections.abc import Callable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -125,7 +126,8 @@ class _SandboxedEnvironment(ImmutableSandboxedEnvironment):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self.code_generator_class = _ConcatGuard
+        self.code_generator_class = _GuardedCodeGenerator
+        self.filters[LOOP_BUDGET_FILTER] = _counted_turns
         # Jinja's lipsum(n) has no bound: a million paragraphs is a minute of CPU
         # before the output limit can act. Keep it, with a cap a placeholder needs.
         lipsum = self.globals["lipsum"]
@@ -150,7 +152,8 @@ class _SandboxedEnvironment(ImmutableSandboxedEnvironment):
         return super().call_binop(context, operator, left, right)
 
     def limited_concat(self, parts: tuple[Any, ...], join: Callable[[Any], str]) -> str:
-        """``a ~ b``, refused when the result would pass the output limit (see _ConcatGuard)."""
+        """``a ~ b``, refused when the result would pass the output limit (see
+        _GuardedCodeGenerator)."""
         if sum(len(part) for part in parts if isinstance(part, str)) > MAX_OUTPUT_CHARS:
             raise RenderError(f"joining text with ~ would pass the output limit of "
                               f"{MAX_OUTPUT_CHARS:,} characters")
@@ -260,12 +263,21 @@ def _check_sum(left: Any, right: Any) -> None:
                               f"{MAX_OUTPUT_CHARS:,} characters")
 
 
-class _ConcatGuard(CodeGenerator):
-    """Compiles ``a ~ b`` to a call that checks the result's size first.
+class _GuardedCodeGenerator(CodeGenerator):
+    """Compiles ``a ~ b`` to a call that checks the result's size first, and every
+    ``{% for %}`` to count its turns against the render's loop budget.
 
     Jinja compiles ``~`` to a join of its operands, not to a binary operator, so the
-    sandbox's call_binop never sees it.
+    sandbox's call_binop never sees it. Loops that print nothing never reach the
+    output limit: three nested ``range(100000)`` loops run for days, holding a worker
+    thread (and Dramatiq retries a timed-out message).
     """
+
+    def visit_Template(self, node: nodes.Template, frame: Frame | None = None) -> None:
+        for loop in node.find_all(nodes.For):
+            loop.iter = nodes.Filter(loop.iter, LOOP_BUDGET_FILTER, [], [], None, None,
+                                     lineno=loop.iter.lineno)
+        super().visit_Template(node, frame)
 
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
         self.write("environment.limited_concat((")
@@ -278,6 +290,26 @@ class _ConcatGuard(CodeGenerator):
         else:
             self.write("markup_join" if frame.eval_ctx.autoescape else "str_join")
         self.write(")")
+
+
+# Turns of all the loops of one render together. An email's loops take a few hundred;
+# a million take about a second.
+MAX_LOOP_TURNS = 1_000_000
+LOOP_BUDGET_FILTER = "outreach_loop_budget"
+_loop_turns: ContextVar[list[int]] = ContextVar("outreach_loop_turns")
+
+
+def _counted_turns(iterable: Any) -> Any:
+    turns = _loop_turns.get(None)
+    return iterable if turns is None else _counting(iterable, turns)
+
+
+def _counting(iterable: Any, turns: list[int]) -> Iterator[Any]:
+    for item in iterable:
+        turns[0] += 1
+        if turns[0] > MAX_LOOP_TURNS:
+            raise RenderError(f"the template's loops passed {MAX_LOOP_TURNS:,} turns")
+        yield item
 
 
 MAX_LIPSUM_PARAGRAPHS = 100
@@ -475,6 +507,7 @@ class TemplateRenderer:
         node: str | None,
         field: str,
     ) -> str:
+        budget = _loop_turns.set([0])
         try:
             return _join_limited(load().generate(context))
         except RenderError as exc:  # from our loader or operator guards
@@ -488,6 +521,8 @@ class TemplateRenderer:
             raise RenderError(
                 _describe(exc), node=node, field=field, line=_template_line(exc)
             ) from exc
+        finally:
+            _loop_turns.reset(budget)
 
     def check_template(self, *, subject: str, template: str | None, body: str | None) -> list[str]:
         """Return what is wrong with an email node's subject and template or body (empty: fine).

@@ -593,6 +593,11 @@ RESOURCE_BOMBS = {
     "doubling with str.replace": "{% set ns = namespace(s='x') %}{% for i in range(40) %}"
     "{% set ns.s = ns.s.replace('x', 'xx') %}{% endfor %}{{ ns.s|length }}",
     "one huge replace": "{{ ('x' * 2000000)|replace('x', 'xxxxxxxxxx') }}",
+    # Loops that print nothing never reach the output limit: days of CPU, held by a worker.
+    "nested silent loops": "{% for a in range(100000) %}{% for b in range(100000) %}"
+    "{% for c in range(100000) %}{% endfor %}{% endfor %}{% endfor %}",
+    "silent loops in a macro": "{% macro m() %}{% for b in range(100000) %}{% endfor %}{% endmacro %}"
+    "{% for a in range(100000) %}{{ m() }}{% endfor %}",
 }
 
 
@@ -616,6 +621,17 @@ def test_padding_and_formatting_within_the_limit_still_work() -> None:
     rendered = RENDERER.render_email(subject="Hi", template=None, body=body,
                                      context=template_context())
     assert rendered.html == "5,000,000|  x  | a |00042|1|  y|hi!|Call 0123456789012 {}"
+
+
+def test_loops_within_the_budget_keep_every_feature() -> None:
+    body = ("{% for x in [3, 4, 5] %}{{ loop.index }}/{{ loop.length }}{% if loop.last %}!{% endif %}"
+            "{% else %}none{% endfor %}|{% for k in [] %}x{% else %}empty{% endfor %}|"
+            "{% for a, b in [(1, 2)] %}{{ a }}{{ b }}{% endfor %}|"
+            "{% for item in [{'c': [{'c': []}]}] recursive %}[{{ loop(item.c) }}]{% endfor %}|"
+            "{% for i in range(300) %}{% for j in range(300) %}{% endfor %}{% endfor %}done")
+    rendered = RENDERER.render_email(subject="Hi", template=None, body=body,
+                                     context=template_context())
+    assert rendered.html == "1/32/33/3!|empty|12|[[]]|done"
 
 
 def test_joining_adding_and_replacing_within_the_limit_still_work() -> None:
