@@ -181,12 +181,26 @@ Name = Annotated[str, AfterValidator(_printable_name)]
 MAX_NAME_LENGTH = 128
 
 
+def _sender_address(value: str) -> str:
+    # Which sender identity mails the plan: matched against the tenant's at send time,
+    # where a malformed one would only show as "no sender". Checked here as the
+    # identities themselves are (engine.normalize_email), without importing the engine.
+    local, at, domain = value.strip().partition("@")
+    if (not at or not local or "." not in domain or "@" in domain or len(value.strip()) > 254
+            or not value.isprintable() or any(ch.isspace() or ch in ",;<>" for ch in value.strip())):
+        raise ValueError(f"{_ECHO.repr(value)} is not an email address")
+    return value.strip().lower()
+
+
+SenderAddress = Annotated[str, AfterValidator(_sender_address)]
+
+
 class Plan(_Strict):
     name: Name
     start: str
     nodes: dict[Name, Node]
     send_window: SendWindow | None = None
-    sender: str | None = None
+    sender: SenderAddress | None = None
     categories: Categories = Field(default_factory=list)
     allow_reentry: bool = False
     description: str = ""

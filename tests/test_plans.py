@@ -105,6 +105,9 @@ def test_an_omitted_after_on_no_open_is_allowed_and_uses_the_default() -> None:
         (("after: P2D, to: stop}", "after: P2D, to: pause}"),
          "nodes.pause.transitions: no path from here reaches an exit node"),
         (("days: [mon, tue", "days: [mondays, tue"), "send_window.days: unknown weekday(s) ['mondays']"),
+        (("start: intro\n", 'start: intro\nsender: "sales@acme.com\\r\\nBcc: x@evil.com"\n'),
+         "sender: 'sales@acme.c"),
+        (("start: intro\n", "start: intro\nsender: sales\n"), "sender: 'sales' is not an email address"),
     ],
 )
 def test_each_fault_is_reported_with_its_path(change: tuple[str, str], expected: str) -> None:
@@ -155,3 +158,8 @@ def test_a_stored_plan_reads_back_as_the_same_plan(after: timedelta) -> None:
     plan = validate_plan(VALID.replace("after: P2D", f"after: {isodate.duration_isoformat(after)}"))
     assert plan.nodes["pause"].transitions[0].after == after
     assert validate_plan(json.loads(json.dumps(plan.to_definition()))) == plan
+
+
+def test_the_plan_sender_is_kept_lower_case() -> None:
+    plan = validate_plan(VALID.replace("start: intro\n", "start: intro\nsender: Sales@Acme.com\n"))
+    assert plan.sender == "sales@acme.com"
