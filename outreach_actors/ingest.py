@@ -17,6 +17,7 @@ import peewee
 from peewee import chunked
 
 from . import engine
+from .db import is_postgresql
 from .metrics import count
 from .models import (
     Enrollment,
@@ -26,6 +27,7 @@ from .models import (
     WebhookDelivery,
     database_proxy,
     utcnow,
+    write_transaction,
 )
 from .plans import Plan as PlanModel
 from .providers.events import EVENT_TYPES, MalformedBatch, NormalizedEvent, parse_sendgrid_batch
@@ -232,7 +234,8 @@ def normalize_delivery(delivery_id: int, *, settings: Settings | None = None) ->
 def replay_delivery(delivery_id: int) -> None:
     """Reset a delivery to ``received`` and enqueue it again (``outreach webhooks replay``)."""
     reset = (
-        WebhookDelivery.update(status=WebhookDelivery.RECEIVED, error=None, processed_at=None)
+        WebhookDelivery.update(status=WebhookDelivery.RECEIVED, error=None, processed_at=None,
+                               requeued_at=None)
         .where(WebhookDelivery.id == delivery_id)
         .execute()
     )
@@ -241,19 +244,26 @@ def replay_delivery(delivery_id: int) -> None:
     enqueue_delivery(delivery_id)
 
 
-def requeue_stale_deliveries(older_than: timedelta, *, now: datetime | None = None) -> int:
-    """Enqueue again deliveries still ``received`` after ``older_than`` (a lost enqueue).
+def requeue_stale_deliveries(older_than: timedelta, *, now: datetime | None = None,
+                             limit: int = 1000) -> int:
+    """Enqueue again deliveries still ``received`` after ``older_than`` (a lost enqueue),
+    each at most once per ``older_than``: it may only be waiting behind a backlog.
 
     A delivery enqueued twice is harmless: the second run finds it processed.
     """
-    cutoff = (now or utcnow()) - older_than
-    ids = [
-        row.id
-        for row in WebhookDelivery.select(WebhookDelivery.id).where(
+    now = now or utcnow()
+    cutoff = now - older_than
+    with write_transaction():
+        query = WebhookDelivery.select(WebhookDelivery.id).where(
             WebhookDelivery.status == WebhookDelivery.RECEIVED,
             WebhookDelivery.received_at < cutoff,
-        )
-    ]
+            WebhookDelivery.requeued_at.is_null() | (WebhookDelivery.requeued_at < cutoff),
+        ).order_by(WebhookDelivery.id).limit(limit)
+        if is_postgresql(database_proxy.obj):
+            query = query.for_update("FOR UPDATE SKIP LOCKED")
+        ids = [row.id for row in query]
+        if ids:
+            WebhookDelivery.update(requeued_at=now).where(WebhookDelivery.id.in_(ids)).execute()
     for delivery_id in ids:
         enqueue_delivery(delivery_id)
     return len(ids)

@@ -226,6 +226,9 @@ class WebhookDelivery(BaseModel):
     attempts = peewee.IntegerField(default=0)
     received_at = peewee.DateTimeField(default=utcnow, index=True)
     processed_at = peewee.DateTimeField(null=True)
+    # When the reconciler last enqueued it again: at most once per lease, so that a
+    # backlog on the webhooks queue does not gain a copy of every delivery each minute.
+    requeued_at = peewee.DateTimeField(null=True)
 
 
 class MessageEvent(BaseModel):

@@ -312,6 +312,13 @@ def test_stale_received_deliveries_are_enqueued_again(db, stub_broker) -> None:
     assert ingest.requeue_stale_deliveries(timedelta(minutes=10)) == 1
     [message] = stub_broker.queues["webhooks"].queue
     assert json.loads(message)["args"] == [old]
+    # The reconciler runs every minute: a delivery waiting behind a backlog is not
+    # enqueued again each time, only once its re-enqueue is itself a lease old.
+    assert ingest.requeue_stale_deliveries(timedelta(minutes=10)) == 0
+    later = models.utcnow() + timedelta(minutes=11)  # the fresh one is stale by then too
+    assert ingest.requeue_stale_deliveries(timedelta(minutes=10), now=later) == 2
+    assert ingest.requeue_stale_deliveries(timedelta(minutes=10), now=later) == 0
+    assert len(stub_broker.queues["webhooks"].queue) == 3
 
 
 def test_the_actor_run_twice_stores_and_applies_each_event_once(settings, stub_broker) -> None:
