@@ -16,6 +16,7 @@ import dramatiq
 import pytest
 
 from outreach_actors import dispatch, engine, models
+from outreach_actors.actors.periodic import dispatch_due, purge, reconcile
 from outreach_actors.actors.pipeline import (
     enqueue_actions,
     fire_timeout,
@@ -30,6 +31,7 @@ from outreach_actors.models import (
     NodeVisit,
     OutboundMessage,
     ScheduledAction,
+    Suppression,
     WebhookDelivery,
 )
 from outreach_actors.simulation import EngagementSimulator
@@ -79,10 +81,12 @@ def snapshot(standin: SendGridStandIn) -> dict:
     return {
         "accepted": len(standin.messages),
         "messages": sorted((m.id, m.status) for m in OutboundMessage.select()),
-        "events": MessageEvent.select().count(),
+        "events": sorted((e.event_key, e.type, e.message_id) for e in MessageEvent.select()),
         "visits": NodeVisit.select().count(),
         "enrollments": sorted((e.id, e.current_node, e.status, e.version) for e in Enrollment.select()),
-        "actions": ScheduledAction.select().count(),
+        "actions": sorted((a.id, a.kind, a.status) for a in ScheduledAction.select()),
+        "suppressions": sorted((s.tenant_id, s.channel, s.value, s.reason) for s in Suppression.select()),
+        "deliveries": sorted((d.id, d.status) for d in WebhookDelivery.select()),
     }
 
 
@@ -163,5 +167,8 @@ def test_every_contact_ends_at_the_right_node_exactly_once(request, any_broker, 
         fire_timeouts(timers)
         for delivery in WebhookDelivery.select():
             normalize_webhook(delivery.id)
-        # Then nothing changed: no second email, event, move or timer
+        dispatch_due(0)
+        reconcile()
+        purge()
+        # Then nothing changed: no second email, event, move, timer or suppression
         assert snapshot(standin) == before
