@@ -116,3 +116,50 @@ def test_a_contact_field_cannot_inject_headers_through_the_subject(settings, sta
     assert action.status == "failed" and "line break" in action.result
     assert Enrollment.get_by_id(enrollment.id).status == "failed"
     assert standin.messages == []
+
+
+@pytest.mark.parametrize("database", ["sqlite_db", "postgres_db"])
+def test_eight_deliveries_of_one_render_and_send_at_once_mail_once(request, data_dir, standin,
+                                                                   database) -> None:
+    # Given a send action delivered eight times at once (no idempotency lease in front:
+    # the database's claims alone must hold), for a few contacts in turn
+    import threading
+
+    from outreach_actors import models
+    from outreach_actors.settings import configure
+
+    from .conftest import make_settings
+
+    db = request.getfixturevalue(database)
+    configure(make_settings(data_dir))  # what rendering reads: templates, unsubscribe links
+    models.bind(db)
+    make_tenant()
+    load_plan()
+    def deliver(action_id: int, start: threading.Barrier, errors: list[str]) -> None:
+        try:
+            with db.connection_context():
+                start.wait()
+                message_id = delivery.render_action(action_id)
+                if message_id:
+                    delivery.send_message(message_id, client_for(standin))
+        except Exception as exc:  # reported below
+            errors.append(repr(exc))
+
+    for n in range(4):
+        enrollment = engine.enroll("acme", f"c{n}@example.com", "onboarding",
+                                   fields={"first_name": "Ada"})
+        action = ScheduledAction.get(ScheduledAction.enrollment == enrollment)
+        start, errors = threading.Barrier(8), []
+        threads = [threading.Thread(target=deliver, args=(action.id, start, errors))
+                   for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert errors == []
+    configure(None)
+    # Then each contact got one email, from one stored message.
+    recipients = sorted(mail.recipients()[0][0] for mail in standin.messages)
+    assert recipients == [f"c{n}@example.com" for n in range(4)]
+    assert OutboundMessage.select().count() == 4
+    assert {m.status for m in OutboundMessage.select()} == {"sent"}
