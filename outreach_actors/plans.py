@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_serializer,
     field_validator,
 )
@@ -35,6 +36,8 @@ MAX_PLAN_BYTES = 1_000_000
 MAX_NODES = 500
 # The longest `after` a transition may wait.
 MAX_AFTER = timedelta(days=3650)
+# The validation context key of a stored plan read back (plan_from_definition).
+STORED = "stored"
 
 # The event names a plan may use, mapped to the normalized event that fires them.
 EVENT_ALIASES: dict[str, str] = {
@@ -91,13 +94,13 @@ class Transition(_Strict):
 
     @field_validator("after", mode="before")
     @classmethod
-    def _iso_duration(cls, value: Any) -> timedelta | None:
+    def _iso_duration(cls, value: Any, info: ValidationInfo) -> timedelta | None:
         if value is None:
             return None
         if not isinstance(value, str):
             raise ValueError(f"expected an ISO-8601 duration such as PT72H, got {_ECHO.repr(value)}")
         after = parse_duration(value)
-        if after > MAX_AFTER:
+        if after > MAX_AFTER and not _stored(info):
             # Past this a timer is no plan; far past it, send time + after overflows a datetime.
             raise ValueError(f"{_ECHO.repr(value)} is longer than {MAX_AFTER.days} days")
         return after
@@ -169,9 +172,16 @@ class Node(_Strict):
     transitions: list[Transition] = Field(default_factory=list)
 
 
-def _printable_name(value: str) -> str:
+def _stored(info: ValidationInfo) -> bool:
+    """Whether a stored plan is being read back (see plan_from_definition)."""
+    return bool(info.context and info.context.get(STORED))
+
+
+def _printable_name(value: str, info: ValidationInfo) -> str:
     # Names end up in database keys (enrollment and dedupe keys, at most 255
     # characters with the ids around them) and in logs: no control characters.
+    if _stored(info):
+        return value
     if not value or len(value) > MAX_NAME_LENGTH or not value.isprintable():
         raise ValueError(f"name {_ECHO.repr(value)} must be 1 to {MAX_NAME_LENGTH} printable characters")
     return value
@@ -181,12 +191,12 @@ Name = Annotated[str, AfterValidator(_printable_name)]
 MAX_NAME_LENGTH = 128
 
 
-def _sender_address(value: str) -> str:
+def _sender_address(value: str, info: ValidationInfo) -> str:
     # Which sender identity mails the plan: matched against the tenant's at send time,
     # where a malformed one would only show as "no sender". Checked here as the
     # identities themselves are (engine.normalize_email), without importing the engine.
     local, at, domain = value.strip().partition("@")
-    if (not at or not local or "." not in domain or "@" in domain or len(value.strip()) > 254
+    if not _stored(info) and (not at or not local or "." not in domain or "@" in domain or len(value.strip()) > 254
             or not value.isprintable() or any(ch.isspace() or ch in ",;<>" for ch in value.strip())):
         raise ValueError(f"{_ECHO.repr(value)} is not an email address")
     return value.strip().lower()
@@ -288,7 +298,7 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def _graph_errors(data: Mapping[str, Any]) -> list[str]:
+def _graph_errors(data: Mapping[str, Any], *, stored: bool = False) -> list[str]:
     """Cross-node checks, run on the raw mapping so that they are reported even when
     some fields fail the schema: a user sees every fault in one pass."""
     errors: list[str] = []
@@ -352,7 +362,8 @@ def _graph_errors(data: Mapping[str, Any]) -> list[str]:
         for name in nodes:
             if name not in reachable:
                 errors.append(f"nodes.{name}: unreachable from start {start!r}")
-    errors += _endless_nodes(nodes)
+    if not stored:
+        errors += _endless_nodes(nodes)
     return errors
 
 
@@ -390,11 +401,14 @@ def validate_plan(
     data: Mapping[str, Any] | str | bytes,
     *,
     check_template: TemplateChecker | None = None,
+    stored: bool = False,
 ) -> Plan:
     """Return the Plan, or raise PlanError listing every fault with its path.
 
     ``check_template(subject=..., template=..., body=...)`` (from rendering) returns
     a list of problems for one email node; without it templates are not checked.
+    ``stored``: the plan was validated when it was loaded, perhaps by an earlier
+    version (see plan_from_definition).
     """
     if isinstance(data, str | bytes):
         data = load_plan_text(data)
@@ -406,7 +420,7 @@ def validate_plan(
     plan: Plan | None = None
     errors: list[str] = []
     try:
-        plan = Plan.model_validate(dict(data))
+        plan = Plan.model_validate(dict(data), context={STORED: stored})
     except ValidationError as exc:
         errors = [_describe(err) for err in exc.errors()]
     definition = None
@@ -417,7 +431,7 @@ def validate_plan(
             errors.append("(plan): contains a lone surrogate (an escape such as \\ud800), "
                           "which is not text and cannot be stored; remove it")
     # Judged on the parsed plan when the schema passed: pydantic coerces (bytes to str).
-    errors += _graph_errors(data if definition is None else definition)
+    errors += _graph_errors(data if definition is None else definition, stored=stored)
     if plan is not None and plan.send_window is not None and plan.send_window.start >= plan.send_window.end:
         errors.append("send_window.end: must be later than start")
     if plan is not None and check_template is not None:
@@ -444,5 +458,11 @@ def _describe(error: Any) -> str:
 
 
 def plan_from_definition(definition: Mapping[str, Any]) -> Plan:
-    """Rebuild a stored (already validated) plan without re-checking templates."""
-    return validate_plan(definition)
+    """Rebuild a stored (already validated) plan without re-checking templates.
+
+    Checks added since a plan was loaded are not applied to it (names, the sender's
+    form, the longest `after`, a way to an exit): refusing it now would stop every
+    contact already in it. What the engine needs (known nodes and events, durations
+    it can read) is still checked.
+    """
+    return validate_plan(definition, stored=True)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from outreach_actors.plans import MAX_AFTER, PlanError, validate_plan
+from outreach_actors.plans import MAX_AFTER, PlanError, plan_from_definition, validate_plan
 
 VALID = """
 name: onboarding
@@ -163,3 +163,21 @@ def test_a_stored_plan_reads_back_as_the_same_plan(after: timedelta) -> None:
 def test_the_plan_sender_is_kept_lower_case() -> None:
     plan = validate_plan(VALID.replace("start: intro\n", "start: intro\nsender: Sales@Acme.com\n"))
     assert plan.sender == "sales@acme.com"
+
+
+def test_a_stored_plan_is_read_back_without_checks_added_since_it_was_loaded() -> None:
+    # Loaded by an earlier version: a long node name, a bare sender, an `after` over the
+    # limit, and a wait node that loops on itself. Refusing it now would stop every
+    # contact already in it; loading it anew is refused.
+    long_name = "n" * 200
+    stored = {"name": "old", "start": "a", "sender": "Sales", "nodes": {
+        "a": {"type": "wait", "transitions": [{"on": "elapsed", "after": "P4000D", "to": long_name}]},
+        long_name: {"type": "wait", "transitions": [{"on": "elapsed", "after": "P1D", "to": long_name}]},
+    }}
+    assert len(errors_of(json.dumps(stored))) == 5  # name, sender, after, and no exit from either node
+    plan = plan_from_definition(stored)
+    assert plan.sender == "sales" and plan.nodes["a"].transitions[0].after == timedelta(days=4000)
+    # What the engine needs is still checked.
+    stored["nodes"]["a"]["transitions"][0]["on"] = "exploded"
+    with pytest.raises(PlanError, match="unknown event 'exploded'"):
+        plan_from_definition(stored)
