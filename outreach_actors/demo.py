@@ -9,6 +9,7 @@ The sample plan's durations are compressed: one day becomes two seconds.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -122,6 +123,35 @@ def _exit_through_cleanup(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def _stop_leftovers(pids_file: Path) -> None:
+    """Stop what a demo killed outright (SIGKILL, the OOM killer) left running: its
+    workers and periodiq would feed on the next demo's broker and mail a stand-in
+    that is gone. Each was started in a process group of its own, named in the file."""
+    try:
+        groups = [int(word) for word in pids_file.read_text().split()]
+    except (OSError, ValueError):
+        return
+    groups = [group for group in groups if _runs_our_package(group)]
+    for each in (signal.SIGTERM, signal.SIGKILL):
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, each)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(_runs_our_package(group) for group in groups):
+            time.sleep(0.2)
+    pids_file.unlink(missing_ok=True)
+
+
+def _runs_our_package(pid: int) -> bool:
+    # The pid may belong to another program by now: only ours is stopped.
+    try:
+        command = subprocess.run(["ps", "-p", str(pid), "-o", "command="], capture_output=True,
+                                 text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "outreach_actors" in command
+
+
 def _handle_termination() -> dict[int, object]:
     """Route the terminating signals through the cleanup; returns the handlers they had."""
     if threading.current_thread() is not threading.main_thread():
@@ -143,7 +173,9 @@ def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console) -
 
     base = get_settings()
     data_dir = (Path(base.data_dir) / "demo").resolve()
+    pids_file = data_dir.with_name("demo.pids")  # beside the data dir, which each run deletes
     templates_dir = _default_templates_dir()
+    _stop_leftovers(pids_file)
     stop_embedded_redis(data_dir) if data_dir.exists() else None
     shutil.rmtree(data_dir, ignore_errors=True)  # a second run starts clean
     data_dir.mkdir(parents=True)
@@ -198,11 +230,14 @@ def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console) -
         log = log_path.open("ab")
         processes.append(subprocess.Popen(
             [sys.executable, "-m", "dramatiq", "outreach_actors", "-p", str(workers), "-t", "4"],
-            env=child_env, stdout=log, stderr=subprocess.STDOUT, cwd=data_dir))
+            env=child_env, stdout=log, stderr=subprocess.STDOUT, cwd=data_dir,
+            start_new_session=True))
         processes.append(subprocess.Popen(
             [sys.executable, "-c", "import sys; from periodiq import entrypoint; "
              "sys.argv[0] = 'periodiq'; sys.exit(entrypoint())", "outreach_actors"],
-            env=child_env, stdout=log, stderr=subprocess.STDOUT, cwd=data_dir))
+            env=child_env, stdout=log, stderr=subprocess.STDOUT, cwd=data_dir,
+            start_new_session=True))
+        pids_file.write_text("".join(f"{process.pid}\n" for process in processes))
 
         from .actors.periodic import dispatch_due
 
@@ -240,6 +275,7 @@ def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console) -
         if simulator is not None:
             simulator._stop.set()
         _stop_processes(processes)
+        pids_file.unlink(missing_ok=True)
         if server is not None:
             server.shutdown()
             server.server_close()

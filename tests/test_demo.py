@@ -68,3 +68,28 @@ def test_a_terminated_demo_stops_every_process_it_started(tmp_path: Path, signal
     assert demo.returncode == 128 + getattr(signal, signal_name), output[-3000:]
     _, alive = psutil.wait_procs(started, timeout=10)
     assert [" ".join(process.cmdline()) for process in alive] == []
+
+
+def test_a_demo_killed_outright_is_cleaned_up_by_the_next_one(tmp_path: Path) -> None:
+    # Given a demo killed with SIGKILL (the OOM killer, kill -9): no cleanup could run,
+    # and its workers and periodiq are still up
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
+    command = [sys.executable, "-m", "outreach_actors.cli", "demo"]
+    killed = subprocess.Popen([*command, "--contacts", "3000", "--timeout", "300"], env=env,
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        demo_process = psutil.Process(killed.pid)
+        wait_until(lambda: _demo_processes(demo_process), timeout=90)
+        orphans = _demo_processes(demo_process)
+    finally:
+        killed.kill()
+        killed.wait()
+    assert all(process.is_running() for process in orphans)
+    # When the next demo starts
+    result = subprocess.run([*command, "--contacts", "40", "--timeout", "90"], env=env,
+                            cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    # then it stopped them first, and ran its own campaign to the end.
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "40 contacts, 40 finished" in result.stdout
+    _, alive = psutil.wait_procs(orphans, timeout=5)
+    assert [" ".join(process.cmdline()) for process in alive] == []
