@@ -39,8 +39,13 @@ def test_demo_runs_a_whole_campaign_and_cleans_up(tmp_path: Path) -> None:
 
 def _demo_processes(demo: psutil.Process) -> list[psutil.Process]:
     """The demo's workers (the dramatiq parent and its children) and periodiq, once up."""
-    processes = demo.children(recursive=True)
-    commands = [" ".join(process.cmdline()) for process in processes]
+    processes, commands = [], []
+    for process in demo.children(recursive=True):
+        try:
+            commands.append(" ".join(process.cmdline()))
+        except psutil.Error:  # a helper process that just ended (a zombie until reaped)
+            continue
+        processes.append(process)
     dramatiq_up = any("dramatiq outreach_actors" in command for command in commands)
     periodiq_up = any("periodiq" in command for command in commands)
     return processes if dramatiq_up and periodiq_up and len(processes) >= 4 else []
@@ -61,8 +66,12 @@ def test_a_terminated_demo_stops_every_process_it_started(tmp_path: Path, signal
         demo.send_signal(getattr(signal, signal_name))
         demo.wait(timeout=60)
     finally:
-        if demo.poll() is None:
-            demo.kill()
+        if demo.poll() is None:  # the test failed early: let the demo clean up after itself
+            demo.terminate()
+            try:
+                demo.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                demo.kill()
         output = demo.stdout.read().decode(errors="replace")
     # then it exits with the shell's status for that signal, and leaves nothing running.
     assert demo.returncode == 128 + getattr(signal, signal_name), output[-3000:]
