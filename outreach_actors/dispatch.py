@@ -175,18 +175,50 @@ def reconcile_stuck_messages(
                 OutboundMessage.id.in_(stale_rendered)).execute()
     for message_id in stale_rendered:
         enqueue_send(message_id)
+    interrupted = list(
+        OutboundMessage.select(*_AMBIGUOUS_COLUMNS)
+        .where(OutboundMessage.status == OutboundMessage.SENDING,
+               OutboundMessage.send_started_at < cutoff)
+        .limit(settings.dispatch_batch_size)
+    )
     ambiguous = (
         OutboundMessage.update(
             status=OutboundMessage.AMBIGUOUS,
             error="worker stopped while sending; waiting for a provider event to confirm",
         )
-        .where(OutboundMessage.status == OutboundMessage.SENDING,
-               OutboundMessage.send_started_at < cutoff)
+        .where(OutboundMessage.id.in_([message.id for message in interrupted]),
+               OutboundMessage.status == OutboundMessage.SENDING)
         .execute()
-    )
+    ) if interrupted else 0
     if ambiguous:
         logger.warning("Marked %d interrupted sends ambiguous", ambiguous)
+    for message in interrupted:
+        # SendGrid's events often arrive before the lease runs out: while the row still
+        # said `sending`, they confirmed nothing. Resolve now rather than at the window.
+        _resolve_if_proven(message)
     return len(stale_rendered), ambiguous
+
+
+# What resolving an ambiguous send reads of its message.
+_AMBIGUOUS_COLUMNS = (
+    OutboundMessage.id, OutboundMessage.enrollment, OutboundMessage.send_started_at,
+    OutboundMessage.provider_message_id, OutboundMessage.error,
+)
+
+
+def _resolve_if_proven(message: OutboundMessage) -> bool:
+    """Resolve an ambiguous send as sent if a provider event for it is already stored."""
+    from . import engine
+
+    proof = (
+        MessageEvent.select(MessageEvent.occurred_at)
+        .where(MessageEvent.message == message.id,
+               MessageEvent.synthetic == False,  # noqa: E712 (peewee expression)
+               MessageEvent.type.in_(sorted(engine.PROOF_OF_SEND)))
+        .order_by(MessageEvent.occurred_at)
+        .first()
+    )
+    return proof is not None and engine.resolve_ambiguous_send(message, proof.occurred_at, None)
 
 
 def settle_ambiguous_sends(
@@ -203,10 +235,7 @@ def settle_ambiguous_sends(
     settings = settings or get_settings()
     now = now or utcnow()
     expired = list(
-        OutboundMessage.select(
-            OutboundMessage.id, OutboundMessage.enrollment, OutboundMessage.send_started_at,
-            OutboundMessage.provider_message_id, OutboundMessage.error,
-        )
+        OutboundMessage.select(*_AMBIGUOUS_COLUMNS)
         .where(OutboundMessage.status == OutboundMessage.AMBIGUOUS,
                OutboundMessage.send_started_at < now - settings.ambiguous_send_window)
         .limit(settings.dispatch_batch_size)
@@ -215,21 +244,12 @@ def settle_ambiguous_sends(
     for message in expired:
         # An event stored while the send still looked in flight (a worker killed
         # between SendGrid's 202 and its commit) confirmed it without resolving it.
-        proof = (
-            MessageEvent.select(MessageEvent.occurred_at)
-            .where(MessageEvent.message == message.id,
-                   MessageEvent.synthetic == False,  # noqa: E712 (peewee expression)
-                   MessageEvent.type.in_(sorted(engine.PROOF_OF_SEND)))
-            .order_by(MessageEvent.occurred_at)
-            .first()
-        )
-        if proof is not None:
-            engine.resolve_ambiguous_send(message, proof.occurred_at, None)
+        if _resolve_if_proven(message):
             continue
         if settings.ambiguous_send_policy == "resend":
             target, note = OutboundMessage.RENDERED, "ambiguous send not confirmed; sending again"
         else:
-            target, note = OutboundMessage.FAILED, "ambiguous send not confirmed by any provider event"
+            target, note = OutboundMessage.FAILED, engine.UNCONFIRMED_AMBIGUOUS_SEND
         updated = (
             OutboundMessage.update(status=target, error=note)
             .where(OutboundMessage.id == message.id,

@@ -498,6 +498,9 @@ def handle_message_event(
         return False
     if message.status == OutboundMessage.AMBIGUOUS and event_type in PROOF_OF_SEND:
         resolve_ambiguous_send(message, occurred_at, provider_message_id)
+    elif (message.status == OutboundMessage.FAILED and event_type in PROOF_OF_SEND
+          and (message.error or "").startswith(UNCONFIRMED_AMBIGUOUS_SEND)):
+        _record_late_proof(message, occurred_at, provider_message_id)
     if event_type == "opened" and (data or {}).get("machine_open"):
         if not get_settings().machine_opens_are_engagement:
             return False
@@ -510,6 +513,31 @@ def handle_message_event(
     return process_event(
         message.enrollment_id, event_type, node=message.node, visit_version=visit_version,
     )
+
+
+# The error of a send the `fail` policy ended (dispatch.settle_ambiguous_sends).
+UNCONFIRMED_AMBIGUOUS_SEND = "ambiguous send not confirmed by any provider event"
+
+
+def _record_late_proof(message: OutboundMessage, occurred_at: datetime,
+                       provider_message_id: str | None) -> None:
+    """SendGrid confirmed a send after the ambiguous window, when the `fail` policy had
+    already ended it (its events are retried for 24 hours). The message was sent: say
+    so, loudly; its enrollment stays failed, since reviving it now would surprise more."""
+    updated = (
+        OutboundMessage.update(
+            status=OutboundMessage.SENT,
+            sent_at=message.send_started_at or occurred_at,
+            provider_message_id=message.provider_message_id or provider_message_id,
+            error=f"{UNCONFIRMED_AMBIGUOUS_SEND}; confirmed late by a provider event "
+                  "(the email was sent; its enrollment had already failed)",
+        )
+        .where(OutboundMessage.id == message.id, OutboundMessage.status == OutboundMessage.FAILED)
+        .execute()
+    )
+    if updated:
+        logger.warning("Send message=%s failed by the ambiguous-send policy was confirmed late by "
+                       "SendGrid: it was sent; its enrollment stays failed", message.id)
 
 
 def resolve_ambiguous_send(
@@ -537,6 +565,7 @@ def resolve_ambiguous_send(
 
 __all__ = [
     "ENGAGEMENT_TIMEOUTS",
+    "UNCONFIRMED_AMBIGUOUS_SEND",
     "AlreadyEnrolled",
     "EnrollmentError",
     "after_send",

@@ -108,8 +108,8 @@ class _EngineInterest:
         self._load({m.enrollment for m in messages if m.enrollment is not None})
 
     def wants(self, message: _Message, event_type: str) -> bool:
-        if message.status == OutboundMessage.AMBIGUOUS:
-            return True
+        if message.status in {OutboundMessage.AMBIGUOUS, OutboundMessage.FAILED}:
+            return True  # a proof of send resolves it, or records that it was sent late
         state = self._state(message.enrollment) if message.enrollment else None
         if state is None or state[0] != Enrollment.ACTIVE:
             return False

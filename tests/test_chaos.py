@@ -66,11 +66,11 @@ def test_a_campaign_under_faults_keeps_every_invariant(tmp_path) -> None:
     assert report.audit.enrollments.get("completed", 0) > 0.9 * 200, summary
 
 
-def test_an_event_stored_while_a_send_looked_in_flight_confirms_it_at_settlement(settings) -> None:
+def test_an_event_stored_while_a_send_looked_in_flight_confirms_it(settings) -> None:
     # The chaos run found this: a worker killed between SendGrid's 202 and its commit
     # leaves the message `sending`; SendGrid's events arrive and are stored, but
     # only an `ambiguous` message is resolved by an event; the reconciler then
-    # marks it ambiguous and, with no new event to come, the policy failed it.
+    # marked it ambiguous and, with no new event to come, the policy failed it.
     make_tenant()
     load_plan()
     enrollment = engine.enroll("acme", "ada@example.com", "onboarding")
@@ -86,12 +86,11 @@ def test_an_event_stored_while_a_send_looked_in_flight_confirms_it_at_settlement
     MessageEvent.create(message=message, tenant="acme", type="queued", provider_event="processed",
                         event_key="sg:processed-1", occurred_at=processed_at)
     engine.handle_message_event(message.id, "queued", processed_at)
-    # When the reconciler finds the send cut short and its window has passed
-    dispatch.reconcile_stuck_messages(lambda _: None, settings=settings)
-    assert OutboundMessage.get_by_id(message.id).status == "ambiguous"
-    settled = dispatch.settle_ambiguous_sends(lambda _: None, settings=settings)
-    # Then the stored event confirms it: sent, its timer started, the contact goes on
-    assert settled == 0
+    # When the reconciler finds the send cut short
+    assert dispatch.reconcile_stuck_messages(lambda _: None, settings=settings) == (0, 1)
+    # Then the stored event confirms it at once (not when the ambiguous window ends):
+    # sent, its timer started, the contact goes on; the policy has nothing to settle.
+    assert dispatch.settle_ambiguous_sends(lambda _: None, settings=settings) == 0
     assert OutboundMessage.get_by_id(message.id).status == "sent"
     assert Enrollment.get_by_id(enrollment.id).status == "active"
     timers = ScheduledAction.select().where(ScheduledAction.kind == ScheduledAction.TIMEOUT)

@@ -231,3 +231,35 @@ def test_the_periodic_actors_run_twice_enqueue_and_change_nothing_more(sent_mess
     assert "failed" in {status for _, status, _ in first[1]}
     run_every_periodic_actor()
     assert state() == first
+
+
+def test_a_send_cut_short_whose_proof_is_already_stored_is_resolved_at_once(sent_message,
+                                                                           data_dir) -> None:
+    # Given a worker killed between SendGrid's 202 and its commit: the row says
+    # `sending`, and SendGrid's `delivered` arrived before the lease ran out.
+    OutboundMessage.update(status="sending").where(OutboundMessage.id == sent_message.id).execute()
+    MessageEvent.create(message=sent_message, type="delivered", event_key="sg:d1",
+                        occurred_at=utcnow() - timedelta(minutes=90))
+    # When the reconciler finds it, it does not wait out the ambiguous window (an hour).
+    assert dispatch.reconcile_stuck_messages(lambda _: None, settings=make_settings(data_dir)) == (0, 1)
+    message = OutboundMessage.get_by_id(sent_message.id)
+    assert message.status == "sent"
+    assert ScheduledAction.select().where(ScheduledAction.kind == "timeout").count() == 1
+
+
+def test_a_proof_after_the_policy_failed_the_send_records_it_sent_late(sent_message,
+                                                                      data_dir) -> None:
+    from outreach_actors import ingest
+
+    assert dispatch.settle_ambiguous_sends(lambda _: None, settings=make_settings(data_dir)) == 1
+    # SendGrid retries its events for 24 hours: a `delivered` comes after the window.
+    body = (b'[{"event": "delivered", "email": "ada@example.com", "timestamp": 1700000000, '
+            b'"sg_event_id": "late", "outreach_message_id": "' + sent_message.id.encode()
+            + b'", "outreach_tenant": "acme"}]')
+    delivery = WebhookDelivery.create(body=body, headers={})
+    assert ingest.normalize_delivery(delivery.id, settings=make_settings(data_dir)).stored == 1
+    message = OutboundMessage.get_by_id(sent_message.id)
+    assert message.status == "sent" and "confirmed late" in message.error
+    # The enrollment the policy ended stays ended; no timer starts for it.
+    assert Enrollment.get_by_id(sent_message.enrollment_id).status == "failed"
+    assert ScheduledAction.select().where(ScheduledAction.kind == "timeout").count() == 0
