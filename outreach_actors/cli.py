@@ -324,7 +324,8 @@ def preview(plan_name: str, tenant: str, node: str, email: str, out: Path | None
 @_tenant_option(required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def stats(plan_name: str | None, tenant: str | None, as_json: bool) -> None:
-    """A funnel per node: entered, sent, delivered, opened, clicked, bounced, ..."""
+    """A funnel per node: entered, active, sent, delivered, opened, clicked, bounced,
+    no_open, no_click, exited, failed, ambiguous (sends no provider event confirmed yet)."""
     from .stats import funnel
 
     _open_database()
@@ -338,9 +339,10 @@ def stats(plan_name: str | None, tenant: str | None, as_json: bool) -> None:
 def funnel_table(rows: list[dict]) -> Table:
     from .stats import FUNNEL_COLUMNS
 
-    table = Table("plan", "node", *FUNNEL_COLUMNS)
+    table = Table("tenant", "plan", "node", *FUNNEL_COLUMNS)
     for row in rows:
-        table.add_row(row["plan"], row["node"], *(str(row[c]) for c in FUNNEL_COLUMNS))
+        table.add_row(row["tenant"], row["plan"], row["node"],
+                      *(str(row[c]) for c in FUNNEL_COLUMNS))
     return table
 
 

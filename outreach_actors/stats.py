@@ -1,4 +1,5 @@
-"""The funnel: how many enrollments reached each node and what their emails met."""
+"""The funnel: how many enrollments reached each node, what their emails met, and
+what needs an operator's eye (contacts still there, failures, unresolved sends)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,20 @@ from peewee import fn
 
 from .models import Enrollment, MessageEvent, NodeVisit, OutboundMessage, Plan
 
-FUNNEL_COLUMNS = ["entered", "sent", "delivered", "opened", "clicked", "bounced", "no_open",
-                  "no_click", "exited"]
+# entered: visits of the node; active: contacts there now; exited: contacts whose
+# enrollment ended there (completed or exited); failed: ended there by a failure (a
+# send that failed for good, an unconfirmed ambiguous send); ambiguous: sends of the
+# node that no provider event has confirmed yet (see README, "Guarantees").
+FUNNEL_COLUMNS = ["entered", "active", "sent", "delivered", "opened", "clicked", "bounced",
+                  "no_open", "no_click", "exited", "failed", "ambiguous"]
 EVENT_COLUMNS = ["delivered", "opened", "clicked", "bounced", "no_open", "no_click"]
+
+Key = tuple[str, str, str]  # tenant, plan, node
 
 
 def funnel(*, plan_name: str | None = None, tenant_id: str | None = None) -> list[dict]:
-    """One row per (plan, node) in plan order; event columns count distinct messages."""
+    """One row per (tenant, plan, node) in plan order; event columns count distinct
+    messages. Plans of the same name in two tenants are two funnels."""
     plans = Plan.select()
     if plan_name:
         plans = plans.where(Plan.name == plan_name)
@@ -23,52 +31,64 @@ def funnel(*, plan_name: str | None = None, tenant_id: str | None = None) -> lis
     plan_ids = [p.id for p in plans]
     if not plan_ids:
         return []
-    counts: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: dict.fromkeys(FUNNEL_COLUMNS, 0))
+    counts: dict[Key, dict[str, int]] = defaultdict(lambda: dict.fromkeys(FUNNEL_COLUMNS, 0))
+    group = (Plan.tenant, Plan.name)
 
     entered = (
-        NodeVisit.select(Plan.name, NodeVisit.node, fn.COUNT(NodeVisit.id))
+        NodeVisit.select(*group, NodeVisit.node, fn.COUNT(NodeVisit.id))
         .join(Enrollment).join(Plan)
-        .where(Plan.id.in_(plan_ids)).group_by(Plan.name, NodeVisit.node)
+        .where(Plan.id.in_(plan_ids)).group_by(*group, NodeVisit.node)
     )
-    for name, node, count in entered.tuples():
-        counts[(name, node)]["entered"] = count
+    _add(counts, "entered", entered)
 
-    sent = (
-        OutboundMessage.select(Plan.name, OutboundMessage.node, fn.COUNT(OutboundMessage.id))
+    messages = (
+        OutboundMessage.select(*group, OutboundMessage.node, OutboundMessage.status,
+                               fn.COUNT(OutboundMessage.id))
         .join(Enrollment).join(Plan)
-        .where(Plan.id.in_(plan_ids), OutboundMessage.status == OutboundMessage.SENT)
-        .group_by(Plan.name, OutboundMessage.node)
+        .where(Plan.id.in_(plan_ids),
+               OutboundMessage.status.in_([OutboundMessage.SENT, OutboundMessage.AMBIGUOUS]))
+        .group_by(*group, OutboundMessage.node, OutboundMessage.status)
     )
-    for name, node, count in sent.tuples():
-        counts[(name, node)]["sent"] = count
+    for tenant, name, node, status, count in messages.tuples():
+        column = "sent" if status == OutboundMessage.SENT else "ambiguous"
+        counts[(tenant, name, node)][column] = count
 
     events = (
-        MessageEvent.select(Plan.name, OutboundMessage.node, MessageEvent.type,
+        MessageEvent.select(*group, OutboundMessage.node, MessageEvent.type,
                             fn.COUNT(fn.DISTINCT(MessageEvent.message)))
         .join(OutboundMessage).join(Enrollment).join(Plan)
         .where(Plan.id.in_(plan_ids), MessageEvent.type.in_(EVENT_COLUMNS))
-        .group_by(Plan.name, OutboundMessage.node, MessageEvent.type)
+        .group_by(*group, OutboundMessage.node, MessageEvent.type)
     )
-    for name, node, event_type, count in events.tuples():
-        counts[(name, node)][event_type] = count
+    for tenant, name, node, event_type, count in events.tuples():
+        counts[(tenant, name, node)][event_type] = count
 
-    exited = (
-        Enrollment.select(Plan.name, Enrollment.current_node, fn.COUNT(Enrollment.id))
+    where_they_are = (
+        Enrollment.select(*group, Enrollment.current_node, Enrollment.status,
+                          fn.COUNT(Enrollment.id))
         .join(Plan)
-        .where(Plan.id.in_(plan_ids), Enrollment.status != Enrollment.ACTIVE)
-        .group_by(Plan.name, Enrollment.current_node)
+        .where(Plan.id.in_(plan_ids))
+        .group_by(*group, Enrollment.current_node, Enrollment.status)
     )
-    for name, node, count in exited.tuples():
-        counts[(name, node)]["exited"] = count
+    for tenant, name, node, status, count in where_they_are.tuples():
+        column = {Enrollment.ACTIVE: "active", Enrollment.FAILED: "failed"}.get(status, "exited")
+        counts[(tenant, name, node)][column] += count
 
     order = _node_order(plans)
-    rows = [{"plan": name, "node": node, **values} for (name, node), values in counts.items()]
-    return sorted(rows, key=lambda row: (row["plan"], order.get((row["plan"], row["node"]), 999)))
+    rows = [{"tenant": tenant, "plan": name, "node": node, **values}
+            for (tenant, name, node), values in counts.items()]
+    return sorted(rows, key=lambda row: (
+        row["tenant"], row["plan"], order.get((row["tenant"], row["plan"], row["node"]), 999)))
 
 
-def _node_order(plans) -> dict[tuple[str, str], int]:
-    order: dict[tuple[str, str], int] = {}
+def _add(counts: dict[Key, dict[str, int]], column: str, query) -> None:
+    for tenant, name, node, count in query.tuples():
+        counts[(tenant, name, node)][column] = count
+
+
+def _node_order(plans) -> dict[Key, int]:
+    order: dict[Key, int] = {}
     for plan in plans:
         for index, node in enumerate(plan.definition.get("nodes", {})):
-            order.setdefault((plan.name, node), index)
+            order.setdefault((plan.tenant_id, plan.name, node), index)
     return order

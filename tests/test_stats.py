@@ -1,0 +1,55 @@
+"""`outreach stats`: the funnel per tenant, plan and node, with what needs an operator."""
+
+from __future__ import annotations
+
+import pytest
+
+from outreach_actors import engine, models
+from outreach_actors.models import Enrollment, MessageEvent, OutboundMessage, utcnow
+from outreach_actors.settings import configure
+from outreach_actors.stats import FUNNEL_COLUMNS, funnel
+
+from .conftest import make_settings
+from .factories import load_plan, make_tenant
+
+
+@pytest.fixture
+def db(any_db, data_dir):
+    configure(make_settings(data_dir))
+    models.bind(any_db)
+    yield any_db
+    configure(None)
+
+
+def message(enrollment: Enrollment, status: str, key: str) -> OutboundMessage:
+    return OutboundMessage.create(
+        tenant=enrollment.tenant_id, enrollment=enrollment, node="intro", dedupe_key=key,
+        status=status, to_email="x@example.com", from_email="sales@acme.test", subject="s",
+        html="h", text="t")
+
+
+def test_each_tenant_has_its_own_funnel_with_what_is_stuck_or_failed(db) -> None:
+    # Given the same plan name in two tenants: acme with three contacts (one sent and
+    # delivered, one whose send is ambiguous, one failed), globex with one.
+    for tenant in ("acme", "globex"):
+        make_tenant(tenant)
+        load_plan(tenant_id=tenant)
+    ada, bob, cy = (engine.enroll("acme", f"{name}@example.com", "onboarding")
+                    for name in ("ada", "bob", "cy"))
+    engine.enroll("globex", "dee@example.com", "onboarding")
+    sent = message(ada, "sent", "a")
+    MessageEvent.create(message=sent, type="delivered", event_key="d", occurred_at=utcnow())
+    message(bob, "ambiguous", "b")
+    engine.exit_enrollment(cy.id, "ambiguous_send")
+    Enrollment.update(status=Enrollment.FAILED).where(Enrollment.id == cy.id).execute()
+
+    rows = {(row["tenant"], row["node"]): row for row in funnel(plan_name="onboarding")}
+
+    intro = rows[("acme", "intro")]
+    assert {column: intro[column] for column in FUNNEL_COLUMNS} == {
+        "entered": 3, "active": 2, "sent": 1, "delivered": 1, "opened": 0, "clicked": 0,
+        "bounced": 0, "no_open": 0, "no_click": 0, "exited": 0, "failed": 1, "ambiguous": 1,
+    }
+    assert rows[("globex", "intro")]["entered"] == 1
+    assert rows[("globex", "intro")]["active"] == 1
+    assert [row["tenant"] for row in funnel(tenant_id="globex")] == ["globex"]
