@@ -137,6 +137,15 @@ def any_db(request):
 
 
 @pytest.fixture
+def db(any_db, data_dir):
+    """The tables on SQLite and on PostgreSQL, bound, with settings that point at them."""
+    configure(make_settings(data_dir))
+    models.bind(any_db)
+    yield any_db
+    configure(None)
+
+
+@pytest.fixture
 def settings(data_dir: Path, sqlite_db) -> Iterator[Settings]:
     """Settings for one test: stub broker, SQLite in a temporary directory."""
     current = make_settings(data_dir)

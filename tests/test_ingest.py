@@ -42,15 +42,6 @@ nodes:
 """
 
 
-@pytest.fixture
-def db(any_db, data_dir):
-    """The tables on SQLite and on PostgreSQL, with settings that point at them."""
-    configure(make_settings(data_dir))
-    models.bind(any_db)
-    yield any_db
-    configure(None)
-
-
 def make_message(message_id: str, email: str, *, tenant: str = "acme",
                  enrollment: Enrollment | None = None, node: str | None = None,
                  provider_message_id: str | None = None) -> OutboundMessage:

@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
-
-from outreach_actors import engine, models
+from outreach_actors import engine
 from outreach_actors.models import Enrollment, MessageEvent, OutboundMessage, utcnow
-from outreach_actors.settings import configure
 from outreach_actors.stats import FUNNEL_COLUMNS, funnel
 
-from .conftest import make_settings
 from .factories import load_plan, make_tenant
-
-
-@pytest.fixture
-def db(any_db, data_dir):
-    configure(make_settings(data_dir))
-    models.bind(any_db)
-    yield any_db
-    configure(None)
 
 
 def message(enrollment: Enrollment, status: str, key: str) -> OutboundMessage:
