@@ -465,3 +465,47 @@ def test_state_lives_in_the_brokers_redis_else_the_configured_one_else_the_embed
     embedded = state_redis(make_broker(rabbitmq), rabbitmq)
     assert embedded.connection_pool.connection_kwargs["path"] == str(data_dir / "redis.sock")
     assert embedded.ping()
+
+
+def test_a_deferral_is_logged_once_at_info_not_as_a_dramatiq_warning(stub_broker, caplog) -> None:
+    # Dramatiq logs every skipped message at WARNING; a deferral is flow control, and
+    # the middleware says so itself at INFO. Another middleware's skip still warns.
+    import logging
+
+    from dramatiq.middleware import Middleware, SkipMessage
+
+    from outreach_actors.middleware.skips import DRAMATIQ_SKIP_LOG
+
+    class SkipsOthers(Middleware):
+        def before_process_message(self, broker, message):
+            if message.actor_name == "other":
+                raise SkipMessage("not ours")
+
+    stub_broker.add_middleware(SkipsOthers())
+    deferred: list[int] = []
+
+    @dramatiq.actor(broker=stub_broker, queue_name="quiet",
+                    rate_limits=lambda message: [Limit("sender", "quiet", 1, HOUR_MS)],
+                    on_deferral=lambda message, delay_ms: deferred.append(message.args[0]))
+    def quiet_send(n: int) -> None:
+        pass
+
+    @dramatiq.actor(broker=stub_broker, queue_name="quiet", actor_name="other")
+    def other() -> None:
+        pass
+
+    worker = dramatiq.Worker(stub_broker, worker_timeout=50, worker_threads=1)
+    with caplog.at_level(logging.INFO):
+        worker.start()
+        try:
+            quiet_send.send(1)
+            quiet_send.send(2)
+            other.send()
+            wait_until(lambda: deferred and any(
+                r.msg == DRAMATIQ_SKIP_LOG for r in caplog.records))
+        finally:
+            worker.stop()
+    skip_warnings = [r for r in caplog.records if r.msg == DRAMATIQ_SKIP_LOG]
+    assert [r.args[0].actor_name for r in skip_warnings] == ["other"]
+    assert any("Deferred message" in r.getMessage() and r.levelno == logging.INFO
+               for r in caplog.records)

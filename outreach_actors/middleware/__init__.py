@@ -18,6 +18,7 @@ from .idempotency import Idempotency
 from .periodic import PeriodicTickLock
 from .polling import TIMER_QUEUE, WorkerPolling
 from .ratelimit import RateLimits
+from .skips import install_quiet_skips
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ def project_middleware(settings: Settings) -> list[dramatiq.Middleware]:
     the message's lease in ``after_skip_message``.
     """
     state = BrokerState(settings)
+    install_quiet_skips()  # their skips are flow control: no WARNING from Dramatiq for each
     return [
         WorkerPolling(
             interval_ms=_ms(settings, "worker_idle_poll_interval"),

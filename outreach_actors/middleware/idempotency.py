@@ -10,10 +10,11 @@ from collections.abc import Callable
 
 import dramatiq
 from dramatiq.logging import get_logger
-from dramatiq.middleware import Middleware, MiddlewareError, SkipMessage
+from dramatiq.middleware import Middleware, MiddlewareError
 
 from ..leases import Leases, LeaseState
 from ..metrics import count
+from .skips import quiet_skip
 
 
 class IdempotencyError(MiddlewareError):
@@ -133,12 +134,12 @@ class Idempotency(Middleware):
                 "Skipped message %r: effect %r was already done by %s.",
                 message.message_id, key, outcome.holder,
             )
-            raise SkipMessage("effect already done")
+            raise quiet_skip(message.message_id, "effect already done")
         self.logger.info(
             "Put back message %r for %d ms: effect %r is in progress in %s.",
             message.message_id, self.duplicate_delay, key, outcome.holder,
         )
-        raise SkipMessage("effect in progress")
+        raise quiet_skip(message.message_id, "effect in progress")
 
     def after_process_message(
         self, broker: dramatiq.Broker, message: dramatiq.Message, *, result=None, exception=None

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 import dramatiq
 import peewee
-from dramatiq.middleware import SkipMessage
 
 from ..models import PeriodicTick, database_proxy
+from .skips import quiet_skip
 
 
 def tick_of(scheduled_at: str) -> str:
@@ -42,4 +42,4 @@ class PeriodicTickLock(dramatiq.Middleware):
                 PeriodicTick.create(job=message.actor_name, tick=tick)
         except peewee.IntegrityError:
             self.logger.info("Skipping %s for tick %s: it already ran", message.actor_name, tick)
-            raise SkipMessage() from None
+            raise quiet_skip(message.message_id, "tick already ran") from None

@@ -6,10 +6,11 @@ from collections.abc import Callable
 
 import dramatiq
 from dramatiq.logging import get_logger
-from dramatiq.middleware import Middleware, MiddlewareError, SkipMessage
+from dramatiq.middleware import Middleware, MiddlewareError
 
 from ..metrics import count
 from ..ratelimit import RateLimiter
+from .skips import quiet_skip
 
 
 class RateLimitError(MiddlewareError):
@@ -94,4 +95,4 @@ class RateLimits(Middleware):
             "Deferred message %r by %d ms: its %s rate limit is full.",
             message.message_id, delay, scope,
         )
-        raise SkipMessage(f"rate limited for {delay} ms by the {scope} limit")
+        raise quiet_skip(message.message_id, f"rate limited for {delay} ms by the {scope} limit")
