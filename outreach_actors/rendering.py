@@ -45,6 +45,7 @@ from jinja2 import (
 )
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError
+from jinja2.runtime import LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 MAX_TEMPLATE_BYTES = 1024 * 1024
@@ -167,6 +168,9 @@ class _SandboxedEnvironment(ImmutableSandboxedEnvironment):
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
         # (Jinja's own signature: a template may pass keywords named self or context.)
         name = getattr(__obj, "__name__", "")
+        if isinstance(__obj, LoopContext) and args:
+            # loop(children) in a `recursive` loop: its turns count against the budget too.
+            args = (_counted_turns(args[0]), *args[1:])
         owner = getattr(__obj, "__self__", None)
         if name in _WIDTH_METHODS and isinstance(owner, str):
             _check_width(args[0] if args else kwargs.get("width"), f"str.{name}")

@@ -598,6 +598,8 @@ RESOURCE_BOMBS = {
     "{% for c in range(100000) %}{% endfor %}{% endfor %}{% endfor %}",
     "silent loops in a macro": "{% macro m() %}{% for b in range(100000) %}{% endfor %}{% endmacro %}"
     "{% for a in range(100000) %}{{ m() }}{% endfor %}",
+    "a recursive loop fanning out": "{% for x in range(100) recursive %}{% if loop.depth < 5 %}"
+    "{{ loop(range(100)) }}{% endif %}{% endfor %}",
 }
 
 
