@@ -475,7 +475,7 @@ class _Claimed(NamedTuple):
 _SUPPRESSED, _SUPPRESSED_PARAMS = suppressed_sql(
     "outbound_message.tenant_id", "outbound_message.to_email", "{p}")
 _CLAIM = """
-UPDATE outbound_message SET status = {p}, send_started_at = {p}, attempts = attempts + 1
+UPDATE outbound_message SET status = {p}, send_started_at = {p}, attempts = attempts + 1, error = NULL
 WHERE id = {p} AND status = {p}
 RETURNING tenant_id, enrollment_id, action_id, node, to_email, from_email, from_name,
     subject, html, text, categories, headers,

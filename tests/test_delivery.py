@@ -10,7 +10,7 @@ from outreach_actors.providers.sendgrid import SendGridClient
 from outreach_actors.suppressions import suppress
 from outreach_actors.testing import SendGridStandIn
 
-from .conftest import STANDIN_API_KEY
+from .conftest import STANDIN_API_KEY, wait_until
 from .factories import load_plan, make_tenant
 
 
@@ -66,6 +66,25 @@ def test_temporary_failures_are_retried_then_fail_on_the_last_attempt(rendered, 
     assert result.status == "failed"
     assert Enrollment.get_by_id(rendered.enrollment_id).status == "failed"
     assert standin.messages == []
+
+
+def test_a_send_claimed_again_does_not_show_the_last_attempts_error(rendered, standin) -> None:
+    import threading
+
+    standin.fail_next(500)
+    with pytest.raises(delivery.RetryableSendError):
+        delivery.send_message(rendered.id, client_for(standin))
+    assert OutboundMessage.get_by_id(rendered.id).error == "internal server error"
+    # While the retry is in flight, the row says `sending`, not the old failure.
+    standin.delay = 1.0
+    retry = threading.Thread(target=delivery.send_message, args=(rendered.id, client_for(standin)))
+    retry.start()
+    try:
+        wait_until(lambda: status_of(rendered) == "sending")
+        assert OutboundMessage.get_by_id(rendered.id).error is None
+    finally:
+        retry.join()
+    assert status_of(rendered) == "sent"
 
 
 def test_a_permanent_refusal_is_recorded_with_the_providers_message(rendered, standin) -> None:
