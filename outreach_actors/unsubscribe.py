@@ -84,7 +84,7 @@ class UnsubscribePage:
             request = read_token(self.settings, token)
         except InvalidUnsubscribeToken as exc:
             return _page(400, "Invalid link", f"{exc}. Use the link from the email itself.")
-        if method == "GET":
+        if method in {"GET", "HEAD"}:  # HEAD: link checkers; the host sends no body
             return _page(
                 200, "Unsubscribe",
                 f"Unsubscribe <strong>{html.escape(request.email)}</strong> from these emails?"

@@ -39,7 +39,8 @@ class OutreachWSGI:
             f"{reply.status} {HTTPStatus(reply.status).phrase}",
             [("Content-Type", reply.content_type), ("Content-Length", str(len(body)))],
         )
-        return [body]
+        # A HEAD answer has GET's headers and no body (the WSGI server does not strip it).
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
 
     def route(self, environ: dict[str, Any]) -> Reply:
         path = environ.get("PATH_INFO", "")

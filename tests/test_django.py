@@ -133,6 +133,7 @@ def test_unsubscribe_page_and_one_click(client) -> None:
     )
     page = client.get(path_)
     assert page.status_code == 200 and b"<form" in page.content
+    assert client.head(path_).status_code == 200  # link checkers ask HEAD wherever GET works
     assert Suppression.select().count() == 0
     done = client.post(path_, data={"List-Unsubscribe": "One-Click"})
     assert done.status_code == 200

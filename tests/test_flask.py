@@ -24,18 +24,18 @@ from .test_webhooks import (  # noqa: F401  (host_runtime is a fixture)
 pytestmark = pytest.mark.usefixtures("host_runtime")
 
 
-def flask_app(data_dir, key, **config) -> Flask:
+def flask_app(data_dir, key, url_prefix: str | None = None, **config) -> Flask:
     app = Flask(__name__)
-    app.config.update(
-        OUTREACH_DATABASE_URL=f"sqlite:///{data_dir / 'outreach.db'}",
-        OUTREACH_BROKER_URL="stub://",
-        OUTREACH_DATA_DIR=str(data_dir),
-        OUTREACH_SENDGRID_WEBHOOK_PUBLIC_KEY=public_key_of(key),
-        OUTREACH_SECRET_KEY="flask-test-secret",
-        OUTREACH_PUBLIC_BASE_URL="https://hooks.acme.test",
+    app.config.update({
+        "OUTREACH_DATABASE_URL": f"sqlite:///{data_dir / 'outreach.db'}",
+        "OUTREACH_BROKER_URL": "stub://",
+        "OUTREACH_DATA_DIR": str(data_dir),
+        "OUTREACH_SENDGRID_WEBHOOK_PUBLIC_KEY": public_key_of(key),
+        "OUTREACH_SECRET_KEY": "flask-test-secret",
+        "OUTREACH_PUBLIC_BASE_URL": "https://hooks.acme.test",
         **config,
-    )
-    outreach = OutreachFlask()
+    })
+    outreach = OutreachFlask(url_prefix=url_prefix)
     outreach.init_app(app)
 
     @app.post("/signup")
@@ -95,6 +95,8 @@ def test_unsubscribe_page_and_one_click(app) -> None:
     client = app.test_client()
     page = client.get(path)
     assert page.status_code == 200 and b"<form" in page.data
+    head = client.head(path)  # link checkers ask HEAD wherever GET works
+    assert head.status_code == 200 and head.data == b""
     assert Suppression.select().count() == 0
     # RFC 8058: the mail provider POSTs List-Unsubscribe=One-Click to the same URL.
     done = client.post(path, data={"List-Unsubscribe": "One-Click"})
@@ -130,3 +132,15 @@ def test_the_blueprint_mounts_under_a_prefix(settings, data_dir, key) -> None:
         "/outreach/webhooks/sendgrid", data=b"[]", headers=signed_headers(key, b"[]")
     )
     assert response.status_code == 200
+
+
+def test_a_prefix_the_link_base_lacks_is_warned_about(settings, data_dir, key, caplog) -> None:
+    # The workers build unsubscribe links from OUTREACH_PUBLIC_BASE_URL alone.
+    import logging
+
+    for base, warned in (("https://hooks.acme.test", True), ("https://hooks.acme.test/mail/", False)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            app = flask_app(data_dir, key, url_prefix="/mail", OUTREACH_PUBLIC_BASE_URL=base)
+        assert ("does not end with it" in caplog.text) is warned, base
+        assert app.test_client().head("/mail/unsubscribe/x").status_code == 400

@@ -337,6 +337,8 @@ def test_wsgi_app_serves_unsubscribe_links(wsgi_app) -> None:
     status, page = call(wsgi_app, "GET", f"/unsubscribe/{token}")
     assert status == 200 and 'method="post"' in page and "ada@example.com" in page
     assert Suppression.select().count() == 0  # a GET (a link scanner) changes nothing
+    assert call(wsgi_app, "HEAD", f"/unsubscribe/{token}") == (200, "")  # a link checker
+    assert Suppression.select().count() == 0
     status, page = call(wsgi_app, "POST", f"/unsubscribe/{token}", b"List-Unsubscribe=One-Click")
     assert status == 200 and "no more" in page
     assert Suppression.get().source == "one-click:MSG-1"

@@ -39,8 +39,17 @@ class OutreachFlask:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
-        app.extensions[EXTENSION] = activate(host_settings(app.config))
+        endpoints = activate(host_settings(app.config))
+        app.extensions[EXTENSION] = endpoints
         app.register_blueprint(blueprint, url_prefix=self.url_prefix)
+        prefix = (self.url_prefix or "").rstrip("/")
+        if prefix and not endpoints.settings.public_base_url.rstrip("/").endswith(prefix):
+            # The workers build the links from the setting alone: without the prefix
+            # they point at /unsubscribe/..., which this app does not serve.
+            app.logger.warning(
+                "Outreach endpoints are mounted under %s but OUTREACH_PUBLIC_BASE_URL (%s) "
+                "does not end with it: unsubscribe links will not reach them",
+                prefix, endpoints.settings.public_base_url)
 
 
 @blueprint.post("/webhooks/sendgrid")

@@ -21,7 +21,7 @@ def sendgrid_webhook(request: HttpRequest) -> HttpResponse:
 
 
 @csrf_exempt  # RFC 8058 one-click POSTs come from mail providers, without a token
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 def unsubscribe(request: HttpRequest, token: str) -> HttpResponse:
     return _response(_config().endpoints.unsubscribe.respond(request.method or "GET", token))
 
