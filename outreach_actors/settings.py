@@ -50,6 +50,16 @@ def parse_duration(value: Any) -> timedelta:
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 
+def parse_key_list(value: Any) -> Any:
+    """Keys from the environment, separated by commas (secrets are base64 or hex, no commas)."""
+    if isinstance(value, str):
+        return [key.strip() for key in value.split(",") if key.strip()]
+    return value
+
+
+KeyList = Annotated[list[str], BeforeValidator(parse_key_list)]
+
+
 class Settings(BaseModel):
     """Everything the engine can be told, with the defaults that work out of the box."""
 
@@ -76,6 +86,9 @@ class Settings(BaseModel):
     public_base_url: str = "http://localhost:8000"
     # Secret for unsubscribe tokens; the default is only fit for local use.
     secret_key: str = "outreach-insecure-development-key"
+    # Earlier secrets, still accepted for links in mail sent before a rotation (an
+    # unsubscribe link must work as long as the mail is read); new links use secret_key.
+    secret_key_fallbacks: KeyList = []
 
     # Export Prometheus metrics from each worker (Dramatiq's middleware, port 9191 by
     # default, with our own counters beside its own); needs the `prometheus` extra.

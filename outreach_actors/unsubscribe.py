@@ -122,7 +122,8 @@ class UnsubscribePage:
 
 
 def _serializer(settings: Settings) -> URLSafeSerializer:
-    return URLSafeSerializer(settings.secret_key, salt=TOKEN_SALT)
+    # itsdangerous signs with the last key of a list and accepts every one.
+    return URLSafeSerializer([*settings.secret_key_fallbacks, settings.secret_key], salt=TOKEN_SALT)
 
 
 def _page(status: int, title: str, body_html: str) -> Reply:

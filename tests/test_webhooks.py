@@ -380,3 +380,23 @@ def test_unsubscribe_tokens_round_trip_and_resist_tampering(data_dir) -> None:
             read_token(current, bad)
     with pytest.raises(InvalidUnsubscribeToken):
         read_token(make_settings(data_dir, secret_key="s2"), token)
+
+
+def test_links_signed_before_a_secret_rotation_keep_working(data_dir) -> None:
+    from outreach_actors.settings import settings_from_mapping
+
+    before = make_settings(data_dir, secret_key="old-secret")
+    old_link = make_token(before, "acme", "ada@example.com", "MSG-1")
+    rotated = settings_from_mapping({"OUTREACH_SECRET_KEY": "new-secret",
+                                     "OUTREACH_SECRET_KEY_FALLBACKS": "older-secret, old-secret"})
+    assert rotated.secret_key_fallbacks == ["older-secret", "old-secret"]
+    assert read_token(rotated, old_link).email == "ada@example.com"
+    # New links are signed with the new secret only: the old one alone refuses them.
+    new_link = make_token(rotated, "acme", "bob@example.com", "MSG-2")
+    assert read_token(make_settings(data_dir, secret_key="new-secret"), new_link).email == (
+        "bob@example.com")
+    with pytest.raises(InvalidUnsubscribeToken):
+        read_token(before, new_link)
+    # Once the old secret is dropped from the fallbacks, its links stop working.
+    with pytest.raises(InvalidUnsubscribeToken):
+        read_token(make_settings(data_dir, secret_key="new-secret"), old_link)
