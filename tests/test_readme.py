@@ -45,3 +45,4 @@ def test_a_host_app_imports_enroll_and_its_refusals_from_contrib() -> None:
     assert "from outreach_actors.contrib import enroll" in README
     assert contrib.AlreadyEnrolled is engine.AlreadyEnrolled
     assert issubclass(contrib.AlreadyEnrolled, contrib.EnrollmentError)
+    assert "OutreachUnavailable" in README and issubclass(contrib.OutreachUnavailable, RuntimeError)

@@ -289,6 +289,15 @@ def test_a_database_outage_answers_503_so_sendgrid_retries(
     assert reply.status == 503
 
 
+def test_enrolling_while_the_database_is_down_says_so_to_the_host_app(data_dir, host_runtime) -> None:
+    from outreach_actors.contrib import OutreachUnavailable, enroll
+
+    models.bind(database_from_url("postgresql://postgres@127.0.0.1:1/none",
+                                  make_settings(data_dir)))
+    with pytest.raises(OutreachUnavailable, match="cannot be reached"):
+        enroll("acme", "ada@example.com", "onboarding")
+
+
 def test_a_broker_outage_still_answers_200_and_the_delivery_waits(
     receiver, key, data_dir, host_runtime
 ) -> None:

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import peewee
+
 from .. import engine
 from ..engine import AlreadyEnrolled, EnrollmentError
 from ..models import Enrollment
@@ -24,7 +26,12 @@ WEBHOOK_PATH = "/webhooks/sendgrid"
 UNSUBSCRIBE_PATH = "/unsubscribe/"
 
 __all__ = ["UNSUBSCRIBE_PATH", "WEBHOOK_PATH", "AlreadyEnrolled", "Endpoints", "EnrollmentError",
-           "activate", "enroll", "host_settings"]
+           "OutreachUnavailable", "activate", "enroll", "host_settings"]
+
+
+class OutreachUnavailable(RuntimeError):
+    """The outreach database could not be reached: nothing was enrolled; try again
+    later (a view answers 503, or queues the signup)."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,11 @@ def enroll(
     """Enroll a contact from a host app's view (see ``engine.enroll``).
 
     Raises AlreadyEnrolled (an EnrollmentError, like the other refusals: an unknown
-    plan or tenant, an invalid address), both importable from here.
+    plan or tenant, an invalid address), both importable from here; and
+    OutreachUnavailable when the database cannot be reached.
     """
-    with database_connection():
-        return engine.enroll(tenant_id, email, plan_name, fields=fields, timezone=timezone)
+    try:
+        with database_connection():
+            return engine.enroll(tenant_id, email, plan_name, fields=fields, timezone=timezone)
+    except peewee.OperationalError as exc:
+        raise OutreachUnavailable(f"the outreach database cannot be reached: {exc}") from exc
