@@ -94,31 +94,53 @@ class UnsubscribePage:
         if method != "POST":
             return _page(405, "Method not allowed", "Use the link from the email.")
         try:
-            return self._unsubscribe(request)
+            with database_connection():
+                applied = apply_unsubscribe(request)
         except Exception:
             self.logger.exception("Unsubscribe failed for message=%s", request.message_id)
-            return _page(503, "Try again", "We could not record this now; please try again.")
-
-    def _unsubscribe(self, request: UnsubscribeToken) -> Reply:
-        with database_connection():
-            if not Tenant.select().where(Tenant.id == request.tenant_id).exists():
-                return _page(404, "Link expired", "This list no longer exists.")
-            with database_proxy.atomic():
-                suppress(
-                    request.tenant_id, request.email, "unsubscribed",
-                    f"one-click:{request.message_id}",
-                )
-                exited = engine.exit_contact_enrollments(
-                    request.tenant_id, request.email, "unsubscribed"
-                )
-        self.logger.info(
-            "Unsubscribed via link tenant=%s message=%s enrollments_exited=%d",
-            request.tenant_id, request.message_id, exited,
-        )
+            applied = self._queue(token, request)
+            if applied is None:
+                return _page(503, "Try again", "We could not record this now; please try again.")
+        if not applied:
+            return _page(404, "Link expired", "This list no longer exists.")
         return _page(
             200, "Unsubscribed",
             f"<strong>{html.escape(request.email)}</strong> will get no more of these emails.",
         )
+
+    def _queue(self, token: str, request: UnsubscribeToken) -> bool | None:
+        # Mailbox providers do not retry a one-click POST that failed: with the database
+        # down, the workers apply it once it is back (True), if the broker takes it.
+        try:
+            enqueue_unsubscribe(token)
+        except Exception:
+            self.logger.exception("Could not queue the unsubscribe of message=%s either",
+                                  request.message_id)
+            return None
+        self.logger.warning("Queued the unsubscribe of message=%s for the workers: the "
+                            "database is unavailable", request.message_id)
+        return True
+
+
+def apply_unsubscribe(request: UnsubscribeToken) -> bool:
+    """Suppress the address for the tenant and end its active enrollments; False when
+    the tenant no longer exists. Running it twice changes nothing more."""
+    if not Tenant.select().where(Tenant.id == request.tenant_id).exists():
+        return False
+    with database_proxy.atomic():
+        suppress(request.tenant_id, request.email, "unsubscribed", f"one-click:{request.message_id}")
+        exited = engine.exit_contact_enrollments(request.tenant_id, request.email, "unsubscribed")
+    logger.info("Unsubscribed via link tenant=%s message=%s enrollments_exited=%d",
+                request.tenant_id, request.message_id, exited)
+    return True
+
+
+def enqueue_unsubscribe(token: str) -> None:
+    """Hand an unsubscribe to the ``apply_unsubscribe`` actor."""
+    # Imported here: the actors import this module.
+    from .actors.webhook import apply_unsubscribe as apply_unsubscribe_actor
+
+    apply_unsubscribe_actor.send(token)
 
 
 def _serializer(settings: Settings) -> URLSafeSerializer:

@@ -409,3 +409,41 @@ def test_links_signed_before_a_secret_rotation_keep_working(data_dir) -> None:
     # Once the old secret is dropped from the fallbacks, its links stop working.
     with pytest.raises(InvalidUnsubscribeToken):
         read_token(make_settings(data_dir, secret_key="new-secret"), old_link)
+
+
+def test_an_unsubscribe_while_the_database_is_down_is_queued_then_applied(
+        settings, sqlite_db, stub_broker, host_runtime) -> None:
+    # Mailbox providers do not retry a one-click POST: it must not be lost to an outage.
+    from outreach_actors.actors.webhook import apply_unsubscribe
+    from outreach_actors.suppressions import is_suppressed
+    from outreach_actors.unsubscribe import UnsubscribePage
+
+    make_tenant("acme")
+    token = make_token(settings, "acme", "Ada@Example.com", "MSG-1")
+    page = UnsubscribePage(settings)
+    # Given the database down
+    models.bind(database_from_url("postgresql://postgres@127.0.0.1:1/none", settings))
+    reply = page.respond("POST", token)
+    # Then the page says it is done, and the workers hold it
+    assert reply.status == 200 and "no more" in reply.body
+    [queued] = stub_broker.queues["webhooks"].queue
+    assert json.loads(queued)["actor_name"] == "apply_unsubscribe"
+    # When the database is back, the worker applies it (twice changes nothing more)
+    models.bind(sqlite_db)
+    apply_unsubscribe(*json.loads(queued)["args"])
+    apply_unsubscribe(*json.loads(queued)["args"])
+    assert is_suppressed("acme", "ada@example.com")
+    assert Suppression.select().count() == 1
+
+
+def test_an_unsubscribe_that_neither_the_database_nor_the_broker_takes_gets_503(
+        settings, host_runtime) -> None:
+    from outreach_actors.actors.webhook import apply_unsubscribe
+    from outreach_actors.broker import make_broker
+    from outreach_actors.unsubscribe import UnsubscribePage
+
+    token = make_token(settings, "acme", "ada@example.com", "MSG-1")
+    rebind_actors(make_broker(make_settings(settings.data_dir, broker_url="redis://127.0.0.1:1/0")),
+                  [apply_unsubscribe])
+    models.bind(database_from_url("postgresql://postgres@127.0.0.1:1/none", settings))
+    assert UnsubscribePage(settings).respond("POST", token).status == 503
