@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import secrets
 import sys
 from pathlib import Path
 
@@ -304,7 +305,10 @@ def preview(plan_name: str, tenant: str, node: str, email: str, out: Path | None
                 "tenant": {"id": tenant, "name": tenant},
                 "plan": {"name": parsed.name, "version": row.version},
                 "node": {"name": node},
-                "unsubscribe_url": unsubscribe_url(settings, tenant, email.lower(), "preview"),
+                # Signed with a throwaway secret: a preview's link must not unsubscribe anyone.
+                "unsubscribe_url": unsubscribe_url(settings.model_copy(update={
+                    "secret_key": secrets.token_urlsafe(32), "secret_key_fallbacks": []}),
+                    tenant, email.lower(), "preview"),
             },
         )
     except RenderError as exc:

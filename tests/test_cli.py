@@ -87,6 +87,13 @@ def test_load_enroll_preview_and_stats(outreach, tmp_path: Path) -> None:
                       "--contact", "ada@example.com", "--out", str(html)).output
     assert "Welcome, Ada" in output
     assert "Ada" in html.read_text()
+    # Its unsubscribe link looks real but unsubscribes no one.
+    from outreach_actors.settings import get_settings
+    from outreach_actors.unsubscribe import InvalidUnsubscribeToken, read_token
+
+    token = html.read_text().split("/unsubscribe/", 1)[1].split('"', 1)[0]
+    with pytest.raises(InvalidUnsubscribeToken):
+        read_token(get_settings(), token)
     assert "no email node 'stop'" in outreach(
         "preview", "--plan", "onboarding", "--tenant", "acme", "--node", "stop",
         "--contact", "ada@example.com", expect=1).output
