@@ -31,6 +31,7 @@ from .models import (
     Tenant,
     database_proxy,
     insert_rows,
+    on_bind,
     utcnow,
 )
 from .plans import ENGAGEMENT_TIMEOUTS, TIMEOUT_EVENTS, plan_from_definition
@@ -70,6 +71,7 @@ def plan_for_id(plan_id: int) -> PlanModel:
 
 # Plan id -> parsed plan. Emptied whenever another database is bound (see models.bind).
 _plan_cache: dict[int, PlanModel] = {}
+on_bind(_plan_cache.clear)
 
 
 def latest_plan(tenant_id: str, plan_name: str) -> Plan:

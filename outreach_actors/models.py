@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -352,12 +352,20 @@ def insert_statements(model: type[BaseModel], rows: Sequence[Mapping[str, Any]],
         yield head + ", ".join([placeholders] * len(chunk)) + tail, params
 
 
+# Called after every bind: what is cached by row id means other rows in another database.
+_bind_listeners: list[Callable[[], None]] = []
+
+
+def on_bind(listener: Callable[[], None]) -> Callable[[], None]:
+    """Call ``listener`` whenever another database is bound (it clears a cache)."""
+    _bind_listeners.append(listener)
+    return listener
+
+
 def bind(database: peewee.Database) -> None:
     database_proxy.initialize(database)
-    # Parsed plans are cached by id; ids mean other plans in another database.
-    from .engine import _plan_cache
-
-    _plan_cache.clear()
+    for listener in _bind_listeners:
+        listener()
 
 
 def create_schema(database: peewee.Database) -> None:

@@ -10,7 +10,7 @@ import pytest
 from outreach_actors import engine, models
 from outreach_actors.models import Enrollment, NodeVisit, OutboundMessage, ScheduledAction, utcnow
 
-from .factories import load_plan, make_tenant
+from .factories import THREE_NODE_PLAN, load_plan, make_tenant
 
 WAIT_PLAN = """
 name: drip
@@ -159,3 +159,19 @@ def test_a_known_time_zone_is_kept_and_an_empty_one_is_none(acme) -> None:
     engine.enroll("acme", "bob@example.com", "onboarding", timezone="")
     zones = {c.email: c.timezone for c in models.Contact.select()}
     assert zones == {"ada@example.com": "Asia/Tokyo", "bob@example.com": None}
+
+
+def test_binding_another_database_forgets_the_plans_read_from_the_last(data_dir) -> None:
+    # Plans are cached by id; the same id names another plan in another database.
+    from outreach_actors.db import database_from_url
+
+    from .conftest import make_settings
+
+    plans = []
+    for name in ("first", "second"):
+        database = database_from_url(f"sqlite:///{data_dir / name}.db", make_settings(data_dir))
+        models.create_schema(database)  # binds it
+        make_tenant("acme")
+        plans.append(load_plan(THREE_NODE_PLAN.replace("name: onboarding", f"name: {name}")))
+        assert engine.plan_for_id(plans[-1].id).name == name
+    assert plans[0].id == plans[1].id
