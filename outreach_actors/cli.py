@@ -17,7 +17,7 @@ from . import models
 from .settings import get_settings
 
 # Tables are wide; when output is not a terminal (CI logs, pipes) do not squeeze them to 80.
-console = Console(width=None if sys.stdout.isatty() else 140)
+console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, soft_wrap=True)  # errors stay on one line, greppable
 
 
@@ -343,10 +343,11 @@ def stats(plan_name: str | None, tenant: str | None, as_json: bool) -> None:
 def funnel_table(rows: list[dict]) -> Table:
     from .stats import FUNNEL_COLUMNS
 
-    table = Table("tenant", "plan", "node", *FUNNEL_COLUMNS)
+    # One tenant (the usual case, and the demo's): its name on every row is noise.
+    keys = ["tenant", "plan", "node"] if len({row["tenant"] for row in rows}) > 1 else ["plan", "node"]
+    table = Table(*keys, *FUNNEL_COLUMNS)
     for row in rows:
-        table.add_row(row["tenant"], row["plan"], row["node"],
-                      *(str(row[c]) for c in FUNNEL_COLUMNS))
+        table.add_row(*(row[key] for key in keys), *(str(row[c]) for c in FUNNEL_COLUMNS))
     return table
 
 

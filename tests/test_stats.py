@@ -41,3 +41,13 @@ def test_each_tenant_has_its_own_funnel_with_what_is_stuck_or_failed(db) -> None
     assert rows[("globex", "intro")]["entered"] == 1
     assert rows[("globex", "intro")]["active"] == 1
     assert [row["tenant"] for row in funnel(tenant_id="globex")] == ["globex"]
+
+
+def test_the_table_names_the_tenant_only_when_there_are_several() -> None:
+    from outreach_actors.cli import funnel_table
+
+    row = dict.fromkeys(FUNNEL_COLUMNS, 0)
+    one = [{"tenant": "acme", "plan": "p", "node": "intro", **row}]
+    two = [*one, {"tenant": "globex", "plan": "p", "node": "intro", **row}]
+    assert [c.header for c in funnel_table(one).columns][:2] == ["plan", "node"]
+    assert [c.header for c in funnel_table(two).columns][:3] == ["tenant", "plan", "node"]
