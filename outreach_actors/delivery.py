@@ -569,7 +569,8 @@ def _send_message(message_id: str, client, *, now: datetime | None = None,
         logger.info("Send of message=%s skipped: already %s", message_id, state)
         return SendResult(message_id, "replay", state)
     tag(message=message_id, tenant=claimed.tenant_id, node=claimed.node,
-        enrollment=claimed.enrollment_id)
+        enrollment=claimed.enrollment_id, action=claimed.action_id,
+        plan=(lambda: engine.plan_for_id(claimed.plan_id).name) if claimed.plan_id else None)
     if claimed.enrollment_status is not None and (
         claimed.enrollment_status != Enrollment.ACTIVE or claimed.current_node != claimed.node
     ):

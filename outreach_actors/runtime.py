@@ -38,6 +38,8 @@ def init_sentry(settings: Settings) -> bool:
         environment=settings.sentry_environment,
         integrations=[DramatiqIntegration()],
         before_send=sentry_before_send,
+        # Frames' local variables would carry recipients' addresses and whole emails.
+        include_local_variables=False,
     )
     return True
 

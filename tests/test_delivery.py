@@ -182,3 +182,27 @@ def test_eight_deliveries_of_one_render_and_send_at_once_mail_once(request, data
     assert recipients == [f"c{n}@example.com" for n in range(4)]
     assert OutboundMessage.select().count() == 4
     assert {m.status for m in OutboundMessage.select()} == {"sent"}
+
+
+def test_the_send_actor_retries_after_sendgrids_retry_after(rendered, standin, data_dir) -> None:
+    # 429 with Retry-After: the retry waits what SendGrid asked, not the backoff; a 5xx
+    # without one leaves the delay to Dramatiq's backoff. Either way a dramatiq.Retry:
+    # expected, so neither a traceback in the log nor a Sentry error.
+    import dramatiq
+
+    from outreach_actors.actors.pipeline import send
+    from outreach_actors.settings import configure
+
+    from .conftest import make_settings
+
+    configure(make_settings(data_dir, sendgrid_api_host=standin.host))
+    standin.fail_next(429, retry_after=7)
+    with pytest.raises(dramatiq.Retry) as retried:
+        send(rendered.id)
+    assert retried.value.delay == 7000
+    standin.fail_next(503)
+    with pytest.raises(dramatiq.Retry) as retried:
+        send(rendered.id)
+    assert retried.value.delay is None
+    send(rendered.id)
+    assert status_of(rendered) == "sent" and len(standin.messages) == 1

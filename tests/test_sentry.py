@@ -111,3 +111,79 @@ def test_errors_reach_sentry_tagged_and_duplicates_do_not(tmp_path: Path) -> Non
     assert tags["outreach.node"] == "pause"
     assert tags["outreach.action"] == str(event["contexts"]["dramatiq"]["data"]["args"][0])
     assert "ada@example.com" not in json.dumps(tags)
+
+
+SENDING_WORKER = textwrap.dedent(
+    """
+    import sentry_sdk, dramatiq
+    import outreach_actors
+    from outreach_actors import engine, models
+    from outreach_actors.actors.pipeline import render, send
+    from outreach_actors.plans import validate_plan
+
+    models.create_schema(models.database_proxy.obj)
+    models.Tenant.create(id="acme")
+    models.SenderIdentity.create(tenant="acme", email="sales@acme.test", verified=True)
+    plan = validate_plan('''
+    name: hello
+    start: intro
+    nodes:
+      intro: {type: email, subject: "Hi", body: "<p>Hello there</p>",
+              transitions: [{on: click, to: done}]}
+      done: {type: exit}
+    ''')
+    models.Plan.create(tenant="acme", name="hello", definition=plan.to_definition())
+    engine.enroll("acme", "ada@example.com", "hello")
+    action = models.ScheduledAction.get()
+    worker = dramatiq.Worker(outreach_actors.broker, worker_timeout=50)
+    worker.start()
+    dramatiq.pipeline([render.message(action.id),
+                       send.message_with_options(min_backoff=10, max_backoff=20)]).run()
+    outreach_actors.broker.join("render")
+    outreach_actors.broker.join("send")
+    worker.join()
+    worker.stop()
+    sentry_sdk.flush(timeout=5)
+    print(models.OutboundMessage.get().status)
+    """
+)
+
+
+def test_a_retried_send_is_no_sentry_error_and_its_final_failure_carries_no_address(
+        tmp_path: Path) -> None:
+    from outreach_actors.testing import SendGridStandIn
+
+    _Envelopes.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Envelopes)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    script = tmp_path / "worker.py"
+    script.write_text(SENDING_WORKER)
+    with SendGridStandIn(api_key="SG.sentry-test") as standin:
+        # SendGrid answers 500 (retried), then 400 (permanent: the send fails for good)
+        standin.fail_next(500)
+        standin.fail_next(400, body={"errors": [{"message": "bad from", "field": "from"}]})
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
+        env.update({
+            "OUTREACH_SENTRY_DSN": f"http://publickey@127.0.0.1:{server.server_port}/1",
+            "OUTREACH_BROKER_URL": "stub://",
+            "OUTREACH_DATA_DIR": str(tmp_path / "var"),
+            "OUTREACH_SENDGRID_API_KEY": "SG.sentry-test",
+            "OUTREACH_SENDGRID_API_HOST": standin.host,
+        })
+        try:
+            result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                                    text=True, timeout=60)
+        finally:
+            server.shutdown()
+        assert len(standin.requests) == 2
+    assert result.returncode == 0 and result.stdout.strip().endswith("failed"), result.stderr
+    # The 500 was retried without an error event or a traceback in the log.
+    assert "Traceback" not in result.stderr
+    assert "will be retried" in result.stderr
+    # Then one event: the permanent failure, tagged with the plan and the action,
+    # and nothing in it names the recipient (no frame's local variables).
+    [event] = _Envelopes.received
+    assert "failed permanently" in event["logentry"]["formatted"]
+    assert event["tags"]["outreach.plan"] == "hello"
+    assert event["tags"]["outreach.action"].isdigit()
+    assert "ada@example.com" not in json.dumps(event)

@@ -89,7 +89,17 @@ def send(order: dict | str | None) -> None:
         return  # the render found nothing to send
     message = CurrentMessage.get_current_message()
     retries = message.options.get("retries", 0) if message else 0
-    delivery.send_message(message_id, sendgrid_client(), final_attempt=retries >= SEND_MAX_RETRIES)
+    try:
+        delivery.send_message(message_id, sendgrid_client(),
+                              final_attempt=retries >= SEND_MAX_RETRIES)
+    except delivery.RetryableSendError as exc:
+        # Expected (429, 5xx, the network): Dramatiq's Retry is retried like any error but
+        # logged without a traceback and not reported to Sentry as one; SendGrid's
+        # Retry-After, when it gives one, sets the delay instead of the backoff.
+        after_s = exc.outcome.retry_after_s
+        logger.warning("Send of message=%s will be retried (attempt %d of %d): %s",
+                       message_id, retries + 1, SEND_MAX_RETRIES + 1, exc)
+        raise dramatiq.Retry(str(exc), delay=int(after_s * 1000) if after_s else None) from exc
 
 
 # The dispatcher sends batches (fire_timeouts); this single-timer actor stays so that

@@ -91,8 +91,13 @@ class RateLimits(Middleware):
             except Exception:
                 self.logger.warning("on_deferral of message %r failed", message.message_id,
                                     exc_info=True)
+        # Named as the actor's idempotency_key names its effect (the send: our message
+        # id, which every other log line of that email uses), beside Dramatiq's id.
+        effect = broker.get_actor(message.actor_name).options.get("idempotency_key")
+        named = effect(message) if callable(effect) else None
         self.logger.info(
-            "Deferred message %r by %d ms: its %s rate limit is full.",
-            message.message_id, delay, scope,
+            "Deferred message %s by %d ms: its %s rate limit is full.",
+            f"{named} ({message.message_id})" if named else repr(message.message_id),
+            delay, scope,
         )
         raise quiet_skip(message.message_id, f"rate limited for {delay} ms by the {scope} limit")
