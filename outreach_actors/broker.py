@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 from urllib.parse import urlparse
@@ -81,14 +82,16 @@ def make_broker(settings: Settings) -> dramatiq.Broker:
 
 
 def _prometheus_middleware() -> dramatiq.Middleware:
-    try:
-        import prometheus_client  # noqa: F401
-        from dramatiq.middleware.prometheus import Prometheus
-    except ImportError as exc:
+    # Looked for, not imported: prometheus_client must be imported first after the
+    # middleware's after_process_boot has pointed it at the directory its exporter
+    # reads; imported sooner, every count stays in the worker's memory, unexported.
+    if importlib.util.find_spec("prometheus_client") is None:
         raise SettingsError(
             "OUTREACH_METRICS_ENABLED is set but prometheus-client is missing; "
             "install outreach_actors[prometheus]"
-        ) from exc
+        )
+    from dramatiq.middleware.prometheus import Prometheus
+
     return Prometheus()
 
 

@@ -8,29 +8,34 @@ before that (at import) would never reach its exporter.
 from __future__ import annotations
 
 from functools import cache
+from typing import Any
 
-from prometheus_client import Counter, Histogram
-
-_DEFINITIONS: dict[str, tuple[type, str, tuple[str, ...]]] = {
-    "outreach_emails_total": (Counter, "Send attempts by outcome (sent, failed, suppressed, "
+_DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "outreach_emails_total": ("Counter", "Send attempts by outcome (sent, failed, suppressed, "
                               "ambiguous, retry, cancelled).", ("outcome",)),
-    "outreach_events_total": (Counter, "Events stored, by normalized type.", ("type", "synthetic")),
-    "outreach_suppressions_total": (Counter, "Addresses suppressed, by reason.", ("reason",)),
-    "outreach_timer_lateness_seconds": (Histogram, "How late timeouts fired (fired_at - run_at).",
+    "outreach_events_total": ("Counter", "Events stored, by normalized type.", ("type", "synthetic")),
+    "outreach_suppressions_total": ("Counter", "Addresses suppressed, by reason.", ("reason",)),
+    "outreach_timer_lateness_seconds": ("Histogram", "How late timeouts fired (fired_at - run_at).",
                                         ()),
-    "outreach_ratelimit_deferrals_total": (Counter, "Messages put back because a rate limit was "
+    "outreach_ratelimit_deferrals_total": ("Counter", "Messages put back because a rate limit was "
                                            "full, by the scope that needed the longest wait.",
                                            ("scope",)),
-    "outreach_idempotency_duplicates_total": (Counter, "Deliveries of an effect already in "
+    "outreach_idempotency_duplicates_total": ("Counter", "Deliveries of an effect already in "
                                               "progress (held) or already done (done).",
                                               ("outcome",)),
 }
 
 
 @cache
-def metric(name: str) -> Counter | Histogram:
+def metric(name: str) -> Any:
+    """The Counter or Histogram ``name``, created on its first use."""
+    # prometheus_client is imported here, not at the top: it picks in-memory or
+    # multiprocess values when first imported, which must be after Dramatiq's
+    # middleware has pointed it at the directory its exporter reads (after_process_boot).
+    import prometheus_client
+
     kind, documentation, labels = _DEFINITIONS[name]
-    return kind(name, documentation, labels)
+    return getattr(prometheus_client, kind)(name, documentation, labels)
 
 
 def count(name: str, amount: float = 1, **labels: str) -> None:

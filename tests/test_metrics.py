@@ -43,3 +43,49 @@ def test_dramatiq_exporter_is_added_when_metrics_are_enabled(data_dir) -> None:
     exported = make_broker(make_settings(data_dir, metrics_enabled=True))
     assert not any(isinstance(m, Prometheus) for m in plain.middleware)
     assert any(isinstance(m, Prometheus) for m in exported.middleware)
+
+
+def test_a_worker_started_with_metrics_exports_ours_and_dramatiqs(tmp_path) -> None:
+    # As an operator runs it: `dramatiq outreach_actors` with OUTREACH_METRICS_ENABLED;
+    # Dramatiq's exporter adds up its worker processes through a shared directory.
+    import os
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    from .conftest import wait_until
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
+    env.update({"OUTREACH_METRICS_ENABLED": "true", "OUTREACH_DATA_DIR": str(tmp_path / "var"),
+                "dramatiq_prom_port": str(port), "dramatiq_prom_host": "127.0.0.1",
+                "dramatiq_prom_db": str(tmp_path / "prom")})
+    # Two deliveries of one render: the second is a duplicate, which we count.
+    send_twice = ("import outreach_actors; from outreach_actors.actors.pipeline import render; "
+                  "render.send(-1); render.send(-1)")
+    subprocess.run([sys.executable, "-c", send_twice], env=env, check=True, timeout=60)
+    worker = subprocess.Popen([sys.executable, "-m", "dramatiq", "outreach_actors", "-p", "1",
+                               "-t", "1"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+
+    def scrape() -> str:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as page:
+                return page.read().decode()
+        except OSError:
+            return ""
+
+    try:
+        wait_until(lambda: 'outreach_idempotency_duplicates_total{outcome="done"}' in scrape(),
+                   timeout=60)
+        exported = scrape()
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        subprocess.run([sys.executable, "-m", "outreach_actors.cli", "broker", "stop"], env=env,
+                       timeout=60, capture_output=True)
+    assert 'dramatiq_messages_total{actor_name="render",queue_name="render"} 2.0' in exported
+    assert 'outreach_idempotency_duplicates_total{outcome="done"} 1.0' in exported
