@@ -16,7 +16,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import peewee
 
@@ -34,7 +33,7 @@ from .models import (
     on_bind,
     utcnow,
 )
-from .plans import ENGAGEMENT_TIMEOUTS, TIMEOUT_EVENTS, plan_from_definition
+from .plans import ENGAGEMENT_TIMEOUTS, TIMEOUT_EVENTS, iana_zone, plan_from_definition
 from .plans import Plan as PlanModel
 from .scheduling import next_send_time
 from .settings import get_settings
@@ -104,13 +103,9 @@ def normalize_email(email: str) -> str:
 
 
 def _known_zone(name: object) -> bool:
-    if not isinstance(name, str) or not name.isprintable() or len(name) > 64:
-        return False  # also what no column can store
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a path
-        return False
-    return True
+    # Printable and at most 64 characters: also what no column can store.
+    return (isinstance(name, str) and name.isprintable() and len(name) <= 64
+            and iana_zone(name) is not None)
 
 
 def _contact_fields(fields: object) -> dict[str, Any]:

@@ -142,11 +142,20 @@ class SendWindow(_Strict):
     @field_validator("timezone")
     @classmethod
     def _iana_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a path
-            raise ValueError(f"{value!r} is not an IANA time zone such as Europe/Paris") from None
+        if iana_zone(value) is None:
+            raise ValueError(f"{value!r} is not an IANA time zone such as Europe/Paris")
         return value
+
+
+def iana_zone(name: object) -> ZoneInfo | None:
+    """The IANA time zone ``name`` names, or None (not text, unknown, or a name too
+    long for a path, which zoneinfo reports as an OSError)."""
+    if not isinstance(name, str):
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return None
 
 
 def _sendgrid_categories(value: list[str]) -> list[str]:

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
-from .plans import WEEKDAYS, SendWindow
+from .plans import WEEKDAYS, SendWindow, iana_zone
 
 
 def contact_zone(timezone: str | None, window: SendWindow | None) -> ZoneInfo:
     """The contact's own IANA zone, else the window's default, else UTC."""
     for name in (timezone, window.timezone if window else None):
-        if name:
-            try:
-                return ZoneInfo(name)
-            except (ZoneInfoNotFoundError, ValueError, OSError):
-                continue  # a bad zone on one contact must not stop its campaign
+        # A bad zone on one contact (stored before enroll refused them) must not stop
+        # its campaign: the next name is tried.
+        if name and (zone := iana_zone(name)) is not None:
+            return zone
     return ZoneInfo("UTC")
 
 
