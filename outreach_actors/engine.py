@@ -19,6 +19,7 @@ from typing import Any
 
 import peewee
 
+from .addresses import normalized_address
 from .models import (
     Contact,
     Enrollment,
@@ -89,17 +90,11 @@ def latest_plan(tenant_id: str, plan_name: str) -> Plan:
 
 
 def normalize_email(email: str) -> str:
-    if email is not None and not isinstance(email, str):
-        raise EnrollmentError(f"an email address is text, not {type(email).__name__}")
-    email = (email or "").strip()
-    # Not printable (line breaks, NUL, lone surrogates) or over RFC 5321's 254: no address.
-    if (not email or not email.isprintable() or len(email) > 254
-            or any(ch in email for ch in " ,;<>") or email.count("@") != 1):
-        raise EnrollmentError(f"{email!r:.300} is not a valid email address")
-    local, domain = email.split("@")
-    if not local or "." not in domain or domain.startswith(".") or domain.endswith("."):
-        raise EnrollmentError(f"{email!r} is not a valid email address")
-    return email.lower()
+    """The address as stored (see addresses.normalized_address); EnrollmentError if none."""
+    try:
+        return normalized_address(email)
+    except ValueError as exc:
+        raise EnrollmentError(str(exc)) from None
 
 
 def _known_zone(name: object) -> bool:

@@ -17,6 +17,7 @@ import peewee
 from peewee import chunked
 
 from . import engine
+from .addresses import normalized_address
 from .db import is_postgresql
 from .metrics import count
 from .models import (
@@ -61,7 +62,6 @@ LOOKUP_CHUNK = 1000
 MAX_ERRORS_KEPT = 20
 # Column widths (Peewee's CharField default) that provider-supplied text must fit.
 MAX_TEXT = 255
-MAX_ADDRESS = 254
 
 
 class MessagesNotYetStored(RuntimeError):
@@ -457,7 +457,10 @@ def _clip(value: str | None) -> str | None:
 
 
 def _plausible_address(value: str | None) -> bool:
-    """Whether an event's address can be the recipient's: an address is at most 254
-    characters (RFC 5321) without spaces; else the message's own recipient is used."""
-    return bool(value) and len(value) <= MAX_ADDRESS and "@" in value and value.isprintable() \
-        and not any(character.isspace() for character in value)
+    """Whether an event's address is one we could store (else the message's own
+    recipient is used)."""
+    try:
+        normalized_address(value)
+    except ValueError:
+        return False
+    return True
