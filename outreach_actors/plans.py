@@ -360,43 +360,46 @@ def _graph_errors(data: Mapping[str, Any], *, stored: bool = False) -> list[str]
                 errors.append(f"{base}: give exactly one of `template` or `body`")
         elif node_type in {"wait", "exit"} and any(node.get(k) for k in ("subject", "template", "body")):
             errors.append(f"{base}: only email nodes take subject, template or body")
+    edges = _edges(nodes)
     if isinstance(start, str) and start in nodes:
-        reachable = {start}
-        frontier = [start]
-        while frontier:
-            raw = _mapping(nodes[frontier.pop()]).get("transitions") or []
-            for transition in raw if isinstance(raw, list) else []:
-                target = _mapping(transition).get("to")
-                if isinstance(target, str) and target in nodes and target not in reachable:
-                    reachable.add(target)
-                    frontier.append(target)
+        reachable = _closure({start}, edges)
         for name in nodes:
             if name not in reachable:
                 errors.append(f"nodes.{name}: unreachable from start {start!r}")
     if not stored:
-        errors += _endless_nodes(nodes)
+        # Nodes from which no exit can be reached: a contact there stays in the plan for
+        # ever, and a loop of timeouts among email nodes mails them for ever.
+        leads_to: dict[str, set[str]] = {name: set() for name in nodes}
+        for source, targets in edges.items():
+            for target in targets:
+                leads_to[target].add(source)
+        exits = {name for name, node in nodes.items() if _mapping(node).get("type") == "exit"}
+        ending = _closure(exits, leads_to)
+        errors += [f"nodes.{name}.transitions: no path from here reaches an exit node; a "
+                   "contact here would stay in the plan for ever"
+                   for name, node in nodes.items()
+                   if name not in ending and _mapping(node).get("transitions")]
     return errors
 
 
-def _endless_nodes(nodes: Mapping[str, Any]) -> list[str]:
-    """Nodes from which no exit can be reached: a contact there stays in the plan for
-    ever, and a loop of timeouts among email nodes mails them for ever."""
-    leads_to: dict[str, set[str]] = {name: set() for name in nodes}  # node -> nodes it comes from
+def _edges(nodes: Mapping[str, Any]) -> dict[str, set[str]]:
+    """Each node's transition targets that are nodes of the plan (the raw mapping)."""
+    edges: dict[str, set[str]] = {}
     for name, raw_node in nodes.items():
         raw = _mapping(raw_node).get("transitions") or []
-        for transition in raw if isinstance(raw, list) else []:
-            target = _mapping(transition).get("to")
-            if isinstance(target, str) and target in nodes:
-                leads_to[target].add(name)
-    ending = {name for name, node in nodes.items() if _mapping(node).get("type") == "exit"}
-    frontier = list(ending)
+        targets = (_mapping(transition).get("to") for transition in (raw if isinstance(raw, list) else []))
+        edges[name] = {target for target in targets if isinstance(target, str) and target in nodes}
+    return edges
+
+
+def _closure(seeds: set[str], edges: Mapping[str, set[str]]) -> set[str]:
+    """``seeds`` and every node reached from them along ``edges``."""
+    reached, frontier = set(seeds), list(seeds)
     while frontier:
-        for source in leads_to[frontier.pop()] - ending:
-            ending.add(source)
-            frontier.append(source)
-    return [f"nodes.{name}.transitions: no path from here reaches an exit node; a contact "
-            "here would stay in the plan for ever" for name, node in nodes.items()
-            if name not in ending and _mapping(node).get("transitions")]
+        for target in edges[frontier.pop()] - reached:
+            reached.add(target)
+            frontier.append(target)
+    return reached
 
 
 def _parses_to_zero(value: Any) -> bool:
