@@ -374,7 +374,7 @@ def _react(
     interest: _EngineInterest,
 ) -> None:
     """Apply one new event of one of our messages: suppressions, then the engine."""
-    email = normalize_address(event.email if _plausible_address(event.email) else message.to_email)
+    email = _recipient(event, message)
     group = event.data.get("asm_group_id")
     if event.type in {"unsubscribed", "subscribed"} and group is not None:
         _apply_group_event(event, message.tenant, email, group, occurred_at)
@@ -456,11 +456,10 @@ def _clip(value: str | None) -> str | None:
     return value[:MAX_TEXT] if value else value
 
 
-def _plausible_address(value: str | None) -> bool:
-    """Whether an event's address is one we could store (else the message's own
-    recipient is used)."""
+def _recipient(event: NormalizedEvent, message: _Message) -> str:
+    """The event's address, or the message's own recipient when the event's is not
+    one we could store."""
     try:
-        normalized_address(value)
+        return normalized_address(event.email)
     except ValueError:
-        return False
-    return True
+        return normalize_address(message.to_email)
