@@ -39,7 +39,8 @@ def funnel(*, plan_name: str | None = None, tenant_id: str | None = None) -> lis
         .join(Enrollment).join(Plan)
         .where(Plan.id.in_(plan_ids)).group_by(*group, NodeVisit.node)
     )
-    _add(counts, "entered", entered)
+    for tenant, name, node, count in entered.tuples():
+        counts[(tenant, name, node)]["entered"] = count
 
     messages = (
         OutboundMessage.select(*group, OutboundMessage.node, OutboundMessage.status,
@@ -79,11 +80,6 @@ def funnel(*, plan_name: str | None = None, tenant_id: str | None = None) -> lis
             for (tenant, name, node), values in counts.items()]
     return sorted(rows, key=lambda row: (
         row["tenant"], row["plan"], order.get((row["tenant"], row["plan"], row["node"]), 999)))
-
-
-def _add(counts: dict[Key, dict[str, int]], column: str, query) -> None:
-    for tenant, name, node, count in query.tuples():
-        counts[(tenant, name, node)][column] = count
 
 
 def _node_order(plans) -> dict[Key, int]:
