@@ -60,6 +60,8 @@ ENGAGEMENT_TIMEOUTS = {"no_open": "opened", "no_click": "clicked"}
 WEEKDAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 _WEEKDAY_NAMES = {name: name[:3] for name in
                   ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]}
+# A send window's start or end: H:MM or HH:MM, seconds optional.
+_TIME_OF_DAY = re.compile(r"(\d{1,2}):(\d{2})(?::(\d{2}))?")
 
 TemplateChecker = Callable[..., list[str]]
 
@@ -131,14 +133,20 @@ class SendWindow(_Strict):
             raise ValueError("a send window needs at least one day")
         return days
 
-    @field_validator("start", "end")
+    @field_validator("start", "end", mode="before")
     @classmethod
-    def _wall_clock(cls, value: time) -> time:
-        # pydantic reads "09:00+02:00" and plain numbers as times with an offset.
-        if value.tzinfo is not None:
-            raise ValueError("give a wall-clock time such as 09:00, without an offset; "
-                             "the contact's time zone applies")
-        return value
+    def _wall_clock(cls, value: Any) -> time:
+        # Read here, not by pydantic, which takes a number as seconds and "09:00+02:00"
+        # as a time with an offset, and refuses "9:00". A time is wall-clock: the
+        # contact's time zone applies.
+        if isinstance(value, time) and value.tzinfo is None:
+            return value
+        if isinstance(value, str) and (match := _TIME_OF_DAY.fullmatch(value.strip())):
+            hour, minute, second = (int(part or 0) for part in match.groups())
+            if hour < 24 and minute < 60 and second < 60:
+                return time(hour, minute, second)
+        raise ValueError(f"expected a time of day such as \"09:00\" or \"17:30\" (no offset: the "
+                         f"contact's time zone applies), got {_ECHO.repr(value)}")
 
     @field_validator("timezone")
     @classmethod
@@ -278,15 +286,31 @@ class _PlanLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+_BOOL = "tag:yaml.org,2002:bool"
+# YAML 1.1 also reads digits joined by colons as base-60 numbers: `end: 17:00` is the
+# integer 1020 and `start: 9:30` is 570. A plan means a time or text there, as YAML 1.2
+# reads it, so PyYAML's int and float patterns are kept without their base-60 forms.
+_BASE_60_FORMS = {
+    "tag:yaml.org,2002:int": "|[-+]?[1-9][0-9_]*(?::[0-5]?[0-9])+",
+    "tag:yaml.org,2002:float": "|[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\\.[0-9_]*",
+}
+
+
+def _plan_resolver(tag: str, regexp: re.Pattern) -> re.Pattern | None:
+    """PyYAML's implicit resolver of ``tag`` as plans use it (None: dropped)."""
+    if tag == _BOOL:
+        return None
+    form = _BASE_60_FORMS.get(tag)
+    return regexp if form is None else re.compile(regexp.pattern.replace(form, ""), regexp.flags)
+
+
 _PlanLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    first: [(tag, resolved) for tag, regexp in resolvers
+            if (resolved := _plan_resolver(tag, regexp)) is not None]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _PlanLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool",
-    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-    list("tTfF"),
-)
+    _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
 def load_plan_text(text: str | bytes, *, source: str = "plan") -> dict[str, Any]:

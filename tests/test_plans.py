@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import time, timedelta
 
 import isodate
 import pytest
@@ -108,6 +108,12 @@ def test_an_omitted_after_on_no_open_is_allowed_and_uses_the_default() -> None:
         (("start: intro\n", 'start: intro\nsender: "sales@acme.com\\r\\nBcc: x@evil.com"\n'),
          "sender: 'sales@acme.c"),
         (("start: intro\n", "start: intro\nsender: sales\n"), "sender: 'sales' is not an email address"),
+        (('start: "09:00"', "start: 9"), 'send_window.start: expected a time of day such as "09:00"'),
+        (('end: "17:00"', 'end: "17:00+02:00"'),
+         "send_window.end: expected a time of day such as \"09:00\" or \"17:30\" (no offset: the "
+         "contact's time zone applies), got '17:00+02:00'"),
+        (('end: "17:00"', "end: 24:00"), "send_window.end: expected a time of day"),
+        (('start: "09:00"', "start: 9:5"), "send_window.start: expected a time of day"),
     ],
 )
 def test_each_fault_is_reported_with_its_path(change: tuple[str, str], expected: str) -> None:
@@ -115,6 +121,28 @@ def test_each_fault_is_reported_with_its_path(change: tuple[str, str], expected:
     assert old in VALID
     errors = errors_of(VALID.replace(old, new))
     assert any(error.startswith(expected) for error in errors), errors
+
+
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        ('start: "09:00", end: "17:00"', (time(9), time(17))),
+        # Unquoted, YAML 1.1 reads these as base-60 numbers (17:00 is 1020) and the plan
+        # was refused with a message about offsets.
+        ("start: 09:00, end: 17:00", (time(9), time(17))),
+        ("start: 9:30, end: 17:45:30", (time(9, 30), time(17, 45, 30))),
+        ('start: "8:00", end: "8:01"', (time(8), time(8, 1))),
+    ],
+)
+def test_send_window_times_are_read_as_people_write_them(written: str, read: tuple[time, time]) -> None:
+    plan = validate_plan(VALID.replace('start: "09:00", end: "17:00"', written))
+    assert (plan.send_window.start, plan.send_window.end) == read
+    assert plan_from_definition(plan.to_definition()).send_window == plan.send_window
+
+
+def test_colon_separated_digits_stay_text_in_a_plan() -> None:
+    plan = validate_plan(VALID.replace('subject: "Did you see this?"', "subject: 10:30"))
+    assert plan.node("bump").subject == "10:30"
 
 
 def test_all_errors_are_reported_at_once() -> None:
