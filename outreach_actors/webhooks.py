@@ -35,6 +35,10 @@ READ_CHUNK = 64 * 1024
 BodyReader = Callable[[int], bytes]
 
 
+# How long a client told "later" (503) is asked to wait before it tries again.
+RETRY_AFTER_S = 30
+
+
 @dataclass(frozen=True)
 class Reply:
     """A framework-neutral HTTP answer."""
@@ -42,6 +46,13 @@ class Reply:
     status: int
     body: str
     content_type: str = "text/plain; charset=utf-8"
+
+    def headers(self) -> dict[str, str]:
+        """Its headers but the length: the type and, on a 503, when to try again."""
+        headers = {"Content-Type": self.content_type}
+        if self.status == 503:
+            headers["Retry-After"] = str(RETRY_AFTER_S)
+        return headers
 
 
 @contextmanager

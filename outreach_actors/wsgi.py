@@ -37,7 +37,7 @@ class OutreachWSGI:
         body = reply.body.encode("utf-8")
         start_response(
             f"{reply.status} {HTTPStatus(reply.status).phrase}",
-            [("Content-Type", reply.content_type), ("Content-Length", str(len(body)))],
+            [*reply.headers().items(), ("Content-Length", str(len(body)))],
         )
         # A HEAD answer has GET's headers and no body (the WSGI server does not strip it).
         return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]

@@ -124,6 +124,18 @@ def test_oversized_webhook_gets_413(settings, data_dir, key) -> None:
     assert response.status_code == 413
 
 
+def test_a_webhook_while_the_database_is_down_gets_503_with_retry_after(settings, data_dir, key) -> None:
+    setup_django()
+    with override_settings(OUTREACH=outreach_config(data_dir, key, database_url="postgresql://postgres@127.0.0.1:1/none")):
+        activated(None)
+        response = Client().post("/webhooks/sendgrid", data=SAMPLE_BODY,
+                                 content_type="application/json",
+                                 headers=signed_headers(key, SAMPLE_BODY))
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "30"
+    assert response["Content-Type"] == "text/plain; charset=utf-8"
+
+
 def test_unsubscribe_page_and_one_click(client) -> None:
     make_tenant("acme")
     load_plan()

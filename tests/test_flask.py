@@ -86,6 +86,16 @@ def test_oversized_webhook_gets_413(settings, data_dir, key) -> None:
     assert response.status_code == 413
 
 
+def test_a_webhook_while_the_database_is_down_gets_503_with_retry_after(data_dir, key) -> None:
+    app = flask_app(data_dir, key, OUTREACH_DATABASE_URL="postgresql://postgres@127.0.0.1:1/none")
+    response = app.test_client().post(
+        "/webhooks/sendgrid", data=SAMPLE_BODY, headers=signed_headers(key, SAMPLE_BODY)
+    )
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "30"
+    assert response.content_type == "text/plain; charset=utf-8"
+
+
 def test_unsubscribe_page_and_one_click(app) -> None:
     make_tenant("acme")
     load_plan()

@@ -287,6 +287,20 @@ def test_a_database_outage_answers_503_so_sendgrid_retries(
                                   make_settings(data_dir)))
     reply = post(receiver, SAMPLE_BODY, signed_headers(key, SAMPLE_BODY))
     assert reply.status == 503
+    assert reply.headers()["Retry-After"] == "30"
+
+
+def test_the_wsgi_app_says_when_to_retry_a_503(data_dir, key, host_runtime) -> None:
+    from werkzeug.test import Client
+
+    app = activated(make_app(make_settings(
+        data_dir, database_url="postgresql://postgres@127.0.0.1:1/none",
+        sendgrid_webhook_public_key=public_key_of(key))))
+    response = Client(app).post("/webhooks/sendgrid", data=SAMPLE_BODY,
+                                headers=signed_headers(key, SAMPLE_BODY))
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "30"
+    assert response.headers["Content-Length"] == str(len(response.data))
 
 
 def test_enrolling_while_the_database_is_down_says_so_to_the_host_app(data_dir, host_runtime) -> None:
@@ -446,4 +460,5 @@ def test_an_unsubscribe_that_neither_the_database_nor_the_broker_takes_gets_503(
     rebind_actors(make_broker(make_settings(settings.data_dir, broker_url="redis://127.0.0.1:1/0")),
                   [apply_unsubscribe])
     models.bind(database_from_url("postgresql://postgres@127.0.0.1:1/none", settings))
-    assert UnsubscribePage(settings).respond("POST", token).status == 503
+    reply = UnsubscribePage(settings).respond("POST", token)
+    assert reply.status == 503 and reply.headers()["Retry-After"] == "30"

@@ -70,4 +70,4 @@ def _endpoints() -> Endpoints:
 
 
 def _response(reply: Reply) -> Response:
-    return Response(reply.body, status=reply.status, content_type=reply.content_type)
+    return Response(reply.body, status=reply.status, headers=reply.headers())

@@ -38,4 +38,4 @@ def _content_length(request: HttpRequest) -> int | None:
 
 
 def _response(reply: Reply) -> HttpResponse:
-    return HttpResponse(reply.body, status=reply.status, content_type=reply.content_type)
+    return HttpResponse(reply.body, status=reply.status, headers=reply.headers())
