@@ -85,6 +85,8 @@ class UnsubscribePage:
         except InvalidUnsubscribeToken as exc:
             return _page(400, "Invalid link", f"{exc}. Use the link from the email itself.")
         if method in {"GET", "HEAD"}:  # HEAD: link checkers; the host sends no body
+            if self._tenant_gone(request):
+                return _LIST_GONE
             return _page(
                 200, "Unsubscribe",
                 f"Unsubscribe <strong>{html.escape(request.email)}</strong> from these emails?"
@@ -102,11 +104,22 @@ class UnsubscribePage:
             if applied is None:
                 return _page(503, "Try again", "We could not record this now; please try again.")
         if not applied:
-            return _page(404, "Link expired", "This list no longer exists.")
+            return _LIST_GONE
         return _page(
             200, "Unsubscribed",
             f"<strong>{html.escape(request.email)}</strong> will get no more of these emails.",
         )
+
+    def _tenant_gone(self, request: UnsubscribeToken) -> bool:
+        """Whether the tenant the link was mailed for was deleted. A page that only asks
+        does not fail with the database: unknown, the form is shown."""
+        try:
+            with database_connection():
+                return not Tenant.select().where(Tenant.id == request.tenant_id).exists()
+        except Exception:
+            self.logger.warning("Could not look up the tenant of an unsubscribe link (message=%s)",
+                                request.message_id, exc_info=True)
+            return False
 
     def _queue(self, token: str, request: UnsubscribeToken) -> bool | None:
         # Mailbox providers do not retry a one-click POST that failed: with the database
@@ -157,3 +170,6 @@ def _page(status: int, title: str, body_html: str) -> Reply:
         f"<body><h1>{html.escape(title)}</h1><div>{body_html}</div></body></html>\n",
         HTML,
     )
+
+
+_LIST_GONE = _page(404, "Link expired", "This list no longer exists.")

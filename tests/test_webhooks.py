@@ -368,6 +368,24 @@ def test_wsgi_app_serves_unsubscribe_links(wsgi_app) -> None:
     assert call(wsgi_app, "POST", f"/unsubscribe/{token}x")[0] == 400
 
 
+def test_a_link_of_a_deleted_tenant_says_the_list_is_gone(wsgi_app) -> None:
+    token = make_token(wsgi_app.endpoints.settings, "gone", "ada@example.com", "MSG-1")
+    for method in ("GET", "POST"):
+        status, page = call(wsgi_app, method, f"/unsubscribe/{token}")
+        assert status == 404 and "no longer exists" in page and 'method="post"' not in page
+    assert Suppression.select().count() == 0
+
+
+def test_the_unsubscribe_form_is_shown_while_the_database_is_down(data_dir, host_runtime) -> None:
+    from outreach_actors.unsubscribe import UnsubscribePage
+
+    current = make_settings(data_dir, secret_key="s1")
+    models.bind(database_from_url("postgresql://postgres@127.0.0.1:1/none", current))
+    reply = UnsubscribePage(current).respond(
+        "GET", make_token(current, "acme", "ada@example.com", "MSG-1"))
+    assert reply.status == 200 and 'method="post"' in reply.body
+
+
 def test_outreach_serve_answers_over_http(settings, data_dir, key, host_runtime) -> None:
     app = activated(make_app(
         make_settings(data_dir, sendgrid_webhook_public_key=public_key_of(key))
