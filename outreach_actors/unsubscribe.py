@@ -1,17 +1,26 @@
-"""Unsubscribe links: signed tokens, the confirmation page, and RFC 8058 one-click POST.
+"""Unsubscribe links: encrypted tokens, the confirmation page, and RFC 8058 one-click POST.
 
 A token carries the tenant, the address and the message it was mailed in,
-signed with ``secret_key`` (itsdangerous), so it cannot be altered or forged. It
-does not expire: an unsubscribe link must keep working for as long as the mail
-that carries it can be read.
+encrypted and authenticated with a key derived from ``secret_key`` (Fernet), so it
+cannot be altered or forged, and the address cannot be read from the link: links
+end up in proxy and server logs, browser histories and link scanners. It does
+not expire: an unsubscribe link must keep working for as long as the mail that
+carries it can be read. Links of earlier versions, signed but not encrypted
+(itsdangerous), are still accepted.
 """
 
 from __future__ import annotations
 
+import base64
 import html
+import json
 import logging
 from dataclasses import dataclass
+from functools import lru_cache
 
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from itsdangerous import BadData, URLSafeSerializer
 
 from . import engine
@@ -40,18 +49,31 @@ class UnsubscribeToken:
 
 
 def make_token(settings: Settings, tenant_id: str, email: str, message_id: str) -> str:
-    return _serializer(settings).dumps([tenant_id, email.strip().lower(), message_id])
+    content = json.dumps([tenant_id, email.strip().lower(), message_id], separators=(",", ":"))
+    # Fernet's padding ("=") is left out of the link and put back when it is read.
+    return _fernet(*_keys(settings)).encrypt(content.encode()).decode().rstrip("=")
 
 
 def read_token(settings: Settings, token: str) -> UnsubscribeToken:
     """The token's content; raises InvalidUnsubscribeToken if it is not one of ours."""
     try:
-        tenant_id, email, message_id = _serializer(settings).loads(token)
-    except (BadData, TypeError, ValueError):
+        content = _content(settings, token)
+        tenant_id, email, message_id = content
+    except (BadData, InvalidToken, TypeError, ValueError):
         raise InvalidUnsubscribeToken("this unsubscribe link is not valid") from None
     if not all(isinstance(part, str) for part in (tenant_id, email, message_id)):
         raise InvalidUnsubscribeToken("this unsubscribe link is not valid")
     return UnsubscribeToken(tenant_id, email, message_id)
+
+
+def _content(settings: Settings, token: str) -> object:
+    """What ``token`` carries, decrypted, or read from a link an earlier version signed."""
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        return json.loads(_fernet(*_keys(settings)).decrypt(padded.encode()))
+    except InvalidToken:
+        # Signed, not encrypted: itsdangerous raises BadData unless it is one.
+        return _serializer(settings).loads(token)
 
 
 def unsubscribe_url(settings: Settings, tenant_id: str, email: str, message_id: str) -> str:
@@ -156,8 +178,26 @@ def enqueue_unsubscribe(token: str) -> None:
     apply_unsubscribe_actor.send(token)
 
 
+def _keys(settings: Settings) -> tuple[str, ...]:
+    """The secrets a token may be made with, the current one first."""
+    return (settings.secret_key, *reversed(settings.secret_key_fallbacks))
+
+
+@lru_cache(maxsize=8)
+def _fernet(*secrets: str) -> MultiFernet:
+    # MultiFernet encrypts with the first key and decrypts with any. Each Fernet key
+    # is derived from its secret (HKDF, salted with TOKEN_SALT): a secret of any
+    # length serves, and it is used for nothing else.
+    return MultiFernet([
+        Fernet(base64.urlsafe_b64encode(HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=TOKEN_SALT.encode(), info=b"fernet",
+        ).derive(secret.encode())))
+        for secret in secrets
+    ])
+
+
 def _serializer(settings: Settings) -> URLSafeSerializer:
-    # itsdangerous signs with the last key of a list and accepts every one.
+    # Links signed before tokens were encrypted. itsdangerous accepts every key of a list.
     return URLSafeSerializer([*settings.secret_key_fallbacks, settings.secret_key], salt=TOKEN_SALT)
 
 

@@ -31,6 +31,7 @@ from outreach_actors.runtime import rebind_actors
 from outreach_actors.settings import SettingsError, configure
 from outreach_actors.unsubscribe import (
     InvalidUnsubscribeToken,
+    UnsubscribeToken,
     make_token,
     read_token,
     unsubscribe_url,
@@ -421,6 +422,33 @@ def test_unsubscribe_tokens_round_trip_and_resist_tampering(data_dir) -> None:
             read_token(current, bad)
     with pytest.raises(InvalidUnsubscribeToken):
         read_token(make_settings(data_dir, secret_key="s2"), token)
+
+
+def test_the_address_cannot_be_read_from_the_link(data_dir) -> None:
+    current = make_settings(data_dir, secret_key="s1")
+    token = make_token(current, "acme", "ada.lovelace@example.com", "MSG-1")
+    decoded = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    assert b"lovelace" not in decoded and b"acme" not in decoded
+    assert "=" not in token and "/" not in token and "+" not in token
+
+
+def test_links_of_earlier_versions_signed_not_encrypted_keep_working(data_dir) -> None:
+    from itsdangerous import URLSafeSerializer
+
+    from outreach_actors.settings import settings_from_mapping
+    from outreach_actors.unsubscribe import TOKEN_SALT
+
+    # What make_token wrote before tokens were encrypted, with the secret since rotated.
+    old_link = URLSafeSerializer("old-secret", salt=TOKEN_SALT).dumps(
+        ["acme", "ada@example.com", "MSG-1"])
+    rotated = settings_from_mapping({"OUTREACH_SECRET_KEY": "new-secret",
+                                     "OUTREACH_SECRET_KEY_FALLBACKS": "old-secret"})
+    assert read_token(rotated, old_link) == UnsubscribeToken("acme", "ada@example.com", "MSG-1")
+    with pytest.raises(InvalidUnsubscribeToken):
+        read_token(make_settings(data_dir, secret_key="new-secret"), old_link)
+    forged = URLSafeSerializer("old-secret", salt="another-salt").dumps(["acme", "x@y.z", "M"])
+    with pytest.raises(InvalidUnsubscribeToken):
+        read_token(rotated, forged)
 
 
 def test_links_signed_before_a_secret_rotation_keep_working(data_dir) -> None:
