@@ -382,6 +382,22 @@ def create_schema(database: peewee.Database) -> None:
         _add_missing_columns(database)
 
 
+def missing_schema(database: peewee.Database) -> list[str]:
+    """What create_schema would add: the missing tables, and the missing columns as
+    ``table.column`` (of a database connected by the caller)."""
+    tables = set(database.get_tables())
+    missing = []
+    for model in ALL_MODELS:
+        table = model._meta.table_name
+        if table not in tables:
+            missing.append(table)
+            continue
+        existing = {column.name for column in database.get_columns(table)}
+        missing += [f"{table}.{field.column_name}" for field in model._meta.sorted_fields
+                    if field.column_name not in existing]
+    return missing
+
+
 def _add_missing_columns(database: peewee.Database) -> None:
     from playhouse.migrate import SchemaMigrator, migrate
 

@@ -31,7 +31,33 @@ def test_a_worker_on_a_new_sqlite_file_creates_the_tables(data_dir: Path, caplog
         boot(database)
         boot(database)  # every worker process does it: the second finds them
     assert has_tables(database)
-    assert [r.message for r in caplog.records].count(f"Created the outreach tables in {data_dir / 'new.db'}") == 1
+    upgrades = [r.message for r in caplog.records if r.message.startswith("Brought the outreach schema")]
+    assert len(upgrades) == 1 and str(data_dir / "new.db") in upgrades[0]
+
+
+def test_a_worker_on_an_older_sqlite_file_adds_the_new_columns(data_dir: Path, caplog) -> None:
+    database = database_from_url(f"sqlite:///{data_dir / 'old.db'}", make_settings(data_dir))
+    models.create_schema(database)
+    with database.connection_context():
+        # As a file written before WebhookDelivery.requeued_at existed.
+        database.execute_sql("ALTER TABLE webhook_delivery DROP COLUMN requeued_at")
+        assert models.missing_schema(database) == ["webhook_delivery.requeued_at"]
+    with caplog.at_level(logging.INFO):
+        boot(database)
+    assert "(added webhook_delivery.requeued_at)" in caplog.text
+    with database.connection_context():
+        assert models.missing_schema(database) == []
+
+
+def test_a_worker_on_an_older_postgresql_schema_names_what_is_missing(postgres_db, caplog) -> None:
+    with postgres_db.connection_context():
+        postgres_db.execute_sql("ALTER TABLE webhook_delivery DROP COLUMN requeued_at")
+    with caplog.at_level(logging.ERROR):
+        boot(postgres_db)
+    assert "lacks outreach tables or columns (webhook_delivery.requeued_at): run `outreach db init`" in caplog.text
+    with postgres_db.connection_context():
+        assert models.missing_schema(postgres_db) == ["webhook_delivery.requeued_at"]  # left as it is
+    models.create_schema(postgres_db)
 
 
 def test_a_worker_on_postgresql_without_tables_says_to_run_db_init(postgres_db, caplog) -> None:
@@ -47,4 +73,4 @@ def test_a_database_down_at_start_is_logged_not_fatal(data_dir: Path, caplog) ->
     database = database_from_url("postgresql://postgres@127.0.0.1:1/none", make_settings(data_dir))
     with caplog.at_level(logging.ERROR):
         boot(database)
-    assert "Could not check the database's tables at worker start" in caplog.text
+    assert "Could not check the database's schema at worker start" in caplog.text

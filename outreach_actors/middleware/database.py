@@ -7,7 +7,7 @@ import logging
 import dramatiq
 import peewee
 
-from ..models import Enrollment, create_schema, database_proxy
+from ..models import create_schema, database_proxy, missing_schema
 
 
 class DatabaseConnections(dramatiq.Middleware):
@@ -23,28 +23,31 @@ class DatabaseConnections(dramatiq.Middleware):
         self.logger = logging.getLogger(type(self).__name__)
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        """Check the tables once per worker process: on SQLite, the zero-configuration
-        default, create them; elsewhere say, once and plainly, what to run. Without
-        this, every message fails with a traceback until someone runs `db init`."""
+        """Check the schema once per worker process: on SQLite, the zero-configuration
+        default, create the tables or add the columns of a newer version; elsewhere
+        say, once and plainly, what to run. Without this, every message fails with a
+        traceback until someone runs `db init`."""
         database = database_proxy.obj
         if database is None:
             return
         try:
             with database.connection_context():
-                if database.table_exists(Enrollment._meta.table_name):
-                    return
-                if isinstance(database, peewee.SqliteDatabase):
+                missing = missing_schema(database)
+                if missing and isinstance(database, peewee.SqliteDatabase):
                     create_schema(database)
-                    self.logger.info("Created the outreach tables in %s", database.database)
+                    self.logger.info("Brought the outreach schema in %s up to date (added %s)",
+                                     database.database, _listed(missing))
                     return
         except peewee.DatabaseError as exc:
-            # Not fatal: a database that is down at start may be up for the first message.
-            self.logger.error("Could not check the database's tables at worker start: %s", exc)
+            # Not fatal: a database that is down at start may be up for the first message;
+            # and of two workers upgrading one SQLite file at once, one finds it done.
+            self.logger.error("Could not check the database's schema at worker start: %s", exc)
             return
-        self.logger.error(
-            "The database has no outreach tables: run `outreach db init`. Messages fail "
-            "(and are retried) until then."
-        )
+        if missing:
+            self.logger.error(
+                "The database lacks outreach tables or columns (%s): run `outreach db init`. "
+                "Messages fail (and are retried) until then.", _listed(missing),
+            )
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
         database_proxy.connect(reuse_if_open=True)
@@ -59,3 +62,8 @@ class DatabaseConnections(dramatiq.Middleware):
         database = database_proxy.obj
         if database is not None and not database.is_closed():
             database.close()
+
+
+def _listed(missing: list[str], shown: int = 5) -> str:
+    more = len(missing) - shown
+    return ", ".join(missing[:shown]) + (f" and {more} more" if more > 0 else "")
