@@ -296,9 +296,10 @@ class _GuardedCodeGenerator(CodeGenerator):
         self.write(")")
 
 
-# Turns of all the loops of one render together. An email's loops take a few hundred;
-# a million take about a second.
-MAX_LOOP_TURNS = 1_000_000
+# Turns of all the loops of one render together. An email's loops take a few hundred.
+# The budget bounds how long a bad template holds a worker thread: at a million,
+# loops that recurse (``loop(...)``) took 3 s per render on a slow, loaded machine.
+MAX_LOOP_TURNS = 250_000
 LOOP_BUDGET_FILTER = "outreach_loop_budget"
 _loop_turns: ContextVar[list[int]] = ContextVar("outreach_loop_turns")
 

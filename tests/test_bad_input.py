@@ -613,7 +613,8 @@ def test_resource_bombs_fail_fast_with_a_render_error(source: str) -> None:
         RENDERER.render_email(subject="Hi", template=None, body=source, context=template_context())
 
     assert isinstance(problems, list)
-    assert time.monotonic() - started < 5
+    # Seconds, not days (each a check and a render); generous, as CI machines are loaded.
+    assert time.monotonic() - started < 10
 
 
 def test_padding_and_formatting_within_the_limit_still_work() -> None:
