@@ -7,7 +7,7 @@ before that (at import) would never reach its exporter.
 
 from __future__ import annotations
 
-from functools import cache
+import threading
 from typing import Any
 
 _DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -26,16 +26,29 @@ _DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
 }
 
 
-@cache
+_metrics: dict[str, Any] = {}
+# Worker threads count the same outcome at once: two that both created the metric
+# would register it twice, and prometheus_client raises DuplicateTimeseries (after
+# the email went out). functools.cache does not hold other callers back.
+_creating = threading.Lock()
+
+
 def metric(name: str) -> Any:
     """The Counter or Histogram ``name``, created on its first use."""
-    # prometheus_client is imported here, not at the top: it picks in-memory or
-    # multiprocess values when first imported, which must be after Dramatiq's
-    # middleware has pointed it at the directory its exporter reads (after_process_boot).
-    import prometheus_client
+    found = _metrics.get(name)
+    if found is not None:
+        return found
+    with _creating:
+        if name not in _metrics:
+            # prometheus_client is imported here, not at the top: it picks in-memory or
+            # multiprocess values when first imported, which must be after Dramatiq's
+            # middleware has pointed it at the directory its exporter reads
+            # (after_process_boot).
+            import prometheus_client
 
-    kind, documentation, labels = _DEFINITIONS[name]
-    return getattr(prometheus_client, kind)(name, documentation, labels)
+            kind, documentation, labels = _DEFINITIONS[name]
+            _metrics[name] = getattr(prometheus_client, kind)(name, documentation, labels)
+        return _metrics[name]
 
 
 def count(name: str, amount: float = 1, **labels: str) -> None:

@@ -89,3 +89,36 @@ def test_a_worker_started_with_metrics_exports_ours_and_dramatiqs(tmp_path) -> N
                        timeout=60, capture_output=True)
     assert 'dramatiq_messages_total{actor_name="render",queue_name="render"} 2.0' in exported
     assert 'outreach_idempotency_duplicates_total{outcome="done"} 1.0' in exported
+
+
+# In a fresh process: the race is over the first use, which imports prometheus_client.
+FIRST_USE_BY_EIGHT_THREADS = """
+import threading
+from outreach_actors.metrics import count, metric
+
+barrier, errors = threading.Barrier(8), []
+
+def send_outcome():
+    barrier.wait()
+    try:
+        count("outreach_emails_total", outcome="sent")
+    except Exception as exc:
+        errors.append(repr(exc))
+
+threads = [threading.Thread(target=send_outcome) for _ in range(8)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(errors, metric("outreach_emails_total").labels(outcome="sent")._value.get())
+"""
+
+
+def test_threads_counting_for_the_first_time_at_once_create_one_metric() -> None:
+    import subprocess
+    import sys
+
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", FIRST_USE_BY_EIGHT_THREADS],
+                              capture_output=True, text=True, timeout=60, check=True)
+        assert done.stdout.split() == ["[]", "8.0"], done.stdout + done.stderr
