@@ -379,7 +379,7 @@ def render_for_send(action_id: int, *, settings: Settings | None = None,
         message_id, facts.tenant_id, facts.enrollment_id, action_id, facts.node,
         message_key, OutboundMessage.RENDERED, facts.contact_email, sender_email,
         sender_name or "", rendered.subject, rendered.html, rendered.text,
-        OutboundMessage.categories.db_value([*plan.categories, *node.categories]),
+        OutboundMessage.categories.db_value(plan.categories_of(facts.node)),
         OutboundMessage.headers.db_value({
             "List-Unsubscribe": f"<{unsubscribe}>",
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",

@@ -237,6 +237,11 @@ class Plan(_Strict):
     def node(self, name: str) -> Node:
         return self.nodes[name]
 
+    def categories_of(self, node_name: str) -> list[str]:
+        """The categories an email of the node carries: the plan's, then the node's, each
+        once (SendGrid refuses a repeated category)."""
+        return list(dict.fromkeys([*self.categories, *self.nodes[node_name].categories]))
+
     def timeout_transitions(self, node_name: str) -> list[Transition]:
         return [t for t in self.nodes[node_name].transitions if t.on in TIMEOUT_EVENTS]
 
@@ -382,6 +387,8 @@ def _graph_errors(data: Mapping[str, Any], *, stored: bool = False) -> list[str]
                 errors.append(f"{base}.subject: an email node needs a subject")
             if (node.get("template") is None) == (node.get("body") is None):
                 errors.append(f"{base}: give exactly one of `template` or `body`")
+            elif not stored and isinstance(node.get("body"), str) and not node["body"].strip():
+                errors.append(f"{base}.body: is empty; an email needs a body")
         elif node_type in {"wait", "exit"} and any(node.get(k) for k in ("subject", "template", "body")):
             errors.append(f"{base}: only email nodes take subject, template or body")
     edges = _edges(nodes)
@@ -472,6 +479,12 @@ def validate_plan(
     errors += _graph_errors(data if definition is None else definition, stored=stored)
     if plan is not None and plan.send_window is not None and plan.send_window.start >= plan.send_window.end:
         errors.append("send_window.end: must be later than start")
+    if plan is not None and not stored:
+        for name, node in plan.nodes.items():
+            if node.type == "email" and len(plan.categories_of(name)) > MAX_CATEGORIES:
+                errors.append(
+                    f"nodes.{name}.categories: with the plan's, its emails would carry "
+                    f"{len(plan.categories_of(name))} categories; SendGrid takes at most {MAX_CATEGORIES}")
     if plan is not None and check_template is not None:
         for name, node in plan.nodes.items():
             if node.type != "email" or not node.subject or (node.template is None) == (node.body is None):

@@ -42,6 +42,19 @@ def test_render_stores_subject_html_text_and_unsubscribe_headers(rendered) -> No
     assert OutboundMessage.select().count() == 1
 
 
+def test_a_category_of_both_the_plan_and_the_node_is_sent_once(settings, standin) -> None:
+    from .factories import THREE_NODE_PLAN
+
+    make_tenant()
+    load_plan(THREE_NODE_PLAN.replace(
+        '    subject: "Welcome', '    categories: [welcome, onboarding]\n    subject: "Welcome'))
+    enrollment = engine.enroll("acme", "ada@example.com", "onboarding", fields={"first_name": "Ada"})
+    action = ScheduledAction.get(ScheduledAction.enrollment == enrollment)
+    delivery.send_message(delivery.render_action(action.id), client_for(standin))
+    [mail] = standin.messages
+    assert mail.body["categories"] == ["onboarding", "welcome"]
+
+
 def test_a_sent_message_carries_our_ids_and_schedules_its_timers(rendered, standin) -> None:
     result = delivery.send_message(rendered.id, client_for(standin))
     assert result.status == "sent"

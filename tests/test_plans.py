@@ -109,6 +109,7 @@ def test_an_omitted_after_on_no_open_is_allowed_and_uses_the_default() -> None:
          "sender: 'sales@acme.c"),
         (("start: intro\n", "start: intro\nsender: sales\n"), "sender: 'sales' is not an email address"),
         (('start: "09:00"', "start: 9"), 'send_window.start: expected a time of day such as "09:00"'),
+        (('body: "<p>Hi</p>"', 'body: "  "'), "nodes.bump.body: is empty; an email needs a body"),
         (('end: "17:00"', 'end: "17:00+02:00"'),
          "send_window.end: expected a time of day such as \"09:00\" or \"17:30\" (no offset: the "
          "contact's time zone applies), got '17:00+02:00'"),
@@ -138,6 +139,21 @@ def test_send_window_times_are_read_as_people_write_them(written: str, read: tup
     plan = validate_plan(VALID.replace('start: "09:00", end: "17:00"', written))
     assert (plan.send_window.start, plan.send_window.end) == read
     assert plan_from_definition(plan.to_definition()).send_window == plan.send_window
+
+
+def test_an_email_carries_the_plan_and_node_categories_each_once() -> None:
+    text = (VALID.replace("start: intro\n", "start: intro\ncategories: [onboarding, a, b, c, d, e]\n")
+            .replace('    subject: "Did', "    categories: [onboarding, e, f, g, h, i]\n    subject: \"Did"))
+    plan = validate_plan(text)  # ten distinct categories: within SendGrid's limit
+    assert plan.categories_of("bump") == ["onboarding", "a", "b", "c", "d", "e", "f", "g", "h", "i"]
+    assert plan.categories_of("intro") == ["onboarding", "a", "b", "c", "d", "e"]
+
+
+def test_the_plan_and_node_categories_together_must_fit_sendgrid() -> None:
+    text = (VALID.replace("start: intro\n", "start: intro\ncategories: [a, b, c, d, e, f]\n")
+            .replace('    subject: "Did', "    categories: [a, g, h, i, j, k]\n    subject: \"Did"))
+    assert errors_of(text) == ["nodes.bump.categories: with the plan's, its emails would carry 11 "
+                               "categories; SendGrid takes at most 10"]
 
 
 def test_colon_separated_digits_stay_text_in_a_plan() -> None:

@@ -223,7 +223,9 @@ def build_mail(email: OutgoingEmail) -> Mail:
         plain_text_content=_content(PlainTextContent, email.text, "text"),
         html_content=_content(HtmlContent, email.html, "html"),
     )
-    for category in email.categories:
+    # Mail.add_category inserts at the front (sendgrid 6.12's _ensure_append): added last
+    # to first, they go out in the plan's order.
+    for category in reversed(email.categories):
         mail.add_category(Category(category))
     for name, value in email.headers.items():
         mail.add_header(Header(name, value))
