@@ -440,14 +440,26 @@ def engagement_seen(message_id: str, timeout_event: str) -> bool:
     return bool(engaged_timers([(message_id, timeout_event)]))
 
 
+# The flag ingest sets on a click on our own unsubscribe link (see ingest).
+UNSUBSCRIBE_LINK = "unsubscribe_link"
+
+
+def counts_for_plans(event_type: str, data: dict[str, Any] | None) -> bool:
+    """Whether a real event may move a contact or stop a ``no_open``/``no_click`` timer:
+    every one but a machine open (unless the settings count those) and a click on our
+    own unsubscribe link."""
+    data = data or {}
+    if event_type == "opened" and data.get("machine_open"):
+        return get_settings().machine_opens_are_engagement
+    return not (event_type == "clicked" and data.get(UNSUBSCRIBE_LINK))
+
+
 def engaged_timers(timers: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
     """Of (message id, ``no_open``/``no_click``) pairs, those whose awaited real event
-    has arrived; one query for any number. Machine opens count only if the settings
-    say so."""
+    has arrived; one query for any number. Only engagement counts (counts_for_plans)."""
     timers = set(timers)
     if not timers:
         return set()
-    machine_opens_count = get_settings().machine_opens_are_engagement
     seen: dict[str, set[str]] = defaultdict(set)
     for message_id, event_type, data in MessageEvent.select(
         MessageEvent.message, MessageEvent.type, MessageEvent.data,
@@ -456,9 +468,8 @@ def engaged_timers(timers: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
         MessageEvent.type.in_(sorted(AWAITED_ENGAGEMENT["no_open"])),
         MessageEvent.synthetic == False,  # noqa: E712 (peewee expression)
     ).tuples():
-        if event_type == "opened" and not machine_opens_count and (data or {}).get("machine_open"):
-            continue
-        seen[message_id].add(event_type)
+        if counts_for_plans(event_type, data):
+            seen[message_id].add(event_type)
     return {(message_id, event) for message_id, event in timers
             if seen[message_id] & AWAITED_ENGAGEMENT[event]}
 
@@ -493,9 +504,8 @@ def handle_message_event(
     elif (message.status == OutboundMessage.FAILED and event_type in PROOF_OF_SEND
           and (message.error or "").startswith(UNCONFIRMED_AMBIGUOUS_SEND)):
         _record_late_proof(message, occurred_at, provider_message_id)
-    if event_type == "opened" and (data or {}).get("machine_open"):
-        if not get_settings().machine_opens_are_engagement:
-            return False
+    if not counts_for_plans(event_type, data):
+        return False
     if message.enrollment_id is None or event_type in TIMEOUT_EVENTS:
         return False
     visit_version = None

@@ -9,7 +9,7 @@ receiving the same event in two deliveries, has every effect once.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -180,7 +180,12 @@ def normalize_delivery(delivery_id: int, *, settings: Settings | None = None) ->
         _finish(delivery_id, WebhookDelivery.FAILED, f"{exc}; fix and replay it")
         return IngestResult(delivery_id, status=WebhookDelivery.FAILED, errors=[str(exc)])
 
-    batch = _sort_batch(events, delivery, _find_messages(events))
+    # Imported here: unsubscribe imports webhooks, which imports this module.
+    from .unsubscribe import unsubscribe_link_prefix
+
+    own_links = unsubscribe_link_prefix(settings)
+    batch = _sort_batch([_flag_unsubscribe_click(event, own_links) for event in events], delivery,
+                        _find_messages(events))
     try:
         with database_proxy.atomic():
             new_keys = _insert(batch.rows)
@@ -298,6 +303,20 @@ def _find_messages(events: list[NormalizedEvent]) -> dict[str, dict[str, _Messag
         for row in query.tuples():
             by_provider[row[2]] = _Message(*row)
     return {"id": by_id, "provider": by_provider}
+
+
+def _flag_unsubscribe_click(event: NormalizedEvent, own_links: str) -> NormalizedEvent:
+    """The event, flagged ``unsubscribe_link`` if it is a click on our unsubscribe link
+    (a URL that starts with ``own_links``).
+
+    SendGrid's click tracking rewrites every link of the HTML, ours included. Opening
+    the unsubscribe page is no engagement: the engine neither moves the contact on
+    ``click`` nor counts it against a ``no_click`` timer (engine.counts_for_plans).
+    """
+    url = event.data.get("url") if event.type == "clicked" else None
+    if isinstance(url, str) and url.startswith(own_links):
+        return replace(event, data={**event.data, engine.UNSUBSCRIBE_LINK: True})
+    return event
 
 
 def _sort_batch(

@@ -78,8 +78,12 @@ def _content(settings: Settings, token: str) -> object:
 
 def unsubscribe_url(settings: Settings, tenant_id: str, email: str, message_id: str) -> str:
     """The link (and List-Unsubscribe target) for one email."""
-    token = make_token(settings, tenant_id, email, message_id)
-    return f"{settings.public_base_url.rstrip('/')}/unsubscribe/{token}"
+    return unsubscribe_link_prefix(settings) + make_token(settings, tenant_id, email, message_id)
+
+
+def unsubscribe_link_prefix(settings: Settings) -> str:
+    """What every unsubscribe link starts with."""
+    return f"{settings.public_base_url.rstrip('/')}/unsubscribe/"
 
 
 class UnsubscribePage:

@@ -116,6 +116,28 @@ def test_sample_delivery_suppresses_and_moves_contacts(db) -> None:
     assert reload(enrollments["hal@example.com"]).current_node == "intro"
 
 
+def test_a_click_on_our_unsubscribe_link_is_kept_but_is_no_engagement(db) -> None:
+    from outreach_actors.settings import get_settings
+    from outreach_actors.unsubscribe import unsubscribe_url
+
+    make_tenant("acme")
+    load_plan(ORDER_PLAN)
+    ada = engine.enroll("acme", "ada@example.com", "order")
+    make_message("MSG-1", "ada@example.com", enrollment=ada, node="intro")
+    click = next(e for e in SAMPLE_EVENTS if e["event"] == "click")
+    # SendGrid's click tracking rewrites our link in the HTML like any other.
+    link = unsubscribe_url(get_settings(), "acme", "ada@example.com", "MSG-1")
+    ingest.normalize_delivery(store([{**click, "url": link}]))
+    stored = MessageEvent.get(MessageEvent.message == "MSG-1")
+    assert (stored.type, stored.data["url"], stored.data["unsubscribe_link"]) == ("clicked", link, True)
+    assert reload(ada).current_node == "intro"  # not moved on `click`
+    assert not engine.engaged_timers([("MSG-1", "no_click")])  # its no_click timer still fires
+    # A click on any other link of the email is engagement.
+    ingest.normalize_delivery(store([{**click, "sg_event_id": "other-link"}]))
+    assert reload(ada).current_node == "clicked_first"
+    assert engine.engaged_timers([("MSG-1", "no_click")]) == {("MSG-1", "no_click")}
+
+
 def test_normalizing_twice_has_every_effect_once(db) -> None:
     sample_world()
     delivery_id = store(SAMPLE_BODY)
