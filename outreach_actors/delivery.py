@@ -31,6 +31,7 @@ from .models import (
     insert_statements,
     new_message_id,
     utcnow,
+    write_transaction,
 )
 from .observability import tag
 from .providers.sendgrid import OutgoingEmail, SendOutcome
@@ -427,8 +428,12 @@ def _unstorable(*texts: str) -> str | None:
 
 def _fail_render(action_id: int, enrollment_id: int, problem: str, now: datetime) -> None:
     logger.error("Render of action=%s failed: %s", action_id, problem)
-    ScheduledAction.finish(action_id, ScheduledAction.FAILED, problem, now=now)
-    engine.exit_enrollment(enrollment_id, "send_failed", now=now)
+    # Together or not at all: an action marked failed with its enrollment left active
+    # (the second write refused, "database is locked" on SQLite) would stay so, as the
+    # retry finds the action finished.
+    with write_transaction():
+        ScheduledAction.finish(action_id, ScheduledAction.FAILED, problem, now=now)
+        engine.exit_enrollment(enrollment_id, "send_failed", now=now)
 
 
 @dataclass(frozen=True)
@@ -583,9 +588,10 @@ def _send_message(message_id: str, client, *, now: datetime | None = None,
         else is_suppressed(claimed.tenant_id, claimed.to_email)
     )
     if suppressed:
-        _set_status(message_id, OutboundMessage.SUPPRESSED, error="address is suppressed")
-        if claimed.enrollment_id is not None:
-            engine.exit_enrollment(claimed.enrollment_id, "suppressed", now=now)
+        with write_transaction():  # together, as in _fail
+            _set_status(message_id, OutboundMessage.SUPPRESSED, error="address is suppressed")
+            if claimed.enrollment_id is not None:
+                engine.exit_enrollment(claimed.enrollment_id, "suppressed", now=now)
         logger.info("Send of message=%s skipped: recipient suppressed", message_id)
         return SendResult(message_id, OutboundMessage.SUPPRESSED)
     if not claimed.sender_verified:
@@ -622,8 +628,10 @@ def _send_message(message_id: str, client, *, now: datetime | None = None,
 
 
 def _fail(message_id: str, enrollment_id: int | None, problem: str, now: datetime) -> SendResult:
-    _set_status(message_id, OutboundMessage.FAILED, error=problem)
-    if enrollment_id is not None:
-        engine.exit_enrollment(enrollment_id, "send_failed", now=now)
+    # Together or not at all (see _fail_render): a retry finds the claim taken.
+    with write_transaction():
+        _set_status(message_id, OutboundMessage.FAILED, error=problem)
+        if enrollment_id is not None:
+            engine.exit_enrollment(enrollment_id, "send_failed", now=now)
     logger.error("Send of message=%s failed permanently: %s", message_id, problem)
     return SendResult(message_id, OutboundMessage.FAILED, problem)

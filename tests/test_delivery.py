@@ -219,3 +219,24 @@ def test_the_send_actor_retries_after_sendgrids_retry_after(rendered, standin, d
     assert retried.value.delay is None
     send(rendered.id)
     assert status_of(rendered) == "sent" and len(standin.messages) == 1
+
+
+def test_a_failed_render_marks_the_action_and_ends_the_enrollment_together(settings, sqlite_db) -> None:
+    import peewee
+
+    make_tenant()
+    load_plan()
+    # No first_name: the intro's subject cannot render, so the render fails the send.
+    enrollment = engine.enroll("acme", "ada@example.com", "onboarding")
+    action = ScheduledAction.get(ScheduledAction.enrollment == enrollment)
+    # The database refuses the second write (as a locked SQLite file does).
+    sqlite_db.execute_sql("CREATE TRIGGER refuse_exit BEFORE UPDATE OF status ON enrollment "
+                          "BEGIN SELECT RAISE(ABORT, 'refused for the test'); END")
+    with pytest.raises(peewee.IntegrityError):
+        delivery.render_action(action.id)
+    # Neither write stayed: the action is open, so the retry renders (and fails) again.
+    assert ScheduledAction.get_by_id(action.id).status == ScheduledAction.PENDING
+    sqlite_db.execute_sql("DROP TRIGGER refuse_exit")
+    assert delivery.render_action(action.id) is None
+    assert ScheduledAction.get_by_id(action.id).status == ScheduledAction.FAILED
+    assert Enrollment.get_by_id(enrollment.id).status == Enrollment.FAILED
