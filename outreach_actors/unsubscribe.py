@@ -17,6 +17,7 @@ import json
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
+from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
@@ -84,6 +85,27 @@ def unsubscribe_url(settings: Settings, tenant_id: str, email: str, message_id: 
 def unsubscribe_link_prefix(settings: Settings) -> str:
     """What every unsubscribe link starts with."""
     return f"{settings.public_base_url.rstrip('/')}/unsubscribe/"
+
+
+def link_problems(settings: Settings) -> list[str]:
+    """What is wrong with the unsubscribe links of mail sent to real SendGrid (none for a
+    stand-in on this host, as in tests and the demo)."""
+    if _is_local(settings.sendgrid_api_host):
+        return []
+    problems = []
+    if _is_local(settings.public_base_url):
+        problems.append(
+            f"unsubscribe links point at {settings.public_base_url}, which recipients cannot "
+            f"reach: set OUTREACH_PUBLIC_BASE_URL to where the unsubscribe endpoint is served")
+    if settings.secret_key == DEVELOPMENT_SECRET:
+        problems.append("OUTREACH_SECRET_KEY is the development default: anyone can forge "
+                        "unsubscribe links; set a long random secret")
+    return problems
+
+
+def _is_local(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    return host in {"localhost", "::1"} or host.startswith("127.") or host.endswith(".localhost")
 
 
 class UnsubscribePage:

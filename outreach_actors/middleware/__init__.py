@@ -19,6 +19,7 @@ from .periodic import PeriodicTickLock
 from .polling import TIMER_QUEUE, WorkerPolling
 from .ratelimit import RateLimits
 from .skips import install_quiet_skips
+from .startup import ConfigurationWarnings
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ def project_middleware(settings: Settings) -> list[dramatiq.Middleware]:
             prompt_interval_ms=_ms(settings, "worker_poll_interval"),
         ),
         DatabaseConnections(),
+        ConfigurationWarnings(settings),
         PeriodicTickLock(),
         Idempotency(
             leases_for=state.leases,
