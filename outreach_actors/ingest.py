@@ -53,6 +53,9 @@ SUPPRESSING_DROPS = {
     "bounced": "rejected:bounced",
     "invalid": "rejected:invalid",
     "complained": "rejected:complained",
+    # SendGrid's own unsubscribe list: our list must know it too, or other plans (and
+    # another provider) keep mailing the address.
+    "unsubscribed": "rejected:unsubscribed",
 }
 # Events after which the contact leaves every active enrollment of the tenant.
 EXITING_EVENTS = {"complained": "complained", "unsubscribed": "unsubscribed"}

@@ -138,6 +138,24 @@ def test_a_click_on_our_unsubscribe_link_is_kept_but_is_no_engagement(db) -> Non
     assert engine.engaged_timers([("MSG-1", "no_click")]) == {("MSG-1", "no_click")}
 
 
+@pytest.mark.parametrize(("reason", "suppressed_for"), [
+    ("Bounced Address", "rejected:bounced"),
+    ("Invalid", "rejected:invalid"),
+    ("Spam Reporting Address", "rejected:complained"),
+    ("Unsubscribed Address", "rejected:unsubscribed"),
+    ("Recipient List over Package Quota", None),
+])
+def test_drops_of_addresses_sendgrid_will_not_mail_suppress_them(db, reason, suppressed_for) -> None:
+    make_tenant("acme")
+    load_plan(ORDER_PLAN)
+    make_message("MSG-1", "ada@example.com", enrollment=engine.enroll("acme", "ada@example.com", "order"),
+                 node="intro")
+    ingest.normalize_delivery(store([{
+        "email": "ada@example.com", "timestamp": 1763790180, "event": "dropped", "reason": reason,
+        "sg_event_id": "drop-1", "outreach_message_id": "MSG-1", "outreach_tenant": "acme"}]))
+    assert [s.reason for s in Suppression.select()] == ([suppressed_for] if suppressed_for else [])
+
+
 def test_normalizing_twice_has_every_effect_once(db) -> None:
     sample_world()
     delivery_id = store(SAMPLE_BODY)
