@@ -14,7 +14,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from . import models
-from .settings import get_settings
+from .settings import SettingsError, get_settings
 
 # Tables are wide; when output is not a terminal (CI logs, pipes) do not squeeze them to 80.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -57,6 +57,8 @@ class _Commands(click.Group):
             _fail(f"cannot use the database {_describe_database()}: {_first_line(exc)}")
         except peewee.DatabaseError as exc:
             _fail(f"the database {_describe_database()} refused: {_first_line(exc)}")
+        except SettingsError as exc:  # one the command itself looks at (a webhook key)
+            _fail(str(exc))
 
 
 def _first_line(exc: Exception) -> str:
@@ -470,12 +472,14 @@ def webhooks_list(status: str | None) -> None:
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 def serve(host: str, port: int) -> None:
     """Serve the webhook and unsubscribe endpoints (standalone WSGI app)."""
+    from .wsgi import make_app
     from .wsgi import serve as serve_wsgi
 
     _open_database()
+    app = make_app()  # a bad setting ends the command here, before "serving"
     console.print(f"serving POST /webhooks/sendgrid and /unsubscribe/<token> on http://{host}:{port}")
     try:
-        serve_wsgi(host, port)
+        serve_wsgi(host, port, app)
     except KeyboardInterrupt:
         pass
     except OSError as exc:  # the port is taken, or the host is not this machine's

@@ -82,9 +82,15 @@ def _default_app() -> OutreachWSGI:
     return make_app()
 
 
-def application(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-    """The app for WSGI servers (``outreach_actors.wsgi:application``), built on first request."""
-    return _default_app()(environ, start_response)
+def __getattr__(name: str) -> Any:
+    """``application``, the app for WSGI servers (``outreach_actors.wsgi:application``):
+    built when the server looks it up at start, not when this module is imported
+    (which must do no I/O). Built on the first request instead, a bad setting (a
+    verification key that is no key) answered every request with a 500 while the
+    server ran on; now the server fails to start, with the SettingsError naming it."""
+    if name == "application":
+        return _default_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
@@ -100,9 +106,10 @@ class QuietHandler(WSGIRequestHandler):
         logger.info("%s " + format, self.address_string(), *args)
 
 
-def serve(host: str, port: int, settings: Settings | None = None) -> None:
-    """Serve the endpoints until interrupted (``outreach serve --host --port``)."""
-    app = make_app(settings)
+def serve(host: str, port: int, app: OutreachWSGI | None = None) -> None:
+    """Serve ``app`` (default: the one for the environment's settings) until
+    interrupted (``outreach serve --host --port``)."""
+    app = app or make_app()
     with make_server(host, port, app, ThreadingWSGIServer, QuietHandler) as server:
         logger.info("Serving webhooks and unsubscribe links on http://%s:%d", host, port)
         server.serve_forever()

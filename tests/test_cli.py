@@ -234,6 +234,35 @@ def test_a_port_in_use_is_a_one_line_error(outreach) -> None:
     assert f"cannot listen on 127.0.0.1:{port}" in output
 
 
+def test_serve_with_a_webhook_key_that_is_no_key_stops_before_serving(data_dir: Path) -> None:
+    configure(make_settings(data_dir, sendgrid_webhook_public_key="not-a-key"))
+    try:
+        assert CliRunner().invoke(main, ["db", "init"]).exit_code == 0
+        result = CliRunner().invoke(main, ["serve", "--port", "0"], catch_exceptions=False)
+    finally:
+        configure(None)
+    assert result.exit_code == 1
+    assert "OUTREACH_SENDGRID_WEBHOOK_PUBLIC_KEY" in result.output
+    assert "serving" not in result.output and "Traceback" not in result.output
+
+
+def test_a_wsgi_server_with_a_bad_setting_fails_at_start_not_at_each_request(data_dir: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    environment = {**os.environ, "OUTREACH_DATA_DIR": str(data_dir), "OUTREACH_BROKER_URL": "stub://",
+                   "OUTREACH_DATABASE_URL": f"sqlite:///{data_dir / 'outreach.db'}"}
+    # What gunicorn does with outreach_actors.wsgi:application when a worker starts.
+    lookup = "import outreach_actors.wsgi as module; print(callable(getattr(module, 'application')))"
+    bad = subprocess.run([sys.executable, "-c", lookup], capture_output=True, text=True, timeout=60,
+                         env={**environment, "OUTREACH_SENDGRID_WEBHOOK_PUBLIC_KEY": "not-a-key"})
+    assert bad.returncode != 0 and "OUTREACH_SENDGRID_WEBHOOK_PUBLIC_KEY" in bad.stderr
+    good = subprocess.run([sys.executable, "-c", lookup], capture_output=True, text=True, timeout=60,
+                          env={**environment, "OUTREACH_SENDGRID_WEBHOOK_ALLOW_UNSIGNED": "true"})
+    assert good.returncode == 0 and good.stdout.strip() == "True", good.stderr
+
+
 def test_a_database_nobody_answers_is_a_one_line_error(data_dir: Path) -> None:
     configure(make_settings(data_dir, database_url="postgresql://postgres@127.0.0.1:1/none"))
     try:
