@@ -342,6 +342,31 @@ def stats(plan_name: str | None, tenant: str | None, as_json: bool) -> None:
     console.print(funnel_table(rows))
 
 
+@main.command()
+@click.option("--plan", "plan_name", default=None)
+@_tenant_option(required=False)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def failures(plan_name: str | None, tenant: str | None, limit: int, as_json: bool) -> None:
+    """Contacts whose enrollment failed, newest first, with why (the `failed` of stats)."""
+    from .stats import failures as failed_enrollments
+
+    _open_database()
+    rows = failed_enrollments(plan_name=plan_name, tenant_id=tenant, limit=limit)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        console.print("no failed enrollments")
+        return
+    keys = ["at", "tenant", "plan", "node", "contact"] if len({r["tenant"] for r in rows}) > 1 \
+        else ["at", "plan", "node", "contact"]
+    table = Table(*keys, "reason")
+    for row in rows:
+        table.add_row(*(row[key] for key in keys), row["reason"])
+    console.print(table)
+
+
 def funnel_table(rows: list[dict]) -> Table:
     from .stats import FUNNEL_COLUMNS
 

@@ -7,7 +7,15 @@ from collections import defaultdict
 
 from peewee import fn
 
-from .models import Enrollment, MessageEvent, NodeVisit, OutboundMessage, Plan
+from .models import (
+    Contact,
+    Enrollment,
+    MessageEvent,
+    NodeVisit,
+    OutboundMessage,
+    Plan,
+    ScheduledAction,
+)
 
 # entered: visits of the node; active: contacts there now; exited: contacts whose
 # enrollment ended there (completed or exited); failed: ended there by a failure (a
@@ -88,3 +96,43 @@ def _node_order(plans) -> dict[Key, int]:
         for index, node in enumerate(plan.definition.get("nodes", {})):
             order.setdefault((plan.tenant_id, plan.name, node), index)
     return order
+
+
+def failures(*, plan_name: str | None = None, tenant_id: str | None = None,
+             limit: int = 50) -> list[dict]:
+    """The enrollments that ended in failure, newest first, each with why: the error of
+    its failed send (SendGrid's answer, a sender that is not verified, an unconfirmed
+    ambiguous send), or why its email could not be rendered."""
+    query = (
+        Enrollment.select(Enrollment.id, Enrollment.updated_at, Enrollment.tenant, Plan.name,
+                          Enrollment.current_node, Contact.email)
+        .join(Plan).switch(Enrollment).join(Contact)
+        .where(Enrollment.status == Enrollment.FAILED)
+        .order_by(Enrollment.updated_at.desc(), Enrollment.id.desc())
+        .limit(limit)
+    )
+    if plan_name:
+        query = query.where(Plan.name == plan_name)
+    if tenant_id:
+        query = query.where(Enrollment.tenant == tenant_id)
+    rows = list(query.tuples())
+    ids = [row[0] for row in rows]
+    reasons: dict[int, str] = {}
+    # An enrollment fails once: by its send, or by its render (the action's result).
+    for enrollment_id, error in (
+        OutboundMessage.select(OutboundMessage.enrollment, OutboundMessage.error)
+        .where(OutboundMessage.enrollment.in_(ids), OutboundMessage.status == OutboundMessage.FAILED)
+        .tuples()
+    ):
+        reasons[enrollment_id] = error or ""
+    for enrollment_id, result in (
+        ScheduledAction.select(ScheduledAction.enrollment, ScheduledAction.result)
+        .where(ScheduledAction.enrollment.in_(ids), ScheduledAction.status == ScheduledAction.FAILED)
+        .tuples()
+    ):
+        reasons.setdefault(enrollment_id, result or "")
+    return [
+        {"at": at.isoformat(sep=" ", timespec="seconds"), "tenant": tenant, "plan": plan,
+         "node": node, "contact": email, "reason": reasons.get(enrollment_id, "")}
+        for enrollment_id, at, tenant, plan, node, email in rows
+    ]

@@ -247,10 +247,6 @@ def test_serve_with_a_webhook_key_that_is_no_key_stops_before_serving(data_dir: 
 
 
 def test_a_wsgi_server_with_a_bad_setting_fails_at_start_not_at_each_request(data_dir: Path) -> None:
-    import os
-    import subprocess
-    import sys
-
     environment = {**os.environ, "OUTREACH_DATA_DIR": str(data_dir), "OUTREACH_BROKER_URL": "stub://",
                    "OUTREACH_DATABASE_URL": f"sqlite:///{data_dir / 'outreach.db'}"}
     # What gunicorn does with outreach_actors.wsgi:application when a worker starts.
@@ -261,6 +257,36 @@ def test_a_wsgi_server_with_a_bad_setting_fails_at_start_not_at_each_request(dat
     good = subprocess.run([sys.executable, "-c", lookup], capture_output=True, text=True, timeout=60,
                           env={**environment, "OUTREACH_SENDGRID_WEBHOOK_ALLOW_UNSIGNED": "true"})
     assert good.returncode == 0 and good.stdout.strip() == "True", good.stderr
+
+
+def test_failures_lists_failed_contacts_with_why(outreach, standin) -> None:
+    import json
+
+    from outreach_actors import delivery, engine
+    from outreach_actors.providers.sendgrid import SendGridClient
+
+    from .conftest import STANDIN_API_KEY
+    from .factories import load_plan, make_tenant
+
+    assert "no failed enrollments" in outreach("failures").output
+    make_tenant()
+    load_plan()
+    # Ada has no first_name, which the intro's subject needs: her render fails.
+    for email, fields in [("ada@example.com", None), ("bob@example.com", {"first_name": "Bob"})]:
+        enrollment = engine.enroll("acme", email, "onboarding", fields=fields)
+        action = models.ScheduledAction.get(models.ScheduledAction.enrollment == enrollment)
+        message_id = delivery.render_action(action.id)
+    # Bob's send is refused for good.
+    standin.fail_next(400, body={"errors": [{"message": "The from address does not match a "
+                                                        "verified Sender Identity.", "field": "from"}]})
+    delivery.send_message(message_id, SendGridClient(STANDIN_API_KEY, standin.host, 5))
+    rows = json.loads(outreach("failures", "--json").output)
+    assert [(row["contact"], row["node"]) for row in rows] == [
+        ("bob@example.com", "intro"), ("ada@example.com", "intro")]
+    assert "does not match a verified Sender Identity" in rows[0]["reason"]
+    assert "first_name" in rows[1]["reason"]
+    assert "bob@example.com" in outreach("failures", "--plan", "onboarding").output
+    assert json.loads(outreach("failures", "--tenant", "other", "--json").output) == []
 
 
 def test_a_database_nobody_answers_is_a_one_line_error(data_dir: Path) -> None:
