@@ -49,11 +49,19 @@ def test_enrolling_twice_is_refused_unless_the_plan_allows_reentry(acme) -> None
 
 
 @pytest.mark.parametrize("address", ["", "no-at-sign", "a@b", "x@example.com\r\nBcc: evil@x.com",
-                                     "two@@example.com"])
+                                     "two@@example.com",
+                                     # Addresses every send would refuse (SendGrid takes no
+                                     # Unicode local part), so no contact is stored for them.
+                                     "josé@exämple.com", "ada..b@example.com", "ada@example.123"])
 def test_bad_addresses_are_refused(acme, address: str) -> None:
     with pytest.raises(engine.EnrollmentError, match="not a valid email address"):
         engine.enroll("acme", address, "onboarding")
     assert Enrollment.select().count() == 0
+
+
+def test_an_international_domain_is_enrolled_as_written(acme) -> None:
+    enrollment = engine.enroll("acme", "Ada@Bücher.example", "onboarding")
+    assert enrollment.contact.email == "ada@bücher.example"  # sent in IDNA form
 
 
 def test_unknown_plan_and_tenant_are_clear_errors(acme) -> None:

@@ -35,6 +35,7 @@ from sendgrid.helpers.mail import (
 )
 from sendgrid.helpers.mail.exceptions import ApiKeyIncludedException
 
+from ..addresses import sendable_address
 from ..settings import Settings, SettingsError
 from .keepalive import KeptAliveConnections, RequestNotSent
 
@@ -98,17 +99,6 @@ class SendOutcome:
     retry_after_s: float | None = None
 
 
-# Addresses: the email-validator library is not a dependency of this project, so the
-# check is written here and is deliberately strict: an RFC 5322 dot-atom local part
-# in ASCII, at most 64 characters, and a domain of at least two LDH labels whose last
-# label is not numeric. SendGrid refuses Unicode in addresses ("501 Recipient syntax
-# error"), so a non-ASCII domain is sent in its IDNA (punycode) form and a non-ASCII
-# local part is refused. Quoted local parts and address literals ([192.0.2.1]) are
-# refused too: SendGrid does not send to address literals, and neither belongs in an
-# outreach list.
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LOCAL_PART = re.compile(rf"{_ATOM}(?:\.{_ATOM})*\Z")
-_DOMAIN_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
 _LINE_BREAK = re.compile(r"[\r\n\x00]")
 # RFC 5322 field names: printable ASCII except the colon.
 _HEADER_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+\Z")
@@ -126,18 +116,10 @@ def validate_address(value: object, field_name: str = "address") -> str:
     if not isinstance(value, str) or not value:
         raise InvalidEmail(field_name, "is empty; an email address is required")
     _refuse_line_breaks(value, field_name)
-    local, at, domain = value.rpartition("@")
-    problem = f"{value!r} is not a valid email address"
-    if not at or len(value) > 254 or len(local) > 64 or not _LOCAL_PART.match(local):
-        raise InvalidEmail(field_name, problem)
     try:
-        ascii_domain = domain.encode("idna").decode("ascii")
-    except UnicodeError:
-        raise InvalidEmail(field_name, problem) from None
-    labels = ascii_domain.split(".")
-    if len(labels) < 2 or labels[-1].isdigit() or not all(map(_DOMAIN_LABEL.match, labels)):
-        raise InvalidEmail(field_name, problem)
-    return f"{local}@{ascii_domain}"
+        return sendable_address(value)
+    except ValueError as exc:
+        raise InvalidEmail(field_name, str(exc)) from None
 
 
 def _custom_args(email: OutgoingEmail) -> dict[str, str]:
