@@ -588,11 +588,24 @@ class TemplateRenderer:
         if not nested:
             # An included template may use its includer's variables: check names at the top only.
             problems += _unknown_name_problems(ast, known=CONTEXT_NAMES | env.globals.keys())
-        for included in meta.find_referenced_templates(ast):
-            if included is not None and included not in seen:
-                seen.add(included)
-                problems += self._check_file(included, seen=seen, nested=True)
+        for candidates, may_be_missing in _referenced_templates(ast):
+            # Jinja uses the first of a list that exists; `ignore missing` may find none.
+            found = next((name for name in candidates if self._exists(name)), None)
+            if found is None and not may_be_missing:
+                found = candidates[0]  # its check says it is not found
+            if found is not None and found not in seen:
+                seen.add(found)
+                problems += self._check_file(found, seen=seen, nested=True)
         return problems
+
+    def _exists(self, name: str) -> bool:
+        try:
+            self._html_env.loader.get_source(self._html_env, name)
+        except TemplateNotFound:
+            return False
+        except Exception:
+            return True  # there, but unusable: its check says why
+        return True
 
 
 def _join_limited(chunks: Iterator[str]) -> str:
@@ -618,9 +631,44 @@ def _private_attribute_problems(ast: nodes.Template) -> list[str]:
     return problems
 
 
+def _referenced_templates(ast: nodes.Template) -> Iterator[tuple[list[str], bool]]:
+    """Each template an extends, include or import names (a list: the candidates in
+    order), and whether it may be missing (``ignore missing``). Names computed at render
+    time are left out: only the render can check them."""
+    for node in ast.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)):
+        template = node.template
+        if isinstance(template, nodes.Const) and isinstance(template.value, str):
+            candidates = [template.value]
+        elif isinstance(template, nodes.Tuple | nodes.List) and all(
+                isinstance(item, nodes.Const) and isinstance(item.value, str) for item in template.items):
+            candidates = [item.value for item in template.items]
+        else:
+            continue
+        if candidates:
+            yield candidates, isinstance(node, nodes.Include) and node.ignore_missing
+
+
+def _top_level_names(ast: nodes.Template) -> set[str]:
+    """Names a template defines outside its blocks ({% set %}, {% import %}, {% from %},
+    {% macro %}). Jinja's find_undeclared_variables takes them for unknown inside the
+    blocks of a template that extends another, where the render has them."""
+    names: set[str] = set()
+    for node in ast.body:
+        if isinstance(node, nodes.Assign | nodes.AssignBlock):
+            names |= {name.name for name in [node.target, *node.target.find_all(nodes.Name)]
+                      if isinstance(name, nodes.Name)}
+        elif isinstance(node, nodes.Import):
+            names.add(node.target)
+        elif isinstance(node, nodes.FromImport):
+            names |= {alias if isinstance(alias, str) else alias[-1] for alias in node.names}
+        elif isinstance(node, nodes.Macro):
+            names.add(node.name)
+    return names
+
+
 def _unknown_name_problems(ast: nodes.Template, *, known: AbstractSet[str]) -> list[str]:
     problems = []
-    for unknown in sorted(meta.find_undeclared_variables(ast) - known):
+    for unknown in sorted(meta.find_undeclared_variables(ast) - known - _top_level_names(ast)):
         line = next(n.lineno for n in ast.find_all(nodes.Name) if n.name == unknown)
         problems.append(
             f"line {line}: unknown variable {unknown!r}; templates get {', '.join(sorted(CONTEXT_NAMES))}"

@@ -504,6 +504,39 @@ def test_check_template_follows_includes_and_extends(
     ]
 
 
+def test_check_template_accepts_what_renders_in_a_template_that_extends_another(
+    renderer: TemplateRenderer, templates_dir: Path
+) -> None:
+    (templates_dir / "base.html").write_text("<body>{% block content %}{% endblock %}</body>")
+    (templates_dir / "macros.j2").write_text(
+        "{% macro button(url, label) %}<a href='{{ url }}'>{{ label }}</a>{% endmacro %}")
+    (templates_dir / "footer.j2").write_text("<p>Bye {{ contact.first_name }}</p>")
+    (templates_dir / "child.html").write_text(
+        "{% extends 'base.html' %}{% import 'macros.j2' as m %}"
+        "{% from 'macros.j2' import button as b %}{% set cta = 'Go' %}"
+        "{% block content %}{{ m.button('/a', cta) }}{{ b('/b', 'Or') }}"
+        "{% include 'optional.j2' ignore missing %}{% include ['custom.j2', 'footer.j2'] %}"
+        "{% endblock %}")
+
+    # Each of these was refused (unknown variable, template not found), yet renders.
+    assert renderer.check_template(subject="Hi", template="child.html", body=None) == []
+    rendered = renderer.render_email(subject="Hi", template="child.html", body=None,
+                                     context=make_context(first_name="Ada"))
+    assert rendered.html == "<body><a href='/a'>Go</a><a href='/b'>Or</a><p>Bye Ada</p></body>"
+
+
+def test_check_template_reports_a_list_of_includes_none_of_which_exists(
+    renderer: TemplateRenderer, templates_dir: Path
+) -> None:
+    (templates_dir / "child.html").write_text(
+        "{% include ['custom.j2', 'fallback.j2'] %}{{ cta }}{% include 'optional.j2' ignore missing %}")
+
+    assert renderer.check_template(subject="Hi", template="child.html", body=None) == [
+        "line 1: unknown variable 'cta'; templates get contact, node, plan, tenant, unsubscribe_url",
+        f"custom.j2: template 'custom.j2' not found in {templates_dir.resolve()}",
+    ]
+
+
 def test_check_template_survives_include_cycles(
     renderer: TemplateRenderer, templates_dir: Path
 ) -> None:
