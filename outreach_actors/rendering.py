@@ -498,7 +498,8 @@ class TemplateRenderer:
             raise RenderError("the rendered subject is empty", node=node, field="subject")
         if template is not None:
             html = self._render(
-                lambda: self._html_env.get_template(template), context, node=node, field="template"
+                lambda: self._html_env.get_template(template), context, node=node, field="template",
+                own=template,
             )
         else:
             html = self._render(lambda: self._compile_html(body), context, node=node, field="body")
@@ -511,21 +512,23 @@ class TemplateRenderer:
         *,
         node: str | None,
         field: str,
+        own: str | None = None,
     ) -> str:
+        """The output of the template ``load`` gives (``own``: its file's name, if any)."""
         budget = _loop_turns.set([0])
         try:
             return _join_limited(load().generate(context))
         except RenderError as exc:  # from our loader or operator guards
-            line = exc.line or _template_line(exc)
-            raise RenderError(exc.reason, node=node, field=field, line=line) from exc
+            where, line = _template_place(exc, field, self.templates_dir)
+            raise RenderError(exc.reason, node=node, field=where, line=exc.line or line) from exc
         except TemplateSyntaxError as exc:
+            where = field if exc.name in (None, own) else f"{field}, in {exc.name}"
             raise RenderError(
-                exc.message or str(exc), node=node, field=field, line=exc.lineno
+                exc.message or str(exc), node=node, field=where, line=exc.lineno
             ) from exc
         except Exception as exc:  # template code can raise anything: 1/0, 'a' + 1, ...
-            raise RenderError(
-                _describe(exc), node=node, field=field, line=_template_line(exc)
-            ) from exc
+            where, line = _template_place(exc, field, self.templates_dir)
+            raise RenderError(_describe(exc), node=node, field=where, line=line) from exc
         finally:
             _loop_turns.reset(budget)
 
@@ -682,10 +685,12 @@ def _node_name(context: Mapping[str, Any]) -> str | None:
 
 
 def _describe(exc: Exception) -> str:
-    if isinstance(exc, UndefinedError):
+    if isinstance(exc, UndefinedError) and ("dict object" in str(exc) or "is undefined" in str(exc)):
+        # A missing key of contact (or tenant, plan, node), or a name: usually a contact
+        # field that some contacts lack, or a typo.
         return (
-            f"{exc}; for a value some contacts lack, give a fallback such as "
-            '{{ contact.nickname | default("there", true) }}'
+            f"{exc}; check the name, and for a contact field some contacts lack give a "
+            'fallback such as {{ contact.nickname | default("there", true) }}'
         )
     if isinstance(exc, MemoryError):
         return "the template needed more memory than is available"
@@ -693,12 +698,19 @@ def _describe(exc: Exception) -> str:
     return message if isinstance(exc, TemplateError) else f"{message} ({type(exc).__name__})"
 
 
-def _template_line(exc: BaseException) -> int | None:
-    """Return the template line of an error raised while rendering, if Jinja recorded one."""
-    line, tb = None, exc.__traceback__
+def _template_place(exc: BaseException, field: str, root: Path) -> tuple[str, int | None]:
+    """Where a render error was raised, if Jinja recorded it: ``field``, naming the
+    template file (relative to ``root``) when the error is in another one than the
+    field's own (one it includes or extends), and the line."""
+    files, line, tb = [], None, exc.__traceback__
     while tb is not None:
-        # Jinja rewrites the traceback so template frames carry this global and the template line.
+        # Jinja rewrites the traceback so template frames carry this global, the
+        # template's file and its line.
         if "__jinja_exception__" in tb.tb_frame.f_globals:
+            files.append(tb.tb_frame.f_code.co_filename)
             line = tb.tb_lineno
         tb = tb.tb_next
-    return line
+    if not files or files[-1] == files[0]:
+        return field, line
+    path = Path(files[-1])
+    return f"{field}, in {path.relative_to(root) if path.is_relative_to(root) else path.name}", line

@@ -283,6 +283,31 @@ def test_missing_included_template_is_a_render_error(renderer: TemplateRenderer)
         render_body(renderer, "{% include 'footer.html' %}")
 
 
+def test_an_error_in_an_included_template_names_that_template(
+    renderer: TemplateRenderer, templates_dir: Path
+) -> None:
+    (templates_dir / "intro.html").write_text("<p>Hi</p>\n{% include 'parts/footer.j2' %}")
+    (templates_dir / "parts").mkdir()
+    (templates_dir / "parts" / "footer.j2").write_text("<p>\n{{ contact.company }}\n</p>")
+    with pytest.raises(RenderError) as error:
+        renderer.render_email(subject="Hi", template="intro.html", body=None,
+                              context=make_context(first_name="Ada"))
+    assert str(error.value).startswith(
+        "node 'intro', template, in parts/footer.j2, line 2: 'dict object' has no attribute 'company'")
+    (templates_dir / "intro.html").write_text("<p>Hi</p>\n{{ contact.company }}")
+    with pytest.raises(RenderError, match="^node 'intro', template, line 2: 'dict object'"):
+        renderer.render_email(subject="Hi", template="intro.html", body=None,
+                              context=make_context(first_name="Ada"))
+
+
+def test_the_fallback_hint_is_given_only_for_a_missing_name_or_field(renderer: TemplateRenderer) -> None:
+    with pytest.raises(RenderError, match="give a fallback such as"):
+        render_body(renderer, "{{ contact.nickname.upper() }}")
+    with pytest.raises(RenderError) as error:
+        render_body(renderer, "{{ 'text'.strftime('%Y') }}")
+    assert "has no attribute 'strftime'" in str(error.value) and "fallback" not in str(error.value)
+
+
 # -- the sandbox ------------------------------------------------------------------------
 
 PRIVATE_ATTRIBUTE_ESCAPES = [
