@@ -194,6 +194,35 @@ def plan_list(tenant: str | None) -> None:
 # --- senders -----------------------------------------------------------------------
 
 @main.group()
+def tenant() -> None:
+    """Name tenants (what templates show as tenant.name) and list them."""
+
+
+@tenant.command("name")
+@click.argument("tenant_id", callback=_tenant_id)
+@click.argument("name")
+def tenant_name(tenant_id: str, name: str) -> None:
+    """Set the display name of TENANT_ID (created if new; it starts as its id)."""
+    name = name.strip()
+    if not name or not name.isprintable() or len(name) > models.Tenant.name.max_length:
+        _fail(f"a tenant name is 1 to {models.Tenant.name.max_length} printable characters")
+    _open_database()
+    row, created = models.Tenant.get_or_create(id=tenant_id, defaults={"name": name})
+    if not created:
+        models.Tenant.update(name=name).where(models.Tenant.id == tenant_id).execute()
+    console.print(f"tenant {tenant_id}: {name}", highlight=False, markup=False)
+
+
+@tenant.command("list")
+def tenant_list() -> None:
+    _open_database()
+    table = Table("tenant", "name")
+    for row in models.Tenant.select().order_by(models.Tenant.id):
+        table.add_row(row.id, row.name)
+    console.print(table)
+
+
+@main.group()
 def sender() -> None:
     """Manage sender identities (the From addresses SendGrid has verified)."""
 
@@ -280,6 +309,7 @@ def enroll(plan_name: str, tenant: str, csv_path: Path) -> None:
               help="Where to write the HTML (default: ./preview-<node>.html).")
 def preview(plan_name: str, tenant: str, node: str, email: str, out: Path | None) -> None:
     """Render one node for one contact: subject and text here, the HTML to a file."""
+    from .delivery import email_context
     from .engine import EnrollmentError, latest_plan, plan_for
     from .rendering import RenderError, TemplateRenderer
     from .unsubscribe import unsubscribe_url
@@ -295,23 +325,23 @@ def preview(plan_name: str, tenant: str, node: str, email: str, out: Path | None
         _fail(f"plan {plan_name!r} has no email node {node!r}; email nodes: {', '.join(emails)}")
     contact = models.Contact.get_or_none(models.Contact.tenant == tenant,
                                          models.Contact.email == email.lower())
-    fields = dict(contact.fields or {}) if contact else {}
+    if contact is None:
+        console.print(f"[yellow]{email} is not a contact of {tenant}: rendered with no fields[/yellow]")
     settings = get_settings()
     spec = parsed.nodes[node]
     try:
         rendered = TemplateRenderer(Path(settings.templates_dir)).render_email(
             subject=spec.subject or "", template=spec.template, body=spec.body,
-            context={
-                "contact": {**fields, "email": email.lower(),
-                            "timezone": contact.timezone if contact else None},
-                "tenant": {"id": tenant, "name": tenant},
-                "plan": {"name": parsed.name, "version": row.version},
-                "node": {"name": node},
-                # Signed with a throwaway secret: a preview's link must not unsubscribe anyone.
-                "unsubscribe_url": unsubscribe_url(settings.model_copy(update={
+            context=email_context(
+                fields=contact.fields if contact else None, email=email.lower(),
+                timezone=contact.timezone if contact else None, tenant_id=tenant,
+                tenant_name=row.tenant.name, plan_name=parsed.name, plan_version=row.version,
+                node=node,
+                # A throwaway secret: a preview's link must not unsubscribe anyone.
+                unsubscribe=unsubscribe_url(settings.model_copy(update={
                     "secret_key": secrets.token_urlsafe(32), "secret_key_fallbacks": []}),
                     tenant, email.lower(), "preview"),
-            },
+            ),
         )
     except RenderError as exc:
         _fail(str(exc))

@@ -357,14 +357,10 @@ def render_for_send(action_id: int, *, settings: Settings | None = None,
 
     message_id = new_message_id()
     unsubscribe = unsubscribe_url(settings, facts.tenant_id, facts.contact_email, message_id)
-    context = {
-        "contact": {**(facts.contact_fields or {}), "email": facts.contact_email,
-                    "timezone": facts.contact_timezone},
-        "tenant": {"id": facts.tenant_id, "name": facts.tenant_name or facts.tenant_id},
-        "plan": {"name": plan.name, "version": facts.plan_version},
-        "node": {"name": facts.node},
-        "unsubscribe_url": unsubscribe,
-    }
+    context = email_context(
+        fields=facts.contact_fields, email=facts.contact_email, timezone=facts.contact_timezone,
+        tenant_id=facts.tenant_id, tenant_name=facts.tenant_name, plan_name=plan.name,
+        plan_version=facts.plan_version, node=facts.node, unsubscribe=unsubscribe)
     try:
         rendered = renderer_for(Path(settings.templates_dir)).render_email(
             subject=node.subject or "", template=node.template, body=node.body, context=context,
@@ -411,6 +407,19 @@ def render_for_send(action_id: int, *, settings: Settings | None = None,
         facts.tenant_id, sender_email, facts.contact_email,
         Tenant.rate_limits.python_value(facts.tenant_rate_limits), sender_overrides,
     ), now)
+
+
+def email_context(*, fields: dict | None, email: str, timezone: str | None, tenant_id: str,
+                  tenant_name: str | None, plan_name: str, plan_version: int, node: str,
+                  unsubscribe: str) -> dict:
+    """What a template sees (README, "Templates"); the send's and the preview's."""
+    return {
+        "contact": {**(fields or {}), "email": email, "timezone": timezone},
+        "tenant": {"id": tenant_id, "name": tenant_name or tenant_id},
+        "plan": {"name": plan_name, "version": plan_version},
+        "node": {"name": node},
+        "unsubscribe_url": unsubscribe,
+    }
 
 
 def _unstorable(*texts: str) -> str | None:

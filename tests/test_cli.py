@@ -94,6 +94,14 @@ def test_load_enroll_preview_and_stats(outreach, tmp_path: Path) -> None:
     token = html.read_text().split("/unsubscribe/", 1)[1].split('"', 1)[0]
     with pytest.raises(InvalidUnsubscribeToken):
         read_token(get_settings(), token)
+    # The tenant's name, as the send renders it; a stranger is said to be one.
+    assert "tenant acme: Acme Inc." in outreach("tenant", "name", "acme", "Acme Inc.").output
+    assert "Acme Inc." in outreach("tenant", "list").output
+    output = outreach("preview", "--plan", "onboarding", "--tenant", "acme", "--node", "intro",
+                      "--contact", "nobody@example.com", "--out", str(html)).output
+    assert "nobody@example.com is not a contact of acme: rendered with no fields" in output
+    assert "Acme Inc." in html.read_text()
+    assert "1 to 255 printable" in outreach("tenant", "name", "acme", "\t", expect=1).output
     assert "no email node 'stop'" in outreach(
         "preview", "--plan", "onboarding", "--tenant", "acme", "--node", "stop",
         "--contact", "ada@example.com", expect=1).output
