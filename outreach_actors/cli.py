@@ -267,7 +267,10 @@ def enroll(plan_name: str, tenant: str, csv_path: Path) -> None:
 
     _open_database()
     lines = _read_csv_rows(csv_path)
-    header = lines[0] if lines else []
+    # Spreadsheets write "Email" and pad cells: the two columns read here are matched
+    # whatever their case, and every name and value is stripped.
+    header = [name.strip() for name in lines[0]] if lines else []
+    header = [name.lower() if name.lower() in {"email", "timezone"} else name for name in header]
     if lines and "email" not in header:
         _fail(f"{csv_path}: no `email` column (columns: {', '.join(header)})")
     if len(set(header)) != len(header):
@@ -283,6 +286,7 @@ def enroll(plan_name: str, tenant: str, csv_path: Path) -> None:
             if len(cells) > len(header):  # the extra cells have no column: they would be lost
                 problems.append(f"line {line}: {len(cells)} cells for {len(header)} columns")
                 continue
+            cells = [cell.strip() for cell in cells]
             row = dict(zip(header, cells + [""] * (len(header) - len(cells)), strict=True))
             fields = {k: v for k, v in row.items() if k and k not in {"email", "timezone"}}
             try:

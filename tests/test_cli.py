@@ -267,6 +267,17 @@ def test_a_wsgi_server_with_a_bad_setting_fails_at_start_not_at_each_request(dat
     assert good.returncode == 0 and good.stdout.strip() == "True", good.stderr
 
 
+def test_a_spreadsheet_export_is_read_as_meant(outreach, tmp_path: Path) -> None:
+    outreach("plan", "load", str(TEMPLATES / "onboarding.yaml"), "--tenant", "acme")
+    contacts = tmp_path / "export.csv"
+    contacts.write_text(" Email ,first_name, TimeZone\n  ada@example.com ,  Ada , Europe/Paris \n")
+    assert "enrolled 1 of 1 rows" in outreach(
+        "enroll", "--plan", "onboarding", "--tenant", "acme", "--csv", str(contacts)).output
+    contact = models.Contact.get()
+    assert (contact.email, contact.fields, contact.timezone) == (
+        "ada@example.com", {"first_name": "Ada"}, "Europe/Paris")
+
+
 def test_failures_lists_failed_contacts_with_why(outreach, standin) -> None:
     import json
 
