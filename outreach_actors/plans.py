@@ -202,6 +202,9 @@ def _printable_name(value: str, info: ValidationInfo) -> str:
         return value
     if not value or len(value) > MAX_NAME_LENGTH or not value.isprintable():
         raise ValueError(f"name {_ECHO.repr(value)} must be 1 to {MAX_NAME_LENGTH} printable characters")
+    if value != value.strip():
+        # Nobody types them back: `--plan padded` would not find ' padded '.
+        raise ValueError(f"name {_ECHO.repr(value)} starts or ends with a space")
     return value
 
 

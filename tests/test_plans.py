@@ -109,6 +109,7 @@ def test_an_omitted_after_on_no_open_is_allowed_and_uses_the_default() -> None:
          "sender: 'sales@acme.c"),
         (("start: intro\n", "start: intro\nsender: sales\n"), "sender: 'sales' is not an email address"),
         (('start: "09:00"', "start: 9"), 'send_window.start: expected a time of day such as "09:00"'),
+        (("name: onboarding", 'name: " onboarding "'), "name: name ' onboarding ' starts or ends with a space"),
         (('body: "<p>Hi</p>"', 'body: "  "'), "nodes.bump.body: is empty; an email needs a body"),
         (('end: "17:00"', 'end: "17:00+02:00"'),
          "send_window.end: expected a time of day such as \"09:00\" or \"17:30\" (no offset: the "
