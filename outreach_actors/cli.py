@@ -514,9 +514,11 @@ def webhooks_replay(delivery_id: int) -> None:
 @webhooks.command("list")
 @click.option("--status", default=None,
               type=click.Choice(["received", "processed", "failed"]))
-def webhooks_list(status: str | None) -> None:
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+def webhooks_list(status: str | None, limit: int) -> None:
+    """The newest deliveries (`webhooks show ID` has one in full)."""
     _open_database()
-    query = models.WebhookDelivery.select().order_by(models.WebhookDelivery.id.desc()).limit(50)
+    query = models.WebhookDelivery.select().order_by(models.WebhookDelivery.id.desc()).limit(limit)
     if status:
         query = query.where(models.WebhookDelivery.status == status)
     table = Table("id", "received", "status", "bytes", "error")
@@ -524,6 +526,29 @@ def webhooks_list(status: str | None) -> None:
         table.add_row(str(row.id), row.received_at.isoformat(timespec="seconds"), row.status,
                       str(len(row.body)), (row.error or "")[:80])
     console.print(table)
+
+
+@webhooks.command("show")
+@click.argument("delivery_id", type=int)
+@click.option("--body", "raw_body", is_flag=True, help="Print the raw body as received, only.")
+def webhooks_show(delivery_id: int, raw_body: bool) -> None:
+    """One delivery in full: its state, whole error, headers and events stored."""
+    _open_database()
+    row = models.WebhookDelivery.get_or_none(models.WebhookDelivery.id == delivery_id)
+    if row is None:
+        _fail(f"no webhook delivery {delivery_id}")
+    if raw_body:
+        click.echo(bytes(row.body), nl=False)
+        return
+    events = models.MessageEvent.select().where(models.MessageEvent.delivery == delivery_id).count()
+    for label, value in [
+        ("id", row.id), ("received", row.received_at.isoformat(timespec="seconds")),
+        ("status", row.status), ("attempts", row.attempts),
+        ("processed", row.processed_at.isoformat(timespec="seconds") if row.processed_at else ""),
+        ("bytes", len(row.body)), ("events stored", events),
+        ("headers", json.dumps(row.headers, sort_keys=True)), ("error", row.error or ""),
+    ]:
+        console.print(f"{label}: {value}", highlight=False, markup=False, soft_wrap=True)
 
 
 @main.command()

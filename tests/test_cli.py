@@ -142,6 +142,21 @@ def test_webhooks_replay_requeues_a_stored_delivery(outreach) -> None:
     assert "no webhook delivery 999" in outreach("webhooks", "replay", "999", expect=1).output
 
 
+def test_webhooks_show_has_one_delivery_in_full(outreach) -> None:
+    error = "body is not valid JSON (Expecting value at line 1 column 1); " + "x" * 200
+    delivery = models.WebhookDelivery.create(body=b"not json", status="failed", error=error,
+                                             headers={"user-agent": "SendGrid Event API"})
+    output = outreach("webhooks", "show", str(delivery.id)).output
+    assert "status: failed" in output and "events stored: 0" in output
+    assert error in output.replace("\n", "")  # the whole error, not 80 characters of it
+    assert "SendGrid Event API" in output
+    assert outreach("webhooks", "show", str(delivery.id), "--body").output == "not json"
+    assert "no webhook delivery 999" in outreach("webhooks", "show", "999", expect=1).output
+    for _ in range(3):
+        models.WebhookDelivery.create(body=b"[]")
+    assert outreach("webhooks", "list", "--limit", "2").output.count("│ received │") == 2
+
+
 def test_commands_say_when_the_schema_is_missing(data_dir: Path) -> None:
     configure(make_settings(data_dir, database_url=f"sqlite:///{data_dir / 'empty.db'}"))
     try:
