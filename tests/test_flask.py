@@ -69,6 +69,20 @@ def test_signed_webhook_is_stored(app, key) -> None:
     assert bytes(WebhookDelivery.get().body) == SAMPLE_BODY
 
 
+def test_a_webhook_whose_body_the_host_app_read_first_is_stored(app, key) -> None:
+    seen = []
+
+    @app.before_request
+    def log_body():  # as request-logging middleware does
+        seen.append(request.get_data())
+
+    response = app.test_client().post(
+        "/webhooks/sendgrid", data=SAMPLE_BODY, headers=signed_headers(key, SAMPLE_BODY)
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert seen == [SAMPLE_BODY] and bytes(WebhookDelivery.get().body) == SAMPLE_BODY
+
+
 def test_unsigned_or_forged_webhook_gets_403_and_get_405(app) -> None:
     client = app.test_client()
     assert client.post("/webhooks/sendgrid", data=SAMPLE_BODY).status_code == 403
