@@ -454,6 +454,17 @@ def counts_for_plans(event_type: str, data: dict[str, Any] | None) -> bool:
     return not (event_type == "clicked" and data.get(UNSUBSCRIBE_LINK))
 
 
+def uncounted_events() -> peewee.Expression:
+    """The MessageEvent rows counts_for_plans leaves out, as a condition for queries
+    that count (stats). The flags are matched in the JSON text ingest stores."""
+    uncounted = (MessageEvent.type == "clicked") & MessageEvent.data.contains(
+        f'"{UNSUBSCRIBE_LINK}": true')
+    if not get_settings().machine_opens_are_engagement:
+        uncounted |= (MessageEvent.type == "opened") & MessageEvent.data.contains(
+            '"machine_open": true')
+    return uncounted
+
+
 def engaged_timers(timers: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
     """Of (message id, ``no_open``/``no_click``) pairs, those whose awaited real event
     has arrived; one query for any number. Only engagement counts (counts_for_plans)."""

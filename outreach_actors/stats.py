@@ -7,6 +7,7 @@ from collections import defaultdict
 
 from peewee import fn
 
+from .engine import uncounted_events
 from .models import (
     Contact,
     Enrollment,
@@ -66,7 +67,10 @@ def funnel(*, plan_name: str | None = None, tenant_id: str | None = None) -> lis
         MessageEvent.select(*group, OutboundMessage.node, MessageEvent.type,
                             fn.COUNT(fn.DISTINCT(MessageEvent.message)))
         .join(OutboundMessage).join(Enrollment).join(Plan)
-        .where(Plan.id.in_(plan_ids), MessageEvent.type.in_(EVENT_COLUMNS))
+        # Opens and clicks as plans count them: no machine opens (unless the settings
+        # say so), no clicks on our own unsubscribe link.
+        .where(Plan.id.in_(plan_ids), MessageEvent.type.in_(EVENT_COLUMNS),
+               ~uncounted_events())
         .group_by(*group, OutboundMessage.node, MessageEvent.type)
     )
     for tenant, name, node, event_type, count in events.tuples():

@@ -51,3 +51,28 @@ def test_the_table_names_the_tenant_only_when_there_are_several() -> None:
     two = [*one, {"tenant": "globex", "plan": "p", "node": "intro", **row}]
     assert [c.header for c in funnel_table(one).columns][:2] == ["plan", "node"]
     assert [c.header for c in funnel_table(two).columns][:3] == ["tenant", "plan", "node"]
+
+
+def test_opens_and_clicks_are_counted_as_plans_count_them(db, data_dir) -> None:
+    from outreach_actors.settings import configure
+
+    from .conftest import make_settings
+
+    make_tenant("acme")
+    load_plan()
+    human, machine, unsubscriber = (
+        message(engine.enroll("acme", f"{name}@example.com", "onboarding"), "sent", name)
+        for name in ("human", "machine", "unsubscriber"))
+    for sent, kind, data in [(human, "opened", {"machine_open": False}),
+                             (human, "clicked", {"url": "https://acme.test/pricing"}),
+                             (machine, "opened", {"machine_open": True}),
+                             (unsubscriber, "clicked", {"url": "https://x/unsubscribe/t",
+                                                        "unsubscribe_link": True})]:
+        MessageEvent.create(message=sent, type=kind, event_key=f"{sent.id}:{kind}",
+                            occurred_at=utcnow(), data=data)
+
+    [intro] = [row for row in funnel() if row["node"] == "intro"]
+    assert (intro["opened"], intro["clicked"]) == (1, 1)
+    configure(make_settings(data_dir, machine_opens_are_engagement=True))
+    [intro] = [row for row in funnel() if row["node"] == "intro"]
+    assert (intro["opened"], intro["clicked"]) == (2, 1)
