@@ -155,15 +155,20 @@ class _Batch:
     )
     duplicates: int = 0
     waiting: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)  # kept without their message
     refused: list[str] = field(default_factory=list)
 
 
-def normalize_delivery(delivery_id: int, *, settings: Settings | None = None) -> IngestResult:
+def normalize_delivery(delivery_id: int, *, settings: Settings | None = None,
+                       last_attempt: bool = False) -> IngestResult:
     """Process one stored delivery; safe to run again (it finds its events already stored).
 
     Raises MessagesNotYetStored, after storing everything else, when events name
-    messages that do not exist yet; the caller retries and the delivery stays
-    ``failed`` with that error once retries run out (``outreach webhooks replay ID``).
+    messages that do not exist yet; the caller retries. On its ``last_attempt`` such
+    events are stored without a message, as events of mail that is not ours are: a
+    message row exists from its render on, before SendGrid hears of it, so one still
+    missing was purged, or was sent by another environment on the same SendGrid
+    account. They are counted in the delivery's note, which is then processed.
     """
     settings = settings or get_settings()
     delivery = WebhookDelivery.get_or_none(WebhookDelivery.id == delivery_id)
@@ -188,7 +193,7 @@ def normalize_delivery(delivery_id: int, *, settings: Settings | None = None) ->
 
     own_links = unsubscribe_link_prefix(settings)
     batch = _sort_batch([_flag_unsubscribe_click(event, own_links) for event in events], delivery,
-                        _find_messages(events))
+                        _find_messages(events), keep_unknown=last_attempt)
     try:
         with database_proxy.atomic():
             new_keys = _insert(batch.rows)
@@ -217,14 +222,16 @@ def normalize_delivery(delivery_id: int, *, settings: Settings | None = None) ->
         duplicates=batch.duplicates + len(batch.rows) - len(new_keys),
         waiting=len(batch.waiting),
         refused=len(batch.refused),
-        errors=errors + batch.refused + batch.waiting,
+        errors=errors + batch.refused + batch.waiting + batch.unknown,
     )
     summary = _summary(result.errors)
     if batch.waiting:
-        summary = (
-            f"{len(batch.waiting)} event(s) wait for their message and are retried "
-            f"(then `outreach webhooks replay {delivery_id}`): {summary}"
-        )
+        summary = f"{len(batch.waiting)} event(s) wait for their message and are retried: {summary}"
+    if batch.unknown:
+        logger.warning(
+            "Webhook delivery=%s: %d event(s) name messages this database does not have "
+            "(purged, or sent by another environment on the same SendGrid account); "
+            "stored without a message", delivery_id, len(batch.unknown))
     _finish(delivery_id, result.status, summary)
     logger.info(
         "Normalized delivery=%s stored=%d duplicates=%d waiting=%d refused=%d errors=%d",
@@ -326,6 +333,8 @@ def _sort_batch(
     events: list[NormalizedEvent],
     delivery: WebhookDelivery,
     messages: dict[str, dict[str, _Message]],
+    *,
+    keep_unknown: bool = False,
 ) -> _Batch:
     batch = _Batch()
     for event in events:
@@ -333,8 +342,11 @@ def _sort_batch(
             event.provider_message_id or ""
         )
         if message is None and event.message_id:
-            batch.waiting.append(f"event {event.event_key}: message {event.message_id} not found")
-            continue
+            if not keep_unknown:
+                batch.waiting.append(f"event {event.event_key}: message {event.message_id} not found")
+                continue
+            batch.unknown.append(f"event {event.event_key}: message {event.message_id} is not in "
+                                 "this database; stored without it")
         if message is not None and event.tenant and event.tenant != message.tenant:
             logger.warning(
                 "Refused event key=%s delivery=%s: tenant %r does not own message=%s",

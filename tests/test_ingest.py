@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime, timedelta
 
 import dramatiq
 import pytest
 
 from outreach_actors import engine, ingest, models
-from outreach_actors.actors.webhook import normalize_webhook
+from outreach_actors.actors.webhook import WEBHOOK_MAX_RETRIES, normalize_webhook
 from outreach_actors.models import (
     Enrollment,
     MessageEvent,
@@ -234,6 +235,47 @@ def test_an_event_for_a_message_not_yet_stored_is_retried_then_applied(db) -> No
     assert (result.status, result.stored, result.duplicates) == ("processed", 1, 1)
     assert WebhookDelivery.get_by_id(delivery_id).error is None
     assert reload(enrollment).current_node == "thanks"
+
+
+def test_on_the_last_attempt_events_of_messages_this_database_lacks_are_kept_without_them(db) -> None:
+    make_tenant("acme")
+    stray = {"event": "bounce", "email": "zed@example.com", "timestamp": 1763790500,
+             "sg_event_id": "stray-bounce", "outreach_message_id": "MSG-ELSEWHERE",
+             "outreach_tenant": "acme"}
+    delivery_id = store([stray])
+    with pytest.raises(ingest.MessagesNotYetStored):
+        ingest.normalize_delivery(delivery_id)
+    # Purged, or mailed by staging on the same SendGrid account: no retry finds it.
+    result = ingest.normalize_delivery(delivery_id, last_attempt=True)
+    assert (result.status, result.stored) == ("processed", 1)
+    event = MessageEvent.get(MessageEvent.event_key == "sg:stray-bounce")
+    assert (event.message_id, event.tenant, event.type) == (None, "acme", "bounced")
+    delivery = WebhookDelivery.get_by_id(delivery_id)
+    assert delivery.status == "processed" and "MSG-ELSEWHERE is not in this database" in delivery.error
+
+
+def test_the_actor_keeps_such_events_when_its_retries_run_out(settings, stub_broker, caplog) -> None:
+    rebind_actors(stub_broker, [normalize_webhook])
+    make_tenant("acme")
+    delivery_id = store([{"event": "open", "email": "zed@example.com", "timestamp": 1763790500,
+                          "sg_event_id": "stray-open", "outreach_message_id": "MSG-ELSEWHERE",
+                          "outreach_tenant": "acme"}])
+    worker = dramatiq.Worker(stub_broker, worker_timeout=50, worker_threads=1)
+    worker.start()
+    try:
+        with caplog.at_level(logging.WARNING):
+            # An attempt with retries left is retried, with a WARNING and no traceback.
+            normalize_webhook.send_with_options(args=(delivery_id,), retries=WEBHOOK_MAX_RETRIES - 1,
+                                                min_backoff=10, max_backoff=20)
+            stub_broker.join(normalize_webhook.queue_name)
+            worker.join()
+    finally:
+        worker.stop()
+    retried = [r for r in caplog.records if "wait for messages" in r.getMessage()]
+    assert len(retried) == 1 and retried[0].exc_info is None
+    assert "(attempt 10 of 11)" in retried[0].getMessage()
+    assert MessageEvent.get(MessageEvent.event_key == "sg:stray-open").message_id is None
+    assert WebhookDelivery.get_by_id(delivery_id).status == "processed"
 
 
 def test_events_found_by_sg_message_id_when_our_ids_are_missing(db) -> None:

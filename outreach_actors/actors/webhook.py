@@ -7,15 +7,17 @@ from __future__ import annotations
 import logging
 
 import dramatiq
+from dramatiq.middleware import CurrentMessage
 
 from .. import ingest, unsubscribe
 from ..settings import get_settings
 
 logger = logging.getLogger(__name__)
 
-# Retries cover events that arrive before their message row is committed (and a
-# database outage): about 40 minutes in all, after which the delivery stays
-# `failed` with its error until `outreach webhooks replay ID`.
+# Retries cover a database outage and events whose message is not found: about 40
+# minutes in all. Then a delivery that still fails stays `failed` with its error
+# until `outreach webhooks replay ID`, and events of messages still missing are
+# stored without them (see ingest.normalize_delivery).
 WEBHOOK_MAX_RETRIES = 10
 
 
@@ -28,7 +30,14 @@ WEBHOOK_MAX_RETRIES = 10
 )
 def normalize_webhook(delivery_id: int) -> None:
     """Normalize one delivery; running it twice stores and applies each event once."""
-    ingest.normalize_delivery(delivery_id)
+    message = CurrentMessage.get_current_message()
+    retries = message.options.get("retries", 0) if message else 0
+    try:
+        ingest.normalize_delivery(delivery_id, last_attempt=retries >= WEBHOOK_MAX_RETRIES)
+    except ingest.MessagesNotYetStored as exc:
+        # Expected, and retried: a WARNING, not an error with a traceback for Sentry.
+        logger.warning("%s (attempt %d of %d)", exc, retries + 1, WEBHOOK_MAX_RETRIES + 1)
+        raise dramatiq.Retry(str(exc)) from exc
 
 
 @dramatiq.actor(queue_name="webhooks", max_retries=WEBHOOK_MAX_RETRIES, min_backoff=5_000,
