@@ -329,12 +329,32 @@ def load_plan_text(text: str | bytes, *, source: str = "plan") -> dict[str, Any]
         # JSON is a subset of YAML 1.2, and safe_load builds only plain data.
         data = yaml.load(text, Loader=_PlanLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
-        raise PlanError([f"{source}: not valid YAML or JSON: {exc}"]) from None
+        raise PlanError([f"{source}: not valid YAML or JSON: {exc}{_yaml_hint(exc)}"]) from None
     except RecursionError:  # PyYAML composes nested collections recursively
         raise PlanError([f"{source}: nested too deeply to be a plan"]) from None
     if not isinstance(data, Mapping):
         raise PlanError([f"{source}: a plan must be a mapping with name, start and nodes"])
     return dict(data)
+
+
+# What PyYAML's messages mean for the mistakes plan authors make.
+_YAML_HINTS = [
+    ("found character '\\t'", "indent with spaces, not tabs"),
+    ("mapping values are not allowed here", 'a value holding ": " (a subject such as "Re: your '
+     'trial") must be in quotes'),
+    ("expected <block end>, but found", "a value that starts with {{, [ or { (a template such "
+     'as "{{ contact.first_name }}, welcome") must be in quotes'),
+    ("that cannot start any token", "a value that starts with @, ` or % must be in quotes"),
+    ("found undefined alias", "a value that starts with * must be in quotes"),
+]
+
+
+def _yaml_hint(exc: yaml.YAMLError) -> str:
+    problem = str(getattr(exc, "problem", "") or "")
+    for known, hint in _YAML_HINTS:
+        if known in problem:
+            return f"\n  hint: {hint}"
+    return ""
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
@@ -384,7 +404,8 @@ def _graph_errors(data: Mapping[str, Any], *, stored: bool = False) -> list[str]
         if node_type == "exit" and transitions:
             errors.append(f"{base}.transitions: an exit node has no transitions")
         if node_type in {"email", "wait"} and not transitions:
-            errors.append(f"{base}.transitions: a {node_type} node needs a way out (or use type: exit)")
+            article = "an" if node_type == "email" else "a"
+            errors.append(f"{base}.transitions: {article} {node_type} node needs a way out (or use type: exit)")
         if node_type == "email":
             if not node.get("subject"):
                 errors.append(f"{base}.subject: an email node needs a subject")

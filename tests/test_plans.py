@@ -157,6 +157,20 @@ def test_the_plan_and_node_categories_together_must_fit_sendgrid() -> None:
                                "categories; SendGrid takes at most 10"]
 
 
+@pytest.mark.parametrize(("change", "hint"), [
+    (('subject: "Did you see this?"', "subject: Re: did you see this?"), 'a value holding ": "'),
+    (('subject: "Welcome, {{ contact.first_name }}"', "subject: {{ contact.first_name }}, welcome"),
+     "a value that starts with {{, [ or {"),
+    (("    type: wait", "\ttype: wait"), "indent with spaces, not tabs"),
+    (('subject: "Did you see this?"', "subject: @you"), "a value that starts with @"),
+])
+def test_yaml_mistakes_people_make_get_a_hint(change: tuple[str, str], hint: str) -> None:
+    old, new = change
+    assert old in VALID
+    [error] = errors_of(VALID.replace(old, new))
+    assert error.startswith("plan: not valid YAML or JSON") and f"hint: {hint}" in error
+
+
 def test_colon_separated_digits_stay_text_in_a_plan() -> None:
     plan = validate_plan(VALID.replace('subject: "Did you see this?"', "subject: 10:30"))
     assert plan.node("bump").subject == "10:30"
