@@ -386,9 +386,12 @@ _CLEANED_ELEMENTS = lxml.etree.XPath(
     "//script | //style | //link | //meta | //applet | //param | //frameset | //frame"
     " | //noframes | //iframe | //embed | //layer | //object")
 # What a reader of the HTML never sees: the head, and elements hidden inline (the
-# preheader most email layouts carry) or by the ``hidden`` attribute.
+# preheader most email layouts carry, hidden one way or another, Outlook's own
+# mso-hide included) or by the ``hidden`` attribute.
 _MAYBE_HIDDEN = lxml.etree.XPath("//head | //*[@hidden] | //*[@style]")
-_DISPLAY_NONE = re.compile(r"(?:^|;)\s*display\s*:\s*none\b", re.IGNORECASE)
+_DISPLAY_NONE = re.compile(
+    r"(?:^|;)\s*(?:display\s*:\s*none|visibility\s*:\s*hidden|mso-hide\s*:\s*all"
+    r"|opacity\s*:\s*0(?:\.0*)?)\s*(?:!important\s*)?(?:;|$)", re.IGNORECASE)
 _LINKS = lxml.etree.XPath("//a[@href]")
 _LIST_ITEMS = lxml.etree.XPath("//li")
 _EARLIER_ITEMS = lxml.etree.XPath("preceding-sibling::li")
@@ -442,11 +445,14 @@ def _list_marker(item: Any) -> str:
 
 
 def _as_markdown_link(link: Any) -> None:
-    """Write ``<a href="url"><b>a</b> text</a>`` as ``[a text](url)`` in the tree."""
-    label = " ".join(link.text_content().split())
+    """Write ``<a href="url"><b>a</b> text</a>`` as ``[a text](url)`` in the tree; a
+    linked image by its alt text, a link that reads as its own URL as the URL alone."""
+    href = link.get("href")
+    label = " ".join(link.text_content().split()) or " ".join(
+        alt for image in link.iter("img") if (alt := " ".join((image.get("alt") or "").split())))
     for child in list(link):
         link.remove(child)  # the label holds their text, and their tails
-    link.text = f"[{label}]({link.get('href')})"
+    link.text = label if label in {href, href.removeprefix("mailto:")} else f"[{label}]({href})"
 
 
 class TemplateRenderer:

@@ -167,6 +167,22 @@ def test_text_alternative_reads_as_the_html_does() -> None:
     ]
 
 
+def test_text_alternative_of_what_email_layouts_do() -> None:
+    text = html_to_text(
+        '<span style="visibility:hidden; mso-hide:all">Preheader two</span>'
+        '<div style="color:#fff;opacity:0;">Preheader three</div>'
+        '<div style="opacity:0.5">Half visible</div>'
+        '<p><a href="https://acme.test/p"><img src="p.png" alt="Product  photo"></a></p>'
+        '<p>See <a href="https://acme.test/x">https://acme.test/x</a>, '
+        'or write to <a href="mailto:hi@acme.test">hi@acme.test</a></p>'
+    )
+
+    assert text.splitlines() == [
+        "Half visible", "", "[Product photo](https://acme.test/p)", "",
+        "See https://acme.test/x, or write to hi@acme.test",
+    ]
+
+
 @pytest.mark.parametrize(("html", "text"), [
     ("", ""),
     ("   ", ""),
