@@ -174,6 +174,25 @@ def plan_load(file: Path, tenant: str) -> None:
         models.Plan.create(tenant=tenant, name=parsed.name, version=version,
                            definition=parsed.to_definition())
     console.print(f"loaded plan {parsed.name!r} version {version} for tenant {tenant!r}")
+    if problem := _sender_problem(tenant, parsed.sender):
+        err_console.print(f"[yellow]warning:[/yellow] {problem}", highlight=False)
+
+
+def _sender_problem(tenant: str, sender: str | None) -> str | None:
+    """Why every send of a plan would fail for want of a sender, if it would. A warning:
+    the sender may well be added after the plan, but before anyone is enrolled."""
+    identities = models.SenderIdentity.select().where(models.SenderIdentity.tenant == tenant)
+    if sender:
+        identities = identities.where(models.SenderIdentity.email == sender)
+    if not identities.exists():
+        what = f"no sender identity {sender}" if sender else "no sender identity"
+        return (f"tenant {tenant!r} has {what}: every send of this plan would fail; add it with "
+                f"`outreach sender add {sender or 'EMAIL'} --tenant {tenant} --verified`")
+    if not identities.where(models.SenderIdentity.verified == True).exists():  # noqa: E712
+        return (f"tenant {tenant!r} has no verified sender identity "
+                f"{sender or ''}".rstrip() + ": every send of this plan would fail until it is "
+                "verified (`outreach sender add ... --verified`)")
+    return None
 
 
 @plan.command("list")

@@ -282,6 +282,20 @@ def test_a_wsgi_server_with_a_bad_setting_fails_at_start_not_at_each_request(dat
     assert good.returncode == 0 and good.stdout.strip() == "True", good.stderr
 
 
+def test_loading_a_plan_no_sender_can_send_warns(outreach, tmp_path: Path) -> None:
+    plan = TEMPLATES / "onboarding.yaml"
+    output = outreach("plan", "load", str(plan), "--tenant", "acme").output
+    assert "tenant 'acme' has no sender identity: every send of this plan would fail" in output
+    outreach("sender", "add", "sales@acme.test", "--tenant", "acme")
+    assert "no verified sender identity" in outreach("plan", "load", str(plan), "--tenant", "acme").output
+    outreach("sender", "add", "sales@acme.test", "--tenant", "acme", "--verified")
+    assert "warning" not in outreach("plan", "load", str(plan), "--tenant", "acme").output
+    named = tmp_path / "named.yaml"
+    named.write_text(plan.read_text().replace("name: onboarding", "name: named\nsender: ceo@acme.test"))
+    assert "has no sender identity ceo@acme.test" in outreach(
+        "plan", "load", str(named), "--tenant", "acme").output
+
+
 def test_a_spreadsheet_export_is_read_as_meant(outreach, tmp_path: Path) -> None:
     outreach("plan", "load", str(TEMPLATES / "onboarding.yaml"), "--tenant", "acme")
     contacts = tmp_path / "export.csv"
