@@ -25,6 +25,7 @@ from .models import (
     MessageEvent,
     OutboundMessage,
     Plan,
+    Tenant,
     WebhookDelivery,
     database_proxy,
     utcnow,
@@ -202,9 +203,12 @@ def normalize_delivery(delivery_id: int, *, settings: Settings | None = None,
                 key=lambda item: (item[2], item[0].event_key),
             )
             interest = _EngineInterest([message for _, message, _ in new if message is not None])
+            tenants = _known_tenants({event.tenant for event, message, _ in new if message is None})
             for event, message, occurred_at in new:
                 if message is not None:
                     _react(event, message, occurred_at, settings, interest)
+                elif event.tenant in tenants:
+                    _react_without_message(event, occurred_at, settings)
     except (peewee.DataError, ValueError) as exc:
         # A value the database refuses (an address longer than any column, a NUL in a
         # group id) would fail every retry the same way: keep the delivery as failed,
@@ -409,11 +413,7 @@ def _react(
 ) -> None:
     """Apply one new event of one of our messages: suppressions, then the engine."""
     email = _recipient(event, message)
-    group = event.data.get("asm_group_id")
-    if event.type in {"unsubscribed", "subscribed"} and group is not None:
-        _apply_group_event(event, message.tenant, email, group, occurred_at)
-    elif reason := _suppression_reason(event, message.tenant, email, occurred_at, settings):
-        suppress(message.tenant, email, reason, event.event_key)
+    _suppress_for(event, message.tenant, email, occurred_at, settings)
     if event.type in ENGINE_EVENTS and interest.wants(message, event.type):
         moved = engine.handle_message_event(
             message.id, event.type, occurred_at,
@@ -421,8 +421,42 @@ def _react(
         )
         if moved and message.enrollment is not None:
             interest.moved(message.enrollment)
-    if (exit_reason := EXITING_EVENTS.get(event.type)) and group is None:
-        engine.exit_contact_enrollments(message.tenant, email, exit_reason)
+    _exit_for(event, message.tenant, email)
+
+
+def _react_without_message(event: NormalizedEvent, occurred_at: datetime, settings: Settings) -> None:
+    """Apply what an event says of an address when its message is not here (purged, or
+    mailed by another environment on the same SendGrid account) but it names one of
+    our tenants: a hard bounce, a complaint or an unsubscribe is about the address,
+    whichever email it came from. Suppressions win."""
+    try:
+        email = normalized_address(event.email)
+    except ValueError:
+        return  # no address to suppress
+    _suppress_for(event, event.tenant, email, occurred_at, settings)
+    _exit_for(event, event.tenant, email)
+
+
+def _suppress_for(event: NormalizedEvent, tenant_id: str, email: str, occurred_at: datetime,
+                  settings: Settings) -> None:
+    group = event.data.get("asm_group_id")
+    if event.type in {"unsubscribed", "subscribed"} and group is not None:
+        _apply_group_event(event, tenant_id, email, group, occurred_at)
+    elif reason := _suppression_reason(event, tenant_id, email, occurred_at, settings):
+        suppress(tenant_id, email, reason, event.event_key)
+
+
+def _exit_for(event: NormalizedEvent, tenant_id: str, email: str) -> None:
+    if (exit_reason := EXITING_EVENTS.get(event.type)) and event.data.get("asm_group_id") is None:
+        engine.exit_contact_enrollments(tenant_id, email, exit_reason)
+
+
+def _known_tenants(tenant_ids: set[str | None]) -> set[str]:
+    """Of the tenants events claim, those that exist here."""
+    wanted = sorted(tenant for tenant in tenant_ids if tenant)
+    if not wanted:
+        return set()
+    return {row.id for row in Tenant.select(Tenant.id).where(Tenant.id.in_(wanted))}
 
 
 def _suppression_reason(

@@ -252,6 +252,25 @@ def test_on_the_last_attempt_events_of_messages_this_database_lacks_are_kept_wit
     assert (event.message_id, event.tenant, event.type) == (None, "acme", "bounced")
     delivery = WebhookDelivery.get_by_id(delivery_id)
     assert delivery.status == "processed" and "MSG-ELSEWHERE is not in this database" in delivery.error
+    # A hard bounce is about the address, whichever email it came from.
+    assert [(s.value, s.reason) for s in Suppression.select()] == [("zed@example.com", "bounced")]
+
+
+def test_events_of_no_message_here_still_suppress_for_a_tenant_of_ours(db) -> None:
+    make_tenant("acme")
+    load_plan()
+    enrollment = engine.enroll("acme", "eve@example.com", "onboarding")
+    complaint = {"event": "spamreport", "email": "Eve@Example.com", "timestamp": 1763790500,
+                 "sg_event_id": "old-complaint", "sg_message_id": "purged.filter0001",
+                 "outreach_tenant": "acme"}
+    foreign = {**complaint, "sg_event_id": "foreign", "email": "bob@example.com",
+               "outreach_tenant": "not-ours"}
+    opened = {**complaint, "event": "open", "sg_event_id": "old-open", "email": "amy@example.com"}
+    ingest.normalize_delivery(store([complaint, foreign, opened]))
+    assert [(s.tenant_id, s.value, s.reason) for s in Suppression.select()] == [
+        ("acme", "eve@example.com", "complained")]
+    assert (reload(enrollment).status, reload(enrollment).exit_reason) == ("exited", "complained")
+    assert MessageEvent.select().where(MessageEvent.message.is_null()).count() == 3
 
 
 def test_the_actor_keeps_such_events_when_its_retries_run_out(settings, stub_broker, caplog) -> None:
