@@ -81,10 +81,17 @@ def _tenant_option(*, required: bool = True, help: str | None = None):
 
 
 def _read_csv_rows(path: Path) -> list[list[str]]:
-    """The rows of a UTF-8 CSV file (a BOM is skipped); a clear error if it cannot be read."""
+    """The rows of a UTF-8 CSV file (a BOM is skipped); a clear error if it cannot be read.
+
+    Separated by commas, or by the semicolons (or tabs) of spreadsheets saved in
+    locales whose decimal mark is the comma: read off the header line.
+    """
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            return list(csv.reader(handle))
+            header = handle.readline()
+            delimiter = next((mark for mark in ";\t" if mark in header and "," not in header), ",")
+            handle.seek(0)  # the codec skips the BOM again
+            return list(csv.reader(handle, delimiter=delimiter))
     except OSError as exc:
         _fail(f"cannot read {path}: {exc.strerror}")
     except UnicodeDecodeError as exc:

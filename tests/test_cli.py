@@ -307,6 +307,16 @@ def test_a_spreadsheet_export_is_read_as_meant(outreach, tmp_path: Path) -> None
         "ada@example.com", {"first_name": "Ada"}, "Europe/Paris")
 
 
+def test_a_semicolon_separated_export_is_read_too(outreach, tmp_path: Path) -> None:
+    outreach("plan", "load", str(TEMPLATES / "onboarding.yaml"), "--tenant", "acme")
+    contacts = tmp_path / "excel-fr.csv"
+    contacts.write_text("\ufeffEmail;first_name\nada@example.com;Ada\ngrace@example.com;Grace, RN\n",
+                        encoding="utf-8")
+    assert "enrolled 2 of 2 rows" in outreach(
+        "enroll", "--plan", "onboarding", "--tenant", "acme", "--csv", str(contacts)).output
+    assert sorted(c.fields["first_name"] for c in models.Contact.select()) == ["Ada", "Grace, RN"]
+
+
 def test_failures_lists_failed_contacts_with_why(outreach, standin) -> None:
     import json
 
