@@ -186,7 +186,9 @@ def normalize_delivery(delivery_id: int, *, settings: Settings | None = None,
         events, errors = parse_sendgrid_batch(bytes(delivery.body))
     except MalformedBatch as exc:
         logger.warning("Webhook delivery=%s is malformed: %s", delivery_id, exc)
-        _finish(delivery_id, WebhookDelivery.FAILED, f"{exc}; fix and replay it")
+        # Replaying cannot help a body that is not a batch: say where to read it.
+        _finish(delivery_id, WebhookDelivery.FAILED,
+                f"{exc}; kept as received (`outreach webhooks show {delivery_id} --body`)")
         return IngestResult(delivery_id, status=WebhookDelivery.FAILED, errors=[str(exc)])
 
     # Imported here: unsubscribe imports webhooks, which imports this module.

@@ -145,6 +145,8 @@ class SendWindow(_Strict):
             hour, minute, second = (int(part or 0) for part in match.groups())
             if hour < 24 and minute < 60 and second < 60:
                 return time(hour, minute, second)
+            if (hour, minute, second) == (24, 0, 0):
+                raise ValueError('a day ends at "23:59:59", not "24:00" (a window ends inside its day)')
         raise ValueError(f"expected a time of day such as \"09:00\" or \"17:30\" (no offset: the "
                          f"contact's time zone applies), got {_ECHO.repr(value)}")
 

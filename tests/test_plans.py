@@ -114,7 +114,7 @@ def test_an_omitted_after_on_no_open_is_allowed_and_uses_the_default() -> None:
         (('end: "17:00"', 'end: "17:00+02:00"'),
          "send_window.end: expected a time of day such as \"09:00\" or \"17:30\" (no offset: the "
          "contact's time zone applies), got '17:00+02:00'"),
-        (('end: "17:00"', "end: 24:00"), "send_window.end: expected a time of day"),
+        (('end: "17:00"', "end: 24:00"), 'send_window.end: a day ends at "23:59:59", not "24:00"'),
         (('start: "09:00"', "start: 9:5"), "send_window.start: expected a time of day"),
     ],
 )
