@@ -143,12 +143,29 @@ def _read_plan(path: Path):
     except OSError as exc:
         _fail(f"cannot read {path}: {exc.strerror}")
     try:
-        return validate_plan(text, check_template=_template_checker())
+        parsed = validate_plan(text, check_template=_template_checker())
     except PlanError as exc:
         err_console.print(f"[red]{path}: {len(exc.errors)} error(s)[/red]")
         for error in exc.errors:
             err_console.print(f"  {error}", markup=False, highlight=False)
         raise SystemExit(1) from None
+    _warn_of_hidden_unsubscribe_links(parsed)
+    return parsed
+
+
+def _warn_of_hidden_unsubscribe_links(parsed) -> None:
+    """A warning, not an error: the List-Unsubscribe header works in every large
+    mailbox, but the law (CAN-SPAM, the ePrivacy rules) wants a visible way out."""
+    from .rendering import TemplateRenderer
+
+    renderer = TemplateRenderer(Path(get_settings().templates_dir))
+    for name, node in parsed.nodes.items():
+        if node.type == "email" and not renderer.shows_unsubscribe_link(
+                template=node.template, body=node.body):
+            err_console.print(
+                f"[yellow]warning:[/yellow] nodes.{name}: its email shows no unsubscribe link "
+                "(only the List-Unsubscribe header carries one); add {{ unsubscribe_url }}",
+                highlight=False)
 
 
 @main.group()

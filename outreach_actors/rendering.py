@@ -607,6 +607,32 @@ class TemplateRenderer:
                 problems += self._check_file(found, seen=seen, nested=True)
         return problems
 
+    def shows_unsubscribe_link(self, *, template: str | None, body: str | None) -> bool:
+        """Whether the email's HTML uses ``unsubscribe_url`` anywhere: in the template or
+        body, or in a template it includes, extends or imports (best effort: a name
+        computed at render time is not followed)."""
+        sources = [body] if body is not None else []
+        names = [template] if template is not None else []
+        seen: set[str] = set()
+        while sources or names:
+            if names:
+                name = names.pop()
+                if name not in seen:
+                    seen.add(name)
+                    try:
+                        sources.append(self._html_env.loader.get_source(self._html_env, name)[0])
+                    except Exception:
+                        pass  # missing or unusable: its check reports it
+                continue
+            try:
+                ast = self._html_env.parse(sources.pop())
+            except Exception:
+                continue  # its check reports it
+            if any(found.name == "unsubscribe_url" for found in ast.find_all(nodes.Name)):
+                return True
+            names += [name for candidates, _ in _referenced_templates(ast) for name in candidates]
+        return False
+
     def _exists(self, name: str) -> bool:
         try:
             self._html_env.loader.get_source(self._html_env, name)

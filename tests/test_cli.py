@@ -282,6 +282,16 @@ def test_a_wsgi_server_with_a_bad_setting_fails_at_start_not_at_each_request(dat
     assert good.returncode == 0 and good.stdout.strip() == "True", good.stderr
 
 
+def test_validate_warns_of_an_email_with_no_visible_unsubscribe_link(outreach, tmp_path: Path) -> None:
+    plan = tmp_path / "bare.yaml"
+    plan.write_text("name: bare\nstart: a\nnodes:\n"
+                    "  a: {type: email, subject: Hi, body: '<p>Hi</p>', transitions: [{on: click, to: b}]}\n"
+                    "  b: {type: exit}\n")
+    output = outreach("plan", "validate", str(plan)).output
+    assert "ok" in output and "warning: nodes.a: its email shows no unsubscribe link" in output
+    assert "warning" not in outreach("plan", "validate", str(TEMPLATES / "onboarding.yaml")).output
+
+
 def test_loading_a_plan_no_sender_can_send_warns(outreach, tmp_path: Path) -> None:
     plan = TEMPLATES / "onboarding.yaml"
     output = outreach("plan", "load", str(plan), "--tenant", "acme").output

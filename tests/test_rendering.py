@@ -578,6 +578,22 @@ def test_check_template_reports_a_list_of_includes_none_of_which_exists(
     ]
 
 
+def test_an_unsubscribe_link_is_found_through_extends_and_includes(
+    renderer: TemplateRenderer, templates_dir: Path
+) -> None:
+    (templates_dir / "base.html").write_text("{% block content %}{% endblock %}{% include 'f.j2' %}")
+    (templates_dir / "f.j2").write_text("<a href='{{ unsubscribe_url }}'>Unsubscribe</a>")
+    (templates_dir / "child.html").write_text("{% extends 'base.html' %}{% block content %}Hi{% endblock %}")
+    (templates_dir / "bare.html").write_text("{% include 'loop.html' %}Hi")
+    (templates_dir / "loop.html").write_text("{% include 'bare.html' %}")
+
+    assert renderer.shows_unsubscribe_link(template="child.html", body=None)
+    assert renderer.shows_unsubscribe_link(template=None, body="<a href='{{ unsubscribe_url }}'>x</a>")
+    assert not renderer.shows_unsubscribe_link(template=None, body="<p>{{ contact.email }}</p>")
+    assert not renderer.shows_unsubscribe_link(template="bare.html", body=None)  # a cycle ends
+    assert not renderer.shows_unsubscribe_link(template="missing.html", body=None)
+
+
 def test_check_template_survives_include_cycles(
     renderer: TemplateRenderer, templates_dir: Path
 ) -> None:
