@@ -150,6 +150,11 @@ def _read_plan(path: Path):
             err_console.print(f"  {error}", markup=False, highlight=False)
         raise SystemExit(1) from None
     _warn_of_hidden_unsubscribe_links(parsed)
+    for name in parsed.nodes_without_timeout():
+        err_console.print(
+            f"[yellow]warning:[/yellow] nodes.{name}: contacts who never act on its email stay "
+            "there for ever; add a timeout (no_open, no_click or elapsed with `after`)",
+            highlight=False)
     return parsed
 
 

@@ -247,6 +247,12 @@ class Plan(_Strict):
         once (SendGrid refuses a repeated category)."""
         return list(dict.fromkeys([*self.categories, *self.nodes[node_name].categories]))
 
+    def nodes_without_timeout(self) -> list[str]:
+        """The email nodes a contact leaves only on an event of the recipient (a click, a
+        bounce): who never acts stays there, active, for ever. Legal, rarely meant."""
+        return [name for name, node in self.nodes.items()
+                if node.type == "email" and not self.timeout_transitions(name)]
+
     def timeout_transitions(self, node_name: str) -> list[Transition]:
         return [t for t in self.nodes[node_name].transitions if t.on in TIMEOUT_EVENTS]
 

@@ -289,6 +289,7 @@ def test_validate_warns_of_an_email_with_no_visible_unsubscribe_link(outreach, t
                     "  b: {type: exit}\n")
     output = outreach("plan", "validate", str(plan)).output
     assert "ok" in output and "warning: nodes.a: its email shows no unsubscribe link" in output
+    assert "warning: nodes.a: contacts who never act on its email stay there for ever" in output
     assert "warning" not in outreach("plan", "validate", str(TEMPLATES / "onboarding.yaml")).output
 
 
