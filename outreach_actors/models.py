@@ -386,29 +386,30 @@ def missing_schema(database: peewee.Database) -> list[str]:
     """What create_schema would add: the missing tables, and the missing columns as
     ``table.column`` (of a database connected by the caller)."""
     tables = set(database.get_tables())
-    missing = []
+    missing = [model._meta.table_name for model in ALL_MODELS
+               if model._meta.table_name not in tables]
+    return missing + [f"{table}.{field.column_name}"
+                      for table, field in _missing_columns(database, tables)]
+
+
+def _missing_columns(database: peewee.Database,
+                     tables: Collection[str]) -> Iterator[tuple[str, peewee.Field]]:
+    """(table, field) for each field of a model whose table is among ``tables`` but
+    lacks its column: what a newer version added."""
     for model in ALL_MODELS:
         table = model._meta.table_name
-        if table not in tables:
-            missing.append(table)
-            continue
-        existing = {column.name for column in database.get_columns(table)}
-        missing += [f"{table}.{field.column_name}" for field in model._meta.sorted_fields
-                    if field.column_name not in existing]
-    return missing
+        if table in tables:
+            existing = {column.name for column in database.get_columns(table)}
+            yield from ((table, field) for field in model._meta.sorted_fields
+                        if field.column_name not in existing)
 
 
 def _add_missing_columns(database: peewee.Database) -> None:
     from playhouse.migrate import SchemaMigrator, migrate
 
     migrator = SchemaMigrator.from_database(database)
-    operations = []
-    for model in ALL_MODELS:
-        table = model._meta.table_name
-        existing = {column.name for column in database.get_columns(table)}
-        for field in model._meta.sorted_fields:
-            if field.column_name not in existing:
-                operations.append(migrator.add_column(table, field.column_name, field))
+    operations = [migrator.add_column(table, field.column_name, field)
+                  for table, field in _missing_columns(database, database.get_tables())]
     if operations:
         with database.atomic():
             migrate(*operations)
