@@ -97,10 +97,17 @@ def link_problems(settings: Settings) -> list[str]:
         problems.append(
             f"unsubscribe links point at {settings.public_base_url}, which recipients cannot "
             f"reach: set OUTREACH_PUBLIC_BASE_URL to where the unsubscribe endpoint is served")
-    if settings.secret_key == DEVELOPMENT_SECRET:
-        problems.append("OUTREACH_SECRET_KEY is the development default: anyone can forge "
-                        "unsubscribe links; set a long random secret")
+    if problem := secret_problem(settings):
+        problems.append(problem)
     return problems
+
+
+def secret_problem(settings: Settings) -> str | None:
+    """Why the unsubscribe links of these settings can be forged, if they can."""
+    if settings.secret_key == DEVELOPMENT_SECRET:
+        return ("OUTREACH_SECRET_KEY is the development default: anyone can forge "
+                "unsubscribe links; set a long random secret")
+    return None
 
 
 def _is_local(url: str) -> bool:
@@ -121,11 +128,8 @@ class UnsubscribePage:
     def __init__(self, settings: Settings) -> None:
         self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.settings = settings
-        if settings.secret_key == DEVELOPMENT_SECRET:
-            self.logger.warning(
-                "OUTREACH_SECRET_KEY is the development default: anyone can forge "
-                "unsubscribe links; set a long random secret in production"
-            )
+        if problem := secret_problem(settings):
+            self.logger.warning("%s", problem)
 
     def respond(self, method: str, token: str) -> Reply:
         try:
@@ -163,7 +167,7 @@ class UnsubscribePage:
         does not fail with the database: unknown, the form is shown."""
         try:
             with database_connection():
-                return not Tenant.select().where(Tenant.id == request.tenant_id).exists()
+                return not _tenant_exists(request.tenant_id)
         except Exception:
             self.logger.warning("Could not look up the tenant of an unsubscribe link (message=%s)",
                                 request.message_id, exc_info=True)
@@ -186,7 +190,7 @@ class UnsubscribePage:
 def apply_unsubscribe(request: UnsubscribeToken) -> bool:
     """Suppress the address for the tenant and end its active enrollments; False when
     the tenant no longer exists. Running it twice changes nothing more."""
-    if not Tenant.select().where(Tenant.id == request.tenant_id).exists():
+    if not _tenant_exists(request.tenant_id):
         return False
     with database_proxy.atomic():
         suppress(request.tenant_id, request.email, "unsubscribed", f"one-click:{request.message_id}")
@@ -194,6 +198,10 @@ def apply_unsubscribe(request: UnsubscribeToken) -> bool:
     logger.info("Unsubscribed via link tenant=%s message=%s enrollments_exited=%d",
                 request.tenant_id, request.message_id, exited)
     return True
+
+
+def _tenant_exists(tenant_id: str) -> bool:
+    return Tenant.select().where(Tenant.id == tenant_id).exists()
 
 
 def enqueue_unsubscribe(token: str) -> None:
