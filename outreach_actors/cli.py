@@ -129,10 +129,10 @@ def _describe_database() -> str:
 
 # --- plans -------------------------------------------------------------------------
 
-def _template_checker():
-    from .rendering import TemplateRenderer
+def _renderer():
+    from .delivery import renderer_for
 
-    return TemplateRenderer(Path(get_settings().templates_dir)).check_template
+    return renderer_for(Path(get_settings().templates_dir))
 
 
 def _read_plan(path: Path):
@@ -143,7 +143,7 @@ def _read_plan(path: Path):
     except OSError as exc:
         _fail(f"cannot read {path}: {exc.strerror}")
     try:
-        parsed = validate_plan(text, check_template=_template_checker())
+        parsed = validate_plan(text, check_template=_renderer().check_template)
     except PlanError as exc:
         err_console.print(f"[red]{path}: {len(exc.errors)} error(s)[/red]")
         for error in exc.errors:
@@ -161,9 +161,7 @@ def _read_plan(path: Path):
 def _warn_of_hidden_unsubscribe_links(parsed) -> None:
     """A warning, not an error: the List-Unsubscribe header works in every large
     mailbox, but the law (CAN-SPAM, the ePrivacy rules) wants a visible way out."""
-    from .rendering import TemplateRenderer
-
-    renderer = TemplateRenderer(Path(get_settings().templates_dir))
+    renderer = _renderer()
     for name, node in parsed.nodes.items():
         if node.type == "email" and not renderer.shows_unsubscribe_link(
                 template=node.template, body=node.body):

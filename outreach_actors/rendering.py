@@ -611,27 +611,25 @@ class TemplateRenderer:
         """Whether the email's HTML uses ``unsubscribe_url`` anywhere: in the template or
         body, or in a template it includes, extends or imports (best effort: a name
         computed at render time is not followed)."""
-        sources = [body] if body is not None else []
-        names = [template] if template is not None else []
-        seen: set[str] = set()
-        while sources or names:
-            if names:
-                name = names.pop()
-                if name not in seen:
-                    seen.add(name)
-                    try:
-                        sources.append(self._html_env.loader.get_source(self._html_env, name)[0])
-                    except Exception:
-                        pass  # missing or unusable: its check reports it
-                continue
+        pending = [] if template is None else [template]
+        seen, source = set(pending), body
+        while True:
             try:
-                ast = self._html_env.parse(sources.pop())
+                ast = None if source is None else self._html_env.parse(source)
             except Exception:
-                continue  # its check reports it
-            if any(found.name == "unsubscribe_url" for found in ast.find_all(nodes.Name)):
-                return True
-            names += [name for candidates, _ in _referenced_templates(ast) for name in candidates]
-        return False
+                ast = None  # its check reports it
+            if ast is not None:
+                if any(found.name == "unsubscribe_url" for found in ast.find_all(nodes.Name)):
+                    return True
+                for candidates, _ in _referenced_templates(ast):
+                    pending += [name for name in candidates if name not in seen]
+                    seen.update(candidates)
+            if not pending:
+                return False
+            try:
+                source = self._html_env.loader.get_source(self._html_env, pending.pop())[0]
+            except Exception:
+                source = None  # missing or unusable: its check reports it
 
     def _exists(self, name: str) -> bool:
         try:
