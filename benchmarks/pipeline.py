@@ -51,7 +51,7 @@ import dramatiq
 import redis
 
 from outreach_actors import dispatch, engine, models
-from outreach_actors.actors.pipeline import enqueue_actions, render, send
+from outreach_actors.actors.pipeline import enqueue_actions, render_batch, send
 from outreach_actors.models import Enrollment, OutboundMessage, utcnow
 from outreach_actors.plans import validate_plan
 from outreach_actors.settings import Settings
@@ -150,11 +150,14 @@ def measure_emails(settings: Settings, standin: SendGridStandIn, workers: _commo
             engine.enroll(_common.TENANT, f"contact-{n}@example.com", "onboarding",
                           fields={"first_name": f"Ada{n}"})
     sent = OutboundMessage.select().where(OutboundMessage.status == OutboundMessage.SENT)
-    # Renders of actions that do not exist: each finds nothing to send and pipes None
-    # to the send, which returns at once; no email, no row.
-    warm_up(dramatiq.get_broker(), (render.queue_name, send.queue_name), lambda n: dramatiq.pipeline(
-        [render.message(-n), send.message()]).run(),
-        settings.worker_idle_poll_interval.total_seconds())
+    # Renders of actions that do not exist: each finds nothing to render, and so
+    # enqueues no send; a send of no message returns at once. No email, no row.
+    def warm_up_one(n: int) -> None:
+        render_batch.send([-n])
+        send.send(None)
+
+    warm_up(dramatiq.get_broker(), (render_batch.queue_name, send.queue_name), warm_up_one,
+            settings.worker_idle_poll_interval.total_seconds())
     cpu = _common.CpuMeter(workers)  # listing processes takes a while: not timed
     started = time.monotonic()
     dispatch.dispatch_due_actions(enqueue_actions, settings=settings)

@@ -8,14 +8,12 @@ send action's dedupe key (a replay finds the row); sending claims the message
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
-
-import peewee
 
 from . import engine
 from .db import is_postgresql, prepare
@@ -61,6 +59,7 @@ def renderer_for(templates_dir: Path) -> TemplateRenderer:
 class _SendAction(NamedTuple):
     """What rendering needs of a send action, its enrollment, contact, tenant and plan."""
 
+    action_id: int
     kind: str
     status: str
     dedupe_key: str
@@ -102,16 +101,17 @@ def _statement(template: str) -> str:
         statement = _STATEMENTS[key] = template.strip().replace("{p}", database.param)
     return prepare(database, statement)
 
-# The send action, its enrollment, contact, tenant and plan version, and the
-# tenant's first sender identity (verified ones first), as _SendAction; with the
+# The send actions, each with its enrollment, contact, tenant and plan version, and
+# the tenant's first sender identity (verified ones first), as _SendAction; with the
 # rate-limit overrides of both, which the send order carries (see send_order). The
 # sender is looked up once and joined by id. Unprepared (SQLite, or PostgreSQL
 # behind PgBouncer), PostgreSQL plans this in 0.43 ms and runs it in 0.07 ms; the
 # form before it, with the tenant and each of the sender's columns as a scalar
 # subquery of its own, took 0.45 and 0.12 ms (EXPLAIN ANALYZE, medians over 300
-# send actions of the benchmark database).
-_LOAD_SEND_ACTION = """
-SELECT a.kind, a.status, a.dedupe_key, a.node, a.visit_version, a.enrollment_id,
+# send actions of the benchmark database). ``{ids}`` stands for the batch's ids (see
+# _ids_condition).
+_LOAD_SEND_ACTIONS = """
+SELECT a.id, a.kind, a.status, a.dedupe_key, a.node, a.visit_version, a.enrollment_id,
        e.status, e.current_node, e.version, e.plan_id, e.tenant_id,
        c.email, c.fields, c.timezone,
        t.name, (SELECT p.version FROM plan AS p WHERE p.id = e.plan_id), t.rate_limits,
@@ -123,33 +123,39 @@ JOIN tenant AS t ON t.id = e.tenant_id
 LEFT JOIN sender_identity AS s ON s.id = (
     SELECT f.id FROM sender_identity AS f WHERE f.tenant_id = e.tenant_id
     ORDER BY f.verified DESC, f.id LIMIT 1)
-WHERE a.id = {p}
+WHERE a.id {ids}
 """
 
 
-# The rendered message, as OutboundMessage.insert would write it (the columns left
-# out are null until the send).
-_INSERT_MESSAGE = """
-INSERT INTO outbound_message (id, tenant_id, enrollment_id, action_id, node, dedupe_key, status,
-    to_email, from_email, from_name, subject, html, text, categories, headers, attempts, created_at)
-VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})
-"""
+# The rendered messages, as OutboundMessage.insert would write them (the columns left
+# out are null until the send); ``{rows}`` stands for one ``(...)`` of placeholders
+# per message. A message whose dedupe key is taken (another render of its action
+# stored it first) is left out, and RETURNING says which actions were stored.
+_MESSAGE_COLUMNS = """outbound_message (id, tenant_id, enrollment_id, action_id, node, dedupe_key,
+    status, to_email, from_email, from_name, subject, html, text, categories, headers, attempts,
+    created_at)"""
+_MESSAGE_ROW = "(" + ", ".join(["{p}"] * 17) + ")"
+_MESSAGE_KEY_COLUMN = 5  # dedupe_key, in the order of _MESSAGE_COLUMNS
+_INSERT_MESSAGES = ("INSERT INTO " + _MESSAGE_COLUMNS + " VALUES {rows} "
+                    "ON CONFLICT (dedupe_key) DO NOTHING RETURNING action_id")
 
-# The send action marked done with its message, as ScheduledAction.finish would.
+# A send action marked done with its message, as ScheduledAction.finish would.
 _FINISH_RENDERED = """
 UPDATE scheduled_action SET status = {p}, result = {p}, finished_at = {p}, message_id = {p}
 WHERE id = {p}
 """
 
-# On PostgreSQL both in one autocommitted statement (a data-modifying CTE, which
-# SQLite lacks): one round trip instead of four (BEGIN, INSERT, UPDATE, COMMIT); with
-# the send's write below, benchmarks/inprocess.py went from 2.9 to 2.3 ms of CPU and
-# 5.1 to 4.3 ms of wall time per email. A unique violation (two renders raced) fails
-# the whole statement, so the action stays unfinished, as the rolled-back transaction
-# left it.
+# On PostgreSQL the messages and their actions in one autocommitted statement (a
+# data-modifying CTE, which SQLite lacks), whatever the batch's size: one round trip
+# and one commit instead of a transaction per email. Measured one email at a time
+# (benchmarks/inprocess.py), the CTE took an email from 2.9 to 2.3 ms of CPU and 5.1
+# to 4.3 ms of wall time, against BEGIN, INSERT, UPDATE, COMMIT.
 _RENDER_IN_ONE = (
-    "WITH m AS (" + _INSERT_MESSAGE.strip() + " RETURNING id) "
-    + _FINISH_RENDERED.strip().replace("message_id = {p}", "message_id = (SELECT id FROM m)")
+    "WITH m AS (INSERT INTO " + _MESSAGE_COLUMNS + " VALUES {rows} "
+    "ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, action_id) "
+    "UPDATE scheduled_action SET status = {p}, result = {p}, finished_at = {p}, "
+    "message_id = m.id FROM m WHERE scheduled_action.id = m.action_id "
+    "RETURNING scheduled_action.id"
 )
 
 # The message marked sent; on PostgreSQL the node's timers are inserted by the same
@@ -165,14 +171,25 @@ def _one_statement_writes() -> bool:
     return is_postgresql(database_proxy.obj)
 
 
-def _load_send_action(action_id: int) -> _SendAction | None:
-    """One statement: the action joined to everything its email needs, narrow columns only,
-    and the tenant's first sender (what a plan without ``sender`` mails from)."""
-    row = database_proxy.execute_sql(_statement(_LOAD_SEND_ACTION), (action_id,)).fetchone()
-    if row is None:
-        return None
-    facts = _SendAction(*row)
-    return facts._replace(contact_fields=Contact.fields.python_value(facts.contact_fields))
+def _ids_condition(action_ids: Sequence[int]) -> tuple[str, list]:
+    """``{ids}`` of _LOAD_SEND_ACTIONS for ``action_ids``, and its parameters: on
+    PostgreSQL one array parameter, so that one prepared statement serves every batch
+    size; on SQLite, which has no arrays, a placeholder per id."""
+    if is_postgresql(database_proxy.obj):
+        return "= ANY({p})", [list(action_ids)]
+    return "IN (" + ", ".join(["{p}"] * len(action_ids)) + ")", list(action_ids)
+
+
+def _load_send_actions(action_ids: Sequence[int]) -> dict[int, _SendAction]:
+    """One statement: each action joined to everything its email needs, narrow columns
+    only, and the tenant's first sender (what a plan without ``sender`` mails from);
+    by action id, and without the ids that are no action."""
+    condition, params = _ids_condition(action_ids)
+    rows = database_proxy.execute_sql(
+        _statement(_LOAD_SEND_ACTIONS.replace("{ids}", condition)), params).fetchall()
+    return {facts.action_id: facts._replace(
+                contact_fields=Contact.fields.python_value(facts.contact_fields))
+            for facts in map(_SendAction._make, rows)}
 
 
 def _sender_for(facts: _SendAction,
@@ -313,17 +330,71 @@ def render_for_send(action_id: int, *, settings: Settings | None = None,
     render stored.
 
     Returns None when there is nothing to send: the action was cancelled, or the
-    enrollment left the node before the action ran.
+    enrollment left the node before the action ran. A batch of one (see
+    render_for_send_many), whose error is raised.
+    """
+    batch = render_for_send_many([action_id], settings=settings, now=now)
+    if action_id in batch.raised:
+        raise batch.raised[action_id]
+    return batch.orders[action_id]
 
-    In the usual case the joined read, then the insert of the message and the action
-    marked done: one statement on PostgreSQL, a transaction of two on SQLite. The
-    message of an earlier render is looked for only when the action has finished (it
-    is stored atomically with the action's finish) or when the insert finds it there
-    (two renders raced).
+
+@dataclass(frozen=True)
+class RenderedBatch:
+    """What render_for_send_many did with each action of a batch."""
+
+    #: What to send for each action, in the batch's order: as render_for_send returns.
+    orders: dict[int, dict | str | None]
+    #: The actions whose render raised (not a RenderError, which fails the send as
+    #: the README says, but a fault), each with its error; nothing of theirs is stored.
+    raised: dict[int, Exception]
+
+
+class _Rendered(NamedTuple):
+    """An email rendered, not yet stored: its row (_MESSAGE_COLUMNS) and its send order."""
+
+    row: tuple
+    order: dict
+
+
+def render_for_send_many(action_ids: Sequence[int], *, settings: Settings | None = None,
+                         now: datetime | None = None) -> RenderedBatch:
+    """Render the emails of send actions and store them (see render_for_send).
+
+    In the usual case one joined read for the whole batch, then one write of every
+    message with its action marked done: one statement on PostgreSQL, a transaction
+    on SQLite. The message of an earlier render is looked for only when an action has
+    finished (its message is stored atomically with the finish) or when the write
+    finds it there (two renders of the action raced). An action whose render raises is
+    left out of the write and reported, so that one contact's fault does not hold
+    back the others.
     """
     settings = settings or get_settings()
     now = now or utcnow()
-    facts = _load_send_action(action_id)
+    action_ids = list(dict.fromkeys(action_ids))
+    facts = _load_send_actions(action_ids) if action_ids else {}
+    orders: dict[int, dict | str | None] = {}
+    raised: dict[int, Exception] = {}
+    rendered: dict[int, _Rendered] = {}
+    for action_id in action_ids:
+        try:
+            outcome = _render_one(action_id, facts.get(action_id), settings, now)
+        except Exception as exc:  # reported to the caller, which decides
+            raised[action_id] = exc
+            continue
+        if isinstance(outcome, _Rendered):
+            rendered[action_id] = outcome
+        else:
+            orders[action_id] = outcome
+    orders.update(_store_rendered(rendered, now))
+    return RenderedBatch({action_id: orders[action_id] for action_id in action_ids
+                          if action_id in orders}, raised)
+
+
+def _render_one(action_id: int, facts: _SendAction | None, settings: Settings,
+                now: datetime) -> _Rendered | str | None:
+    """The email of one send action, rendered; or, when there is nothing new to store,
+    what render_for_send returns for it (an earlier render's message id, or None)."""
     if facts is None or facts.kind != ScheduledAction.SEND:
         logger.warning("Render of action=%s skipped: no such send action", action_id)
         return None
@@ -372,7 +443,7 @@ def render_for_send(action_id: int, *, settings: Settings | None = None,
         _fail_render(action_id, facts.enrollment_id, f"node {facts.node!r}: {problem}", now)
         return None
 
-    message = (
+    row = (
         message_id, facts.tenant_id, facts.enrollment_id, action_id, facts.node,
         message_key, OutboundMessage.RENDERED, facts.contact_email, sender_email,
         sender_name or "", rendered.subject, rendered.html, rendered.text,
@@ -383,30 +454,43 @@ def render_for_send(action_id: int, *, settings: Settings | None = None,
         }),
         0, now,
     )
-    try:
-        if _one_statement_writes():
-            # Inside a caller's transaction, a savepoint keeps a raced insert from
-            # aborting it (as the nested atomic() did).
-            with database_proxy.atomic() if database_proxy.in_transaction() else nullcontext():
-                database_proxy.execute_sql(_statement(_RENDER_IN_ONE), (
-                    *message, ScheduledAction.DONE, "rendered", now, action_id))
-        else:
-            with database_proxy.atomic():
-                database_proxy.execute_sql(_statement(_INSERT_MESSAGE), message)
-                database_proxy.execute_sql(_statement(_FINISH_RENDERED), (
-                    ScheduledAction.DONE, "rendered", now, message_id, action_id))
-    except peewee.IntegrityError:
-        # Two renders of one action raced: the other one stored the message first.
-        existing = _message_id_for(message_key)
-        if existing is None:
-            raise
-        return existing
-    # At debug: the send logs each email's outcome once, at info, by message id.
-    logger.debug("Rendered message=%s action=%s node=%s", message_id, action_id, facts.node)
-    return send_order(message_id, SendScope.of(
+    return _Rendered(row, send_order(message_id, SendScope.of(
         facts.tenant_id, sender_email, facts.contact_email,
         Tenant.rate_limits.python_value(facts.tenant_rate_limits), sender_overrides,
-    ), now)
+    ), now))
+
+
+def _store_rendered(rendered: dict[int, _Rendered],
+                    now: datetime) -> dict[int, dict | str | None]:
+    """Store rendered messages, each action marked done with its message; returns what
+    to send for each action: its send order, or the message another render of the
+    action stored first."""
+    if not rendered:
+        return {}
+    rows = ", ".join([_MESSAGE_ROW] * len(rendered))
+    params = [value for email in rendered.values() for value in email.row]
+    if _one_statement_writes():
+        stored = {action_id for (action_id,) in database_proxy.execute_sql(
+            _statement(_RENDER_IN_ONE.replace("{rows}", rows)),
+            [*params, ScheduledAction.DONE, "rendered", now]).fetchall()}
+    else:
+        with database_proxy.atomic():
+            stored = {action_id for (action_id,) in database_proxy.execute_sql(
+                _statement(_INSERT_MESSAGES.replace("{rows}", rows)), params).fetchall()}
+            for action_id in stored:
+                database_proxy.execute_sql(_statement(_FINISH_RENDERED), (
+                    ScheduledAction.DONE, "rendered", now,
+                    order_message_id(rendered[action_id].order), action_id))
+    outcomes: dict[int, dict | str | None] = {}
+    for action_id, email in rendered.items():
+        if action_id in stored:
+            # At debug: the send logs each email's outcome once, at info, by message id.
+            logger.debug("Rendered message=%s action=%s", order_message_id(email.order), action_id)
+            outcomes[action_id] = email.order
+        else:
+            # Two renders of the action raced: the other one stored its message first.
+            outcomes[action_id] = _message_id_for(email.row[_MESSAGE_KEY_COLUMN])
+    return outcomes
 
 
 def email_context(*, fields: dict | None, email: str, timezone: str | None, tenant_id: str,

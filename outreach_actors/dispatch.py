@@ -87,13 +87,14 @@ def dispatch_due_actions(
     return total
 
 
-def timer_batches(
+def due_batches(
     due: Sequence[tuple[ScheduledAction, int]], *, max_size: int, window_ms: int,
 ) -> list[tuple[list[int], int]]:
-    """Group due timers into (action ids, delay ms) batches, one broker message each.
+    """Group due actions (timers, or sends) into (action ids, delay ms) batches, one
+    broker message each.
 
-    A batch holds at most ``max_size`` timers, all due within ``window_ms`` of its
-    first, and is sent with the delay of its last: none fires early, none later than
+    A batch holds at most ``max_size`` actions, all due within ``window_ms`` of its
+    first, and is sent with the delay of its last: none runs early, none later than
     the window (about a polling interval, which lateness already includes).
     """
     batches: list[tuple[list[int], int]] = []

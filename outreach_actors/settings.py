@@ -128,8 +128,10 @@ class Settings(BaseModel):
     dispatch_horizon: Duration = timedelta(minutes=1)
     dispatch_interval: Duration = timedelta(seconds=5)
     dispatch_batch_size: int = 500
-    # Timers due together are fired by one message, in batches of at most this many.
+    # Timers due together are fired by one message, in batches of at most this many;
+    # sends due together are rendered by one message, in batches of at most this many.
     timeout_batch_size: int = 100
+    render_batch_size: int = 20
     # How long a worker waits on an empty timer queue before it looks again, and so how
     # late a due timer can start; and the same for every other queue, which no
     # deadline needs looked at so often (see middleware.polling for the cost).
@@ -161,6 +163,7 @@ class Settings(BaseModel):
         "ratelimit_global_per_hour",
         "dispatch_batch_size",
         "timeout_batch_size",
+        "render_batch_size",
         "soft_bounce_limit",
     )
     @classmethod

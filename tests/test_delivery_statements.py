@@ -99,12 +99,12 @@ def test_an_email_costs_two_statements_to_render_none_for_its_limits_and_two_to_
         # the joined read; then the message stored and the action marked done by one
         # autocommitted statement: no BEGIN, no COMMIT
         assert render.kinds == ["SELECT", "WITH"], render.sql
-        assert render.sql[1] == delivery._statement(delivery._RENDER_IN_ONE)
+        assert render.sql[1] == rendered_statement(delivery._RENDER_IN_ONE, 1)
         assert render.transactions == 0
     else:
         # the joined read; then, in one transaction, the message and the action marked done
         assert render.kinds == ["SELECT", "INSERT", "UPDATE"], render.sql
-        assert render.sql[1:] == [delivery._statement(delivery._INSERT_MESSAGE),
+        assert render.sql[1:] == [rendered_statement(delivery._INSERT_MESSAGES, 1),
                                   delivery._statement(delivery._FINISH_RENDERED)]
         assert render.transactions == 1
 
@@ -141,6 +141,99 @@ def test_an_email_costs_two_statements_to_render_none_for_its_limits_and_two_to_
     action = ScheduledAction.get_by_id(action.id)
     assert (action.status, action.result, action.message_id) == ("done", "rendered", message_id)
     assert action.finished_at is not None
+
+
+def rendered_statement(template: str, emails: int) -> str:
+    """The write of ``emails`` rendered messages, as the bound database runs it."""
+    return delivery._statement(template.replace("{rows}", ", ".join([delivery._MESSAGE_ROW] * emails)))
+
+
+def test_a_batch_of_emails_costs_the_statements_of_one_to_render(acme) -> None:
+    delivery.render_action(send_action("first@example.com").id)  # warms the plan cache
+    actions = [send_action(f"contact{n}@example.com") for n in range(5)]
+
+    with counting() as render:
+        batch = delivery.render_for_send_many([action.id for action in actions])
+    if on_postgresql():
+        # one read of the five, then one statement that stores them all
+        assert render.kinds == ["SELECT", "WITH"], render.sql
+        assert render.sql[1] == rendered_statement(delivery._RENDER_IN_ONE, 5)
+        assert render.transactions == 0
+    else:
+        # one read, then one insert of the five and each action marked done, together
+        assert render.kinds == ["SELECT", "INSERT"] + ["UPDATE"] * 5, render.sql
+        assert render.transactions == 1
+    assert batch.raised == {}
+    assert list(batch.orders) == [action.id for action in actions]
+    for action in actions:
+        message = OutboundMessage.get_by_id(delivery.order_message_id(batch.orders[action.id]))
+        assert (message.action_id, message.to_email, message.status) == (
+            action.id, Enrollment.get_by_id(action.enrollment_id).contact.email, "rendered")
+        action = ScheduledAction.get_by_id(action.id)
+        assert (action.status, action.message_id) == ("done", message.id)
+
+
+def test_a_batch_decides_each_action_as_a_render_of_its_own_would(acme) -> None:
+    # Given, in one batch: an id that is no action, a cancelled send, a send whose
+    # enrollment moved on, a send already rendered, one whose render races another
+    # (its action still says enqueued, but the message is stored), and a fresh one
+    cancelled = send_action("cancelled@example.com")
+    ScheduledAction.update(status="cancelled").where(ScheduledAction.id == cancelled.id).execute()
+    moved = send_action("moved@example.com")
+    Enrollment.update(version=Enrollment.version + 1).where(
+        Enrollment.id == moved.enrollment_id).execute()
+    done = send_action("done@example.com")
+    done_message = delivery.render_action(done.id)
+    raced = send_action("raced@example.com")
+    raced_message = delivery.render_action(raced.id)
+    ScheduledAction.update(status="enqueued", message_id=None).where(
+        ScheduledAction.id == raced.id).execute()
+    fresh = send_action("fresh@example.com")
+
+    # When they are rendered together, the duplicate id given twice
+    ids = [-1, cancelled.id, moved.id, done.id, raced.id, fresh.id, fresh.id]
+    batch = delivery.render_for_send_many(ids)
+
+    # Then each gets what it would alone, once, in the batch's order
+    assert batch.raised == {}
+    assert list(batch.orders) == [-1, cancelled.id, moved.id, done.id, raced.id, fresh.id]
+    assert batch.orders[-1] is None and batch.orders[cancelled.id] is None
+    assert batch.orders[moved.id] is None
+    assert ScheduledAction.get_by_id(moved.id).result == "enrollment moved on"
+    assert batch.orders[done.id] == done_message
+    assert batch.orders[raced.id] == raced_message  # the raced insert found it stored
+    fresh_message = OutboundMessage.get_by_id(delivery.order_message_id(batch.orders[fresh.id]))
+    assert fresh_message.to_email == "fresh@example.com"
+    assert OutboundMessage.select().count() == 3
+    assert OutboundMessage.select().where(OutboundMessage.action == raced.id).count() == 1
+
+
+def test_a_fault_in_one_render_is_reported_and_stores_nothing_of_it(acme, monkeypatch) -> None:
+    # Given a batch of three whose second meets a fault (not a template error)
+    actions = [send_action(f"{name}@example.com") for name in ("ada", "bob", "cy")]
+    real_context = delivery.email_context
+
+    def faulty_context(**facts):
+        if facts["email"] == "bob@example.com":
+            raise RuntimeError("the disk is on fire")
+        return real_context(**facts)
+
+    monkeypatch.setattr(delivery, "email_context", faulty_context)
+    # When the batch renders
+    batch = delivery.render_for_send_many([action.id for action in actions])
+    # Then the other two are stored, and the fault is handed back for Bob alone
+    ada, bob, cy = actions
+    assert list(batch.orders) == [ada.id, cy.id]
+    assert [str(error) for error in batch.raised.values()] == ["the disk is on fire"]
+    assert list(batch.raised) == [bob.id]
+    assert ScheduledAction.get_by_id(bob.id).status == "pending"
+    assert OutboundMessage.select().where(OutboundMessage.action == bob.id).count() == 0
+    assert OutboundMessage.select().count() == 2
+    # and a render of Bob's alone raises it, to be retried
+    with pytest.raises(RuntimeError, match="on fire"):
+        delivery.render_for_send(bob.id)
+    monkeypatch.setattr(delivery, "email_context", real_context)
+    assert OutboundMessage.get_by_id(delivery.render_action(bob.id)).to_email == "bob@example.com"
 
 
 def test_replays_cost_two_statements_and_change_nothing(rendered, standin, sendgrid_client) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 import dramatiq
@@ -183,23 +185,41 @@ class _SeenMessages(dramatiq.Middleware):
         self.skipped.append(message.args)
 
 
-def test_the_render_pipes_a_send_order_and_a_send_delivered_again_sends_once(
-        data_dir, sqlite_db, stub_broker, stub_worker, standin) -> None:
-    from outreach_actors.actors.pipeline import enqueue_actions, send
+@contextmanager
+def campaign(stub_broker, data_dir, standin, emails: list[str],
+             **settings: object) -> Iterator[_SeenMessages]:
+    """``emails`` enrolled, their first sends dispatched and run by the stub worker, in
+    the block; yields what messages the worker saw."""
+    from outreach_actors.actors.pipeline import enqueue_actions
     from outreach_actors.settings import configure
 
     seen = _SeenMessages()
     stub_broker.add_middleware(seen)
-    configure(make_settings(data_dir, sendgrid_api_host=standin.host))
+    configure(make_settings(data_dir, sendgrid_api_host=standin.host, **settings))
     try:
         make_tenant()
         load_plan()
-        engine.enroll("acme", "ada@example.com", "onboarding", fields={"first_name": "Ada"})
+        for email in emails:
+            engine.enroll("acme", email, "onboarding", fields={"first_name": "Ada"})
         dispatch.dispatch_due_actions(enqueue_actions)
         stub_broker.join("render")
         stub_broker.join("send")
+        yield seen
+    finally:
+        configure(None)
+
+
+def recipients(standin) -> list[str]:
+    return sorted(mail.recipients()[0][0] for mail in standin.messages)
+
+
+def test_the_render_hands_its_send_a_send_order_and_a_send_delivered_again_sends_once(
+        data_dir, sqlite_db, stub_broker, stub_worker, standin) -> None:
+    from outreach_actors.actors.pipeline import send
+
+    with campaign(stub_broker, data_dir, standin, ["ada@example.com"]) as seen:
         message = OutboundMessage.get()
-        # The send took the order the render piped: the message and whom it counts against
+        # The send took the order the render gave it: the message and whom it counts against
         (order,), = seen.args["send"]
         assert order["message_id"] == message.id
         assert order["scope"]["tenant"] == "acme"
@@ -209,9 +229,49 @@ def test_the_render_pipes_a_send_order_and_a_send_delivered_again_sends_once(
         send.send(order)
         send.send(message.id)
         stub_broker.join("send")
-    finally:
-        configure(None)
     # Then both were skipped as the same effect, done already, and no second email went out
     assert sorted(seen.skipped, key=repr) == sorted([(order,), (message.id,)], key=repr)
     assert len(standin.messages) == 1
     assert OutboundMessage.get_by_id(message.id).attempts == 1
+
+
+def test_sends_due_together_are_rendered_in_batches_and_each_sent_once(
+        data_dir, sqlite_db, stub_broker, stub_worker, standin) -> None:
+    # Given ten contacts whose first emails are due now, four to a render
+    emails = [f"contact{n}@example.com" for n in range(10)]
+    # When the dispatcher hands them to the workers
+    with campaign(stub_broker, data_dir, standin, emails, render_batch_size=4) as seen:
+        pass
+    # Then three messages rendered them, at most four each, and each was sent once
+    assert sorted(len(ids) for (ids,) in seen.args["render_batch"]) == [2, 4, 4]
+    assert "render" not in seen.args
+    assert len(seen.args["send"]) == 10
+    assert recipients(standin) == sorted(emails)
+    assert OutboundMessage.select().where(OutboundMessage.status == "sent").count() == 10
+
+
+def test_a_render_that_faults_in_its_batch_is_rendered_alone_and_holds_back_no_other(
+        data_dir, sqlite_db, stub_broker, stub_worker, standin, monkeypatch) -> None:
+    from outreach_actors import delivery
+
+    # Given three contacts due together, and a fault that Bob's render meets once
+    real_context = delivery.email_context
+    faults = {"bob@example.com"}
+
+    def faulty_context(**facts):
+        if facts["email"] in faults:
+            faults.discard(facts["email"])
+            raise RuntimeError("a passing fault")
+        return real_context(**facts)
+
+    monkeypatch.setattr(delivery, "email_context", faulty_context)
+    # When they are dispatched, one batch
+    emails = ["ada@example.com", "bob@example.com", "cy@example.com"]
+    with campaign(stub_broker, data_dir, standin, emails) as seen:
+        bobs_action = ScheduledAction.get(ScheduledAction.enrollment == models.Enrollment.get(
+            models.Enrollment.contact == models.Contact.get(email="bob@example.com")))
+    # Then Ada's and Cy's went out from the batch, and Bob's from a render of its own
+    assert [len(ids) for (ids,) in seen.args["render_batch"]] == [3]
+    assert seen.args["render"] == [(bobs_action.id,)]
+    assert recipients(standin) == emails
+    assert OutboundMessage.select().where(OutboundMessage.status == "sent").count() == 3

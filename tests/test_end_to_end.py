@@ -22,6 +22,7 @@ from outreach_actors.actors.pipeline import (
     fire_timeout,
     fire_timeouts,
     render,
+    render_batch,
     send,
 )
 from outreach_actors.actors.webhook import normalize_webhook
@@ -156,14 +157,16 @@ def test_every_contact_ends_at_the_right_node_exactly_once(request, any_broker, 
 
         # When every actor runs again on every id it has seen
         before = snapshot(standin)
-        timers = []
+        timers, sends = [], []
         for action in ScheduledAction.select():
             if action.kind == "send":
                 message_id = render(action.id)
                 send(message_id)
+                sends.append(action.id)
             else:
                 fire_timeout(action.id)
                 timers.append(action.id)
+        render_batch(sends)
         fire_timeouts(timers)
         for delivery in WebhookDelivery.select():
             normalize_webhook(delivery.id)

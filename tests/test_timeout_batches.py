@@ -196,7 +196,7 @@ def test_timers_due_together_share_a_message_and_none_is_sent_early() -> None:
 
     due = [(action(n), 0) for n in range(1, 251)] + [
         (action(300), 40), (action(301), 90), (action(302), 150), (action(303), 5_000)]
-    batches = dispatch.timer_batches(due, max_size=100, window_ms=100)
+    batches = dispatch.due_batches(due, max_size=100, window_ms=100)
     assert [(len(ids), delay) for ids, delay in batches] == [
         (100, 0), (100, 0), (52, 90), (1, 150), (1, 5_000)]
     assert batches[2][0][-2:] == [300, 301]

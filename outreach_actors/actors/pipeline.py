@@ -44,6 +44,22 @@ def render(action_id: int) -> dict | str | None:
     return delivery.render_for_send(action_id)
 
 
+@dramatiq.actor(queue_name="render", max_retries=5)
+def render_batch(action_ids: list[int]) -> None:
+    """Render the emails of send actions that came due together, and enqueue a send for
+    each: what `render` and its pipe do, with one message, one read and one write for
+    the batch. An action whose render fails (a fault, not a template error) goes to
+    `render` alone, with retries of its own, and holds back none of the others."""
+    batch = delivery.render_for_send_many(action_ids)
+    for action_id, error in batch.raised.items():
+        logger.warning("Render of action=%s failed in a batch (%s: %s); it is rendered alone",
+                       action_id, type(error).__name__, error)
+        dramatiq.pipeline([render.message(action_id), send.message()]).run()
+    for order in batch.orders.values():
+        if order is not None:
+            send.send(order)
+
+
 def _send_order(message: dramatiq.Message) -> dict | str | None:
     """What a send message carries: the render's send order, or a message id."""
     return message.args[0] if message.args else None
@@ -118,24 +134,19 @@ def fire_timeouts(action_ids: list[int]) -> None:
 
 def enqueue_actions(due: list[tuple[ScheduledAction, int]], **options: Any) -> None:
     """Turn claimed ScheduledActions, each with its delay in ms, into broker messages:
-    a render-and-send pipeline per send, a message per batch of timers
-    (``options``: message options)."""
+    a message per batch of sends (rendered, then each sent by a message of its own)
+    and per batch of timers (``options``: message options)."""
     settings = get_settings()
-    timers = []
-    for action, delay_ms in due:
-        if action.kind == ScheduledAction.SEND:
-            dramatiq.pipeline([
-                render.message_with_options(args=(action.id,), **options),
-                send.message_with_options(**options),
-            ]).run(delay=delay_ms or None)
-        else:
-            timers.append((action, delay_ms))
-    # Timers due within one polling interval of the timer queue share a message: it
-    # fires them no later.
+    sends = [(action, delay_ms) for action, delay_ms in due if action.kind == ScheduledAction.SEND]
+    timers = [(action, delay_ms) for action, delay_ms in due if action.kind != ScheduledAction.SEND]
+    # Actions due within one polling interval of the timer queue share a message: it
+    # runs them no later. (Sends wait for no deadline that tight; the same window
+    # keeps one rule.)
     window_ms = int(settings.worker_poll_interval.total_seconds() * 1000)
-    for ids, delay_ms in dispatch.timer_batches(
-            timers, max_size=settings.timeout_batch_size, window_ms=window_ms):
-        fire_timeouts.send_with_options(args=(ids,), delay=delay_ms or None, **options)
+    for actor, actions, max_size in ((render_batch, sends, settings.render_batch_size),
+                                     (fire_timeouts, timers, settings.timeout_batch_size)):
+        for ids, delay_ms in dispatch.due_batches(actions, max_size=max_size, window_ms=window_ms):
+            actor.send_with_options(args=(ids,), delay=delay_ms or None, **options)
 
 
 def enqueue_send(message_id: str, **options: Any) -> None:
@@ -143,7 +154,8 @@ def enqueue_send(message_id: str, **options: Any) -> None:
 
 
 # Deliberate re-runs, where the database says the work is not done: they skip the
-# idempotency lease. A delivery that found the claim of a killed worker taken ran
+# idempotency lease (a re-run render's sends are of new messages, or of messages the
+# database says were stored: their own leases decide). A delivery that found the claim of a killed worker taken ran
 # to its end ("replay") and left the effect marked done; that mark must not skip
 # the re-run, or the timer (or the resend) is lost until the mark expires.
 def requeue_actions(due: list[tuple[ScheduledAction, int]]) -> None:
