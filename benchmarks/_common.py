@@ -282,10 +282,13 @@ class CpuMeter:
     benchmark: its dispatching and waiting, and the SendGrid stand-in's threads),
     and the machine as a whole (all time not idle, not waiting on disk, not stolen
     by the hypervisor). Processes are listed again at the end, so a PostgreSQL
-    backend that connected meanwhile counts.
+    backend that connected meanwhile counts. Beside them, the time the machine's
+    CPUs stood idle (or waited on disk) and the time the hypervisor took for other
+    guests ("stolen"): a phase whose throughput fell while its CPU per item did not
+    was starved (stolen) or could not keep the CPUs busy (idle).
     """
 
-    PARTS = ("workers", "PostgreSQL", "Redis", "this process", "machine")
+    PARTS = ("workers", "PostgreSQL", "Redis", "this process", "machine", "idle", "stolen")
 
     def __init__(self, workers: Workers) -> None:
         self.workers = workers
@@ -312,6 +315,8 @@ class CpuMeter:
         machine = psutil.cpu_times()
         seconds["machine"] = {0: machine.user + machine.nice + machine.system
                               + machine.irq + machine.softirq}
+        seconds["idle"] = {0: machine.idle + machine.iowait}
+        seconds["stolen"] = {0: machine.steal}
         return seconds
 
     def spent(self) -> dict[str, float]:

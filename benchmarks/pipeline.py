@@ -21,9 +21,10 @@ what the ``dispatch_due`` actor runs) and watches the database.
   third between the rounds of one run). Each round prints its pair; the figures are
   the medians of the rounds, the ratio the median of their ratios.
 - Each round also prints where the CPU of an email and of a chain went (CpuMeter: the
-  workers, PostgreSQL, Redis, this process with the stand-in, the machine). The machine
-  is CPU-bound in both phases, so the ratio follows the CPU per item; the split says
-  which part of an email's cost a change moved.
+  workers, PostgreSQL, Redis, this process with the stand-in, the machine; and the CPU
+  time left idle, and stolen by the hypervisor). The machine is CPU-bound in both
+  phases, so the ratio follows the CPU per item; the split says which part of an
+  email's cost a change moved.
 - timeouts_per_s: N sent messages each with a due ``no_open`` timer (a move to the
   ``bump`` email node); from their dispatch until the ``fire_timeouts`` actor has
   fired all N. The target is 1,000 per second.
