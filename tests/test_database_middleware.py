@@ -74,3 +74,25 @@ def test_a_database_down_at_start_is_logged_not_fatal(data_dir: Path, caplog) ->
     with caplog.at_level(logging.ERROR):
         boot(database)
     assert "Could not check the database's schema at worker start" in caplog.text
+
+
+def test_db_init_replaces_the_status_index_and_workers_say_so_until_then(any_db, caplog) -> None:
+    # Given a schema of an earlier version: messages indexed by status alone
+    with any_db.connection_context():
+        any_db.execute_sql('DROP INDEX "outbound_message_status_id"')
+        any_db.execute_sql('CREATE INDEX "outbound_message_status" ON "outbound_message" ("status")')
+        assert models.missing_schema(any_db) == [
+            "index outbound_message_status", "index outbound_message_status_id"]
+    if not isinstance(any_db, models.peewee.SqliteDatabase):
+        # Then a worker on PostgreSQL says to run db init, and that nothing fails meanwhile
+        with caplog.at_level(logging.WARNING):
+            boot(any_db)
+        assert ("outreach indexes are out of date (index outbound_message_status, index "
+                "outbound_message_status_id): run `outreach db init`") in caplog.text
+    # When db init runs (on SQLite, the worker's boot did)
+    models.create_schema(any_db)
+    # Then the new index is there and the old one gone
+    with any_db.connection_context():
+        names = {index.name for index in any_db.get_indexes("outbound_message")}
+        assert models.missing_schema(any_db) == []
+    assert "outbound_message_status_id" in names and "outbound_message_status" not in names

@@ -249,6 +249,31 @@ def test_replays_cost_two_statements_and_change_nothing(rendered, standin, sendg
     assert timers_of(rendered.enrollment_id) == [("intro", "no_open")]
 
 
+def test_a_claim_reads_its_own_message_however_many_wait(postgres_db) -> None:
+    # Given 2,000 rendered messages waiting (a burst, or mail held by rate limits),
+    # and statistics taken when the table held only sent mail
+    make_tenant()
+    loose = [(f"msg_{n}", "acme", f"loose:{n}", "sent", f"c{n}@example.com", "sales@acme.test",
+              "Hi", "<p>Hi</p>", "Hi", utcnow()) for n in range(2000)]
+    OutboundMessage.insert_many(loose, fields=[
+        OutboundMessage.id, OutboundMessage.tenant, OutboundMessage.dedupe_key,
+        OutboundMessage.status, OutboundMessage.to_email, OutboundMessage.from_email,
+        OutboundMessage.subject, OutboundMessage.html, OutboundMessage.text,
+        OutboundMessage.created_at]).execute()
+    postgres_db.execute_sql("ANALYZE outbound_message")
+    OutboundMessage.update(status="rendered").execute()
+    # When one of them is claimed, as the send claims it
+    claim = delivery._statement(delivery._CLAIM)
+    params = ("sending", utcnow(), "msg_1234", "rendered", *delivery._SUPPRESSED_PARAMS)
+    with postgres_db.atomic() as transaction:
+        plan = "\n".join(row for (row,) in postgres_db.execute_sql(
+            "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + claim, params).fetchall())
+        transaction.rollback()
+    # Then it went to that row by its key, not through every message of its status
+    assert "Rows Removed by Filter" not in plan, plan
+    assert "Update on outbound_message" in plan and "(actual time" in plan
+
+
 # --- the same decisions, on both databases -------------------------------------------
 
 def test_the_rendered_message_holds_what_the_render_read(rendered) -> None:

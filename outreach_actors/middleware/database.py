@@ -43,7 +43,12 @@ class DatabaseConnections(dramatiq.Middleware):
             # and of two workers upgrading one SQLite file at once, one finds it done.
             self.logger.error("Could not check the database's schema at worker start: %s", exc)
             return
-        if missing:
+        if missing and all(entry.startswith("index ") for entry in missing):
+            self.logger.warning(
+                "The database's outreach indexes are out of date (%s): run `outreach db init`. "
+                "Until then some statements are slower.", _listed(missing),
+            )
+        elif missing:
             self.logger.error(
                 "The database lacks outreach tables or columns (%s): run `outreach db init`. "
                 "Messages fail (and are retried) until then.", _listed(missing),
