@@ -91,15 +91,16 @@ class _SendAction(NamedTuple):
 _STATEMENTS: dict[tuple[str, str], str] = {}
 
 
-def _statement(template: str) -> str:
+def _statement(template: str, *, prepared: bool = True) -> str:
     """``template`` for the bound database (its placeholder style), built once, and
-    run as a prepared statement where the database prepares (see db.py)."""
+    run as a prepared statement where the database prepares (see db.py), unless not
+    ``prepared``."""
     database = database_proxy.obj
     key = (template, database.param)
     statement = _STATEMENTS.get(key)
     if statement is None:
         statement = _STATEMENTS[key] = template.strip().replace("{p}", database.param)
-    return prepare(database, statement)
+    return prepare(database, statement) if prepared else statement
 
 # The send actions, each with its enrollment, contact, tenant and plan version, and
 # the tenant's first sender identity (verified ones first), as _SendAction; with the
@@ -470,8 +471,11 @@ def _store_rendered(rendered: dict[int, _Rendered],
     rows = ", ".join([_MESSAGE_ROW] * len(rendered))
     params = [value for email in rendered.values() for value in email.row]
     if _one_statement_writes():
+        # Prepared for one email (a trickle of sends, the single render): a text per
+        # batch size would keep a plan of some 8 kB a row in every connection, and a
+        # batch shares its one parse and plan anyway.
         stored = {action_id for (action_id,) in database_proxy.execute_sql(
-            _statement(_RENDER_IN_ONE.replace("{rows}", rows)),
+            _statement(_RENDER_IN_ONE.replace("{rows}", rows), prepared=len(rendered) == 1),
             [*params, ScheduledAction.DONE, "rendered", now]).fetchall()}
     else:
         with database_proxy.atomic():

@@ -18,6 +18,7 @@ import isodate
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, field_validator
 
 ENV_PREFIX = "OUTREACH_"
+MAX_RENDER_BATCH_SIZE = 1000
 
 
 class SettingsError(ValueError):
@@ -163,13 +164,21 @@ class Settings(BaseModel):
         "ratelimit_global_per_hour",
         "dispatch_batch_size",
         "timeout_batch_size",
-        "render_batch_size",
         "soft_bounce_limit",
     )
     @classmethod
     def _positive(cls, value: int) -> int:
         if value <= 0:
             raise ValueError("must be a positive whole number")
+        return value
+
+    @field_validator("render_batch_size")
+    @classmethod
+    def _storable_batch(cls, value: int) -> int:
+        # A batch is stored by one statement of 17 parameters an email: SQLite takes
+        # 32,766 parameters a statement, PostgreSQL 65,535.
+        if not 1 <= value <= MAX_RENDER_BATCH_SIZE:
+            raise ValueError(f"must be a whole number from 1 to {MAX_RENDER_BATCH_SIZE}")
         return value
 
     @field_validator("public_base_url")

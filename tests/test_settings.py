@@ -62,6 +62,8 @@ def test_public_variable_names_are_read() -> None:
         ("OUTREACH_RATELIMIT_TENANT_PER_HOUR", "lots"),
         ("OUTREACH_SENDGRID_WEBHOOK_ALLOW_UNSIGNED", "perhaps"),
         ("OUTREACH_DISPATCH_BATCH_SIZE", "-5"),
+        ("OUTREACH_RENDER_BATCH_SIZE", "0"),
+        ("OUTREACH_RENDER_BATCH_SIZE", "5000"),
         ("OUTREACH_PUBLIC_BASE_URL", "https://mail.example.com\r\nX-Evil: 1"),
         ("OUTREACH_PUBLIC_BASE_URL", "mail.example.com"),
     ],
