@@ -253,7 +253,7 @@ class SendScope(NamedTuple):
 
 
 def send_order(message_id: str, scope: SendScope, rendered_at: datetime) -> dict:
-    """What a render pipes to its send: the message id and whom the send counts
+    """What a render hands its send: the message id and whom the send counts
     against, so that the send's rate limits need no read of their own (the render
     read it all already). JSON, as it travels in a broker message."""
     return {"message_id": message_id, "scope": scope._asdict(),

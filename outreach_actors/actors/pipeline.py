@@ -68,7 +68,7 @@ def _send_order(message: dramatiq.Message) -> dict | str | None:
 def send_rate_limits(message: dramatiq.Message) -> list[Limit]:
     """Every scope one send takes: its sender, tenant, recipient domain and the global one.
 
-    Read from the send order the render piped, or from the message when the order is
+    Read from the send order the render gave, or from the message when the order is
     not fresh (see delivery.send_scope).
     """
     scope = delivery.send_scope(_send_order(message))
@@ -83,7 +83,7 @@ def send_rate_limits(message: dramatiq.Message) -> list[Limit]:
 
 def send_effect(message: dramatiq.Message) -> str | None:
     """The idempotency key of a send: its message, however the send was ordered (a
-    piped send order, or a bare id from the reconciler)."""
+    send order from a render, or a bare id from the reconciler)."""
     return delivery.order_message_id(_send_order(message))
 
 
@@ -98,7 +98,7 @@ def send_deferred(message: dramatiq.Message, delay_ms: int) -> None:
                 max_backoff=600_000, rate_limits=send_rate_limits, on_deferral=send_deferred,
                 idempotency_key=send_effect)
 def send(order: dict | str | None) -> None:
-    """Send one rendered message through SendGrid (``order``: what the render piped,
+    """Send one rendered message through SendGrid (``order``: what the render gave,
     or a message id)."""
     message_id = delivery.order_message_id(order)
     if message_id is None:
