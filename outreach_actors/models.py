@@ -395,7 +395,8 @@ def create_schema(database: peewee.Database) -> None:
         # column: the tables reference each other, and no constraint is needed.
         database.create_tables(ALL_MODELS, safe=True)
         _add_missing_columns(database)
-        for index in _replaced_indexes(database, database.get_tables()):
+        _, replaced = _index_changes(database, database.get_tables())
+        for index in replaced:
             database.execute_sql(f'DROP INDEX IF EXISTS "{index}"')
 
 
@@ -407,26 +408,24 @@ def missing_schema(database: peewee.Database) -> list[str]:
     missing = [model._meta.table_name for model in ALL_MODELS
                if model._meta.table_name not in tables]
     columns = [f"{table}.{field.column_name}" for table, field in _missing_columns(database, tables)]
-    return missing + columns + [f"index {name}" for name in sorted(
-        {*_missing_indexes(database, tables), *_replaced_indexes(database, tables)})]
+    created, replaced = _index_changes(database, tables)
+    return missing + columns + [f"index {name}" for name in sorted(created + replaced)]
 
 
-def _missing_indexes(database: peewee.Database, tables: Collection[str]) -> Iterator[str]:
-    """The indexes of the models whose tables are among ``tables`` that are not there."""
+def _index_changes(database: peewee.Database,
+                   tables: Collection[str]) -> tuple[list[str], list[str]]:
+    """Of the tables among ``tables``: the models' indexes that are not there (to
+    create), and the indexes of earlier versions that a newer one replaces (to drop)."""
+    created: list[str] = []
+    replaced: list[str] = []
     for model in ALL_MODELS:
         table = model._meta.table_name
         if table in tables:
             existing = {index.name for index in database.get_indexes(table)}
-            yield from (index._name for index in model._meta.fields_to_index()
-                        if index._name not in existing)
-
-
-def _replaced_indexes(database: peewee.Database, tables: Collection[str]) -> Iterator[str]:
-    """The indexes of earlier versions still on ``tables`` that a newer one replaces."""
-    for table, names in _REPLACED_INDEXES.items():
-        if table in tables:
-            existing = {index.name for index in database.get_indexes(table)}
-            yield from (name for name in names if name in existing)
+            created += [index._name for index in model._meta.fields_to_index()
+                        if index._name not in existing]
+            replaced += [name for name in _REPLACED_INDEXES.get(table, ()) if name in existing]
+    return created, replaced
 
 
 def _missing_columns(database: peewee.Database,

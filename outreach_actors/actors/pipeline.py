@@ -154,10 +154,11 @@ def enqueue_send(message_id: str, **options: Any) -> None:
 
 
 # Deliberate re-runs, where the database says the work is not done: they skip the
-# idempotency lease (a re-run render's sends are of new messages, or of messages the
-# database says were stored: their own leases decide). A delivery that found the claim of a killed worker taken ran
+# idempotency lease. A delivery that found the claim of a killed worker taken ran
 # to its end ("replay") and left the effect marked done; that mark must not skip
-# the re-run, or the timer (or the resend) is lost until the mark expires.
+# the re-run, or the timer (or the resend) is lost until the mark expires. (The
+# sends a re-run render enqueues are of new messages, or of messages the database
+# says it stored: their own leases decide.)
 def requeue_actions(due: list[tuple[ScheduledAction, int]]) -> None:
     """Enqueue again actions whose lease expired."""
     enqueue_actions(due, idempotency_key=False)
