@@ -201,6 +201,11 @@ def standin() -> Iterator[SendGridStandIn]:
         yield server
 
 
+def recipients(standin: SendGridStandIn) -> list[str]:
+    """The address each mail the stand-in accepted went to, sorted."""
+    return sorted(mail.recipients()[0][0] for mail in standin.messages)
+
+
 @pytest.fixture
 def sendgrid_client(standin: SendGridStandIn) -> SendGridClient:
     return SendGridClient(STANDIN_API_KEY, host=standin.host, timeout_s=5.0)

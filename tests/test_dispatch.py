@@ -14,7 +14,7 @@ import pytest
 from outreach_actors import dispatch, engine, models
 from outreach_actors.models import OutboundMessage, ScheduledAction, utcnow
 
-from .conftest import make_settings
+from .conftest import make_settings, recipients
 from .factories import load_plan, make_tenant
 
 
@@ -207,10 +207,6 @@ def campaign(stub_broker, data_dir, standin, emails: list[str],
         yield seen
     finally:
         configure(None)
-
-
-def recipients(standin) -> list[str]:
-    return sorted(mail.recipients()[0][0] for mail in standin.messages)
 
 
 def test_the_render_hands_its_send_a_send_order_and_a_send_delivered_again_sends_once(
