@@ -27,10 +27,11 @@ import peewee  # noqa: E402
 import psutil  # noqa: E402
 
 import outreach_actors  # noqa: E402,F401  (installs the broker before any actor is declared)
-from outreach_actors import models, runtime  # noqa: E402
-from outreach_actors.db import ensure_postgres_database  # noqa: E402
-from outreach_actors.models import Enrollment, OutboundMessage, ScheduledAction  # noqa: E402
+from outreach_actors.domain.store import models  # noqa: E402
+from outreach_actors.domain.store.db import ensure_postgres_database  # noqa: E402
+from outreach_actors.domain.store.models import Enrollment, OutboundMessage, ScheduledAction  # noqa: E402
 from outreach_actors.settings import Settings, settings_from_mapping  # noqa: E402
+from outreach_actors.worker import runtime
 
 DATABASE_URL = os.environ.get(
     "BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/outreach_bench"

@@ -39,7 +39,7 @@ from typing import Any
 # run installs its own settings.
 os.environ.setdefault("OUTREACH_BROKER_URL", "stub://")
 
-from outreach_actors.chaos import ChaosConfig, ChaosReport, run_chaos  # noqa: E402
+from outreach_actors.dev.chaos import ChaosConfig, ChaosReport, run_chaos  # noqa: E402
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/outreach_chaos"
 FULL_ENROLLMENTS, QUICK_ENROLLMENTS = 2000, 300

@@ -2,7 +2,7 @@
 
 A diagnostic for the pipeline benchmark (not a figure run.py reports): it calls
 ``delivery.render_action`` and ``delivery.send_message`` for N fresh enrollments,
-then ``timeouts.fire_timeouts`` over N due timers in batches, in this process on
+then ``timers.fire_timeouts`` over N due timers in batches, in this process on
 PostgreSQL, and prints the CPU time (``time.process_time``), the SQL statements and
 the CPU of the PostgreSQL backend serving this process, per email and per timer.
 The SendGrid stand-in runs in this process too, so its share of an HTTP request
@@ -24,8 +24,10 @@ import _common
 import psutil
 from pipeline import sample_plan
 
-from outreach_actors import delivery, dispatch, engine, models, timeouts
-from outreach_actors.testing import SendGridStandIn
+from outreach_actors.dev.standin import SendGridStandIn
+from outreach_actors.domain import dispatch, engine
+from outreach_actors.domain.mail import delivery
+from outreach_actors.domain.store import models
 
 DATABASE_URL = _common.DATABASE_URL.rsplit("/", 1)[0] + "/outreach_bench_inprocess"
 API_KEY = "SG.bench-key"
@@ -87,7 +89,7 @@ def main() -> None:
             OUTREACH_SENDGRID_API_KEY=API_KEY, OUTREACH_SENDGRID_API_HOST=standin.host,
         )
         settings = _common.install(environment)
-        from outreach_actors.actors.pipeline import sendgrid_client
+        from outreach_actors.worker.actors.mail import sendgrid_client
 
         database = _common.fresh_schema()
         with database.connection_context():
@@ -116,7 +118,7 @@ def main() -> None:
 
             def fire() -> None:
                 for start in range(0, len(timers), options.batch):
-                    timeouts.fire_timeouts(timers[start:start + options.batch])
+                    timers.fire_timeouts(timers[start:start + options.batch])
 
             measure(fire, len(timers), options.profile, f"timer (batches of {options.batch})")
             if _common.finished(timers) != len(timers):

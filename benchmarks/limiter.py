@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import redis
 
-from outreach_actors.ratelimit import HOUR_MS, Limit, RedisRateLimiter
+from outreach_actors.worker.limiters import HOUR_MS, Limit, RedisRateLimiter
 
 DEFAULT_REDIS_URL = os.environ.get("OUTREACH_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 

@@ -51,12 +51,13 @@ import _common
 import dramatiq
 import redis
 
-from outreach_actors import dispatch, engine, models
-from outreach_actors.actors.pipeline import enqueue_actions, render_batch, send
-from outreach_actors.models import Enrollment, OutboundMessage, utcnow
-from outreach_actors.plans import validate_plan
+from outreach_actors.dev.standin import SendGridStandIn
+from outreach_actors.domain import dispatch, engine
+from outreach_actors.domain.plans import validate_plan
+from outreach_actors.domain.store import models
+from outreach_actors.domain.store.models import Enrollment, OutboundMessage, utcnow
 from outreach_actors.settings import Settings
-from outreach_actors.testing import SendGridStandIn
+from outreach_actors.worker.actors.mail import enqueue_actions, render_batch, send
 
 NAMESPACE = "outreach-bench-pipeline"
 NOOP_QUEUES = ("bench_noop_first", "bench_noop_second")

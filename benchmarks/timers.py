@@ -38,12 +38,13 @@ from datetime import timedelta
 import _common
 import redis
 
-from outreach_actors import dispatch, models
-from outreach_actors.actors.periodic import dispatch_due
-from outreach_actors.actors.pipeline import enqueue_actions
-from outreach_actors.embedded import ensure_embedded_redis, stop_embedded_redis
-from outreach_actors.models import ScheduledAction, utcnow
-from outreach_actors.plans import validate_plan
+from outreach_actors.domain import dispatch
+from outreach_actors.domain.plans import validate_plan
+from outreach_actors.domain.store import models
+from outreach_actors.domain.store.models import ScheduledAction, utcnow
+from outreach_actors.worker.actors.mail import enqueue_actions
+from outreach_actors.worker.actors.periodic import dispatch_due
+from outreach_actors.worker.embedded import ensure_embedded_redis, stop_embedded_redis
 
 NAMESPACE = "outreach-bench-timers"
 LATENESS_TARGET_S = 1.0

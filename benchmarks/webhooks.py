@@ -26,9 +26,10 @@ os.environ.setdefault("OUTREACH_BROKER_URL", "stub://")
 
 import psycopg2  # noqa: E402
 
-from outreach_actors import ingest, models  # noqa: E402
-from outreach_actors.db import database_from_url  # noqa: E402
-from outreach_actors.plans import validate_plan  # noqa: E402
+from outreach_actors.domain import ingest  # noqa: E402
+from outreach_actors.domain.plans import validate_plan  # noqa: E402
+from outreach_actors.domain.store import models
+from outreach_actors.domain.store.db import database_from_url  # noqa: E402
 from outreach_actors.settings import Settings, configure  # noqa: E402
 
 DEFAULT_DATABASE_URL = os.environ.get(

@@ -6,8 +6,8 @@ installs the broker with its middleware, binds the database and declares every
 actor. Building the broker does no I/O; the embedded Redis starts on first use.
 """
 
-from .runtime import setup as _setup
-from .settings import SettingsError as _SettingsError
+from outreach_actors.settings import SettingsError as _SettingsError
+from outreach_actors.worker.runtime import setup as _setup
 
 try:
     broker = _setup()
@@ -15,6 +15,6 @@ except _SettingsError as _exc:
     # A bad OUTREACH_* value stops every entry point at start, naming the variable.
     raise SystemExit(f"outreach_actors: {_exc}") from None
 
-from . import actors  # noqa: E402,F401  (declares every actor on `broker`)
+from outreach_actors.worker import actors  # noqa: E402,F401  (declares every actor on `broker`)
 
 __all__ = ["broker"]

@@ -25,14 +25,18 @@ import pytest  # noqa: E402
 import redis  # noqa: E402
 
 import outreach_actors  # noqa: E402
-from outreach_actors import models  # noqa: E402
-from outreach_actors.broker import make_broker  # noqa: E402
-from outreach_actors.db import database_from_url, ensure_postgres_database, is_postgresql  # noqa: E402
-from outreach_actors.embedded import stop_embedded_redis  # noqa: E402
-from outreach_actors.providers.sendgrid import SendGridClient  # noqa: E402
-from outreach_actors.runtime import rebind_actors  # noqa: E402
+from outreach_actors.dev.standin import SendGridStandIn  # noqa: E402
+from outreach_actors.domain.store import models  # noqa: E402
+from outreach_actors.domain.store.db import (
+    database_from_url,
+    ensure_postgres_database,
+    is_postgresql,
+)  # noqa: E402
+from outreach_actors.providers.sendgrid.client import SendGridClient  # noqa: E402
 from outreach_actors.settings import Settings, configure  # noqa: E402
-from outreach_actors.testing import SendGridStandIn  # noqa: E402
+from outreach_actors.worker.broker import make_broker  # noqa: E402
+from outreach_actors.worker.embedded import stop_embedded_redis  # noqa: E402
+from outreach_actors.worker.runtime import rebind_actors  # noqa: E402
 
 REDIS_URL = os.environ.get("OUTREACH_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 RABBITMQ_URL = os.environ.get("OUTREACH_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")

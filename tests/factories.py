@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from outreach_actors import models
-from outreach_actors.plans import validate_plan
+from outreach_actors.domain import ingest
+from outreach_actors.domain.plans import validate_plan
+from outreach_actors.domain.store import models
+from outreach_actors.providers.sendgrid.events import parse_sendgrid_batch
 
 THREE_NODE_PLAN = """
 name: onboarding
@@ -51,3 +53,8 @@ def load_plan(text: str = THREE_NODE_PLAN, tenant_id: str = "acme", **overrides:
     )
     return models.Plan.create(tenant=tenant_id, name=plan.name, version=version,
                               definition=definition)
+
+
+def normalize_delivery(delivery_id: int, **options: Any) -> ingest.IngestResult:
+    """``ingest.normalize_delivery`` with SendGrid's parser, as the worker runs it."""
+    return ingest.normalize_delivery(delivery_id, parse_batch=parse_sendgrid_batch, **options)

@@ -26,18 +26,22 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from outreach_actors.cli import main
-from outreach_actors.plans import (
+from outreach_actors.cli.commands import main
+from outreach_actors.domain.plans import (
     EVENT_ALIASES,
     MAX_NODES,
     MAX_PLAN_BYTES,
-    Plan,
     PlanError,
+    PlanSpec,
     load_plan_text,
     plan_from_definition,
     validate_plan,
 )
-from outreach_actors.rendering import MAX_TEMPLATE_BYTES, RenderError, TemplateRenderer
+from outreach_actors.domain.rendering import (
+    MAX_TEMPLATE_BYTES,
+    RenderError,
+    TemplateRenderer,
+)
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 RENDERER = TemplateRenderer(TEMPLATES)
@@ -226,7 +230,7 @@ PLAN_TEXTS = (
 
 # -- plans: the property --------------------------------------------------------------------
 
-ROOTS = {"(plan)", "plan", *Plan.model_fields}
+ROOTS = {"(plan)", "plan", *PlanSpec.model_fields}
 
 
 def starts_with_path(error: str, data: Any) -> bool:
@@ -243,8 +247,8 @@ def starts_with_path(error: str, data: Any) -> bool:
     )
 
 
-def judge(data: Any, **options: Any) -> Plan | None:
-    """validate_plan's verdict, checked: a Plan that survives storage, or errors with paths."""
+def judge(data: Any, **options: Any) -> PlanSpec | None:
+    """validate_plan's verdict, checked: a PlanSpec that survives storage, or errors with paths."""
     try:
         plan = validate_plan(data, **options)
     except PlanError as exc:
@@ -254,7 +258,7 @@ def judge(data: Any, **options: Any) -> Plan | None:
             # Echoed values are bounded (a YAML alias bomb must not become a 1 GB message).
             assert len(error) < 2_000, f"error of {len(error):,} characters"
         return None
-    assert isinstance(plan, Plan)
+    assert isinstance(plan, PlanSpec)
     # The engine reloads a stored plan from its definition: that must give the same plan.
     assert plan_from_definition(plan.to_definition()) == plan
     return plan

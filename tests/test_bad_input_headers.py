@@ -17,13 +17,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from outreach_actors import delivery, engine, models
-from outreach_actors.db import is_postgresql
-from outreach_actors.models import Enrollment, OutboundMessage, ScheduledAction, SenderIdentity
-from outreach_actors.plans import PlanError
-from outreach_actors.providers.sendgrid import SendGridClient
+from outreach_actors.dev.standin import SendGridStandIn
+from outreach_actors.domain import engine
+from outreach_actors.domain.mail import delivery
+from outreach_actors.domain.plans import PlanError
+from outreach_actors.domain.store import models
+from outreach_actors.domain.store.db import is_postgresql
+from outreach_actors.domain.store.models import (
+    Enrollment,
+    OutboundMessage,
+    ScheduledAction,
+    SenderIdentity,
+)
+from outreach_actors.providers.sendgrid.client import SendGridClient
 from outreach_actors.settings import Settings, configure
-from outreach_actors.testing import SendGridStandIn
 
 from .conftest import make_settings
 from .factories import load_plan, make_tenant

@@ -22,19 +22,25 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from outreach_actors import engine, ingest, models
-from outreach_actors.actors.webhook import normalize_webhook
-from outreach_actors.models import MessageEvent, OutboundMessage, Suppression, WebhookDelivery
-from outreach_actors.providers.events import SENDGRID_KEYS
-from outreach_actors.runtime import rebind_actors
+from outreach_actors.dev.standin import WebhookKeys, generate_webhook_keys, sign_webhook
+from outreach_actors.domain import engine, ingest
+from outreach_actors.domain.store import models
+from outreach_actors.domain.store.models import (
+    MessageEvent,
+    OutboundMessage,
+    Suppression,
+    WebhookDelivery,
+)
+from outreach_actors.domain.unsubscribe import make_token
+from outreach_actors.providers.sendgrid.events import SENDGRID_KEYS
 from outreach_actors.settings import Settings, configure
-from outreach_actors.testing import WebhookKeys, generate_webhook_keys, sign_webhook
-from outreach_actors.unsubscribe import make_token
-from outreach_actors.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER
-from outreach_actors.wsgi import OutreachWSGI, make_app
+from outreach_actors.web.app import OutreachWSGI, make_app
+from outreach_actors.web.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER
+from outreach_actors.worker.actors.webhooks import normalize_webhook
+from outreach_actors.worker.runtime import rebind_actors
 
 from .conftest import POSTGRES_URL, make_settings
-from .factories import load_plan, make_tenant
+from .factories import load_plan, make_tenant, normalize_delivery
 from .test_bad_input import fuzz
 
 MESSAGE_ID = "msg_fuzz"
@@ -281,7 +287,7 @@ def check_normalization(delivery_id: int, body: bytes) -> None:
     for run in range(2):
         events = MessageEvent.select().count()
         try:
-            result = ingest.normalize_delivery(delivery_id)
+            result = normalize_delivery(delivery_id)
         except ingest.MessagesNotYetStored:
             result = None
         except (peewee.DataError, ValueError) as exc:

@@ -14,9 +14,13 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from periodiq import PeriodiqMiddleware
 
-from outreach_actors.broker import make_broker
-from outreach_actors.embedded import EmbeddedRedis, ensure_embedded_redis, stop_embedded_redis
 from outreach_actors.settings import Settings
+from outreach_actors.worker.broker import make_broker
+from outreach_actors.worker.embedded import (
+    EmbeddedRedis,
+    ensure_embedded_redis,
+    stop_embedded_redis,
+)
 
 from .conftest import make_settings
 
@@ -100,7 +104,7 @@ CONSUMER = textwrap.dedent(
     """
     import sys, time, dramatiq
     from pathlib import Path
-    from outreach_actors.broker import make_broker
+    from outreach_actors.worker.broker import make_broker
     from outreach_actors.settings import Settings
     data_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
     broker = make_broker(Settings(data_dir=data_dir))

@@ -12,11 +12,12 @@ from collections import Counter
 from datetime import timedelta
 from urllib.parse import urlparse
 
-from outreach_actors import dispatch, engine, timeouts
-from outreach_actors.actors.pipeline import fire_timeout, requeue_actions, requeue_send, send
-from outreach_actors.audit import audit_campaign
-from outreach_actors.chaos import ChaosConfig, run_chaos
-from outreach_actors.models import (
+from outreach_actors.dev.audit import audit_campaign
+from outreach_actors.dev.chaos import ChaosConfig, run_chaos
+from outreach_actors.dev.standin import AcceptedMessage, SendGridStandIn
+from outreach_actors.domain import dispatch, engine, ingest, timers
+from outreach_actors.domain.mail import ambiguous
+from outreach_actors.domain.store.models import (
     Enrollment,
     MessageEvent,
     OutboundMessage,
@@ -24,9 +25,9 @@ from outreach_actors.models import (
     WebhookDelivery,
     utcnow,
 )
+from outreach_actors.domain.suppressions import suppress
 from outreach_actors.settings import configure
-from outreach_actors.suppressions import suppress
-from outreach_actors.testing import AcceptedMessage, SendGridStandIn
+from outreach_actors.worker.actors.mail import fire_timeout, requeue_actions, requeue_send, send
 
 from .conftest import POSTGRES_URL, make_settings, require_postgres
 from .factories import load_plan, make_tenant
@@ -85,12 +86,12 @@ def test_an_event_stored_while_a_send_looked_in_flight_confirms_it(settings) -> 
     processed_at = started + timedelta(seconds=1)
     MessageEvent.create(message=message, tenant="acme", type="queued", provider_event="processed",
                         event_key="sg:processed-1", occurred_at=processed_at)
-    engine.handle_message_event(message.id, "queued", processed_at)
+    ingest.handle_message_event(message.id, "queued", processed_at)
     # When the reconciler finds the send cut short
     assert dispatch.reconcile_stuck_messages(lambda _: None, settings=settings) == (0, 1)
     # Then the stored event confirms it at once (not when the ambiguous window ends):
     # sent, its timer started, the contact goes on; the policy has nothing to settle.
-    assert dispatch.settle_ambiguous_sends(lambda _: None, settings=settings) == 0
+    assert ambiguous.settle_ambiguous_sends(lambda _: None, settings=settings) == 0
     assert OutboundMessage.get_by_id(message.id).status == "sent"
     assert Enrollment.get_by_id(enrollment.id).status == "active"
     timers = ScheduledAction.select().where(ScheduledAction.kind == ScheduledAction.TIMEOUT)
@@ -112,7 +113,7 @@ def test_a_timer_claimed_by_a_killed_worker_fires_once_its_lease_expires(setting
         run_at=utcnow() - timedelta(minutes=10), dedupe_key="timer", visit_version=0,
     )
     # Given a worker that claimed the timer ten minutes ago and was killed
-    assert timeouts.claim_actions([action.id], utcnow() - timedelta(minutes=10))
+    assert timers.claim_actions([action.id], utcnow() - timedelta(minutes=10))
     # and a second delivery of its message, which finds the claim taken
     fire_timeout.send(action.id)
     stub_broker.join(fire_timeout.queue_name)
@@ -153,7 +154,7 @@ def test_a_resend_is_not_skipped_by_a_replay_of_the_send_it_repeats(data_dir, sq
             stub_worker.join()
             # When the send is found cut short and the policy resends it
             dispatch.reconcile_stuck_messages(lambda _: None, settings=settings)
-            assert dispatch.settle_ambiguous_sends(requeue_send, settings=settings) == 1
+            assert ambiguous.settle_ambiguous_sends(requeue_send, settings=settings) == 1
             stub_broker.join(send.queue_name)
             stub_worker.join()
         finally:

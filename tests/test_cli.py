@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from outreach_actors import models
-from outreach_actors.cli import main
+from outreach_actors.cli.commands import main
+from outreach_actors.domain.store import models
 from outreach_actors.settings import configure
 
 from .conftest import make_settings
@@ -88,8 +88,8 @@ def test_load_enroll_preview_and_stats(outreach, tmp_path: Path) -> None:
     assert "Welcome, Ada" in output
     assert "Ada" in html.read_text()
     # Its unsubscribe link looks real but unsubscribes no one.
+    from outreach_actors.domain.unsubscribe import InvalidUnsubscribeToken, read_token
     from outreach_actors.settings import get_settings
-    from outreach_actors.unsubscribe import InvalidUnsubscribeToken, read_token
 
     token = html.read_text().split("/unsubscribe/", 1)[1].split('"', 1)[0]
     with pytest.raises(InvalidUnsubscribeToken):
@@ -175,7 +175,7 @@ def test_a_bad_setting_stops_the_command_naming_the_variable(tmp_path: Path) -> 
 
 
 def test_broker_stop_stops_the_embedded_server(data_dir: Path) -> None:
-    from outreach_actors.embedded import EmbeddedRedis, ensure_embedded_redis
+    from outreach_actors.worker.embedded import EmbeddedRedis, ensure_embedded_redis
 
     ensure_embedded_redis(data_dir)
     configure(make_settings(data_dir, broker_url=None))
@@ -331,8 +331,9 @@ def test_a_semicolon_separated_export_is_read_too(outreach, tmp_path: Path) -> N
 def test_failures_lists_failed_contacts_with_why(outreach, standin) -> None:
     import json
 
-    from outreach_actors import delivery, engine
-    from outreach_actors.providers.sendgrid import SendGridClient
+    from outreach_actors.domain import engine
+    from outreach_actors.domain.mail import delivery
+    from outreach_actors.providers.sendgrid.client import SendGridClient
 
     from .conftest import STANDIN_API_KEY
     from .factories import load_plan, make_tenant

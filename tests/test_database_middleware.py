@@ -7,10 +7,10 @@ from pathlib import Path
 
 import dramatiq
 
-from outreach_actors import models
-from outreach_actors.db import database_from_url
-from outreach_actors.middleware.database import DatabaseConnections
-from outreach_actors.models import Enrollment
+from outreach_actors.domain.store import models
+from outreach_actors.domain.store.db import database_from_url
+from outreach_actors.domain.store.models import Enrollment
+from outreach_actors.worker.middleware.database import DatabaseConnections
 
 from .conftest import make_settings
 

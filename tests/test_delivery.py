@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from outreach_actors import delivery, engine
-from outreach_actors.models import Enrollment, OutboundMessage, ScheduledAction, SenderIdentity
-from outreach_actors.providers.sendgrid import SendGridClient
-from outreach_actors.suppressions import suppress
-from outreach_actors.testing import SendGridStandIn
+from outreach_actors.dev.standin import SendGridStandIn
+from outreach_actors.domain import engine
+from outreach_actors.domain.mail import delivery
+from outreach_actors.domain.store.models import (
+    Enrollment,
+    OutboundMessage,
+    ScheduledAction,
+    SenderIdentity,
+)
+from outreach_actors.domain.suppressions import suppress
+from outreach_actors.providers.sendgrid.client import SendGridClient
 
 from .conftest import STANDIN_API_KEY, recipients, wait_until
 from .factories import load_plan, make_tenant
@@ -157,7 +163,7 @@ def test_eight_deliveries_of_one_render_and_send_at_once_mail_once(request, data
     # the database's claims alone must hold), for a few contacts in turn
     import threading
 
-    from outreach_actors import models
+    from outreach_actors.domain.store import models
     from outreach_actors.settings import configure
 
     from .conftest import make_settings
@@ -202,8 +208,8 @@ def test_the_send_actor_retries_after_sendgrids_retry_after(rendered, standin, d
     # expected, so neither a traceback in the log nor a Sentry error.
     import dramatiq
 
-    from outreach_actors.actors.pipeline import send
     from outreach_actors.settings import configure
+    from outreach_actors.worker.actors.mail import send
 
     from .conftest import make_settings
 

@@ -19,10 +19,11 @@ from datetime import timedelta
 import dramatiq
 import pytest
 
-from outreach_actors import delivery, engine, models
-from outreach_actors.actors.pipeline import send_rate_limits
-from outreach_actors.db import is_postgresql
-from outreach_actors.models import (
+from outreach_actors.domain import engine
+from outreach_actors.domain.mail import delivery
+from outreach_actors.domain.store import models
+from outreach_actors.domain.store.db import is_postgresql
+from outreach_actors.domain.store.models import (
     Enrollment,
     OutboundMessage,
     ScheduledAction,
@@ -30,8 +31,9 @@ from outreach_actors.models import (
     Tenant,
     utcnow,
 )
+from outreach_actors.domain.suppressions import suppress
 from outreach_actors.settings import Settings, configure
-from outreach_actors.suppressions import suppress
+from outreach_actors.worker.actors.mail import send_rate_limits
 
 from .conftest import counting, make_settings
 from .factories import load_plan, make_tenant

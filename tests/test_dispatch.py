@@ -11,8 +11,9 @@ from datetime import timedelta
 import dramatiq
 import pytest
 
-from outreach_actors import dispatch, engine, models
-from outreach_actors.models import OutboundMessage, ScheduledAction, utcnow
+from outreach_actors.domain import dispatch, engine
+from outreach_actors.domain.store import models
+from outreach_actors.domain.store.models import OutboundMessage, ScheduledAction, utcnow
 
 from .conftest import make_settings, recipients
 from .factories import load_plan, make_tenant
@@ -143,8 +144,8 @@ def test_a_send_waiting_out_a_rate_limit_is_not_taken_for_a_lost_one(enrollments
 
 def test_the_send_actor_notes_its_rate_limit_deferrals(data_dir, sqlite_db, stub_broker,
                                                        stub_worker, standin) -> None:
-    from outreach_actors.actors.pipeline import enqueue_actions
     from outreach_actors.settings import configure
+    from outreach_actors.worker.actors.mail import enqueue_actions
 
     configure(make_settings(data_dir, sendgrid_api_host=standin.host))
     try:
@@ -190,8 +191,8 @@ def campaign(stub_broker, data_dir, standin, emails: list[str],
              **settings: object) -> Iterator[_SeenMessages]:
     """``emails`` enrolled, their first sends dispatched and run by the stub worker, in
     the block; yields what messages the worker saw."""
-    from outreach_actors.actors.pipeline import enqueue_actions
     from outreach_actors.settings import configure
+    from outreach_actors.worker.actors.mail import enqueue_actions
 
     seen = _SeenMessages()
     stub_broker.add_middleware(seen)
@@ -211,7 +212,7 @@ def campaign(stub_broker, data_dir, standin, emails: list[str],
 
 def test_the_render_hands_its_send_a_send_order_and_a_send_delivered_again_sends_once(
         data_dir, sqlite_db, stub_broker, stub_worker, standin) -> None:
-    from outreach_actors.actors.pipeline import send
+    from outreach_actors.worker.actors.mail import send
 
     with campaign(stub_broker, data_dir, standin, ["ada@example.com"]) as seen:
         message = OutboundMessage.get()
@@ -248,7 +249,7 @@ def test_sends_due_together_are_rendered_in_batches_and_each_sent_once(
 
 def test_a_render_that_faults_in_its_batch_is_rendered_alone_and_holds_back_no_other(
         data_dir, sqlite_db, stub_broker, stub_worker, standin, monkeypatch) -> None:
-    from outreach_actors import delivery
+    from outreach_actors.domain.mail import delivery
 
     # Given three contacts due together, and a fault that Bob's render meets once
     real_context = delivery.email_context

@@ -17,9 +17,9 @@ from django.urls import include, path
 from django.views.decorators.csrf import csrf_exempt
 
 from outreach_actors.contrib import enroll
-from outreach_actors.models import Enrollment, Suppression, WebhookDelivery
+from outreach_actors.domain.store.models import Enrollment, Suppression, WebhookDelivery
+from outreach_actors.domain.unsubscribe import unsubscribe_url
 from outreach_actors.settings import get_settings
-from outreach_actors.unsubscribe import unsubscribe_url
 
 from .factories import load_plan, make_tenant
 from .test_events import SAMPLE_BODY

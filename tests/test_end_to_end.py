@@ -15,18 +15,11 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 import dramatiq
 import pytest
 
-from outreach_actors import dispatch, engine, models
-from outreach_actors.actors.periodic import dispatch_due, purge, reconcile
-from outreach_actors.actors.pipeline import (
-    enqueue_actions,
-    fire_timeout,
-    fire_timeouts,
-    render,
-    render_batch,
-    send,
-)
-from outreach_actors.actors.webhook import normalize_webhook
-from outreach_actors.models import (
+from outreach_actors.dev.simulation import EngagementSimulator
+from outreach_actors.dev.standin import SendGridStandIn, generate_webhook_keys
+from outreach_actors.domain import dispatch, engine
+from outreach_actors.domain.store import models
+from outreach_actors.domain.store.models import (
     Enrollment,
     MessageEvent,
     NodeVisit,
@@ -35,9 +28,17 @@ from outreach_actors.models import (
     Suppression,
     WebhookDelivery,
 )
-from outreach_actors.simulation import EngagementSimulator
-from outreach_actors.testing import SendGridStandIn, generate_webhook_keys
-from outreach_actors.wsgi import make_app
+from outreach_actors.web.app import make_app
+from outreach_actors.worker.actors.mail import (
+    enqueue_actions,
+    fire_timeout,
+    fire_timeouts,
+    render,
+    render_batch,
+    send,
+)
+from outreach_actors.worker.actors.periodic import dispatch_due, purge, reconcile
+from outreach_actors.worker.actors.webhooks import normalize_webhook
 
 from .conftest import POSTGRES_URL, install_broker, make_settings
 from .factories import load_plan, make_tenant

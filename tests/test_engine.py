@@ -7,8 +7,15 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from outreach_actors import engine, models
-from outreach_actors.models import Enrollment, NodeVisit, OutboundMessage, ScheduledAction, utcnow
+from outreach_actors.domain import engine, stored_plans
+from outreach_actors.domain.store import models
+from outreach_actors.domain.store.models import (
+    Enrollment,
+    NodeVisit,
+    OutboundMessage,
+    ScheduledAction,
+    utcnow,
+)
 
 from .factories import THREE_NODE_PLAN, load_plan, make_tenant
 
@@ -171,7 +178,7 @@ def test_a_known_time_zone_is_kept_and_an_empty_one_is_none(acme) -> None:
 
 def test_binding_another_database_forgets_the_plans_read_from_the_last(data_dir) -> None:
     # Plans are cached by id; the same id names another plan in another database.
-    from outreach_actors.db import database_from_url
+    from outreach_actors.domain.store.db import database_from_url
 
     from .conftest import make_settings
 
@@ -181,5 +188,5 @@ def test_binding_another_database_forgets_the_plans_read_from_the_last(data_dir)
         models.create_schema(database)  # binds it
         make_tenant("acme")
         plans.append(load_plan(THREE_NODE_PLAN.replace("name: onboarding", f"name: {name}")))
-        assert engine.plan_for_id(plans[-1].id).name == name
+        assert stored_plans.plan_for_id(plans[-1].id).name == name
     assert plans[0].id == plans[1].id

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from outreach_actors.providers.events import (
-    MalformedBatch,
+from outreach_actors.domain.vocabulary import MalformedBatch
+from outreach_actors.providers.sendgrid.events import (
     event_key_for,
     normalize_sendgrid_event,
     parse_sendgrid_batch,

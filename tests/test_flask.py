@@ -6,9 +6,9 @@ import pytest
 from flask import Flask, jsonify, request
 
 from outreach_actors.contrib.flask import OutreachFlask
-from outreach_actors.models import Enrollment, Suppression, WebhookDelivery
+from outreach_actors.domain.store.models import Enrollment, Suppression, WebhookDelivery
+from outreach_actors.domain.unsubscribe import unsubscribe_url
 from outreach_actors.settings import SettingsError, get_settings
-from outreach_actors.unsubscribe import unsubscribe_url
 
 from .factories import load_plan, make_tenant
 from .test_events import SAMPLE_BODY

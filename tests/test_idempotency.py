@@ -14,16 +14,16 @@ import redis
 from periodiq import cron
 from prometheus_client import REGISTRY
 
-from outreach_actors.embedded import ensure_embedded_redis, stop_embedded_redis
-from outreach_actors.leases import LeaseState, MemoryLeases, RedisLeases
-from outreach_actors.middleware.idempotency import (
+from outreach_actors.worker.embedded import ensure_embedded_redis, stop_embedded_redis
+from outreach_actors.worker.leases import LeaseState, MemoryLeases, RedisLeases
+from outreach_actors.worker.limiters import Limit
+from outreach_actors.worker.middleware.idempotency import (
     Idempotency,
     IdempotencyError,
     default_effect_key,
     effect_key,
 )
-from outreach_actors.middleware.ratelimit import RateLimits
-from outreach_actors.ratelimit import Limit
+from outreach_actors.worker.middleware.rate_limits import RateLimits
 
 from .conftest import REDIS_URL, require_redis, wait_until
 

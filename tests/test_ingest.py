@@ -9,9 +9,9 @@ from datetime import datetime, timedelta
 import dramatiq
 import pytest
 
-from outreach_actors import engine, ingest, models
-from outreach_actors.actors.webhook import WEBHOOK_MAX_RETRIES, normalize_webhook
-from outreach_actors.models import (
+from outreach_actors.domain import engagement, engine, ingest
+from outreach_actors.domain.store import models
+from outreach_actors.domain.store.models import (
     Enrollment,
     MessageEvent,
     NodeVisit,
@@ -19,12 +19,17 @@ from outreach_actors.models import (
     Suppression,
     WebhookDelivery,
 )
-from outreach_actors.runtime import rebind_actors
+from outreach_actors.domain.suppressions import is_suppressed
 from outreach_actors.settings import configure
-from outreach_actors.suppressions import is_suppressed
+from outreach_actors.worker.actors.webhooks import (
+    WEBHOOK_MAX_RETRIES,
+    enqueue_delivery,
+    normalize_webhook,
+)
+from outreach_actors.worker.runtime import rebind_actors
 
 from .conftest import make_settings
-from .factories import load_plan, make_tenant
+from .factories import load_plan, make_tenant, normalize_delivery
 from .test_events import SAMPLE_BODY, SAMPLE_EVENTS
 
 ORDER_PLAN = """
@@ -80,7 +85,7 @@ def reload(enrollment: Enrollment) -> Enrollment:
 
 def test_sample_delivery_stores_every_event_once_with_its_message(db) -> None:
     sample_world()
-    result = ingest.normalize_delivery(store(SAMPLE_BODY))
+    result = normalize_delivery(store(SAMPLE_BODY))
     assert (result.status, result.stored, result.duplicates, result.errors) == (
         "processed", len(SAMPLE_EVENTS), 0, []
     )
@@ -94,7 +99,7 @@ def test_sample_delivery_stores_every_event_once_with_its_message(db) -> None:
 
 def test_sample_delivery_suppresses_and_moves_contacts(db) -> None:
     enrollments = sample_world()
-    ingest.normalize_delivery(store(SAMPLE_BODY))
+    normalize_delivery(store(SAMPLE_BODY))
     reasons = {s.value: (s.reason, s.channel) for s in Suppression.select()}
     assert reasons == {
         "bob@example.org": ("bounced", "email"),          # hard bounce
@@ -118,8 +123,8 @@ def test_sample_delivery_suppresses_and_moves_contacts(db) -> None:
 
 
 def test_a_click_on_our_unsubscribe_link_is_kept_but_is_no_engagement(db) -> None:
+    from outreach_actors.domain.unsubscribe import unsubscribe_url
     from outreach_actors.settings import get_settings
-    from outreach_actors.unsubscribe import unsubscribe_url
 
     make_tenant("acme")
     load_plan(ORDER_PLAN)
@@ -128,15 +133,15 @@ def test_a_click_on_our_unsubscribe_link_is_kept_but_is_no_engagement(db) -> Non
     click = next(e for e in SAMPLE_EVENTS if e["event"] == "click")
     # SendGrid's click tracking rewrites our link in the HTML like any other.
     link = unsubscribe_url(get_settings(), "acme", "ada@example.com", "MSG-1")
-    ingest.normalize_delivery(store([{**click, "url": link}]))
+    normalize_delivery(store([{**click, "url": link}]))
     stored = MessageEvent.get(MessageEvent.message == "MSG-1")
     assert (stored.type, stored.data["url"], stored.data["unsubscribe_link"]) == ("clicked", link, True)
     assert reload(ada).current_node == "intro"  # not moved on `click`
-    assert not engine.engaged_timers([("MSG-1", "no_click")])  # its no_click timer still fires
+    assert not engagement.engaged_timers([("MSG-1", "no_click")])  # its no_click timer still fires
     # A click on any other link of the email is engagement.
-    ingest.normalize_delivery(store([{**click, "sg_event_id": "other-link"}]))
+    normalize_delivery(store([{**click, "sg_event_id": "other-link"}]))
     assert reload(ada).current_node == "clicked_first"
-    assert engine.engaged_timers([("MSG-1", "no_click")]) == {("MSG-1", "no_click")}
+    assert engagement.engaged_timers([("MSG-1", "no_click")]) == {("MSG-1", "no_click")}
 
 
 @pytest.mark.parametrize(("reason", "suppressed_for"), [
@@ -151,7 +156,7 @@ def test_drops_of_addresses_sendgrid_will_not_mail_suppress_them(db, reason, sup
     load_plan(ORDER_PLAN)
     make_message("MSG-1", "ada@example.com", enrollment=engine.enroll("acme", "ada@example.com", "order"),
                  node="intro")
-    ingest.normalize_delivery(store([{
+    normalize_delivery(store([{
         "email": "ada@example.com", "timestamp": 1763790180, "event": "dropped", "reason": reason,
         "sg_event_id": "drop-1", "outreach_message_id": "MSG-1", "outreach_tenant": "acme"}]))
     assert [s.reason for s in Suppression.select()] == ([suppressed_for] if suppressed_for else [])
@@ -160,13 +165,13 @@ def test_drops_of_addresses_sendgrid_will_not_mail_suppress_them(db, reason, sup
 def test_normalizing_twice_has_every_effect_once(db) -> None:
     sample_world()
     delivery_id = store(SAMPLE_BODY)
-    ingest.normalize_delivery(delivery_id)
+    normalize_delivery(delivery_id)
     snapshot = (MessageEvent.select().count(), NodeVisit.select().count(),
                 Suppression.select().count(), [e.version for e in Enrollment.select()])
     # The same delivery again, reset as a replay would, and the same body delivered twice.
     WebhookDelivery.update(status="received").execute()
-    again = ingest.normalize_delivery(delivery_id)
-    second = ingest.normalize_delivery(store(SAMPLE_BODY))
+    again = normalize_delivery(delivery_id)
+    second = normalize_delivery(store(SAMPLE_BODY))
     assert again.stored == second.stored == 0
     assert second.duplicates == len(SAMPLE_EVENTS)
     assert snapshot == (MessageEvent.select().count(), NodeVisit.select().count(),
@@ -176,25 +181,25 @@ def test_normalizing_twice_has_every_effect_once(db) -> None:
 def test_a_processed_delivery_is_not_processed_again(db) -> None:
     sample_world()
     delivery_id = store(SAMPLE_BODY)
-    ingest.normalize_delivery(delivery_id)
-    assert ingest.normalize_delivery(delivery_id).stored == 0
+    normalize_delivery(delivery_id)
+    assert normalize_delivery(delivery_id).stored == 0
     assert WebhookDelivery.get_by_id(delivery_id).attempts == 1
 
 
 def test_duplicates_within_one_batch_are_stored_once(db) -> None:
     sample_world()
     click = next(e for e in SAMPLE_EVENTS if e["event"] == "click")
-    result = ingest.normalize_delivery(store([click, click, dict(reversed(click.items()))]))
+    result = normalize_delivery(store([click, click, dict(reversed(click.items()))]))
     assert (result.stored, result.duplicates) == (1, 2)
 
 
 def test_events_without_sg_event_id_dedupe_on_their_hash(db) -> None:
     sample_world()
     unsubscribe = next(e for e in SAMPLE_EVENTS if e["event"] == "unsubscribe")
-    assert ingest.normalize_delivery(store([unsubscribe])).stored == 1
-    assert ingest.normalize_delivery(store([unsubscribe])).duplicates == 1
+    assert normalize_delivery(store([unsubscribe])).stored == 1
+    assert normalize_delivery(store([unsubscribe])).duplicates == 1
     later = {**unsubscribe, "timestamp": unsubscribe["timestamp"] + 60}  # a different event
-    assert ingest.normalize_delivery(store([later])).stored == 1
+    assert normalize_delivery(store([later])).stored == 1
     assert MessageEvent.select().where(MessageEvent.type == "unsubscribed").count() == 2
 
 
@@ -204,7 +209,7 @@ def test_an_event_naming_another_tenant_is_refused_and_moves_no_one(db) -> None:
     forged = [{**e, "outreach_tenant": "globex"} for e in SAMPLE_EVENTS
               if e.get("outreach_message_id") in {"MSG-1", "MSG-6"}]
     delivery_id = store(forged)
-    result = ingest.normalize_delivery(delivery_id)
+    result = normalize_delivery(delivery_id)
     assert (result.status, result.stored, result.refused) == ("processed", 0, len(forged))
     assert MessageEvent.select().count() == 0
     assert Suppression.select().count() == 0
@@ -223,7 +228,7 @@ def test_an_event_for_a_message_not_yet_stored_is_retried_then_applied(db) -> No
     other = {"event": "account_status_change", "timestamp": 1763790501, "sg_event_id": "acct"}
     delivery_id = store([early_click, other])
     with pytest.raises(ingest.MessagesNotYetStored):
-        ingest.normalize_delivery(delivery_id)
+        normalize_delivery(delivery_id)
     delivery = WebhookDelivery.get_by_id(delivery_id)
     assert delivery.status == "failed" and "MSG-LATE" in delivery.error
     assert MessageEvent.select().count() == 1  # what could be stored was stored
@@ -231,7 +236,7 @@ def test_an_event_for_a_message_not_yet_stored_is_retried_then_applied(db) -> No
     # When the send commits its message, the retry stores and applies the click.
     enrollment = engine.enroll("acme", "zed@example.com", "onboarding")
     make_message("MSG-LATE", "zed@example.com", enrollment=enrollment, node="intro")
-    result = ingest.normalize_delivery(delivery_id)
+    result = normalize_delivery(delivery_id)
     assert (result.status, result.stored, result.duplicates) == ("processed", 1, 1)
     assert WebhookDelivery.get_by_id(delivery_id).error is None
     assert reload(enrollment).current_node == "thanks"
@@ -244,9 +249,9 @@ def test_on_the_last_attempt_events_of_messages_this_database_lacks_are_kept_wit
              "outreach_tenant": "acme"}
     delivery_id = store([stray])
     with pytest.raises(ingest.MessagesNotYetStored):
-        ingest.normalize_delivery(delivery_id)
+        normalize_delivery(delivery_id)
     # Purged, or mailed by staging on the same SendGrid account: no retry finds it.
-    result = ingest.normalize_delivery(delivery_id, last_attempt=True)
+    result = normalize_delivery(delivery_id, last_attempt=True)
     assert (result.status, result.stored) == ("processed", 1)
     event = MessageEvent.get(MessageEvent.event_key == "sg:stray-bounce")
     assert (event.message_id, event.tenant, event.type) == (None, "acme", "bounced")
@@ -266,7 +271,7 @@ def test_events_of_no_message_here_still_suppress_for_a_tenant_of_ours(db) -> No
     foreign = {**complaint, "sg_event_id": "foreign", "email": "bob@example.com",
                "outreach_tenant": "not-ours"}
     opened = {**complaint, "event": "open", "sg_event_id": "old-open", "email": "amy@example.com"}
-    ingest.normalize_delivery(store([complaint, foreign, opened]))
+    normalize_delivery(store([complaint, foreign, opened]))
     assert [(s.tenant_id, s.value, s.reason) for s in Suppression.select()] == [
         ("acme", "eve@example.com", "complained")]
     assert (reload(enrollment).status, reload(enrollment).exit_reason) == ("exited", "complained")
@@ -303,7 +308,7 @@ def test_events_found_by_sg_message_id_when_our_ids_are_missing(db) -> None:
     event = {"event": "delivered", "email": "ada@example.com", "timestamp": 1763790000,
              "sg_event_id": "by-sg-id",
              "sg_message_id": "W86EgYT6SQKk0lRflfLRsA.filterdrecv-p3las1-5bf99c48d.0"}
-    ingest.normalize_delivery(store([event]))
+    normalize_delivery(store([event]))
     assert MessageEvent.get().message_id == "MSG-X"
     assert MessageEvent.get().tenant == "acme"
 
@@ -311,7 +316,7 @@ def test_events_found_by_sg_message_id_when_our_ids_are_missing(db) -> None:
 def test_unknown_and_unmatched_events_are_stored_without_a_message(db) -> None:
     event = {"event": "something_new", "email": "x@example.com", "timestamp": 1763790000,
              "sg_message_id": "nothing-we-sent.filter1"}
-    result = ingest.normalize_delivery(store([event]))
+    result = normalize_delivery(store([event]))
     assert (result.status, result.stored) == ("processed", 1)
     stored = MessageEvent.get()
     assert (stored.type, stored.provider_event, stored.message_id) == (
@@ -322,22 +327,22 @@ def test_unknown_and_unmatched_events_are_stored_without_a_message(db) -> None:
 def test_a_malformed_body_is_kept_with_its_error_and_can_be_replayed(db, stub_broker) -> None:
     rebind_actors(stub_broker, [normalize_webhook])
     delivery_id = store(b'[{"event": "open",')
-    result = ingest.normalize_delivery(delivery_id)
+    result = normalize_delivery(delivery_id)
     delivery = WebhookDelivery.get_by_id(delivery_id)
     assert result.status == delivery.status == "failed"
     assert "not valid JSON" in delivery.error
     assert bytes(delivery.body) == b'[{"event": "open",'
-    ingest.replay_delivery(delivery_id)
+    ingest.replay_delivery(delivery_id, enqueue_delivery)
     assert WebhookDelivery.get_by_id(delivery_id).status == "received"
     [message] = stub_broker.queues["webhooks"].queue
     assert json.loads(message)["args"] == [delivery_id]
     with pytest.raises(LookupError, match="no webhook delivery 999"):
-        ingest.replay_delivery(999)
+        ingest.replay_delivery(999, enqueue_delivery)
 
 
 def test_elements_that_are_not_events_are_reported_in_the_delivery(db) -> None:
     delivery_id = store([{"event": "processed", "sg_event_id": "ok", "timestamp": 1}, "junk"])
-    result = ingest.normalize_delivery(delivery_id)
+    result = normalize_delivery(delivery_id)
     assert (result.status, result.stored) == ("processed", 1)
     assert "event 1: expected a JSON object, got a string" in WebhookDelivery.get().error
 
@@ -351,7 +356,7 @@ def test_events_of_a_batch_reach_the_engine_in_timestamp_order(db) -> None:
     # Listed click first, but the open happened first: the open's transition wins.
     batch = [{**base, "event": "click", "timestamp": 1763790200, "sg_event_id": "c"},
              {**base, "event": "open", "timestamp": 1763790100, "sg_event_id": "o"}]
-    ingest.normalize_delivery(store(batch))
+    normalize_delivery(store(batch))
     assert reload(enrollment).current_node == "opened_first"
 
 
@@ -359,10 +364,10 @@ def test_a_late_group_unsubscribe_does_not_undo_a_later_resubscribe(db) -> None:
     sample_world()
     unsubscribe = next(e for e in SAMPLE_EVENTS if e["event"] == "group_unsubscribe")
     resubscribe = next(e for e in SAMPLE_EVENTS if e["event"] == "group_resubscribe")
-    ingest.normalize_delivery(store([resubscribe]))
-    ingest.normalize_delivery(store([unsubscribe]))  # older, delivered later
+    normalize_delivery(store([resubscribe]))
+    normalize_delivery(store([unsubscribe]))  # older, delivered later
     assert not is_suppressed("acme", "gus@example.com", asm_group_id=42)
-    ingest.normalize_delivery(store([{**unsubscribe, "sg_event_id": "newer",
+    normalize_delivery(store([{**unsubscribe, "sg_event_id": "newer",
                                       "timestamp": resubscribe["timestamp"] + 10}]))
     assert is_suppressed("acme", "gus@example.com", asm_group_id=42)
     assert not is_suppressed("acme", "gus@example.com")
@@ -372,13 +377,13 @@ def test_soft_bounces_suppress_at_the_configured_limit(db, data_dir) -> None:
     sample_world()
     configure(make_settings(data_dir, soft_bounce_limit=2, soft_bounce_window=timedelta(days=1)))
     blocked = next(e for e in SAMPLE_EVENTS if e.get("type") == "blocked")
-    ingest.normalize_delivery(store([blocked]))
+    normalize_delivery(store([blocked]))
     assert not is_suppressed("acme", "cy@example.net")
     far = {**blocked, "sg_event_id": "far", "timestamp": blocked["timestamp"] + 2 * 86400}
-    ingest.normalize_delivery(store([far]))
+    normalize_delivery(store([far]))
     assert not is_suppressed("acme", "cy@example.net")  # the first is out of the window
     near = {**blocked, "sg_event_id": "near", "timestamp": far["timestamp"] + 60}
-    ingest.normalize_delivery(store([near]))
+    normalize_delivery(store([near]))
     suppression = Suppression.get(Suppression.value == "cy@example.net")
     assert (suppression.reason, suppression.source) == ("soft_bounce_limit", "sg:near")
 
@@ -390,7 +395,7 @@ def test_machine_opens_move_contacts_when_the_setting_says_they_count(db, data_d
     hal = engine.enroll("acme", "hal@example.com", "order")
     OutboundMessage.update(enrollment=hal).where(OutboundMessage.id == "MSG-8").execute()
     machine_open = next(e for e in SAMPLE_EVENTS if e.get("sg_machine_open") is True)
-    ingest.normalize_delivery(store([machine_open]))
+    normalize_delivery(store([machine_open]))
     assert reload(hal).current_node == "opened_first"
     assert reload(enrollments["hal@example.com"]).current_node == "intro"
 
@@ -401,15 +406,15 @@ def test_stale_received_deliveries_are_enqueued_again(db, stub_broker) -> None:
     WebhookDelivery.update(received_at=datetime(2025, 1, 1)).where(
         WebhookDelivery.id == old).execute()
     store(SAMPLE_BODY)  # fresh: its own enqueue is presumably on its way
-    assert ingest.requeue_stale_deliveries(timedelta(minutes=10)) == 1
+    assert ingest.requeue_stale_deliveries(enqueue_delivery, timedelta(minutes=10)) == 1
     [message] = stub_broker.queues["webhooks"].queue
     assert json.loads(message)["args"] == [old]
     # The reconciler runs every minute: a delivery waiting behind a backlog is not
     # enqueued again each time, only once its re-enqueue is itself a lease old.
-    assert ingest.requeue_stale_deliveries(timedelta(minutes=10)) == 0
+    assert ingest.requeue_stale_deliveries(enqueue_delivery, timedelta(minutes=10)) == 0
     later = models.utcnow() + timedelta(minutes=11)  # the fresh one is stale by then too
-    assert ingest.requeue_stale_deliveries(timedelta(minutes=10), now=later) == 2
-    assert ingest.requeue_stale_deliveries(timedelta(minutes=10), now=later) == 0
+    assert ingest.requeue_stale_deliveries(enqueue_delivery, timedelta(minutes=10), now=later) == 2
+    assert ingest.requeue_stale_deliveries(enqueue_delivery, timedelta(minutes=10), now=later) == 0
     assert len(stub_broker.queues["webhooks"].queue) == 3
 
 
@@ -443,7 +448,7 @@ def test_a_provider_event_resolves_an_ambiguous_send(db) -> None:
     processed = {"event": "processed", "email": "ada@example.com", "timestamp": 1763790000,
                  "sg_event_id": "amb", "sg_message_id": "XAMB.filter1",
                  "outreach_message_id": "MSG-A", "outreach_tenant": "acme"}
-    ingest.normalize_delivery(store([processed]))
+    normalize_delivery(store([processed]))
     resolved = OutboundMessage.get_by_id("MSG-A")
     assert (resolved.status, resolved.provider_message_id) == ("sent", "XAMB")
 
@@ -467,7 +472,7 @@ def test_events_the_columns_cannot_hold_do_not_hold_back_their_batch(db) -> None
         {**base, "event": "open", "useragent": "Mozilla\u0000/5.0", "email": "dee@example.com",
          "sg_event_id": "nul", "outreach_message_id": "MSG-4", "ca\u0000mpaign": "x"},
     ]
-    result = ingest.normalize_delivery(store(batch))
+    result = normalize_delivery(store(batch))
     # Then every event is stored and acted on, and the delivery is done.
     assert result.status == "processed", result.errors
     assert {e.event_key for e in MessageEvent.select()} == {

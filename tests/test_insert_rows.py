@@ -7,8 +7,8 @@ from datetime import timedelta
 import peewee
 import pytest
 
-from outreach_actors import engine
-from outreach_actors.models import MessageEvent, ScheduledAction, insert_rows, utcnow
+from outreach_actors.domain import engine
+from outreach_actors.domain.store.models import MessageEvent, ScheduledAction, insert_rows, utcnow
 from outreach_actors.settings import configure
 
 from .conftest import make_settings

@@ -10,8 +10,8 @@ from dataclasses import replace
 
 import pytest
 
-from outreach_actors.providers.keepalive import KeptAliveConnections
-from outreach_actors.providers.sendgrid import OutgoingEmail, SendGridClient
+from outreach_actors.providers.sendgrid.client import OutgoingEmail, SendGridClient
+from outreach_actors.providers.sendgrid.keepalive import KeptAliveConnections
 
 from .conftest import STANDIN_API_KEY
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from dramatiq.middleware.prometheus import Prometheus
 from prometheus_client import REGISTRY
 
-from outreach_actors import delivery, engine
-from outreach_actors.broker import make_broker
-from outreach_actors.providers.sendgrid import SendGridClient
-from outreach_actors.suppressions import suppress
-from outreach_actors.testing import SendGridStandIn
+from outreach_actors.dev.standin import SendGridStandIn
+from outreach_actors.domain import engine
+from outreach_actors.domain.mail import delivery
+from outreach_actors.domain.suppressions import suppress
+from outreach_actors.providers.sendgrid.client import SendGridClient
+from outreach_actors.worker.broker import make_broker
 
 from .conftest import make_settings
 from .factories import load_plan, make_tenant
@@ -64,7 +65,7 @@ def test_a_worker_started_with_metrics_exports_ours_and_dramatiqs(tmp_path) -> N
                 "dramatiq_prom_port": str(port), "dramatiq_prom_host": "127.0.0.1",
                 "dramatiq_prom_db": str(tmp_path / "prom")})
     # Two deliveries of one render: the second is a duplicate, which we count.
-    send_twice = ("import outreach_actors; from outreach_actors.actors.pipeline import render; "
+    send_twice = ("import outreach_actors; from outreach_actors.worker.actors.mail import render; "
                   "render.send(-1); render.send(-1)")
     subprocess.run([sys.executable, "-c", send_twice], env=env, check=True, timeout=60)
     worker = subprocess.Popen([sys.executable, "-m", "dramatiq", "outreach_actors", "-p", "1",
@@ -94,7 +95,7 @@ def test_a_worker_started_with_metrics_exports_ours_and_dramatiqs(tmp_path) -> N
 # In a fresh process: the race is over the first use, which imports prometheus_client.
 FIRST_USE_BY_EIGHT_THREADS = """
 import threading
-from outreach_actors.metrics import count, metric
+from outreach_actors.domain.metrics import count, metric
 
 barrier, errors = threading.Barrier(8), []
 

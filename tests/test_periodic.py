@@ -8,9 +8,10 @@ import dramatiq
 import pytest
 from periodiq import cron
 
-from outreach_actors import dispatch, engine, maintenance, models
-from outreach_actors.middleware.periodic import tick_of
-from outreach_actors.models import (
+from outreach_actors.domain import dispatch, engine, ingest, maintenance
+from outreach_actors.domain.mail import ambiguous
+from outreach_actors.domain.store import models
+from outreach_actors.domain.store.models import (
     Enrollment,
     MessageEvent,
     OutboundMessage,
@@ -18,9 +19,10 @@ from outreach_actors.models import (
     WebhookDelivery,
     utcnow,
 )
+from outreach_actors.worker.middleware.periodic import tick_of
 
 from .conftest import make_settings, wait_until
-from .factories import load_plan, make_tenant
+from .factories import load_plan, make_tenant, normalize_delivery
 
 
 def test_a_tick_sent_by_two_schedulers_runs_once(settings, stub_broker) -> None:
@@ -70,7 +72,7 @@ def sent_message(settings):
 def test_unconfirmed_ambiguous_send_fails_by_default_and_ends_the_enrollment(sent_message,
                                                                              data_dir) -> None:
     resent: list[str] = []
-    settled = dispatch.settle_ambiguous_sends(resent.append, settings=make_settings(data_dir))
+    settled = ambiguous.settle_ambiguous_sends(resent.append, settings=make_settings(data_dir))
     assert settled == 1 and resent == []
     message = OutboundMessage.get_by_id(sent_message.id)
     assert message.status == "failed" and "not confirmed" in message.error
@@ -80,19 +82,19 @@ def test_unconfirmed_ambiguous_send_fails_by_default_and_ends_the_enrollment(sen
 def test_resend_policy_sends_an_unconfirmed_ambiguous_send_again(sent_message, data_dir) -> None:
     resent: list[str] = []
     settings = make_settings(data_dir, ambiguous_send_policy="resend")
-    assert dispatch.settle_ambiguous_sends(resent.append, settings=settings) == 1
+    assert ambiguous.settle_ambiguous_sends(resent.append, settings=settings) == 1
     assert resent == [sent_message.id]
     assert OutboundMessage.get_by_id(sent_message.id).status == "rendered"
 
 
 def test_an_event_confirms_an_ambiguous_send_before_the_window(sent_message, data_dir) -> None:
     # Given SendGrid's `processed` event for the ambiguous message
-    engine.handle_message_event(sent_message.id, "queued", utcnow(), provider_message_id="X1")
+    ingest.handle_message_event(sent_message.id, "queued", utcnow(), provider_message_id="X1")
     # Then it is sent, its timers exist, and the policy leaves it alone.
     message = OutboundMessage.get_by_id(sent_message.id)
     assert (message.status, message.provider_message_id) == ("sent", "X1")
     assert ScheduledAction.select().where(ScheduledAction.kind == "timeout").count() == 1
-    assert dispatch.settle_ambiguous_sends(lambda _: None, settings=make_settings(data_dir)) == 0
+    assert ambiguous.settle_ambiguous_sends(lambda _: None, settings=make_settings(data_dir)) == 0
 
 
 def test_purge_keeps_failed_deliveries_and_active_contacts_events(sent_message, data_dir) -> None:
@@ -116,7 +118,7 @@ def test_purge_keeps_failed_deliveries_and_active_contacts_events(sent_message, 
 def test_each_message_gets_a_connection_and_gives_it_back(settings, stub_broker) -> None:
     import sqlite3
 
-    from outreach_actors.models import database_proxy
+    from outreach_actors.domain.store.models import database_proxy
 
     # Given one worker thread running the same actor twice
     connections: list[sqlite3.Connection] = []
@@ -150,8 +152,8 @@ def test_each_message_gets_a_connection_and_gives_it_back(settings, stub_broker)
 
 
 def test_workers_poll_the_timer_queue_often_and_the_others_seldom(data_dir) -> None:
-    from outreach_actors.broker import make_broker
-    from outreach_actors.middleware.polling import TIMER_QUEUE
+    from outreach_actors.worker.broker import make_broker
+    from outreach_actors.worker.middleware.polling import TIMER_QUEUE
 
     broker = make_broker(make_settings(data_dir, worker_poll_interval="PT0.05S",
                                        worker_idle_poll_interval="PT0.7S"))
@@ -184,8 +186,8 @@ def test_workers_poll_the_timer_queue_often_and_the_others_seldom(data_dir) -> N
 
 @pytest.mark.parametrize("name", ["worker_poll_interval", "worker_idle_poll_interval"])
 def test_a_zero_polling_interval_is_refused_naming_the_setting(data_dir, name) -> None:
-    from outreach_actors.middleware import project_middleware
     from outreach_actors.settings import SettingsError, env_name
+    from outreach_actors.worker.middleware import project_middleware
 
     with pytest.raises(SettingsError, match=env_name(name)):
         project_middleware(make_settings(data_dir, **{name: "PT0S"}))
@@ -196,11 +198,11 @@ def test_the_periodic_actors_run_twice_enqueue_and_change_nothing_more(sent_mess
     # Given what crashes leave behind: a webhook delivery stored and never normalized, a
     # message whose send was lost, an ambiguous send past its window (sent_message), and
     # the contact's first send due now.
-    from outreach_actors.actors import periodic, pipeline, webhook
-    from outreach_actors.runtime import rebind_actors
+    from outreach_actors.worker.actors import mail, periodic, webhooks
+    from outreach_actors.worker.runtime import rebind_actors
 
-    rebind_actors(stub_broker, [webhook.normalize_webhook, pipeline.render, pipeline.send,
-                                pipeline.fire_timeouts, periodic.dispatch_due])
+    rebind_actors(stub_broker, [webhooks.normalize_webhook, mail.render, mail.send,
+                                mail.fire_timeouts, periodic.dispatch_due])
     long_ago = utcnow() - timedelta(hours=2)
     WebhookDelivery.create(body=b"[]", received_at=long_ago)
     OutboundMessage.create(
@@ -249,15 +251,14 @@ def test_a_send_cut_short_whose_proof_is_already_stored_is_resolved_at_once(sent
 
 def test_a_proof_after_the_policy_failed_the_send_records_it_sent_late(sent_message,
                                                                       data_dir) -> None:
-    from outreach_actors import ingest
 
-    assert dispatch.settle_ambiguous_sends(lambda _: None, settings=make_settings(data_dir)) == 1
+    assert ambiguous.settle_ambiguous_sends(lambda _: None, settings=make_settings(data_dir)) == 1
     # SendGrid retries its events for 24 hours: a `delivered` comes after the window.
     body = (b'[{"event": "delivered", "email": "ada@example.com", "timestamp": 1700000000, '
             b'"sg_event_id": "late", "outreach_message_id": "' + sent_message.id.encode()
             + b'", "outreach_tenant": "acme"}]')
     delivery = WebhookDelivery.create(body=body, headers={})
-    assert ingest.normalize_delivery(delivery.id, settings=make_settings(data_dir)).stored == 1
+    assert normalize_delivery(delivery.id, settings=make_settings(data_dir)).stored == 1
     message = OutboundMessage.get_by_id(sent_message.id)
     assert message.status == "sent" and "confirmed late" in message.error
     # The enrollment the policy ended stays ended; no timer starts for it.

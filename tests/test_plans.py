@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from outreach_actors.plans import MAX_AFTER, PlanError, plan_from_definition, validate_plan
+from outreach_actors.domain.plans import MAX_AFTER, PlanError, plan_from_definition, validate_plan
 
 VALID = """
 name: onboarding

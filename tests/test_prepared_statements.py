@@ -9,11 +9,13 @@ from collections.abc import Iterator
 import dramatiq
 import pytest
 
-from outreach_actors import delivery, engine, models
-from outreach_actors.actors.pipeline import send_rate_limits
-from outreach_actors.db import PreparingPostgresqlDatabase, database_from_url
-from outreach_actors.models import OutboundMessage, ScheduledAction
+from outreach_actors.domain import engine
+from outreach_actors.domain.mail import delivery
+from outreach_actors.domain.store import models
+from outreach_actors.domain.store.db import PreparingPostgresqlDatabase, database_from_url
+from outreach_actors.domain.store.models import OutboundMessage, ScheduledAction
 from outreach_actors.settings import SettingsError, configure
+from outreach_actors.worker.actors.mail import send_rate_limits
 
 from .conftest import POSTGRES_URL, make_settings, require_postgres, reset_schema
 from .factories import load_plan, make_tenant

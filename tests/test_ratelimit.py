@@ -19,11 +19,10 @@ from dramatiq.middleware import CurrentMessage
 from prometheus_client import REGISTRY
 
 from benchmarks.limiter import contend, max_in_window
-from outreach_actors.broker import make_broker
-from outreach_actors.embedded import ensure_embedded_redis, stop_embedded_redis
-from outreach_actors.middleware import project_middleware, state_redis
-from outreach_actors.middleware.ratelimit import RateLimitError, RateLimits
-from outreach_actors.ratelimit import (
+from outreach_actors.settings import Settings, SettingsError
+from outreach_actors.worker.broker import make_broker
+from outreach_actors.worker.embedded import ensure_embedded_redis, stop_embedded_redis
+from outreach_actors.worker.limiters import (
     HOUR_MS,
     MINUTE_MS,
     Limit,
@@ -31,7 +30,8 @@ from outreach_actors.ratelimit import (
     RedisRateLimiter,
     default_limits,
 )
-from outreach_actors.settings import Settings, SettingsError
+from outreach_actors.worker.middleware import project_middleware, state_redis
+from outreach_actors.worker.middleware.rate_limits import RateLimitError, RateLimits
 
 from .conftest import REDIS_URL, install_broker, make_settings, require_redis, wait_until
 
@@ -389,8 +389,8 @@ SENTRY_SCRIPT = textwrap.dedent(
 
     from prometheus_client import REGISTRY
 
-    from outreach_actors.broker import make_broker
-    from outreach_actors.ratelimit import Limit
+    from outreach_actors.worker.broker import make_broker
+    from outreach_actors.worker.limiters import Limit
     from outreach_actors.settings import Settings
 
     broker = make_broker(Settings(broker_url="stub://", data_dir=Path(sys.argv[1])))
@@ -474,7 +474,7 @@ def test_a_deferral_is_logged_once_at_info_not_as_a_dramatiq_warning(stub_broker
 
     from dramatiq.middleware import Middleware, SkipMessage
 
-    from outreach_actors.middleware.skips import DRAMATIQ_SKIP_LOG
+    from outreach_actors.worker.middleware.skips import DRAMATIQ_SKIP_LOG
 
     class SkipsOthers(Middleware):
         def before_process_message(self, broker, message):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from outreach_actors.plans import validate_plan
-from outreach_actors.rendering import TemplateRenderer
+from outreach_actors.domain.plans import validate_plan
+from outreach_actors.domain.rendering import TemplateRenderer
 from outreach_actors.settings import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +40,8 @@ def test_every_documented_setting_says_what_it_means() -> None:
 
 
 def test_a_host_app_imports_enroll_and_its_refusals_from_contrib() -> None:
-    from outreach_actors import contrib, engine
+    from outreach_actors import contrib
+    from outreach_actors.domain import engine
 
     assert "from outreach_actors.contrib import enroll" in README
     assert contrib.AlreadyEnrolled is engine.AlreadyEnrolled

@@ -13,14 +13,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from outreach_actors import rendering
-from outreach_actors.rendering import (
+from outreach_actors.domain.rendering import (
     MAX_OUTPUT_CHARS,
     MAX_TEMPLATE_BYTES,
     RenderedEmail,
     RenderError,
     TemplateRenderer,
     html_to_text,
+    text,
 )
 
 EXAMPLE_TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
@@ -233,8 +233,8 @@ CLEANED_MARKUP = st.lists(
 def text_through_the_cleaner(html: str) -> str:
     """html_to_text as it was before it skipped lxml's Cleaner: every tree cleaned."""
     nothing, everything = lxml.etree.XPath("/.."), lxml.etree.XPath("//node()")
-    with mock.patch.object(rendering, "_COMMENTS", nothing), \
-            mock.patch.object(rendering, "_CLEANED_ELEMENTS", everything):
+    with mock.patch.object(text, "_COMMENTS", nothing), \
+            mock.patch.object(text, "_CLEANED_ELEMENTS", everything):
         return html_to_text(html)
 
 

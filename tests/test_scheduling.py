@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, time
 
-from outreach_actors.plans import SendWindow
-from outreach_actors.scheduling import next_send_time
+from outreach_actors.domain.plans import SendWindow
+from outreach_actors.domain.windows import next_send_time
 
 WORKDAYS = SendWindow(days=["mon", "tue", "wed", "thu", "fri"], start=time(9), end=time(17))
 

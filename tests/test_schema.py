@@ -5,8 +5,8 @@ from __future__ import annotations
 import peewee
 import pytest
 
-from outreach_actors import models
-from outreach_actors.db import database_from_url
+from outreach_actors.domain.store import models
+from outreach_actors.domain.store.db import database_from_url
 from outreach_actors.settings import Settings
 
 

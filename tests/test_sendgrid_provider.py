@@ -15,7 +15,8 @@ from email.utils import format_datetime
 
 import pytest
 
-from outreach_actors.providers.sendgrid import (
+from outreach_actors.dev.standin import SendGridStandIn, error_body
+from outreach_actors.providers.sendgrid.client import (
     InvalidEmail,
     OutgoingEmail,
     SendGridClient,
@@ -25,7 +26,6 @@ from outreach_actors.providers.sendgrid import (
     validate_address,
 )
 from outreach_actors.settings import Settings, SettingsError
-from outreach_actors.testing import SendGridStandIn, error_body
 
 from .conftest import STANDIN_API_KEY as API_KEY
 

@@ -22,7 +22,7 @@ from sendgrid import SendGridAPIClient
 from sendgrid.helpers.eventwebhook import EventWebhook
 from sendgrid.helpers.eventwebhook.eventwebhook_header import EventWebhookHeader
 
-from outreach_actors.testing import (
+from outreach_actors.dev.standin import (
     MAIL_SEND_PATH,
     SendGridStandIn,
     emit_events,
@@ -257,7 +257,7 @@ def test_wait_for_returns_once_mails_arrive_and_times_out_otherwise(server):
 
 def test_the_stand_in_runs_as_its_own_process():
     process = subprocess.Popen(
-        [sys.executable, "-m", "outreach_actors.testing", "--port", "0", "--api-key", API_KEY],
+        [sys.executable, "-m", "outreach_actors.dev.standin", "--port", "0", "--api-key", API_KEY],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "OUTREACH_BROKER_URL": "stub://"},
     )
     try:

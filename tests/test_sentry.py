@@ -25,8 +25,8 @@ WORKER = textwrap.dedent(
     import sentry_sdk, dramatiq
     import outreach_actors  # Sentry is initialised before the broker is built
     from outreach_actors import engine, models
-    from outreach_actors.actors.pipeline import fire_timeout, render
-    from outreach_actors.plans import validate_plan
+    from outreach_actors.worker.actors.mail import fire_timeout, render
+    from outreach_actors.domain.plans import validate_plan
 
     assert sentry_sdk.is_initialized()
     models.create_schema(models.database_proxy.obj)
@@ -118,8 +118,8 @@ SENDING_WORKER = textwrap.dedent(
     import sentry_sdk, dramatiq
     import outreach_actors
     from outreach_actors import engine, models
-    from outreach_actors.actors.pipeline import render, send
-    from outreach_actors.plans import validate_plan
+    from outreach_actors.worker.actors.mail import render, send
+    from outreach_actors.domain.plans import validate_plan
 
     models.create_schema(models.database_proxy.obj)
     models.Tenant.create(id="acme")
@@ -151,7 +151,7 @@ SENDING_WORKER = textwrap.dedent(
 
 def test_a_retried_send_is_no_sentry_error_and_its_final_failure_carries_no_address(
         tmp_path: Path) -> None:
-    from outreach_actors.testing import SendGridStandIn
+    from outreach_actors.dev.standin import SendGridStandIn
 
     _Envelopes.received = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Envelopes)

@@ -6,7 +6,7 @@ import logging
 
 import dramatiq
 
-from outreach_actors.middleware.startup import ConfigurationWarnings
+from outreach_actors.worker.middleware.startup import ConfigurationWarnings
 
 from .conftest import make_settings
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from outreach_actors import engine
-from outreach_actors.models import Enrollment, MessageEvent, OutboundMessage, utcnow
-from outreach_actors.stats import FUNNEL_COLUMNS, funnel
+from outreach_actors.domain import engine
+from outreach_actors.domain.stats import FUNNEL_COLUMNS, funnel
+from outreach_actors.domain.store.models import Enrollment, MessageEvent, OutboundMessage, utcnow
 
 from .factories import load_plan, make_tenant
 
@@ -44,7 +44,7 @@ def test_each_tenant_has_its_own_funnel_with_what_is_stuck_or_failed(db) -> None
 
 
 def test_the_table_names_the_tenant_only_when_there_are_several() -> None:
-    from outreach_actors.cli import funnel_table
+    from outreach_actors.cli.commands import funnel_table
 
     row = dict.fromkeys(FUNNEL_COLUMNS, 0)
     one = [{"tenant": "acme", "plan": "p", "node": "intro", **row}]

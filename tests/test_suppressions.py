@@ -6,8 +6,8 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from outreach_actors import suppressions
-from outreach_actors.models import MessageEvent, Suppression
+from outreach_actors.domain import suppressions
+from outreach_actors.domain.store.models import MessageEvent, Suppression
 
 from .conftest import make_settings
 from .factories import make_tenant

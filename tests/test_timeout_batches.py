@@ -9,10 +9,10 @@ from datetime import timedelta
 import dramatiq
 import pytest
 
-from outreach_actors import dispatch, engine, models, timeouts
-from outreach_actors.actors.pipeline import enqueue_actions, fire_timeouts
-from outreach_actors.db import is_postgresql
-from outreach_actors.models import (
+from outreach_actors.domain import dispatch, engine, timers
+from outreach_actors.domain.store import models
+from outreach_actors.domain.store.db import is_postgresql
+from outreach_actors.domain.store.models import (
     Enrollment,
     MessageEvent,
     OutboundMessage,
@@ -20,6 +20,7 @@ from outreach_actors.models import (
     utcnow,
 )
 from outreach_actors.settings import configure
+from outreach_actors.worker.actors.mail import enqueue_actions, fire_timeouts
 
 from .conftest import counting, make_settings
 from .factories import THREE_NODE_PLAN, load_plan, make_tenant
@@ -65,7 +66,7 @@ def synthetic_events() -> Counter:
 def test_a_batch_fires_every_timer_once_and_a_replay_changes_nothing(db) -> None:
     timers = sent_intros(20)
     ids = [timer.id for timer in timers]
-    outcomes = timeouts.fire_timeouts(ids)
+    outcomes = timers.fire_timeouts(ids)
     assert outcomes == dict.fromkeys(ids, "fired")
     assert Counter(e.current_node for e in Enrollment.select()) == {"bump": 20}
     assert synthetic_events() == dict.fromkeys(ids, 1)
@@ -73,8 +74,8 @@ def test_a_batch_fires_every_timer_once_and_a_replay_changes_nothing(db) -> None
     assert ScheduledAction.select().where(ScheduledAction.kind == "send",
                                           ScheduledAction.node == "bump").count() == 20
     # Run twice, and once more with the ids in another order: nothing more happens.
-    assert timeouts.fire_timeouts(ids) == dict.fromkeys(ids, "replay")
-    assert timeouts.fire_timeouts(ids[::-1]) == dict.fromkeys(ids, "replay")
+    assert timers.fire_timeouts(ids) == dict.fromkeys(ids, "replay")
+    assert timers.fire_timeouts(ids[::-1]) == dict.fromkeys(ids, "replay")
     assert synthetic_events() == dict.fromkeys(ids, 1)
     assert Enrollment.select().where(Enrollment.version != 1).count() == 0
 
@@ -82,9 +83,9 @@ def test_a_batch_fires_every_timer_once_and_a_replay_changes_nothing(db) -> None
 def test_a_batch_costs_the_statements_of_one_timer(db) -> None:
     timers = sent_intros(41)
     with counting() as one:
-        assert timeouts.fire_timeouts([timers[0].id]) == {timers[0].id: "fired"}
+        assert timers.fire_timeouts([timers[0].id]) == {timers[0].id: "fired"}
     with counting() as forty:
-        outcomes = timeouts.fire_timeouts([timer.id for timer in timers[1:]])
+        outcomes = timers.fire_timeouts([timer.id for timer in timers[1:]])
     assert set(outcomes.values()) == {"fired"} and len(outcomes) == 40
     assert len(forty.sql) == len(one.sql) and forty.transactions == one.transactions
 
@@ -96,7 +97,7 @@ def test_each_timer_in_a_batch_gets_its_own_outcome(db) -> None:
                         occurred_at=utcnow())
     engine.process_event(moved_on.enrollment_id, "bounced", node="intro")
     ScheduledAction.update(status="enqueued").where(ScheduledAction.id == moved_on.id).execute()
-    outcomes = timeouts.fire_timeouts([engaged.id, moved_on.id, quiet.id])
+    outcomes = timers.fire_timeouts([engaged.id, moved_on.id, quiet.id])
     assert outcomes == {engaged.id: "skipped", moved_on.id: "moved-on", quiet.id: "fired"}
     assert synthetic_events() == {quiet.id: 1}
     nodes = {e.id: e.current_node for e in Enrollment.select()}
@@ -113,7 +114,7 @@ def test_two_timers_of_one_contact_in_a_batch_move_it_once(db) -> None:
     timers = sent_intros(2, TWO_TIMER_PLAN)
     by_event = {(t.enrollment_id, t.event): t.id for t in timers}
     assert len(by_event) == 4
-    outcomes = timeouts.fire_timeouts(list(by_event.values()))
+    outcomes = timers.fire_timeouts(list(by_event.values()))
     # The earlier no_open moves each contact to bump; its no_click finds it gone.
     assert {(key[1], outcomes[action]) for key, action in by_event.items()} == {
         ("no_open", "fired"), ("no_click", "moved-on")}
@@ -134,7 +135,7 @@ def test_concurrent_deliveries_of_overlapping_batches_fire_each_timer_once(db) -
         try:
             with models.database_proxy.obj.connection_context():
                 barrier.wait()
-                results.append(timeouts.fire_timeouts(batch))
+                results.append(timers.fire_timeouts(batch))
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -177,7 +178,7 @@ def test_a_failed_batch_gives_its_claims_back_for_the_retry(db) -> None:
         db.execute_sql(statement)
     try:
         with pytest.raises(Exception, match="storage refused"):
-            timeouts.fire_timeouts(ids)
+            timers.fire_timeouts(ids)
         assert {a.status for a in ScheduledAction.select().where(ScheduledAction.id.in_(ids))} == {
             "enqueued"}
         assert Enrollment.select().where(Enrollment.current_node == "bump").count() == 0
@@ -185,7 +186,7 @@ def test_a_failed_batch_gives_its_claims_back_for_the_retry(db) -> None:
         for statement in allow:
             db.execute_sql(statement)
     # The message's retry claims them again and fires each once.
-    assert timeouts.fire_timeouts(ids) == {**dict.fromkeys(ids[:-1], "fired"),
+    assert timers.fire_timeouts(ids) == {**dict.fromkeys(ids[:-1], "fired"),
                                            moved_on.id: "moved-on"}
     assert synthetic_events() == dict.fromkeys(ids[:-1], 1)
 

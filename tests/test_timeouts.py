@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from outreach_actors import engine, timeouts
-from outreach_actors.models import (
+from outreach_actors.domain import engine, timers
+from outreach_actors.domain.store.models import (
     Enrollment,
     MessageEvent,
     OutboundMessage,
@@ -40,8 +40,8 @@ def real_event(message, type_: str, **data) -> None:
 
 def test_no_open_fires_once_and_moves_the_contact(sent) -> None:
     message, timer = sent
-    assert timeouts.fire_timeout(timer.id) == "fired"
-    assert timeouts.fire_timeout(timer.id) == "replay"  # run twice: nothing more
+    assert timers.fire_timeout(timer.id) == "fired"
+    assert timers.fire_timeout(timer.id) == "replay"  # run twice: nothing more
     [event] = MessageEvent.select().where(MessageEvent.synthetic == True)  # noqa: E712
     assert (event.type, event.action_id, event.message_id) == ("no_open", timer.id, message.id)
     assert event.scheduled_for == timer.run_at
@@ -52,7 +52,7 @@ def test_no_open_fires_once_and_moves_the_contact(sent) -> None:
 def test_no_open_is_skipped_when_the_contact_opened_or_clicked(sent, engagement) -> None:
     message, timer = sent
     real_event(message, engagement)
-    assert timeouts.fire_timeout(timer.id) == "skipped"
+    assert timers.fire_timeout(timer.id) == "skipped"
     assert ScheduledAction.get_by_id(timer.id).status == "skipped"
     assert Enrollment.get_by_id(message.enrollment_id).current_node == "intro"
 
@@ -60,7 +60,7 @@ def test_no_open_is_skipped_when_the_contact_opened_or_clicked(sent, engagement)
 def test_a_machine_open_is_not_engagement_by_default(sent, data_dir) -> None:
     message, timer = sent
     real_event(message, "opened", machine_open=True)
-    assert timeouts.fire_timeout(timer.id) == "fired"
+    assert timers.fire_timeout(timer.id) == "fired"
 
 
 def test_a_machine_open_counts_when_the_setting_says_so(sent, data_dir) -> None:
@@ -71,7 +71,7 @@ def test_a_machine_open_counts_when_the_setting_says_so(sent, data_dir) -> None:
     configure(make_settings(data_dir, machine_opens_are_engagement=True))
     message, timer = sent
     real_event(message, "opened", machine_open=True)
-    assert timeouts.fire_timeout(timer.id) == "skipped"
+    assert timers.fire_timeout(timer.id) == "skipped"
 
 
 def test_a_late_timeout_after_the_contact_moved_on_is_skipped(sent) -> None:
@@ -80,8 +80,8 @@ def test_a_late_timeout_after_the_contact_moved_on_is_skipped(sent) -> None:
     ScheduledAction.update(status="enqueued").where(ScheduledAction.id == timer.id).execute()
     engine.process_event(message.enrollment_id, "bounced", node="intro")
     assert ScheduledAction.get_by_id(timer.id).status == "cancelled"
-    assert timeouts.fire_timeout(timer.id) == "replay"
+    assert timers.fire_timeout(timer.id) == "replay"
     # And one already running when the move happened re-checks and skips.
     ScheduledAction.update(status="enqueued").where(ScheduledAction.id == timer.id).execute()
-    assert timeouts.fire_timeout(timer.id) == "moved-on"
+    assert timers.fire_timeout(timer.id) == "moved-on"
     assert MessageEvent.select().where(MessageEvent.synthetic == True).count() == 0  # noqa: E712

@@ -23,24 +23,28 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from outreach_actors import ingest, models
-from outreach_actors.actors.webhook import normalize_webhook
-from outreach_actors.db import database_from_url
-from outreach_actors.models import MessageEvent, Suppression, WebhookDelivery
-from outreach_actors.runtime import rebind_actors
-from outreach_actors.settings import SettingsError, configure
-from outreach_actors.unsubscribe import (
+from outreach_actors.domain.store import models
+from outreach_actors.domain.store.db import database_from_url
+from outreach_actors.domain.store.models import MessageEvent, Suppression, WebhookDelivery
+from outreach_actors.domain.unsubscribe import (
     InvalidUnsubscribeToken,
     UnsubscribeToken,
     make_token,
     read_token,
     unsubscribe_url,
 )
-from outreach_actors.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, SendGridWebhookReceiver
-from outreach_actors.wsgi import QuietHandler, ThreadingWSGIServer, make_app
+from outreach_actors.settings import SettingsError, configure
+from outreach_actors.web.app import QuietHandler, ThreadingWSGIServer, make_app
+from outreach_actors.web.webhooks import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    SendGridWebhookReceiver,
+)
+from outreach_actors.worker.actors.webhooks import normalize_webhook
+from outreach_actors.worker.runtime import rebind_actors
 
 from .conftest import make_settings
-from .factories import make_tenant
+from .factories import make_tenant, normalize_delivery
 from .test_events import SAMPLE_BODY, SAMPLES
 
 SIGNED_SAMPLE = json.loads((SAMPLES / "sendgrid_signed_request.json").read_text())
@@ -147,7 +151,7 @@ def test_a_signed_body_that_is_not_json_is_stored_and_fails_normalization(
     assert post(receiver, body, signed_headers(key, body)).status == 200
     delivery = WebhookDelivery.get()
     assert bytes(delivery.body) == body
-    assert ingest.normalize_delivery(delivery.id).status == "failed"
+    assert normalize_delivery(delivery.id).status == "failed"
     assert "not valid JSON" in WebhookDelivery.get_by_id(delivery.id).error
 
 
@@ -317,7 +321,7 @@ def test_a_broker_outage_still_answers_200_and_the_delivery_waits(
     receiver, key, data_dir, host_runtime
 ) -> None:
     # Given a broker nobody listens on: the body is stored, and the sweep enqueues it later.
-    from outreach_actors.broker import make_broker
+    from outreach_actors.worker.broker import make_broker
 
     broker = make_broker(make_settings(data_dir, broker_url="redis://127.0.0.1:1/0"))
     rebind_actors(broker, [normalize_webhook])
@@ -378,7 +382,7 @@ def test_a_link_of_a_deleted_tenant_says_the_list_is_gone(wsgi_app) -> None:
 
 
 def test_the_unsubscribe_form_is_shown_while_the_database_is_down(data_dir, host_runtime) -> None:
-    from outreach_actors.unsubscribe import UnsubscribePage
+    from outreach_actors.web.unsubscribe import UnsubscribePage
 
     current = make_settings(data_dir, secret_key="s1")
     models.bind(database_from_url("postgresql://postgres@127.0.0.1:1/none", current))
@@ -435,8 +439,8 @@ def test_the_address_cannot_be_read_from_the_link(data_dir) -> None:
 def test_links_of_earlier_versions_signed_not_encrypted_keep_working(data_dir) -> None:
     from itsdangerous import URLSafeSerializer
 
+    from outreach_actors.domain.unsubscribe import TOKEN_SALT
     from outreach_actors.settings import settings_from_mapping
-    from outreach_actors.unsubscribe import TOKEN_SALT
 
     # What make_token wrote before tokens were encrypted, with the secret since rotated.
     old_link = URLSafeSerializer("old-secret", salt=TOKEN_SALT).dumps(
@@ -474,9 +478,9 @@ def test_links_signed_before_a_secret_rotation_keep_working(data_dir) -> None:
 def test_an_unsubscribe_while_the_database_is_down_is_queued_then_applied(
         settings, sqlite_db, stub_broker, host_runtime) -> None:
     # Mailbox providers do not retry a one-click POST: it must not be lost to an outage.
-    from outreach_actors.actors.webhook import apply_unsubscribe
-    from outreach_actors.suppressions import is_suppressed
-    from outreach_actors.unsubscribe import UnsubscribePage
+    from outreach_actors.domain.suppressions import is_suppressed
+    from outreach_actors.web.unsubscribe import UnsubscribePage
+    from outreach_actors.worker.actors.webhooks import apply_unsubscribe
 
     make_tenant("acme")
     token = make_token(settings, "acme", "Ada@Example.com", "MSG-1")
@@ -498,9 +502,9 @@ def test_an_unsubscribe_while_the_database_is_down_is_queued_then_applied(
 
 def test_an_unsubscribe_that_neither_the_database_nor_the_broker_takes_gets_503(
         settings, host_runtime) -> None:
-    from outreach_actors.actors.webhook import apply_unsubscribe
-    from outreach_actors.broker import make_broker
-    from outreach_actors.unsubscribe import UnsubscribePage
+    from outreach_actors.web.unsubscribe import UnsubscribePage
+    from outreach_actors.worker.actors.webhooks import apply_unsubscribe
+    from outreach_actors.worker.broker import make_broker
 
     token = make_token(settings, "acme", "ada@example.com", "MSG-1")
     rebind_actors(make_broker(make_settings(settings.data_dir, broker_url="redis://127.0.0.1:1/0")),

@@ -14,13 +14,14 @@ from typing import Any
 
 import peewee
 
-from .. import engine
-from ..engine import AlreadyEnrolled, EnrollmentError
-from ..models import Enrollment
-from ..runtime import install
-from ..settings import ENV_PREFIX, Settings, settings_from_mapping
-from ..unsubscribe import UnsubscribePage
-from ..webhooks import SendGridWebhookReceiver, database_connection
+from outreach_actors.domain import engine
+from outreach_actors.domain.engine import AlreadyEnrolled, EnrollmentError
+from outreach_actors.domain.store.models import Enrollment
+from outreach_actors.settings import ENV_PREFIX, Settings, settings_from_mapping
+from outreach_actors.web.http import database_connection
+from outreach_actors.web.unsubscribe import UnsubscribePage
+from outreach_actors.web.webhooks import SendGridWebhookReceiver
+from outreach_actors.worker.runtime import install
 
 WEBHOOK_PATH = "/webhooks/sendgrid"
 UNSUBSCRIBE_PATH = "/unsubscribe/"

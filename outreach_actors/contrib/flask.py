@@ -17,8 +17,8 @@ import io
 
 from flask import Blueprint, Flask, Response, current_app, request
 
-from ..webhooks import Reply
-from . import Endpoints, activate, enroll, host_settings
+from outreach_actors.contrib import Endpoints, activate, enroll, host_settings
+from outreach_actors.web.http import Reply
 
 EXTENSION = "outreach"
 

@@ -8,8 +8,8 @@ from django.apps import AppConfig
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 
-from ...settings import SettingsError
-from .. import Endpoints, activate, host_settings
+from outreach_actors.contrib import Endpoints, activate, host_settings
+from outreach_actors.settings import SettingsError
 
 SETTING = "OUTREACH"
 

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from . import views
+from outreach_actors.contrib.django import views
 
 app_name = "outreach"
 

@@ -7,8 +7,8 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_POST
 
-from ...webhooks import Reply
-from .apps import OutreachConfig
+from outreach_actors.contrib.django.apps import OutreachConfig
+from outreach_actors.web.http import Reply
 
 
 @csrf_exempt  # SendGrid signs its requests; it cannot send a CSRF token

@@ -1,0 +1,662 @@
+"""The ``outreach`` command: set up, load plans, enroll, inspect, operate."""
+
+from __future__ import annotations
+
+import csv
+import json
+import secrets
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from outreach_actors.domain.store import models
+from outreach_actors.settings import SettingsError, get_settings
+
+# Tables are wide; when output is not a terminal (CI logs, pipes) do not squeeze them to 80.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, soft_wrap=True)  # errors stay on one line, greppable
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[red]error:[/red] {message}")
+    raise SystemExit(1)
+
+
+def _database():
+    from outreach_actors.domain.store.db import database_from_url
+
+    settings = get_settings()
+    database = database_from_url(settings.database_url, settings)
+    models.bind(database)
+    return database
+
+
+def _open_database():
+    """Bind and check the schema; a clear message if `db init` was not run."""
+    database = _database()
+    database.connect(reuse_if_open=True)
+    if not database.table_exists("enrollment"):
+        _fail("the database has no outreach tables yet; run `outreach db init` first")
+    return database
+
+
+class _Commands(click.Group):
+    """The command group; a database that is down, missing or refusing a value ends
+    a command with one line saying so, not a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        import peewee
+
+        try:
+            return super().invoke(ctx)
+        except peewee.OperationalError as exc:
+            _fail(f"cannot use the database {_describe_database()}: {_first_line(exc)}")
+        except peewee.DatabaseError as exc:
+            _fail(f"the database {_describe_database()} refused: {_first_line(exc)}")
+        except SettingsError as exc:  # one the command itself looks at (a webhook key)
+            _fail(str(exc))
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _tenant_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    # What the tenant table's key holds: checked here, not refused by the database.
+    if value is not None and not (0 < len(value) <= TENANT_ID_LENGTH and value.isprintable()):
+        raise click.BadParameter(f"a tenant id is 1 to {TENANT_ID_LENGTH} printable characters")
+    return value
+
+
+TENANT_ID_LENGTH = models.Tenant.id.max_length
+
+
+def _tenant_option(*, required: bool = True, help: str | None = None):
+    return click.option("--tenant", required=required, default=None, callback=_tenant_id,
+                        help=help)
+
+
+def _read_csv_rows(path: Path) -> list[list[str]]:
+    """The rows of a UTF-8 CSV file (a BOM is skipped); a clear error if it cannot be read.
+
+    Separated by commas, or by the semicolons (or tabs) of spreadsheets saved in
+    locales whose decimal mark is the comma: read off the header line.
+    """
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            header = handle.readline()
+            delimiter = next((mark for mark in ";\t" if mark in header and "," not in header), ",")
+            handle.seek(0)  # the codec skips the BOM again
+            return list(csv.reader(handle, delimiter=delimiter))
+    except OSError as exc:
+        _fail(f"cannot read {path}: {exc.strerror}")
+    except UnicodeDecodeError as exc:
+        _fail(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 CSV")
+    except csv.Error as exc:
+        _fail(f"{path} is not a CSV file: {exc}")
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Reactive email outreach campaigns on Dramatiq actors."""
+
+
+# --- db ----------------------------------------------------------------------------
+
+@main.group()
+def db() -> None:
+    """Create or upgrade the database schema."""
+
+
+@db.command("init")
+def db_init() -> None:
+    """Create or upgrade the schema (safe to run any number of times)."""
+    database = _database()
+    models.create_schema(database)
+    console.print(f"database ready: {_describe_database()}")
+
+
+def _describe_database() -> str:
+    settings = get_settings()
+    if settings.database_url:
+        return settings.database_url.split("@")[-1]
+    return str(settings.sqlite_path.resolve())
+
+
+# --- plans -------------------------------------------------------------------------
+
+def _renderer():
+    from outreach_actors.domain.mail.delivery import renderer_for
+
+    return renderer_for(Path(get_settings().templates_dir))
+
+
+def _read_plan(path: Path):
+    from outreach_actors.domain.plans import PlanError, validate_plan
+
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        _fail(f"cannot read {path}: {exc.strerror}")
+    try:
+        parsed = validate_plan(text, check_template=_renderer().check_template)
+    except PlanError as exc:
+        err_console.print(f"[red]{path}: {len(exc.errors)} error(s)[/red]")
+        for error in exc.errors:
+            err_console.print(f"  {error}", markup=False, highlight=False)
+        raise SystemExit(1) from None
+    _warn_of_hidden_unsubscribe_links(parsed)
+    for name in parsed.nodes_without_timeout():
+        err_console.print(
+            f"[yellow]warning:[/yellow] nodes.{name}: contacts who never act on its email stay "
+            "there for ever; add a timeout (no_open, no_click or elapsed with `after`)",
+            highlight=False)
+    return parsed
+
+
+def _warn_of_hidden_unsubscribe_links(parsed) -> None:
+    """A warning, not an error: the List-Unsubscribe header works in every large
+    mailbox, but the law (CAN-SPAM, the ePrivacy rules) wants a visible way out."""
+    renderer = _renderer()
+    for name, node in parsed.nodes.items():
+        if node.type == "email" and not renderer.shows_unsubscribe_link(
+                template=node.template, body=node.body):
+            err_console.print(
+                f"[yellow]warning:[/yellow] nodes.{name}: its email shows no unsubscribe link "
+                "(only the List-Unsubscribe header carries one); add {{ unsubscribe_url }}",
+                highlight=False)
+
+
+@main.group()
+def plan() -> None:
+    """Validate, load and list campaign plans."""
+
+
+@plan.command("validate")
+@click.argument("file", type=click.Path(path_type=Path))
+def plan_validate(file: Path) -> None:
+    """Check a plan (YAML or JSON) and its templates; prints "ok" or every error."""
+    _read_plan(file)
+    console.print("ok")
+
+
+@plan.command("load")
+@click.argument("file", type=click.Path(path_type=Path))
+@_tenant_option(help="Tenant id; created if new.")
+def plan_load(file: Path, tenant: str) -> None:
+    """Validate a plan and store it as the tenant's next version."""
+    parsed = _read_plan(file)
+    _open_database()
+    models.Tenant.get_or_create(id=tenant, defaults={"name": tenant})
+    with models.database_proxy.atomic():
+        version = (
+            models.Plan.select()
+            .where(models.Plan.tenant == tenant, models.Plan.name == parsed.name)
+            .count() + 1
+        )
+        models.Plan.create(tenant=tenant, name=parsed.name, version=version,
+                           definition=parsed.to_definition())
+    console.print(f"loaded plan {parsed.name!r} version {version} for tenant {tenant!r}")
+    if problem := _sender_problem(tenant, parsed.sender):
+        err_console.print(f"[yellow]warning:[/yellow] {problem}", highlight=False)
+
+
+def _sender_problem(tenant: str, sender: str | None) -> str | None:
+    """Why every send of a plan would fail for want of a sender, if it would. A warning:
+    the sender may well be added after the plan, but before anyone is enrolled."""
+    identities = models.SenderIdentity.select().where(models.SenderIdentity.tenant == tenant)
+    if sender:
+        identities = identities.where(models.SenderIdentity.email == sender)
+    if not identities.exists():
+        what = f"no sender identity {sender}" if sender else "no sender identity"
+        return (f"tenant {tenant!r} has {what}: every send of this plan would fail; add it with "
+                f"`outreach sender add {sender or 'EMAIL'} --tenant {tenant} --verified`")
+    if not identities.where(models.SenderIdentity.verified == True).exists():  # noqa: E712
+        return (f"tenant {tenant!r} has no verified sender identity "
+                f"{sender or ''}".rstrip() + ": every send of this plan would fail until it is "
+                "verified (`outreach sender add ... --verified`)")
+    return None
+
+
+@plan.command("list")
+@_tenant_option(required=False)
+def plan_list(tenant: str | None) -> None:
+    """List stored plans and their versions."""
+    _open_database()
+    query = models.Plan.select().order_by(models.Plan.tenant, models.Plan.name, models.Plan.version)
+    if tenant:
+        query = query.where(models.Plan.tenant == tenant)
+    table = Table("tenant", "plan", "version", "nodes", "enrollments")
+    for row in query:
+        table.add_row(row.tenant_id, row.name, str(row.version), str(len(row.definition["nodes"])),
+                      str(row.enrollments.count()))
+    console.print(table)
+
+
+# --- senders -----------------------------------------------------------------------
+
+@main.group()
+def tenant() -> None:
+    """Name tenants (what templates show as tenant.name) and list them."""
+
+
+@tenant.command("name")
+@click.argument("tenant_id", callback=_tenant_id)
+@click.argument("name")
+def tenant_name(tenant_id: str, name: str) -> None:
+    """Set the display name of TENANT_ID (created if new; it starts as its id)."""
+    name = name.strip()
+    if not name or not name.isprintable() or len(name) > models.Tenant.name.max_length:
+        _fail(f"a tenant name is 1 to {models.Tenant.name.max_length} printable characters")
+    _open_database()
+    row, created = models.Tenant.get_or_create(id=tenant_id, defaults={"name": name})
+    if not created:
+        models.Tenant.update(name=name).where(models.Tenant.id == tenant_id).execute()
+    console.print(f"tenant {tenant_id}: {name}", highlight=False, markup=False)
+
+
+@tenant.command("list")
+def tenant_list() -> None:
+    _open_database()
+    table = Table("tenant", "name")
+    for row in models.Tenant.select().order_by(models.Tenant.id):
+        table.add_row(row.id, row.name)
+    console.print(table)
+
+
+@main.group()
+def sender() -> None:
+    """Manage sender identities (the From addresses SendGrid has verified)."""
+
+
+@sender.command("add")
+@click.argument("email")
+@_tenant_option()
+@click.option("--name", default="", help="Display name.")
+@click.option("--verified/--unverified", default=False,
+              help="Whether SendGrid has verified this sender; unverified senders never send.")
+def sender_add(email: str, tenant: str, name: str, verified: bool) -> None:
+    """Add or update a sender identity."""
+    from outreach_actors.domain.engine import EnrollmentError, normalize_email
+
+    _open_database()
+    try:
+        address = normalize_email(email)
+    except EnrollmentError as exc:
+        _fail(str(exc))
+    if any(ch in name for ch in "\r\n"):
+        _fail("a sender name cannot contain line breaks")
+    models.Tenant.get_or_create(id=tenant, defaults={"name": tenant})
+    identity, created = models.SenderIdentity.get_or_create(
+        tenant=tenant, email=address, defaults={"name": name, "verified": verified})
+    if not created:
+        identity.name, identity.verified = name or identity.name, verified
+        identity.save()
+    console.print(f"sender {address} for {tenant}: {'verified' if verified else 'unverified'}")
+
+
+# --- enroll ------------------------------------------------------------------------
+
+@main.command()
+@click.option("--plan", "plan_name", required=True)
+@_tenant_option()
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path), required=True,
+              help="CSV with an `email` column; `timezone` and any other columns become fields.")
+def enroll(plan_name: str, tenant: str, csv_path: Path) -> None:
+    """Enroll every row of a CSV file; bad rows are reported with their line and skipped."""
+    from outreach_actors.domain.engine import EnrollmentError
+    from outreach_actors.domain.engine import enroll as enroll_contact
+
+    _open_database()
+    lines = _read_csv_rows(csv_path)
+    # Spreadsheets write "Email" and pad cells: the two columns read here are matched
+    # whatever their case, and every name and value is stripped.
+    header = [name.strip() for name in lines[0]] if lines else []
+    header = [name.lower() if name.lower() in {"email", "timezone"} else name for name in header]
+    if lines and "email" not in header:
+        _fail(f"{csv_path}: no `email` column (columns: {', '.join(header)})")
+    if len(set(header)) != len(header):
+        repeated = sorted({name for name in header if header.count(name) > 1})
+        _fail(f"{csv_path}: column(s) {', '.join(repeated)} appear more than once")
+    # Line numbers as an editor shows them (line 1 is the header); blank lines are skipped.
+    rows = [(line, cells) for line, cells in enumerate(lines[1:], start=2) if cells]
+    enrolled, problems = 0, []
+    with Progress(console=err_console, transient=True) as progress:
+        task = progress.add_task("enrolling", total=len(rows))
+        for line, cells in rows:
+            progress.advance(task)
+            if len(cells) > len(header):  # the extra cells have no column: they would be lost
+                problems.append(f"line {line}: {len(cells)} cells for {len(header)} columns")
+                continue
+            cells = [cell.strip() for cell in cells]
+            row = dict(zip(header, cells + [""] * (len(header) - len(cells)), strict=True))
+            fields = {k: v for k, v in row.items() if k and k not in {"email", "timezone"}}
+            try:
+                enroll_contact(tenant, row["email"], plan_name, fields=fields,
+                               timezone=row.get("timezone") or None)
+                enrolled += 1
+            except EnrollmentError as exc:
+                problems.append(f"line {line}: {exc}")
+    for problem in problems:
+        err_console.print(f"[yellow]skipped[/yellow] {problem}", highlight=False)
+    console.print(f"enrolled {enrolled} of {len(rows)} rows; {len(problems)} skipped")
+    if problems and not enrolled:
+        raise SystemExit(1)
+
+
+# --- preview and stats ---------------------------------------------------------------
+
+@main.command()
+@click.option("--plan", "plan_name", required=True)
+@_tenant_option()
+@click.option("--node", required=True)
+@click.option("--contact", "email", required=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Where to write the HTML (default: ./preview-<node>.html).")
+def preview(plan_name: str, tenant: str, node: str, email: str, out: Path | None) -> None:
+    """Render one node for one contact: subject and text here, the HTML to a file."""
+    from outreach_actors.domain.engine import EnrollmentError, latest_plan
+    from outreach_actors.domain.mail.delivery import email_context
+    from outreach_actors.domain.rendering import RenderError, TemplateRenderer
+    from outreach_actors.domain.stored_plans import plan_for
+    from outreach_actors.domain.unsubscribe import unsubscribe_url
+
+    _open_database()
+    try:
+        row = latest_plan(tenant, plan_name)
+    except EnrollmentError as exc:
+        _fail(str(exc))
+    parsed = plan_for(row)
+    if node not in parsed.nodes or parsed.nodes[node].type != "email":
+        emails = [n for n, spec in parsed.nodes.items() if spec.type == "email"]
+        _fail(f"plan {plan_name!r} has no email node {node!r}; email nodes: {', '.join(emails)}")
+    contact = models.Contact.get_or_none(models.Contact.tenant == tenant,
+                                         models.Contact.email == email.lower())
+    if contact is None:
+        console.print(f"[yellow]{email} is not a contact of {tenant}: rendered with no fields[/yellow]")
+    settings = get_settings()
+    spec = parsed.nodes[node]
+    try:
+        rendered = TemplateRenderer(Path(settings.templates_dir)).render_email(
+            subject=spec.subject or "", template=spec.template, body=spec.body,
+            context=email_context(
+                fields=contact.fields if contact else None, email=email.lower(),
+                timezone=contact.timezone if contact else None, tenant_id=tenant,
+                tenant_name=row.tenant.name, plan_name=parsed.name, plan_version=row.version,
+                node=node,
+                # A throwaway secret: a preview's link must not unsubscribe anyone.
+                unsubscribe=unsubscribe_url(settings.model_copy(update={
+                    "secret_key": secrets.token_urlsafe(32), "secret_key_fallbacks": []}),
+                    tenant, email.lower(), "preview"),
+            ),
+        )
+    except RenderError as exc:
+        _fail(str(exc))
+    out = out or Path(f"preview-{node}.html")
+    try:
+        out.write_text(rendered.html, encoding="utf-8")
+    except OSError as exc:
+        _fail(f"cannot write {out}: {exc.strerror}")
+    console.print(f"[bold]Subject:[/bold] {rendered.subject}", highlight=False, markup=True)
+    console.print(rendered.text, highlight=False, markup=False)
+    console.print(f"HTML written to {out}")
+
+
+@main.command()
+@click.option("--plan", "plan_name", default=None)
+@_tenant_option(required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def stats(plan_name: str | None, tenant: str | None, as_json: bool) -> None:
+    """A funnel per node: entered, active, sent, delivered, opened, clicked, bounced,
+    no_open, no_click, exited, failed, ambiguous (sends no provider event confirmed yet)."""
+    from outreach_actors.domain.stats import funnel
+
+    _open_database()
+    rows = funnel(plan_name=plan_name, tenant_id=tenant)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    console.print(funnel_table(rows))
+
+
+@main.command()
+@click.option("--plan", "plan_name", default=None)
+@_tenant_option(required=False)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def failures(plan_name: str | None, tenant: str | None, limit: int, as_json: bool) -> None:
+    """Contacts whose enrollment failed, newest first, with why (the `failed` of stats)."""
+    from outreach_actors.domain.stats import failures as failed_enrollments
+
+    _open_database()
+    rows = failed_enrollments(plan_name=plan_name, tenant_id=tenant, limit=limit)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        console.print("no failed enrollments")
+        return
+    keys = ["at", "tenant", "plan", "node", "contact"] if len({r["tenant"] for r in rows}) > 1 \
+        else ["at", "plan", "node", "contact"]
+    table = Table(*keys, "reason")
+    for row in rows:
+        table.add_row(*(row[key] for key in keys), row["reason"])
+    console.print(table)
+
+
+def funnel_table(rows: list[dict]) -> Table:
+    from outreach_actors.domain.stats import FUNNEL_COLUMNS
+
+    # One tenant (the usual case, and the demo's): its name on every row is noise.
+    keys = ["tenant", "plan", "node"] if len({row["tenant"] for row in rows}) > 1 else ["plan", "node"]
+    table = Table(*keys, *FUNNEL_COLUMNS)
+    for row in rows:
+        table.add_row(*(row[key] for key in keys), *(str(row[c]) for c in FUNNEL_COLUMNS))
+    return table
+
+
+# --- suppressions ------------------------------------------------------------------
+
+@main.group()
+def suppressions() -> None:
+    """List, add, remove and import suppressed addresses."""
+
+
+@suppressions.command("list")
+@_tenant_option(required=False)
+def suppressions_list(tenant: str | None) -> None:
+    _open_database()
+    query = models.Suppression.select().order_by(models.Suppression.created_at)
+    if tenant:
+        query = query.where(models.Suppression.tenant == tenant)
+    table = Table("tenant", "channel", "address", "reason", "source", "since")
+    for row in query:
+        table.add_row(row.tenant_id, row.channel, row.value, row.reason, row.source or "",
+                      row.created_at.isoformat(timespec="seconds"))
+    console.print(table)
+
+
+@suppressions.command("add")
+@click.argument("email")
+@_tenant_option()
+@click.option("--reason", default="manual")
+def suppressions_add(email: str, tenant: str, reason: str) -> None:
+    from outreach_actors.domain.engine import EnrollmentError, normalize_email
+    from outreach_actors.domain.suppressions import suppress
+
+    try:
+        address = normalize_email(email)
+    except EnrollmentError as exc:
+        _fail(str(exc))
+    _open_database()
+    models.Tenant.get_or_create(id=tenant, defaults={"name": tenant})
+    suppress(tenant, address, reason[:255], "manual")
+    console.print(f"suppressed {address} for {tenant}")
+
+
+@suppressions.command("remove")
+@click.argument("email")
+@_tenant_option()
+def suppressions_remove(email: str, tenant: str) -> None:
+    from outreach_actors.domain.addresses import address_key
+    from outreach_actors.domain.suppressions import lift
+
+    _open_database()
+    if lift(tenant, email):
+        console.print(f"removed the suppression of {address_key(email)} for {tenant}")
+    else:
+        console.print(f"{address_key(email)} was not suppressed for {tenant}; nothing removed")
+
+
+@suppressions.command("import")
+@click.argument("csv_path", type=click.Path(path_type=Path))
+@_tenant_option()
+@click.option("--reason", default="import")
+def suppressions_import(csv_path: Path, tenant: str, reason: str) -> None:
+    """Import addresses from a CSV with an `email` column (or one address per line)."""
+    from outreach_actors.domain.engine import EnrollmentError, normalize_email
+    from outreach_actors.domain.suppressions import suppress
+
+    lines = _read_csv_rows(csv_path)
+    _open_database()
+    models.Tenant.get_or_create(id=tenant, defaults={"name": tenant})
+    header = [cell.strip().lower() for cell in lines[0]] if lines else []
+    column = header.index("email") if "email" in header else 0
+    start = 1 if "email" in header else 0
+    imported, problems = 0, []
+    for number, cells in enumerate(lines[start:], start=start + 1):
+        try:
+            suppress(tenant, normalize_email(cells[column] if cells else ""), reason[:255], "import")
+            imported += 1
+        except (EnrollmentError, IndexError) as exc:
+            problems.append(f"line {number}: {exc}")
+    for problem in problems:
+        err_console.print(f"[yellow]skipped[/yellow] {problem}", highlight=False)
+    console.print(f"imported {imported} suppression(s); {len(problems)} skipped")
+
+
+# --- webhooks, serve, broker ---------------------------------------------------------
+
+@main.group()
+def webhooks() -> None:
+    """Inspect and replay stored webhook deliveries."""
+
+
+@webhooks.command("replay")
+@click.argument("delivery_id", type=int)
+def webhooks_replay(delivery_id: int) -> None:
+    """Normalize a stored delivery again (after fixing what made it fail)."""
+    from outreach_actors.domain.ingest import replay_delivery
+    from outreach_actors.worker.actors.webhooks import enqueue_delivery
+
+    _open_database()
+    if models.WebhookDelivery.get_or_none(models.WebhookDelivery.id == delivery_id) is None:
+        _fail(f"no webhook delivery {delivery_id}")
+    replay_delivery(delivery_id, enqueue_delivery)
+    console.print(f"delivery {delivery_id} queued for normalization again")
+
+
+@webhooks.command("list")
+@click.option("--status", default=None,
+              type=click.Choice(["received", "processed", "failed"]))
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+def webhooks_list(status: str | None, limit: int) -> None:
+    """The newest deliveries (`webhooks show ID` has one in full)."""
+    _open_database()
+    query = models.WebhookDelivery.select().order_by(models.WebhookDelivery.id.desc()).limit(limit)
+    if status:
+        query = query.where(models.WebhookDelivery.status == status)
+    table = Table("id", "received", "status", "bytes", "error")
+    for row in query:
+        table.add_row(str(row.id), row.received_at.isoformat(timespec="seconds"), row.status,
+                      str(len(row.body)), (row.error or "")[:80])
+    console.print(table)
+
+
+@webhooks.command("show")
+@click.argument("delivery_id", type=int)
+@click.option("--body", "raw_body", is_flag=True, help="Print the raw body as received, only.")
+def webhooks_show(delivery_id: int, raw_body: bool) -> None:
+    """One delivery in full: its state, whole error, headers and events stored."""
+    _open_database()
+    row = models.WebhookDelivery.get_or_none(models.WebhookDelivery.id == delivery_id)
+    if row is None:
+        _fail(f"no webhook delivery {delivery_id}")
+    if raw_body:
+        click.echo(bytes(row.body), nl=False)
+        return
+    events = models.MessageEvent.select().where(models.MessageEvent.delivery == delivery_id).count()
+    for label, value in [
+        ("id", row.id), ("received", row.received_at.isoformat(timespec="seconds")),
+        ("status", row.status), ("attempts", row.attempts),
+        ("processed", row.processed_at.isoformat(timespec="seconds") if row.processed_at else ""),
+        ("bytes", len(row.body)), ("events stored", events),
+        ("headers", json.dumps(row.headers, sort_keys=True)), ("error", row.error or ""),
+    ]:
+        console.print(f"{label}: {value}", highlight=False, markup=False, soft_wrap=True)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+def serve(host: str, port: int) -> None:
+    """Serve the webhook and unsubscribe endpoints (standalone WSGI app)."""
+    from outreach_actors.web.app import make_app
+    from outreach_actors.web.app import serve as serve_wsgi
+
+    _open_database()
+    app = make_app()  # a bad setting ends the command here, before "serving"
+    console.print(f"serving POST /webhooks/sendgrid and /unsubscribe/<token> on http://{host}:{port}")
+    try:
+        serve_wsgi(host, port, app)
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:  # the port is taken, or the host is not this machine's
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
+@main.group()
+def broker() -> None:
+    """Manage the embedded Redis broker."""
+
+
+@broker.command("stop")
+def broker_stop() -> None:
+    """Stop the embedded Redis server cleanly (its queue is kept on disk)."""
+    from outreach_actors.worker.embedded import stop_embedded_redis
+
+    settings = get_settings()
+    if settings.broker_url:
+        _fail("OUTREACH_BROKER_URL is set: there is no embedded broker to stop")
+    if stop_embedded_redis(settings.data_dir):
+        console.print(f"stopped the embedded Redis in {settings.data_dir}")
+    else:
+        console.print("the embedded Redis was not running")
+
+
+@broker.command("status")
+def broker_status() -> None:
+    """Say whether the embedded Redis server is running."""
+    from outreach_actors.worker.embedded import EmbeddedRedis
+
+    server = EmbeddedRedis(get_settings().data_dir)
+    state = "running" if server.is_running() else "stopped"
+    console.print(f"embedded Redis {state} ({server.socket_path})")
+
+
+@main.command()
+@click.option("--contacts", default=300, show_default=True, type=click.IntRange(1, 5000))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 8))
+@click.option("--timeout", "timeout_s", default=120, show_default=True, type=int,
+              help="Give up (and exit non-zero) after this many seconds.")
+def demo(contacts: int, workers: int, timeout_s: int) -> None:
+    """Run a whole campaign locally: workers, the SendGrid stand-in, simulated engagement."""
+    from outreach_actors.dev.demo import run_demo
+
+    raise SystemExit(run_demo(contacts=contacts, workers=workers, timeout_s=timeout_s,
+                              console=console))
+

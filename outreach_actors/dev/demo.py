@@ -1,0 +1,335 @@
+"""``outreach demo``: a whole campaign on this machine, with no configuration.
+
+It uses what a production deployment uses (the embedded Redis broker, SQLite, real
+``dramatiq`` and ``periodiq`` processes, the webhook endpoint) with two stand-ins
+for the outside world: the SendGrid stand-in accepts mail, and simulated
+recipients click, open, ignore or bounce through signed Event Webhook batches.
+The sample plan's durations are compressed: one day becomes two seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from outreach_actors.domain.plans import validate_plan
+from outreach_actors.domain.store import models
+from outreach_actors.settings import Settings, get_settings, parse_duration
+
+DEMO_TENANT = "demo"
+DEMO_SENDER = "hello@demo.outreach.test"
+DEMO_API_KEY = "SG.demo-key"
+# One day of plan time lasts this long in the demo.
+SECONDS_PER_DAY = 2.0
+PERSONA_MIX = [("clicker", 3), ("opener", 3), ("ignorer", 3), ("bouncer", 1)]
+FIRST_NAMES = ["Ada", "Grace", "Alan", "Barbara", "Edsger", "Frances", "Ken", "Radia", "Tim", "Sophie"]
+TIMEZONES = ["Europe/Paris", "America/New_York", "Asia/Tokyo", "UTC", None]
+SAMPLE_PLAN = "onboarding.yaml"
+
+
+def compress(duration: str) -> str:
+    seconds = parse_duration(duration).total_seconds() / 86_400 * SECONDS_PER_DAY
+    return f"PT{max(seconds, 0.5):.1f}S"
+
+
+def demo_plan_definition(templates_dir: Path) -> dict:
+    """The sample plan with its timers compressed and no send window (it is a demo)."""
+    from outreach_actors.domain.rendering import TemplateRenderer
+
+    plan = validate_plan((templates_dir / SAMPLE_PLAN).read_text(),
+                         check_template=TemplateRenderer(templates_dir).check_template)
+    definition = plan.to_definition()
+    definition.pop("send_window", None)
+    for node in definition["nodes"].values():
+        for transition in node.get("transitions", []):
+            if "after" in transition:
+                transition["after"] = compress(_iso(plan_duration=transition["after"]))
+    return definition
+
+
+def _iso(plan_duration: str | float) -> str:
+    # model_dump_json writes timedeltas as ISO-8601 already; accept seconds too.
+    if isinstance(plan_duration, int | float):
+        return f"PT{plan_duration}S"
+    return plan_duration
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 (stdlib signature)
+        pass
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _default_templates_dir() -> Path:
+    configured = Path(get_settings().templates_dir)
+    if (configured / SAMPLE_PLAN).exists():
+        return configured.resolve()
+    # Installed from a checkout: the repository's templates/ sits beside the package.
+    return (Path(__file__).resolve().parent.parent / "templates").resolve()
+
+
+def _counts() -> dict[str, int]:
+    Enrollment, Message, Event = models.Enrollment, models.OutboundMessage, models.MessageEvent
+    return {
+        "enrolled": Enrollment.select().count(),
+        "finished": Enrollment.select().where(Enrollment.status != Enrollment.ACTIVE).count(),
+        "sent": Message.select().where(Message.status == Message.SENT).count(),
+        "events": Event.select().where(Event.synthetic == False).count(),  # noqa: E712
+        "synthetic": Event.select().where(Event.synthetic == True).count(),  # noqa: E712
+        "suppressed": models.Suppression.select().count(),
+    }
+
+
+def _progress_table(counts: dict[str, int], elapsed: float, accepted: int) -> Table:
+    table = Table(title=f"outreach demo, {elapsed:4.1f}s", show_header=True)
+    for column in ("enrolled", "finished", "emails accepted", "events", "synthetic", "suppressed"):
+        table.add_column(column, justify="right")
+    table.add_row(str(counts["enrolled"]), str(counts["finished"]), str(accepted),
+                  str(counts["events"]), str(counts["synthetic"]), str(counts["suppressed"]))
+    return table
+
+
+# A terminal closed (SIGHUP) or a `kill` (SIGTERM) would end Python at once, skipping
+# the cleanup below and leaving the workers, periodiq and the embedded Redis running;
+# the next demo's broker would then feed those orphans, which still mail the old
+# stand-in. These signals end the demo through that cleanup instead, with the status
+# a shell reports for them (128 + the signal's number).
+TERMINATING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP")
+                            if hasattr(signal, name))
+
+
+def _exit_through_cleanup(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _stop_leftovers(pids_file: Path) -> None:
+    """Stop what a demo killed outright (SIGKILL, the OOM killer) left running: its
+    workers and periodiq would feed on the next demo's broker and mail a stand-in
+    that is gone. Each was started in a process group of its own, named in the file."""
+    try:
+        groups = [int(word) for word in pids_file.read_text().split()]
+    except (OSError, ValueError):
+        return
+    groups = [group for group in groups if _runs_our_package(group)]
+    for each in (signal.SIGTERM, signal.SIGKILL):
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, each)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(_runs_our_package(group) for group in groups):
+            time.sleep(0.2)
+    pids_file.unlink(missing_ok=True)
+
+
+def _runs_our_package(pid: int) -> bool:
+    # The pid may belong to another program by now: only ours is stopped.
+    try:
+        command = subprocess.run(["ps", "-p", str(pid), "-o", "command="], capture_output=True,
+                                 text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "outreach_actors" in command
+
+
+def _handle_termination() -> dict[int, object]:
+    """Route the terminating signals through the cleanup; returns the handlers they had."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}  # only the main thread may set handlers (and receives the signals)
+    return {each: signal.signal(each, _exit_through_cleanup) for each in TERMINATING_SIGNALS}
+
+
+def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console) -> int:
+    """Run the demo; returns the exit status (0 when every contact finished the plan).
+
+    SIGTERM and SIGHUP stop it as Ctrl-C does, cleaning up first, then raise
+    SystemExit(128 + the signal's number).
+    """
+    from outreach_actors.dev.simulation import EngagementSimulator
+    from outreach_actors.dev.standin import SendGridStandIn, generate_webhook_keys
+    from outreach_actors.web.app import make_app
+    from outreach_actors.worker import runtime
+    from outreach_actors.worker.embedded import stop_embedded_redis
+
+    base = get_settings()
+    data_dir = (Path(base.data_dir) / "demo").resolve()
+    pids_file = data_dir.with_name("demo.pids")  # beside the data dir, which each run deletes
+    templates_dir = _default_templates_dir()
+    _stop_leftovers(pids_file)
+    stop_embedded_redis(data_dir) if data_dir.exists() else None
+    shutil.rmtree(data_dir, ignore_errors=True)  # a second run starts clean
+    data_dir.mkdir(parents=True)
+
+    keys = generate_webhook_keys()
+    secret_key = secrets.token_urlsafe(32)
+    standin = SendGridStandIn(api_key=DEMO_API_KEY).start()
+    port = _free_port()
+    environment = {
+        "OUTREACH_DATA_DIR": str(data_dir),
+        "OUTREACH_TEMPLATES_DIR": str(templates_dir),
+        "OUTREACH_SENDGRID_API_KEY": DEMO_API_KEY,
+        "OUTREACH_SENDGRID_API_HOST": standin.host,
+        "OUTREACH_SENDGRID_WEBHOOK_PUBLIC_KEY": keys.public_key,
+        "OUTREACH_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+        "OUTREACH_SECRET_KEY": secret_key,
+        "OUTREACH_DISPATCH_INTERVAL": "PT0.5S",
+        # Days pass in seconds here: a second of waiting on an empty queue would show.
+        "OUTREACH_WORKER_IDLE_POLL_INTERVAL": "PT0.1S",
+        "OUTREACH_NO_OPEN_TIMEOUT": compress("PT72H"),
+        "OUTREACH_NO_CLICK_TIMEOUT": compress("PT24H"),
+        # The demo sends hundreds of emails in seconds; real limits would stretch it to hours.
+        "OUTREACH_RATELIMIT_SENDER_PER_MINUTE": "100000",
+        "OUTREACH_RATELIMIT_SENDER_PER_HOUR": "1000000",
+        "OUTREACH_RATELIMIT_TENANT_PER_HOUR": "1000000",
+        "OUTREACH_RATELIMIT_DOMAIN_PER_HOUR": "1000000",
+        "OUTREACH_RATELIMIT_GLOBAL_PER_HOUR": "1000000",
+    }
+    settings = Settings(
+        data_dir=data_dir, templates_dir=templates_dir, sendgrid_api_key=DEMO_API_KEY,
+        sendgrid_api_host=standin.host, sendgrid_webhook_public_key=keys.public_key,
+        public_base_url=f"http://127.0.0.1:{port}", dispatch_interval=timedelta(seconds=0.5),
+        secret_key=secret_key,
+    )
+    processes: list[subprocess.Popen] = []
+    server = None
+    simulator = None
+    status = 1
+    log_path = data_dir / "workers.log"
+    previous_handlers = _handle_termination()
+    try:
+        runtime.install(settings)
+        database = models.database_proxy.obj
+        models.create_schema(database)
+        _seed(contacts, templates_dir)
+
+        server = make_server("127.0.0.1", port, make_app(settings), handler_class=_QuietHandler)
+        threading.Thread(target=server.serve_forever, name="webhooks", daemon=True).start()
+
+        child_env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
+        child_env.update(environment)
+        log = log_path.open("ab")
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "dramatiq", "outreach_actors", "-p", str(workers), "-t", "4"],
+            env=child_env, stdout=log, stderr=subprocess.STDOUT, cwd=data_dir,
+            start_new_session=True))
+        processes.append(subprocess.Popen(
+            [sys.executable, "-c", "import sys; from periodiq import entrypoint; "
+             "sys.argv[0] = 'periodiq'; sys.exit(entrypoint())", "outreach_actors"],
+            env=child_env, stdout=log, stderr=subprocess.STDOUT, cwd=data_dir,
+            start_new_session=True))
+        pids_file.write_text("".join(f"{process.pid}\n" for process in processes))
+
+        from outreach_actors.worker.actors.periodic import dispatch_due
+
+        dispatch_due.send()  # start dispatching now rather than at periodiq's next minute
+        simulator = EngagementSimulator(standin, f"http://127.0.0.1:{port}/webhooks/sendgrid",
+                                        keys.private_key_pem).start()
+        started = time.monotonic()
+        with Live(console=console, refresh_per_second=4) as live:
+            while True:
+                counts = _counts()
+                elapsed = time.monotonic() - started
+                live.update(_progress_table(counts, elapsed, len(standin.messages)))
+                if counts["finished"] == counts["enrolled"]:
+                    status = 0
+                    break
+                if elapsed > timeout_s:
+                    break
+                for process in processes:
+                    if process.poll() is not None:
+                        raise RuntimeError(f"a worker process exited early; see {log_path}")
+                if int(elapsed) % 50 == 49:
+                    dispatch_due.send()  # keep the dispatcher going between periodiq ticks
+                time.sleep(0.25)
+        console.print()
+        _summary(console, counts, len(standin.messages), simulator, data_dir, elapsed)
+        if status:
+            console.print(f"[red]not every contact finished within {timeout_s}s[/red]; "
+                          f"worker log: {log_path}")
+    except Exception as exc:  # the demo must always clean up and say what went wrong
+        console.print(f"[red]demo failed:[/red] {exc}")
+        status = 1
+    finally:
+        for each in previous_handlers:  # a signal now must not cut the cleanup short
+            signal.signal(each, signal.SIG_IGN)
+        if simulator is not None:
+            simulator._stop.set()
+        _stop_processes(processes)
+        pids_file.unlink(missing_ok=True)
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        standin.stop()
+        models.database_proxy.obj.close() if models.database_proxy.obj else None
+        stop_embedded_redis(data_dir)
+        for each, handler in previous_handlers.items():
+            signal.signal(each, signal.SIG_DFL if handler is None else handler)
+    return status
+
+
+def _seed(contacts: int, templates_dir: Path) -> None:
+    from outreach_actors.domain.engine import enroll
+
+    models.Tenant.create(id=DEMO_TENANT, name="Demo Inc.")
+    models.SenderIdentity.create(tenant=DEMO_TENANT, email=DEMO_SENDER, name="Demo Team",
+                                 verified=True)
+    definition = demo_plan_definition(templates_dir)
+    models.Plan.create(tenant=DEMO_TENANT, name=definition["name"], version=1,
+                       definition=definition)
+    personas = [name for name, weight in PERSONA_MIX for _ in range(weight)]
+    with models.database_proxy.atomic():
+        for index in range(contacts):
+            persona = personas[index % len(personas)]
+            enroll(DEMO_TENANT, f"{persona}-{index}@example.com", definition["name"],
+                   fields={"first_name": FIRST_NAMES[index % len(FIRST_NAMES)], "persona": persona},
+                   timezone=TIMEZONES[index % len(TIMEZONES)])
+
+
+def _stop_processes(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _summary(console: Console, counts: dict[str, int], accepted: int, simulator, data_dir: Path,
+             elapsed: float) -> None:
+    from outreach_actors.cli.commands import funnel_table
+    from outreach_actors.domain.stats import funnel
+
+    console.print(funnel_table(funnel()))
+    console.print(
+        f"{counts['enrolled']} contacts, {counts['finished']} finished in {elapsed:.1f}s; "
+        f"{counts['sent']} emails sent ({accepted} accepted by the SendGrid stand-in); "
+        f"{counts['events']} webhook events stored from {simulator.posted_batches} signed batches; "
+        f"{counts['synthetic']} synthetic no_open/no_click/elapsed events; "
+        f"{counts['suppressed']} addresses suppressed."
+    )
+    console.print(f"database: {data_dir / 'outreach.db'}  (inspect with "
+                  f"OUTREACH_DATA_DIR={data_dir} outreach stats)")

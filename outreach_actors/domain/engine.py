@@ -1,0 +1,424 @@
+"""The state machine: enroll contacts, enter nodes, move enrollments on events.
+
+No Dramatiq here: the engine writes rows (enrollments, visits, scheduled actions)
+and the dispatcher turns due actions into messages. Every move is an optimistic
+``UPDATE ... WHERE version = seen``, so two events racing on one enrollment move
+it once; the loser re-reads and finds the node changed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from datetime import datetime, timedelta
+from typing import Any
+
+import peewee
+
+from outreach_actors.domain.addresses import address_key, normalized_address
+from outreach_actors.domain.plans import (
+    PlanSpec,
+    iana_zone,
+)
+from outreach_actors.domain.store.keys import action_key
+from outreach_actors.domain.store.models import (
+    Contact,
+    Enrollment,
+    NodeVisit,
+    OutboundMessage,
+    Plan,
+    ScheduledAction,
+    Tenant,
+    database_proxy,
+    insert_rows,
+    utcnow,
+)
+from outreach_actors.domain.stored_plans import plan_for, plan_for_id
+from outreach_actors.domain.windows import next_send_time
+from outreach_actors.settings import get_settings
+
+logger = logging.getLogger(__name__)
+
+MAX_MOVE_ATTEMPTS = 5
+
+
+class EnrollmentError(ValueError):
+    """An enrollment was refused; the message says why."""
+
+
+class AlreadyEnrolled(EnrollmentError):
+    """The contact is already in this plan and the plan does not allow re-entry."""
+
+
+def latest_plan(tenant_id: str, plan_name: str) -> Plan:
+    row = (
+        Plan.select()
+        .where(Plan.tenant == tenant_id, Plan.name == plan_name)
+        .order_by(Plan.version.desc())
+        .first()
+    )
+    if row is None:
+        raise EnrollmentError(
+            f"tenant {tenant_id!r} has no plan named {plan_name!r}; "
+            "load it with `outreach plan load FILE --tenant TENANT`"
+        )
+    return row
+
+
+def normalize_email(email: str) -> str:
+    """The address as stored (see addresses.normalized_address); EnrollmentError if none."""
+    try:
+        return normalized_address(email)
+    except ValueError as exc:
+        raise EnrollmentError(str(exc)) from None
+
+
+def _known_zone(name: object) -> bool:
+    # Printable and at most 64 characters: also what no column can store.
+    return (isinstance(name, str) and name.isprintable() and len(name) <= 64
+            and iana_zone(name) is not None)
+
+
+def _contact_fields(fields: object) -> dict[str, Any]:
+    """A contact's fields as stored (JSON) and rendered (by name); else EnrollmentError."""
+    if fields is None:
+        return {}
+    if not isinstance(fields, Mapping) or not all(isinstance(name, str) for name in fields):
+        raise EnrollmentError(f"fields must map names (text) to values, not {_kind(fields)}")
+    try:
+        json.dumps(fields, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise EnrollmentError(f"fields must hold JSON values (text, numbers, lists...): {exc}") from None
+    return dict(fields)
+
+
+def _kind(value: object) -> str:
+    return type(value).__name__ if not isinstance(value, Mapping) else "a mapping with other keys"
+
+
+def upsert_contact(
+    tenant_id: str, email: str, fields: dict[str, Any] | None, timezone: str | None
+) -> Contact:
+    address = normalize_email(email)
+    fields = _contact_fields(fields)
+    timezone = None if timezone == "" else timezone  # an empty CSV cell or form field
+    if timezone is not None and not _known_zone(timezone):
+        # Refused, not stored: the send window would silently use its own zone instead.
+        raise EnrollmentError(f"{timezone!r:.80} is not an IANA time zone such as Europe/Paris")
+    contact, created = Contact.get_or_create(
+        tenant=tenant_id, email=address,
+        defaults={"fields": fields, "timezone": timezone},
+    )
+    if not created and (fields or timezone):
+        contact.fields = {**(contact.fields or {}), **(fields or {})}
+        contact.timezone = timezone or contact.timezone
+        contact.save()
+    return contact
+
+
+def enroll(
+    tenant_id: str,
+    email: str,
+    plan_name: str,
+    *,
+    fields: dict[str, Any] | None = None,
+    timezone: str | None = None,
+    now: datetime | None = None,
+) -> Enrollment:
+    """Enroll a contact into the tenant's latest version of a plan.
+
+    Safe to call from a web request: it only writes rows (the first send is a
+    ScheduledAction that the dispatcher picks up). Raises AlreadyEnrolled when the
+    contact is in the plan already and the plan does not allow re-entry.
+    """
+    now = now or utcnow()
+    if not Tenant.select().where(Tenant.id == tenant_id).exists():
+        raise EnrollmentError(f"unknown tenant {tenant_id!r}")
+    plan_row = latest_plan(tenant_id, plan_name)
+    plan = plan_for(plan_row)
+    with database_proxy.atomic():
+        contact = upsert_contact(tenant_id, email, fields, timezone)
+        key = (
+            f"reentry:{uuid.uuid4().hex}"
+            if plan.allow_reentry
+            else f"{tenant_id}:{plan_name}:{contact.id}"
+        )
+        try:
+            with database_proxy.atomic():
+                enrollment = Enrollment.create(
+                    tenant=tenant_id, plan=plan_row, contact=contact, enrollment_key=key,
+                    current_node=plan.start, version=0, node_entered_at=now,
+                    created_at=now, updated_at=now,
+                )
+        except peewee.IntegrityError:
+            raise AlreadyEnrolled(
+                f"{contact.email} is already enrolled in plan {plan_name!r} "
+                "(set allow_reentry: true in the plan to allow it)"
+            ) from None
+        _enter([enrollment], plan, plan.start, via_event=None, now=now)
+    logger.info("Enrolled enrollment=%s tenant=%s plan=%s", enrollment.id, tenant_id, plan_name)
+    return enrollment
+
+
+def _enter(
+    enrollments: Sequence[Enrollment], plan: PlanSpec, node_name: str, *,
+    via_event: str | None, now: datetime,
+) -> None:
+    """Record the visits and create what the node needs (send, timers, completion).
+
+    ``enrollments`` have just entered ``node_name`` of ``plan`` at their current
+    version: one, or a batch that moved together (the same statements either way).
+    """
+    if not enrollments:
+        return
+    node = plan.node(node_name)
+    insert_rows(NodeVisit, [
+        {"enrollment": enrollment.id, "node": node_name, "via_event": via_event,
+         "entered_at": now, "version": enrollment.version}
+        for enrollment in enrollments
+    ])
+    if node.type == "email":
+        # The contact's zone matters only inside a send window: skip the query otherwise.
+        zones = _contact_zones(enrollments) if plan.send_window else {}
+        _schedule([
+            (enrollment, node_name, ScheduledAction.SEND, None,
+             next_send_time(now, plan.send_window, zones.get(enrollment.contact_id)))
+            for enrollment in enrollments
+        ])
+    elif node.type == "wait":
+        _schedule([
+            (enrollment, node_name, ScheduledAction.TIMEOUT, transition.on,
+             now + _timeout_duration(transition.on, transition.after))
+            for transition in plan.timeout_transitions(node_name)
+            for enrollment in enrollments
+        ])
+    else:
+        ids = [enrollment.id for enrollment in enrollments]
+        Enrollment.update(status=Enrollment.COMPLETED, updated_at=now).where(
+            Enrollment.id.in_(ids)
+        ).execute()
+        logger.info("Completed enrollment=%s at node=%s", ",".join(map(str, ids)), node_name)
+
+
+def _contact_zones(enrollments: Sequence[Enrollment]) -> dict[int, str | None]:
+    """Each enrollment's contact time zone, by contact id; loaded contacts cost nothing."""
+    zones = {e.contact_id: e.contact.timezone for e in enrollments if "contact" in e.__rel__}
+    missing = [e.contact_id for e in enrollments if e.contact_id not in zones]
+    if missing:
+        zones.update(Contact.select(Contact.id, Contact.timezone)
+                     .where(Contact.id.in_(missing)).tuples())
+    return zones
+
+
+def _transaction():
+    """A transaction, or nothing when one is open already (no savepoint round trips)."""
+    if database_proxy.in_transaction():
+        return nullcontext()
+    return database_proxy.atomic()
+
+
+def _schedule(actions: Sequence[tuple[Enrollment, str, str, str | None, datetime]]) -> None:
+    """Insert (enrollment, node, kind, event, run_at) actions of the enrollments'
+    current visits; one already there (same dedupe key) is left as it is."""
+    if not actions:
+        return
+    insert_rows(ScheduledAction, [
+        {"enrollment": enrollment.id, "node": node, "kind": kind, "event": event,
+         "run_at": run_at, "visit_version": enrollment.version,
+         "dedupe_key": action_key(kind, enrollment.id, node, event, enrollment.version)}
+        for enrollment, node, kind, event, run_at in actions
+    ], ignore_conflicts=True)
+
+
+def _timeout_duration(event: str, after: timedelta | None) -> timedelta:
+    if after is not None:
+        return after
+    settings = get_settings()
+    return {"no_open": settings.no_open_timeout, "no_click": settings.no_click_timeout}[event]
+
+
+def process_event(
+    enrollment_id: int,
+    event: str,
+    *,
+    node: str | None = None,
+    visit_version: int | None = None,
+    now: datetime | None = None,
+    enrollment: Enrollment | None = None,
+) -> bool:
+    """Take the current node's first transition on ``event``; True if the enrollment moved.
+
+    ``node``/``visit_version`` name the visit the event belongs to (the node whose
+    email or timer produced it): an event from a node the enrollment has left is
+    stale and moves nothing. ``enrollment`` may pass the row just read, to save a
+    query; if it is stale, the version check catches it and the row is read again.
+    """
+    now = now or utcnow()
+    for _ in range(MAX_MOVE_ATTEMPTS):
+        if enrollment is None:
+            enrollment = Enrollment.get_or_none(Enrollment.id == enrollment_id)
+        if enrollment is None or enrollment.status != Enrollment.ACTIVE:
+            return False
+        if node is not None and enrollment.current_node != node:
+            return False
+        if visit_version is not None and enrollment.version != visit_version:
+            return False
+        from_node = enrollment.current_node
+        if plan_for_id(enrollment.plan_id).transition_for(from_node, event) is None:
+            return False
+        if move_on_event([enrollment], event, now=now):
+            logger.info("Moved enrollment=%s from=%s to=%s on=%s",
+                        enrollment.id, from_node, enrollment.current_node, event)
+            return True
+        enrollment = None  # another event moved it first: re-read and decide again
+    raise RuntimeError(f"enrollment {enrollment_id} kept changing under {event!r}; giving up")
+
+
+def move_on_event(enrollments: Sequence[Enrollment], event: str, *,
+                  now: datetime | None = None) -> list[Enrollment]:
+    """Move each enrollment on ``event`` from the node it is at, as read; returns the
+    ones that moved, updated in place.
+
+    A batch costs the statements of one enrollment: an ``UPDATE ... WHERE (id,
+    version) IN`` per (plan, node), then the left node's cancellations and the new
+    node's actions in bulk. An enrollment another writer moved since it was read
+    fails its version check and stays (the caller decides whether to read it again).
+    Each enrollment must appear once.
+    """
+    now = now or utcnow()
+    groups: dict[tuple[int, str], list[Enrollment]] = defaultdict(list)
+    for enrollment in enrollments:
+        if enrollment.status == Enrollment.ACTIVE:
+            groups[(enrollment.plan_id, enrollment.current_node)].append(enrollment)
+    moved: list[Enrollment] = []
+    with _transaction():
+        # One order for every writer, so that two batches cannot deadlock on rows.
+        for (plan_id, from_node), group in sorted(groups.items()):
+            plan = plan_for_id(plan_id)
+            transition = plan.transition_for(from_node, event)
+            if transition is None:
+                continue
+            group.sort(key=lambda enrollment: enrollment.id)
+            won = {
+                enrollment_id for (enrollment_id,) in
+                Enrollment.update(current_node=transition.to, version=Enrollment.version + 1,
+                                  node_entered_at=now, updated_at=now)
+                .where(peewee.Tuple(Enrollment.id, Enrollment.version)
+                       .in_([(enrollment.id, enrollment.version) for enrollment in group]))
+                .returning(Enrollment.id).tuples().execute()
+            }
+            winners = [enrollment for enrollment in group if enrollment.id in won]
+            if not winners:
+                continue
+            _cancel_open_actions([enrollment.id for enrollment in winners], from_node, now)
+            for enrollment in winners:
+                enrollment.current_node, enrollment.version = transition.to, enrollment.version + 1
+                enrollment.node_entered_at = enrollment.updated_at = now
+            _enter(winners, plan, transition.to, via_event=event, now=now)
+            moved.extend(winners)
+    return moved
+
+
+def _cancel_open_actions(enrollment_ids: Sequence[int], node: str, now: datetime) -> int:
+    """Cancel the timers and sends of the node being left.
+
+    Only pending and enqueued ones: a running action (often the very timeout that
+    caused this move) finishes on its own and re-checks the enrollment.
+    """
+    return (
+        ScheduledAction.update(status=ScheduledAction.CANCELLED, finished_at=now)
+        .where(
+            ScheduledAction.enrollment.in_(list(enrollment_ids)),
+            ScheduledAction.node == node,
+            ScheduledAction.status.in_([ScheduledAction.PENDING, ScheduledAction.ENQUEUED]),
+        )
+        .execute()
+    )
+
+
+def exit_enrollment(enrollment_id: int, reason: str, *, now: datetime | None = None) -> bool:
+    """End an active enrollment where it stands (suppressed, failed send, unsubscribed)."""
+    now = now or utcnow()
+    with database_proxy.atomic():
+        enrollment = Enrollment.get_or_none(Enrollment.id == enrollment_id)
+        if enrollment is None or enrollment.status != Enrollment.ACTIVE:
+            return False
+        status = Enrollment.FAILED if reason in {"send_failed", "ambiguous_send"} else Enrollment.EXITED
+        moved = (
+            Enrollment.update(status=status, exit_reason=reason, version=Enrollment.version + 1,
+                              updated_at=now)
+            .where(Enrollment.id == enrollment_id, Enrollment.version == enrollment.version)
+            .execute()
+        )
+        if moved:
+            _cancel_open_actions([enrollment_id], enrollment.current_node, now)
+    if moved:
+        logger.info("Exited enrollment=%s reason=%s", enrollment_id, reason)
+    return bool(moved)
+
+
+def exit_contact_enrollments(tenant_id: str, email: str, reason: str) -> int:
+    """End every active enrollment of one contact in one tenant (unsubscribe, complaint)."""
+    ids = [
+        row.id
+        for row in Enrollment.select(Enrollment.id)
+        .join(Contact)
+        .where(
+            Enrollment.tenant == tenant_id,
+            Contact.email == address_key(email),
+            Enrollment.status == Enrollment.ACTIVE,
+        )
+    ]
+    return sum(exit_enrollment(enrollment_id, reason) for enrollment_id in ids)
+
+
+def after_send(message: OutboundMessage, *, now: datetime | None = None) -> None:
+    """Create the node's timers from ``sent_at``; safe to call again (dedupe keys).
+
+    ``message`` needs its id, enrollment, action and sent_at. (The send itself writes
+    them in the statement that marks the message sent: see timers_after_send.)
+    """
+    insert_rows(ScheduledAction, timers_after_send(
+        message.id, message.enrollment_id, message.action_id, message.sent_at or now or utcnow(),
+    ), ignore_conflicts=True)
+
+
+def timers_after_send(
+    message_id: str, enrollment_id: int | None, action_id: int | None, sent_at: datetime, *,
+    node: str | None = None, visit_version: int | None = None, plan_id: int | None = None,
+) -> list[dict[str, Any]]:
+    """The ScheduledAction rows of the timers a message sent at ``sent_at`` starts (its
+    node's timeout transitions), for ``insert_rows(..., ignore_conflicts=True)``; none
+    for a message without enrollment or action. ``node``, ``visit_version`` and
+    ``plan_id`` as for after_send (read here when one is missing)."""
+    if enrollment_id is None or action_id is None:
+        return []
+    if node is None or visit_version is None or plan_id is None:
+        action = ScheduledAction.get_by_id(action_id)
+        node, visit_version = action.node, action.visit_version
+        plan_id = Enrollment.get_by_id(enrollment_id).plan_id
+    return [
+        {"enrollment": enrollment_id, "node": node, "kind": ScheduledAction.TIMEOUT,
+         "event": transition.on, "message": message_id, "visit_version": visit_version,
+         "dedupe_key": action_key(ScheduledAction.TIMEOUT, enrollment_id, node, transition.on,
+                                 visit_version),
+         "run_at": sent_at + _timeout_duration(transition.on, transition.after)}
+        for transition in plan_for_id(plan_id).timeout_transitions(node)
+    ]
+
+
+__all__ = [
+    "AlreadyEnrolled",
+    "EnrollmentError",
+    "after_send",
+    "enroll",
+    "exit_contact_enrollments",
+    "exit_enrollment",
+    "move_on_event",
+    "process_event",
+    "timers_after_send",
+]

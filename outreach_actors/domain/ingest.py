@@ -1,0 +1,551 @@
+"""Normalize a stored webhook delivery: parse, match messages, dedupe, store, suppress, react.
+
+A delivery is processed in one transaction: its new events are inserted in bulk
+(``ON CONFLICT DO NOTHING ... RETURNING`` tells which keys are new), and only
+those drive suppressions and the engine, so running a delivery twice, or
+receiving the same event in two deliveries, has every effect once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
+
+import peewee
+from peewee import chunked
+
+from outreach_actors.domain import engine
+from outreach_actors.domain.addresses import address_key, normalized_address
+from outreach_actors.domain.engagement import counts_for_plans
+from outreach_actors.domain.mail import ambiguous
+from outreach_actors.domain.metrics import count
+from outreach_actors.domain.plans import PlanSpec
+from outreach_actors.domain.store.db import is_postgresql
+from outreach_actors.domain.store.models import (
+    Enrollment,
+    MessageEvent,
+    OutboundMessage,
+    Plan,
+    ScheduledAction,
+    Tenant,
+    WebhookDelivery,
+    database_proxy,
+    insert_rows,
+    utcnow,
+    write_transaction,
+)
+from outreach_actors.domain.stored_plans import plan_for
+from outreach_actors.domain.suppressions import (
+    group_channel,
+    lift,
+    soft_bounce_should_suppress,
+    suppress,
+)
+from outreach_actors.domain.unsubscribe import unsubscribe_link_prefix
+from outreach_actors.domain.vocabulary import (
+    ENGINE_EVENTS,
+    EXITING_EVENTS,
+    SUPPRESSING_BOUNCES,
+    SUPPRESSING_DROPS,
+    SUPPRESSING_EVENTS,
+    TIMEOUT_EVENTS,
+    UNSUBSCRIBE_LINK,
+    MalformedBatch,
+    NormalizedEvent,
+)
+from outreach_actors.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+INSERT_CHUNK = 500
+LOOKUP_CHUNK = 1000
+MAX_ERRORS_KEPT = 20
+# Column widths (Peewee's CharField default) that provider-supplied text must fit.
+MAX_TEXT = 255
+
+
+class MessagesNotYetStored(RuntimeError):
+    """Events name messages that are not committed yet: the delivery is retried later."""
+
+
+@dataclass
+class IngestResult:
+    """What one run over a delivery did."""
+
+    delivery_id: int
+    status: str
+    stored: int = 0
+    duplicates: int = 0
+    waiting: int = 0
+    refused: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class _Message(NamedTuple):
+    id: str
+    tenant: str
+    provider_message_id: str | None
+    to_email: str
+    status: str
+    enrollment: int | None
+    node: str | None
+
+
+class _EngineInterest:
+    """Which new events can move a contact or resolve a send; only those go to the engine.
+
+    A cheap over-approximation of ``handle_message_event``, read in bulk per
+    batch: an event can matter if its message's send is ambiguous, or if the
+    message's enrollment is active at the message's node and the plan has a
+    transition on the event there. The engine still decides; this only spares it
+    the calls that could only answer "nothing to do" (most events of a batch).
+    """
+
+    def __init__(self, messages: list[_Message]) -> None:
+        self.enrollments: dict[int, tuple[str, str, int]] = {}
+        self.plans: dict[int, PlanSpec] = {}
+        self.stale: set[int] = set()
+        self._load({m.enrollment for m in messages if m.enrollment is not None})
+
+    def wants(self, message: _Message, event_type: str) -> bool:
+        if message.status in {OutboundMessage.AMBIGUOUS, OutboundMessage.FAILED}:
+            return True  # a proof of send resolves it, or records that it was sent late
+        state = self._state(message.enrollment) if message.enrollment else None
+        if state is None or state[0] != Enrollment.ACTIVE:
+            return False
+        node = message.node or state[1]
+        plan = self.plans[state[2]]
+        return (
+            node == state[1] and node in plan.nodes
+            and plan.transition_for(node, event_type) is not None
+        )
+
+    def moved(self, enrollment_id: int) -> None:
+        """An enrollment moved: read it again if another event of the batch concerns it."""
+        self.enrollments.pop(enrollment_id, None)
+        self.stale.add(enrollment_id)
+
+    def _state(self, enrollment_id: int) -> tuple[str, str, int] | None:
+        if enrollment_id in self.stale:
+            self.stale.discard(enrollment_id)
+            self._load({enrollment_id})
+        return self.enrollments.get(enrollment_id)
+
+    def _load(self, ids: set[int]) -> None:
+        columns = (Enrollment.id, Enrollment.status, Enrollment.current_node, Enrollment.plan)
+        for chunk in chunked(sorted(ids), LOOKUP_CHUNK):
+            for row in Enrollment.select(*columns).where(Enrollment.id.in_(chunk)).tuples():
+                self.enrollments[row[0]] = row[1:]
+        plan_ids = {state[2] for state in self.enrollments.values()} - self.plans.keys()
+        if plan_ids:
+            for plan in Plan.select().where(Plan.id.in_(sorted(plan_ids))):
+                self.plans[plan.id] = plan_for(plan)
+
+
+@dataclass
+class _Batch:
+    """The events of a batch sorted by what happens to them."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    keyed: dict[str, tuple[NormalizedEvent, _Message | None, datetime]] = field(
+        default_factory=dict
+    )
+    duplicates: int = 0
+    waiting: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)  # kept without their message
+    refused: list[str] = field(default_factory=list)
+
+
+# A provider's parser: a raw webhook body -> (normalized events, errors of single events);
+# MalformedBatch when the body is no batch at all.
+ParseBatch = Callable[[bytes], tuple[list[NormalizedEvent], list[str]]]
+# Hands a committed delivery to the worker that normalizes it.
+EnqueueDelivery = Callable[[int], None]
+
+
+def normalize_delivery(delivery_id: int, *, parse_batch: ParseBatch,
+                       settings: Settings | None = None,
+                       last_attempt: bool = False) -> IngestResult:
+    """Process one stored delivery; safe to run again (it finds its events already stored).
+
+    Raises MessagesNotYetStored, after storing everything else, when events name
+    messages that do not exist yet; the caller retries. On its ``last_attempt`` such
+    events are stored without a message, as events of mail that is not ours are: a
+    message row exists from its render on, before SendGrid hears of it, so one still
+    missing was purged, or was sent by another environment on the same SendGrid
+    account. They are counted in the delivery's note, which is then processed.
+    """
+    settings = settings or get_settings()
+    delivery = WebhookDelivery.get_or_none(WebhookDelivery.id == delivery_id)
+    if delivery is None:
+        logger.error("Webhook delivery=%s does not exist (purged?); nothing to do", delivery_id)
+        return IngestResult(delivery_id, status="missing")
+    if delivery.status == WebhookDelivery.PROCESSED:
+        return IngestResult(delivery_id, status=WebhookDelivery.PROCESSED)
+    WebhookDelivery.update(attempts=WebhookDelivery.attempts + 1).where(
+        WebhookDelivery.id == delivery_id
+    ).execute()
+
+    try:
+        events, errors = parse_batch(bytes(delivery.body))
+    except MalformedBatch as exc:
+        logger.warning("Webhook delivery=%s is malformed: %s", delivery_id, exc)
+        # Replaying cannot help a body that is not a batch: say where to read it.
+        _finish(delivery_id, WebhookDelivery.FAILED,
+                f"{exc}; kept as received (`outreach webhooks show {delivery_id} --body`)")
+        return IngestResult(delivery_id, status=WebhookDelivery.FAILED, errors=[str(exc)])
+
+    own_links = unsubscribe_link_prefix(settings)
+    batch = _sort_batch([_flag_unsubscribe_click(event, own_links) for event in events], delivery,
+                        _find_messages(events), keep_unknown=last_attempt)
+    try:
+        with database_proxy.atomic():
+            new_keys = _insert(batch.rows)
+            new = sorted(
+                (batch.keyed[key] for key in new_keys),
+                key=lambda item: (item[2], item[0].event_key),
+            )
+            interest = _EngineInterest([message for _, message, _ in new if message is not None])
+            tenants = _known_tenants({event.tenant for event, message, _ in new if message is None})
+            for event, message, occurred_at in new:
+                if message is not None:
+                    _react(event, message, occurred_at, settings, interest)
+                elif event.tenant in tenants:
+                    _react_without_message(event, occurred_at, settings)
+    except (peewee.DataError, ValueError) as exc:
+        # A value the database refuses (an address longer than any column, a NUL in a
+        # group id) would fail every retry the same way: keep the delivery as failed,
+        # with the reason, for `outreach webhooks replay` once the cause is fixed.
+        logger.error("Webhook delivery=%s cannot be stored: %s", delivery_id, exc)
+        _finish(delivery_id, WebhookDelivery.FAILED, f"cannot be stored: {exc}; fix and replay it")
+        return IngestResult(delivery_id, status=WebhookDelivery.FAILED, errors=[str(exc)])
+    for event, _, _ in new:
+        count("outreach_events_total", type=event.type, synthetic="false")
+
+    result = IngestResult(
+        delivery_id,
+        status=WebhookDelivery.FAILED if batch.waiting else WebhookDelivery.PROCESSED,
+        stored=len(new_keys),
+        duplicates=batch.duplicates + len(batch.rows) - len(new_keys),
+        waiting=len(batch.waiting),
+        refused=len(batch.refused),
+        errors=errors + batch.refused + batch.waiting + batch.unknown,
+    )
+    summary = _summary(result.errors)
+    if batch.waiting:
+        summary = f"{len(batch.waiting)} event(s) wait for their message and are retried: {summary}"
+    if batch.unknown:
+        logger.warning(
+            "Webhook delivery=%s: %d event(s) name messages this database does not have "
+            "(purged, or sent by another environment on the same SendGrid account); "
+            "stored without a message", delivery_id, len(batch.unknown))
+    _finish(delivery_id, result.status, summary)
+    logger.info(
+        "Normalized delivery=%s stored=%d duplicates=%d waiting=%d refused=%d errors=%d",
+        delivery_id, result.stored, result.duplicates, result.waiting, result.refused,
+        len(errors),
+    )
+    if batch.waiting:
+        raise MessagesNotYetStored(
+            f"delivery {delivery_id}: {len(batch.waiting)} event(s) wait for messages "
+            "that are not stored yet; retrying"
+        )
+    return result
+
+
+def replay_delivery(delivery_id: int, enqueue: EnqueueDelivery) -> None:
+    """Reset a delivery to ``received`` and enqueue it again (``outreach webhooks replay``)."""
+    reset = (
+        WebhookDelivery.update(status=WebhookDelivery.RECEIVED, error=None, processed_at=None,
+                               requeued_at=None)
+        .where(WebhookDelivery.id == delivery_id)
+        .execute()
+    )
+    if not reset:
+        raise LookupError(f"there is no webhook delivery {delivery_id}")
+    enqueue(delivery_id)
+
+
+def requeue_stale_deliveries(enqueue: EnqueueDelivery, older_than: timedelta, *,
+                             now: datetime | None = None, limit: int = 1000) -> int:
+    """Enqueue again deliveries still ``received`` after ``older_than`` (a lost enqueue),
+    each at most once per ``older_than``: it may only be waiting behind a backlog.
+
+    A delivery enqueued twice is harmless: the second run finds it processed.
+    """
+    now = now or utcnow()
+    cutoff = now - older_than
+    with write_transaction():
+        query = WebhookDelivery.select(WebhookDelivery.id).where(
+            WebhookDelivery.status == WebhookDelivery.RECEIVED,
+            WebhookDelivery.received_at < cutoff,
+            WebhookDelivery.requeued_at.is_null() | (WebhookDelivery.requeued_at < cutoff),
+        ).order_by(WebhookDelivery.id).limit(limit)
+        if is_postgresql(database_proxy.obj):
+            query = query.for_update("FOR UPDATE SKIP LOCKED")
+        ids = [row.id for row in query]
+        if ids:
+            WebhookDelivery.update(requeued_at=now).where(WebhookDelivery.id.in_(ids)).execute()
+    for delivery_id in ids:
+        enqueue(delivery_id)
+    return len(ids)
+
+
+def handle_message_event(
+    message_id: str,
+    event_type: str,
+    occurred_at: datetime,
+    *,
+    data: dict[str, Any] | None = None,
+    provider_message_id: str | None = None,
+) -> bool:
+    """React to one new provider event of one of our messages; True if it moved a contact.
+
+    It resolves an ambiguous send (any event proves SendGrid accepted the mail),
+    then hands the event to the enrollment's current visit.
+    """
+    # Only the columns needed here: the row also holds the rendered html and text.
+    message = (
+        OutboundMessage.select(
+            OutboundMessage.id, OutboundMessage.status, OutboundMessage.enrollment,
+            OutboundMessage.action, OutboundMessage.node, OutboundMessage.send_started_at,
+            OutboundMessage.provider_message_id, OutboundMessage.error,
+        )
+        .where(OutboundMessage.id == message_id)
+        .first()
+    )
+    if message is None:
+        return False
+    ambiguous.confirm_by_event(message, event_type, occurred_at, provider_message_id)
+    if not counts_for_plans(event_type, data):
+        return False
+    if message.enrollment_id is None or event_type in TIMEOUT_EVENTS:
+        return False
+    visit_version = None
+    if message.action_id is not None:
+        action = ScheduledAction.get_or_none(ScheduledAction.id == message.action_id)
+        visit_version = action.visit_version if action else None
+    return engine.process_event(
+        message.enrollment_id, event_type, node=message.node, visit_version=visit_version,
+    )
+
+
+def _find_messages(events: list[NormalizedEvent]) -> dict[str, dict[str, _Message]]:
+    """Our messages named by the batch, by our id and by SendGrid's X-Message-Id."""
+    columns = (
+        OutboundMessage.id, OutboundMessage.tenant, OutboundMessage.provider_message_id,
+        OutboundMessage.to_email, OutboundMessage.status, OutboundMessage.enrollment,
+        OutboundMessage.node,
+    )
+    by_id: dict[str, _Message] = {}
+    by_provider: dict[str, _Message] = {}
+    ids = {event.message_id for event in events if event.message_id}
+    provider_ids = {event.provider_message_id for event in events if event.provider_message_id}
+    for chunk in chunked(sorted(ids), LOOKUP_CHUNK):
+        for row in OutboundMessage.select(*columns).where(OutboundMessage.id.in_(chunk)).tuples():
+            by_id[row[0]] = _Message(*row)
+    for chunk in chunked(sorted(provider_ids), LOOKUP_CHUNK):
+        query = OutboundMessage.select(*columns).where(
+            OutboundMessage.provider_message_id.in_(chunk)
+        )
+        for row in query.tuples():
+            by_provider[row[2]] = _Message(*row)
+    return {"id": by_id, "provider": by_provider}
+
+
+def _flag_unsubscribe_click(event: NormalizedEvent, own_links: str) -> NormalizedEvent:
+    """The event, flagged ``unsubscribe_link`` if it is a click on our unsubscribe link
+    (a URL that starts with ``own_links``).
+
+    SendGrid's click tracking rewrites every link of the HTML, ours included. Opening
+    the unsubscribe page is no engagement: the engine neither moves the contact on
+    ``click`` nor counts it against a ``no_click`` timer (engagement.counts_for_plans).
+    """
+    url = event.data.get("url") if event.type == "clicked" else None
+    if isinstance(url, str) and url.startswith(own_links):
+        return replace(event, data={**event.data, UNSUBSCRIBE_LINK: True})
+    return event
+
+
+def _sort_batch(
+    events: list[NormalizedEvent],
+    delivery: WebhookDelivery,
+    messages: dict[str, dict[str, _Message]],
+    *,
+    keep_unknown: bool = False,
+) -> _Batch:
+    batch = _Batch()
+    for event in events:
+        message = messages["id"].get(event.message_id or "") or messages["provider"].get(
+            event.provider_message_id or ""
+        )
+        if message is None and event.message_id:
+            if not keep_unknown:
+                batch.waiting.append(f"event {event.event_key}: message {event.message_id} not found")
+                continue
+            batch.unknown.append(f"event {event.event_key}: message {event.message_id} is not in "
+                                 "this database; stored without it")
+        if message is not None and event.tenant and event.tenant != message.tenant:
+            logger.warning(
+                "Refused event key=%s delivery=%s: tenant %r does not own message=%s",
+                event.event_key, delivery.id, event.tenant, message.id,
+            )
+            batch.refused.append(
+                f"event {event.event_key}: refused, tenant {event.tenant!r} "
+                f"does not own message {message.id}"
+            )
+            continue
+        if event.event_key in batch.keyed:
+            batch.duplicates += 1
+            continue
+        occurred_at = event.occurred_at or delivery.received_at
+        batch.keyed[event.event_key] = (event, message, occurred_at)
+        batch.rows.append({
+            "message": message.id if message else None,
+            "tenant": message.tenant if message else _clip(event.tenant),
+            "type": event.type,
+            "provider_event": _clip(event.provider_event),
+            "synthetic": False,
+            "event_key": event.event_key,
+            "email": _clip(event.email),
+            "occurred_at": occurred_at,
+            "received_at": delivery.received_at,
+            "delivery": delivery.id,
+            "data": event.data,
+        })
+    return batch
+
+
+def _insert(rows: list[dict[str, Any]]) -> list[str]:
+    """Insert the events, ignoring known keys; the keys that were new."""
+    return insert_rows(MessageEvent, rows, ignore_conflicts=True, conflict_target="event_key",
+                       returning="event_key", rows_per_statement=INSERT_CHUNK)
+
+
+def _react(
+    event: NormalizedEvent, message: _Message, occurred_at: datetime, settings: Settings,
+    interest: _EngineInterest,
+) -> None:
+    """Apply one new event of one of our messages: suppressions, then the engine."""
+    email = _recipient(event, message)
+    _suppress_for(event, message.tenant, email, occurred_at, settings)
+    if event.type in ENGINE_EVENTS and interest.wants(message, event.type):
+        moved = handle_message_event(
+            message.id, event.type, occurred_at,
+            data=event.data, provider_message_id=event.provider_message_id,
+        )
+        if moved and message.enrollment is not None:
+            interest.moved(message.enrollment)
+    _exit_for(event, message.tenant, email)
+
+
+def _react_without_message(event: NormalizedEvent, occurred_at: datetime, settings: Settings) -> None:
+    """Apply what an event says of an address when its message is not here (purged, or
+    mailed by another environment on the same SendGrid account) but it names one of
+    our tenants: a hard bounce, a complaint or an unsubscribe is about the address,
+    whichever email it came from. Suppressions win."""
+    try:
+        email = normalized_address(event.email)
+    except ValueError:
+        return  # no address to suppress
+    _suppress_for(event, event.tenant, email, occurred_at, settings)
+    _exit_for(event, event.tenant, email)
+
+
+def _suppress_for(event: NormalizedEvent, tenant_id: str, email: str, occurred_at: datetime,
+                  settings: Settings) -> None:
+    group = event.data.get("asm_group_id")
+    if event.type in {"unsubscribed", "subscribed"} and group is not None:
+        _apply_group_event(event, tenant_id, email, group, occurred_at)
+    elif reason := _suppression_reason(event, tenant_id, email, occurred_at, settings):
+        suppress(tenant_id, email, reason, event.event_key)
+
+
+def _exit_for(event: NormalizedEvent, tenant_id: str, email: str) -> None:
+    if (exit_reason := EXITING_EVENTS.get(event.type)) and event.data.get("asm_group_id") is None:
+        engine.exit_contact_enrollments(tenant_id, email, exit_reason)
+
+
+def _known_tenants(tenant_ids: set[str | None]) -> set[str]:
+    """Of the tenants events claim, those that exist here."""
+    wanted = sorted(tenant for tenant in tenant_ids if tenant)
+    if not wanted:
+        return set()
+    return {row.id for row in Tenant.select(Tenant.id).where(Tenant.id.in_(wanted))}
+
+
+def _suppression_reason(
+    event: NormalizedEvent, tenant_id: str, email: str, occurred_at: datetime,
+    settings: Settings,
+) -> str | None:
+    if event.type == "bounced":
+        if event.data.get("bounce_type") == "soft":
+            limit_reached = soft_bounce_should_suppress(
+                tenant_id, email, occurred_at, settings=settings
+            )
+            return "soft_bounce_limit" if limit_reached else None
+        return SUPPRESSING_BOUNCES.get(event.data.get("bounce_type", ""))
+    if event.type == "rejected":
+        return SUPPRESSING_DROPS.get(event.data.get("reject_reason", ""))
+    return SUPPRESSING_EVENTS.get(event.type)
+
+
+def _apply_group_event(
+    event: NormalizedEvent, tenant_id: str, email: str, group: Any, occurred_at: datetime
+) -> None:
+    """Suppress or lift one ASM group, unless a later (un)subscribe of it is already stored.
+
+    SendGrid does not promise order: an unsubscribe that arrives after the
+    resubscribe that followed it must not win.
+    """
+    columns = (MessageEvent.data, MessageEvent.occurred_at, MessageEvent.event_key)
+    later = MessageEvent.select(*columns).where(
+        MessageEvent.tenant == tenant_id,
+        MessageEvent.email == email,
+        MessageEvent.type.in_(["unsubscribed", "subscribed"]),
+        MessageEvent.occurred_at >= occurred_at,
+        MessageEvent.event_key != event.event_key,
+    )
+    for row in later:
+        same_group = str((row.data or {}).get("asm_group_id")) == str(group)
+        if same_group and (row.occurred_at, row.event_key) > (occurred_at, event.event_key):
+            logger.info(
+                "Skipped stale group event key=%s: a later one (%s) is stored",
+                event.event_key, row.event_key,
+            )
+            return
+    if event.type == "subscribed":
+        lift(tenant_id, email, group_channel(group))
+    else:
+        suppress(tenant_id, email, "group_unsubscribed", event.event_key, group_channel(group))
+
+
+def _finish(delivery_id: int, status: str, error: str | None) -> None:
+    WebhookDelivery.update(
+        status=status, error=error,
+        processed_at=utcnow() if status == WebhookDelivery.PROCESSED else None,
+    ).where(WebhookDelivery.id == delivery_id).execute()
+
+
+def _summary(errors: list[str]) -> str | None:
+    if not errors:
+        return None
+    kept = errors[:MAX_ERRORS_KEPT]
+    more = len(errors) - len(kept)
+    return "; ".join(kept) + (f"; and {more} more" if more else "")
+
+
+def _clip(value: str | None) -> str | None:
+    return value[:MAX_TEXT] if value else value
+
+
+def _recipient(event: NormalizedEvent, message: _Message) -> str:
+    """The event's address, or the message's own recipient when the event's is not
+    one we could store."""
+    try:
+        return normalized_address(event.email)
+    except ValueError:
+        return address_key(message.to_email)

@@ -1,0 +1,56 @@
+"""Housekeeping: purge raw webhook bodies and events past the retention period."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from outreach_actors.domain.store.models import (
+    Enrollment,
+    MessageEvent,
+    OutboundMessage,
+    PeriodicTick,
+    WebhookDelivery,
+    utcnow,
+)
+from outreach_actors.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+# Tick rows only guard against a second scheduler sending the same tick.
+TICK_RETENTION = timedelta(days=1)
+
+
+def purge_old_data(*, now: datetime | None = None, settings: Settings | None = None) -> dict[str, int]:
+    """Delete what is older than OUTREACH_RETENTION and no longer needed.
+
+    Processed webhook deliveries go; failed ones stay until replayed (nothing
+    received is dropped silently). Events go only once their enrollment has
+    finished: an active contact's timers still look for its opens and clicks.
+    """
+    settings = settings or get_settings()
+    now = now or utcnow()
+    cutoff = now - settings.retention
+    finished_messages = (
+        OutboundMessage.select(OutboundMessage.id)
+        .join(Enrollment)
+        .where(Enrollment.status != Enrollment.ACTIVE)
+    )
+    events = (
+        MessageEvent.delete()
+        .where(
+            MessageEvent.received_at < cutoff,
+            (MessageEvent.message.is_null()) | (MessageEvent.message.in_(finished_messages)),
+        )
+        .execute()
+    )
+    deliveries = (
+        WebhookDelivery.delete()
+        .where(WebhookDelivery.status == WebhookDelivery.PROCESSED,
+               WebhookDelivery.received_at < cutoff)
+        .execute()
+    )
+    ticks = PeriodicTick.delete().where(PeriodicTick.created_at < now - TICK_RETENTION).execute()
+    counts = {"events": events, "deliveries": deliveries, "ticks": ticks}
+    logger.info("Purged events=%d deliveries=%d ticks=%d", events, deliveries, ticks)
+    return counts

@@ -1,0 +1,93 @@
+"""The plain-text part of an email, derived from its HTML."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import html_text
+import lxml.etree
+
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+_NOT_XML_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+# What lxml's Cleaner, which html-text's extract_text runs first, would change in a
+# way the text shows: comments and processing instructions, which it drops as done
+# here, and the elements it drops with or without their content. A tree with none of
+# these is laid out without the Cleaner, the same text for about a fifth less of this
+# function's CPU (216 against 266 µs on the benchmark's email): the Cleaner is a
+# sanitizer that also walks the whole tree to strip attributes the text never reads.
+_COMMENTS = lxml.etree.XPath("//comment() | //processing-instruction()")
+_CLEANED_ELEMENTS = lxml.etree.XPath(
+    "//script | //style | //link | //meta | //applet | //param | //frameset | //frame"
+    " | //noframes | //iframe | //embed | //layer | //object")
+# What a reader of the HTML never sees: the head, and elements hidden inline (the
+# preheader most email layouts carry, hidden one way or another, Outlook's own
+# mso-hide included) or by the ``hidden`` attribute.
+_MAYBE_HIDDEN = lxml.etree.XPath("//head | //*[@hidden] | //*[@style]")
+_DISPLAY_NONE = re.compile(
+    r"(?:^|;)\s*(?:display\s*:\s*none|visibility\s*:\s*hidden|mso-hide\s*:\s*all"
+    r"|opacity\s*:\s*0(?:\.0*)?)\s*(?:!important\s*)?(?:;|$)", re.IGNORECASE)
+_LINKS = lxml.etree.XPath("//a[@href]")
+_LIST_ITEMS = lxml.etree.XPath("//li")
+_EARLIER_ITEMS = lxml.etree.XPath("preceding-sibling::li")
+_LIST_START = re.compile(r"\s*(-?\d{1,9})\s*")
+
+
+def html_to_text(html: str) -> str:
+    """Return a plain-text version of an HTML email, links kept as ``[text](url)``.
+
+    html-text (lxml underneath) lays out the blocks; the links, list markers and
+    hidden parts are settled on the tree first. Inscriptis, used before, took about
+    0.29 ms per email against 0.14 ms, most of the CPU an email spends outside the
+    database and the network: it lays out every table as a grid of padded cells,
+    which email layouts use only to place their content, and which the flush-left
+    lines below undid anyway.
+    """
+    # Control characters and lone surrogates (from a contact field, say) have no
+    # place in text that lxml builds, and the render refuses the latter anyway
+    # (delivery._unstorable); the text part must not raise on them.
+    html = _NOT_XML_TEXT.sub("", html)
+    try:
+        tree = html_text.parse_html(html)
+    except UnicodeEncodeError:
+        tree = html_text.parse_html(html.encode("utf-8", "replace").decode("utf-8"))
+    for element in _MAYBE_HIDDEN(tree):
+        hidden = element.tag == "head" or element.get("hidden") is not None or bool(
+            _DISPLAY_NONE.search(element.get("style", "")))
+        if hidden and element.getparent() is not None:  # the root stays, hidden or not
+            element.drop_tree()
+    for link in _LINKS(tree):
+        _as_markdown_link(link)
+    for item in _LIST_ITEMS(tree):
+        item.text = _list_marker(item) + (item.text or "")
+    for comment in _COMMENTS(tree):
+        if comment.getparent() is not None:
+            comment.drop_tree()
+    nothing_to_clean = not _CLEANED_ELEMENTS(tree)
+    text = html_text.etree_to_text(tree) if nothing_to_clean else html_text.extract_text(tree)
+    lines = "\n".join(line.strip() for line in text.splitlines())
+    return _BLANK_LINES.sub("\n\n", lines).strip()
+
+
+def _list_marker(item: Any) -> str:
+    """``* `` in a bulleted list, ``3. `` for the third item of a numbered one."""
+    parent = item.getparent()
+    if parent is None or parent.tag != "ol":
+        return "* "
+    start = _LIST_START.fullmatch(parent.get("start", "1"))
+    first = int(start.group(1)) if start else 1
+    return f"{first + len(_EARLIER_ITEMS(item))}. "
+
+
+def _as_markdown_link(link: Any) -> None:
+    """Write ``<a href="url"><b>a</b> text</a>`` as ``[a text](url)`` in the tree; a
+    linked image by its alt text, a link that reads as its own URL as the URL alone."""
+    href = link.get("href")
+    label = " ".join(link.text_content().split()) or " ".join(
+        alt for image in link.iter("img") if (alt := " ".join((image.get("alt") or "").split())))
+    for child in list(link):
+        link.remove(child)  # the label holds their text, and their tails
+    link.text = label if label in {href, href.removeprefix("mailto:")} else f"[{label}]({href})"
+
+

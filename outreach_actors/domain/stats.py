@@ -1,0 +1,142 @@
+"""The funnel: how many enrollments reached each node, what their emails met, and
+what needs an operator's eye (contacts still there, failures, unresolved sends)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from peewee import fn
+
+from outreach_actors.domain.engagement import uncounted_events
+from outreach_actors.domain.store.models import (
+    Contact,
+    Enrollment,
+    MessageEvent,
+    NodeVisit,
+    OutboundMessage,
+    Plan,
+    ScheduledAction,
+)
+
+# entered: visits of the node; active: contacts there now; exited: contacts whose
+# enrollment ended there (completed or exited); failed: ended there by a failure (a
+# send that failed for good, an unconfirmed ambiguous send); ambiguous: sends of the
+# node that no provider event has confirmed yet (see README, "Guarantees").
+FUNNEL_COLUMNS = ["entered", "active", "sent", "delivered", "opened", "clicked", "bounced",
+                  "no_open", "no_click", "exited", "failed", "ambiguous"]
+EVENT_COLUMNS = ["delivered", "opened", "clicked", "bounced", "no_open", "no_click"]
+
+Key = tuple[str, str, str]  # tenant, plan, node
+
+
+def funnel(*, plan_name: str | None = None, tenant_id: str | None = None) -> list[dict]:
+    """One row per (tenant, plan, node) in plan order; event columns count distinct
+    messages. Plans of the same name in two tenants are two funnels."""
+    plans = Plan.select()
+    if plan_name:
+        plans = plans.where(Plan.name == plan_name)
+    if tenant_id:
+        plans = plans.where(Plan.tenant == tenant_id)
+    plan_ids = [p.id for p in plans]
+    if not plan_ids:
+        return []
+    counts: dict[Key, dict[str, int]] = defaultdict(lambda: dict.fromkeys(FUNNEL_COLUMNS, 0))
+    group = (Plan.tenant, Plan.name)
+
+    entered = (
+        NodeVisit.select(*group, NodeVisit.node, fn.COUNT(NodeVisit.id))
+        .join(Enrollment).join(Plan)
+        .where(Plan.id.in_(plan_ids)).group_by(*group, NodeVisit.node)
+    )
+    for tenant, name, node, count in entered.tuples():
+        counts[(tenant, name, node)]["entered"] = count
+
+    messages = (
+        OutboundMessage.select(*group, OutboundMessage.node, OutboundMessage.status,
+                               fn.COUNT(OutboundMessage.id))
+        .join(Enrollment).join(Plan)
+        .where(Plan.id.in_(plan_ids),
+               OutboundMessage.status.in_([OutboundMessage.SENT, OutboundMessage.AMBIGUOUS]))
+        .group_by(*group, OutboundMessage.node, OutboundMessage.status)
+    )
+    for tenant, name, node, status, count in messages.tuples():
+        column = "sent" if status == OutboundMessage.SENT else "ambiguous"
+        counts[(tenant, name, node)][column] = count
+
+    events = (
+        MessageEvent.select(*group, OutboundMessage.node, MessageEvent.type,
+                            fn.COUNT(fn.DISTINCT(MessageEvent.message)))
+        .join(OutboundMessage).join(Enrollment).join(Plan)
+        # Opens and clicks as plans count them: no machine opens (unless the settings
+        # say so), no clicks on our own unsubscribe link.
+        .where(Plan.id.in_(plan_ids), MessageEvent.type.in_(EVENT_COLUMNS),
+               ~uncounted_events())
+        .group_by(*group, OutboundMessage.node, MessageEvent.type)
+    )
+    for tenant, name, node, event_type, count in events.tuples():
+        counts[(tenant, name, node)][event_type] = count
+
+    where_they_are = (
+        Enrollment.select(*group, Enrollment.current_node, Enrollment.status,
+                          fn.COUNT(Enrollment.id))
+        .join(Plan)
+        .where(Plan.id.in_(plan_ids))
+        .group_by(*group, Enrollment.current_node, Enrollment.status)
+    )
+    for tenant, name, node, status, count in where_they_are.tuples():
+        column = {Enrollment.ACTIVE: "active", Enrollment.FAILED: "failed"}.get(status, "exited")
+        counts[(tenant, name, node)][column] += count
+
+    order = _node_order(plans)
+    rows = [{"tenant": tenant, "plan": name, "node": node, **values}
+            for (tenant, name, node), values in counts.items()]
+    return sorted(rows, key=lambda row: (
+        row["tenant"], row["plan"], order.get((row["tenant"], row["plan"], row["node"]), 999)))
+
+
+def _node_order(plans) -> dict[Key, int]:
+    order: dict[Key, int] = {}
+    for plan in plans:
+        for index, node in enumerate(plan.definition.get("nodes", {})):
+            order.setdefault((plan.tenant_id, plan.name, node), index)
+    return order
+
+
+def failures(*, plan_name: str | None = None, tenant_id: str | None = None,
+             limit: int = 50) -> list[dict]:
+    """The enrollments that ended in failure, newest first, each with why: the error of
+    its failed send (SendGrid's answer, a sender that is not verified, an unconfirmed
+    ambiguous send), or why its email could not be rendered."""
+    query = (
+        Enrollment.select(Enrollment.id, Enrollment.updated_at, Enrollment.tenant, Plan.name,
+                          Enrollment.current_node, Contact.email)
+        .join(Plan).switch(Enrollment).join(Contact)
+        .where(Enrollment.status == Enrollment.FAILED)
+        .order_by(Enrollment.updated_at.desc(), Enrollment.id.desc())
+        .limit(limit)
+    )
+    if plan_name:
+        query = query.where(Plan.name == plan_name)
+    if tenant_id:
+        query = query.where(Enrollment.tenant == tenant_id)
+    rows = list(query.tuples())
+    ids = [row[0] for row in rows]
+    reasons: dict[int, str] = {}
+    # An enrollment fails once: by its send, or by its render (the action's result).
+    for enrollment_id, error in (
+        OutboundMessage.select(OutboundMessage.enrollment, OutboundMessage.error)
+        .where(OutboundMessage.enrollment.in_(ids), OutboundMessage.status == OutboundMessage.FAILED)
+        .tuples()
+    ):
+        reasons[enrollment_id] = error or ""
+    for enrollment_id, result in (
+        ScheduledAction.select(ScheduledAction.enrollment, ScheduledAction.result)
+        .where(ScheduledAction.enrollment.in_(ids), ScheduledAction.status == ScheduledAction.FAILED)
+        .tuples()
+    ):
+        reasons.setdefault(enrollment_id, result or "")
+    return [
+        {"at": at.isoformat(sep=" ", timespec="seconds"), "tenant": tenant, "plan": plan,
+         "node": node, "contact": email, "reason": reasons.get(enrollment_id, "")}
+        for enrollment_id, at, tenant, plan, node, email in rows
+    ]

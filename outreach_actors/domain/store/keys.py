@@ -1,0 +1,21 @@
+"""Dedupe keys: the unique key each effect is stored under, so that a replay finds it
+taken and does nothing (DESIGN invariant 2). Provider events bring their own
+(``providers.sendgrid.events.event_key_for``)."""
+
+from __future__ import annotations
+
+
+def action_key(kind: str, enrollment_id: int, node: str, event: str | None,
+               visit_version: int) -> str:
+    """A ScheduledAction's: one send, one timer per event, per visit of a node."""
+    return f"{kind}:{enrollment_id}:{node}:{event or '-'}:{visit_version}"
+
+
+def message_key(action_dedupe_key: str) -> str:
+    """An OutboundMessage's: one email per send action."""
+    return f"message:{action_dedupe_key}"
+
+
+def synthetic_event_key(action_id: int) -> str:
+    """A synthetic event's (``no_open``...): one per timer that fired."""
+    return f"action:{action_id}"

@@ -1,0 +1,466 @@
+"""The tables: every fact the engine keeps, bound to the database through a proxy."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import peewee
+from playhouse.shortcuts import ThreadSafeDatabaseMetadata
+
+database_proxy = peewee.DatabaseProxy()
+
+
+def utcnow() -> datetime:
+    """Naive UTC: what every DateTimeField holds, on SQLite and PostgreSQL alike."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def new_message_id() -> str:
+    return "msg_" + uuid.uuid4().hex
+
+
+class JSONField(peewee.TextField):
+    """JSON stored as text, so the same schema works on SQLite and PostgreSQL."""
+
+    def db_value(self, value):
+        import json
+
+        # Key order is kept: a plan's nodes are listed in the order they were written.
+        return None if value is None else json.dumps(value, default=str)
+
+    def python_value(self, value):
+        import json
+
+        return None if value is None else json.loads(value)
+
+
+def write_transaction() -> peewee._transaction:
+    """A transaction that reads and then writes.
+
+    On SQLite it takes the write lock up front: a deferred transaction that reads
+    first and then finds another writer fails at once with "database is locked"
+    instead of waiting out the busy timeout, and two dispatchers must not both read
+    the same pending rows and then both mark them.
+    """
+    database = database_proxy.obj
+    if isinstance(database, peewee.SqliteDatabase):
+        return database.atomic("IMMEDIATE")
+    return database.atomic()
+
+
+class BaseModel(peewee.Model):
+    class Meta:
+        database = database_proxy
+        # Tests and host apps rebind the database at run time; this keeps the
+        # binding consistent across worker threads.
+        model_metadata_class = ThreadSafeDatabaseMetadata
+        legacy_table_names = False
+
+
+class Tenant(BaseModel):
+    id = peewee.CharField(primary_key=True, max_length=64)
+    name = peewee.CharField(default="")
+    # Per-tenant overrides of the rate limits, e.g. {"tenant_per_hour": 10000}.
+    rate_limits = JSONField(default=dict)
+    created_at = peewee.DateTimeField(default=utcnow)
+
+
+class SenderIdentity(BaseModel):
+    tenant = peewee.ForeignKeyField(Tenant, backref="senders", on_delete="CASCADE")
+    email = peewee.CharField()
+    name = peewee.CharField(default="")
+    verified = peewee.BooleanField(default=False)
+    rate_limits = JSONField(default=dict)
+    created_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("tenant", "email"), True),)
+
+
+class Contact(BaseModel):
+    tenant = peewee.ForeignKeyField(Tenant, backref="contacts", on_delete="CASCADE")
+    email = peewee.CharField()  # stored lower-cased
+    fields = JSONField(default=dict)
+    timezone = peewee.CharField(null=True)
+    created_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("tenant", "email"), True),)
+
+
+class Plan(BaseModel):
+    tenant = peewee.ForeignKeyField(Tenant, backref="plans", on_delete="CASCADE")
+    name = peewee.CharField()
+    version = peewee.IntegerField(default=1)
+    definition = JSONField()
+    created_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("tenant", "name", "version"), True),)
+
+
+class Enrollment(BaseModel):
+    ACTIVE, COMPLETED, EXITED, FAILED = "active", "completed", "exited", "failed"
+
+    tenant = peewee.ForeignKeyField(Tenant, backref="enrollments", on_delete="CASCADE")
+    plan = peewee.ForeignKeyField(Plan, backref="enrollments", on_delete="CASCADE")
+    contact = peewee.ForeignKeyField(Contact, backref="enrollments", on_delete="CASCADE")
+    # Unique unless the plan allows re-entry: refuses a second enrollment atomically.
+    enrollment_key = peewee.CharField(unique=True)
+    current_node = peewee.CharField()
+    status = peewee.CharField(default=ACTIVE, index=True)
+    exit_reason = peewee.CharField(null=True)
+    # Optimistic concurrency: every move is `UPDATE ... WHERE version = seen`.
+    version = peewee.IntegerField(default=0)
+    node_entered_at = peewee.DateTimeField(default=utcnow)
+    created_at = peewee.DateTimeField(default=utcnow)
+    updated_at = peewee.DateTimeField(default=utcnow)
+
+
+class NodeVisit(BaseModel):
+    """One row each time an enrollment enters a node: the history behind the funnel."""
+
+    enrollment = peewee.ForeignKeyField(Enrollment, backref="visits", on_delete="CASCADE")
+    node = peewee.CharField()
+    via_event = peewee.CharField(null=True)
+    entered_at = peewee.DateTimeField(default=utcnow)
+    # The version the enrollment had after this move: unique per enrollment.
+    version = peewee.IntegerField()
+
+    class Meta:
+        indexes = ((("enrollment", "version"), True),)
+
+
+class ScheduledAction(BaseModel):
+    """A timer: the database, not the broker, is the source of truth for time."""
+
+    SEND, TIMEOUT = "send", "timeout"
+    PENDING, ENQUEUED, RUNNING = "pending", "enqueued", "running"
+    DONE, SKIPPED, CANCELLED, FAILED = "done", "skipped", "cancelled", "failed"
+    OPEN_STATUSES = (PENDING, ENQUEUED, RUNNING)
+
+    enrollment = peewee.ForeignKeyField(Enrollment, backref="actions", on_delete="CASCADE")
+    node = peewee.CharField()
+    kind = peewee.CharField()
+    event = peewee.CharField(null=True)  # the synthetic event a timeout fires
+    # The enrollment's version when it entered `node`: a timer or send from an
+    # earlier visit of the same node (plans may loop) is recognised as stale.
+    visit_version = peewee.IntegerField(default=0)
+    message = peewee.DeferredForeignKey("OutboundMessage", null=True, on_delete="SET NULL")
+    run_at = peewee.DateTimeField()
+    status = peewee.CharField(default=PENDING)
+    attempts = peewee.IntegerField(default=0)
+    # An enqueued/running action whose lease passed is enqueued again.
+    lease_until = peewee.DateTimeField(null=True)
+    dedupe_key = peewee.CharField(unique=True)
+    result = peewee.TextField(null=True)
+    created_at = peewee.DateTimeField(default=utcnow)
+    enqueued_at = peewee.DateTimeField(null=True)
+    fired_at = peewee.DateTimeField(null=True)
+    finished_at = peewee.DateTimeField(null=True)
+
+    class Meta:
+        indexes = (
+            (("status", "run_at"), False),
+            (("enrollment", "status"), False),
+        )
+
+    @classmethod
+    def finish(cls, action_ids: int | Collection[int], status: str, result: str, *,
+               now: datetime, message_id: str | None = None) -> None:
+        """Record how one action or several ended (done, skipped, failed) and, for a
+        send, its message."""
+        ids = [action_ids] if isinstance(action_ids, int) else list(action_ids)
+        if not ids:
+            return
+        values = {"status": status, "result": result, "finished_at": now}
+        if message_id is not None:
+            values["message"] = message_id
+        cls.update(**values).where(cls.id.in_(ids) if len(ids) > 1 else cls.id == ids[0]).execute()
+
+
+class OutboundMessage(BaseModel):
+    RENDERED, SENDING, SENT, FAILED = "rendered", "sending", "sent", "failed"
+    SUPPRESSED, AMBIGUOUS, CANCELLED = "suppressed", "ambiguous", "cancelled"
+
+    id = peewee.CharField(primary_key=True, default=new_message_id, max_length=64)
+    tenant = peewee.ForeignKeyField(Tenant, backref="messages", on_delete="CASCADE")
+    enrollment = peewee.ForeignKeyField(
+        Enrollment, backref="messages", null=True, on_delete="CASCADE"
+    )
+    action = peewee.ForeignKeyField(
+        ScheduledAction, backref="messages", null=True, on_delete="SET NULL"
+    )
+    node = peewee.CharField(null=True)
+    dedupe_key = peewee.CharField(unique=True)
+    status = peewee.CharField(default=RENDERED)
+    to_email = peewee.CharField()
+    from_email = peewee.CharField()
+    from_name = peewee.CharField(default="")
+    subject = peewee.TextField()
+    html = peewee.TextField()
+    text = peewee.TextField()
+    categories = JSONField(default=list)
+    headers = JSONField(default=dict)
+    provider_message_id = peewee.CharField(null=True, index=True)
+    error = peewee.TextField(null=True)
+    attempts = peewee.IntegerField(default=0)
+    created_at = peewee.DateTimeField(default=utcnow)
+    send_started_at = peewee.DateTimeField(null=True)
+    # When the reconciler last enqueued this send again (at most once per lease).
+    requeued_at = peewee.DateTimeField(null=True)
+    sent_at = peewee.DateTimeField(null=True)
+
+    class Meta:
+        # Status and id, not status alone: on an index of the status alone, PostgreSQL
+        # planned a claim (``WHERE id = ? AND status = 'rendered'``) as a walk through
+        # every rendered message, filtered by id, whenever its statistics took
+        # rendered messages for rare (0.95 ms for one of 2,000 waiting, against one
+        # row read): so each send of a campaign's burst, or of mail held by rate
+        # limits, cost as much as the backlog before it. Here both are index keys.
+        indexes = ((("status", "id"), False),)
+
+
+class WebhookDelivery(BaseModel):
+    RECEIVED, PROCESSED, FAILED = "received", "processed", "failed"
+
+    provider = peewee.CharField(default="sendgrid")
+    body = peewee.BlobField()
+    headers = JSONField(default=dict)
+    status = peewee.CharField(default=RECEIVED, index=True)
+    error = peewee.TextField(null=True)
+    attempts = peewee.IntegerField(default=0)
+    received_at = peewee.DateTimeField(default=utcnow, index=True)
+    processed_at = peewee.DateTimeField(null=True)
+    # When the reconciler last enqueued it again: at most once per lease, so that a
+    # backlog on the webhooks queue does not gain a copy of every delivery each minute.
+    requeued_at = peewee.DateTimeField(null=True)
+
+
+class MessageEvent(BaseModel):
+    message = peewee.ForeignKeyField(
+        OutboundMessage, backref="events", null=True, on_delete="CASCADE"
+    )
+    tenant = peewee.CharField(null=True)
+    type = peewee.CharField()
+    provider_event = peewee.CharField(null=True)  # SendGrid's own name, e.g. "spamreport"
+    synthetic = peewee.BooleanField(default=False)
+    # sg_event_id, a stable hash of the event, or "action:<id>" for synthetic events.
+    event_key = peewee.CharField(unique=True)
+    email = peewee.CharField(null=True)
+    occurred_at = peewee.DateTimeField()
+    received_at = peewee.DateTimeField(default=utcnow)
+    action = peewee.ForeignKeyField(ScheduledAction, null=True, on_delete="SET NULL")
+    delivery = peewee.ForeignKeyField(WebhookDelivery, null=True, on_delete="SET NULL")
+    scheduled_for = peewee.DateTimeField(null=True)  # synthetic: when the timer was due
+    data = JSONField(default=dict)
+
+    class Meta:
+        indexes = (
+            (("message", "type"), False),
+            # Per-address history: soft-bounce counts and ASM group (un)subscribe order.
+            (("tenant", "email", "type"), False),
+        )
+
+
+class Suppression(BaseModel):
+    EMAIL = "email"  # whole-tenant suppression; ASM groups use "asm_group:<id>"
+
+    tenant = peewee.ForeignKeyField(Tenant, backref="suppressions", on_delete="CASCADE")
+    channel = peewee.CharField(default=EMAIL)
+    value = peewee.CharField()  # the address, lower-cased
+    reason = peewee.CharField()
+    source = peewee.CharField(null=True)  # event key, "manual", "import", ...
+    created_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("tenant", "channel", "value"), True),)
+
+
+class PeriodicTick(BaseModel):
+    """One row per (job, tick): a unique insert makes a periodic job run once per tick."""
+
+    job = peewee.CharField()
+    tick = peewee.CharField()
+    created_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("job", "tick"), True),)
+
+
+ALL_MODELS: list[type[BaseModel]] = [
+    Tenant,
+    SenderIdentity,
+    Contact,
+    Plan,
+    Enrollment,
+    NodeVisit,
+    ScheduledAction,
+    OutboundMessage,
+    WebhookDelivery,
+    MessageEvent,
+    Suppression,
+    PeriodicTick,
+]
+
+
+# SQLite's default limit on parameters per statement is 32,766.
+_MAX_INSERT_PARAMS = 30_000
+
+
+def insert_rows(model: type[BaseModel], rows: Sequence[Mapping[str, Any]], *,
+                ignore_conflicts: bool = False, conflict_target: str | None = None,
+                returning: str | None = None, rows_per_statement: int | None = None) -> list[Any]:
+    """Insert ``rows`` (field name -> Python value) into ``model``'s table, in as few
+    statements as the parameter limit allows; a row whose unique key exists already is
+    left alone when ``ignore_conflicts`` (on ``conflict_target``'s key, or any). With
+    ``returning`` (a column), the values of that column in the rows actually inserted.
+
+    Why not ``insert_many``: Peewee builds each value through its query compiler, which
+    cost more CPU than the database spent on the batch. Here each value goes through its
+    field's ``db_value`` only. Fields a row leaves out take their defaults, as with
+    Peewee; ``ON CONFLICT DO NOTHING [RETURNING]`` is accepted by PostgreSQL and SQLite
+    3.35+ alike.
+    """
+    database = database_proxy.obj
+    returned: list[Any] = []
+    for sql, params in insert_statements(model, rows, ignore_conflicts=ignore_conflicts,
+                                         conflict_target=conflict_target, returning=returning,
+                                         rows_per_statement=rows_per_statement):
+        cursor = database.execute_sql(sql, params)
+        if returning:
+            returned.extend(row[0] for row in cursor.fetchall())
+    return returned
+
+
+def insert_statements(model: type[BaseModel], rows: Sequence[Mapping[str, Any]], *,
+                      ignore_conflicts: bool = False, conflict_target: str | None = None,
+                      returning: str | None = None, rows_per_statement: int | None = None,
+                      ) -> Iterator[tuple[str, list[Any]]]:
+    """The (sql, params) statements insert_rows runs, for a caller that runs them
+    itself (e.g. as part of a larger statement); none for no rows."""
+    if not rows:
+        return
+    given = {name for row in rows for name in row}
+    fields = [field for field in model._meta.sorted_fields
+              if field.name in given or (field.default is not None and not field.primary_key)]
+    missing = given - {field.name for field in fields}
+    if missing:
+        raise ValueError(f"{model.__name__} has no field {sorted(missing)[0]!r}")
+    defaults = {field.name: field.default for field in fields if field.name not in given}
+    database = database_proxy.obj
+    placeholders = "(" + ", ".join([database.param] * len(fields)) + ")"
+    head = (f'INSERT INTO "{model._meta.table_name}" ('
+            + ", ".join(f'"{field.column_name}"' for field in fields) + ") VALUES ")
+    tail = ""
+    if ignore_conflicts:
+        tail = f' ON CONFLICT ("{conflict_target}") DO NOTHING' if conflict_target else " ON CONFLICT DO NOTHING"
+    if returning:
+        tail += f' RETURNING "{returning}"'
+    per_statement = max(1, _MAX_INSERT_PARAMS // len(fields))
+    per_statement = min(per_statement, rows_per_statement or per_statement)
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start:start + per_statement]
+        params = []
+        for row in chunk:
+            for field in fields:
+                if field.name in row:
+                    value = row[field.name]
+                else:
+                    value = defaults[field.name]
+                    value = value() if callable(value) else value
+                params.append(field.db_value(value))
+        yield head + ", ".join([placeholders] * len(chunk)) + tail, params
+
+
+# Called after every bind: what is cached by row id means other rows in another database.
+_bind_listeners: list[Callable[[], None]] = []
+
+
+def on_bind(listener: Callable[[], None]) -> Callable[[], None]:
+    """Call ``listener`` whenever another database is bound (it clears a cache)."""
+    _bind_listeners.append(listener)
+    return listener
+
+
+def bind(database: peewee.Database) -> None:
+    database_proxy.initialize(database)
+    for listener in _bind_listeners:
+        listener()
+
+
+# Indexes of earlier versions that a newer one replaces (see the model's Meta), by
+# table: create_schema drops them, or the planner could still choose them.
+_REPLACED_INDEXES = {"outbound_message": ("outbound_message_status",)}
+
+
+def create_schema(database: peewee.Database) -> None:
+    """Create or upgrade the schema; safe to run any number of times.
+
+    Missing tables and indexes are created; columns added in a newer version are
+    added to existing tables (with their defaults); indexes a newer one replaces are
+    dropped. Nothing else is ever dropped.
+    """
+    bind(database)
+    with database.connection_context():
+        # A DeferredForeignKey (ScheduledAction.message) is created as a plain
+        # column: the tables reference each other, and no constraint is needed.
+        database.create_tables(ALL_MODELS, safe=True)
+        _add_missing_columns(database)
+        _, replaced = _index_changes(database, database.get_tables())
+        for index in replaced:
+            database.execute_sql(f'DROP INDEX IF EXISTS "{index}"')
+
+
+def missing_schema(database: peewee.Database) -> list[str]:
+    """What create_schema would change (of a database connected by the caller): the
+    missing tables, the missing columns as ``table.column``, and indexes to create or
+    replace as ``index NAME``."""
+    tables = set(database.get_tables())
+    missing = [model._meta.table_name for model in ALL_MODELS
+               if model._meta.table_name not in tables]
+    columns = [f"{table}.{field.column_name}" for table, field in _missing_columns(database, tables)]
+    created, replaced = _index_changes(database, tables)
+    return missing + columns + [f"index {name}" for name in sorted(created + replaced)]
+
+
+def _index_changes(database: peewee.Database,
+                   tables: Collection[str]) -> tuple[list[str], list[str]]:
+    """Of the tables among ``tables``: the models' indexes that are not there (to
+    create), and the indexes of earlier versions that a newer one replaces (to drop)."""
+    created: list[str] = []
+    replaced: list[str] = []
+    for model in ALL_MODELS:
+        table = model._meta.table_name
+        if table in tables:
+            existing = {index.name for index in database.get_indexes(table)}
+            created += [index._name for index in model._meta.fields_to_index()
+                        if index._name not in existing]
+            replaced += [name for name in _REPLACED_INDEXES.get(table, ()) if name in existing]
+    return created, replaced
+
+
+def _missing_columns(database: peewee.Database,
+                     tables: Collection[str]) -> Iterator[tuple[str, peewee.Field]]:
+    """(table, field) for each field of a model whose table is among ``tables`` but
+    lacks its column: what a newer version added."""
+    for model in ALL_MODELS:
+        table = model._meta.table_name
+        if table in tables:
+            existing = {column.name for column in database.get_columns(table)}
+            yield from ((table, field) for field in model._meta.sorted_fields
+                        if field.column_name not in existing)
+
+
+def _add_missing_columns(database: peewee.Database) -> None:
+    from playhouse.migrate import SchemaMigrator, migrate
+
+    migrator = SchemaMigrator.from_database(database)
+    operations = [migrator.add_column(table, field.column_name, field)
+                  for table, field in _missing_columns(database, database.get_tables())]
+    if operations:
+        with database.atomic():
+            migrate(*operations)

@@ -1,0 +1,131 @@
+"""The event vocabulary: every event the engine knows, as plans name it and as it means,
+and the one normalized event type every provider's parser produces.
+
+One table per question, each derived from :class:`EventType` (anymail's ``EventType``
+is the model): which names a plan may use, which events a timer fires, what
+engagement a timer waits for, which provider events prove a send, and which ones
+suppress an address or end a contact's enrollments. The custom-arg names that tie a
+provider's event back to our message live here too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class EventType:
+    """Normalized event types, whatever the provider calls them."""
+
+    #: The provider accepted the message for delivery (SendGrid ``processed``).
+    QUEUED = "queued"
+    #: The receiving server said try later; the provider keeps trying.
+    DEFERRED = "deferred"
+    #: The receiving server accepted the message.
+    DELIVERED = "delivered"
+    #: The receiving server refused it: ``data.bounce_type`` hard or soft.
+    BOUNCED = "bounced"
+    #: The provider would not send it (SendGrid ``dropped``): ``data.reject_reason``.
+    REJECTED = "rejected"
+    #: The recipient opened it (``data.machine_open`` when a proxy fetched the pixel).
+    OPENED = "opened"
+    #: The recipient clicked a tracked link.
+    CLICKED = "clicked"
+    #: The recipient marked it as spam (SendGrid ``spamreport``).
+    COMPLAINED = "complained"
+    #: The recipient unsubscribed (SendGrid ``unsubscribe``, ``group_unsubscribe``).
+    UNSUBSCRIBED = "unsubscribed"
+    #: The recipient resubscribed to a group (SendGrid ``group_resubscribe``).
+    SUBSCRIBED = "subscribed"
+    #: An event the provider sent that we do not know; kept, moves no one.
+    UNKNOWN = "unknown"
+
+    #: Synthetic: no open (or click) came before the node's ``after`` passed.
+    NO_OPEN = "no_open"
+    #: Synthetic: no click came before the node's ``after`` passed.
+    NO_CLICK = "no_click"
+    #: Synthetic: the node's ``after`` passed, whatever happened.
+    ELAPSED = "elapsed"
+
+
+#: Every normalized type a provider's event may have.
+PROVIDER_EVENTS = frozenset({
+    EventType.QUEUED, EventType.DEFERRED, EventType.DELIVERED, EventType.BOUNCED,
+    EventType.REJECTED, EventType.OPENED, EventType.CLICKED, EventType.COMPLAINED,
+    EventType.UNSUBSCRIBED, EventType.SUBSCRIBED, EventType.UNKNOWN,
+})
+
+#: Synthetic events fired by a timer; only these may carry ``after`` in a plan.
+TIMEOUT_EVENTS = frozenset({EventType.NO_OPEN, EventType.NO_CLICK, EventType.ELAPSED})
+
+#: Timeouts that watch for engagement with the node's email, and the real events that
+#: stop each one. A click counts as an open (image blocking hides the opens of people
+#: who click).
+AWAITED_ENGAGEMENT: dict[str, frozenset[str]] = {
+    EventType.NO_OPEN: frozenset({EventType.OPENED, EventType.CLICKED}),
+    EventType.NO_CLICK: frozenset({EventType.CLICKED}),
+}
+
+#: The event names a plan may use (the provider's spelling too), mapped to the
+#: normalized event that fires them.
+EVENT_ALIASES: dict[str, str] = {
+    **{name: name for name in PROVIDER_EVENTS - {EventType.SUBSCRIBED, EventType.UNKNOWN}},
+    **{name: name for name in TIMEOUT_EVENTS},
+    "open": EventType.OPENED, "click": EventType.CLICKED, "bounce": EventType.BOUNCED,
+    "deliver": EventType.DELIVERED, "dropped": EventType.REJECTED,
+    "spamreport": EventType.COMPLAINED, "unsubscribe": EventType.UNSUBSCRIBED,
+}
+
+#: Provider events handed to the engine: every one a plan may name or that proves a
+#: send reached the provider. A resubscribe moves no one; ``unknown`` means nothing.
+ENGINE_EVENTS = PROVIDER_EVENTS - {EventType.SUBSCRIBED, EventType.UNKNOWN}
+
+#: Provider events that prove the provider accepted a send whose answer was lost.
+PROOF_OF_SEND = ENGINE_EVENTS
+
+#: Tenant-wide suppression reasons, by normalized event (bounces and drops below).
+SUPPRESSING_EVENTS = {EventType.COMPLAINED: "complained", EventType.UNSUBSCRIBED: "unsubscribed"}
+#: A bounce suppresses by its ``bounce_type``: only a hard one does.
+SUPPRESSING_BOUNCES = {"hard": "bounced"}
+#: A drop suppresses by its ``reject_reason``. SendGrid's own unsubscribe list is
+#: among them: our list must know it too, or other plans (and another provider)
+#: keep mailing the address.
+SUPPRESSING_DROPS = {
+    "bounced": "rejected:bounced",
+    "invalid": "rejected:invalid",
+    "complained": "rejected:complained",
+    "unsubscribed": "rejected:unsubscribed",
+}
+#: Events after which the contact leaves every active enrollment of the tenant.
+EXITING_EVENTS = {EventType.COMPLAINED: "complained", EventType.UNSUBSCRIBED: "unsubscribed"}
+
+#: The flag ingest sets in ``data`` on a click on our own unsubscribe link.
+UNSUBSCRIBE_LINK = "unsubscribe_link"
+#: The flag a provider sets in ``data`` on an open made by a proxy, not a person.
+MACHINE_OPEN = "machine_open"
+
+#: The custom args every email carries; the provider returns them with each event.
+MESSAGE_ID_ARG = "outreach_message_id"
+TENANT_ARG = "outreach_tenant"
+
+
+class MalformedBatch(ValueError):
+    """A webhook body that is not a JSON array of events; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class NormalizedEvent:
+    """One provider event in the project's vocabulary, with the provider's original beside it."""
+
+    type: str
+    provider_event: str | None
+    event_key: str
+    message_id: str | None
+    provider_message_id: str | None
+    tenant: str | None
+    email: str | None
+    occurred_at: datetime | None  # naive UTC; None when the event has no usable timestamp
+    data: dict[str, Any] = field(default_factory=dict)
+    raw: Mapping[str, Any] = field(default_factory=dict)

@@ -1,0 +1,170 @@
+"""The campaign actors: render, send, fire timeouts; and how due actions become messages.
+
+Each one loads ids and calls the domain; duplicates are absorbed by the domain's
+row claims and by the idempotency middleware, rate limits by the rate-limit one.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from functools import lru_cache
+from typing import Any
+
+import dramatiq
+from dramatiq.middleware import CurrentMessage
+
+from outreach_actors.domain import dispatch, timers
+from outreach_actors.domain.mail import delivery
+from outreach_actors.domain.store.models import ScheduledAction, utcnow
+from outreach_actors.settings import get_settings
+from outreach_actors.worker.limiters import Limit, default_limits
+from outreach_actors.worker.middleware.polling import TIMER_QUEUE
+
+logger = logging.getLogger(__name__)
+
+SEND_MAX_RETRIES = get_settings().send_max_retries
+
+
+@lru_cache(maxsize=4)
+def _client(api_key: str | None, host: str, timeout_s: float):
+    from outreach_actors.providers.sendgrid.client import SendGridClient
+
+    return SendGridClient(api_key or "", host, timeout_s)
+
+
+def sendgrid_client():
+    settings = get_settings()
+    return _client(settings.sendgrid_api_key, settings.sendgrid_api_host,
+                   settings.sendgrid_timeout.total_seconds())
+
+
+@dramatiq.actor(queue_name="render", max_retries=5)
+def render(action_id: int) -> dict | str | None:
+    """Render a send action's email; its result (a send order) is piped to `send`."""
+    return delivery.render_for_send(action_id)
+
+
+@dramatiq.actor(queue_name="render", max_retries=5)
+def render_batch(action_ids: list[int]) -> None:
+    """Render the emails of send actions that came due together, and enqueue a send for
+    each: what `render` and its pipe do, with one message, one read and one write for
+    the batch. An action whose render fails (a fault, not a template error) goes to
+    `render` alone, with retries of its own, and holds back none of the others."""
+    batch = delivery.render_for_send_many(action_ids)
+    for action_id, error in batch.raised.items():
+        logger.warning("Render of action=%s failed in a batch (%s: %s); it is rendered alone",
+                       action_id, type(error).__name__, error)
+        dramatiq.pipeline([render.message(action_id), send.message()]).run()
+    for order in batch.orders.values():
+        if order is not None:
+            send.send(order)
+
+
+def _send_order(message: dramatiq.Message) -> dict | str | None:
+    """What a send message carries: the render's send order, or a message id."""
+    return message.args[0] if message.args else None
+
+
+def send_rate_limits(message: dramatiq.Message) -> list[Limit]:
+    """Every scope one send takes: its sender, tenant, recipient domain and the global one.
+
+    Read from the send order the render gave, or from the message when the order is
+    not fresh (see delivery.send_scope).
+    """
+    scope = delivery.send_scope(_send_order(message))
+    if scope is None:
+        return []  # nothing will be sent: do not take a slot
+    return default_limits(
+        get_settings(), tenant=scope.tenant, sender=scope.sender,
+        recipient_domain=scope.recipient_domain,
+        tenant_overrides=scope.tenant_overrides, sender_overrides=scope.sender_overrides,
+    )
+
+
+def send_effect(message: dramatiq.Message) -> str | None:
+    """The idempotency key of a send: its message, however the send was ordered (a
+    send order from a render, or a bare id from the reconciler)."""
+    return delivery.order_message_id(_send_order(message))
+
+
+def send_deferred(message: dramatiq.Message, delay_ms: int) -> None:
+    """A send held back by its rate limits waits in the broker, not lost: say until when."""
+    message_id = send_effect(message)
+    if message_id is not None:
+        dispatch.note_send_waiting(message_id, utcnow() + timedelta(milliseconds=delay_ms))
+
+
+@dramatiq.actor(queue_name="send", max_retries=SEND_MAX_RETRIES, min_backoff=5_000,
+                max_backoff=600_000, rate_limits=send_rate_limits, on_deferral=send_deferred,
+                idempotency_key=send_effect)
+def send(order: dict | str | None) -> None:
+    """Send one rendered message through SendGrid (``order``: what the render gave,
+    or a message id)."""
+    message_id = delivery.order_message_id(order)
+    if message_id is None:
+        return  # the render found nothing to send
+    message = CurrentMessage.get_current_message()
+    retries = message.options.get("retries", 0) if message else 0
+    try:
+        delivery.send_message(message_id, sendgrid_client(),
+                              final_attempt=retries >= SEND_MAX_RETRIES)
+    except delivery.RetryableSendError as exc:
+        # Expected (429, 5xx, the network): Dramatiq's Retry is retried like any error but
+        # logged without a traceback and not reported to Sentry as one; SendGrid's
+        # Retry-After, when it gives one, sets the delay instead of the backoff.
+        after_s = exc.outcome.retry_after_s
+        logger.warning("Send of message=%s will be retried (attempt %d of %d): %s",
+                       message_id, retries + 1, SEND_MAX_RETRIES + 1, exc)
+        raise dramatiq.Retry(str(exc), delay=int(after_s * 1000) if after_s else None) from exc
+
+
+# The dispatcher sends batches (fire_timeouts); this single-timer actor stays so that
+# messages enqueued by an earlier version, still in a broker, are still processed.
+@dramatiq.actor(queue_name=TIMER_QUEUE, max_retries=10)
+def fire_timeout(action_id: int) -> None:
+    """Fire a due timeout: a synthetic no_open/no_click/elapsed event, exactly once."""
+    timers.fire_timeout(action_id)
+
+
+@dramatiq.actor(queue_name=TIMER_QUEUE, max_retries=10)
+def fire_timeouts(action_ids: list[int]) -> None:
+    """Fire a batch of timeouts that came due together (see timers.fire_timeouts)."""
+    timers.fire_timeouts(action_ids)
+
+
+def enqueue_actions(due: list[tuple[ScheduledAction, int]], **options: Any) -> None:
+    """Turn claimed ScheduledActions, each with its delay in ms, into broker messages:
+    a message per batch of sends (rendered, then each sent by a message of its own)
+    and per batch of timers (``options``: message options)."""
+    settings = get_settings()
+    sends = [(action, delay_ms) for action, delay_ms in due if action.kind == ScheduledAction.SEND]
+    timers = [(action, delay_ms) for action, delay_ms in due if action.kind != ScheduledAction.SEND]
+    # Actions due within one polling interval of the timer queue share a message: it
+    # runs them no later. (Sends wait for no deadline that tight; the same window
+    # keeps one rule.)
+    window_ms = int(settings.worker_poll_interval.total_seconds() * 1000)
+    for actor, actions, max_size in ((render_batch, sends, settings.render_batch_size),
+                                     (fire_timeouts, timers, settings.timeout_batch_size)):
+        for ids, delay_ms in dispatch.due_batches(actions, max_size=max_size, window_ms=window_ms):
+            actor.send_with_options(args=(ids,), delay=delay_ms or None, **options)
+
+
+def enqueue_send(message_id: str, **options: Any) -> None:
+    send.send_with_options(args=(message_id,), **options)
+
+
+# Deliberate re-runs, where the database says the work is not done: they skip the
+# idempotency lease. A delivery that found the claim of a killed worker taken ran
+# to its end ("replay") and left the effect marked done; that mark must not skip
+# the re-run, or the timer (or the resend) is lost until the mark expires. (The
+# sends a re-run render enqueues are of new messages, or of messages the database
+# says it stored: their own leases decide.)
+def requeue_actions(due: list[tuple[ScheduledAction, int]]) -> None:
+    """Enqueue again actions whose lease expired."""
+    enqueue_actions(due, idempotency_key=False)
+
+
+def requeue_send(message_id: str) -> None:
+    """Enqueue an ambiguous send again under the ``resend`` policy."""
+    enqueue_send(message_id, idempotency_key=False)
