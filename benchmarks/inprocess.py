@@ -26,7 +26,7 @@ from pipeline import sample_plan
 
 from outreach_actors.dev.standin import SendGridStandIn
 from outreach_actors.domain import dispatch, engine
-from outreach_actors.domain.mail import delivery
+from outreach_actors.domain import mail as delivery
 from outreach_actors.domain.store import models
 
 DATABASE_URL = _common.DATABASE_URL.rsplit("/", 1)[0] + "/outreach_bench_inprocess"
@@ -89,7 +89,7 @@ def main() -> None:
             OUTREACH_SENDGRID_API_KEY=API_KEY, OUTREACH_SENDGRID_API_HOST=standin.host,
         )
         settings = _common.install(environment)
-        from outreach_actors.worker.actors.mail import sendgrid_client
+        from outreach_actors.providers.sendgrid.client import sendgrid_client_from_settings
 
         database = _common.fresh_schema()
         with database.connection_context():
@@ -101,7 +101,7 @@ def main() -> None:
             sends: list[int] = []
             dispatch.dispatch_due_actions(
                 lambda due: sends.extend(action.id for action, _ in due), settings=settings)
-            client = sendgrid_client()
+            client = sendgrid_client_from_settings(settings)
 
             def emails() -> None:
                 for action_id in sends:

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from outreach_actors.dev.standin import SendGridStandIn
 from outreach_actors.domain import engine
-from outreach_actors.domain.mail import delivery
+from outreach_actors.domain import mail as delivery
 from outreach_actors.domain.plans import PlanError
 from outreach_actors.domain.store import models
 from outreach_actors.domain.store.db import is_postgresql

@@ -332,7 +332,7 @@ def test_failures_lists_failed_contacts_with_why(outreach, standin) -> None:
     import json
 
     from outreach_actors.domain import engine
-    from outreach_actors.domain.mail import delivery
+    from outreach_actors.domain import mail as delivery
     from outreach_actors.providers.sendgrid.client import SendGridClient
 
     from .conftest import STANDIN_API_KEY

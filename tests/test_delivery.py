@@ -6,7 +6,7 @@ import pytest
 
 from outreach_actors.dev.standin import SendGridStandIn
 from outreach_actors.domain import engine
-from outreach_actors.domain.mail import delivery
+from outreach_actors.domain import mail as delivery
 from outreach_actors.domain.store.models import (
     Enrollment,
     OutboundMessage,

@@ -20,8 +20,11 @@ import dramatiq
 import pytest
 
 from outreach_actors.domain import engine
-from outreach_actors.domain.mail import delivery
-from outreach_actors.domain.store import models
+from outreach_actors.domain import mail as delivery
+from outreach_actors.domain.mail import render as mail_render
+from outreach_actors.domain.mail import send as mail_send
+from outreach_actors.domain.mail import send_order as mail_send_order
+from outreach_actors.domain.store import models, statements
 from outreach_actors.domain.store.db import is_postgresql
 from outreach_actors.domain.store.models import (
     Enrollment,
@@ -101,13 +104,13 @@ def test_an_email_costs_two_statements_to_render_none_for_its_limits_and_two_to_
         # the joined read; then the message stored and the action marked done by one
         # autocommitted statement: no BEGIN, no COMMIT
         assert render.kinds == ["SELECT", "WITH"], render.sql
-        assert render.sql[1] == rendered_statement(delivery._RENDER_IN_ONE, 1)
+        assert render.sql[1] == rendered_statement(mail_render._RENDER_IN_ONE, 1)
         assert render.transactions == 0
     else:
         # the joined read; then, in one transaction, the message and the action marked done
         assert render.kinds == ["SELECT", "INSERT", "UPDATE"], render.sql
-        assert render.sql[1:] == [rendered_statement(delivery._INSERT_MESSAGES, 1),
-                                  delivery._statement(delivery._FINISH_RENDERED)]
+        assert render.sql[1:] == [rendered_statement(mail_render._INSERT_MESSAGES, 1),
+                                  statements.statement(mail_render._FINISH_RENDERED)]
         assert render.transactions == 1
 
     # the send order the render pipes says whom the send counts against
@@ -117,7 +120,7 @@ def test_an_email_costs_two_statements_to_render_none_for_its_limits_and_two_to_
     # a bare message id (the reconciler's) costs one narrow read
     with counting() as limits:
         assert len(send_rate_limits(limits_message(message_id))) == 5
-    assert limits.sql == [delivery._statement(delivery._SEND_SCOPE)]
+    assert limits.sql == [statements.statement(mail_send_order._SEND_SCOPE)]
 
     with counting() as send:
         assert delivery.send_message(message_id, sendgrid_client).status == "sent"
@@ -127,12 +130,12 @@ def test_an_email_costs_two_statements_to_render_none_for_its_limits_and_two_to_
         # in one autocommitted statement
         assert send.kinds == ["UPDATE", "WITH"], send.sql
         assert send.sql[1].startswith(
-            f"WITH sent AS ({delivery._statement(delivery._MARK_SENT)}) "
+            f"WITH sent AS ({statements.statement(mail_send._MARK_SENT)}) "
             'INSERT INTO "scheduled_action"'), send.sql[1]
         assert send.transactions == 0
     else:
         assert send.kinds == ["UPDATE", "UPDATE", "INSERT"], send.sql
-        assert send.sql[1] == delivery._statement(delivery._MARK_SENT)
+        assert send.sql[1] == statements.statement(mail_send._MARK_SENT)
         assert send.transactions == 1
 
     message = OutboundMessage.get_by_id(message_id)
@@ -147,7 +150,7 @@ def test_an_email_costs_two_statements_to_render_none_for_its_limits_and_two_to_
 
 def rendered_statement(template: str, emails: int) -> str:
     """The text of the write of ``emails`` rendered messages on the bound database."""
-    return delivery._statement(template.replace("{rows}", ", ".join([delivery._MESSAGE_ROW] * emails)),
+    return statements.statement(template.replace("{rows}", ", ".join([mail_render._MESSAGE_ROW] * emails)),
                                prepared=False)
 
 
@@ -160,7 +163,7 @@ def test_a_batch_of_emails_costs_the_statements_of_one_to_render(acme) -> None:
     if on_postgresql():
         # one read of the five, then one statement that stores them all
         assert render.kinds == ["SELECT", "WITH"], render.sql
-        assert render.sql[1] == rendered_statement(delivery._RENDER_IN_ONE, 5)
+        assert render.sql[1] == rendered_statement(mail_render._RENDER_IN_ONE, 5)
         assert render.transactions == 0
     else:
         # one read, then one insert of the five and each action marked done, together
@@ -221,7 +224,7 @@ def test_a_fault_in_one_render_is_reported_and_stores_nothing_of_it(acme, monkey
             raise RuntimeError("the disk is on fire")
         return real_context(**facts)
 
-    monkeypatch.setattr(delivery, "email_context", faulty_context)
+    monkeypatch.setattr(mail_render, "email_context", faulty_context)
     # When the batch renders
     batch = delivery.render_for_send_many([action.id for action in actions])
     # Then the other two are stored, and the fault is handed back for Bob alone
@@ -235,7 +238,7 @@ def test_a_fault_in_one_render_is_reported_and_stores_nothing_of_it(acme, monkey
     # and a render of Bob's alone raises it, to be retried
     with pytest.raises(RuntimeError, match="on fire"):
         delivery.render_for_send(bob.id)
-    monkeypatch.setattr(delivery, "email_context", real_context)
+    monkeypatch.setattr(mail_render, "email_context", real_context)
     assert OutboundMessage.get_by_id(delivery.render_action(bob.id)).to_email == "bob@example.com"
 
 
@@ -266,8 +269,8 @@ def test_a_claim_reads_its_own_message_however_many_wait(postgres_db) -> None:
     postgres_db.execute_sql("ANALYZE outbound_message")
     OutboundMessage.update(status="rendered").execute()
     # When one of them is claimed, as the send claims it
-    claim = delivery._statement(delivery._CLAIM)
-    params = ("sending", utcnow(), "msg_1234", "rendered", *delivery._SUPPRESSED_PARAMS)
+    claim = statements.statement(mail_send._CLAIM)
+    params = ("sending", utcnow(), "msg_1234", "rendered", *mail_send._SUPPRESSED_PARAMS)
     with postgres_db.atomic() as transaction:
         plan = "\n".join(row for (row,) in postgres_db.execute_sql(
             "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + claim, params).fetchall())
@@ -441,7 +444,7 @@ def test_an_order_that_waited_reads_the_message_again(acme) -> None:
     Tenant.update(rate_limits={"tenant_per_hour": 5}).execute()
     with counting() as read:
         assert limits_of(order)[("tenant", 3_600_000)] == 5
-    assert read.sql == [delivery._statement(delivery._SEND_SCOPE)]
+    assert read.sql == [statements.statement(mail_send_order._SEND_SCOPE)]
     # and one whose message went out meanwhile takes no slot
     OutboundMessage.update(status="sent").execute()
     assert send_rate_limits(limits_message(order)) == []
@@ -461,7 +464,7 @@ def test_an_order_this_version_did_not_write_reads_the_message(acme, broken) -> 
     order = {**delivery.render_for_send(send_action("ada@example.com").id), **broken}
     with counting() as read:
         assert len(send_rate_limits(limits_message(order))) == 5
-    assert read.sql == [delivery._statement(delivery._SEND_SCOPE)]
+    assert read.sql == [statements.statement(mail_send_order._SEND_SCOPE)]
 
 
 # --- the single-statement writes keep their outcomes ----------------------------------

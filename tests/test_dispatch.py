@@ -249,7 +249,8 @@ def test_sends_due_together_are_rendered_in_batches_and_each_sent_once(
 
 def test_a_render_that_faults_in_its_batch_is_rendered_alone_and_holds_back_no_other(
         data_dir, sqlite_db, stub_broker, stub_worker, standin, monkeypatch) -> None:
-    from outreach_actors.domain.mail import delivery
+    from outreach_actors.domain import mail as delivery
+    from outreach_actors.domain.mail import render as mail_render
 
     # Given three contacts due together, and a fault that Bob's render meets once
     real_context = delivery.email_context
@@ -261,7 +262,7 @@ def test_a_render_that_faults_in_its_batch_is_rendered_alone_and_holds_back_no_o
             raise RuntimeError("a passing fault")
         return real_context(**facts)
 
-    monkeypatch.setattr(delivery, "email_context", faulty_context)
+    monkeypatch.setattr(mail_render, "email_context", faulty_context)
     # When they are dispatched, one batch
     emails = ["ada@example.com", "bob@example.com", "cy@example.com"]
     with campaign(stub_broker, data_dir, standin, emails) as seen:

@@ -7,7 +7,7 @@ from prometheus_client import REGISTRY
 
 from outreach_actors.dev.standin import SendGridStandIn
 from outreach_actors.domain import engine
-from outreach_actors.domain.mail import delivery
+from outreach_actors.domain import mail as delivery
 from outreach_actors.domain.suppressions import suppress
 from outreach_actors.providers.sendgrid.client import SendGridClient
 from outreach_actors.worker.broker import make_broker

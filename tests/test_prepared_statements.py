@@ -10,7 +10,7 @@ import dramatiq
 import pytest
 
 from outreach_actors.domain import engine
-from outreach_actors.domain.mail import delivery
+from outreach_actors.domain import mail as delivery
 from outreach_actors.domain.store import models
 from outreach_actors.domain.store.db import PreparingPostgresqlDatabase, database_from_url
 from outreach_actors.domain.store.models import OutboundMessage, ScheduledAction

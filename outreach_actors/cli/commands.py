@@ -130,7 +130,7 @@ def _describe_database() -> str:
 # --- plans -------------------------------------------------------------------------
 
 def _renderer():
-    from outreach_actors.domain.mail.delivery import renderer_for
+    from outreach_actors.domain.mail import renderer_for
 
     return renderer_for(Path(get_settings().templates_dir))
 
@@ -360,7 +360,7 @@ def enroll(plan_name: str, tenant: str, csv_path: Path) -> None:
 def preview(plan_name: str, tenant: str, node: str, email: str, out: Path | None) -> None:
     """Render one node for one contact: subject and text here, the HTML to a file."""
     from outreach_actors.domain.engine import EnrollmentError, latest_plan
-    from outreach_actors.domain.mail.delivery import email_context
+    from outreach_actors.domain.mail import email_context
     from outreach_actors.domain.rendering import RenderError, TemplateRenderer
     from outreach_actors.domain.stored_plans import plan_for
     from outreach_actors.domain.unsubscribe import unsubscribe_url
@@ -658,5 +658,5 @@ def demo(contacts: int, workers: int, timeout_s: int) -> None:
     from outreach_actors.dev.demo import run_demo
 
     raise SystemExit(run_demo(contacts=contacts, workers=workers, timeout_s=timeout_s,
-                              console=console))
+                              console=console, funnel_table=funnel_table))
 

@@ -18,8 +18,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from rich.console import Console
@@ -159,8 +161,10 @@ def _handle_termination() -> dict[int, object]:
     return {each: signal.signal(each, _exit_through_cleanup) for each in TERMINATING_SIGNALS}
 
 
-def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console) -> int:
+def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console,
+             funnel_table: Callable[[list[dict]], Any]) -> int:
     """Run the demo; returns the exit status (0 when every contact finished the plan).
+    ``funnel_table`` draws the funnel as ``outreach stats`` does (the CLI passes its own).
 
     SIGTERM and SIGHUP stop it as Ctrl-C does, cleaning up first, then raise
     SystemExit(128 + the signal's number).
@@ -262,7 +266,7 @@ def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console) -
                     dispatch_due.send()  # keep the dispatcher going between periodiq ticks
                 time.sleep(0.25)
         console.print()
-        _summary(console, counts, len(standin.messages), simulator, data_dir, elapsed)
+        _summary(console, counts, len(standin.messages), simulator, data_dir, elapsed, funnel_table)
         if status:
             console.print(f"[red]not every contact finished within {timeout_s}s[/red]; "
                           f"worker log: {log_path}")
@@ -319,8 +323,7 @@ def _stop_processes(processes: list[subprocess.Popen]) -> None:
 
 
 def _summary(console: Console, counts: dict[str, int], accepted: int, simulator, data_dir: Path,
-             elapsed: float) -> None:
-    from outreach_actors.cli.commands import funnel_table
+             elapsed: float, funnel_table: Callable[[list[dict]], Any]) -> None:
     from outreach_actors.domain.stats import funnel
 
     console.print(funnel_table(funnel()))

@@ -21,13 +21,3 @@ def tag(**ids: Any) -> None:
             value = value()
         if value is not None:
             sentry_sdk.set_tag(f"outreach.{name}", str(value))
-
-
-def sentry_before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] | None:
-    """Drop flow control that reaches Sentry as an exception: deferrals and skipped duplicates."""
-    from dramatiq.middleware import SkipMessage  # here: the domain modules import this one
-
-    exc_info = hint.get("exc_info")
-    if exc_info and isinstance(exc_info[1], SkipMessage):
-        return None
-    return event

@@ -16,8 +16,8 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from outreach_actors.contrib import UNSUBSCRIBE_PATH, WEBHOOK_PATH, Endpoints, activate
 from outreach_actors.settings import Settings, get_settings
+from outreach_actors.web.endpoints import UNSUBSCRIBE_PATH, WEBHOOK_PATH, Endpoints, activate
 from outreach_actors.web.http import Reply
 
 logger = logging.getLogger(__name__)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import dramatiq
+from dramatiq.middleware import SkipMessage
 
 from outreach_actors.domain.store import models
 from outreach_actors.domain.store.db import database_from_url
@@ -31,8 +33,6 @@ def init_sentry(settings: Settings) -> bool:
             "OUTREACH_SENTRY_DSN is set but sentry-sdk is not installed; "
             "install outreach_actors[sentry]"
         ) from exc
-    from outreach_actors.domain.observability import sentry_before_send
-
     sentry_sdk.init(
         dsn=settings.sentry_dsn,
         environment=settings.sentry_environment,
@@ -78,3 +78,11 @@ def rebind_actors(broker: dramatiq.Broker, actors: list[dramatiq.Actor]) -> None
     for actor in actors:
         actor.broker = broker
         broker.declare_actor(actor)
+
+
+def sentry_before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] | None:
+    """Drop flow control that reaches Sentry as an exception: deferrals and skipped duplicates."""
+    exc_info = hint.get("exc_info")
+    if exc_info and isinstance(exc_info[1], SkipMessage):
+        return None
+    return event

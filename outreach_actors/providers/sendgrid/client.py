@@ -15,10 +15,9 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass, field
 from email.message import Message
 from email.utils import parsedate_to_datetime
-from typing import Literal
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 import sendgrid
@@ -36,16 +35,12 @@ from sendgrid.helpers.mail import (
 from sendgrid.helpers.mail.exceptions import ApiKeyIncludedException
 
 from outreach_actors.domain.addresses import sendable_address
+from outreach_actors.domain.mail.outgoing import OutgoingEmail, SendOutcome
 from outreach_actors.domain.vocabulary import MESSAGE_ID_ARG, TENANT_ARG
 from outreach_actors.providers.sendgrid.keepalive import KeptAliveConnections, RequestNotSent
 from outreach_actors.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
-
-OutcomeKind = Literal["sent", "retry", "permanent", "ambiguous"]
-
-# SendGrid returns custom_args at the top level of every event: these two tie an
-# event back to our OutboundMessage row and its tenant.
 
 # Headers SendGrid writes itself and refuses in `headers` (v3 mail/send reference).
 RESERVED_HEADERS = frozenset({
@@ -68,34 +63,6 @@ class InvalidEmail(ValueError):
     def __init__(self, field_name: str, problem: str) -> None:
         super().__init__(f"{field_name}: {problem}")
         self.field = field_name
-
-
-@dataclass(frozen=True)
-class OutgoingEmail:
-    """One rendered email to one recipient, ready to hand to SendGrid."""
-
-    message_id: str
-    tenant: str
-    to_email: str
-    from_email: str
-    from_name: str | None
-    subject: str
-    html: str | None
-    text: str | None
-    categories: list[str] = field(default_factory=list)
-    headers: dict[str, str] = field(default_factory=dict)
-    custom_args: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class SendOutcome:
-    """What one send attempt came to; ``error`` is the provider's own message when it gave one."""
-
-    kind: OutcomeKind
-    provider_message_id: str | None = None
-    status_code: int | None = None
-    error: str | None = None
-    retry_after_s: float | None = None
 
 
 _LINE_BREAK = re.compile(r"[\r\n\x00]")
@@ -332,16 +299,19 @@ class SendGridClient:
 
 
 def sendgrid_client_from_settings(settings: Settings) -> SendGridClient:
-    """A SendGridClient for the configured key, host and timeout."""
+    """The SendGridClient for the configured key, host and timeout: one per process and
+    configuration, since each keeps its connections open for the threads that send."""
     if not settings.sendgrid_api_key:
         raise SettingsError(
             "OUTREACH_SENDGRID_API_KEY is not set; sending email needs a SendGrid API key"
         )
+    return _client(settings.sendgrid_api_key, settings.sendgrid_api_host,
+                   settings.sendgrid_timeout.total_seconds())
+
+
+@lru_cache(maxsize=4)
+def _client(api_key: str, host: str, timeout_s: float) -> SendGridClient:
     try:
-        return SendGridClient(
-            settings.sendgrid_api_key,
-            host=settings.sendgrid_api_host,
-            timeout_s=settings.sendgrid_timeout.total_seconds(),
-        )
+        return SendGridClient(api_key, host=host, timeout_s=timeout_s)
     except ValueError as exc:
         raise SettingsError(f"invalid SendGrid configuration: {exc}") from None

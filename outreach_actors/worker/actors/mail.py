@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from functools import lru_cache
 from typing import Any
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
 from outreach_actors.domain import dispatch, timers
-from outreach_actors.domain.mail import delivery
+from outreach_actors.domain.mail import (
+    RetryableSendError,
+    order_message_id,
+    render_for_send,
+    render_for_send_many,
+    send_message,
+    send_scope,
+)
 from outreach_actors.domain.store.models import ScheduledAction, utcnow
+from outreach_actors.providers.sendgrid.client import sendgrid_client_from_settings
 from outreach_actors.settings import get_settings
 from outreach_actors.worker.limiters import Limit, default_limits
 from outreach_actors.worker.middleware.polling import TIMER_QUEUE
@@ -26,23 +33,10 @@ logger = logging.getLogger(__name__)
 SEND_MAX_RETRIES = get_settings().send_max_retries
 
 
-@lru_cache(maxsize=4)
-def _client(api_key: str | None, host: str, timeout_s: float):
-    from outreach_actors.providers.sendgrid.client import SendGridClient
-
-    return SendGridClient(api_key or "", host, timeout_s)
-
-
-def sendgrid_client():
-    settings = get_settings()
-    return _client(settings.sendgrid_api_key, settings.sendgrid_api_host,
-                   settings.sendgrid_timeout.total_seconds())
-
-
 @dramatiq.actor(queue_name="render", max_retries=5)
 def render(action_id: int) -> dict | str | None:
     """Render a send action's email; its result (a send order) is piped to `send`."""
-    return delivery.render_for_send(action_id)
+    return render_for_send(action_id)
 
 
 @dramatiq.actor(queue_name="render", max_retries=5)
@@ -51,7 +45,7 @@ def render_batch(action_ids: list[int]) -> None:
     each: what `render` and its pipe do, with one message, one read and one write for
     the batch. An action whose render fails (a fault, not a template error) goes to
     `render` alone, with retries of its own, and holds back none of the others."""
-    batch = delivery.render_for_send_many(action_ids)
+    batch = render_for_send_many(action_ids)
     for action_id, error in batch.raised.items():
         logger.warning("Render of action=%s failed in a batch (%s: %s); it is rendered alone",
                        action_id, type(error).__name__, error)
@@ -70,9 +64,9 @@ def send_rate_limits(message: dramatiq.Message) -> list[Limit]:
     """Every scope one send takes: its sender, tenant, recipient domain and the global one.
 
     Read from the send order the render gave, or from the message when the order is
-    not fresh (see delivery.send_scope).
+    not fresh (see send_scope).
     """
-    scope = delivery.send_scope(_send_order(message))
+    scope = send_scope(_send_order(message))
     if scope is None:
         return []  # nothing will be sent: do not take a slot
     return default_limits(
@@ -85,7 +79,7 @@ def send_rate_limits(message: dramatiq.Message) -> list[Limit]:
 def send_effect(message: dramatiq.Message) -> str | None:
     """The idempotency key of a send: its message, however the send was ordered (a
     send order from a render, or a bare id from the reconciler)."""
-    return delivery.order_message_id(_send_order(message))
+    return order_message_id(_send_order(message))
 
 
 def send_deferred(message: dramatiq.Message, delay_ms: int) -> None:
@@ -101,15 +95,15 @@ def send_deferred(message: dramatiq.Message, delay_ms: int) -> None:
 def send(order: dict | str | None) -> None:
     """Send one rendered message through SendGrid (``order``: what the render gave,
     or a message id)."""
-    message_id = delivery.order_message_id(order)
+    message_id = order_message_id(order)
     if message_id is None:
         return  # the render found nothing to send
     message = CurrentMessage.get_current_message()
     retries = message.options.get("retries", 0) if message else 0
     try:
-        delivery.send_message(message_id, sendgrid_client(),
+        send_message(message_id, sendgrid_client_from_settings(get_settings()),
                               final_attempt=retries >= SEND_MAX_RETRIES)
-    except delivery.RetryableSendError as exc:
+    except RetryableSendError as exc:
         # Expected (429, 5xx, the network): Dramatiq's Retry is retried like any error but
         # logged without a traceback and not reported to Sentry as one; SendGrid's
         # Retry-After, when it gives one, sets the delay instead of the backoff.

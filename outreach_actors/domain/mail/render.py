@@ -1,27 +1,22 @@
-"""Render and send one email: the domain behind the render and send actors.
-
-Both steps are safe to run twice. Rendering stores the OutboundMessage under the
-send action's dedupe key (a replay finds the row); sending claims the message
-``rendered -> sending`` before calling SendGrid (a replay finds the claim taken).
-"""
+"""Render the email of a send action and store it, once: the domain behind the render
+actors. A replay finds the message stored under the action's dedupe key."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
 
 from outreach_actors.domain import engine
-from outreach_actors.domain.addresses import address_key
-from outreach_actors.domain.metrics import count
+from outreach_actors.domain.mail.send_order import SendScope, order_message_id, send_order
 from outreach_actors.domain.observability import tag
 from outreach_actors.domain.rendering import RenderError, TemplateRenderer
 from outreach_actors.domain.store import keys
-from outreach_actors.domain.store.db import is_postgresql, prepare
+from outreach_actors.domain.store.db import is_postgresql
 from outreach_actors.domain.store.models import (
     Contact,
     Enrollment,
@@ -30,28 +25,16 @@ from outreach_actors.domain.store.models import (
     SenderIdentity,
     Tenant,
     database_proxy,
-    insert_statements,
     new_message_id,
     utcnow,
     write_transaction,
 )
+from outreach_actors.domain.store.statements import one_statement_writes, statement
 from outreach_actors.domain.stored_plans import plan_for_id
-from outreach_actors.domain.suppressions import is_suppressed, suppressed_sql
 from outreach_actors.domain.unsubscribe import unsubscribe_url
-from outreach_actors.providers.sendgrid.client import OutgoingEmail, SendOutcome
 from outreach_actors.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
-
-
-class RetryableSendError(Exception):
-    """SendGrid refused for now (429, 5xx, network): Dramatiq retries with backoff."""
-
-    def __init__(self, message_id: str, outcome: SendOutcome) -> None:
-        self.outcome = outcome
-        super().__init__(
-            f"send of message {message_id} will be retried: {outcome.status_code} {outcome.error}"
-        )
 
 
 @lru_cache(maxsize=8)
@@ -84,26 +67,6 @@ class _SendAction(NamedTuple):
     sender_name: str | None
     sender_rate_limits: str | None
 
-
-# Fixed SQL, not Peewee queries, for the statements that every email runs (the
-# render's read and write, the send's rate-limit read, claim and write): Peewee spent
-# 0.07 to 1.9 ms of CPU building each of them, more than the database takes to run
-# them, and the email path is CPU-bound. Plain SQL that SQLite and PostgreSQL both
-# accept, ``{p}`` standing for the database's placeholder; the tests run it on both
-# (tests/test_delivery_statements.py also pins the statement count per email).
-_STATEMENTS: dict[tuple[str, str], str] = {}
-
-
-def _statement(template: str, *, prepared: bool = True) -> str:
-    """``template`` for the bound database (its placeholder style), built once, and
-    run as a prepared statement where the database prepares (see db.py), unless not
-    ``prepared``."""
-    database = database_proxy.obj
-    key = (template, database.param)
-    statement = _STATEMENTS.get(key)
-    if statement is None:
-        statement = _STATEMENTS[key] = template.strip().replace("{p}", database.param)
-    return prepare(database, statement) if prepared else statement
 
 # The send actions, each with its enrollment, contact, tenant and plan version, and
 # the tenant's first sender identity (verified ones first), as _SendAction; with the
@@ -162,19 +125,6 @@ _RENDER_IN_ONE = (
     "RETURNING scheduled_action.id"
 )
 
-# The message marked sent; on PostgreSQL the node's timers are inserted by the same
-# statement (``WITH sent AS (this) INSERT ...``), for the reasons above.
-_MARK_SENT = """
-UPDATE outbound_message SET status = {p}, sent_at = {p}, error = NULL, provider_message_id = {p}
-WHERE id = {p}
-"""
-
-
-def _one_statement_writes() -> bool:
-    """Whether the bound database runs data-modifying CTEs (PostgreSQL; SQLite does not)."""
-    return is_postgresql(database_proxy.obj)
-
-
 def _ids_condition(action_ids: Sequence[int]) -> tuple[str, list]:
     """``{ids}`` of _LOAD_SEND_ACTIONS for ``action_ids``, and its parameters: on
     PostgreSQL one array parameter, so that one prepared statement serves every batch
@@ -190,7 +140,7 @@ def _load_send_actions(action_ids: Sequence[int]) -> dict[int, _SendAction]:
     by action id, and without the ids that are no action."""
     condition, params = _ids_condition(action_ids)
     rows = database_proxy.execute_sql(
-        _statement(_LOAD_SEND_ACTIONS.replace("{ids}", condition)), params).fetchall()
+        statement(_LOAD_SEND_ACTIONS.replace("{ids}", condition)), params).fetchall()
     return {facts.action_id: facts._replace(
                 contact_fields=Contact.fields.python_value(facts.contact_fields))
             for facts in map(_SendAction._make, rows)}
@@ -228,97 +178,6 @@ def _message_id_for(message_key: str) -> str | None:
 _FINISHED = frozenset({ScheduledAction.CANCELLED, ScheduledAction.SKIPPED, ScheduledAction.DONE,
                        ScheduledAction.FAILED})
 
-
-# --- the send order: what a render hands its send -----------------------------------
-
-# How long the rate-limit facts read by a render serve its send. A send follows its
-# render within a second or so; one that waited longer (a backlog, a rate-limit
-# deferral, a retry) reads them again, so that a changed override reaches it.
-SEND_ORDER_FRESH_FOR = timedelta(seconds=30)
-
-
-class SendScope(NamedTuple):
-    """Whom one send counts against: what its rate limits are built from."""
-
-    tenant: str
-    sender: str
-    recipient_domain: str
-    tenant_overrides: dict
-    sender_overrides: dict
-
-    @classmethod
-    def of(cls, tenant: str, sender: str, to_email: str, tenant_overrides: dict | None,
-           sender_overrides: dict | None) -> SendScope:
-        """The scope of a send from ``sender`` to ``to_email`` (overrides decoded;
-        None for none)."""
-        return cls(tenant, sender, to_email.rsplit("@", 1)[-1], tenant_overrides or {},
-                   sender_overrides or {})
-
-
-def send_order(message_id: str, scope: SendScope, rendered_at: datetime) -> dict:
-    """What a render hands its send: the message id and whom the send counts
-    against, so that the send's rate limits need no read of their own (the render
-    read it all already). JSON, as it travels in a broker message."""
-    return {"message_id": message_id, "scope": scope._asdict(),
-            "rendered_at": rendered_at.isoformat()}
-
-
-def order_message_id(order: dict | str | None) -> str | None:
-    """The message id of a send order; a bare message id (what the reconciler enqueues,
-    and earlier versions piped) is its own."""
-    return order.get("message_id") if isinstance(order, dict) else order
-
-
-# The message's status, tenant, sender and recipient, and the rate-limit overrides
-# of its tenant and (when it is one) its sender identity: scalar subqueries rather
-# than joins, which PostgreSQL plans in 0.04 ms, not 0.09.
-_SEND_SCOPE = """
-SELECT m.status, m.tenant_id, m.from_email, m.to_email,
-    (SELECT t.rate_limits FROM tenant AS t WHERE t.id = m.tenant_id),
-    (SELECT s.rate_limits FROM sender_identity AS s
-     WHERE s.tenant_id = m.tenant_id AND s.email = m.from_email)
-FROM outbound_message AS m
-WHERE m.id = {p}
-"""
-
-
-def send_scope(order: dict | str | None, *, now: datetime | None = None) -> SendScope | None:
-    """Whom the send of ``order`` counts against; None when nothing will be sent.
-
-    A fresh order (rendered less than SEND_ORDER_FRESH_FOR ago) says so itself.
-    Otherwise one narrow read of the message, which also finds a message that is no
-    longer ``rendered``: nothing will be sent, so the send takes no slot. (A fresh
-    order's message is not looked at: a duplicate of its send, were it to get past
-    the idempotency lease, would take one slot and then find the claim taken.)
-    """
-    if isinstance(order, dict):
-        scope = _fresh_scope(order, now or utcnow())
-        if scope is not None:
-            return scope
-    message_id = order_message_id(order)
-    if message_id is None:
-        return None
-    row = database_proxy.execute_sql(_statement(_SEND_SCOPE), (message_id,)).fetchone()
-    if row is None or row[0] != OutboundMessage.RENDERED:
-        return None
-    _, tenant_id, from_email, to_email, tenant_overrides, sender_overrides = row
-    return SendScope.of(tenant_id, from_email, to_email,
-                        Tenant.rate_limits.python_value(tenant_overrides),
-                        SenderIdentity.rate_limits.python_value(sender_overrides))
-
-
-def _fresh_scope(order: dict, now: datetime) -> SendScope | None:
-    """The scope an order carries, if it is fresh and well formed (else None: read it)."""
-    try:
-        scope = SendScope(**order["scope"])
-        # A clock behind the render's (another host) counts as fresh for as long.
-        age = abs(now - datetime.fromisoformat(order["rendered_at"]))
-    except (KeyError, TypeError, ValueError):
-        return None  # not an order this version wrote: read the message instead
-    return scope if age < SEND_ORDER_FRESH_FOR else None
-
-
-# --- render ----------------------------------------------------------------------------
 
 def render_action(action_id: int, *, settings: Settings | None = None,
                   now: datetime | None = None) -> str | None:
@@ -473,19 +332,19 @@ def _store_rendered(rendered: dict[int, _Rendered],
         return {}
     rows = ", ".join([_MESSAGE_ROW] * len(rendered))
     params = [value for email in rendered.values() for value in email.row]
-    if _one_statement_writes():
+    if one_statement_writes():
         # Prepared for one email (a trickle of sends, the single render): a text per
         # batch size would keep a plan of some 8 kB a row in every connection, and a
         # batch shares its one parse and plan anyway.
         stored = {action_id for (action_id,) in database_proxy.execute_sql(
-            _statement(_RENDER_IN_ONE.replace("{rows}", rows), prepared=len(rendered) == 1),
+            statement(_RENDER_IN_ONE.replace("{rows}", rows), prepared=len(rendered) == 1),
             [*params, ScheduledAction.DONE, "rendered", now]).fetchall()}
     else:
         with database_proxy.atomic():
             stored = {action_id for (action_id,) in database_proxy.execute_sql(
-                _statement(_INSERT_MESSAGES.replace("{rows}", rows)), params).fetchall()}
+                statement(_INSERT_MESSAGES.replace("{rows}", rows)), params).fetchall()}
             for action_id in stored:
-                database_proxy.execute_sql(_statement(_FINISH_RENDERED), (
+                database_proxy.execute_sql(statement(_FINISH_RENDERED), (
                     ScheduledAction.DONE, "rendered", now,
                     order_message_id(rendered[action_id].order), action_id))
     outcomes: dict[int, dict | str | None] = {}
@@ -536,202 +395,3 @@ def _fail_render(action_id: int, enrollment_id: int, problem: str, now: datetime
         engine.exit_enrollment(enrollment_id, "send_failed", now=now)
 
 
-@dataclass(frozen=True)
-class SendResult:
-    """What happened to one send attempt, for logs, metrics and tests."""
-
-    message_id: str
-    status: str  # the message's status afterwards, or "replay"
-    detail: str = ""
-
-
-def claim_for_sending(message_id: str, now: datetime) -> bool:
-    """``rendered -> sending``; True if this call took the claim."""
-    return _claim(message_id, now) is not None
-
-
-class _Claimed(NamedTuple):
-    """A message just claimed for sending, and what decides whether it may go out."""
-
-    tenant_id: str
-    enrollment_id: int | None
-    action_id: int | None
-    node: str | None
-    to_email: str
-    from_email: str
-    from_name: str
-    subject: str
-    html: str
-    text: str
-    categories: list | None
-    headers: dict | None
-    enrollment_status: str | None  # None: the message has no enrollment
-    current_node: str | None
-    plan_id: int | None
-    action_node: str | None
-    visit_version: int | None
-    suppressed: bool  # whether an email-channel suppression of to_email exists
-    sender_verified: bool | None  # None: from_email is no sender identity of the tenant
-
-
-# The claim ``rendered -> sending``, returning the message and, read in the same
-# statement, whatever decides if it may go out: the enrollment's state, the
-# suppression list, the sender identity (see _Claimed; fixed SQL as above).
-_SUPPRESSED, _SUPPRESSED_PARAMS = suppressed_sql(
-    "outbound_message.tenant_id", "outbound_message.to_email", "{p}")
-_CLAIM = """
-UPDATE outbound_message SET status = {p}, send_started_at = {p}, attempts = attempts + 1, error = NULL
-WHERE id = {p} AND status = {p}
-RETURNING tenant_id, enrollment_id, action_id, node, to_email, from_email, from_name,
-    subject, html, text, categories, headers,
-    (SELECT e.status FROM enrollment AS e WHERE e.id = outbound_message.enrollment_id),
-    (SELECT e.current_node FROM enrollment AS e WHERE e.id = outbound_message.enrollment_id),
-    (SELECT e.plan_id FROM enrollment AS e WHERE e.id = outbound_message.enrollment_id),
-    (SELECT a.node FROM scheduled_action AS a WHERE a.id = outbound_message.action_id),
-    (SELECT a.visit_version FROM scheduled_action AS a WHERE a.id = outbound_message.action_id),
-    """ + _SUPPRESSED + """,
-    (SELECT s.verified FROM sender_identity AS s
-     WHERE s.tenant_id = outbound_message.tenant_id AND s.email = outbound_message.from_email)
-"""
-
-
-def _claim(message_id: str, now: datetime) -> _Claimed | None:
-    """``rendered -> sending`` in one statement that also returns the message and the
-    checks made before the provider call: the enrollment's state, the suppression
-    list and the sender identity, each read as the claim is taken."""
-    row = database_proxy.execute_sql(
-        _statement(_CLAIM),
-        (OutboundMessage.SENDING, now, message_id, OutboundMessage.RENDERED, *_SUPPRESSED_PARAMS),
-    ).fetchone()
-    if row is None:
-        return None
-    claimed = _Claimed(*row)
-    return claimed._replace(
-        categories=OutboundMessage.categories.python_value(claimed.categories),
-        headers=OutboundMessage.headers.python_value(claimed.headers),
-        suppressed=bool(claimed.suppressed),
-        sender_verified=None if claimed.sender_verified is None else bool(claimed.sender_verified),
-    )
-
-
-def _mark_sent(message_id: str, provider_message_id: str | None, timers: list[dict],
-               now: datetime) -> None:
-    """The message marked sent and its node's ``timers`` inserted (existing ones left
-    alone), atomically: one statement on PostgreSQL, a transaction on SQLite."""
-    mark = (_statement(_MARK_SENT), [OutboundMessage.SENT, now, provider_message_id, message_id])
-    inserts = list(insert_statements(ScheduledAction, timers, ignore_conflicts=True))
-    if not inserts:
-        database_proxy.execute_sql(*mark)
-    elif _one_statement_writes() and len(inserts) == 1:
-        (insert, params), = inserts
-        # As many texts as a node has distinct timer counts: few, so prepared too.
-        sent_and_timers = prepare(database_proxy.obj, f"WITH sent AS ({mark[0]}) {insert}")
-        database_proxy.execute_sql(sent_and_timers, [*mark[1], *params])
-    else:
-        with database_proxy.atomic():
-            database_proxy.execute_sql(*mark)
-            for insert, params in inserts:
-                database_proxy.execute_sql(insert, params)
-
-
-def _set_status(message_id: str, status: str, **values) -> None:
-    OutboundMessage.update(status=status, **values).where(OutboundMessage.id == message_id).execute()
-
-
-def send_message(message_id: str, client, *, now: datetime | None = None,
-                 final_attempt: bool = False) -> SendResult:
-    """Send one message and count its outcome (see _send_message)."""
-    try:
-        result = _send_message(message_id, client, now=now, final_attempt=final_attempt)
-    except RetryableSendError:
-        count("outreach_emails_total", outcome="retry")
-        raise
-    if result.status != "replay":
-        count("outreach_emails_total", outcome=result.status)
-    return result
-
-
-def _send_message(message_id: str, client, *, now: datetime | None = None,
-                  final_attempt: bool = False) -> SendResult:
-    """Send one rendered message through ``client`` (a SendGridClient) exactly once.
-
-    Raises RetryableSendError for 429/5xx/network failures (the message goes back to
-    ``rendered`` so the retry can claim it), unless ``final_attempt``, when it is
-    recorded as failed instead.
-
-    In the usual case the claim, which also returns the row and the checks, before
-    the provider call; after a 202, the message marked sent and the node's timers:
-    one statement on PostgreSQL, a transaction of two on SQLite (see _mark_sent).
-    """
-    now = now or utcnow()
-    claimed = _claim(message_id, now)
-    if claimed is None:
-        state = (
-            OutboundMessage.select(OutboundMessage.status)
-            .where(OutboundMessage.id == message_id)
-            .scalar()
-        ) or "missing"
-        logger.info("Send of message=%s skipped: already %s", message_id, state)
-        return SendResult(message_id, "replay", state)
-    tag(message=message_id, tenant=claimed.tenant_id, node=claimed.node,
-        enrollment=claimed.enrollment_id, action=claimed.action_id,
-        plan=(lambda: plan_for_id(claimed.plan_id).name) if claimed.plan_id else None)
-    if claimed.enrollment_status is not None and (
-        claimed.enrollment_status != Enrollment.ACTIVE or claimed.current_node != claimed.node
-    ):
-        _set_status(message_id, OutboundMessage.CANCELLED, error="enrollment moved on before sending")
-        return SendResult(message_id, OutboundMessage.CANCELLED, "enrollment moved on")
-    # Suppressions win: checked again right before the provider call, by the claim
-    # itself (an address stored other than normalized is looked up on its own).
-    suppressed = (
-        claimed.suppressed if claimed.to_email == address_key(claimed.to_email)
-        else is_suppressed(claimed.tenant_id, claimed.to_email)
-    )
-    if suppressed:
-        with write_transaction():  # together, as in _fail
-            _set_status(message_id, OutboundMessage.SUPPRESSED, error="address is suppressed")
-            if claimed.enrollment_id is not None:
-                engine.exit_enrollment(claimed.enrollment_id, "suppressed", now=now)
-        logger.info("Send of message=%s skipped: recipient suppressed", message_id)
-        return SendResult(message_id, OutboundMessage.SUPPRESSED)
-    if not claimed.sender_verified:
-        return _fail(message_id, claimed.enrollment_id,
-                     f"sender {claimed.from_email} is not a verified sender identity", now)
-
-    outcome = client.send(
-        OutgoingEmail(
-            message_id=message_id, tenant=claimed.tenant_id, to_email=claimed.to_email,
-            from_email=claimed.from_email, from_name=claimed.from_name, subject=claimed.subject,
-            html=claimed.html, text=claimed.text, categories=list(claimed.categories or []),
-            headers=dict(claimed.headers or {}),
-            custom_args={"outreach_message_id": message_id, "outreach_tenant": claimed.tenant_id},
-        )
-    )
-    if outcome.kind == "sent":
-        # The timers engine.after_send would insert; the action's node and visit and
-        # the enrollment's plan were returned by the claim.
-        timers = engine.timers_after_send(
-            message_id, claimed.enrollment_id, claimed.action_id, now, node=claimed.action_node,
-            visit_version=claimed.visit_version, plan_id=claimed.plan_id)
-        _mark_sent(message_id, outcome.provider_message_id, timers, now)
-        logger.info("Sent message=%s provider_id=%s", message_id, outcome.provider_message_id)
-        return SendResult(message_id, OutboundMessage.SENT)
-    if outcome.kind == "ambiguous":
-        _set_status(message_id, OutboundMessage.AMBIGUOUS, error=outcome.error)
-        logger.warning("Send of message=%s is ambiguous: %s", message_id, outcome.error)
-        return SendResult(message_id, OutboundMessage.AMBIGUOUS, outcome.error or "")
-    if outcome.kind == "retry" and not final_attempt:
-        _set_status(message_id, OutboundMessage.RENDERED, error=outcome.error)
-        raise RetryableSendError(message_id, outcome)
-    return _fail(message_id, claimed.enrollment_id,
-                 f"{outcome.status_code or ''} {outcome.error or ''}".strip(), now)
-
-
-def _fail(message_id: str, enrollment_id: int | None, problem: str, now: datetime) -> SendResult:
-    # Together or not at all (see _fail_render): a retry finds the claim taken.
-    with write_transaction():
-        _set_status(message_id, OutboundMessage.FAILED, error=problem)
-        if enrollment_id is not None:
-            engine.exit_enrollment(enrollment_id, "send_failed", now=now)
-    logger.error("Send of message=%s failed permanently: %s", message_id, problem)
-    return SendResult(message_id, OutboundMessage.FAILED, problem)
