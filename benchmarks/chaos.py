@@ -7,7 +7,7 @@ while workers are killed with SIGKILL every 3-8 s and restarted, the Redis serve
 is killed once mid-run and started again on its append-only file, the SendGrid
 stand-in answers about 10% of sends with 500 or 429 and drops about 2% of
 connections after accepting the mail, and every webhook batch is posted twice
-with its events out of order (see ``outreach_actors/chaos.py``).
+with its events out of order (see ``outreach_actors/dev/chaos.py``).
 
 Three figures, each a count whose reference is 0:
 

@@ -1,14 +1,12 @@
 """The public test kit: the SendGrid stand-in and the signed webhooks it reports
 (kept in ``dev.standin``); ``python -m outreach_actors.testing`` serves the stand-in."""
 
-from outreach_actors.dev.standin import (
-    AcceptedMessage,
-    SendGridStandIn,
+from outreach_actors.dev.standin import AcceptedMessage, SendGridStandIn, main
+from outreach_actors.dev.webhook_events import (
     WebhookKeys,
     emit_events,
     events_for,
     generate_webhook_keys,
-    main,
     sign_webhook,
     webhook_body,
 )

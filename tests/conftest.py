@@ -25,7 +25,7 @@ import pytest  # noqa: E402
 import redis  # noqa: E402
 
 import outreach_actors  # noqa: E402
-from outreach_actors.dev.standin import SendGridStandIn  # noqa: E402
+from outreach_actors.dev.standin import SendGridStandIn
 from outreach_actors.domain.store import models  # noqa: E402
 from outreach_actors.domain.store.db import (
     database_from_url,

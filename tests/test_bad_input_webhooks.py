@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from outreach_actors.dev.standin import WebhookKeys, generate_webhook_keys, sign_webhook
+from outreach_actors.dev.webhook_events import WebhookKeys, generate_webhook_keys, sign_webhook
 from outreach_actors.domain import engine, ingest
 from outreach_actors.domain.store import models
 from outreach_actors.domain.store.models import (

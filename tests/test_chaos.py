@@ -3,7 +3,7 @@
 Real parts: the embedded Redis server (append-only) as the broker, PostgreSQL,
 two ``dramatiq outreach_actors`` processes killed with SIGKILL and restarted, the
 real ``sendgrid`` client against the stand-in, signed webhook batches posted
-twice and out of order (see ``outreach_actors/chaos.py``). About a minute.
+twice and out of order (see ``outreach_actors/dev/chaos.py``). About a minute.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 from outreach_actors.dev.audit import audit_campaign
 from outreach_actors.dev.chaos import ChaosConfig, run_chaos
 from outreach_actors.dev.standin import AcceptedMessage, SendGridStandIn
-from outreach_actors.domain import dispatch, engine, ingest, timers
+from outreach_actors.domain import dispatch, engine, ingest
 from outreach_actors.domain.mail import ambiguous
 from outreach_actors.domain.store.models import (
     Enrollment,
@@ -27,7 +27,7 @@ from outreach_actors.domain.store.models import (
 )
 from outreach_actors.domain.suppressions import suppress
 from outreach_actors.settings import configure
-from outreach_actors.worker.actors.mail import fire_timeout, requeue_actions, requeue_send, send
+from outreach_actors.worker.actors.mail import requeue_send, send
 
 from .conftest import POSTGRES_URL, make_settings, require_postgres
 from .factories import load_plan, make_tenant
@@ -96,37 +96,6 @@ def test_an_event_stored_while_a_send_looked_in_flight_confirms_it(settings) -> 
     assert Enrollment.get_by_id(enrollment.id).status == "active"
     timers = ScheduledAction.select().where(ScheduledAction.kind == ScheduledAction.TIMEOUT)
     assert [(timer.node, timer.event) for timer in timers] == [("intro", "no_open")]
-
-
-def test_a_timer_claimed_by_a_killed_worker_fires_once_its_lease_expires(settings, stub_broker,
-                                                                        stub_worker) -> None:
-    # The chaos run found this: a second delivery of a timer's message finds the
-    # claim of the killed worker taken, returns ("replay"), and the idempotency
-    # middleware marks the effect done; the reconciler's re-run was then skipped as
-    # done, and the timer never fired.
-    make_tenant()
-    load_plan()
-    enrollment = engine.enroll("acme", "ada@example.com", "onboarding")
-    ScheduledAction.update(status="cancelled").execute()  # the intro email is not under test
-    action = ScheduledAction.create(
-        enrollment=enrollment, node="intro", kind="timeout", event="no_open", status="enqueued",
-        run_at=utcnow() - timedelta(minutes=10), dedupe_key="timer", visit_version=0,
-    )
-    # Given a worker that claimed the timer ten minutes ago and was killed
-    assert timers.claim_actions([action.id], utcnow() - timedelta(minutes=10))
-    # and a second delivery of its message, which finds the claim taken
-    fire_timeout.send(action.id)
-    stub_broker.join(fire_timeout.queue_name)
-    stub_worker.join()
-    assert ScheduledAction.get_by_id(action.id).status == "running"
-    # When the reconciler finds its lease expired
-    assert dispatch.reconcile_expired_leases(requeue_actions, settings=settings) == 1
-    stub_broker.join(fire_timeout.queue_name)
-    stub_worker.join()
-    # Then the timer fires, once
-    assert ScheduledAction.get_by_id(action.id).status == "done"
-    assert MessageEvent.select().where(MessageEvent.action == action.id).count() == 1
-    assert Enrollment.get_by_id(enrollment.id).current_node == "bump"
 
 
 def test_a_resend_is_not_skipped_by_a_replay_of_the_send_it_repeats(data_dir, sqlite_db, stub_broker,

@@ -13,7 +13,6 @@ from outreach_actors.domain.store.models import (
     ScheduledAction,
     SenderIdentity,
 )
-from outreach_actors.domain.suppressions import suppress
 from outreach_actors.providers.sendgrid.client import SendGridClient
 
 from .conftest import STANDIN_API_KEY, recipients, wait_until
@@ -121,13 +120,6 @@ def test_a_connection_dropped_after_acceptance_is_ambiguous_not_retried(rendered
     assert len(standin.messages) == 1  # SendGrid did take it
     assert delivery.send_message(rendered.id, client_for(standin)).status == "replay"
     assert len(standin.messages) == 1
-
-
-def test_a_suppressed_address_is_skipped_and_its_enrollment_ends(rendered, standin) -> None:
-    suppress("acme", "ADA@example.com", "unsubscribed", "test")
-    assert delivery.send_message(rendered.id, client_for(standin)).status == "suppressed"
-    assert standin.messages == []
-    assert Enrollment.get_by_id(rendered.enrollment_id).exit_reason == "suppressed"
 
 
 def test_an_unverified_sender_never_sends(rendered, standin) -> None:

@@ -13,7 +13,6 @@ BEGIN or COMMIT; on SQLite, transactions).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 
 import dramatiq
@@ -34,21 +33,10 @@ from outreach_actors.domain.store.models import (
     Tenant,
     utcnow,
 )
-from outreach_actors.domain.suppressions import suppress
-from outreach_actors.settings import Settings, configure
 from outreach_actors.worker.actors.mail import send_rate_limits
 
-from .conftest import counting, make_settings
+from .conftest import counting
 from .factories import load_plan, make_tenant
-
-
-@pytest.fixture
-def db(any_db, data_dir) -> Iterator[Settings]:
-    current = make_settings(data_dir)
-    configure(current)
-    models.bind(any_db)
-    yield current
-    configure(None)
 
 
 def send_action(email: str, **fields) -> ScheduledAction:
@@ -339,17 +327,6 @@ def test_an_enrollment_that_moved_on_skips_the_render_and_cancels_the_send(acme,
     assert OutboundMessage.get_by_id(message_id).error == "enrollment moved on before sending"
 
 
-@pytest.mark.parametrize("stored_as", ["ada@example.com", "Ada@Example.com"])
-def test_a_suppression_made_after_the_render_still_wins(rendered, standin, sendgrid_client,
-                                                        stored_as) -> None:
-    # An address stored other than lower-cased is looked up on its own, as before.
-    OutboundMessage.update(to_email=stored_as).where(OutboundMessage.id == rendered.id).execute()
-    suppress("acme", "ADA@example.com", "unsubscribed", "test")
-    assert delivery.send_message(rendered.id, sendgrid_client).status == "suppressed"
-    assert standin.messages == []
-    assert Enrollment.get_by_id(rendered.enrollment_id).exit_reason == "suppressed"
-
-
 def test_an_unverified_or_removed_sender_never_sends(rendered, acme, standin, sendgrid_client) -> None:
     SenderIdentity.update(verified=False).execute()
     result = delivery.send_message(rendered.id, sendgrid_client)
@@ -406,7 +383,6 @@ def test_send_rate_limits_read_the_tenants_and_the_senders_overrides(rendered) -
     assert send_rate_limits(limits_message(rendered.id)) == []
     assert send_rate_limits(limits_message("msg_missing")) == []
     assert send_rate_limits(limits_message(None)) == []
-
 
 
 def test_a_send_order_carries_the_overrides_the_render_read(acme) -> None:

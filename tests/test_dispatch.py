@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,72 +26,6 @@ def enrollments(request, data_dir):
     make_tenant()
     load_plan()
     return [engine.enroll("acme", f"c{i}@example.com", "onboarding") for i in range(20)]
-
-
-def test_due_actions_are_claimed_and_far_off_ones_stay(enrollments, data_dir) -> None:
-    settings = make_settings(data_dir)
-    now = utcnow()
-    # Push half of the actions three days out.
-    far = [e.id for e in enrollments[:10]]
-    ScheduledAction.update(run_at=now + timedelta(days=3)).where(
-        ScheduledAction.enrollment.in_(far)).execute()
-    enqueued: list[tuple[int, int]] = []
-    assert dispatch.dispatch_due_actions(lambda due: enqueued.extend((a.id, d) for a, d in due), now=now,
-                                         settings=settings) == 10
-    assert ScheduledAction.select().where(ScheduledAction.status == "pending").count() == 10
-    # A second pass finds nothing new: the claim is taken.
-    assert dispatch.dispatch_due_actions(lambda due: enqueued.extend((a.id, d) for a, d in due), now=now,
-                                         settings=settings) == 0
-    assert len(enqueued) == 10
-
-
-def test_actions_due_within_the_horizon_are_enqueued_with_their_delay(enrollments, data_dir) -> None:
-    settings = make_settings(data_dir)
-    now = utcnow()
-    ScheduledAction.update(run_at=now + timedelta(seconds=30)).execute()
-    delays: list[int] = []
-    dispatch.dispatch_due_actions(lambda due: delays.extend(d for _, d in due), now=now, settings=settings)
-    assert len(delays) == 20 and all(29_000 <= d <= 30_000 for d in delays)
-
-
-@pytest.mark.parametrize("enrollments", ["sqlite_db", "postgres_db"], indirect=True)
-def test_concurrent_dispatchers_never_enqueue_an_action_twice(enrollments, data_dir) -> None:
-    settings = make_settings(data_dir, dispatch_batch_size=3)
-    enqueued: list[int] = []
-    lock = threading.Lock()
-    barrier = threading.Barrier(4)
-
-    def record(due):
-        with lock:
-            enqueued.extend(action.id for action, _ in due)
-
-    def run():
-        barrier.wait()
-        dispatch.dispatch_due_actions(record, settings=settings)
-
-    threads = [threading.Thread(target=run) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sorted(enqueued) == sorted({a.id for a in ScheduledAction.select()})
-    assert len(enqueued) == 20
-
-
-def test_an_action_whose_lease_expired_is_enqueued_again(enrollments, data_dir) -> None:
-    # Given actions enqueued to a broker that then lost them (flushed, restarted)
-    settings = make_settings(data_dir)
-    now = utcnow()
-    dispatch.dispatch_due_actions(lambda due: None, now=now, settings=settings)
-    # When the lease passes with no worker finishing them
-    later = now + settings.dispatch_horizon + settings.action_lease + timedelta(seconds=1)
-    again: list[int] = []
-    assert dispatch.reconcile_expired_leases(lambda due: again.extend(a.id for a, _ in due), now=later,
-                                             settings=settings) == 20
-    # Then each is enqueued again, once
-    assert dispatch.reconcile_expired_leases(lambda due: again.extend(a.id for a, _ in due), now=later,
-                                             settings=settings) == 0
-    assert len(again) == 20
 
 
 def test_interrupted_sends_become_ambiguous_and_lost_sends_are_requeued(enrollments, data_dir) -> None:

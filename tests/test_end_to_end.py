@@ -16,7 +16,8 @@ import dramatiq
 import pytest
 
 from outreach_actors.dev.simulation import EngagementSimulator
-from outreach_actors.dev.standin import SendGridStandIn, generate_webhook_keys
+from outreach_actors.dev.standin import SendGridStandIn
+from outreach_actors.dev.webhook_events import generate_webhook_keys
 from outreach_actors.domain import dispatch, engine
 from outreach_actors.domain.store import models
 from outreach_actors.domain.store.models import (

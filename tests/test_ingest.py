@@ -14,7 +14,6 @@ from outreach_actors.domain.store import models
 from outreach_actors.domain.store.models import (
     Enrollment,
     MessageEvent,
-    NodeVisit,
     OutboundMessage,
     Suppression,
     WebhookDelivery,
@@ -162,22 +161,6 @@ def test_drops_of_addresses_sendgrid_will_not_mail_suppress_them(db, reason, sup
     assert [s.reason for s in Suppression.select()] == ([suppressed_for] if suppressed_for else [])
 
 
-def test_normalizing_twice_has_every_effect_once(db) -> None:
-    sample_world()
-    delivery_id = store(SAMPLE_BODY)
-    normalize_delivery(delivery_id)
-    snapshot = (MessageEvent.select().count(), NodeVisit.select().count(),
-                Suppression.select().count(), [e.version for e in Enrollment.select()])
-    # The same delivery again, reset as a replay would, and the same body delivered twice.
-    WebhookDelivery.update(status="received").execute()
-    again = normalize_delivery(delivery_id)
-    second = normalize_delivery(store(SAMPLE_BODY))
-    assert again.stored == second.stored == 0
-    assert second.duplicates == len(SAMPLE_EVENTS)
-    assert snapshot == (MessageEvent.select().count(), NodeVisit.select().count(),
-                        Suppression.select().count(), [e.version for e in Enrollment.select()])
-
-
 def test_a_processed_delivery_is_not_processed_again(db) -> None:
     sample_world()
     delivery_id = store(SAMPLE_BODY)
@@ -217,29 +200,6 @@ def test_an_event_naming_another_tenant_is_refused_and_moves_no_one(db) -> None:
     assert reload(enrollments["fay@example.com"]).status == "active"
     error = WebhookDelivery.get_by_id(delivery_id).error
     assert "tenant 'globex' does not own message MSG-1" in error
-
-
-def test_an_event_for_a_message_not_yet_stored_is_retried_then_applied(db) -> None:
-    make_tenant("acme")
-    load_plan()
-    early_click = {"event": "click", "email": "zed@example.com", "timestamp": 1763790500,
-                   "sg_event_id": "early-click", "url": "https://example.com/x",
-                   "outreach_message_id": "MSG-LATE", "outreach_tenant": "acme"}
-    other = {"event": "account_status_change", "timestamp": 1763790501, "sg_event_id": "acct"}
-    delivery_id = store([early_click, other])
-    with pytest.raises(ingest.MessagesNotYetStored):
-        normalize_delivery(delivery_id)
-    delivery = WebhookDelivery.get_by_id(delivery_id)
-    assert delivery.status == "failed" and "MSG-LATE" in delivery.error
-    assert MessageEvent.select().count() == 1  # what could be stored was stored
-
-    # When the send commits its message, the retry stores and applies the click.
-    enrollment = engine.enroll("acme", "zed@example.com", "onboarding")
-    make_message("MSG-LATE", "zed@example.com", enrollment=enrollment, node="intro")
-    result = normalize_delivery(delivery_id)
-    assert (result.status, result.stored, result.duplicates) == ("processed", 1, 1)
-    assert WebhookDelivery.get_by_id(delivery_id).error is None
-    assert reload(enrollment).current_node == "thanks"
 
 
 def test_on_the_last_attempt_events_of_messages_this_database_lacks_are_kept_without_them(db) -> None:
@@ -324,22 +284,6 @@ def test_unknown_and_unmatched_events_are_stored_without_a_message(db) -> None:
     )
 
 
-def test_a_malformed_body_is_kept_with_its_error_and_can_be_replayed(db, stub_broker) -> None:
-    rebind_actors(stub_broker, [normalize_webhook])
-    delivery_id = store(b'[{"event": "open",')
-    result = normalize_delivery(delivery_id)
-    delivery = WebhookDelivery.get_by_id(delivery_id)
-    assert result.status == delivery.status == "failed"
-    assert "not valid JSON" in delivery.error
-    assert bytes(delivery.body) == b'[{"event": "open",'
-    ingest.replay_delivery(delivery_id, enqueue_delivery)
-    assert WebhookDelivery.get_by_id(delivery_id).status == "received"
-    [message] = stub_broker.queues["webhooks"].queue
-    assert json.loads(message)["args"] == [delivery_id]
-    with pytest.raises(LookupError, match="no webhook delivery 999"):
-        ingest.replay_delivery(999, enqueue_delivery)
-
-
 def test_elements_that_are_not_events_are_reported_in_the_delivery(db) -> None:
     delivery_id = store([{"event": "processed", "sg_event_id": "ok", "timestamp": 1}, "junk"])
     result = normalize_delivery(delivery_id)
@@ -416,26 +360,6 @@ def test_stale_received_deliveries_are_enqueued_again(db, stub_broker) -> None:
     assert ingest.requeue_stale_deliveries(enqueue_delivery, timedelta(minutes=10), now=later) == 2
     assert ingest.requeue_stale_deliveries(enqueue_delivery, timedelta(minutes=10), now=later) == 0
     assert len(stub_broker.queues["webhooks"].queue) == 3
-
-
-def test_the_actor_run_twice_stores_and_applies_each_event_once(settings, stub_broker) -> None:
-    rebind_actors(stub_broker, [normalize_webhook])
-    enrollments = sample_world()
-    delivery_id = store(SAMPLE_BODY)
-    worker = dramatiq.Worker(stub_broker, worker_timeout=50, worker_threads=2)
-    worker.start()
-    try:
-        normalize_webhook.send(delivery_id)
-        normalize_webhook.send(delivery_id)
-        stub_broker.join(normalize_webhook.queue_name)
-        worker.join()
-    finally:
-        worker.stop()
-    assert MessageEvent.select().count() == len(SAMPLE_EVENTS)
-    assert WebhookDelivery.get_by_id(delivery_id).status == "processed"
-    assert reload(enrollments["ada@example.com"]).current_node == "thanks"
-    assert NodeVisit.select().where(
-        NodeVisit.enrollment == enrollments["ada@example.com"].id).count() == 2
 
 
 def test_a_provider_event_resolves_an_ambiguous_send(db) -> None:

@@ -193,48 +193,6 @@ def test_a_zero_polling_interval_is_refused_naming_the_setting(data_dir, name) -
         project_middleware(make_settings(data_dir, **{name: "PT0S"}))
 
 
-def test_the_periodic_actors_run_twice_enqueue_and_change_nothing_more(sent_message,
-                                                                      stub_broker) -> None:
-    # Given what crashes leave behind: a webhook delivery stored and never normalized, a
-    # message whose send was lost, an ambiguous send past its window (sent_message), and
-    # the contact's first send due now.
-    from outreach_actors.worker.actors import mail, periodic, webhooks
-    from outreach_actors.worker.runtime import rebind_actors
-
-    rebind_actors(stub_broker, [webhooks.normalize_webhook, mail.render, mail.send,
-                                mail.fire_timeouts, periodic.dispatch_due])
-    long_ago = utcnow() - timedelta(hours=2)
-    WebhookDelivery.create(body=b"[]", received_at=long_ago)
-    OutboundMessage.create(
-        tenant="acme", dedupe_key="lost", status="rendered", to_email="bob@example.com",
-        from_email="sales@acme.test", subject="s", html="h", text="t", created_at=long_ago)
-    ScheduledAction.update(run_at=utcnow() - timedelta(seconds=1)).execute()
-
-    def state() -> tuple:
-        queued = sum(len(queue.queue) for queue in stub_broker.queues.values())  # and .DQ ones
-        rows = [(m.id, m.status, m.requeued_at is not None) for m in OutboundMessage.select()]
-        actions = [(a.id, a.status) for a in ScheduledAction.select()]
-        deliveries = [(d.id, d.status) for d in WebhookDelivery.select()]
-        enrollments = [(e.id, e.status) for e in Enrollment.select()]
-        return queued, sorted(rows), sorted(actions), deliveries, enrollments
-
-    def run_every_periodic_actor() -> None:
-        periodic.dispatch_due.fn(remaining=0)  # 0: this run does not send itself again
-        periodic.reconcile.fn()
-        periodic.purge.fn()
-
-    before = state()
-    run_every_periodic_actor()
-    first = state()
-    # The first run did its work: the due send, the lost send and the delivery were
-    # enqueued (a pipeline's second step travels with its first), the ambiguous
-    # send was settled by the default policy.
-    assert first[0] == before[0] + 3
-    assert "failed" in {status for _, status, _ in first[1]}
-    run_every_periodic_actor()
-    assert state() == first
-
-
 def test_a_send_cut_short_whose_proof_is_already_stored_is_resolved_at_once(sent_message,
                                                                            data_dir) -> None:
     # Given a worker killed between SendGrid's 202 and its commit: the row says

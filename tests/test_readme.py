@@ -47,3 +47,17 @@ def test_a_host_app_imports_enroll_and_its_refusals_from_contrib() -> None:
     assert contrib.AlreadyEnrolled is engine.AlreadyEnrolled
     assert issubclass(contrib.AlreadyEnrolled, contrib.EnrollmentError)
     assert "OutreachUnavailable" in README and issubclass(contrib.OutreachUnavailable, RuntimeError)
+
+
+def test_the_architecture_names_every_floor_and_only_files_that_exist() -> None:
+    text = section("Architecture")
+    package = ROOT / "outreach_actors"
+    floors = set(re.findall(r"^\| `([a-z_/]+/|[a-z_]+\.py)` \|", text, re.MULTILINE))
+    on_disk = {f"{path.name}/" for path in package.iterdir()
+               if path.is_dir() and (path / "__init__.py").exists()}
+    assert on_disk <= floors | {"providers/"}  # providers/ is named by its sendgrid/ folder
+    named = re.findall(r"`((?:domain|worker|web|dev|cli|contrib|providers)/[a-z_/]+(?:\.py)?)`", text)
+    named += [f"tests/invariants/{name}" for name in re.findall(r"`(test_[a-z_]+\.py)`", text)]
+    missing = [path for path in named
+               if not (package / path).exists() and not (ROOT / path).exists()]
+    assert named and missing == []

@@ -22,9 +22,8 @@ from sendgrid import SendGridAPIClient
 from sendgrid.helpers.eventwebhook import EventWebhook
 from sendgrid.helpers.eventwebhook.eventwebhook_header import EventWebhookHeader
 
-from outreach_actors.dev.standin import (
-    MAIL_SEND_PATH,
-    SendGridStandIn,
+from outreach_actors.dev.standin import MAIL_SEND_PATH, SendGridStandIn
+from outreach_actors.dev.webhook_events import (
     emit_events,
     events_for,
     generate_webhook_keys,

@@ -189,37 +189,14 @@ def plan_validate(file: Path) -> None:
 @_tenant_option(help="Tenant id; created if new.")
 def plan_load(file: Path, tenant: str) -> None:
     """Validate a plan and store it as the tenant's next version."""
+    from outreach_actors.domain.stored_plans import sender_problem, store_plan
+
     parsed = _read_plan(file)
     _open_database()
-    models.Tenant.get_or_create(id=tenant, defaults={"name": tenant})
-    with models.database_proxy.atomic():
-        version = (
-            models.Plan.select()
-            .where(models.Plan.tenant == tenant, models.Plan.name == parsed.name)
-            .count() + 1
-        )
-        models.Plan.create(tenant=tenant, name=parsed.name, version=version,
-                           definition=parsed.to_definition())
+    version = store_plan(tenant, parsed)
     console.print(f"loaded plan {parsed.name!r} version {version} for tenant {tenant!r}")
-    if problem := _sender_problem(tenant, parsed.sender):
+    if problem := sender_problem(tenant, parsed.sender):
         err_console.print(f"[yellow]warning:[/yellow] {problem}", highlight=False)
-
-
-def _sender_problem(tenant: str, sender: str | None) -> str | None:
-    """Why every send of a plan would fail for want of a sender, if it would. A warning:
-    the sender may well be added after the plan, but before anyone is enrolled."""
-    identities = models.SenderIdentity.select().where(models.SenderIdentity.tenant == tenant)
-    if sender:
-        identities = identities.where(models.SenderIdentity.email == sender)
-    if not identities.exists():
-        what = f"no sender identity {sender}" if sender else "no sender identity"
-        return (f"tenant {tenant!r} has {what}: every send of this plan would fail; add it with "
-                f"`outreach sender add {sender or 'EMAIL'} --tenant {tenant} --verified`")
-    if not identities.where(models.SenderIdentity.verified == True).exists():  # noqa: E712
-        return (f"tenant {tenant!r} has no verified sender identity "
-                f"{sender or ''}".rstrip() + ": every send of this plan would fail until it is "
-                "verified (`outreach sender add ... --verified`)")
-    return None
 
 
 @plan.command("list")

@@ -44,7 +44,8 @@ import dramatiq
 
 from outreach_actors.dev.audit import Audit, audit_campaign
 from outreach_actors.dev.simulation import EngagementSimulator
-from outreach_actors.dev.standin import SendGridStandIn, generate_webhook_keys
+from outreach_actors.dev.standin import SendGridStandIn
+from outreach_actors.dev.webhook_events import generate_webhook_keys
 from outreach_actors.domain import dispatch, engine, ingest
 from outreach_actors.domain.plans import validate_plan
 from outreach_actors.domain.store import models

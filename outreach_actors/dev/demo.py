@@ -170,7 +170,8 @@ def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console,
     SystemExit(128 + the signal's number).
     """
     from outreach_actors.dev.simulation import EngagementSimulator
-    from outreach_actors.dev.standin import SendGridStandIn, generate_webhook_keys
+    from outreach_actors.dev.standin import SendGridStandIn
+    from outreach_actors.dev.webhook_events import generate_webhook_keys
     from outreach_actors.web.app import make_app
     from outreach_actors.worker import runtime
     from outreach_actors.worker.embedded import stop_embedded_redis

@@ -13,7 +13,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from outreach_actors.dev.standin import AcceptedMessage, SendGridStandIn, emit_events, events_for
+from outreach_actors.dev.standin import AcceptedMessage, SendGridStandIn
+from outreach_actors.dev.webhook_events import emit_events, events_for
 
 logger = logging.getLogger(__name__)
 

@@ -268,11 +268,10 @@ class _PlanLoader(yaml.SafeLoader):
     the first would silently replace it. Here a repeated key is an error.
     """
 
-    # The pure-Python SafeLoader, not libyaml's CSafeLoader, although that parses a
-    # 1 MB plan in 0.04 s against 0.64 s: CSafeLoader composes nested collections by C
-    # recursion with no depth check, and 100,000 opening brackets (a 200 kB body,
-    # well under MAX_PLAN_BYTES) crash the process with a segmentation fault (PyYAML
-    # 6.0.3, libyaml 0.2.5). The pure loader raises a RecursionError, reported below.
+    # The pure-Python SafeLoader, not libyaml's faster CSafeLoader: that composes nested
+    # collections by C recursion with no depth check, and 100,000 opening brackets (a
+    # 200 kB body, well under MAX_PLAN_BYTES) crash the process with a segmentation
+    # fault. The pure loader raises a RecursionError, reported below.
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set[Any] = set()

@@ -1,9 +1,16 @@
-"""Stored plan versions as the engine reads them: each version parsed once per process."""
+"""Stored plan versions: a validated plan stored as its tenant's next version, and each
+version parsed once per process as the engine reads it."""
 
 from __future__ import annotations
 
 from outreach_actors.domain.plans import PlanSpec, plan_from_definition
-from outreach_actors.domain.store.models import Plan, on_bind
+from outreach_actors.domain.store.models import (
+    Plan,
+    SenderIdentity,
+    Tenant,
+    database_proxy,
+    on_bind,
+)
 
 
 def plan_for(plan: Plan) -> PlanSpec:
@@ -23,3 +30,31 @@ def plan_for_id(plan_id: int) -> PlanSpec:
 # Plan id -> parsed plan. Emptied whenever another database is bound (see models.bind).
 _plan_cache: dict[int, PlanSpec] = {}
 on_bind(_plan_cache.clear)
+
+
+def store_plan(tenant_id: str, plan: PlanSpec) -> int:
+    """Store a validated plan as the tenant's next version of it (the tenant is created
+    if new); returns that version. Versions already stored never change."""
+    Tenant.get_or_create(id=tenant_id, defaults={"name": tenant_id})
+    with database_proxy.atomic():
+        version = Plan.select().where(Plan.tenant == tenant_id, Plan.name == plan.name).count() + 1
+        Plan.create(tenant=tenant_id, name=plan.name, version=version,
+                    definition=plan.to_definition())
+    return version
+
+
+def sender_problem(tenant: str, sender: str | None) -> str | None:
+    """Why every send of a plan would fail for want of a sender, if it would. A warning:
+    the sender may well be added after the plan, but before anyone is enrolled."""
+    identities = SenderIdentity.select().where(SenderIdentity.tenant == tenant)
+    if sender:
+        identities = identities.where(SenderIdentity.email == sender)
+    if not identities.exists():
+        what = f"no sender identity {sender}" if sender else "no sender identity"
+        return (f"tenant {tenant!r} has {what}: every send of this plan would fail; add it with "
+                f"`outreach sender add {sender or 'EMAIL'} --tenant {tenant} --verified`")
+    if not identities.where(SenderIdentity.verified == True).exists():  # noqa: E712
+        return (f"tenant {tenant!r} has no verified sender identity "
+                f"{sender or ''}".rstrip() + ": every send of this plan would fail until it is "
+                "verified (`outreach sender add ... --verified`)")
+    return None

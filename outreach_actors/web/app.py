@@ -85,9 +85,9 @@ def _default_app() -> OutreachWSGI:
 def __getattr__(name: str) -> Any:
     """``application``, the app for WSGI servers (``outreach_actors.wsgi:application``):
     built when the server looks it up at start, not when this module is imported
-    (which must do no I/O). Built on the first request instead, a bad setting (a
-    verification key that is no key) answered every request with a 500 while the
-    server ran on; now the server fails to start, with the SettingsError naming it."""
+    (which must do no I/O), nor on the first request: so a bad setting (a verification
+    key that is no key) stops the server at start, with the SettingsError naming it,
+    rather than answering every request with a 500."""
     if name == "application":
         return _default_app()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,12 +15,12 @@ from outreach_actors.domain.mail.send import RetryableSendError, SendResult, sen
 from outreach_actors.domain.mail.send_order import (
     SEND_ORDER_FRESH_FOR,
     SendScope,
+    make_send_order,
     order_message_id,
-    send_order,
     send_scope,
 )
 
 __all__ = ["SEND_ORDER_FRESH_FOR", "OutgoingEmail", "RenderedBatch", "RetryableSendError",
            "SendOutcome", "SendResult", "SendScope", "email_context", "order_message_id",
-           "render_action", "render_for_send", "render_for_send_many", "renderer_for",
-           "send_message", "send_order", "send_scope"]
+           "make_send_order", "render_action", "render_for_send", "render_for_send_many",
+           "renderer_for", "send_message", "send_scope"]

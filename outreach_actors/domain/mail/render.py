@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from outreach_actors.domain import engine
-from outreach_actors.domain.mail.send_order import SendScope, order_message_id, send_order
+from outreach_actors.domain.mail.send_order import SendScope, make_send_order, order_message_id
 from outreach_actors.domain.observability import tag
 from outreach_actors.domain.rendering import RenderError, TemplateRenderer
 from outreach_actors.domain.store import keys
@@ -71,11 +71,8 @@ class _SendAction(NamedTuple):
 # The send actions, each with its enrollment, contact, tenant and plan version, and
 # the tenant's first sender identity (verified ones first), as _SendAction; with the
 # rate-limit overrides of both, which the send order carries (see send_order). The
-# sender is looked up once and joined by id. Unprepared (SQLite, or PostgreSQL
-# behind PgBouncer), PostgreSQL plans this in 0.43 ms and runs it in 0.07 ms; the
-# form before it, with the tenant and each of the sender's columns as a scalar
-# subquery of its own, took 0.45 and 0.12 ms (EXPLAIN ANALYZE, medians over 300
-# send actions of the benchmark database). ``{ids}`` stands for the batch's ids (see
+# sender is looked up once and joined by id, not column by column in subqueries,
+# which PostgreSQL runs slower. ``{ids}`` stands for the batch's ids (see
 # _ids_condition).
 _LOAD_SEND_ACTIONS = """
 SELECT a.id, a.kind, a.status, a.dedupe_key, a.node, a.visit_version, a.enrollment_id,
@@ -114,9 +111,7 @@ WHERE id = {p}
 
 # On PostgreSQL the messages and their actions in one autocommitted statement (a
 # data-modifying CTE, which SQLite lacks), whatever the batch's size: one round trip
-# and one commit instead of a transaction per email. Measured one email at a time
-# (benchmarks/inprocess.py), the CTE took an email from 2.9 to 2.3 ms of CPU and 5.1
-# to 4.3 ms of wall time, against BEGIN, INSERT, UPDATE, COMMIT.
+# and one commit instead of a transaction per email (BEGIN, INSERT, UPDATE, COMMIT).
 _RENDER_IN_ONE = (
     "WITH m AS (INSERT INTO " + _MESSAGE_COLUMNS + " VALUES {rows} "
     "ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, action_id) "
@@ -317,7 +312,7 @@ def _render_one(action_id: int, facts: _SendAction | None, settings: Settings,
         }),
         0, now,
     )
-    return _Rendered(row, send_order(message_id, SendScope.of(
+    return _Rendered(row, make_send_order(message_id, SendScope.of(
         facts.tenant_id, sender_email, facts.contact_email,
         Tenant.rate_limits.python_value(facts.tenant_rate_limits), sender_overrides,
     ), now))

@@ -39,7 +39,7 @@ class SendScope(NamedTuple):
                    sender_overrides or {})
 
 
-def send_order(message_id: str, scope: SendScope, rendered_at: datetime) -> dict:
+def make_send_order(message_id: str, scope: SendScope, rendered_at: datetime) -> dict:
     """What a render hands its send: the message id and whom the send counts
     against, so that the send's rate limits need no read of their own (the render
     read it all already). JSON, as it travels in a broker message."""
@@ -54,8 +54,8 @@ def order_message_id(order: dict | str | None) -> str | None:
 
 
 # The message's status, tenant, sender and recipient, and the rate-limit overrides
-# of its tenant and (when it is one) its sender identity: scalar subqueries rather
-# than joins, which PostgreSQL plans in 0.04 ms, not 0.09.
+# of its tenant and (when it is one) its sender identity: scalar subqueries, which
+# PostgreSQL plans faster than the joins.
 _SEND_SCOPE = """
 SELECT m.status, m.tenant_id, m.from_email, m.to_email,
     (SELECT t.rate_limits FROM tenant AS t WHERE t.id = m.tenant_id),

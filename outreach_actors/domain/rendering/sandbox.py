@@ -256,8 +256,8 @@ class _GuardedCodeGenerator(CodeGenerator):
 
 
 # Turns of all the loops of one render together. An email's loops take a few hundred.
-# The budget bounds how long a bad template holds a worker thread: at a million,
-# loops that recurse (``loop(...)``) took 3 s per render on a slow, loaded machine.
+# The budget bounds how long a bad template holds a worker thread (loops that
+# recurse, ``loop(...)``, cost the most per turn).
 MAX_LOOP_TURNS = 250_000
 LOOP_BUDGET_FILTER = "outreach_loop_budget"
 loop_turns: ContextVar[list[int]] = ContextVar("outreach_loop_turns")
