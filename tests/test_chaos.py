@@ -32,9 +32,10 @@ from outreach_actors.worker.actors.mail import requeue_send, send
 from .conftest import POSTGRES_URL, make_settings, require_postgres
 from .factories import load_plan, make_tenant
 
-# Its own database: the run drops its tables (outreach_test is the other suites',
-# outreach_chaos the benchmark's, which may run at the same time).
-CHAOS_DATABASE_URL = urlparse(POSTGRES_URL)._replace(path="/outreach_chaos_test").geturl()
+# Its own database beside the suite's (outreach_test_chaos by default): the run drops its
+# tables, and the benchmark's chaos run (outreach_chaos) may run at the same time.
+CHAOS_DATABASE_URL = urlparse(POSTGRES_URL)._replace(
+    path=urlparse(POSTGRES_URL).path + "_chaos").geturl()
 
 
 def test_a_campaign_under_faults_keeps_every_invariant(tmp_path) -> None:
