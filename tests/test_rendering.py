@@ -20,8 +20,8 @@ from outreach_actors.domain.rendering import (
     RenderError,
     TemplateRenderer,
     html_to_text,
-    text,
 )
+from outreach_actors.domain.rendering import text as text_part
 
 EXAMPLE_TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 
@@ -233,8 +233,8 @@ CLEANED_MARKUP = st.lists(
 def text_through_the_cleaner(html: str) -> str:
     """html_to_text as it was before it skipped lxml's Cleaner: every tree cleaned."""
     nothing, everything = lxml.etree.XPath("/.."), lxml.etree.XPath("//node()")
-    with mock.patch.object(text, "_COMMENTS", nothing), \
-            mock.patch.object(text, "_CLEANED_ELEMENTS", everything):
+    with mock.patch.object(text_part, "_COMMENTS", nothing), \
+            mock.patch.object(text_part, "_CLEANED_ELEMENTS", everything):
         return html_to_text(html)
 
 

@@ -256,7 +256,7 @@ def test_wait_for_returns_once_mails_arrive_and_times_out_otherwise(server):
 
 def test_the_stand_in_runs_as_its_own_process():
     process = subprocess.Popen(
-        [sys.executable, "-m", "outreach_actors.dev.standin", "--port", "0", "--api-key", API_KEY],
+        [sys.executable, "-m", "outreach_actors.testing", "--port", "0", "--api-key", API_KEY],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "OUTREACH_BROKER_URL": "stub://"},
     )
     try:

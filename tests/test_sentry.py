@@ -24,7 +24,8 @@ WORKER = textwrap.dedent(
     """
     import sentry_sdk, dramatiq
     import outreach_actors  # Sentry is initialised before the broker is built
-    from outreach_actors import engine, models
+    from outreach_actors.domain import engine
+    from outreach_actors.domain.store import models
     from outreach_actors.worker.actors.mail import fire_timeout, render
     from outreach_actors.domain.plans import validate_plan
 
@@ -117,7 +118,8 @@ SENDING_WORKER = textwrap.dedent(
     """
     import sentry_sdk, dramatiq
     import outreach_actors
-    from outreach_actors import engine, models
+    from outreach_actors.domain import engine
+    from outreach_actors.domain.store import models
     from outreach_actors.worker.actors.mail import render, send
     from outreach_actors.domain.plans import validate_plan
 

@@ -64,8 +64,8 @@ def synthetic_events() -> Counter:
 
 
 def test_a_batch_fires_every_timer_once_and_a_replay_changes_nothing(db) -> None:
-    timers = sent_intros(20)
-    ids = [timer.id for timer in timers]
+    due = sent_intros(20)
+    ids = [timer.id for timer in due]
     outcomes = timers.fire_timeouts(ids)
     assert outcomes == dict.fromkeys(ids, "fired")
     assert Counter(e.current_node for e in Enrollment.select()) == {"bump": 20}
@@ -81,11 +81,11 @@ def test_a_batch_fires_every_timer_once_and_a_replay_changes_nothing(db) -> None
 
 
 def test_a_batch_costs_the_statements_of_one_timer(db) -> None:
-    timers = sent_intros(41)
+    due = sent_intros(41)
     with counting() as one:
-        assert timers.fire_timeouts([timers[0].id]) == {timers[0].id: "fired"}
+        assert timers.fire_timeouts([due[0].id]) == {due[0].id: "fired"}
     with counting() as forty:
-        outcomes = timers.fire_timeouts([timer.id for timer in timers[1:]])
+        outcomes = timers.fire_timeouts([timer.id for timer in due[1:]])
     assert set(outcomes.values()) == {"fired"} and len(outcomes) == 40
     assert len(forty.sql) == len(one.sql) and forty.transactions == one.transactions
 
@@ -111,8 +111,8 @@ def test_each_timer_in_a_batch_gets_its_own_outcome(db) -> None:
 
 
 def test_two_timers_of_one_contact_in_a_batch_move_it_once(db) -> None:
-    timers = sent_intros(2, TWO_TIMER_PLAN)
-    by_event = {(t.enrollment_id, t.event): t.id for t in timers}
+    due = sent_intros(2, TWO_TIMER_PLAN)
+    by_event = {(t.enrollment_id, t.event): t.id for t in due}
     assert len(by_event) == 4
     outcomes = timers.fire_timeouts(list(by_event.values()))
     # The earlier no_open moves each contact to bump; its no_click finds it gone.
@@ -124,8 +124,8 @@ def test_two_timers_of_one_contact_in_a_batch_move_it_once(db) -> None:
 
 
 def test_concurrent_deliveries_of_overlapping_batches_fire_each_timer_once(db) -> None:
-    timers = sent_intros(30)
-    ids = [timer.id for timer in timers]
+    due = sent_intros(30)
+    ids = [timer.id for timer in due]
     batches = [ids, ids[::-1], ids[10:], ids[:20]]
     barrier = threading.Barrier(len(batches))
     results: list[dict[int, str]] = []
@@ -166,10 +166,10 @@ def refuse_inserts(database, table: str) -> tuple[list[str], list[str]]:
 
 
 def test_a_failed_batch_gives_its_claims_back_for_the_retry(db) -> None:
-    timers = sent_intros(4)
-    ids = [timer.id for timer in timers]
+    due = sent_intros(4)
+    ids = [timer.id for timer in due]
     # One contact bounced while its timer was already enqueued: a skip, rolled back too.
-    moved_on = timers[-1]
+    moved_on = due[-1]
     engine.process_event(moved_on.enrollment_id, "bounced", node="intro")
     ScheduledAction.update(status="enqueued").where(ScheduledAction.id == moved_on.id).execute()
     # A real failure inside the transaction: the synthetic events cannot be stored.
@@ -205,12 +205,12 @@ def test_timers_due_together_share_a_message_and_none_is_sent_early() -> None:
 
 
 def test_enqueued_timers_travel_in_batches_and_sends_in_pipelines(stub_broker, db) -> None:
-    timers = sent_intros(3)
+    due = sent_intros(3)
     # Plus a send due now (a fourth contact, just enrolled).
     engine.enroll("acme", "d@example.com", "onboarding")
     dispatch.dispatch_due_actions(enqueue_actions)
     timeout_messages = [dramatiq.Message.decode(data)
                         for data in stub_broker.queues["timeouts"].queue]
     assert [(m.actor_name, sorted(m.args[0])) for m in timeout_messages] == [
-        (fire_timeouts.actor_name, sorted(t.id for t in timers))]
+        (fire_timeouts.actor_name, sorted(t.id for t in due))]
     assert stub_broker.queues["render"].qsize() == 1

@@ -47,6 +47,7 @@ from outreach_actors.dev.simulation import EngagementSimulator
 from outreach_actors.dev.standin import SendGridStandIn
 from outreach_actors.dev.webhook_events import generate_webhook_keys
 from outreach_actors.domain import dispatch, engine, ingest
+from outreach_actors.domain.mail import ambiguous
 from outreach_actors.domain.plans import validate_plan
 from outreach_actors.domain.store import models
 from outreach_actors.domain.store.db import ensure_postgres_database
@@ -487,10 +488,10 @@ class Campaign:
                 self.next_reconcile = time.monotonic() + RECONCILE_EVERY_S
                 self.tally.leases_reclaimed += dispatch.reconcile_expired_leases(
                     requeue_actions, settings=self.settings)
-                requeued, ambiguous = dispatch.reconcile_stuck_messages(
+                requeued, marked_ambiguous = dispatch.reconcile_stuck_messages(
                     enqueue_send, settings=self.settings)
                 self.tally.sends_requeued += requeued
-                self.tally.marked_ambiguous += ambiguous
+                self.tally.marked_ambiguous += marked_ambiguous
                 self.tally.settled_by_policy += ambiguous.settle_ambiguous_sends(
                     requeue_send, settings=self.settings)
                 self.tally.deliveries_requeued += ingest.requeue_stale_deliveries(

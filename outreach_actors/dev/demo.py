@@ -88,7 +88,7 @@ def _default_templates_dir() -> Path:
     if (configured / SAMPLE_PLAN).exists():
         return configured.resolve()
     # Installed from a checkout: the repository's templates/ sits beside the package.
-    return (Path(__file__).resolve().parent.parent / "templates").resolve()
+    return (Path(__file__).resolve().parents[2] / "templates").resolve()
 
 
 def _counts() -> dict[str, int]:
