@@ -11,7 +11,7 @@ from typing import Any
 
 import peewee
 
-from outreach_actors.domain import engine
+from outreach_actors.domain import dispatch, engine
 from outreach_actors.domain.engine import AlreadyEnrolled, EnrollmentError
 from outreach_actors.domain.store.models import Enrollment
 from outreach_actors.web.endpoints import (
@@ -22,6 +22,7 @@ from outreach_actors.web.endpoints import (
     host_settings,
 )
 from outreach_actors.web.http import database_connection
+from outreach_actors.worker.actors.mail import enqueue_actions
 
 __all__ = ["UNSUBSCRIBE_PATH", "WEBHOOK_PATH", "AlreadyEnrolled", "Endpoints", "EnrollmentError",
            "OutreachUnavailable", "activate", "enroll", "host_settings"]
@@ -47,7 +48,7 @@ def enroll(
     OutreachUnavailable when the database cannot be reached.
     """
     try:
-        with database_connection():
+        with database_connection(), dispatch.dispatch_after_commit(enqueue_actions):
             return engine.enroll(tenant_id, email, plan_name, fields=fields, timezone=timezone)
     except peewee.OperationalError as exc:
         raise OutreachUnavailable(f"the outreach database cannot be reached: {exc}") from exc

@@ -10,11 +10,13 @@ finished within its lease (a killed worker, a flushed broker) is enqueued again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 
 import peewee
 
+from outreach_actors.domain import scheduled_soon
 from outreach_actors.domain.mail.ambiguous import mark_interrupted_sends
 from outreach_actors.domain.store.db import is_postgresql
 from outreach_actors.domain.store.models import (
@@ -58,33 +60,73 @@ def dispatch_due_actions(
 ) -> int:
     """Claim actions due within the horizon and hand them to ``enqueue``; returns the count."""
     settings = settings or get_settings()
-    clock = (lambda: now) if now is not None else utcnow
-    now = clock()
-    horizon = now + settings.dispatch_horizon
     total = 0
     while True:
-        query = (
+        claimed = _dispatch(lambda horizon: (
             ScheduledAction.select()
             .where(ScheduledAction.status == ScheduledAction.PENDING, ScheduledAction.run_at <= horizon)
             .order_by(ScheduledAction.run_at)
             .limit(settings.dispatch_batch_size)
-        )
-        # The lease counts from the end of the horizon: an action enqueued with a
-        # delay is not late before it is due.
-        lease_until = horizon + settings.action_lease
-        actions = _claim(query, now, lease_until)
-        if actions:
-            # Delays count from now, not from the start: claiming a large backlog
-            # takes a while, and every timer would be late by that much.
-            sent_at = clock()
-            enqueue([(action, max(0, int((action.run_at - sent_at).total_seconds() * 1000)))
-                     for action in actions])
-        total += len(actions)
-        if len(actions) < settings.dispatch_batch_size:
+        ), enqueue, now, settings)
+        total += claimed
+        if claimed < settings.dispatch_batch_size:
             break
     if total:
         logger.info("Dispatched %d due actions", total)
     return total
+
+
+def dispatch_actions(dedupe_keys: Sequence[str], enqueue: Enqueue, *, now: datetime | None = None,
+                     settings: Settings | None = None) -> int:
+    """Claim these actions, where still pending and due within the horizon, and hand them
+    to ``enqueue`` as the dispatcher would; returns the count. The claim is the
+    dispatcher's, so an action both paths reach is enqueued once."""
+    settings = settings or get_settings()
+    total = 0
+    for chunk in peewee.chunked(sorted(set(dedupe_keys)), settings.dispatch_batch_size):
+        total += _dispatch(lambda horizon, keys=chunk: ScheduledAction.select().where(
+            ScheduledAction.dedupe_key.in_(keys), ScheduledAction.status == ScheduledAction.PENDING,
+            ScheduledAction.run_at <= horizon), enqueue, now, settings)
+    return total
+
+
+@contextmanager
+def dispatch_after_commit(enqueue: Enqueue, *, settings: Settings | None = None) -> Iterator[None]:
+    """Run the block; once it has committed, dispatch at once what it scheduled due within
+    the horizon (a transition's next send, a timer due soon), instead of waiting for the
+    dispatcher's next poll. The dispatcher stays the safety net: nothing is dispatched
+    when the block raised or a transaction is still open, and a failure here is logged."""
+    token = scheduled_soon.start_noting()
+    try:
+        yield
+    finally:
+        noted = scheduled_soon.stop_noting(token)
+    if not noted:
+        return
+    if database_proxy.in_transaction():
+        return  # not committed yet: the dispatcher finds the rows once they are
+    try:
+        dispatch_actions(noted, enqueue, settings=settings)
+    except Exception:
+        logger.warning("Dispatching %d actions after commit failed; the dispatcher will",
+                       len(noted), exc_info=True)
+
+
+def _dispatch(select: Callable[[datetime], peewee.ModelSelect], enqueue: Enqueue,
+              now: datetime | None, settings: Settings) -> int:
+    """Claim what ``select(horizon)`` picks and enqueue it, each with its delay."""
+    clock = (lambda: now) if now is not None else utcnow
+    horizon = clock() + settings.dispatch_horizon
+    # The lease counts from the end of the horizon: an action enqueued with a
+    # delay is not late before it is due.
+    actions = _claim(select(horizon), clock(), horizon + settings.action_lease)
+    if actions:
+        # Delays count from now, not from the start: claiming a large backlog
+        # takes a while, and every timer would be late by that much.
+        sent_at = clock()
+        enqueue([(action, max(0, int((action.run_at - sent_at).total_seconds() * 1000)))
+                 for action in actions])
+    return len(actions)
 
 
 def due_batches(

@@ -24,6 +24,7 @@ from outreach_actors.domain.plans import (
     PlanSpec,
     iana_zone,
 )
+from outreach_actors.domain.scheduled_soon import note_scheduled
 from outreach_actors.domain.store.keys import action_key
 from outreach_actors.domain.store.models import (
     Contact,
@@ -226,12 +227,14 @@ def _schedule(actions: Sequence[tuple[Enrollment, str, str, str | None, datetime
     current visits; one already there (same dedupe key) is left as it is."""
     if not actions:
         return
-    insert_rows(ScheduledAction, [
+    rows = [
         {"enrollment": enrollment.id, "node": node, "kind": kind, "event": event,
          "run_at": run_at, "visit_version": enrollment.version,
          "dedupe_key": action_key(kind, enrollment.id, node, event, enrollment.version)}
         for enrollment, node, kind, event, run_at in actions
-    ], ignore_conflicts=True)
+    ]
+    insert_rows(ScheduledAction, rows, ignore_conflicts=True)
+    note_scheduled(rows)
 
 
 def _timeout_duration(event: str, after: timedelta | None) -> timedelta:
@@ -382,9 +385,11 @@ def after_send(message: OutboundMessage, *, now: datetime | None = None) -> None
     ``message`` needs its id, enrollment, action and sent_at. (The send itself writes
     them in the statement that marks the message sent: see timers_after_send.)
     """
-    insert_rows(ScheduledAction, timers_after_send(
+    timers = timers_after_send(
         message.id, message.enrollment_id, message.action_id, message.sent_at or now or utcnow(),
-    ), ignore_conflicts=True)
+    )
+    insert_rows(ScheduledAction, timers, ignore_conflicts=True)
+    note_scheduled(timers)
 
 
 def timers_after_send(

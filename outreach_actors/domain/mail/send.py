@@ -14,6 +14,7 @@ from outreach_actors.domain.addresses import address_key
 from outreach_actors.domain.mail.outgoing import OutgoingEmail, SendOutcome
 from outreach_actors.domain.metrics import count
 from outreach_actors.domain.observability import tag
+from outreach_actors.domain.scheduled_soon import note_scheduled
 from outreach_actors.domain.store.db import prepare
 from outreach_actors.domain.store.models import (
     Enrollment,
@@ -145,6 +146,7 @@ def _mark_sent(message_id: str, provider_message_id: str | None, timers: list[di
             database_proxy.execute_sql(*mark)
             for insert, params in inserts:
                 database_proxy.execute_sql(insert, params)
+    note_scheduled(timers)
 
 
 def _set_status(message_id: str, status: str, **values) -> None:

@@ -101,8 +101,10 @@ def send(order: dict | str | None) -> None:
     message = CurrentMessage.get_current_message()
     retries = message.options.get("retries", 0) if message else 0
     try:
-        send_message(message_id, sendgrid_client_from_settings(get_settings()),
-                              final_attempt=retries >= SEND_MAX_RETRIES)
+        # Timers due soon after the send (a short no_open) are enqueued once it commits.
+        with dispatch.dispatch_after_commit(enqueue_actions):
+            send_message(message_id, sendgrid_client_from_settings(get_settings()),
+                         final_attempt=retries >= SEND_MAX_RETRIES)
     except RetryableSendError as exc:
         # Expected (429, 5xx, the network): Dramatiq's Retry is retried like any error but
         # logged without a traceback and not reported to Sentry as one; SendGrid's
@@ -118,13 +120,16 @@ def send(order: dict | str | None) -> None:
 @dramatiq.actor(queue_name=TIMER_QUEUE, max_retries=10)
 def fire_timeout(action_id: int) -> None:
     """Fire a due timeout: a synthetic no_open/no_click/elapsed event, exactly once."""
-    timers.fire_timeout(action_id)
+    with dispatch.dispatch_after_commit(enqueue_actions):
+        timers.fire_timeout(action_id)
 
 
 @dramatiq.actor(queue_name=TIMER_QUEUE, max_retries=10)
 def fire_timeouts(action_ids: list[int]) -> None:
-    """Fire a batch of timeouts that came due together (see timers.fire_timeouts)."""
-    timers.fire_timeouts(action_ids)
+    """Fire a batch of timeouts that came due together (see timers.fire_timeouts); the
+    sends and timers their moves schedule due soon are enqueued once they commit."""
+    with dispatch.dispatch_after_commit(enqueue_actions):
+        timers.fire_timeouts(action_ids)
 
 
 def enqueue_actions(due: list[tuple[ScheduledAction, int]], **options: Any) -> None:
@@ -133,13 +138,14 @@ def enqueue_actions(due: list[tuple[ScheduledAction, int]], **options: Any) -> N
     and per batch of timers (``options``: message options)."""
     settings = get_settings()
     sends = [(action, delay_ms) for action, delay_ms in due if action.kind == ScheduledAction.SEND]
-    timers = [(action, delay_ms) for action, delay_ms in due if action.kind != ScheduledAction.SEND]
+    timeouts = [(action, delay_ms) for action, delay_ms in due
+                if action.kind != ScheduledAction.SEND]
     # Actions due within one polling interval of the timer queue share a message: it
     # runs them no later. (Sends wait for no deadline that tight; the same window
     # keeps one rule.)
     window_ms = int(settings.worker_poll_interval.total_seconds() * 1000)
     for actor, actions, max_size in ((render_batch, sends, settings.render_batch_size),
-                                     (fire_timeouts, timers, settings.timeout_batch_size)):
+                                     (fire_timeouts, timeouts, settings.timeout_batch_size)):
         for ids, delay_ms in dispatch.due_batches(actions, max_size=max_size, window_ms=window_ms):
             actor.send_with_options(args=(ids,), delay=delay_ms or None, **options)
 

@@ -9,9 +9,10 @@ import logging
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
-from outreach_actors.domain import ingest, unsubscribe
+from outreach_actors.domain import dispatch, ingest, unsubscribe
 from outreach_actors.providers.sendgrid.events import parse_sendgrid_batch
 from outreach_actors.settings import get_settings
+from outreach_actors.worker.actors.mail import enqueue_actions
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +35,10 @@ def normalize_webhook(delivery_id: int) -> None:
     message = CurrentMessage.get_current_message()
     retries = message.options.get("retries", 0) if message else 0
     try:
-        ingest.normalize_delivery(delivery_id, parse_batch=parse_sendgrid_batch,
-                                 last_attempt=retries >= WEBHOOK_MAX_RETRIES)
+        # A click that moves a contact to a thanks email: enqueued once the events commit.
+        with dispatch.dispatch_after_commit(enqueue_actions):
+            ingest.normalize_delivery(delivery_id, parse_batch=parse_sendgrid_batch,
+                                     last_attempt=retries >= WEBHOOK_MAX_RETRIES)
     except ingest.MessagesNotYetStored as exc:
         # Expected, and retried: a WARNING, not an error with a traceback for Sentry.
         logger.warning("%s (attempt %d of %d)", exc, retries + 1, WEBHOOK_MAX_RETRIES + 1)
