@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, tuple[str, ...]] = {
     "limiter": ("limiter_overshoot", "limiter_utilization"),
     "webhooks": ("webhook_events_per_s",),
     "reactions": ("reaction_timer_p99_s", "reaction_event_p99_s"),
+    "enroll": ("enroll_per_s",),
     "timers": ("timer_lateness_p99_s", "broker_bytes_per_pending_timer",
                "worker_rss_mib_1m_timers"),
     "chaos": ("chaos_duplicate_sends", "chaos_lost_timers", "chaos_lost_events"),

@@ -7,12 +7,15 @@ them. Sentry is left to the host app, which initialises it for itself.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import peewee
 
 from outreach_actors.domain import dispatch, engine
 from outreach_actors.domain.engine import AlreadyEnrolled, EnrollmentError
+from outreach_actors.domain.enroll_many import ContactRow, EnrollManyResult
+from outreach_actors.domain.enroll_many import enroll_many as _enroll_many
 from outreach_actors.domain.store.models import Enrollment
 from outreach_actors.web.endpoints import (
     UNSUBSCRIBE_PATH,
@@ -24,8 +27,9 @@ from outreach_actors.web.endpoints import (
 from outreach_actors.web.http import database_connection
 from outreach_actors.worker.actors.mail import enqueue_actions
 
-__all__ = ["UNSUBSCRIBE_PATH", "WEBHOOK_PATH", "AlreadyEnrolled", "Endpoints", "EnrollmentError",
-           "OutreachUnavailable", "activate", "enroll", "host_settings"]
+__all__ = ["UNSUBSCRIBE_PATH", "WEBHOOK_PATH", "AlreadyEnrolled", "ContactRow", "Endpoints",
+           "EnrollManyResult", "EnrollmentError", "OutreachUnavailable", "activate", "enroll",
+           "enroll_many", "host_settings"]
 
 
 class OutreachUnavailable(RuntimeError):
@@ -50,5 +54,18 @@ def enroll(
     try:
         with database_connection(), dispatch.dispatch_after_commit(enqueue_actions):
             return engine.enroll(tenant_id, email, plan_name, fields=fields, timezone=timezone)
+    except peewee.OperationalError as exc:
+        raise OutreachUnavailable(f"the outreach database cannot be reached: {exc}") from exc
+
+
+def enroll_many(tenant_id: str, plan_name: str, rows: Iterable[ContactRow], *,
+                import_key: str | None = None) -> EnrollManyResult:
+    """Enroll a list of contacts a batch at a time (see ``domain.enroll_many``): each
+    refused row is reported in the result by its ``key``, never raised; the same list
+    enrolled again enrolls no one twice. OutreachUnavailable when the database cannot
+    be reached (the batches committed before stand; enrolling the list again is safe)."""
+    try:
+        with database_connection():
+            return _enroll_many(tenant_id, plan_name, rows, import_key=import_key)
     except peewee.OperationalError as exc:
         raise OutreachUnavailable(f"the outreach database cannot be reached: {exc}") from exc

@@ -101,15 +101,23 @@ def _kind(value: object) -> str:
     return type(value).__name__ if not isinstance(value, Mapping) else "a mapping with other keys"
 
 
-def upsert_contact(
-    tenant_id: str, email: str, fields: dict[str, Any] | None, timezone: str | None
-) -> Contact:
+def checked_contact(email: str, fields: object, timezone: str | None
+                    ) -> tuple[str, dict[str, Any], str | None]:
+    """A contact's address, fields and time zone as stored; EnrollmentError, saying why,
+    for any of them that cannot be."""
     address = normalize_email(email)
     fields = _contact_fields(fields)
     timezone = None if timezone == "" else timezone  # an empty CSV cell or form field
     if timezone is not None and not _known_zone(timezone):
         # Refused, not stored: the send window would silently use its own zone instead.
         raise EnrollmentError(f"{timezone!r:.80} is not an IANA time zone such as Europe/Paris")
+    return address, fields, timezone
+
+
+def upsert_contact(
+    tenant_id: str, email: str, fields: dict[str, Any] | None, timezone: str | None
+) -> Contact:
+    address, fields, timezone = checked_contact(email, fields, timezone)
     contact, created = Contact.get_or_create(
         tenant=tenant_id, email=address,
         defaults={"fields": fields, "timezone": timezone},
@@ -160,9 +168,14 @@ def enroll(
                 f"{contact.email} is already enrolled in plan {plan_name!r} "
                 "(set allow_reentry: true in the plan to allow it)"
             ) from None
-        _enter([enrollment], plan, plan.start, via_event=None, now=now)
+        enter_start([enrollment], plan, now=now)
     logger.info("Enrolled enrollment=%s tenant=%s plan=%s", enrollment.id, tenant_id, plan_name)
     return enrollment
+
+
+def enter_start(enrollments: Sequence[Enrollment], plan: PlanSpec, *, now: datetime) -> None:
+    """New enrollments (at version 0, in the plan's start node) enter it."""
+    _enter(enrollments, plan, plan.start, via_event=None, now=now)
 
 
 def _enter(
@@ -207,7 +220,8 @@ def _enter(
 
 def _contact_zones(enrollments: Sequence[Enrollment]) -> dict[int, str | None]:
     """Each enrollment's contact time zone, by contact id; loaded contacts cost nothing."""
-    zones = {e.contact_id: e.contact.timezone for e in enrollments if "contact" in e.__rel__}
+    zones = {e.contact_id: e.contact.timezone for e in enrollments
+             if "contact" in getattr(e, "__rel__", ())}
     missing = [e.contact_id for e in enrollments if e.contact_id not in zones]
     if missing:
         zones.update(Contact.select(Contact.id, Contact.timezone)

@@ -312,7 +312,8 @@ _MAX_INSERT_PARAMS = 30_000
 
 def insert_rows(model: type[BaseModel], rows: Sequence[Mapping[str, Any]], *,
                 ignore_conflicts: bool = False, conflict_target: str | None = None,
-                returning: str | None = None, rows_per_statement: int | None = None) -> list[Any]:
+                returning: str | tuple[str, ...] | None = None,
+                rows_per_statement: int | None = None) -> list[Any]:
     """Insert ``rows`` (field name -> Python value) into ``model``'s table, in as few
     statements as the parameter limit allows; a row whose unique key exists already is
     left alone when ``ignore_conflicts`` (on ``conflict_target``'s key, or any). With
@@ -322,7 +323,7 @@ def insert_rows(model: type[BaseModel], rows: Sequence[Mapping[str, Any]], *,
     cost more CPU than the database spent on the batch. Here each value goes through its
     field's ``db_value`` only. Fields a row leaves out take their defaults, as with
     Peewee; ``ON CONFLICT DO NOTHING [RETURNING]`` is accepted by PostgreSQL and SQLite
-    3.35+ alike.
+    3.35+ alike. ``returning`` may name several columns: then each value is a tuple.
     """
     database = database_proxy.obj
     returned: list[Any] = []
@@ -330,14 +331,17 @@ def insert_rows(model: type[BaseModel], rows: Sequence[Mapping[str, Any]], *,
                                          conflict_target=conflict_target, returning=returning,
                                          rows_per_statement=rows_per_statement):
         cursor = database.execute_sql(sql, params)
-        if returning:
+        if isinstance(returning, str):
             returned.extend(row[0] for row in cursor.fetchall())
+        elif returning:
+            returned.extend(map(tuple, cursor.fetchall()))
     return returned
 
 
 def insert_statements(model: type[BaseModel], rows: Sequence[Mapping[str, Any]], *,
                       ignore_conflicts: bool = False, conflict_target: str | None = None,
-                      returning: str | None = None, rows_per_statement: int | None = None,
+                      returning: str | tuple[str, ...] | None = None,
+                      rows_per_statement: int | None = None,
                       ) -> Iterator[tuple[str, list[Any]]]:
     """The (sql, params) statements insert_rows runs, for a caller that runs them
     itself (e.g. as part of a larger statement); none for no rows."""
@@ -358,7 +362,8 @@ def insert_statements(model: type[BaseModel], rows: Sequence[Mapping[str, Any]],
     if ignore_conflicts:
         tail = f' ON CONFLICT ("{conflict_target}") DO NOTHING' if conflict_target else " ON CONFLICT DO NOTHING"
     if returning:
-        tail += f' RETURNING "{returning}"'
+        columns = (returning,) if isinstance(returning, str) else returning
+        tail += " RETURNING " + ", ".join(f'"{column}"' for column in columns)
     per_statement = max(1, _MAX_INSERT_PARAMS // len(fields))
     per_statement = min(per_statement, rows_per_statement or per_statement)
     for start in range(0, len(rows), per_statement):
