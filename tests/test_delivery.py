@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from outreach_actors.dev.standin import SendGridStandIn
@@ -111,6 +113,26 @@ def test_a_permanent_refusal_is_recorded_with_the_providers_message(rendered, st
     result = delivery.send_message(rendered.id, client_for(standin))
     assert result.status == "failed"
     assert "verified Sender Identity" in OutboundMessage.get_by_id(rendered.id).error
+
+
+def test_a_sendgrid_error_quoting_addresses_is_logged_and_stored_without_them(
+    rendered, standin, caplog
+) -> None:
+    # SendGrid's text goes to the ERROR log (and so to Sentry) and to the message's error.
+    standin.fail_next(400, body={"errors": [{
+        "message": "The from address sales@acme.test does not match a verified Sender "
+                   "Identity (to: <Ada@Example.com>).", "field": "from"}]})
+
+    with caplog.at_level(logging.DEBUG):
+        result = delivery.send_message(rendered.id, client_for(standin))
+
+    assert result.status == "failed"
+    error = OutboundMessage.get_by_id(rendered.id).error
+    assert error == ("400 from: The from address [address] does not match a verified Sender "
+                     "Identity (to: <[address]>).")
+    [logged] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "does not match a verified Sender Identity" in logged
+    assert all("@" not in r.getMessage() for r in caplog.records)
 
 
 def test_a_connection_dropped_after_acceptance_is_ambiguous_not_retried(rendered, standin) -> None:

@@ -202,6 +202,36 @@ def test_an_event_naming_another_tenant_is_refused_and_moves_no_one(db) -> None:
     assert "tenant 'globex' does not own message MSG-1" in error
 
 
+def test_a_spam_report_on_alices_message_naming_bob_suppresses_alice_not_bob(db, caplog) -> None:
+    make_tenant("acme")
+    load_plan()
+    alice = engine.enroll("acme", "alice@example.com", "onboarding")
+    bob = engine.enroll("acme", "bob@example.com", "onboarding")
+    make_message("MSG-A", "alice@example.com", enrollment=alice, node="intro")
+    report = {"event": "spamreport", "email": "Bob@Example.com", "timestamp": 1763790500,
+              "sg_event_id": "odd-report", "outreach_message_id": "MSG-A",
+              "outreach_tenant": "acme"}
+
+    with caplog.at_level(logging.WARNING, logger="outreach_actors.domain.ingest"):
+        result = normalize_delivery(store([report]))
+
+    assert (result.status, result.stored, result.refused) == ("processed", 1, 0)
+    # Bob, whom the event names but who never got this message, is untouched.
+    assert not is_suppressed("acme", "bob@example.com")
+    assert (reload(bob).status, reload(bob).current_node) == ("active", "intro")
+    # Alice, the message's recipient, is who the report is about.
+    assert [(s.value, s.reason) for s in Suppression.select()] == [
+        ("alice@example.com", "complained")]
+    assert (reload(alice).status, reload(alice).exit_reason) == ("exited", "complained")
+    event = MessageEvent.get(MessageEvent.event_key == "sg:odd-report")
+    assert event.data["recipient_mismatch"] is True
+    assert event.email == "alice@example.com"
+    [warning] = [r for r in caplog.records if "recipient" in r.getMessage()]
+    assert warning.levelno == logging.WARNING
+    assert "sg:odd-report" in warning.getMessage() and "MSG-A" in warning.getMessage()
+    assert "@" not in warning.getMessage()  # ids only, no address
+
+
 def test_on_the_last_attempt_events_of_messages_this_database_lacks_are_kept_without_them(db) -> None:
     make_tenant("acme")
     stray = {"event": "bounce", "email": "zed@example.com", "timestamp": 1763790500,

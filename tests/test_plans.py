@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import json
 from datetime import time, timedelta
+from time import monotonic
 
 import isodate
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from outreach_actors.domain.plans import MAX_AFTER, PlanError, plan_from_definition, validate_plan
+from outreach_actors.domain.plans import (
+    MAX_AFTER,
+    MAX_PLAN_BYTES,
+    PlanError,
+    plan_from_definition,
+    validate_plan,
+)
 
 VALID = """
 name: onboarding
@@ -240,3 +247,23 @@ def test_a_stored_plan_is_read_back_without_checks_added_since_it_was_loaded() -
     stored["nodes"]["a"]["transitions"][0]["on"] = "exploded"
     with pytest.raises(PlanError, match="unknown event 'exploded'"):
         plan_from_definition(stored)
+
+
+def test_a_plan_near_the_size_limit_with_30000_transitions_is_judged_within_seconds() -> None:
+    # One node's transitions repeat four events 7,500 times each (the duplicate check
+    # once counted each event against the whole list), written as JSON near 1 MB.
+    events = ["click", "open", "bounce", "delivered"]
+    transitions = [{"on": events[i % len(events)], "to": "stop"} for i in range(30_000)]
+    text = json.dumps({"name": "big", "start": "intro", "nodes": {
+        "intro": {"type": "email", "subject": "Hi", "body": "<p>Hi</p>", "transitions": transitions},
+        "stop": {"type": "exit"}}})
+    assert 900_000 < len(text) <= MAX_PLAN_BYTES
+    started = monotonic()
+
+    with pytest.raises(PlanError) as refused:
+        validate_plan(text)
+
+    assert monotonic() - started < 3  # a generous bound: it takes well under a second
+    assert refused.value.errors == [
+        f"nodes.intro.transitions: event {event!r} appears more than once"
+        for event in ["bounced", "clicked", "delivered", "opened"]]

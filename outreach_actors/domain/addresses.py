@@ -55,6 +55,24 @@ def normalized_address(value: object) -> str:
     return address_key(email)
 
 
+# An address inside free text, such as a provider's error message: anything around one
+# "@" up to a space, a bracket, a quote or a list separator (a full stop after it ends
+# the sentence). A word is tried from its start only, and once (possessive): linear
+# time over a provider's arbitrary text.
+_NOT_IN_ADDRESS = r"""\s@<>()\[\],;:"'"""
+_ADDRESS_IN_TEXT = re.compile(
+    rf"(?<![^{_NOT_IN_ADDRESS}])[^{_NOT_IN_ADDRESS}]++"
+    rf"@[^{_NOT_IN_ADDRESS}.]++(?:\.[^{_NOT_IN_ADDRESS}.]++)*+")
+#: What redact_addresses puts where an address was.
+REDACTED_ADDRESS = "[address]"
+
+
+def redact_addresses(text: str) -> str:
+    """``text`` with each email address in it replaced by ``[address]``: what a provider
+    says goes to logs and error trackers, which must not collect recipients' addresses."""
+    return _ADDRESS_IN_TEXT.sub(REDACTED_ADDRESS, text)
+
+
 def address_key(value: str) -> str:
     """The form an address is stored and looked up by: stripped and lower-cased. It
     refuses nothing, for lookups of what a provider or a link reports; what is stored

@@ -48,9 +48,12 @@ from outreach_actors.domain.unsubscribe import unsubscribe_link_prefix
 from outreach_actors.domain.vocabulary import (
     ENGINE_EVENTS,
     EXITING_EVENTS,
+    INVALID_TENANT,
+    RECIPIENT_MISMATCH,
     SUPPRESSING_BOUNCES,
     SUPPRESSING_DROPS,
     SUPPRESSING_EVENTS,
+    TENANT_ARG,
     TIMEOUT_EVENTS,
     UNSUBSCRIBE_LINK,
     MalformedBatch,
@@ -379,6 +382,18 @@ def _sort_batch(
 ) -> _Batch:
     batch = _Batch()
     for event in events:
+        if INVALID_TENANT in event.data:
+            # Read as "no tenant", it would skip the tenant check: refused like a mismatch,
+            # whether or not its message is here (yet).
+            logger.warning(
+                "Refused event key=%s delivery=%s: its tenant is %s, not a tenant id",
+                event.event_key, delivery.id, event.data[INVALID_TENANT],
+            )
+            batch.refused.append(
+                f"event {event.event_key}: refused, its {TENANT_ARG} is "
+                f"{event.data[INVALID_TENANT]}, not a tenant id"
+            )
+            continue
         message = messages["id"].get(event.message_id or "") or messages["provider"].get(
             event.provider_message_id or ""
         )
@@ -401,6 +416,8 @@ def _sort_batch(
         if event.event_key in batch.keyed:
             batch.duplicates += 1
             continue
+        if message is not None:
+            event = _flag_other_recipient(event, message)
         occurred_at = event.occurred_at or delivery.received_at
         batch.keyed[event.event_key] = (event, message, occurred_at)
         batch.rows.append({
@@ -410,7 +427,7 @@ def _sort_batch(
             "provider_event": _clip(event.provider_event),
             "synthetic": False,
             "event_key": event.event_key,
-            "email": _clip(event.email),
+            "email": _clip(address_key(message.to_email) if message else event.email),
             "occurred_at": occurred_at,
             "received_at": delivery.received_at,
             "delivery": delivery.id,
@@ -429,8 +446,15 @@ def _react(
     event: NormalizedEvent, message: _Message, occurred_at: datetime, settings: Settings,
     interest: _EngineInterest,
 ) -> None:
-    """Apply one new event of one of our messages: suppressions, then the engine."""
-    email = _recipient(event, message)
+    """Apply one new event of one of our messages, to its recipient: suppressions, then
+    the engine."""
+    email = address_key(message.to_email)
+    if event.data.get(RECIPIENT_MISMATCH):
+        logger.warning(
+            "Event key=%s of message=%s names another address than the message's recipient; "
+            "kept flagged %s and applied to the recipient only",
+            event.event_key, message.id, RECIPIENT_MISMATCH,
+        )
     _suppress_for(event, message.tenant, email, occurred_at, settings)
     if event.type in ENGINE_EVENTS and interest.wants(message, event.type):
         moved = handle_message_event(
@@ -542,10 +566,13 @@ def _clip(value: str | None) -> str | None:
     return value[:MAX_TEXT] if value else value
 
 
-def _recipient(event: NormalizedEvent, message: _Message) -> str:
-    """The event's address, or the message's own recipient when the event's is not
-    one we could store."""
-    try:
-        return normalized_address(event.email)
-    except ValueError:
-        return address_key(message.to_email)
+def _flag_other_recipient(event: NormalizedEvent, message: _Message) -> NormalizedEvent:
+    """The event, flagged ``RECIPIENT_MISMATCH`` if it names an address other than its
+    message's recipient.
+
+    A message has one recipient, whom its events are about: an event that says it is
+    about someone else is suspect, and must not suppress or remove that someone.
+    """
+    if event.email and address_key(event.email) != address_key(message.to_email):
+        return replace(event, data={**event.data, RECIPIENT_MISMATCH: True})
+    return event

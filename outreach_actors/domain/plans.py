@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import reprlib
+from collections import Counter
 from collections.abc import Callable, Hashable, Mapping
 from datetime import time, timedelta
 from typing import Annotated, Any, Literal
@@ -316,9 +317,11 @@ def load_plan_text(text: str | bytes, *, source: str = "plan") -> dict[str, Any]
     """Parse YAML or JSON text into a mapping, or raise PlanError."""
     if len(text) > MAX_PLAN_BYTES:
         raise PlanError([f"{source}: plan is {len(text):,} bytes; the limit is {MAX_PLAN_BYTES:,}"])
+    data = _json_plan(text)
     try:
         # JSON is a subset of YAML 1.2, and safe_load builds only plain data.
-        data = yaml.load(text, Loader=_PlanLoader)  # noqa: S506 (a SafeLoader subclass)
+        if data is None:
+            data = yaml.load(text, Loader=_PlanLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         raise PlanError([f"{source}: not valid YAML or JSON: {exc}{_yaml_hint(exc)}"]) from None
     except RecursionError:  # PyYAML composes nested collections recursively
@@ -326,6 +329,34 @@ def load_plan_text(text: str | bytes, *, source: str = "plan") -> dict[str, Any]
     if not isinstance(data, Mapping):
         raise PlanError([f"{source}: a plan must be a mapping with name, start and nodes"])
     return dict(data)
+
+
+def _json_plan(text: str | bytes) -> Any:
+    """The plan read as JSON, or None when it is not JSON (YAML then reads it, and
+    names any fault with its line).
+
+    JSON is YAML too, but the pure-Python YAML parser takes seconds over a plan near
+    the size limit, and json reads it at once. A repeated key is left to YAML, which
+    refuses it.
+    """
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if not text.lstrip().startswith("{"):
+        return None
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
+        return None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    mapping = dict(pairs)
+    if len(mapping) != len(pairs):
+        raise ValueError("a key appears twice in one object")
+    return mapping
 
 
 # What PyYAML's messages mean for the mistakes plan authors make.
@@ -390,7 +421,7 @@ def _graph_errors(data: Mapping[str, Any], *, stored: bool = False) -> list[str]
                 errors.append(f"{path}.after: `elapsed` needs a duration, e.g. after: P2D")
             if node_type == "wait" and event != "elapsed":
                 errors.append(f"{path}.on: a wait node sends no email; it only moves on `elapsed`")
-        for event in sorted({e for e in events if events.count(e) > 1}):
+        for event in sorted(event for event, times in Counter(events).items() if times > 1):
             errors.append(f"{base}.transitions: event {event!r} appears more than once")
         if node_type == "exit" and transitions:
             errors.append(f"{base}.transitions: an exit node has no transitions")

@@ -105,6 +105,12 @@ EXITING_EVENTS = {EventType.COMPLAINED: "complained", EventType.UNSUBSCRIBED: "u
 UNSUBSCRIBE_LINK = "unsubscribe_link"
 #: The flag a provider sets in ``data`` on an open made by a proxy, not a person.
 MACHINE_OPEN = "machine_open"
+#: Set by a provider in ``data`` when the event's tenant arg is not text (its JSON, cut
+#: short): no tenant can be read from it, so ingest refuses the event.
+INVALID_TENANT = "invalid_tenant"
+#: The flag ingest sets in ``data`` when the event names another address than its
+#: message's recipient; only the recipient is acted on.
+RECIPIENT_MISMATCH = "recipient_mismatch"
 
 #: The custom args every email carries; the provider returns them with each event.
 MESSAGE_ID_ARG = "outreach_message_id"

@@ -34,7 +34,8 @@ from sendgrid.helpers.mail import (
 )
 from sendgrid.helpers.mail.exceptions import ApiKeyIncludedException
 
-from outreach_actors.domain.addresses import sendable_address
+from outreach_actors.domain.addresses import redact_addresses, sendable_address
+from outreach_actors.domain.headers import breaks_header
 from outreach_actors.domain.mail.outgoing import OutgoingEmail, SendOutcome
 from outreach_actors.domain.vocabulary import MESSAGE_ID_ARG, TENANT_ARG
 from outreach_actors.providers.sendgrid.keepalive import KeptAliveConnections, RequestNotSent
@@ -65,13 +66,12 @@ class InvalidEmail(ValueError):
         self.field = field_name
 
 
-_LINE_BREAK = re.compile(r"[\r\n\x00]")
 # RFC 5322 field names: printable ASCII except the colon.
 _HEADER_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+\Z")
 
 
 def _refuse_line_breaks(value: str, field_name: str) -> None:
-    if _LINE_BREAK.search(value):
+    if breaks_header(value):
         raise InvalidEmail(
             field_name, "contains a line break or NUL character, which could inject mail headers"
         )
@@ -183,7 +183,8 @@ def build_mail(email: OutgoingEmail) -> Mail:
 
 
 def provider_error_text(status: int, body: bytes | str | None) -> str:
-    """SendGrid's error messages from a response body (``field: message; ...``), or the raw text."""
+    """SendGrid's error messages from a response body (``field: message; ...``), or the raw
+    text; with any email address in them redacted, since they are logged and stored."""
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else (body or "")
     try:
         errors = json.loads(text)["errors"]
@@ -194,8 +195,8 @@ def provider_error_text(status: int, body: bytes | str | None) -> str:
     except (ValueError, KeyError, TypeError):
         messages = []
     if messages:
-        return "; ".join(messages)
-    return text.strip()[:_MAX_ERROR_CHARS] or f"HTTP {status} with no message"
+        return redact_addresses("; ".join(messages))
+    return redact_addresses(text.strip())[:_MAX_ERROR_CHARS] or f"HTTP {status} with no message"
 
 
 def retry_after_seconds(headers: Message, now: float | None = None) -> float | None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from outreach_actors.domain.addresses import address_key
 from outreach_actors.domain.vocabulary import (
+    INVALID_TENANT,
     MESSAGE_ID_ARG,
     TENANT_ARG,
     MalformedBatch,
@@ -122,6 +123,7 @@ def normalize_sendgrid_event(raw: Mapping[str, Any]) -> NormalizedEvent:
     metadata = {key: raw[key] for key in raw.keys() - SENDGRID_KEYS - OUR_ARGS}
     if metadata:
         data["metadata"] = metadata
+    tenant = _tenant(raw, data)
     email = _text(raw.get("email"))
     return NormalizedEvent(
         type=event_type,
@@ -129,7 +131,7 @@ def normalize_sendgrid_event(raw: Mapping[str, Any]) -> NormalizedEvent:
         event_key=event_key_for(raw),
         message_id=_text(raw.get(MESSAGE_ID_ARG)),
         provider_message_id=provider_message_id_for(raw.get("sg_message_id")),
-        tenant=_text(raw.get(TENANT_ARG)),
+        tenant=tenant,
         email=address_key(email) if email else None,
         occurred_at=_timestamp(raw.get("timestamp")),
         data=data,
@@ -208,6 +210,19 @@ _DERIVED = {"bounced": _bounce_fields, "rejected": _drop_fields, "opened": _open
             "unsubscribed": _group_fields, "subscribed": _group_fields}
 
 
+def _tenant(raw: Mapping[str, Any], data: dict[str, Any]) -> str | None:
+    """The tenant the event names. One given as anything but non-empty text names no
+    tenant and is not the same as none given: ``data`` says what it was under
+    ``INVALID_TENANT``, and ingest refuses the event."""
+    if TENANT_ARG not in raw:
+        return None
+    value = raw[TENANT_ARG]
+    tenant = _text(value) if isinstance(value, str) else None
+    if tenant is None:
+        data[INVALID_TENANT] = "empty text" if isinstance(value, str) else _json_kind(value)
+    return tenant
+
+
 def _text(value: Any) -> str | None:
     if isinstance(value, str):
         # What text columns take: PostgreSQL refuses NUL, no UTF-8 column a lone surrogate.
@@ -239,4 +254,5 @@ def _timestamp(value: Any) -> datetime | None:
 def _json_kind(value: Any) -> str:
     if value is None:
         return "null"
-    return {bool: "a boolean", str: "a string", list: "an array"}.get(type(value), "a number")
+    return {bool: "a boolean", str: "a string", list: "an array", dict: "an object"}.get(
+        type(value), "a number")
