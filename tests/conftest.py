@@ -99,6 +99,10 @@ def data_dir(tmp_path: Path) -> Path:
     return path
 
 
+# Settings with an API key and SendGrid's own host must have a strong secret to start.
+TEST_SECRET_KEY = "tests-only-secret-7Kq2Zr9Lx1Vb8Nw3Pd5Jh0Tf6"
+
+
 def make_settings(data_dir: Path, **overrides) -> Settings:
     values = dict(
         data_dir=data_dir,
@@ -106,6 +110,7 @@ def make_settings(data_dir: Path, **overrides) -> Settings:
         database_url=f"sqlite:///{data_dir / 'outreach.db'}",
         templates_dir=Path(__file__).resolve().parent.parent / "templates",
         sendgrid_api_key=STANDIN_API_KEY,
+        secret_key=TEST_SECRET_KEY,
     )
     values.update(overrides)
     return Settings(**values)

@@ -68,8 +68,7 @@ def endpoint(request, data_dir):
     actors = {*broker.actors.values(), normalize_webhook}
     bindings = {actor: actor.broker for actor in actors}
     keys = generate_webhook_keys()
-    settings = make_settings(data_dir, database_url=url, sendgrid_webhook_public_key=keys.public_key,
-                             secret_key="fuzz-secret")
+    settings = make_settings(data_dir, database_url=url, sendgrid_webhook_public_key=keys.public_key)
     app = make_app(settings)
     rebind_actors(dramatiq.get_broker(), [normalize_webhook])
     make_tenant("acme")

@@ -368,3 +368,70 @@ def test_a_database_nobody_answers_is_a_one_line_error(data_dir: Path) -> None:
     assert result.exit_code == 1
     assert "cannot use the database 127.0.0.1:1/none" in result.output
     assert "Traceback" not in result.output
+
+
+def test_contact_fields_that_look_like_rich_markup_are_previewed_literally(
+    outreach, tmp_path: Path
+) -> None:
+    # Rich reads "[...]" in a str as markup: "[/bold]" crashed the preview, and a link
+    # tag showed "Bob" where the recipient gets the whole text.
+    outreach("plan", "load", str(TEMPLATES / "onboarding.yaml"), "--tenant", "acme")
+    contacts = tmp_path / "markup.csv"
+    contacts.write_text("email,first_name\nada@example.com,[/bold]\n"
+                        "bob@example.com,[link=https://evil.test/]Bob[/link]\n")
+    outreach("enroll", "--plan", "onboarding", "--tenant", "acme", "--csv", str(contacts))
+
+    for email, name in [("ada@example.com", "[/bold]"),
+                        ("bob@example.com", "[link=https://evil.test/]Bob[/link]")]:
+        output = outreach("preview", "--plan", "onboarding", "--tenant", "acme", "--node", "intro",
+                          "--contact", email, "--out", str(tmp_path / "preview.html")).output
+        assert f"Subject: Welcome, {name}" in output
+        assert f"Hi {name}," in output  # the text part, as sent
+
+
+def test_a_plan_named_like_rich_markup_is_stored_and_listed_literally(
+    outreach, tmp_path: Path
+) -> None:
+    plan = tmp_path / "odd.yaml"
+    plan.write_text((TEMPLATES / "onboarding.yaml").read_text()
+                    .replace("name: onboarding", 'name: "[/x]"'))
+    assert "loaded plan '[/x]' version 1" in outreach(
+        "plan", "load", str(plan), "--tenant", "acme").output
+    outreach("plan", "load", str(TEMPLATES / "onboarding.yaml"), "--tenant", "globex")
+
+    listed = outreach("plan", "list").output
+
+    assert "[/x]" in listed and "onboarding" in listed and "globex" in listed
+    # An error that quotes it is shown literally too.
+    assert "[/y]" in outreach("preview", "--plan", "[/y]", "--tenant", "acme", "--node", "intro",
+                              "--contact", "ada@example.com", expect=1).output
+
+
+def test_a_from_name_with_u2028_is_refused_at_sender_add_and_at_send(outreach, standin) -> None:
+    from outreach_actors.domain import engine
+    from outreach_actors.domain import mail as delivery
+    from outreach_actors.providers.sendgrid.client import SendGridClient
+
+    from .conftest import STANDIN_API_KEY
+    from .factories import load_plan, make_tenant
+
+    # The breaks the subject already refused, which a From name let through.
+    for brk in ("\u2028", "\x85", "\x0b", "\x0c"):
+        output = outreach("sender", "add", "sales@acme.test", "--tenant", "acme", "--verified",
+                          "--name", f"Acme{brk}Bcc: victim@example.com", expect=1).output
+        assert "--name: a sender name goes into the From header, which is one line" in output
+    assert models.SenderIdentity.select().count() == 0
+    # A name stored by other means (an older version, the database itself) fails its send.
+    make_tenant()
+    models.SenderIdentity.update(name="Acme\u2028Bcc: victim@example.com").execute()
+    load_plan()
+    enrollment = engine.enroll("acme", "ada@example.com", "onboarding", fields={"first_name": "Ada"})
+    action = models.ScheduledAction.get(models.ScheduledAction.enrollment == enrollment)
+    message_id = delivery.render_action(action.id)
+
+    result = delivery.send_message(message_id, SendGridClient(STANDIN_API_KEY, standin.host, 5))
+
+    assert result.status == "failed"
+    assert models.OutboundMessage.get_by_id(message_id).error.startswith(
+        "from_name: contains a line break or NUL character")
+    assert standin.requests == []

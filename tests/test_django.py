@@ -18,13 +18,14 @@ from django.views.decorators.csrf import csrf_exempt
 
 from outreach_actors.contrib import enroll
 from outreach_actors.domain.store.models import Enrollment, Suppression, WebhookDelivery
-from outreach_actors.domain.unsubscribe import unsubscribe_url
+from outreach_actors.domain.unsubscribe import DEVELOPMENT_SECRET, unsubscribe_url
 from outreach_actors.settings import get_settings
 
 from .factories import load_plan, make_tenant
 from .test_events import SAMPLE_BODY
 from .test_webhooks import (  # noqa: F401  (host_runtime is a fixture)
     activated,
+    assert_private_page,
     host_runtime,
     new_key,
     public_key_of,
@@ -153,6 +154,29 @@ def test_unsubscribe_page_and_one_click(client) -> None:
     assert Enrollment.get_by_id(enrollment["enrollment"]).status == "exited"
     assert client.get(path_ + "tampered").status_code == 400
     assert client.put(path_).status_code == 405
+
+
+def test_the_unsubscribe_pages_show_no_address_and_cannot_be_cached_or_framed(client) -> None:
+    make_tenant("acme")
+    path_ = unsubscribe_url(get_settings(), "acme", "ada.lovelace@example.com", "MSG-1").removeprefix(
+        BASE_URL)
+    for answer in (client.get(path_), client.head(path_),
+                   client.post(path_, data={"List-Unsubscribe": "One-Click"}),
+                   client.get(path_ + "x")):
+        assert b"lovelace" not in answer.content
+        assert_private_page(answer.headers)
+
+
+def test_a_project_mailing_through_sendgrid_with_the_default_secret_does_not_start(
+        settings, data_dir, key) -> None:
+    # Anyone can forge a link with the public default and unsubscribe any tenant's address.
+    setup_django()
+    forgeable = outreach_config(data_dir, key, sendgrid_api_key="SG.live-key",
+                                secret_key=DEVELOPMENT_SECRET)
+    with pytest.raises(ImproperlyConfigured, match=r"OUTREACH_SECRET_KEY is the development "
+                                                   r"default.*`outreach secret generate`"):
+        with override_settings(OUTREACH=forgeable):
+            pass
 
 
 def test_a_view_can_enroll(client) -> None:

@@ -7,13 +7,14 @@ from flask import Flask, jsonify, request
 
 from outreach_actors.contrib.flask import OutreachFlask
 from outreach_actors.domain.store.models import Enrollment, Suppression, WebhookDelivery
-from outreach_actors.domain.unsubscribe import unsubscribe_url
+from outreach_actors.domain.unsubscribe import DEVELOPMENT_SECRET, unsubscribe_url
 from outreach_actors.settings import SettingsError, get_settings
 
 from .factories import load_plan, make_tenant
 from .test_events import SAMPLE_BODY
 from .test_webhooks import (  # noqa: F401  (host_runtime is a fixture)
     activated,
+    assert_private_page,
     host_runtime,
     new_key,
     public_key_of,
@@ -129,6 +130,26 @@ def test_unsubscribe_page_and_one_click(app) -> None:
     assert Enrollment.get_by_id(enrollment["enrollment"]).status == "exited"
     assert client.post(path, data={"List-Unsubscribe": "One-Click"}).status_code == 200
     assert client.get(path[:-3] + "abc").status_code == 400
+
+
+def test_the_unsubscribe_pages_show_no_address_and_cannot_be_cached_or_framed(app) -> None:
+    make_tenant("acme")
+    path = unsubscribe_url(get_settings(), "acme", "ada.lovelace@example.com", "MSG-1").removeprefix(
+        "https://hooks.acme.test")
+    client = app.test_client()
+    for answer in (client.get(path), client.head(path),
+                   client.post(path, data={"List-Unsubscribe": "One-Click"}), client.get(path + "x")):
+        assert "lovelace" not in answer.get_data(as_text=True)
+        assert_private_page(answer.headers)
+
+
+def test_an_app_mailing_through_sendgrid_with_the_default_secret_does_not_start(
+        settings, data_dir, key) -> None:
+    # Anyone can forge a link with the public default and unsubscribe any tenant's address.
+    with pytest.raises(SettingsError, match=r"^OUTREACH_SECRET_KEY is the development default.*"
+                                            r"`outreach secret generate`"):
+        flask_app(data_dir, key, OUTREACH_SENDGRID_API_KEY="SG.live-key",
+                  OUTREACH_SECRET_KEY=DEVELOPMENT_SECRET)
 
 
 def test_a_view_can_enroll(app) -> None:

@@ -15,7 +15,6 @@ import time
 import urllib.error
 import urllib.request
 from datetime import timedelta
-from wsgiref.simple_server import make_server
 from wsgiref.util import setup_testing_defaults
 
 import dramatiq
@@ -34,7 +33,7 @@ from outreach_actors.domain.unsubscribe import (
     unsubscribe_url,
 )
 from outreach_actors.settings import SettingsError, configure
-from outreach_actors.web.app import QuietHandler, ThreadingWSGIServer, make_app
+from outreach_actors.web.app import http_server, make_app
 from outreach_actors.web.webhooks import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -170,6 +169,40 @@ def test_posted_events_reach_the_database_through_the_actor(
         worker.stop()
     assert WebhookDelivery.get().status == "processed"
     assert MessageEvent.get().event_key == "sg:acct-1"
+
+
+def test_a_signed_event_whose_tenant_is_a_list_is_refused_and_moves_no_one(
+    receiver, key, webhooks_queue
+) -> None:
+    # Given Ada, a contact of globex, and a signed batch about her message that names
+    # its tenant as ["acme"]: read as no tenant at all, it would skip the tenant check.
+    from outreach_actors.domain import engine
+
+    from .factories import load_plan
+    from .test_ingest import make_message
+
+    make_tenant("acme")
+    make_tenant("globex", sender="sales@globex.test")
+    load_plan(tenant_id="globex")
+    enrollment = engine.enroll("globex", "ada@example.com", "onboarding")
+    make_message("MSG-G", "ada@example.com", tenant="globex", enrollment=enrollment, node="intro")
+    base = {"email": "ada@example.com", "timestamp": int(time.time()),
+            "outreach_message_id": "MSG-G", "outreach_tenant": ["acme"]}
+    body = json.dumps([{**base, "event": "spamreport", "sg_event_id": "listed-report"},
+                       {**base, "event": "click", "sg_event_id": "listed-click",
+                        "url": "https://example.com/start"}]).encode()
+    assert post(receiver, body, signed_headers(key, body)).status == 200
+    delivery = WebhookDelivery.get()
+
+    result = normalize_delivery(delivery.id)
+
+    assert (result.status, result.stored, result.refused) == ("processed", 0, 2)
+    assert MessageEvent.select().count() == 0 and Suppression.select().count() == 0
+    ada = models.Enrollment.get_by_id(enrollment.id)
+    assert (ada.status, ada.current_node) == ("active", "intro")
+    error = WebhookDelivery.get_by_id(delivery.id).error
+    assert "listed-report: refused, its outreach_tenant is an array" in error
+    assert bytes(WebhookDelivery.get_by_id(delivery.id).body) == body  # kept as received
 
 
 def test_the_signed_sample_is_stale_under_the_default_window(settings, data_dir) -> None:
@@ -332,9 +365,7 @@ def call(app, method: str, path: str, body: bytes = b"", headers: dict[str, str]
 
 @pytest.fixture
 def wsgi_app(settings, data_dir, key, host_runtime):
-    return activated(make_app(make_settings(
-        data_dir, sendgrid_webhook_public_key=public_key_of(key), secret_key="wsgi-test-secret"
-    )))
+    return activated(make_app(make_settings(data_dir, sendgrid_webhook_public_key=public_key_of(key))))
 
 
 def test_wsgi_app_routes_the_webhook(wsgi_app, key) -> None:
@@ -350,7 +381,7 @@ def test_wsgi_app_serves_unsubscribe_links(wsgi_app) -> None:
     make_tenant("acme")
     token = make_token(wsgi_app.endpoints.settings, "acme", "Ada@Example.com", "MSG-1")
     status, page = call(wsgi_app, "GET", f"/unsubscribe/{token}")
-    assert status == 200 and 'method="post"' in page and "ada@example.com" in page
+    assert status == 200 and 'method="post"' in page and "this email was sent to" in page
     assert Suppression.select().count() == 0  # a GET (a link scanner) changes nothing
     assert call(wsgi_app, "HEAD", f"/unsubscribe/{token}") == (200, "")  # a link checker
     assert Suppression.select().count() == 0
@@ -358,6 +389,41 @@ def test_wsgi_app_serves_unsubscribe_links(wsgi_app) -> None:
     assert status == 200 and "no more" in page
     assert Suppression.get().source == "one-click:MSG-1"
     assert call(wsgi_app, "POST", f"/unsubscribe/{token}x")[0] == 400
+
+
+def assert_private_page(headers) -> None:
+    """What every unsubscribe page carries: never cached, never sent on as a referrer (its
+    URL holds the token), never framed, its type never guessed."""
+    assert headers["Cache-Control"] == "no-store"
+    assert headers["Referrer-Policy"] == "no-referrer"
+    assert headers["X-Frame-Options"] == "DENY"
+    assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+    assert headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_no_unsubscribe_page_shows_the_address_or_can_be_cached_framed_or_referred(
+        wsgi_app) -> None:
+    from werkzeug.test import Client
+
+    # A link scanner, or whoever the mail was forwarded to, opens the link.
+    make_tenant("acme")
+    settings = wsgi_app.endpoints.settings
+    token = make_token(settings, "acme", "Ada.Lovelace@Example.com", "MSG-1")
+    gone = make_token(settings, "gone", "Ada.Lovelace@Example.com", "MSG-1")
+    client = Client(wsgi_app)
+    answers = {
+        "form": client.get(f"/unsubscribe/{token}"),
+        "head": client.head(f"/unsubscribe/{token}"),
+        "done": client.post(f"/unsubscribe/{token}", data=b"List-Unsubscribe=One-Click"),
+        "list gone": client.get(f"/unsubscribe/{gone}"),
+        "bad link": client.get(f"/unsubscribe/{token}x"),
+        "bad method": client.put(f"/unsubscribe/{token}"),
+    }
+    assert {name: answer.status_code for name, answer in answers.items()} == {
+        "form": 200, "head": 200, "done": 200, "list gone": 404, "bad link": 400, "bad method": 405}
+    for name, answer in answers.items():
+        assert "lovelace" not in answer.get_data(as_text=True).lower(), name
+        assert_private_page(answer.headers)
 
 
 def test_a_link_of_a_deleted_tenant_says_the_list_is_gone(wsgi_app) -> None:
@@ -382,10 +448,10 @@ def test_outreach_serve_answers_over_http(settings, data_dir, key, host_runtime)
     app = activated(make_app(
         make_settings(data_dir, sendgrid_webhook_public_key=public_key_of(key))
     ))
-    with make_server("127.0.0.1", 0, app, ThreadingWSGIServer, QuietHandler) as server:
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        url = f"http://127.0.0.1:{server.server_port}/webhooks/sendgrid"
+    server = http_server("127.0.0.1", 0, app)  # what `outreach serve` runs
+    threading.Thread(target=server.run, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.effective_port}/webhooks/sendgrid"
         request = urllib.request.Request(url, data=SAMPLE_BODY,
                                          headers=signed_headers(key, SAMPLE_BODY))
         with urllib.request.urlopen(request, timeout=5) as response:
@@ -393,7 +459,8 @@ def test_outreach_serve_answers_over_http(settings, data_dir, key, host_runtime)
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(urllib.request.Request(url, data=b"[]"), timeout=5)
         assert refused.value.code == 403
-        server.shutdown()
+    finally:
+        server.close()
     assert WebhookDelivery.select().count() == 1
 
 

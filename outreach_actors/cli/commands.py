@@ -6,15 +6,22 @@ import csv
 import json
 import secrets
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+from rich.text import Text
 
 from outreach_actors.domain.store import models
 from outreach_actors.settings import SettingsError, get_settings
+from outreach_actors.web.app import (
+    DEFAULT_CONNECTION_LIMIT,
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_THREADS,
+)
 
 # Tables are wide; when output is not a terminal (CI logs, pipes) do not squeeze them to 80.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -22,8 +29,21 @@ err_console = Console(stderr=True, soft_wrap=True)  # errors stay on one line, g
 
 
 def _fail(message: str) -> None:
-    err_console.print(f"[red]error:[/red] {message}")
+    err_console.print(_labelled("error:", "red", message))
     raise SystemExit(1)
+
+
+# Data (names, fields, addresses, errors) goes to the consoles as Text, never as a str:
+# Rich reads a str as markup and :emoji: codes, so "[/bold]" in a contact field would
+# crash a command and "[link=...]" would show what no recipient gets.
+def _labelled(label: str, style: str, message: str) -> Text:
+    """Our ``label`` in ``style``, then ``message`` shown literally."""
+    return Text.assemble((label, style), " ", message)
+
+
+def _cells(*values: object) -> list[Text]:
+    """A table row's cells, each shown literally."""
+    return [Text(str(value)) for value in values]
 
 
 def _database():
@@ -117,7 +137,7 @@ def db_init() -> None:
     """Create or upgrade the schema (safe to run any number of times)."""
     database = _database()
     models.create_schema(database)
-    console.print(f"database ready: {_describe_database()}")
+    console.print(Text(f"database ready: {_describe_database()}"))
 
 
 def _describe_database() -> str:
@@ -145,16 +165,15 @@ def _read_plan(path: Path):
     try:
         parsed = validate_plan(text, check_template=_renderer().check_template)
     except PlanError as exc:
-        err_console.print(f"[red]{path}: {len(exc.errors)} error(s)[/red]")
+        err_console.print(Text(f"{path}: {len(exc.errors)} error(s)", style="red"))
         for error in exc.errors:
-            err_console.print(f"  {error}", markup=False, highlight=False)
+            err_console.print(Text(f"  {error}"))
         raise SystemExit(1) from None
     _warn_of_hidden_unsubscribe_links(parsed)
     for name in parsed.nodes_without_timeout():
-        err_console.print(
-            f"[yellow]warning:[/yellow] nodes.{name}: contacts who never act on its email stay "
-            "there for ever; add a timeout (no_open, no_click or elapsed with `after`)",
-            highlight=False)
+        err_console.print(_labelled(
+            "warning:", "yellow", f"nodes.{name}: contacts who never act on its email stay "
+            "there for ever; add a timeout (no_open, no_click or elapsed with `after`)"))
     return parsed
 
 
@@ -165,10 +184,9 @@ def _warn_of_hidden_unsubscribe_links(parsed) -> None:
     for name, node in parsed.nodes.items():
         if node.type == "email" and not renderer.shows_unsubscribe_link(
                 template=node.template, body=node.body):
-            err_console.print(
-                f"[yellow]warning:[/yellow] nodes.{name}: its email shows no unsubscribe link "
-                "(only the List-Unsubscribe header carries one); add {{ unsubscribe_url }}",
-                highlight=False)
+            err_console.print(_labelled(
+                "warning:", "yellow", f"nodes.{name}: its email shows no unsubscribe link "
+                "(only the List-Unsubscribe header carries one); add {{ unsubscribe_url }}"))
 
 
 @main.group()
@@ -194,9 +212,9 @@ def plan_load(file: Path, tenant: str) -> None:
     parsed = _read_plan(file)
     _open_database()
     version = store_plan(tenant, parsed)
-    console.print(f"loaded plan {parsed.name!r} version {version} for tenant {tenant!r}")
+    console.print(Text(f"loaded plan {parsed.name!r} version {version} for tenant {tenant!r}"))
     if problem := sender_problem(tenant, parsed.sender):
-        err_console.print(f"[yellow]warning:[/yellow] {problem}", highlight=False)
+        err_console.print(_labelled("warning:", "yellow", problem))
 
 
 @plan.command("list")
@@ -209,8 +227,8 @@ def plan_list(tenant: str | None) -> None:
         query = query.where(models.Plan.tenant == tenant)
     table = Table("tenant", "plan", "version", "nodes", "enrollments")
     for row in query:
-        table.add_row(row.tenant_id, row.name, str(row.version), str(len(row.definition["nodes"])),
-                      str(row.enrollments.count()))
+        table.add_row(*_cells(row.tenant_id, row.name, row.version, len(row.definition["nodes"]),
+                              row.enrollments.count()))
     console.print(table)
 
 
@@ -233,7 +251,7 @@ def tenant_name(tenant_id: str, name: str) -> None:
     row, created = models.Tenant.get_or_create(id=tenant_id, defaults={"name": name})
     if not created:
         models.Tenant.update(name=name).where(models.Tenant.id == tenant_id).execute()
-    console.print(f"tenant {tenant_id}: {name}", highlight=False, markup=False)
+    console.print(Text(f"tenant {tenant_id}: {name}"))
 
 
 @tenant.command("list")
@@ -241,7 +259,7 @@ def tenant_list() -> None:
     _open_database()
     table = Table("tenant", "name")
     for row in models.Tenant.select().order_by(models.Tenant.id):
-        table.add_row(row.id, row.name)
+        table.add_row(*_cells(row.id, row.name))
     console.print(table)
 
 
@@ -259,21 +277,23 @@ def sender() -> None:
 def sender_add(email: str, tenant: str, name: str, verified: bool) -> None:
     """Add or update a sender identity."""
     from outreach_actors.domain.engine import EnrollmentError, normalize_email
+    from outreach_actors.domain.headers import breaks_header
 
     _open_database()
     try:
         address = normalize_email(email)
     except EnrollmentError as exc:
         _fail(str(exc))
-    if any(ch in name for ch in "\r\n"):
-        _fail("a sender name cannot contain line breaks")
+    if breaks_header(name):
+        _fail("--name: a sender name goes into the From header, which is one line; remove its "
+              "line breaks (CR, LF, VT, FF, NEL, U+2028, U+2029) and NUL characters")
     models.Tenant.get_or_create(id=tenant, defaults={"name": tenant})
     identity, created = models.SenderIdentity.get_or_create(
         tenant=tenant, email=address, defaults={"name": name, "verified": verified})
     if not created:
         identity.name, identity.verified = name or identity.name, verified
         identity.save()
-    console.print(f"sender {address} for {tenant}: {'verified' if verified else 'unverified'}")
+    console.print(Text(f"sender {address} for {tenant}: {'verified' if verified else 'unverified'}"))
 
 
 # --- enroll ------------------------------------------------------------------------
@@ -285,8 +305,10 @@ def sender_add(email: str, tenant: str, name: str, verified: bool) -> None:
               help="CSV with an `email` column; `timezone` and any other columns become fields.")
 def enroll(plan_name: str, tenant: str, csv_path: Path) -> None:
     """Enroll every row of a CSV file; bad rows are reported with their line and skipped."""
+    import hashlib
+
     from outreach_actors.domain.engine import EnrollmentError
-    from outreach_actors.domain.engine import enroll as enroll_contact
+    from outreach_actors.domain.enroll_many import ContactRow, enroll_many
 
     _open_database()
     lines = _read_csv_rows(csv_path)
@@ -301,25 +323,34 @@ def enroll(plan_name: str, tenant: str, csv_path: Path) -> None:
         _fail(f"{csv_path}: column(s) {', '.join(repeated)} appear more than once")
     # Line numbers as an editor shows them (line 1 is the header); blank lines are skipped.
     rows = [(line, cells) for line, cells in enumerate(lines[1:], start=2) if cells]
-    enrolled, problems = 0, []
-    with Progress(console=err_console, transient=True) as progress:
-        task = progress.add_task("enrolling", total=len(rows))
+    skipped: list[tuple[int, str]] = []  # rows that are no contact at all, by line
+
+    def contact_rows(advance) -> Iterator[ContactRow]:
         for line, cells in rows:
-            progress.advance(task)
+            advance()
             if len(cells) > len(header):  # the extra cells have no column: they would be lost
-                problems.append(f"line {line}: {len(cells)} cells for {len(header)} columns")
+                skipped.append((line, f"{len(cells)} cells for {len(header)} columns"))
                 continue
             cells = [cell.strip() for cell in cells]
             row = dict(zip(header, cells + [""] * (len(header) - len(cells)), strict=True))
             fields = {k: v for k, v in row.items() if k and k not in {"email", "timezone"}}
-            try:
-                enroll_contact(tenant, row["email"], plan_name, fields=fields,
-                               timezone=row.get("timezone") or None)
-                enrolled += 1
-            except EnrollmentError as exc:
-                problems.append(f"line {line}: {exc}")
+            yield ContactRow(line, row["email"], fields, row.get("timezone") or None)
+
+    # The file's digest keys the enrollments of a plan that allows re-entry: enrolling
+    # the same file again (after a crash halfway) enrolls no one twice.
+    import_key = hashlib.sha256(csv_path.read_bytes()).hexdigest()[:16]
+    with Progress(console=err_console, transient=True) as progress:
+        task = progress.add_task("enrolling", total=len(rows))
+        try:
+            result = enroll_many(tenant, plan_name,
+                                 contact_rows(lambda: progress.advance(task)),
+                                 import_key=import_key)
+        except EnrollmentError as exc:
+            _fail(str(exc))
+    enrolled = result.enrolled
+    problems = [f"line {line}: {reason}" for line, reason in sorted(skipped + result.problems)]
     for problem in problems:
-        err_console.print(f"[yellow]skipped[/yellow] {problem}", highlight=False)
+        err_console.print(_labelled("skipped", "yellow", problem))
     console.print(f"enrolled {enrolled} of {len(rows)} rows; {len(problems)} skipped")
     if problems and not enrolled:
         raise SystemExit(1)
@@ -337,8 +368,8 @@ def enroll(plan_name: str, tenant: str, csv_path: Path) -> None:
 def preview(plan_name: str, tenant: str, node: str, email: str, out: Path | None) -> None:
     """Render one node for one contact: subject and text here, the HTML to a file."""
     from outreach_actors.domain.engine import EnrollmentError, latest_plan
-    from outreach_actors.domain.mail import email_context
-    from outreach_actors.domain.rendering import RenderError, TemplateRenderer
+    from outreach_actors.domain.mail import email_context, renderer_for
+    from outreach_actors.domain.rendering import RenderError
     from outreach_actors.domain.stored_plans import plan_for
     from outreach_actors.domain.unsubscribe import unsubscribe_url
 
@@ -354,11 +385,12 @@ def preview(plan_name: str, tenant: str, node: str, email: str, out: Path | None
     contact = models.Contact.get_or_none(models.Contact.tenant == tenant,
                                          models.Contact.email == email.lower())
     if contact is None:
-        console.print(f"[yellow]{email} is not a contact of {tenant}: rendered with no fields[/yellow]")
+        console.print(Text(f"{email} is not a contact of {tenant}: rendered with no fields",
+                           style="yellow"))
     settings = get_settings()
     spec = parsed.nodes[node]
     try:
-        rendered = TemplateRenderer(Path(settings.templates_dir)).render_email(
+        rendered = renderer_for(Path(settings.templates_dir), settings).render_email(
             subject=spec.subject or "", template=spec.template, body=spec.body,
             context=email_context(
                 fields=contact.fields if contact else None, email=email.lower(),
@@ -378,9 +410,9 @@ def preview(plan_name: str, tenant: str, node: str, email: str, out: Path | None
         out.write_text(rendered.html, encoding="utf-8")
     except OSError as exc:
         _fail(f"cannot write {out}: {exc.strerror}")
-    console.print(f"[bold]Subject:[/bold] {rendered.subject}", highlight=False, markup=True)
-    console.print(rendered.text, highlight=False, markup=False)
-    console.print(f"HTML written to {out}")
+    console.print(_labelled("Subject:", "bold", rendered.subject))
+    console.print(Text(rendered.text))
+    console.print(Text(f"HTML written to {out}"))
 
 
 @main.command()
@@ -421,7 +453,7 @@ def failures(plan_name: str | None, tenant: str | None, limit: int, as_json: boo
         else ["at", "plan", "node", "contact"]
     table = Table(*keys, "reason")
     for row in rows:
-        table.add_row(*(row[key] for key in keys), row["reason"])
+        table.add_row(*_cells(*(row[key] for key in keys), row["reason"]))
     console.print(table)
 
 
@@ -432,7 +464,7 @@ def funnel_table(rows: list[dict]) -> Table:
     keys = ["tenant", "plan", "node"] if len({row["tenant"] for row in rows}) > 1 else ["plan", "node"]
     table = Table(*keys, *FUNNEL_COLUMNS)
     for row in rows:
-        table.add_row(*(row[key] for key in keys), *(str(row[c]) for c in FUNNEL_COLUMNS))
+        table.add_row(*_cells(*(row[key] for key in keys), *(row[c] for c in FUNNEL_COLUMNS)))
     return table
 
 
@@ -452,8 +484,8 @@ def suppressions_list(tenant: str | None) -> None:
         query = query.where(models.Suppression.tenant == tenant)
     table = Table("tenant", "channel", "address", "reason", "source", "since")
     for row in query:
-        table.add_row(row.tenant_id, row.channel, row.value, row.reason, row.source or "",
-                      row.created_at.isoformat(timespec="seconds"))
+        table.add_row(*_cells(row.tenant_id, row.channel, row.value, row.reason, row.source or "",
+                              row.created_at.isoformat(timespec="seconds")))
     console.print(table)
 
 
@@ -472,7 +504,7 @@ def suppressions_add(email: str, tenant: str, reason: str) -> None:
     _open_database()
     models.Tenant.get_or_create(id=tenant, defaults={"name": tenant})
     suppress(tenant, address, reason[:255], "manual")
-    console.print(f"suppressed {address} for {tenant}")
+    console.print(Text(f"suppressed {address} for {tenant}"))
 
 
 @suppressions.command("remove")
@@ -484,9 +516,9 @@ def suppressions_remove(email: str, tenant: str) -> None:
 
     _open_database()
     if lift(tenant, email):
-        console.print(f"removed the suppression of {address_key(email)} for {tenant}")
+        console.print(Text(f"removed the suppression of {address_key(email)} for {tenant}"))
     else:
-        console.print(f"{address_key(email)} was not suppressed for {tenant}; nothing removed")
+        console.print(Text(f"{address_key(email)} was not suppressed for {tenant}; nothing removed"))
 
 
 @suppressions.command("import")
@@ -512,7 +544,7 @@ def suppressions_import(csv_path: Path, tenant: str, reason: str) -> None:
         except (EnrollmentError, IndexError) as exc:
             problems.append(f"line {number}: {exc}")
     for problem in problems:
-        err_console.print(f"[yellow]skipped[/yellow] {problem}", highlight=False)
+        err_console.print(_labelled("skipped", "yellow", problem))
     console.print(f"imported {imported} suppression(s); {len(problems)} skipped")
 
 
@@ -549,8 +581,8 @@ def webhooks_list(status: str | None, limit: int) -> None:
         query = query.where(models.WebhookDelivery.status == status)
     table = Table("id", "received", "status", "bytes", "error")
     for row in query:
-        table.add_row(str(row.id), row.received_at.isoformat(timespec="seconds"), row.status,
-                      str(len(row.body)), (row.error or "")[:80])
+        table.add_row(*_cells(row.id, row.received_at.isoformat(timespec="seconds"), row.status,
+                              len(row.body), (row.error or "")[:80]))
     console.print(table)
 
 
@@ -574,14 +606,23 @@ def webhooks_show(delivery_id: int, raw_body: bool) -> None:
         ("bytes", len(row.body)), ("events stored", events),
         ("headers", json.dumps(row.headers, sort_keys=True)), ("error", row.error or ""),
     ]:
-        console.print(f"{label}: {value}", highlight=False, markup=False, soft_wrap=True)
+        console.print(Text(f"{label}: {value}"), soft_wrap=True)
 
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
-def serve(host: str, port: int) -> None:
-    """Serve the webhook and unsubscribe endpoints (standalone WSGI app)."""
+@click.option("--threads", default=DEFAULT_THREADS, show_default=True,
+              type=click.IntRange(1, 1000),
+              help="Requests handled at once; more wait for a free thread.")
+@click.option("--connection-limit", default=DEFAULT_CONNECTION_LIMIT,
+              show_default=True, type=click.IntRange(1, 100_000),
+              help="Connections held open at once; more wait to be accepted.")
+@click.option("--idle-timeout", default=DEFAULT_IDLE_TIMEOUT_S,
+              show_default=True, type=click.IntRange(1, 3600),
+              help="Seconds a connection may stay silent before it is closed.")
+def serve(host: str, port: int, threads: int, connection_limit: int, idle_timeout: int) -> None:
+    """Serve the webhook and unsubscribe endpoints (standalone WSGI app, on waitress)."""
     from outreach_actors.web.app import make_app
     from outreach_actors.web.app import serve as serve_wsgi
 
@@ -589,11 +630,23 @@ def serve(host: str, port: int) -> None:
     app = make_app()  # a bad setting ends the command here, before "serving"
     console.print(f"serving POST /webhooks/sendgrid and /unsubscribe/<token> on http://{host}:{port}")
     try:
-        serve_wsgi(host, port, app)
+        serve_wsgi(host, port, app, threads=threads, connection_limit=connection_limit,
+                   idle_timeout_s=idle_timeout)
     except KeyboardInterrupt:
         pass
     except OSError as exc:  # the port is taken, or the host is not this machine's
         _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
+@main.group()
+def secret() -> None:
+    """Secrets for OUTREACH_SECRET_KEY."""
+
+
+@secret.command("generate")
+def secret_generate() -> None:
+    """Print a new random secret for OUTREACH_SECRET_KEY (64 URL-safe characters)."""
+    click.echo(secrets.token_urlsafe(48))
 
 
 @main.group()
@@ -610,7 +663,7 @@ def broker_stop() -> None:
     if settings.broker_url:
         _fail("OUTREACH_BROKER_URL is set: there is no embedded broker to stop")
     if stop_embedded_redis(settings.data_dir):
-        console.print(f"stopped the embedded Redis in {settings.data_dir}")
+        console.print(Text(f"stopped the embedded Redis in {settings.data_dir}"))
     else:
         console.print("the embedded Redis was not running")
 
@@ -622,7 +675,7 @@ def broker_status() -> None:
 
     server = EmbeddedRedis(get_settings().data_dir)
     state = "running" if server.is_running() else "stopped"
-    console.print(f"embedded Redis {state} ({server.socket_path})")
+    console.print(Text(f"embedded Redis {state} ({server.socket_path})"))
 
 
 @main.command()

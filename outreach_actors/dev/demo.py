@@ -27,6 +27,7 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from outreach_actors.domain.plans import validate_plan
 from outreach_actors.domain.store import models
@@ -50,10 +51,10 @@ def compress(duration: str) -> str:
 
 def demo_plan_definition(templates_dir: Path) -> dict:
     """The sample plan with its timers compressed and no send window (it is a demo)."""
-    from outreach_actors.domain.rendering import TemplateRenderer
+    from outreach_actors.domain.mail import renderer_for
 
     plan = validate_plan((templates_dir / SAMPLE_PLAN).read_text(),
-                         check_template=TemplateRenderer(templates_dir).check_template)
+                         check_template=renderer_for(templates_dir).check_template)
     definition = plan.to_definition()
     definition.pop("send_window", None)
     for node in definition["nodes"].values():
@@ -269,10 +270,11 @@ def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console,
         console.print()
         _summary(console, counts, len(standin.messages), simulator, data_dir, elapsed, funnel_table)
         if status:
-            console.print(f"[red]not every contact finished within {timeout_s}s[/red]; "
-                          f"worker log: {log_path}")
+            # Paths and errors are data: shown as Text, never read as Rich markup.
+            console.print(Text.assemble((f"not every contact finished within {timeout_s}s", "red"),
+                                        f"; worker log: {log_path}"))
     except Exception as exc:  # the demo must always clean up and say what went wrong
-        console.print(f"[red]demo failed:[/red] {exc}")
+        console.print(Text.assemble(("demo failed:", "red"), f" {exc}"))
         status = 1
     finally:
         for each in previous_handlers:  # a signal now must not cut the cleanup short
@@ -335,5 +337,5 @@ def _summary(console: Console, counts: dict[str, int], accepted: int, simulator,
         f"{counts['synthetic']} synthetic no_open/no_click/elapsed events; "
         f"{counts['suppressed']} addresses suppressed."
     )
-    console.print(f"database: {data_dir / 'outreach.db'}  (inspect with "
-                  f"OUTREACH_DATA_DIR={data_dir} outreach stats)")
+    console.print(Text(f"database: {data_dir / 'outreach.db'}  (inspect with "
+                       f"OUTREACH_DATA_DIR={data_dir} outreach stats)"))

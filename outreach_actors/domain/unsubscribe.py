@@ -7,7 +7,8 @@ cannot be altered or forged, and the address cannot be read from the link: links
 end up in proxy and server logs, browser histories and link scanners. It does
 not expire: an unsubscribe link must keep working for as long as the mail that
 carries it can be read. Links of earlier versions, signed but not encrypted
-(itsdangerous), are still accepted.
+(itsdangerous), are still accepted. Mail sent to real recipients needs secrets
+nobody can guess (``require_unforgeable_links``).
 """
 
 from __future__ import annotations
@@ -28,13 +29,20 @@ from outreach_actors.domain import engine
 from outreach_actors.domain.addresses import address_key
 from outreach_actors.domain.store.models import Tenant, database_proxy
 from outreach_actors.domain.suppressions import suppress
-from outreach_actors.settings import Settings
+from outreach_actors.settings import Settings, SettingsError, env_name
 
 logger = logging.getLogger(__name__)
 
 # Separates these tokens from anything else signed with the same secret.
 TOKEN_SALT = "outreach-unsubscribe"
 DEVELOPMENT_SECRET = Settings.model_fields["secret_key"].default
+#: The shortest secret, in bytes (UTF-8), that mail sent through SendGrid may use: one
+#: link lets anyone test guesses offline, and HKDF makes each guess cheap.
+MIN_SECRET_BYTES = 32
+#: The fewest different characters such a secret may have.
+MIN_SECRET_CHARACTERS = 8
+#: The share of its 3-character runs that must differ from each other: less is a pattern.
+MIN_SECRET_DISTINCT_RUNS = 0.75
 
 
 class InvalidUnsubscribeToken(ValueError):
@@ -86,26 +94,68 @@ def unsubscribe_link_prefix(settings: Settings) -> str:
     return f"{settings.public_base_url.rstrip('/')}/unsubscribe/"
 
 
+def mails_real_recipients(settings: Settings) -> bool:
+    """Whether these settings send through SendGrid itself: an API key, and an API host
+    that is not this machine (a stand-in here, as in tests and the demo, mails no one)."""
+    return bool(settings.sendgrid_api_key) and not _is_local(settings.sendgrid_api_host)
+
+
 def link_problems(settings: Settings) -> list[str]:
-    """What is wrong with the unsubscribe links of mail sent to real SendGrid (none for a
-    stand-in on this host, as in tests and the demo)."""
-    if _is_local(settings.sendgrid_api_host):
+    """What is wrong with the unsubscribe links of mail sent to real SendGrid, though every
+    send succeeds (a forgeable secret is refused instead, see require_unforgeable_links)."""
+    if not mails_real_recipients(settings) or not _is_local(settings.public_base_url):
         return []
+    return [f"unsubscribe links point at {settings.public_base_url}, which recipients cannot "
+            f"reach: set OUTREACH_PUBLIC_BASE_URL to where the unsubscribe endpoint is served"]
+
+
+def require_unforgeable_links(settings: Settings) -> None:
+    """Raise SettingsError, naming the setting and the fix, when these settings mail real
+    recipients with a secret that anyone could forge their unsubscribe links with.
+
+    Workers and the web endpoints call it at start. Development (no API key, or a stand-in
+    on this host) may keep the default secret.
+    """
+    if mails_real_recipients(settings) and (problems := secret_problems(settings)):
+        raise SettingsError("; ".join(problems))
+
+
+def secret_problems(settings: Settings) -> list[str]:
+    """Why the unsubscribe links of these settings can be forged: a weak secret_key, or a
+    weak secret among the fallbacks (a token made with any of them is accepted)."""
     problems = []
-    if _is_local(settings.public_base_url):
+    if weakness := secret_weakness(settings.secret_key):
         problems.append(
-            f"unsubscribe links point at {settings.public_base_url}, which recipients cannot "
-            f"reach: set OUTREACH_PUBLIC_BASE_URL to where the unsubscribe endpoint is served")
-    if problem := secret_problem(settings):
-        problems.append(problem)
+            f"{env_name('secret_key')} {weakness}: anyone can forge unsubscribe links that "
+            f"unsubscribe any address; set it to what `outreach secret generate` prints")
+    for position, fallback in enumerate(settings.secret_key_fallbacks, start=1):
+        if weakness := secret_weakness(fallback):
+            problems.append(
+                f"{env_name('secret_key_fallbacks')} entry {position} {weakness}: links made "
+                f"with it can be forged, so it cannot be honoured; remove it from the list")
     return problems
 
 
-def secret_problem(settings: Settings) -> str | None:
-    """Why the unsubscribe links of these settings can be forged, if they can."""
-    if settings.secret_key == DEVELOPMENT_SECRET:
-        return ("OUTREACH_SECRET_KEY is the development default: anyone can forge "
-                "unsubscribe links; set a long random secret")
+def secret_weakness(secret: str) -> str | None:
+    """Why ``secret`` is too weak to make unsubscribe links with, if it is.
+
+    The rule: not the development default (it is public), at least MIN_SECRET_BYTES
+    bytes, at least MIN_SECRET_CHARACTERS different characters, and no repeated pattern
+    (at least MIN_SECRET_DISTINCT_RUNS of its 3-character runs differ). Random secrets
+    pass, hex ones included; ``outreach secret generate`` prints one.
+    """
+    if secret == DEVELOPMENT_SECRET:
+        return "is the development default, which is public"
+    if not secret:
+        return "is empty"
+    size = len(secret.encode())
+    if size < MIN_SECRET_BYTES:
+        return f"is {size} bytes long, fewer than the {MIN_SECRET_BYTES} needed"
+    if (characters := len(set(secret))) < MIN_SECRET_CHARACTERS:
+        return f"has only {characters} different characters, fewer than {MIN_SECRET_CHARACTERS}"
+    runs = [secret[start:start + 3] for start in range(len(secret) - 2)]
+    if len(set(runs)) < MIN_SECRET_DISTINCT_RUNS * len(runs):
+        return "repeats a pattern"
     return None
 
 

@@ -1,8 +1,8 @@
 """The standalone WSGI app behind ``outreach serve``, for deployments with neither Flask nor Django.
 
-``make_app(settings)`` builds it; ``serve(host, port)`` runs it on the standard
-library's threaded server; ``gunicorn outreach_actors.wsgi:application`` runs it
-under a production server with settings from the environment. It is written on
+``make_app(settings)`` builds it; ``serve(host, port)`` runs it on waitress, with
+timeouts and bounded connections and threads; ``gunicorn outreach_actors.wsgi:application``
+runs it under another server with settings from the environment. It is written on
 plain WSGI so that the standalone endpoint needs no web framework installed.
 """
 
@@ -14,7 +14,10 @@ from functools import lru_cache
 from http import HTTPStatus
 from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+import waitress
+from waitress.server import BaseWSGIServer, MultiSocketServer
 
 from outreach_actors.settings import Settings, get_settings
 from outreach_actors.web.endpoints import UNSUBSCRIBE_PATH, WEBHOOK_PATH, Endpoints, activate
@@ -24,6 +27,14 @@ logger = logging.getLogger(__name__)
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+#: Requests ``serve`` handles at once; more wait, queued, for a free thread.
+DEFAULT_THREADS = 8
+#: Connections ``serve`` holds open at once; more wait in the listen backlog.
+DEFAULT_CONNECTION_LIMIT = 500
+#: Seconds a connection may stay silent (idle, or a request sent too slowly) before
+#: ``serve`` closes it.
+DEFAULT_IDLE_TIMEOUT_S = 30
 
 
 class OutreachWSGI:
@@ -94,7 +105,11 @@ def __getattr__(name: str) -> Any:
 
 
 class ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    """One thread per request, so a slow client does not hold up SendGrid's next POST."""
+    """One thread per request, so a slow client does not hold up SendGrid's next POST.
+
+    For in-process servers of tests and dev tools only: it has no timeouts and no bound
+    on its threads, so ``serve`` does not use it.
+    """
 
     daemon_threads = True
 
@@ -106,13 +121,53 @@ class QuietHandler(WSGIRequestHandler):
         logger.info("%s " + format, self.address_string(), *args)
 
 
-def serve(host: str, port: int, app: OutreachWSGI | None = None) -> None:
+def serve(
+    host: str,
+    port: int,
+    app: OutreachWSGI | None = None,
+    *,
+    threads: int = DEFAULT_THREADS,
+    connection_limit: int = DEFAULT_CONNECTION_LIMIT,
+    idle_timeout_s: int = DEFAULT_IDLE_TIMEOUT_S,
+) -> None:
     """Serve ``app`` (default: the one for the environment's settings) until
-    interrupted (``outreach serve --host --port``)."""
-    app = app or make_app()
-    with make_server(host, port, app, ThreadingWSGIServer, QuietHandler) as server:
-        logger.info("Serving webhooks and unsubscribe links on http://%s:%d", host, port)
-        server.serve_forever()
+    interrupted (``outreach serve``). Raises OSError when it cannot listen there."""
+    server = http_server(host, port, app or make_app(), threads=threads,
+                         connection_limit=connection_limit, idle_timeout_s=idle_timeout_s)
+    logger.info("Serving webhooks and unsubscribe links on http://%s:%d", host, port)
+    try:
+        server.run()
+    finally:
+        server.close()
+
+
+def http_server(
+    host: str,
+    port: int,
+    app: OutreachWSGI,
+    *,
+    threads: int = DEFAULT_THREADS,
+    connection_limit: int = DEFAULT_CONNECTION_LIMIT,
+    idle_timeout_s: int = DEFAULT_IDLE_TIMEOUT_S,
+) -> BaseWSGIServer | MultiSocketServer:
+    """The waitress server ``serve`` runs, listening but not yet running (``.run()``).
+
+    Waitress reads a whole request before a thread takes it, so a silent or slow client
+    holds a connection, never a thread, and only until ``idle_timeout_s`` has passed.
+    """
+    try:
+        return waitress.create_server(
+            app, host=host, port=port, threads=threads,
+            connection_limit=connection_limit, channel_timeout=idle_timeout_s,
+            # Silent connections are looked for every half timeout (whole seconds, at least 1).
+            cleanup_interval=max(1, idle_timeout_s // 2),
+            # Longer bodies are refused (413) before they are read, as the receiver would.
+            max_request_body_size=app.endpoints.settings.webhook_max_body_bytes + 1,
+            # select() cannot watch a descriptor numbered 1024 or more.
+            asyncore_use_poll=True,
+        )
+    except ValueError as exc:  # waitress's word for a host it cannot resolve
+        raise OSError(str(exc)) from None
 
 
 def _bounded(read: Callable[[int], bytes], length: int) -> Callable[[int], bytes]:

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from outreach_actors.domain.unsubscribe import require_unforgeable_links
 from outreach_actors.settings import ENV_PREFIX, Settings, settings_from_mapping
 from outreach_actors.web.unsubscribe import UnsubscribePage
 from outreach_actors.web.webhooks import SendGridWebhookReceiver
@@ -45,6 +46,11 @@ def host_settings(
 
 
 def activate(settings: Settings) -> Endpoints:
-    """Make these the process's settings, database and broker; the endpoints to mount."""
+    """Make these the process's settings, database and broker; the endpoints to mount.
+
+    Raises SettingsError, having changed nothing, when the settings mail real recipients
+    with a secret anyone could forge unsubscribe links with.
+    """
+    require_unforgeable_links(settings)
     install(settings)
     return Endpoints(settings, SendGridWebhookReceiver(settings), UnsubscribePage(settings))

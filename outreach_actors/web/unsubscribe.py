@@ -11,11 +11,11 @@ from outreach_actors.domain.unsubscribe import (
     UnsubscribeToken,
     apply_unsubscribe,
     read_token,
-    secret_problem,
+    secret_problems,
     tenant_exists,
 )
 from outreach_actors.settings import Settings
-from outreach_actors.web.http import Reply, database_connection
+from outreach_actors.web.http import PAGE_HEADERS, Reply, database_connection
 from outreach_actors.worker.actors.webhooks import apply_unsubscribe as apply_unsubscribe_actor
 
 logger = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ class UnsubscribePage:
 
     A GET changes nothing, because mail scanners follow links; the POST is both
     the form's and RFC 8058's one-click request (``List-Unsubscribe=One-Click``).
+    No page names the address: scanners and whoever the mail was forwarded to see them.
 
     Parameters:
       settings(Settings): ``secret_key`` that signed the tokens.
@@ -36,7 +37,8 @@ class UnsubscribePage:
     def __init__(self, settings: Settings) -> None:
         self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.settings = settings
-        if problem := secret_problem(settings):
+        # Refused at start where the links reach real recipients (endpoints.activate).
+        for problem in secret_problems(settings):
             self.logger.warning("%s", problem)
 
     def respond(self, method: str, token: str) -> Reply:
@@ -49,7 +51,7 @@ class UnsubscribePage:
                 return _LIST_GONE
             return _page(
                 200, "Unsubscribe",
-                f"Unsubscribe <strong>{html.escape(request.email)}</strong> from these emails?"
+                "Unsubscribe the address this email was sent to from these emails?"
                 '<form method="post"><input type="hidden" name="List-Unsubscribe" '
                 'value="One-Click"><button type="submit">Unsubscribe</button></form>',
             )
@@ -67,7 +69,7 @@ class UnsubscribePage:
             return _LIST_GONE
         return _page(
             200, "Unsubscribed",
-            f"<strong>{html.escape(request.email)}</strong> will get no more of these emails.",
+            "The address this email was sent to will get no more of these emails.",
         )
 
     def _tenant_gone(self, request: UnsubscribeToken) -> bool:
@@ -108,6 +110,7 @@ def _page(status: int, title: str, body_html: str) -> Reply:
         f"<title>{html.escape(title)}</title></head>"
         f"<body><h1>{html.escape(title)}</h1><div>{body_html}</div></body></html>\n",
         HTML,
+        PAGE_HEADERS,
     )
 
 

@@ -19,7 +19,7 @@ from outreach_actors.worker.middleware.periodic import PeriodicTickLock
 from outreach_actors.worker.middleware.polling import TIMER_QUEUE, WorkerPolling
 from outreach_actors.worker.middleware.rate_limits import RateLimits
 from outreach_actors.worker.middleware.skips import install_quiet_skips
-from outreach_actors.worker.middleware.startup import ConfigurationWarnings
+from outreach_actors.worker.middleware.startup import ConfigurationChecks
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ def _ms(settings: Settings, name: str) -> int:
 def project_middleware(settings: Settings) -> list[dramatiq.Middleware]:
     """The project's own middleware, in the order it must run.
 
-    The database connection opens first (the others may query) and closes last.
+    The configuration is checked first: a worker it refuses has touched nothing.
+    The database connection opens next (the others may query) and closes last.
     The periodic tick lock comes next: a tick that already ran needs nothing else.
     Idempotency runs before RateLimits: a duplicate is skipped before it can take
     a rate-limit slot, and when RateLimits defers a message, Idempotency releases
@@ -91,13 +92,13 @@ def project_middleware(settings: Settings) -> list[dramatiq.Middleware]:
     state = BrokerState(settings)
     install_quiet_skips()  # their skips are flow control: no WARNING from Dramatiq for each
     return [
+        ConfigurationChecks(settings),
         WorkerPolling(
             interval_ms=_ms(settings, "worker_idle_poll_interval"),
             prompt_queues=[TIMER_QUEUE],
             prompt_interval_ms=_ms(settings, "worker_poll_interval"),
         ),
         DatabaseConnections(),
-        ConfigurationWarnings(settings),
         PeriodicTickLock(),
         Idempotency(
             leases_for=state.leases,
