@@ -60,6 +60,8 @@ def limiter(request, data_dir: Path):
     keys = list(client.scan_iter(match=prefix + "*"))
     if keys:
         client.delete(*keys)
+    if request.param == "embedded":  # also for modules without this one's autouse fixture
+        stop_embedded_redis(data_dir)
 
 
 # --- semantics, the same on every backend ------------------------------------------
