@@ -366,17 +366,21 @@ def insert_statements(model: type[BaseModel], rows: Sequence[Mapping[str, Any]],
         tail += " RETURNING " + ", ".join(f'"{column}"' for column in columns)
     per_statement = max(1, _MAX_INSERT_PARAMS // len(fields))
     per_statement = min(per_statement, rows_per_statement or per_statement)
+    converters = [(field.name, field.db_value) for field in fields]
     for start in range(0, len(rows), per_statement):
         chunk = rows[start:start + per_statement]
         params = []
         for row in chunk:
-            for field in fields:
-                if field.name in row:
-                    value = row[field.name]
+            if len(row) == len(converters):  # every field given: the usual case, the fast path
+                params.extend([convert(row[name]) for name, convert in converters])
+                continue
+            for name, convert in converters:
+                if name in row:
+                    value = row[name]
                 else:
-                    value = defaults[field.name]
+                    value = defaults[name]
                     value = value() if callable(value) else value
-                params.append(field.db_value(value))
+                params.append(convert(value))
         yield head + ", ".join([placeholders] * len(chunk)) + tail, params
 
 
