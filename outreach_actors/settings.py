@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import isodate
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ByteSize,
+    ConfigDict,
+    ValidationError,
+    field_validator,
+)
 
 ENV_PREFIX = "OUTREACH_"
 MAX_RENDER_BATCH_SIZE = 1000
@@ -85,7 +92,8 @@ class Settings(BaseModel):
 
     # Public URL of the webhook/unsubscribe app, used to build unsubscribe links.
     public_base_url: str = "http://localhost:8000"
-    # Secret for unsubscribe tokens; the default is only fit for local use.
+    # Secret for unsubscribe tokens; the default is only fit for local use: workers and
+    # endpoints that mail through SendGrid refuse it (unsubscribe.require_unforgeable_links).
     secret_key: str = "outreach-insecure-development-key"
     # Earlier secrets, still accepted for links in mail sent before a rotation (an
     # unsubscribe link must work as long as the mail is read); new links use secret_key.
@@ -133,6 +141,14 @@ class Settings(BaseModel):
     # sends due together are rendered by one message, in batches of at most this many.
     timeout_batch_size: int = 100
     render_batch_size: int = 20
+    # Each render of a tenant's template (and each check of one) runs in a render
+    # process of its own, held to these: memory beyond what the process holds as the
+    # render starts (bytes, or a size such as 256MiB), CPU time (whole seconds, as the
+    # kernel counts them) and wall-clock time; render_processes of them per process.
+    render_memory_limit: ByteSize = ByteSize(256 * 1024 * 1024)
+    render_cpu_limit: Duration = timedelta(seconds=5)
+    render_timeout: Duration = timedelta(seconds=30)
+    render_processes: int = 2
     # How long a worker waits on an empty timer queue before it looks again, and so how
     # late a due timer can start; and the same for every other queue, which no
     # deadline needs looked at so often (see middleware.polling for the cost).
@@ -165,6 +181,7 @@ class Settings(BaseModel):
         "dispatch_batch_size",
         "timeout_batch_size",
         "soft_bounce_limit",
+        "render_processes",
     )
     @classmethod
     def _positive(cls, value: int) -> int:
@@ -179,6 +196,21 @@ class Settings(BaseModel):
         # 32,766 parameters a statement, PostgreSQL 65,535.
         if not 1 <= value <= MAX_RENDER_BATCH_SIZE:
             raise ValueError(f"must be a whole number from 1 to {MAX_RENDER_BATCH_SIZE}")
+        return value
+
+    @field_validator("render_memory_limit")
+    @classmethod
+    def _room_to_render(cls, value: ByteSize) -> ByteSize:
+        # Below this even an ordinary email fails: the text part's parser needs some.
+        if value < 32 * 1024 * 1024:
+            raise ValueError("must be at least 32MiB (a size such as 256MiB, or bytes)")
+        return value
+
+    @field_validator("render_cpu_limit", "render_timeout")
+    @classmethod
+    def _some_time(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be a duration above zero, such as PT5S")
         return value
 
     @field_validator("public_base_url")

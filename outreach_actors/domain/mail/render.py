@@ -14,7 +14,7 @@ from typing import NamedTuple
 from outreach_actors.domain import engine
 from outreach_actors.domain.mail.send_order import SendScope, make_send_order, order_message_id
 from outreach_actors.domain.observability import tag
-from outreach_actors.domain.rendering import RenderError, TemplateRenderer
+from outreach_actors.domain.rendering import IsolatedRenderer, RenderError, RenderLimits
 from outreach_actors.domain.store import keys
 from outreach_actors.domain.store.db import is_postgresql
 from outreach_actors.domain.store.models import (
@@ -37,9 +37,16 @@ from outreach_actors.settings import Settings, get_settings
 logger = logging.getLogger(__name__)
 
 
+def renderer_for(templates_dir: Path, settings: Settings | None = None) -> IsolatedRenderer:
+    """The renderer of the templates in ``templates_dir``: each render and check runs in
+    a render process, held to the settings' limits (see rendering.isolation)."""
+    limits = RenderLimits.from_settings(settings or get_settings())
+    return _renderer(Path(templates_dir).resolve(), limits)
+
+
 @lru_cache(maxsize=8)
-def renderer_for(templates_dir: Path) -> TemplateRenderer:
-    return TemplateRenderer(templates_dir)
+def _renderer(templates_dir: Path, limits: RenderLimits) -> IsolatedRenderer:
+    return IsolatedRenderer(templates_dir, limits)
 
 
 class _SendAction(NamedTuple):
@@ -291,7 +298,7 @@ def _render_one(action_id: int, facts: _SendAction | None, settings: Settings,
         tenant_id=facts.tenant_id, tenant_name=facts.tenant_name, plan_name=plan.name,
         plan_version=facts.plan_version, node=facts.node, unsubscribe=unsubscribe)
     try:
-        rendered = renderer_for(Path(settings.templates_dir)).render_email(
+        rendered = renderer_for(Path(settings.templates_dir), settings).render_email(
             subject=node.subject or "", template=node.template, body=node.body, context=context,
         )
     except RenderError as exc:

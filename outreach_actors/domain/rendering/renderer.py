@@ -21,7 +21,6 @@ left must be a single line, so a contact field cannot inject headers.
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -39,22 +38,17 @@ from jinja2 import (
     nodes,
 )
 
+from outreach_actors.domain.headers import breaks_header
+from outreach_actors.domain.rendering.limits import MAX_OUTPUT_CHARS, RenderError, loop_turns
 from outreach_actors.domain.rendering.sandbox import (
-    MAX_OUTPUT_CHARS,
     GuardedLoader,
-    RenderError,
     SandboxedEnvironment,
-    loop_turns,
-    none_as_empty,
+    finalize_output,
     source_too_large,
 )
 from outreach_actors.domain.rendering.text import html_to_text
 
 CONTEXT_NAMES = frozenset({"contact", "tenant", "plan", "node", "unsubscribe_url"})
-
-# Every character str.splitlines() breaks on, and NUL: a subject must stay one header line.
-_LINE_BREAK = re.compile("[\r\n\x00\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
-
 
 @dataclass(frozen=True, slots=True)
 class RenderedEmail:
@@ -74,7 +68,7 @@ class TemplateRenderer:
         options: dict[str, Any] = {
             "loader": loader,
             "undefined": StrictUndefined,
-            "finalize": none_as_empty,
+            "finalize": finalize_output,
         }
         # Every body is HTML (the text part is derived from it), so a body is always
         # escaped, whatever its file extension; a subject is a header, never HTML.
@@ -91,19 +85,26 @@ class TemplateRenderer:
         template: str | None,
         body: str | None,
         context: Mapping[str, Any],
+        on_part: Callable[[str], None] | None = None,
     ) -> RenderedEmail:
-        """Render one email, or raise RenderError naming the node, field and line at fault."""
-        node = _node_name(context)
+        """Render one email, or raise RenderError naming the node, field and line at fault.
+
+        ``on_part`` is told each part as its render starts (``subject``, ``template`` or
+        ``body``, then ``text part``): what a render process that dies names.
+        """
+        node = node_of(context)
+        started = on_part or _ignore
         if (template is None) == (body is None):
             raise RenderError("give exactly one of template or body", node=node)
         # Files are size-checked by the loader; inline sources here, before compiling them.
         for field, source in (("subject", subject), ("body", body)):
             if source is not None and (too_large := source_too_large(source)):
                 raise RenderError(too_large, node=node, field=field)
+        started("subject")
         rendered_subject = self._render(
             lambda: self._compile_subject(subject), context, node=node, field="subject"
         ).strip()
-        if _LINE_BREAK.search(rendered_subject):
+        if breaks_header(rendered_subject):
             raise RenderError(
                 "the rendered subject contains a line break or NUL (from a template value "
                 "or a contact field); a subject must be one line",
@@ -112,6 +113,7 @@ class TemplateRenderer:
             )
         if not rendered_subject:
             raise RenderError("the rendered subject is empty", node=node, field="subject")
+        started("template" if template is not None else "body")
         if template is not None:
             html = self._render(
                 lambda: self._html_env.get_template(template), context, node=node, field="template",
@@ -119,6 +121,7 @@ class TemplateRenderer:
             )
         else:
             html = self._render(lambda: self._compile_html(body), context, node=node, field="body")
+        started("text part")
         return RenderedEmail(subject=rendered_subject, html=html, text=html_to_text(html))
 
     def _render(
@@ -170,7 +173,7 @@ class TemplateRenderer:
         if not subject.strip():
             return ["is empty"]
         problems = self._check_source(self._subject_env, subject, seen=set(), nested=False)
-        if _LINE_BREAK.search(subject.strip()):
+        if breaks_header(subject.strip()):
             problems.append("contains a line break; a subject must be one line")
         return problems
 
@@ -217,6 +220,26 @@ class TemplateRenderer:
                 problems += self._check_file(found, seen=seen, nested=True)
         return problems
 
+    def check_bounds(self, *, subject: str, template: str | None, body: str | None) -> list[str]:
+        """What the subject and the template or body compute from constants alone (what
+        Jinja would fold at compile time) that passes a render's bound, and so fails
+        every render that reaches it; in check_template's form.
+
+        This runs template code: call it only where a render's bounds hold (the render
+        processes of ``isolation`` do).
+        """
+        problems = [f"subject: {problem}"
+                    for problem in _constant_problems(self._subject_env, subject)]
+        source = body
+        if template is not None:
+            try:
+                source = self._html_env.loader.get_source(self._html_env, template)[0]
+            except Exception:
+                source = None  # check_template says why
+        if source is not None:
+            problems += _constant_problems(self._html_env, source)
+        return problems
+
     def shows_unsubscribe_link(self, *, template: str | None, body: str | None) -> bool:
         """Whether the email's HTML uses ``unsubscribe_url`` anywhere: in the template or
         body, or in a template it includes, extends or imports (best effort: a name
@@ -260,6 +283,56 @@ def _join_limited(chunks: Iterator[str]) -> str:
             raise RenderError(f"the output passed the limit of {MAX_OUTPUT_CHARS:,} characters")
         parts.append(chunk)
     return "".join(parts)
+
+
+def _constant_problems(env: SandboxedEnvironment, source: str) -> list[str]:
+    """The expressions of ``source`` that name no variable, rendered together (one
+    template, so that checking a large one stays cheap): the first that passes a bound,
+    with its line."""
+    try:
+        ast = env.parse(source)
+    except Exception:
+        return []  # check_template reports it
+    outputs = [nodes.Output([expression], lineno=expression.lineno) for expression in
+               sorted(_constant_expressions(ast), key=lambda expression: expression.lineno)]
+    if not outputs:
+        return []
+    budget = loop_turns.set([0])
+    try:
+        _join_limited(env.from_string(nodes.Template(outputs, lineno=1)).generate({}))
+    except (RenderError, MemoryError) as exc:  # a bound: the guards', the budget's, memory
+        line = _template_place(exc, "", Path())[1]
+        reason = exc.reason if isinstance(exc, RenderError) else (
+            "needs more memory than a render may take")
+        return [f"line {line}: {reason}" if line else reason]
+    except Exception:
+        return []  # a fault (1/0, say), which the render reports: it hides the rest
+    finally:
+        loop_turns.reset(budget)
+    return []
+
+
+# Expressions that cannot stand on their own in ``{{ }}``, or compute nothing.
+_NOT_STANDALONE = (nodes.Const, nodes.TemplateData, nodes.Slice, nodes.ContextReference,
+                   nodes.DerivedContextReference, nodes.EnvironmentAttribute,
+                   nodes.ExtensionAttribute, nodes.ImportedName, nodes.InternalName)
+
+
+def _constant_expressions(ast: nodes.Template) -> Iterator[nodes.Expr]:
+    """The largest expressions that name no variable (nor global, filter block or
+    macro), and so compute the same at every render."""
+    pending: list[nodes.Node] = [ast]
+    while pending:
+        node = pending.pop()
+        if (isinstance(node, nodes.Expr) and not isinstance(node, _NOT_STANDALONE)
+                and not isinstance(node, nodes.Name)
+                and not (isinstance(node, nodes.Filter) and node.node is None)
+                and next(node.find_all(nodes.Name), None) is None
+                and not any(isinstance(found, nodes.Filter) and found.node is None
+                            for found in node.find_all(nodes.Filter))):
+            yield node
+        else:
+            pending.extend(node.iter_child_nodes())
 
 
 def _private_attribute_problems(ast: nodes.Template) -> list[str]:
@@ -319,9 +392,14 @@ def _unknown_name_problems(ast: nodes.Template, *, known: AbstractSet[str]) -> l
     return problems
 
 
-def _node_name(context: Mapping[str, Any]) -> str | None:
+def node_of(context: Mapping[str, Any]) -> str | None:
+    """The name of the node a render context is for."""
     node = context.get("node")
     return node.get("name") if isinstance(node, Mapping) else None
+
+
+def _ignore(part: str) -> None:
+    pass
 
 
 def _describe(exc: Exception) -> str:

@@ -1,54 +1,50 @@
-"""The Jinja2 sandbox tenant templates run in, and the bounds it holds them to: size,
-output, loop turns, and the single C calls that would build a huge value at once."""
+"""The Jinja2 sandbox tenant templates run in: Jinja's immutable sandbox, with every step
+that could pass a render's bounds (``limits``) checked first (``guards``)."""
 
 from __future__ import annotations
 
 import functools
-import math
-import re
-from collections.abc import Callable, Iterator, Mapping
-from contextvars import ContextVar
+import types
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from jinja2 import (
-    FileSystemLoader,
-    TemplateNotFound,
-    nodes,
-)
+from jinja2 import FileSystemLoader, Template, TemplateNotFound, nodes, pass_context
 from jinja2.compiler import CodeGenerator, Frame
-from jinja2.exceptions import SecurityError
-from jinja2.runtime import LoopContext
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.runtime import BlockReference, LoopContext, Macro
+from jinja2.sandbox import (
+    ImmutableSandboxedEnvironment,
+    SandboxedEscapeFormatter,
+    SandboxedFormatter,
+)
+from markupsafe import Markup
 
-MAX_TEMPLATE_BYTES = 1024 * 1024
-MAX_OUTPUT_CHARS = 2 * 1024 * 1024
-# Integers above 4096 bits (about 1,200 digits) have no place in an email; Python refuses
-# to print ints over 4,300 digits anyway.
-MAX_INTEGER_BITS = 4096
+from outreach_actors.domain.rendering.guards import (
+    FILTER_GUARDS,
+    READ_STRUCTURES,
+    STR_METHOD_GUARDS,
+    STRUCTURES,
+    BoundedFormatting,
+    TextMeasure,
+    bounded_lipsum,
+    check_power,
+    check_printf,
+    check_product,
+    check_sum,
+    check_text_size,
+)
+from outreach_actors.domain.rendering.limits import (
+    MAX_OUTPUT_CHARS,
+    MAX_TEMPLATE_BYTES,
+    RenderError,
+    count_call,
+    counted_turns,
+)
 
 _SIZE_ADVICE = (
     f"over the limit of {MAX_TEMPLATE_BYTES:,} bytes (1 MiB); "
     "link to large content such as images instead of embedding it"
 )
-
-
-class RenderError(ValueError):
-    """A template could not be checked or rendered; the message says where and why."""
-
-    def __init__(
-        self,
-        reason: str,
-        *,
-        node: str | None = None,
-        field: str | None = None,
-        line: int | None = None,
-    ) -> None:
-        self.reason, self.node, self.field, self.line = reason, node, field, line
-        where = [f"node {node!r}"] if node else []
-        where += [field] if field else []
-        where += [f"line {line}"] if line else []
-        super().__init__(f"{', '.join(where)}: {reason}" if where else reason)
 
 
 class GuardedLoader(FileSystemLoader):
@@ -62,21 +58,25 @@ class GuardedLoader(FileSystemLoader):
 
 
 class SandboxedEnvironment(ImmutableSandboxedEnvironment):
-    """The immutable sandbox, with ``**`` and ``*`` refused when the result would be huge.
+    """The immutable sandbox, with each step that could build a huge value checked first.
 
-    Why: the sandbox's other guards (MAX_RANGE, our output limit) act between template
-    steps, but ``10 ** (10 ** 10)`` or ``"x" * 10**10`` is one C call that takes minutes
-    of CPU or all memory before anything can stop it. Intercepting the operators also
-    stops Jinja from folding them as constants at compile time, so checking such a
-    template does not hang. For the same reason the calls that pad to a width
-    (``'x'.center(10**9)``, ``|center``, ``|indent``, a format spec such as
-    ``{:>999999999}`` or ``%999999999s``) are refused when the width passes the output
-    limit.
+    Why: the sandbox's own guards (MAX_RANGE) and our output limit act between template
+    steps, but ``10 ** (10 ** 10)``, ``"x" * 10**10``, ``'%*s' % (10**9, 'x')`` or a
+    join of a thousand 2 MB strings is one C call that takes minutes of CPU or all
+    memory before anything can stop it. So the operators ``**``, ``*``, ``+`` and
+    ``%``, ``~``, the methods of strings that pad, join, translate or format, every
+    filter, printing a value, and the joins of block and macro output are checked
+    (``guards``) before they run; every loop turn, macro call and include counts
+    against the render's budget of turns (a macro that calls itself twice makes 2**n
+    calls and prints nothing).
 
-    Values that double at each turn of a loop (``{% set ns.s = ns.s ~ ns.s %}``, with
-    ``+`` or ``|replace`` too) pass any memory in about thirty steps, each one C call:
-    a concatenation, a sum or a replacement whose result would pass the output limit
-    is refused before it is built.
+    Nothing is evaluated while compiling: Jinja folds constant expressions, filters
+    included, at compile time (in its optimizer, in the code generator's output and
+    ``{% autoescape %}`` handling, and in ``meta.find_undeclared_variables``, which
+    runs its own code generator), so checking a plan ran its bombs. Turning the
+    optimizer off (``optimized=False``) is not enough on its own; a filter that takes
+    the render's context is never folded, so every filter here takes it. The
+    intercepted operators are not folded either.
 
     Private names (``_x``) are refused outright: Jinja falls back from ``obj.x`` to
     ``obj['x']``, which turned ``dict.__globals__`` into ``dict['__globals__']``.
@@ -85,36 +85,39 @@ class SandboxedEnvironment(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"**", "*", "%", "+"})
 
     def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
+        super().__init__(optimized=False, **options)
         self.code_generator_class = _GuardedCodeGenerator
-        self.filters[LOOP_BUDGET_FILTER] = _counted_turns
-        # Jinja's lipsum(n) has no bound: a million paragraphs is a minute of CPU
-        # before the output limit can act. Keep it, with a cap a placeholder needs.
-        lipsum = self.globals["lipsum"]
-        self.globals["lipsum"] = lambda n=5, *args, **kwargs: lipsum(
-            _bounded_count(n, MAX_LIPSUM_PARAGRAPHS), *args, **kwargs)
+        self.globals["lipsum"] = bounded_lipsum(self.globals["lipsum"])
+        self.filters = {name: _at_render_time(name, jinja_filter)
+                        for name, jinja_filter in self.filters.items()}
+        self.filters[LOOP_BUDGET_FILTER] = counted_turns
 
-        # Filters do not go through call(): the padding ones are guarded here.
-        for name in _WIDTH_FILTERS:
-            self.filters[name] = _width_guarded(self.filters[name])
-        self.filters["format"] = _format_guarded(self.filters["format"])
-        self.filters["replace"] = _replace_guarded(self.filters["replace"])
+    @staticmethod
+    def concat(parts: Iterable[str]) -> str:
+        """The join of a block's, a macro's or a call block's output (Jinja's
+        ``environment.concat``), refused when it would pass the output limit."""
+        parts = parts if isinstance(parts, list) else list(parts)
+        if sum(map(len, parts)) > MAX_OUTPUT_CHARS:
+            raise RenderError(f"a block, macro or call block would build more than "
+                              f"{MAX_OUTPUT_CHARS:,} characters (the output limit)")
+        return "".join(parts)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "**":
-            _check_power(left, right)
+            check_power(left, right)
         elif operator == "*":
-            _check_product(left, right)
+            check_product(left, right)
         elif operator == "+":
-            _check_sum(left, right)
-        elif isinstance(left, str):
-            _check_format_widths(left)
+            check_sum(left, right)
+        elif isinstance(left, str | bytes):
+            check_printf(left, right)
         return super().call_binop(context, operator, left, right)
 
     def limited_concat(self, parts: tuple[Any, ...], join: Callable[[Any], str]) -> str:
         """``a ~ b``, refused when the result would pass the output limit (see
         _GuardedCodeGenerator)."""
-        if sum(len(part) for part in parts if isinstance(part, str)) > MAX_OUTPUT_CHARS:
+        measure = TextMeasure()
+        if any(measure.add(part) for part in parts):
             raise RenderError(f"joining text with ~ would pass the output limit of "
                               f"{MAX_OUTPUT_CHARS:,} characters")
         return join(parts)
@@ -126,104 +129,83 @@ class SandboxedEnvironment(ImmutableSandboxedEnvironment):
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
         # (Jinja's own signature: a template may pass keywords named self or context.)
-        name = getattr(__obj, "__name__", "")
-        if isinstance(__obj, LoopContext) and args:
+        if isinstance(__obj, Macro | BlockReference):
+            count_call()
+        elif isinstance(__obj, LoopContext) and args:
             # loop(children) in a `recursive` loop: its turns count against the budget too.
-            args = (_counted_turns(args[0]), *args[1:])
-        owner = getattr(__obj, "__self__", None)
-        if name in _WIDTH_METHODS and isinstance(owner, str):
-            _check_width(args[0] if args else kwargs.get("width"), f"str.{name}")
-        elif name == "replace" and isinstance(owner, str):
-            _check_replace(owner, *args, **kwargs)
+            args = (counted_turns(args[0]), *args[1:])
+        elif isinstance(owner := getattr(__obj, "__self__", None), str | bytes):
+            guard = STR_METHOD_GUARDS.get(getattr(__obj, "__name__", ""))
+            if guard is not None:
+                args = guard(owner, *args, **kwargs) or args
         return super().call(__context, __obj, *args, **kwargs)
 
+    def get_template(self, name: Any, parent: str | None = None,
+                     globals: Any = None) -> Template:
+        count_call()  # an include, import or extends
+        return super().get_template(name, parent, globals)
+
+    def select_template(self, names: Any, parent: str | None = None,
+                        globals: Any = None) -> Template:
+        count_call()
+        return super().select_template(names, parent, globals)
+
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
-        # The sandbox hands str.format and format_map to its own formatter; check first.
-        owner = getattr(value, "__self__", None)
-        if not isinstance(owner, str) or getattr(value, "__name__", "") not in {
-                "format", "format_map"}:
-            return super().wrap_str_format(value)
-        _check_format_widths(owner)
-        formatter = super().wrap_str_format(value)
-        if formatter is None or not _NESTED_FORMAT_WIDTH.search(owner):
-            return formatter
+        """Jinja's own, with a formatter that checks each field before it is built (see
+        BoundedFormatting): Jinja builds its formatter inside this method."""
+        if not isinstance(value, types.MethodType | types.BuiltinMethodType) or (
+                value.__name__ not in ("format", "format_map")):
+            return None
+        template = value.__self__
+        if not isinstance(template, str):
+            return None
+        formatter: SandboxedFormatter = (
+            _BoundedEscapeFormatter(self, escape=template.escape)
+            if isinstance(template, Markup) else _BoundedFormatter(self))
+        is_format_map = value.__name__ == "format_map"
 
-        def checked(*args: Any, **kwargs: Any) -> str:
-            # '{:>{w}}'.format(x, w=10**9): the width comes in as an argument.
-            for arg in (*args, *kwargs.values()):
-                for width in (arg.values() if isinstance(arg, Mapping) else [arg]):
-                    _check_width(width, "a format width")
-            return formatter(*args, **kwargs)
+        def wrapper(*args: Any, **kwargs: Any) -> str:
+            if is_format_map:
+                if kwargs:
+                    raise TypeError("format_map() takes no keyword arguments")
+                if len(args) != 1:
+                    raise TypeError(f"format_map() takes exactly one argument ({len(args)} given)")
+                kwargs, args = args[0], ()
+            return type(template)(formatter.vformat(template, args, kwargs))
 
-        return checked
-
-
-# Calls whose output grows with a width argument, which one C call would fill.
-_WIDTH_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
-_WIDTH_FILTERS = ("center", "indent")
-# A width or precision of 8 digits or more in a str.format or printf-style spec.
-_NESTED_FORMAT_WIDTH = re.compile(r"\{[^{}]*:[^{}]*\{")
-_HUGE_FORMAT_WIDTH = re.compile(r"\{[^{}]*:[^{}]*\d{8,}[^{}]*\}|%[-#0 +]*(?:\d{8,}|\*?\.\d{8,})")
+        return functools.update_wrapper(wrapper, value)
 
 
-def _check_width(width: Any, what: str) -> None:
-    if isinstance(width, int) and width > MAX_OUTPUT_CHARS:
-        raise RenderError(f"{what}({width:,}) would pass the output limit of "
-                          f"{MAX_OUTPUT_CHARS:,} characters")
-    if isinstance(width, str) and len(width) > MAX_OUTPUT_CHARS:
-        raise RenderError(f"{what} was given a width string longer than the output limit")
+class _BoundedFormatter(BoundedFormatting, SandboxedFormatter):
+    pass
 
 
-def _check_format_widths(template: str) -> None:
-    if _HUGE_FORMAT_WIDTH.search(template):
-        raise RenderError("a format width would pass the output limit of "
-                          f"{MAX_OUTPUT_CHARS:,} characters")
+class _BoundedEscapeFormatter(BoundedFormatting, SandboxedEscapeFormatter):
+    pass
 
 
-def _width_guarded(jinja_filter: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(jinja_filter)
-    def guarded(value: Any, *args: Any, **kwargs: Any) -> Any:
-        # center(value, width) and indent(value, width)
-        _check_width(args[0] if args else kwargs.get("width"), f"|{jinja_filter.__name__[3:]}")
-        return jinja_filter(value, *args, **kwargs)
+def _at_render_time(name: str, jinja_filter: Callable[..., Any]) -> Callable[..., Any]:
+    """``jinja_filter``, checked by its guard before it runs; refused a structure whose
+    text would pass the output limit when it prints its input; and taking the render's
+    context, so that Jinja never runs it at compile time (see SandboxedEnvironment)."""
+    passes = getattr(getattr(jinja_filter, "jinja_pass_arg", None), "name", None)
+    guard = FILTER_GUARDS.get(name)
+    prints_input = name not in READ_STRUCTURES
 
-    return guarded
+    def guarded(context: Any, value: Any, *args: Any, **kwargs: Any) -> Any:
+        if prints_input and isinstance(value, STRUCTURES):
+            check_text_size(value, f"|{name}")
+        if guard is not None and (read := guard(context.environment, value, *args,
+                                                **kwargs)) is not None:
+            value = read  # the guard read an iterator: filter what it read
+        if passes is None:
+            return jinja_filter(value, *args, **kwargs)
+        first = {"context": context, "eval_context": context.eval_ctx,
+                 "environment": context.environment}[passes]
+        return jinja_filter(first, value, *args, **kwargs)
 
-
-def _format_guarded(jinja_filter: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(jinja_filter)
-    def guarded(value: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(value, str):
-            _check_format_widths(value)
-        return jinja_filter(value, *args, **kwargs)
-
-    return guarded
-
-
-def _replace_guarded(jinja_filter: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(jinja_filter)
-    def guarded(eval_ctx: Any, value: Any, old: Any, new: Any, count: Any = None) -> Any:
-        _check_replace(str(value), old, new, count)
-        return jinja_filter(eval_ctx, value, old, new, count)
-
-    return guarded
-
-
-def _check_replace(text: str, old: Any = "", new: Any = "", count: Any = None, **_: Any) -> None:
-    if not isinstance(old, str) or not isinstance(new, str) or len(new) <= len(old):
-        return  # str.replace refuses other types itself; a shorter result cannot grow
-    times = text.count(old) if old else len(text) + 1
-    if isinstance(count, int) and count >= 0:
-        times = min(times, count)
-    if len(text) + times * (len(new) - len(old)) > MAX_OUTPUT_CHARS:
-        raise RenderError(f"a replacement would pass the output limit of {MAX_OUTPUT_CHARS:,} characters")
-
-
-def _check_sum(left: Any, right: Any) -> None:
-    if isinstance(left, str | list | tuple) and isinstance(right, str | list | tuple):
-        if len(left) + len(right) > MAX_OUTPUT_CHARS:
-            raise RenderError(f"adding two values would pass the output limit of "
-                              f"{MAX_OUTPUT_CHARS:,} characters")
+    functools.update_wrapper(guarded, jinja_filter, updated=())
+    return pass_context(guarded)
 
 
 class _GuardedCodeGenerator(CodeGenerator):
@@ -255,54 +237,7 @@ class _GuardedCodeGenerator(CodeGenerator):
         self.write(")")
 
 
-# Turns of all the loops of one render together. An email's loops take a few hundred.
-# The budget bounds how long a bad template holds a worker thread (loops that
-# recurse, ``loop(...)``, cost the most per turn).
-MAX_LOOP_TURNS = 250_000
 LOOP_BUDGET_FILTER = "outreach_loop_budget"
-loop_turns: ContextVar[list[int]] = ContextVar("outreach_loop_turns")
-
-
-def _counted_turns(iterable: Any) -> Any:
-    turns = loop_turns.get(None)
-    return iterable if turns is None else _counting(iterable, turns)
-
-
-def _counting(iterable: Any, turns: list[int]) -> Iterator[Any]:
-    for item in iterable:
-        turns[0] += 1
-        if turns[0] > MAX_LOOP_TURNS:
-            raise RenderError(f"the template's loops passed {MAX_LOOP_TURNS:,} turns")
-        yield item
-
-
-MAX_LIPSUM_PARAGRAPHS = 100
-
-
-def _bounded_count(n: Any, limit: int) -> Any:
-    if isinstance(n, int) and n > limit:
-        raise SecurityError(f"lipsum({n}) asks for more than {limit} paragraphs")
-    return n
-
-
-def _check_power(base: Any, exponent: Any) -> None:
-    if isinstance(base, int) and isinstance(exponent, int) and exponent > 0 and abs(base) > 1:
-        if exponent * math.log2(abs(base)) > MAX_INTEGER_BITS:
-            raise RenderError(f"{base} ** {exponent} is too large to compute in a template")
-
-
-def _check_product(left: Any, right: Any) -> None:
-    if isinstance(left, int) and isinstance(right, int):
-        if left.bit_length() + right.bit_length() > MAX_INTEGER_BITS:
-            raise RenderError("a multiplication result is too large to compute in a template")
-        return
-    count, sequence = (left, right) if isinstance(left, int) else (right, left)
-    if isinstance(count, int) and isinstance(sequence, str | list | tuple):
-        if len(sequence) * count > MAX_OUTPUT_CHARS:
-            raise RenderError(
-                f"repeating a value {count:,} times would pass the output limit of "
-                f"{MAX_OUTPUT_CHARS:,} characters"
-            )
 
 
 def check_template_file(root: Path, name: str) -> None:
@@ -329,7 +264,11 @@ def source_too_large(source: str) -> str | None:
     return None
 
 
-def none_as_empty(value: Any) -> Any:
-    return "" if value is None else value
-
-
+def finalize_output(value: Any) -> Any:
+    """What ``{{ value }}`` prints: None as nothing, and a structure refused when its
+    text would pass the output limit (``str()`` would build it in one C call)."""
+    if value is None:
+        return ""
+    if isinstance(value, STRUCTURES):
+        check_text_size(value, "printing this value")
+    return value

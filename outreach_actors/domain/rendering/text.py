@@ -29,7 +29,6 @@ _DISPLAY_NONE = re.compile(
     r"|opacity\s*:\s*0(?:\.0*)?)\s*(?:!important\s*)?(?:;|$)", re.IGNORECASE)
 _LINKS = lxml.etree.XPath("//a[@href]")
 _LIST_ITEMS = lxml.etree.XPath("//li")
-_EARLIER_ITEMS = lxml.etree.XPath("preceding-sibling::li")
 _LIST_START = re.compile(r"\s*(-?\d{1,9})\s*")
 
 
@@ -55,8 +54,10 @@ def html_to_text(html: str) -> str:
             element.drop_tree()
     for link in _LINKS(tree):
         _as_markdown_link(link)
+    numbers = _item_numbers(tree)
     for item in _LIST_ITEMS(tree):
-        item.text = _list_marker(item) + (item.text or "")
+        number = numbers.get(item)
+        item.text = ("* " if number is None else f"{number}. ") + (item.text or "")
     for comment in _COMMENTS(tree):
         if comment.getparent() is not None:
             comment.drop_tree()
@@ -66,14 +67,18 @@ def html_to_text(html: str) -> str:
     return _BLANK_LINES.sub("\n\n", lines).strip()
 
 
-def _list_marker(item: Any) -> str:
-    """``* `` in a bulleted list, ``3. `` for the third item of a numbered one."""
-    parent = item.getparent()
-    if parent is None or parent.tag != "ol":
-        return "* "
-    start = _LIST_START.fullmatch(parent.get("start", "1"))
-    first = int(start.group(1)) if start else 1
-    return f"{first + len(_EARLIER_ITEMS(item))}. "
+def _item_numbers(tree: Any) -> dict[Any, int]:
+    """The number of each item of a numbered list (``<ol start>`` counts from there); the
+    other items are bulleted. One pass over each list's children: linear in the HTML."""
+    numbers = {}
+    for numbered in tree.iter("ol"):
+        start = _LIST_START.fullmatch(numbered.get("start", "1"))
+        number = int(start.group(1)) if start else 1
+        for child in numbered:
+            if child.tag == "li":
+                numbers[child] = number
+                number += 1
+    return numbers
 
 
 def _as_markdown_link(link: Any) -> None:

@@ -18,6 +18,7 @@ from outreach_actors.worker.middleware.idempotency import Idempotency
 from outreach_actors.worker.middleware.periodic import PeriodicTickLock
 from outreach_actors.worker.middleware.polling import TIMER_QUEUE, WorkerPolling
 from outreach_actors.worker.middleware.rate_limits import RateLimits
+from outreach_actors.worker.middleware.render_processes import RenderProcesses
 from outreach_actors.worker.middleware.skips import install_quiet_skips
 from outreach_actors.worker.middleware.startup import ConfigurationChecks
 
@@ -110,4 +111,5 @@ def project_middleware(settings: Settings) -> list[dramatiq.Middleware]:
             limiter_for=state.limiter,
             max_deferral=_ms(settings, "ratelimit_max_deferral"),
         ),
+        RenderProcesses(settings),
     ]
