@@ -334,3 +334,22 @@ class CpuMeter:
 
 def cpu_split(ms_per_item: dict[str, float]) -> str:
     return ", ".join(f"{part} {ms:.2f}" for part, ms in ms_per_item.items())
+
+
+def command_line(run: Callable[[bool], dict[str, dict]], doc: str, *, quick_help: str) -> None:
+    """The command line of a benchmark module: ``--quick``, ``--json``, or each figure
+    printed beside its reference."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    options = parser.parse_args()
+    figures = run(options.quick)
+    if options.json:
+        print(json.dumps(figures))
+        return
+    for name, measured in figures.items():
+        print(f"{name}: {measured['value']:,} {measured['unit']} "
+              f"(reference {measured['reference']:,}, ratio {measured['ratio']})")

@@ -12,7 +12,6 @@ Usage: python benchmarks/enroll.py [--quick] [--json]
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import time
@@ -85,17 +84,7 @@ def run(quick: bool, database_url: str = _common.DATABASE_URL,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK:,} rows, not {FULL:,}")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    options = parser.parse_args()
-    figures = run(options.quick)
-    if options.json:
-        print(json.dumps(figures))
-        return
-    for name, measured in figures.items():
-        print(f"{name}: {measured['value']:,} {measured['unit']} "
-              f"(a plain COPY of the same rows: {measured['reference']:,}/s)")
+    _common.command_line(run, __doc__, quick_help=f"{QUICK:,} rows, not {FULL:,}")
 
 
 if __name__ == "__main__":

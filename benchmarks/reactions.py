@@ -20,8 +20,6 @@ Usage: python benchmarks/reactions.py [--quick] [--json]
 
 from __future__ import annotations
 
-import argparse
-import json
 import threading
 import time
 from dataclasses import dataclass
@@ -181,17 +179,7 @@ def run(quick: bool, database_url: str = _common.DATABASE_URL,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a smaller run")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    options = parser.parse_args()
-    figures = run(options.quick)
-    if options.json:
-        print(json.dumps(figures))
-        return
-    for name, measured in figures.items():
-        print(f"{name}: {measured['value']} {measured['unit']} "
-              f"(reference {measured['reference']}, ratio {measured['ratio']})")
+    _common.command_line(run, __doc__, quick_help="a smaller run")
 
 
 if __name__ == "__main__":
