@@ -29,38 +29,40 @@ WORKER = textwrap.dedent(
     from outreach_actors.worker.actors.mail import fire_timeout, render
     from outreach_actors.domain.plans import validate_plan
 
-    assert sentry_sdk.is_initialized()
-    models.create_schema(models.database_proxy.obj)
-    models.Tenant.create(id="acme")
-    plan = validate_plan('''
-    name: drip
-    start: pause
-    nodes:
-      pause: {type: wait, transitions: [{on: elapsed, after: PT1H, to: done}]}
-      done: {type: exit}
-    ''')
-    models.Plan.create(tenant="acme", name="drip", definition=plan.to_definition())
-    enrollment = engine.enroll("acme", "ada@example.com", "drip")
-    timer = models.ScheduledAction.get()
-    # A send action for a tenant with no sender identity: it fails for real, permanently.
-    broken = models.ScheduledAction.create(
-        enrollment=enrollment, node="pause", kind="send", run_at=timer.run_at, dedupe_key="x")
-    worker = dramatiq.Worker(outreach_actors.broker, worker_timeout=50)
-    worker.start()
-    render.send_with_options(args=(broken.id,), max_retries=0)
-    try:
-        outreach_actors.broker.join("render")
-    except Exception:
-        pass
-    # Only then the timer: run beside the render, it could move the enrollment first
-    # and the render would be skipped (moved on) instead of failing.
-    fire_timeout.send(timer.id)
-    fire_timeout.send(timer.id)  # a duplicate: skipped, not an error
-    outreach_actors.broker.join("timeouts")
-    worker.join()
-    worker.stop()
-    sentry_sdk.flush(timeout=5)
-    print("worker done")
+    # Render processes start from this file: only the main program runs the work.
+    if __name__ == "__main__":
+        assert sentry_sdk.is_initialized()
+        models.create_schema(models.database_proxy.obj)
+        models.Tenant.create(id="acme")
+        plan = validate_plan('''
+        name: drip
+        start: pause
+        nodes:
+          pause: {type: wait, transitions: [{on: elapsed, after: PT1H, to: done}]}
+          done: {type: exit}
+        ''')
+        models.Plan.create(tenant="acme", name="drip", definition=plan.to_definition())
+        enrollment = engine.enroll("acme", "ada@example.com", "drip")
+        timer = models.ScheduledAction.get()
+        # A send action for a tenant with no sender identity: it fails for real, permanently.
+        broken = models.ScheduledAction.create(
+            enrollment=enrollment, node="pause", kind="send", run_at=timer.run_at, dedupe_key="x")
+        worker = dramatiq.Worker(outreach_actors.broker, worker_timeout=50)
+        worker.start()
+        render.send_with_options(args=(broken.id,), max_retries=0)
+        try:
+            outreach_actors.broker.join("render")
+        except Exception:
+            pass
+        # Only then the timer: run beside the render, it could move the enrollment first
+        # and the render would be skipped (moved on) instead of failing.
+        fire_timeout.send(timer.id)
+        fire_timeout.send(timer.id)  # a duplicate: skipped, not an error
+        outreach_actors.broker.join("timeouts")
+        worker.join()
+        worker.stop()
+        sentry_sdk.flush(timeout=5)
+        print("worker done")
     """
 )
 
@@ -123,30 +125,32 @@ SENDING_WORKER = textwrap.dedent(
     from outreach_actors.worker.actors.mail import render, send
     from outreach_actors.domain.plans import validate_plan
 
-    models.create_schema(models.database_proxy.obj)
-    models.Tenant.create(id="acme")
-    models.SenderIdentity.create(tenant="acme", email="sales@acme.test", verified=True)
-    plan = validate_plan('''
-    name: hello
-    start: intro
-    nodes:
-      intro: {type: email, subject: "Hi", body: "<p>Hello there</p>",
-              transitions: [{on: click, to: done}]}
-      done: {type: exit}
-    ''')
-    models.Plan.create(tenant="acme", name="hello", definition=plan.to_definition())
-    engine.enroll("acme", "ada@example.com", "hello")
-    action = models.ScheduledAction.get()
-    worker = dramatiq.Worker(outreach_actors.broker, worker_timeout=50)
-    worker.start()
-    dramatiq.pipeline([render.message(action.id),
-                       send.message_with_options(min_backoff=10, max_backoff=20)]).run()
-    outreach_actors.broker.join("render")
-    outreach_actors.broker.join("send")
-    worker.join()
-    worker.stop()
-    sentry_sdk.flush(timeout=5)
-    print(models.OutboundMessage.get().status)
+    # Render processes start from this file: only the main program runs the work.
+    if __name__ == "__main__":
+        models.create_schema(models.database_proxy.obj)
+        models.Tenant.create(id="acme")
+        models.SenderIdentity.create(tenant="acme", email="sales@acme.test", verified=True)
+        plan = validate_plan('''
+        name: hello
+        start: intro
+        nodes:
+          intro: {type: email, subject: "Hi", body: "<p>Hello there</p>",
+                  transitions: [{on: click, to: done}]}
+          done: {type: exit}
+        ''')
+        models.Plan.create(tenant="acme", name="hello", definition=plan.to_definition())
+        engine.enroll("acme", "ada@example.com", "hello")
+        action = models.ScheduledAction.get()
+        worker = dramatiq.Worker(outreach_actors.broker, worker_timeout=50)
+        worker.start()
+        dramatiq.pipeline([render.message(action.id),
+                           send.message_with_options(min_backoff=10, max_backoff=20)]).run()
+        outreach_actors.broker.join("render")
+        outreach_actors.broker.join("send")
+        worker.join()
+        worker.stop()
+        sentry_sdk.flush(timeout=5)
+        print(models.OutboundMessage.get().status)
     """
 )
 
