@@ -164,7 +164,7 @@ def run(quick: bool, database_url: str = _common.DATABASE_URL,
         try:
             with database.connection_context(), _common.Workers(environment), PeriodiqTicker():
                 lateness = timer_lateness(size.timers)
-                reactions = event_reactions(size.events, standin, webhook_url, keys.private_key)
+                reactions = event_reactions(size.events, standin, webhook_url, keys.private_key_pem)
         finally:
             server.shutdown()
             database.close_all()
