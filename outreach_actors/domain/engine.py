@@ -54,6 +54,11 @@ class EnrollmentError(ValueError):
 class AlreadyEnrolled(EnrollmentError):
     """The contact is already in this plan and the plan does not allow re-entry."""
 
+    @classmethod
+    def of(cls, email: str, plan_name: str) -> AlreadyEnrolled:
+        return cls(f"{email} is already enrolled in plan {plan_name!r} "
+                   "(set allow_reentry: true in the plan to allow it)")
+
 
 def latest_plan(tenant_id: str, plan_name: str) -> Plan:
     row = (
@@ -164,10 +169,7 @@ def enroll(
                     created_at=now, updated_at=now,
                 )
         except peewee.IntegrityError:
-            raise AlreadyEnrolled(
-                f"{contact.email} is already enrolled in plan {plan_name!r} "
-                "(set allow_reentry: true in the plan to allow it)"
-            ) from None
+            raise AlreadyEnrolled.of(contact.email, plan_name) from None
         enter_start([enrollment], plan, now=now)
     logger.info("Enrolled enrollment=%s tenant=%s plan=%s", enrollment.id, tenant_id, plan_name)
     return enrollment

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from outreach_actors.domain import engine
-from outreach_actors.domain.engine import EnrollmentError
+from outreach_actors.domain.engine import AlreadyEnrolled, EnrollmentError
 from outreach_actors.domain.store.models import (
     Contact,
     Enrollment,
@@ -112,7 +112,7 @@ def _enroll_batch(tenant_id: str, plan_row, plan, batch: list[ContactRow], impor
             problems[index] = str(exc)
             continue
         if email in first_of and not plan.allow_reentry:
-            problems[index] = _already(email, plan_row.name)
+            problems[index] = str(AlreadyEnrolled.of(email, plan_row.name))
             continue
         first_of.setdefault(email, index)
         valid[index] = _Valid(row, email, fields, timezone)
@@ -133,14 +133,9 @@ def _enroll_batch(tenant_id: str, plan_row, plan, batch: list[ContactRow], impor
                             for index in new], plan, now=now)
     for index in valid:
         if keys[index] not in created:
-            problems[index] = _already(valid[index].email, plan_row.name)
+            problems[index] = str(AlreadyEnrolled.of(valid[index].email, plan_row.name))
     result.enrolled += len(new)
     result.problems.extend((batch[index].key, problems[index]) for index in sorted(problems))
-
-
-def _already(email: str, plan_name: str) -> str:
-    return (f"{email} is already enrolled in plan {plan_name!r} "
-            "(set allow_reentry: true in the plan to allow it)")
 
 
 def _upsert_contacts(tenant_id: str, items: Iterable[_Valid], now: datetime) -> dict[str, int]:
