@@ -29,6 +29,7 @@ import psutil  # noqa: E402
 import outreach_actors  # noqa: E402,F401  (installs the broker before any actor is declared)
 from outreach_actors.domain.store import models  # noqa: E402
 from outreach_actors.domain.store.db import ensure_postgres_database  # noqa: E402
+from outreach_actors.domain.store.keys import action_key, enrollment_key  # noqa: E402
 from outreach_actors.domain.store.models import Enrollment, OutboundMessage, ScheduledAction  # noqa: E402
 from outreach_actors.settings import Settings, settings_from_mapping  # noqa: E402
 from outreach_actors.worker import runtime
@@ -135,7 +136,8 @@ def seed_sent_messages(plan: models.Plan, prefix: str, run_ats: Sequence[datetim
     contacts = dict(models.Contact.select(models.Contact.email, models.Contact.id)
                     .where(models.Contact.email.in_(emails)).tuples())
     Enrollment.insert_many(
-        [(TENANT, plan.id, contacts[email], f"{TENANT}:{plan.name}:{contacts[email]}", "intro")
+        [(TENANT, plan.id, contacts[email], enrollment_key(TENANT, plan.name, contacts[email]),
+          "intro")
          for email in emails],
         fields=[Enrollment.tenant, Enrollment.plan, Enrollment.contact, Enrollment.enrollment_key,
                 Enrollment.current_node],
@@ -155,7 +157,7 @@ def seed_sent_messages(plan: models.Plan, prefix: str, run_ats: Sequence[datetim
     rows = []
     for n, (email, run_at) in enumerate(zip(emails, run_ats, strict=True)):
         enrollment = enrollments[contacts[email]]
-        keys.append(f"timeout:{enrollment}:intro:no_open:0")
+        keys.append(action_key(ScheduledAction.TIMEOUT, enrollment, "intro", "no_open", 0))
         rows.append((enrollment, "intro", ScheduledAction.TIMEOUT, "no_open", f"msg_{prefix}_{n}",
                      keys[-1], run_at))
     ScheduledAction.insert_many(

@@ -25,7 +25,7 @@ from outreach_actors.domain.plans import (
     iana_zone,
 )
 from outreach_actors.domain.scheduled_soon import note_scheduled
-from outreach_actors.domain.store.keys import action_key
+from outreach_actors.domain.store.keys import action_key, enrollment_key
 from outreach_actors.domain.store.models import (
     Contact,
     Enrollment,
@@ -156,11 +156,8 @@ def enroll(
     plan = plan_for(plan_row)
     with database_proxy.atomic():
         contact = upsert_contact(tenant_id, email, fields, timezone)
-        key = (
-            f"reentry:{uuid.uuid4().hex}"
-            if plan.allow_reentry
-            else f"{tenant_id}:{plan_name}:{contact.id}"
-        )
+        key = enrollment_key(tenant_id, plan_name, contact.id,
+                             reentry=uuid.uuid4().hex if plan.allow_reentry else None)
         try:
             with database_proxy.atomic():
                 enrollment = Enrollment.create(

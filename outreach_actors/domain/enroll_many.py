@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 from outreach_actors.domain import engine
 from outreach_actors.domain.engine import AlreadyEnrolled, EnrollmentError
+from outreach_actors.domain.store.keys import enrollment_key
 from outreach_actors.domain.store.models import (
     Contact,
     Enrollment,
@@ -118,8 +119,9 @@ def _enroll_batch(tenant_id: str, plan_row, plan, batch: list[ContactRow], impor
         valid[index] = _Valid(row, email, fields, timezone)
     with database_proxy.atomic():
         contacts = _upsert_contacts(tenant_id, valid.values(), now)
-        keys = {index: (f"reentry:{import_key}:{item.row.key}" if plan.allow_reentry
-                        else f"{tenant_id}:{plan_row.name}:{contacts[item.email]}")
+        keys = {index: enrollment_key(
+                    tenant_id, plan_row.name, contacts[item.email],
+                    reentry=f"{import_key}:{item.row.key}" if plan.allow_reentry else None)
                 for index, item in valid.items()}
         created = dict(insert_rows(Enrollment, [
             {"tenant": tenant_id, "plan": plan_row.id, "contact": contacts[item.email],

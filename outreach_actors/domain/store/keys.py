@@ -11,6 +11,13 @@ def action_key(kind: str, enrollment_id: int, node: str, event: str | None,
     return f"{kind}:{enrollment_id}:{node}:{event or '-'}:{visit_version}"
 
 
+def enrollment_key(tenant_id: str, plan_name: str, contact_id: int, *,
+                   reentry: str | None = None) -> str:
+    """An Enrollment's: one per contact and plan, or, for a plan that allows re-entry, one
+    per ``reentry`` (a fresh id for each enroll, or a list's import key and row)."""
+    return f"reentry:{reentry}" if reentry is not None else f"{tenant_id}:{plan_name}:{contact_id}"
+
+
 def message_key(action_dedupe_key: str) -> str:
     """An OutboundMessage's: one email per send action."""
     return f"message:{action_dedupe_key}"
