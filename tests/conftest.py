@@ -15,34 +15,58 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+# pytest-xdist runs the suite in worker processes (gw0, gw1, ...): each gets its own
+# PostgreSQL database, Redis database and default data directory; RabbitMQ has no
+# namespace for queues, so every test that uses it runs in one xdist group.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+WORKER_INDEX = int(XDIST_WORKER[2:]) if XDIST_WORKER.startswith("gw") else 0
+
 # The package builds its process-wide broker at import: make that the stub broker
 # and keep its data directory out of the working tree, before anything imports it.
 os.environ["OUTREACH_BROKER_URL"] = "stub://"
 os.environ.setdefault("OUTREACH_DATA_DIR", "/tmp/outreach-tests-default")
+if XDIST_WORKER:
+    os.environ["OUTREACH_DATA_DIR"] += f"-{XDIST_WORKER}"
 
 import dramatiq  # noqa: E402
 import pytest  # noqa: E402
 import redis  # noqa: E402
 
 import outreach_actors  # noqa: E402
-from outreach_actors.dev.standin import SendGridStandIn
+from outreach_actors.dev.standin import SendGridStandIn  # noqa: E402
 from outreach_actors.domain.store import models  # noqa: E402
-from outreach_actors.domain.store.db import (
+from outreach_actors.domain.store.db import (  # noqa: E402
     database_from_url,
     ensure_postgres_database,
     is_postgresql,
-)  # noqa: E402
+)
 from outreach_actors.providers.sendgrid.client import SendGridClient  # noqa: E402
 from outreach_actors.settings import Settings, configure  # noqa: E402
 from outreach_actors.worker.broker import make_broker  # noqa: E402
 from outreach_actors.worker.embedded import stop_embedded_redis  # noqa: E402
 from outreach_actors.worker.runtime import rebind_actors  # noqa: E402
 
-REDIS_URL = os.environ.get("OUTREACH_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+def per_worker_redis(url: str) -> str:
+    """The worker's own Redis database: the configured one, counting down per worker."""
+    parsed = urlparse(url)
+    database = int(parsed.path.strip("/") or 0) - WORKER_INDEX
+    if database < 0:
+        raise pytest.UsageError(f"{url} leaves no Redis database for xdist worker {XDIST_WORKER}")
+    return parsed._replace(path=f"/{database}").geturl()
+
+
+def per_worker_postgres(url: str) -> str:
+    """The worker's own PostgreSQL database: the configured name plus ``_gwN``."""
+    parsed = urlparse(url)
+    return parsed._replace(path=f"{parsed.path}_{XDIST_WORKER}").geturl() if XDIST_WORKER else url
+
+
+REDIS_URL = per_worker_redis(os.environ.get("OUTREACH_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"))
 RABBITMQ_URL = os.environ.get("OUTREACH_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
-POSTGRES_URL = os.environ.get(
+POSTGRES_URL = per_worker_postgres(os.environ.get(
     "OUTREACH_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/outreach_test"
-)
+))
 SERVICES_REQUIRED = os.environ.get("OUTREACH_REQUIRE_SERVICES") == "1"
 PROJECT_ACTORS = list(outreach_actors.broker.actors.values())
 
@@ -304,3 +328,9 @@ def worker(any_broker):
     worker.start()
     yield worker
     worker.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "rabbitmq" in item.nodeid.lower() or "rabbitmq_broker" in item.fixturenames:
+            item.add_marker(pytest.mark.xdist_group("rabbitmq"))

@@ -148,8 +148,9 @@ def _stop_leftovers(pids_file: Path) -> None:
 def _runs_our_package(pid: int) -> bool:
     # The pid may belong to another program by now: only ours is stopped.
     try:
-        command = subprocess.run(["ps", "-p", str(pid), "-o", "command="], capture_output=True,
-                                 text=True, timeout=10).stdout
+        # -ww: unlimited width, else ps cuts the line at $COLUMNS (set under pytest-xdist)
+        command = subprocess.run(["ps", "-ww", "-p", str(pid), "-o", "command="],
+                                 capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         return False
     return "outreach_actors" in command
@@ -234,16 +235,16 @@ def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console,
         child_env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
         child_env.update(environment)
         log = log_path.open("ab")
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "dramatiq", "outreach_actors", "-p", str(workers), "-t", "4"],
-            env=child_env, stdout=log, stderr=subprocess.STDOUT, cwd=data_dir,
-            start_new_session=True))
-        processes.append(subprocess.Popen(
-            [sys.executable, "-c", "import sys; from periodiq import entrypoint; "
+        for command in (
+            ["-m", "dramatiq", "outreach_actors", "-p", str(workers), "-t", "4"],
+            ["-c", "import sys; from periodiq import entrypoint; "
              "sys.argv[0] = 'periodiq'; sys.exit(entrypoint())", "outreach_actors"],
-            env=child_env, stdout=log, stderr=subprocess.STDOUT, cwd=data_dir,
-            start_new_session=True))
-        pids_file.write_text("".join(f"{process.pid}\n" for process in processes))
+        ):
+            processes.append(subprocess.Popen(
+                [sys.executable, *command], env=child_env, stdout=log,
+                stderr=subprocess.STDOUT, cwd=data_dir, start_new_session=True))
+            # Named as soon as it runs: a SIGKILL between two starts leaves none unnamed.
+            pids_file.write_text("".join(f"{process.pid}\n" for process in processes))
 
         from outreach_actors.worker.actors.periodic import dispatch_due
 
