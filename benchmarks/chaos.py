@@ -1,26 +1,30 @@
-"""Chaos run: a campaign under worker kills, a Redis restart, SendGrid failures and webhook replays.
+"""Chaos run: a campaign under worker kills, Redis and PostgreSQL restarts, SendGrid failures and webhook replays.
 
 A few thousand enrollments (a few hundred with ``--quick``) go through a
-three-email-node plan with seconds-long timers on a Redis broker (the embedded
-server, append-only), PostgreSQL and two ``dramatiq outreach_actors`` processes,
-while workers are killed with SIGKILL every 3-8 s and restarted, the Redis server
-is killed once mid-run and started again on its append-only file, the SendGrid
-stand-in answers about 10% of sends with 500 or 429 and drops about 2% of
-connections after accepting the mail, and every webhook batch is posted twice
+three-email-node plan with seconds-long timers, once on a Redis broker (the
+embedded server, append-only) and once on RabbitMQ (state in that Redis), each
+on a PostgreSQL server of the run's own and two ``dramatiq outreach_actors``
+processes, while workers are killed with SIGKILL every 3-8 s and restarted, the
+Redis server is killed once mid-run and started again on its append-only file,
+PostgreSQL is crashed once (``pg_ctl stop -m immediate``) and started again, the
+SendGrid stand-in answers about 10% of sends with 500 or 429 and drops about 2%
+of connections after accepting the mail, and every webhook batch is posted twice
 with its events out of order (see ``outreach_actors/dev/chaos.py``).
 
-Three figures, each a count whose reference is 0:
+Three figures per broker, each a count whose reference is 0 (``chaos_*`` for
+Redis, ``chaos_rabbitmq_*`` for RabbitMQ):
 
-- chaos_duplicate_sends: mails SendGrid accepted beyond one per (enrollment, node);
-- chaos_lost_timers: timers that neither fired exactly once nor were closed by a
+- duplicate_sends: mails SendGrid accepted beyond one per (enrollment, node);
+- lost_timers: timers that neither fired exactly once nor were closed by a
   transition or by engagement, or that a sent email never started;
-- chaos_lost_events: events our endpoint accepted that were not stored once.
+- lost_events: events our endpoint accepted that were not stored once.
 
 The counts and fault tallies (and the other invariants: enrollments left active,
 suppressed addresses mailed, ambiguous sends not settled by the policy) go to
 stderr; the exit status is 1 if any invariant broke.
 
-Usage: python benchmarks/chaos.py [--quick] [--json] [--database-url URL] [--seed N]
+Usage: python benchmarks/chaos.py [--quick] [--json] [--broker redis|rabbitmq|both]
+                                  [--database-url URL] [--rabbitmq-url URL] [--seed N]
 """
 
 from __future__ import annotations
@@ -41,15 +45,21 @@ os.environ.setdefault("OUTREACH_BROKER_URL", "stub://")
 
 from outreach_actors.dev.chaos import ChaosConfig, ChaosReport, run_chaos  # noqa: E402
 
-DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/outreach_chaos"
+DEFAULT_RABBITMQ_URL = os.environ.get("BENCH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
 FULL_ENROLLMENTS, QUICK_ENROLLMENTS = 2000, 300
+BROKERS = ("redis", "rabbitmq")
 
 
-def config_for(quick: bool, data_dir: Path, database_url: str = DEFAULT_DATABASE_URL,
+def config_for(quick: bool, data_dir: Path, *, broker: str = "redis",
+               database_url: str | None = None, rabbitmq_url: str = DEFAULT_RABBITMQ_URL,
                seed: int = 7) -> ChaosConfig:
+    """With a database URL of the caller's, PostgreSQL is not restarted (it may be shared)."""
     enrollments = QUICK_ENROLLMENTS if quick else FULL_ENROLLMENTS
     return ChaosConfig(
         database_url=database_url,
+        postgres_restart="immediate" if database_url is None else None,
+        broker=broker,
+        rabbitmq_url=rabbitmq_url,
         data_dir=data_dir,
         enrollments=enrollments,
         suppressed=enrollments // 100,
@@ -59,19 +69,19 @@ def config_for(quick: bool, data_dir: Path, database_url: str = DEFAULT_DATABASE
 
 
 def figures(report: ChaosReport) -> dict[str, dict[str, Any]]:
-    """The three figures; a count against 0 has no ratio."""
+    """The three figures of one run; a count against 0 has no ratio."""
     def count(value: int, unit: str) -> dict[str, Any]:
         return {"value": value, "unit": unit, "reference": 0, "ratio": None}
 
+    prefix = "chaos_" if report.config.broker == "redis" else f"chaos_{report.config.broker}_"
     return {
-        "chaos_duplicate_sends": count(report.audit.duplicate_sends, "emails"),
-        "chaos_lost_timers": count(report.audit.lost_timers, "timers"),
-        "chaos_lost_events": count(report.audit.lost_events, "events"),
+        f"{prefix}duplicate_sends": count(report.audit.duplicate_sends, "emails"),
+        f"{prefix}lost_timers": count(report.audit.lost_timers, "timers"),
+        f"{prefix}lost_events": count(report.audit.lost_events, "events"),
     }
 
 
-def chaos_report(quick: bool, database_url: str = DEFAULT_DATABASE_URL,
-                 seed: int = 7) -> ChaosReport:
+def chaos_report(quick: bool, **options: Any) -> ChaosReport:
     """Run the chaos campaign; prints its counts and fault tallies to stderr.
 
     Its Redis server and its own and the workers' logs go to a directory of their
@@ -84,7 +94,7 @@ def chaos_report(quick: bool, database_url: str = DEFAULT_DATABASE_URL,
     log.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     logging.getLogger().addHandler(log)
     try:
-        report = run_chaos(config_for(quick, data_dir, database_url, seed))
+        report = run_chaos(config_for(quick, data_dir, **options))
     finally:
         logging.getLogger().removeHandler(log)
         log.close()
@@ -97,9 +107,10 @@ def chaos_report(quick: bool, database_url: str = DEFAULT_DATABASE_URL,
     return report
 
 
-def run(quick: bool, database_url: str = DEFAULT_DATABASE_URL, seed: int = 7) -> dict[str, dict]:
+def run(quick: bool, brokers: tuple[str, ...] = BROKERS, **options: Any) -> dict[str, dict]:
     """The figures as {"value", "unit", "reference", "ratio"}; the counts go to stderr."""
-    return figures(chaos_report(quick, database_url, seed))
+    return {name: figure for broker in brokers
+            for name, figure in figures(chaos_report(quick, broker=broker, **options)).items()}
 
 
 def main() -> None:
@@ -107,18 +118,25 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK_ENROLLMENTS} enrollments instead of {FULL_ENROLLMENTS}")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
-    parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL,
-                        help="a PostgreSQL database of its own: its tables are dropped")
+    parser.add_argument("--broker", choices=[*BROKERS, "both"], default="both")
+    parser.add_argument("--database-url", default=None,
+                        help="a PostgreSQL database of its own (its tables are dropped); "
+                             "default: a server of the run's own, restarted mid-run")
+    parser.add_argument("--rabbitmq-url", default=DEFAULT_RABBITMQ_URL,
+                        help="its queues are purged")
     parser.add_argument("--seed", type=int, default=7, help="replays the same faults")
     options = parser.parse_args()
-    report = chaos_report(options.quick, options.database_url, options.seed)
-    results = figures(report)
+    brokers = BROKERS if options.broker == "both" else (options.broker,)
+    reports = [chaos_report(options.quick, broker=broker, database_url=options.database_url,
+                            rabbitmq_url=options.rabbitmq_url, seed=options.seed)
+               for broker in brokers]
+    results = {name: figure for report in reports for name, figure in figures(report).items()}
     if options.json:
         print(json.dumps(results))
     else:
         for name, figure in results.items():
             print(f"{name} {figure['value']} {figure['unit']} (reference {figure['reference']})")
-    sys.exit(1 if any(report.violations().values()) else 0)
+    sys.exit(1 if any(any(report.violations().values()) for report in reports) else 0)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,9 @@ BENCHMARKS: dict[str, tuple[str, ...]] = {
     "enroll": ("enroll_per_s",),
     "timers": ("timer_lateness_p99_s", "broker_bytes_per_pending_timer",
                "worker_rss_mib_1m_timers"),
-    "chaos": ("chaos_duplicate_sends", "chaos_lost_timers", "chaos_lost_events"),
+    "chaos": ("chaos_duplicate_sends", "chaos_lost_timers", "chaos_lost_events",
+              "chaos_rabbitmq_duplicate_sends", "chaos_rabbitmq_lost_timers",
+              "chaos_rabbitmq_lost_events"),
 }
 OPTIONAL = {"chaos"}
 TIMEOUT_S = {True: 600, False: 3600}

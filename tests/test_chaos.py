@@ -1,19 +1,21 @@
-"""The chaos run, bounded: a campaign under kills, a Redis restart and SendGrid faults keeps every invariant.
+"""The chaos run, bounded: a campaign under kills, Redis and PostgreSQL restarts and SendGrid faults keeps every invariant.
 
-Real parts: the embedded Redis server (append-only) as the broker, PostgreSQL,
-two ``dramatiq outreach_actors`` processes killed with SIGKILL and restarted, the
+Real parts: the embedded Redis server (append-only) as the broker, or RabbitMQ
+beside it; a PostgreSQL server of the run's own, crashed and started once; two
+``dramatiq outreach_actors`` processes killed with SIGKILL and restarted, the
 real ``sendgrid`` client against the stand-in, signed webhook batches posted
-twice and out of order (see ``outreach_actors/dev/chaos.py``). About a minute.
+twice and out of order (see ``outreach_actors/dev/chaos.py``). About a minute each.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from datetime import timedelta
-from urllib.parse import urlparse
+from pathlib import Path
 
 from outreach_actors.dev.audit import audit_campaign
-from outreach_actors.dev.chaos import ChaosConfig, run_chaos
+from outreach_actors.dev.chaos import ChaosConfig, ChaosReport, run_chaos
+from outreach_actors.dev.postgres_server import find_postgres_bin
 from outreach_actors.dev.standin import AcceptedMessage, SendGridStandIn
 from outreach_actors.domain import dispatch, engine, ingest
 from outreach_actors.domain.mail import ambiguous
@@ -29,33 +31,27 @@ from outreach_actors.domain.suppressions import suppress
 from outreach_actors.settings import configure
 from outreach_actors.worker.actors.mail import requeue_send, send
 
-from .conftest import POSTGRES_URL, make_settings, require_postgres
+from .conftest import RABBITMQ_URL, make_settings, require_rabbitmq, service_unavailable
 from .factories import load_plan, make_tenant
 
-# Its own database beside the suite's (outreach_test_chaos by default): the run drops its
-# tables, and the benchmark's chaos run (outreach_chaos) may run at the same time.
-CHAOS_DATABASE_URL = urlparse(POSTGRES_URL)._replace(
-    path=urlparse(POSTGRES_URL).path + "_chaos").geturl()
+
+def chaos_config(tmp_path: Path, **overrides) -> ChaosConfig:
+    """The bounded run: a few hundred contacts, on a PostgreSQL server of its own (the
+    run restarts it) beside the suite's."""
+    if find_postgres_bin() is None:
+        service_unavailable("PostgreSQL server binaries", "no initdb or pg_ctl")
+    values = dict(data_dir=tmp_path, enrollments=200, suppressed=4, seed=11,
+                  time_limit_s=75, drain_limit_s=30)
+    return ChaosConfig(**{**values, **overrides})
 
 
-def test_a_campaign_under_faults_keeps_every_invariant(tmp_path) -> None:
-    require_postgres()
-    # Given a few hundred contacts in a three-email-node plan with timers of seconds,
-    # When they go through it while workers are killed every 3-8 s, Redis is killed
-    # once and restarted on its append-only file, SendGrid fails ~10% of sends with
-    # 500/429 and drops ~2% of connections after accepting, and every webhook batch
-    # arrives twice, out of order
-    report = run_chaos(ChaosConfig(
-        database_url=CHAOS_DATABASE_URL, data_dir=tmp_path, enrollments=200, suppressed=4,
-        seed=11, time_limit_s=75, drain_limit_s=30,
-    ))
+def assert_every_invariant_held(report: ChaosReport) -> None:
     summary = "\n".join(report.lines())
     print(summary)
-
     # Then every fault happened
     faults = report.faults
     assert faults.worker_kills >= 2 and faults.worker_restarts == faults.worker_kills, summary
-    assert faults.redis_restarts == 1, summary
+    assert faults.redis_restarts == 1 and faults.postgres_restarts == 1, summary
     assert faults.sends_answered_500 and faults.sends_answered_429, summary
     assert faults.connections_dropped, summary
     assert faults.duplicate_batches and faults.out_of_order_batches, summary
@@ -65,7 +61,27 @@ def test_a_campaign_under_faults_keeps_every_invariant(tmp_path) -> None:
     # once or closed by a transition, every accepted event stored once, every
     # contact at a terminal node, no suppressed address mailed
     assert report.violations() == dict.fromkeys(report.violations(), 0), summary
-    assert report.audit.enrollments.get("completed", 0) > 0.9 * 200, summary
+    assert report.audit.enrollments.get("completed", 0) > 0.9 * report.config.enrollments, summary
+
+
+def test_a_campaign_under_faults_keeps_every_invariant(tmp_path: Path) -> None:
+    # Given a few hundred contacts in a three-email-node plan with timers of seconds,
+    # When they go through it while workers are killed every 3-8 s, Redis is killed
+    # once and restarted on its append-only file, PostgreSQL crashes once and comes
+    # back, SendGrid fails ~10% of sends with 500/429 and drops ~2% of connections
+    # after accepting, and every webhook batch arrives twice, out of order
+    report = run_chaos(chaos_config(tmp_path))
+    # Then every invariant held (and every fault happened)
+    assert_every_invariant_held(report)
+
+
+def test_a_campaign_on_rabbitmq_under_faults_keeps_every_invariant(tmp_path: Path) -> None:
+    # Given the same campaign with RabbitMQ as the broker (limiter and lease state in
+    # Redis, as documented), under the same faults: Redis restarted is then the state
+    require_rabbitmq()
+    report = run_chaos(chaos_config(tmp_path, broker="rabbitmq", rabbitmq_url=RABBITMQ_URL))
+    # Then every invariant held there too
+    assert_every_invariant_held(report)
 
 
 def test_an_event_stored_while_a_send_looked_in_flight_confirms_it(settings) -> None:

@@ -1,13 +1,16 @@
 """A chaos run: one campaign on real workers, broker and database under faults, then an audit.
 
 What production runs, on this machine: a Redis broker with append-only
-persistence (the embedded server), PostgreSQL, two ``dramatiq outreach_actors``
-worker processes, the webhook endpoint, the real ``sendgrid`` client. The
-faults: workers killed with SIGKILL at random intervals and restarted, the
-SendGrid stand-in failing a share of sends with 500/429 and dropping a share of
-connections after accepting the mail (the ambiguous case), the Redis server
-killed once mid-run and started again on its append-only file, every webhook
-batch posted twice with its events out of order.
+persistence (the embedded server), or RabbitMQ with that Redis holding the
+limiter and lease state; PostgreSQL (a server of the run's own, see
+``postgres_server.py``); two ``dramatiq outreach_actors`` worker processes, the
+webhook endpoint, the real ``sendgrid`` client. The faults: workers killed with
+SIGKILL at random intervals and restarted, the SendGrid stand-in failing a share
+of sends with 500/429 and dropping a share of connections after accepting the
+mail (the ambiguous case), the Redis server killed once mid-run and started
+again on its append-only file, PostgreSQL stopped once as a crash would stop it
+(``immediate``: every connection cut) and started again, every webhook batch
+posted twice with its events out of order.
 
 The dispatcher and the reconciler run in this process, in the campaign loop,
 rather than under ``periodiq``: the loop is then the only clock, its pace (every
@@ -41,8 +44,10 @@ from typing import Any, Literal
 from wsgiref.simple_server import make_server
 
 import dramatiq
+import peewee
 
 from outreach_actors.dev.audit import Audit, audit_campaign
+from outreach_actors.dev.postgres_server import ThrowawayPostgres
 from outreach_actors.dev.simulation import EngagementSimulator
 from outreach_actors.dev.standin import SendGridStandIn
 from outreach_actors.dev.webhook_events import generate_webhook_keys
@@ -134,6 +139,11 @@ class ChaosConfig:
 
     Parameters:
       database_url: a PostgreSQL database of the run's own; its tables are dropped first.
+        None (the default): a PostgreSQL server of the run's own, which the
+        ``postgres_restart`` fault needs (restarting a shared server would break its
+        other users).
+      broker: "redis" (the embedded server is the broker) or "rabbitmq" (``rabbitmq_url``,
+        whose queues the run purges; the embedded Redis then holds only the state).
       data_dir: where the Redis server, the worker logs and the templates directory go.
       enrollments: contacts enrolled, personas in PERSONA_MIX order.
       suppressed: how many of them are suppressed before enrollment.
@@ -144,14 +154,18 @@ class ChaosConfig:
         lose the last second of writes) or "shutdown" (clean, nothing lost).
       redis_down_s: how long the Redis server stays down: longer than the Redis
         client's own retries (about 4 s), so that enqueues fail and are recovered.
+      postgres_restart: "immediate" (a crash), "fast" (a clean stop) or None (no fault).
+      postgres_down_s: how long PostgreSQL stays down.
       time_limit_s: the campaign's limit; drain_limit_s: the wait for the system to
         settle after it (deliveries processed, timers closed).
       worker_processes, worker_threads: ``dramatiq`` processes, each ``-p 1 -t N``.
       action_lease, ambiguous_send_window: ISO-8601, short so that recovery is seen.
     """
 
-    database_url: str
     data_dir: Path
+    database_url: str | None = None
+    broker: Literal["redis", "rabbitmq"] = "redis"
+    rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     enrollments: int = 2000
     suppressed: int = 20
     seed: int = 7
@@ -160,6 +174,8 @@ class ChaosConfig:
     kill_every_s: tuple[float, float] = (3.0, 8.0)
     redis_restart: Literal["kill", "shutdown"] = "kill"
     redis_down_s: float = 5.0
+    postgres_restart: Literal["immediate", "fast"] | None = "immediate"
+    postgres_down_s: float = 3.0
     time_limit_s: float = 600.0
     drain_limit_s: float = 60.0
     worker_processes: int = 2
@@ -176,7 +192,8 @@ class FaultTally:
     worker_restarts: int = 0
     worker_exits: int = 0  # workers that exited on their own (a start while Redis was down)
     redis_restarts: int = 0
-    enqueue_failures: int = 0  # dispatcher/reconciler passes that lost the broker
+    postgres_restarts: int = 0
+    enqueue_failures: int = 0  # dispatcher/reconciler passes that lost the broker or database
     sends_answered_500: int = 0
     sends_answered_429: int = 0
     connections_dropped: int = 0  # accepted by the stand-in, then no answer
@@ -209,7 +226,8 @@ class ChaosReport:
         """The counts and fault tallies, one group per line, for a person to read."""
         faults = ", ".join(f"{key} {value}" for key, value in asdict(self.faults).items())
         return [
-            f"chaos run: {self.config.enrollments} enrollments, seed {self.config.seed}, "
+            f"chaos run: {self.config.enrollments} enrollments on {self.config.broker}, "
+            f"seed {self.config.seed}, "
             f"in {self.elapsed_s:.1f}s" + ("" if self.finished_in_time else " (time limit reached)"),
             "faults: " + faults,
             *self.audit.lines(),
@@ -218,12 +236,19 @@ class ChaosReport:
 
 def run_chaos(config: ChaosConfig) -> ChaosReport:
     """Run one campaign under faults and audit it; this process's settings are restored after."""
-    ensure_postgres_database(config.database_url)
+    if config.postgres_restart and config.database_url is not None:
+        raise ValueError("restarting PostgreSQL needs a server of the run's own: "
+                         "leave database_url unset, or set postgres_restart=None")
     data_dir = Path(config.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(config.seed)
     tally = FaultTally()
     with ExitStack() as stack:
+        postgres = None
+        if config.database_url is None:
+            postgres = stack.enter_context(ThrowawayPostgres())
+        database_url = config.database_url or postgres.url
+        ensure_postgres_database(database_url)
         stack.enter_context(_process_state_restored())
         redis_dir = data_dir / "redis"
         _fresh_data_dir(data_dir, redis_dir)
@@ -237,8 +262,8 @@ def run_chaos(config: ChaosConfig) -> ChaosReport:
         server = make_server("127.0.0.1", 0, _not_ready, ThreadingWSGIServer, QuietHandler)
         stack.callback(server.server_close)
         base_url = f"http://127.0.0.1:{server.server_port}"
-        environment = _environment(config, data_dir, redis_dir, standin.host, keys.public_key,
-                                   base_url)
+        environment = _environment(config, database_url, data_dir, redis_dir, standin.host,
+                                   keys.public_key, base_url)
         settings = settings_from_mapping(environment)
         # make_app makes these settings this process's own: database, broker, actors.
         recorder = BatchRecorder(make_app(settings), tally)
@@ -248,6 +273,8 @@ def run_chaos(config: ChaosConfig) -> ChaosReport:
         database = models.database_proxy.obj
         stack.callback(database.close_all)
         _fresh_schema(database)
+        if config.broker == "rabbitmq":
+            _purge_queues(dramatiq.get_broker())
         presuppressed = _seed(config)
 
         workers = [WorkerProcess(environment, data_dir / f"worker-{index}.log",
@@ -264,7 +291,8 @@ def run_chaos(config: ChaosConfig) -> ChaosReport:
         stack.callback(simulator.stop)  # a failed run must not leave it posting
 
         started = time.monotonic()
-        campaign = Campaign(config, settings, workers, EmbeddedRedis(redis_dir), tally, rng)
+        campaign = Campaign(config, settings, workers, EmbeddedRedis(redis_dir), postgres,
+                            tally, rng)
         finished = campaign.run(started + config.time_limit_s)
         campaign.restart_stopped_workers()
         simulator.stop()
@@ -294,14 +322,17 @@ def _not_ready(environ: dict, start_response) -> list[bytes]:
     return [b"starting\n"]
 
 
-def _environment(config: ChaosConfig, data_dir: Path, redis_dir: Path, sendgrid_host: str,
-                 public_key: str, base_url: str) -> dict[str, str]:
+def _environment(config: ChaosConfig, database_url: str, data_dir: Path, redis_dir: Path,
+                 sendgrid_host: str, public_key: str, base_url: str) -> dict[str, str]:
     """The ``OUTREACH_*`` variables of the workers, and of this process's settings."""
     templates = data_dir / "templates"  # the plan's bodies are inline
     templates.mkdir(exist_ok=True)
+    redis_url = EmbeddedRedis(redis_dir).url
+    brokers = ({"OUTREACH_BROKER_URL": redis_url} if config.broker == "redis" else
+               {"OUTREACH_BROKER_URL": config.rabbitmq_url, "OUTREACH_STATE_REDIS_URL": redis_url})
     return {
-        "OUTREACH_BROKER_URL": EmbeddedRedis(redis_dir).url,
-        "OUTREACH_DATABASE_URL": config.database_url,
+        **brokers,
+        "OUTREACH_DATABASE_URL": database_url,
         "OUTREACH_DATA_DIR": str(data_dir),
         "OUTREACH_TEMPLATES_DIR": str(templates),
         "OUTREACH_SENDGRID_API_KEY": API_KEY,
@@ -351,6 +382,13 @@ def _fresh_schema(database) -> None:
     with database.connection_context():
         database.drop_tables(models.ALL_MODELS, safe=True, cascade=True)
     models.create_schema(database)
+
+
+def _purge_queues(broker: dramatiq.Broker) -> None:
+    """Empty the RabbitMQ queues of an earlier run: its messages name this run's ids."""
+    for actor in broker.actors.values():
+        broker.declare_queue(actor.queue_name)
+    broker.flush_all()
 
 
 def _seed(config: ChaosConfig) -> set[str]:
@@ -436,11 +474,13 @@ class Campaign:
     """The loop that runs the dispatcher and the reconciler, and injects the faults."""
 
     def __init__(self, config: ChaosConfig, settings: Settings, workers: list[WorkerProcess],
-                 redis_server: EmbeddedRedis, tally: FaultTally, rng: random.Random) -> None:
+                 redis_server: EmbeddedRedis, postgres: ThrowawayPostgres | None,
+                 tally: FaultTally, rng: random.Random) -> None:
         self.config = config
         self.settings = settings
         self.workers = workers
         self.redis_server = redis_server
+        self.postgres = postgres
         self.tally = tally
         self.rng = rng
         self.next_reconcile = 0.0
@@ -450,33 +490,38 @@ class Campaign:
     def run(self, deadline: float) -> bool:
         """Until every enrollment is terminal (True) or the deadline passes (False)."""
         total = Enrollment.select().count()
-        redis_restart: threading.Thread | None = None
+        # Mid-run, each in a thread so that the dispatcher and reconciler run into the
+        # outage: Redis once a third of the contacts are through, PostgreSQL at two thirds.
+        outages = [(1 / 3, self.restart_redis)]
+        if self.config.postgres_restart and self.postgres is not None:
+            outages.append((2 / 3, self.restart_postgres))
+        started: list[threading.Thread] = []
         try:
             while time.monotonic() < deadline:
                 self.maintain()
                 self.inject_worker_faults()
-                active = Enrollment.select().where(Enrollment.status == Enrollment.ACTIVE).count()
+                active = _active_enrollments()
                 if active == 0:
                     return True
-                # Mid-run: once a third of the contacts are through. In a thread, so
-                # that the dispatcher and reconciler run into the outage.
-                if redis_restart is None and total - active >= total / 3:
-                    redis_restart = threading.Thread(target=self.restart_redis,
-                                                     name="chaos-redis")
-                    redis_restart.start()
+                while active is not None and outages and total - active >= total * outages[0][0]:
+                    started.append(threading.Thread(target=outages.pop(0)[1], name="chaos-outage"))
+                    started[-1].start()
                 time.sleep(LOOP_PAUSE_S)
             return False
         finally:
-            if redis_restart is not None:
-                redis_restart.join()
+            for thread in started:
+                thread.join()
 
     def drain(self, deadline: float) -> bool:
         """Keep dispatching and reconciling until nothing is left in flight."""
         while time.monotonic() < deadline:
             self.maintain()
             self.restart_stopped_workers()
-            if not _in_flight():
-                return True
+            try:
+                if not _in_flight():
+                    return True
+            except peewee.DatabaseError:
+                _drop_connection()
             time.sleep(LOOP_PAUSE_S)
         return False
 
@@ -496,9 +541,10 @@ class Campaign:
                     requeue_send, settings=self.settings)
                 self.tally.deliveries_requeued += ingest.requeue_stale_deliveries(
                     enqueue_delivery, self.settings.action_lease)
-        except Exception as exc:  # the broker was down: what was claimed comes back by lease
+        except Exception as exc:  # broker or database down: what was claimed comes back by lease
             self.tally.enqueue_failures += 1
             logger.warning("Chaos: a dispatcher pass failed: %r", exc)
+            _drop_connection()
 
     def inject_worker_faults(self) -> None:
         now = time.monotonic()
@@ -541,6 +587,34 @@ class Campaign:
         ensure_embedded_redis(self.redis_server.data_dir)
         self.tally.redis_restarts += 1
         logger.warning("Chaos: Redis restarted (%s)", self.config.redis_restart)
+
+    def restart_postgres(self) -> None:
+        """Stop the run's PostgreSQL server (a crash, or a clean stop) and start it again."""
+        self.postgres.stop(self.config.postgres_restart)
+        time.sleep(self.config.postgres_down_s)
+        self.postgres.start()
+        self.tally.postgres_restarts += 1
+        logger.warning("Chaos: PostgreSQL restarted (%s)", self.config.postgres_restart)
+
+
+def _active_enrollments() -> int | None:
+    """How many enrollments are still active; None while the database is down."""
+    try:
+        return Enrollment.select().where(Enrollment.status == Enrollment.ACTIVE).count()
+    except peewee.DatabaseError:
+        _drop_connection()
+        return None
+
+
+def _drop_connection() -> None:
+    """Let go of this thread's connection: after an outage it is dead, and the pool
+    opens a new one for the next statement."""
+    database = models.database_proxy.obj
+    if database is not None and not database.is_closed():
+        try:
+            database.close()
+        except peewee.DatabaseError:
+            pass
 
 
 def _in_flight() -> bool:
