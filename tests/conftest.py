@@ -6,8 +6,11 @@ it is not reachable, and fail instead when ``OUTREACH_REQUIRE_SERVICES=1`` (CI).
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import socket
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +20,7 @@ from urllib.parse import urlparse
 
 # pytest-xdist runs the suite in worker processes (gw0, gw1, ...): each gets its own
 # PostgreSQL database, Redis database and default data directory; RabbitMQ has no
-# namespace for queues, so every test that uses it runs in one xdist group.
+# namespace for queues, so the tests that use it take turns (rabbitmq_exclusive).
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 WORKER_INDEX = int(XDIST_WORKER[2:]) if XDIST_WORKER.startswith("gw") else 0
 
@@ -90,6 +93,17 @@ def port_open(url: str, default_port: int) -> str | None:
 def require_redis() -> None:
     if (problem := port_open(REDIS_URL, 6379)) is not None:
         service_unavailable("Redis", problem)
+
+
+@contextmanager
+def rabbitmq_exclusive() -> Iterator[None]:
+    """Hold RabbitMQ's queues alone: they have no namespace, so the tests that use them
+    take turns across xdist workers. (pytest-xdist's xdist_group does not group on
+    pytest 9, and a vhost per worker would need rabbitmqctl on every machine.)"""
+    digest = hashlib.sha1(RABBITMQ_URL.encode()).hexdigest()[:12]
+    with (Path(tempfile.gettempdir()) / f"outreach-tests-rabbitmq-{digest}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def require_rabbitmq() -> None:
@@ -290,15 +304,16 @@ def redis_broker(data_dir: Path):
 def rabbitmq_broker(data_dir: Path):
     require_rabbitmq()
     require_redis()  # rate-limit and idempotency state lives in Redis beside RabbitMQ
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    broker = install_broker(make_broker(
-        make_settings(data_dir, broker_url=RABBITMQ_URL, state_redis_url=REDIS_URL)))
-    for actor in PROJECT_ACTORS:
-        broker.declare_queue(actor.queue_name)
-    broker.flush_all()
-    yield broker
-    broker.flush_all()
-    broker.close()
+    with rabbitmq_exclusive():
+        redis.Redis.from_url(REDIS_URL).flushdb()
+        broker = install_broker(make_broker(
+            make_settings(data_dir, broker_url=RABBITMQ_URL, state_redis_url=REDIS_URL)))
+        for actor in PROJECT_ACTORS:
+            broker.declare_queue(actor.queue_name)
+        broker.flush_all()
+        yield broker
+        broker.flush_all()
+        broker.close()
 
 
 @pytest.fixture
@@ -329,8 +344,3 @@ def worker(any_broker):
     yield worker
     worker.stop()
 
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "rabbitmq" in item.nodeid.lower() or "rabbitmq_broker" in item.fixturenames:
-            item.add_marker(pytest.mark.xdist_group("rabbitmq"))

@@ -31,7 +31,13 @@ from outreach_actors.domain.suppressions import suppress
 from outreach_actors.settings import configure
 from outreach_actors.worker.actors.mail import requeue_send, send
 
-from .conftest import RABBITMQ_URL, make_settings, require_rabbitmq, service_unavailable
+from .conftest import (
+    RABBITMQ_URL,
+    make_settings,
+    rabbitmq_exclusive,
+    require_rabbitmq,
+    service_unavailable,
+)
 from .factories import load_plan, make_tenant
 
 
@@ -79,7 +85,8 @@ def test_a_campaign_on_rabbitmq_under_faults_keeps_every_invariant(tmp_path: Pat
     # Given the same campaign with RabbitMQ as the broker (limiter and lease state in
     # Redis, as documented), under the same faults: Redis restarted is then the state
     require_rabbitmq()
-    report = run_chaos(chaos_config(tmp_path, broker="rabbitmq", rabbitmq_url=RABBITMQ_URL))
+    with rabbitmq_exclusive():
+        report = run_chaos(chaos_config(tmp_path, broker="rabbitmq", rabbitmq_url=RABBITMQ_URL))
     # Then every invariant held there too
     assert_every_invariant_held(report)
 
