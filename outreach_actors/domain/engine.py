@@ -19,7 +19,9 @@ from typing import Any
 
 import peewee
 
+from outreach_actors.domain import goals
 from outreach_actors.domain.addresses import address_key, normalized_address
+from outreach_actors.domain.plan_events import has_goal
 from outreach_actors.domain.plans import (
     PlanSpec,
     iana_zone,
@@ -279,12 +281,14 @@ def process_event(
             enrollment = Enrollment.get_or_none(Enrollment.id == enrollment_id)
         if enrollment is None or enrollment.status != Enrollment.ACTIVE:
             return False
-        if node is not None and enrollment.current_node != node:
-            return False
-        if visit_version is not None and enrollment.version != visit_version:
+        # A goal is reached from any node (see goals.py); a transition only from its own.
+        stale = ((node is not None and enrollment.current_node != node)
+                 or (visit_version is not None and enrollment.version != visit_version))
+        if stale and not has_goal(plan_for_id(enrollment.plan_id), event):
             return False
         from_node = enrollment.current_node
-        if plan_for_id(enrollment.plan_id).transition_for(from_node, event) is None:
+        plan = plan_for_id(enrollment.plan_id)
+        if plan.transition_for(from_node, event) is None and not has_goal(plan, event):
             return False
         if move_on_event([enrollment], event, now=now):
             logger.info("Moved enrollment=%s from=%s to=%s on=%s",
@@ -315,28 +319,57 @@ def move_on_event(enrollments: Sequence[Enrollment], event: str, *,
         # One order for every writer, so that two batches cannot deadlock on rows.
         for (plan_id, from_node), group in sorted(groups.items()):
             plan = plan_for_id(plan_id)
+            if has_goal(plan, event):  # goals on provider events take no condition
+                moved.extend(goals.convert(group, event, now=now))
+                continue
             transition = plan.transition_for(from_node, event)
             if transition is None:
                 continue
-            group.sort(key=lambda enrollment: enrollment.id)
-            won = {
-                enrollment_id for (enrollment_id,) in
-                Enrollment.update(current_node=transition.to, version=Enrollment.version + 1,
-                                  node_entered_at=now, updated_at=now)
-                .where(peewee.Tuple(Enrollment.id, Enrollment.version)
-                       .in_([(enrollment.id, enrollment.version) for enrollment in group]))
-                .returning(Enrollment.id).tuples().execute()
-            }
-            winners = [enrollment for enrollment in group if enrollment.id in won]
-            if not winners:
-                continue
-            _cancel_open_actions([enrollment.id for enrollment in winners], from_node, now)
-            for enrollment in winners:
-                enrollment.current_node, enrollment.version = transition.to, enrollment.version + 1
-                enrollment.node_entered_at = enrollment.updated_at = now
-            _enter(winners, plan, transition.to, via_event=event, now=now)
-            moved.extend(winners)
+            moved.extend(_move_group(plan, from_node, group, transition.to, event, now))
     return moved
+
+
+def move_to(moves: Sequence[tuple[Enrollment, str]], event: str, *,
+            now: datetime | None = None) -> list[Enrollment]:
+    """Move each enrollment to the node paired with it (a transition chosen by the
+    caller, e.g. on a condition), from the node it is at as read; returns the ones
+    that moved, updated in place. Version-guarded as move_on_event; each enrollment
+    must appear once."""
+    now = now or utcnow()
+    groups: dict[tuple[int, str, str], list[Enrollment]] = defaultdict(list)
+    for enrollment, target in moves:
+        if enrollment.status == Enrollment.ACTIVE:
+            groups[(enrollment.plan_id, enrollment.current_node, target)].append(enrollment)
+    moved: list[Enrollment] = []
+    with _transaction():
+        for (plan_id, from_node, target), group in sorted(groups.items()):
+            moved.extend(_move_group(plan_for_id(plan_id), from_node, group, target, event, now))
+    return moved
+
+
+def _move_group(plan: PlanSpec, from_node: str, group: list[Enrollment], target: str,
+                event: str, now: datetime) -> list[Enrollment]:
+    """Move enrollments that were read at ``from_node`` to ``target``; the winners."""
+    group.sort(key=lambda enrollment: enrollment.id)
+    won = {
+        enrollment_id for (enrollment_id,) in
+        Enrollment.update(current_node=target, version=Enrollment.version + 1,
+                          node_entered_at=now, updated_at=now)
+        .where(peewee.Tuple(Enrollment.id, Enrollment.version)
+               .in_([(enrollment.id, enrollment.version) for enrollment in group]),
+               # A paused or ended enrollment does not move, whatever version it has.
+               Enrollment.status == Enrollment.ACTIVE)
+        .returning(Enrollment.id).tuples().execute()
+    }
+    winners = [enrollment for enrollment in group if enrollment.id in won]
+    if not winners:
+        return []
+    _cancel_open_actions([enrollment.id for enrollment in winners], from_node, now)
+    for enrollment in winners:
+        enrollment.current_node, enrollment.version = target, enrollment.version + 1
+        enrollment.node_entered_at = enrollment.updated_at = now
+    _enter(winners, plan, target, via_event=event, now=now)
+    return winners
 
 
 def _cancel_open_actions(enrollment_ids: Sequence[int], node: str, now: datetime) -> int:
@@ -437,6 +470,7 @@ __all__ = [
     "exit_contact_enrollments",
     "exit_enrollment",
     "move_on_event",
+    "move_to",
     "process_event",
     "timers_after_send",
 ]

@@ -140,3 +140,29 @@ def failures(*, plan_name: str | None = None, tenant_id: str | None = None,
          "node": node, "contact": email, "reason": reasons.get(enrollment_id, "")}
         for enrollment_id, at, tenant, plan, node, email in rows
     ]
+
+
+def goals(*, plan_name: str | None = None, tenant_id: str | None = None) -> list[dict]:
+    """Per plan (all its versions): ``enrolled``, ``converted`` (reached a goal),
+    ``conversion_rate``, and per node how many converted after last being there."""
+    query = (
+        Enrollment.select(Plan.tenant, Plan.name, Enrollment.status, Enrollment.current_node,
+                          fn.COUNT(Enrollment.id))
+        .join(Plan)
+        .group_by(Plan.tenant, Plan.name, Enrollment.status, Enrollment.current_node)
+    )
+    if plan_name:
+        query = query.where(Plan.name == plan_name)
+    if tenant_id:
+        query = query.where(Plan.tenant == tenant_id)
+    plans: dict[tuple[str, str], dict] = {}
+    for tenant, name, status, node, count in query.tuples():
+        row = plans.setdefault((tenant, name), {"tenant": tenant, "plan": name, "enrolled": 0,
+                                                "converted": 0, "nodes": {}})
+        row["enrolled"] += count
+        if status == Enrollment.CONVERTED:
+            row["converted"] += count
+            row["nodes"].setdefault(node, {"converted": 0})["converted"] += count
+    for row in plans.values():
+        row["conversion_rate"] = round(row["converted"] / row["enrolled"], 4) if row["enrolled"] else 0.0
+    return [plans[key] for key in sorted(plans)]
