@@ -171,6 +171,9 @@ class Settings(BaseModel):
     # Retention of raw webhook deliveries and events.
     retention: Duration = timedelta(days=30)
 
+    # Signs POST /events (HMAC-SHA256, see web/events.py); unset, the endpoint refuses all.
+    events_secret: str | None = None
+
     @field_validator(
         "webhook_max_body_bytes",
         "ratelimit_sender_per_minute",

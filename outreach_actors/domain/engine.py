@@ -47,6 +47,9 @@ from outreach_actors.settings import get_settings
 logger = logging.getLogger(__name__)
 
 MAX_MOVE_ATTEMPTS = 5
+#: What enroll does when the contact is in the plan already: raise AlreadyEnrolled,
+#: or return the existing enrollment.
+IF_ENROLLED = ("raise", "skip")
 
 
 class EnrollmentError(ValueError):
@@ -144,13 +147,17 @@ def enroll(
     fields: dict[str, Any] | None = None,
     timezone: str | None = None,
     now: datetime | None = None,
+    if_enrolled: str = "raise",
 ) -> Enrollment:
     """Enroll a contact into the tenant's latest version of a plan.
 
     Safe to call from a web request: it only writes rows (the first send is a
     ScheduledAction that the dispatcher picks up). Raises AlreadyEnrolled when the
-    contact is in the plan already and the plan does not allow re-entry.
+    contact is in the plan already and the plan does not allow re-entry; with
+    ``if_enrolled="skip"``, returns that existing enrollment instead.
     """
+    if if_enrolled not in IF_ENROLLED:
+        raise ValueError(f"if_enrolled must be one of {', '.join(IF_ENROLLED)}, not {if_enrolled!r}")
     now = now or utcnow()
     if not Tenant.select().where(Tenant.id == tenant_id).exists():
         raise EnrollmentError(f"unknown tenant {tenant_id!r}")
@@ -168,6 +175,8 @@ def enroll(
                     created_at=now, updated_at=now,
                 )
         except peewee.IntegrityError:
+            if if_enrolled == "skip":
+                return Enrollment.get(Enrollment.enrollment_key == key)
             raise AlreadyEnrolled.of(contact.email, plan_name) from None
         enter_start([enrollment], plan, now=now)
     logger.info("Enrolled enrollment=%s tenant=%s plan=%s", enrollment.id, tenant_id, plan_name)
