@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, nodes
+from jinja2 import TemplateError, nodes
 from jinja2.parser import Parser
 
 from outreach_actors.domain.rendering.sandbox import SandboxedEnvironment
@@ -40,11 +40,12 @@ class ConditionError(ValueError):
 
 
 class _ConditionEnvironment(SandboxedEnvironment):
-    """The template sandbox with no globals, and undefined values that raise on use
-    (so ``event.amont >= 100`` is reported, not silently false)."""
+    """The template sandbox with no globals. A missing field is Jinja's undefined: equal
+    to nothing and false (``contact.tier == 'pro'`` is false for a contact without a
+    tier); ordering it (``event.amont >= 100``) fails, and is reported."""
 
     def __init__(self) -> None:
-        super().__init__(undefined=StrictUndefined, autoescape=False)
+        super().__init__(autoescape=False)
         self.globals.clear()
 
 
