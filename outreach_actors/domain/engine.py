@@ -293,11 +293,11 @@ def process_event(
         # A goal is reached from any node (see goals.py); a transition only from its own.
         stale = ((node is not None and enrollment.current_node != node)
                  or (visit_version is not None and enrollment.version != visit_version))
-        if stale and not has_goal(plan_for_id(enrollment.plan_id), event):
+        if stale and not has_goal(plan_for_id(enrollment.plan_id).goals, event):
             return False
         from_node = enrollment.current_node
         plan = plan_for_id(enrollment.plan_id)
-        if plan.transition_for(from_node, event) is None and not has_goal(plan, event):
+        if plan.transition_for(from_node, event) is None and not has_goal(plan.goals, event):
             return False
         if move_on_event([enrollment], event, now=now):
             logger.info("Moved enrollment=%s from=%s to=%s on=%s",
@@ -328,7 +328,7 @@ def move_on_event(enrollments: Sequence[Enrollment], event: str, *,
         # One order for every writer, so that two batches cannot deadlock on rows.
         for (plan_id, from_node), group in sorted(groups.items()):
             plan = plan_for_id(plan_id)
-            if has_goal(plan, event):  # goals on provider events take no condition
+            if has_goal(plan.goals, event):  # goals on provider events take no condition
                 moved.extend(goals.convert(group, event, now=now))
                 continue
             transition = plan.transition_for(from_node, event)

@@ -250,10 +250,10 @@ def _apply(enrollments: list[Enrollment], contacts: dict[int, Contact],
         fields = {**(contact.fields or {}), "email": contact.email}
         properties = event.properties or {}
         event_of[enrollment.id] = event
-        if goal_reached(plan, event.name, properties, fields) is not None:
+        if goal_reached(plan.goals, event.name, properties, fields) is not None:
             converts[event.name].append(enrollment)
         elif enrollment.status == Enrollment.ACTIVE and (transition := transition_taken(
-                plan, enrollment.current_node, event.name, properties, fields)) is not None:
+                plan.nodes[enrollment.current_node].transitions, enrollment.current_node, event.name, properties, fields)) is not None:
             moves[event.name].append((enrollment, transition.to))
     tried = {e.id for group in converts.values() for e in group}
     tried |= {e.id for group in moves.values() for e, _ in group}

@@ -122,7 +122,7 @@ class _EngineInterest:
             return False
         node = message.node or state[1]
         plan = self.plans[state[2]]
-        if has_goal(plan, event_type):
+        if has_goal(plan.goals, event_type):
             return True  # a goal is reached from any node (see goals.py)
         return (
             node == state[1] and node in plan.nodes

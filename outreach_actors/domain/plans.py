@@ -578,7 +578,8 @@ def validate_plan(
                 else:
                     errors.append(f"nodes.{name}.{source_field}: {problem}")
     if plan is not None:
-        errors += host_event_errors(plan)
+        errors += host_event_errors(
+            plan.events, {name: node.transitions for name, node in plan.nodes.items()}, plan.goals)
     if errors or plan is None:
         raise PlanError(errors)
     return plan
