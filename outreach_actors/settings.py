@@ -173,6 +173,9 @@ class Settings(BaseModel):
 
     # Signs POST /events (HMAC-SHA256, see web/events.py); unset, the endpoint refuses all.
     events_secret: str | None = None
+    # The host's Dramatiq actor told of goals, exits, failures, replies and unsubscribes
+    # ("myapp.tasks.on_outreach_event"); unset, no notification is written.
+    notify_actor: str | None = None
 
     @field_validator(
         "webhook_max_body_bytes",

@@ -18,6 +18,7 @@ from datetime import datetime
 
 import peewee
 
+from outreach_actors.domain import notifications
 from outreach_actors.domain.addresses import address_key
 from outreach_actors.domain.store.models import (
     Contact,
@@ -74,6 +75,7 @@ def unenroll(tenant_id: str, email: str, plan_name: str | None = None, *,
                     .in_([(e.id, e.version) for e in enrollments]),
                     Enrollment.status.in_(LIVE)).returning(Enrollment.id).tuples().execute()]
             _cancel_actions(won, now)
+            notifications.record(notifications.EXITED, won, reason=UNENROLLED, now=now)
         ended += len(won)
         if len(won) == len(enrollments):
             break

@@ -19,7 +19,7 @@ from typing import Any
 
 import peewee
 
-from outreach_actors.domain import goals
+from outreach_actors.domain import goals, notifications
 from outreach_actors.domain.addresses import address_key, normalized_address
 from outreach_actors.domain.plan_events import has_goal
 from outreach_actors.domain.plans import (
@@ -225,6 +225,7 @@ def _enter(
         Enrollment.update(status=Enrollment.COMPLETED, updated_at=now).where(
             Enrollment.id.in_(ids)
         ).execute()
+        notifications.record(notifications.EXITED, ids, reason="completed", now=now)
         logger.info("Completed enrollment=%s at node=%s", ",".join(map(str, ids)), node_name)
 
 
@@ -414,6 +415,8 @@ def exit_enrollment(enrollment_id: int, reason: str, *, now: datetime | None = N
         )
         if moved:
             _cancel_open_actions([enrollment_id], enrollment.current_node, now)
+            notifications.record(notifications.exit_type(reason), [enrollment_id], reason=reason,
+                                 now=now)
     if moved:
         logger.info("Exited enrollment=%s reason=%s", enrollment_id, reason)
     return bool(moved)

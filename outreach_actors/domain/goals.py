@@ -9,6 +9,7 @@ from datetime import datetime
 
 import peewee
 
+from outreach_actors.domain import notifications
 from outreach_actors.domain.store.models import Enrollment, ScheduledAction
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ def convert(enrollments: Sequence[Enrollment], event: str, *, now: datetime) -> 
         ScheduledAction.status.in_([ScheduledAction.PENDING, ScheduledAction.ENQUEUED,
                                     ScheduledAction.HELD]),
     ).execute()
+    notifications.record(notifications.GOAL_REACHED, sorted(won), reason=reason, now=now)
     converted = [enrollment for enrollment in active if enrollment.id in won]
     for enrollment in converted:
         enrollment.status, enrollment.exit_reason = Enrollment.CONVERTED, reason

@@ -310,6 +310,28 @@ class HostEvent(BaseModel):
         )
 
 
+class Notification(BaseModel):
+    """The outbox of host notifications (goal reached, exit, failure...): written in the
+    transaction of its effect, sent to OUTREACH_NOTIFY_ACTOR after commit."""
+
+    PENDING, SENT = "pending", "sent"
+
+    # The stable id the host dedupes on: the same in every delivery of it.
+    id = peewee.CharField(primary_key=True, max_length=64)
+    tenant = peewee.CharField()
+    type = peewee.CharField()
+    # One per effect: "<type>:<enrollment>:<version>", so a replayed effect notifies once.
+    dedupe_key = peewee.CharField(unique=True)
+    payload = JSONField(default=dict)
+    status = peewee.CharField(default=PENDING)
+    attempts = peewee.IntegerField(default=0)
+    created_at = peewee.DateTimeField(default=utcnow)
+    sent_at = peewee.DateTimeField(null=True)
+
+    class Meta:
+        indexes = ((("status", "created_at"), False),)
+
+
 class PeriodicTick(BaseModel):
     """One row per (job, tick): a unique insert makes a periodic job run once per tick."""
 
@@ -335,6 +357,7 @@ ALL_MODELS: list[type[BaseModel]] = [
     Suppression,
     PeriodicTick,
     HostEvent,
+    Notification,
 ]
 
 
