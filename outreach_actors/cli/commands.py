@@ -217,6 +217,40 @@ def plan_load(file: Path, tenant: str) -> None:
         err_console.print(_labelled("warning:", "yellow", problem))
 
 
+@plan.command("migrate")
+@click.option("--plan", "plan_name", required=True)
+@_tenant_option()
+@click.option("--to-version", required=True, type=click.IntRange(1))
+@click.option("--map", "mappings", multiple=True, metavar="OLD=NEW",
+              help="Move contacts at node OLD to node NEW (repeatable); by name otherwise.")
+@click.option("--apply", is_flag=True, help="Make the moves (default: a dry run that counts them).")
+def plan_migrate(plan_name: str, tenant: str, to_version: int, mappings: tuple[str, ...],
+                 apply: bool) -> None:
+    """Move a plan's enrollments in flight to another of its versions, node by node."""
+    from outreach_actors.domain.migrate import MigrationError, migrate
+
+    mapping: dict[str, str] = {}
+    for item in mappings:
+        old, sep, new = item.partition("=")
+        if not sep or not old or not new:
+            raise click.BadParameter(f"{item!r} is not OLD=NEW", param_hint="--map")
+        mapping[old] = new
+    _open_database()
+    try:
+        result = migrate(tenant, plan_name, to_version, mapping=mapping, apply=apply)
+    except MigrationError as exc:
+        _fail(str(exc))
+    table = Table("from version", "from node", "to node", "contacts")
+    for (version, from_node, to_node), count in sorted(result.moves.items()):
+        table.add_row(*_cells(version, from_node, to_node, count))
+    console.print(table)
+    if apply:
+        console.print(Text(f"migrated {result.moved} of {result.total} enrollment(s) to version "
+                           f"{to_version}"))
+    else:
+        console.print(Text(f"dry run: {result.total} enrollment(s) would move; add --apply"))
+
+
 @plan.command("list")
 @_tenant_option(required=False)
 def plan_list(tenant: str | None) -> None:

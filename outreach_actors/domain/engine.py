@@ -216,7 +216,7 @@ def _enter(
     elif node.type == "wait":
         _schedule([
             (enrollment, node_name, ScheduledAction.TIMEOUT, transition.on,
-             now + _timeout_duration(transition.on, transition.after))
+             now + timeout_duration(transition.on, transition.after))
             for transition in plan.timeout_transitions(node_name)
             for enrollment in enrollments
         ])
@@ -262,7 +262,8 @@ def _schedule(actions: Sequence[tuple[Enrollment, str, str, str | None, datetime
     note_scheduled(rows)
 
 
-def _timeout_duration(event: str, after: timedelta | None) -> timedelta:
+def timeout_duration(event: str, after: timedelta | None) -> timedelta:
+    """How long a timeout transition waits: its ``after``, or the setting for its event."""
     if after is not None:
         return after
     settings = get_settings()
@@ -469,7 +470,7 @@ def timers_after_send(
          "event": transition.on, "message": message_id, "visit_version": visit_version,
          "dedupe_key": action_key(ScheduledAction.TIMEOUT, enrollment_id, node, transition.on,
                                  visit_version),
-         "run_at": sent_at + _timeout_duration(transition.on, transition.after)}
+         "run_at": sent_at + timeout_duration(transition.on, transition.after)}
         for transition in plan_for_id(plan_id).timeout_transitions(node)
     ]
 
