@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import peewee
-
 from outreach_actors.domain import engine, goals
 from outreach_actors.domain.addresses import normalized_address
 from outreach_actors.domain.plan_events import goal_reached, transition_taken
@@ -204,10 +202,14 @@ def _process(events: list[HostEvent], now: datetime) -> dict[int, int]:
         if not events:
             return {}
         by_contact = {(event.tenant_id, event.email): event for event in events}
+        emails_by_tenant: dict[str, list[str]] = defaultdict(list)
+        for tenant_id, email in by_contact:
+            emails_by_tenant[tenant_id].append(email)
+        # Per tenant, by the (tenant, email) index: a row-value IN list is not planned on it.
         contacts = {
-            contact.id: contact for contact in Contact.select(
-                Contact.id, Contact.tenant, Contact.email, Contact.fields,
-            ).where(peewee.Tuple(Contact.tenant, Contact.email).in_(list(by_contact)))
+            contact.id: contact for tenant_id, emails in emails_by_tenant.items()
+            for contact in Contact.select(Contact.id, Contact.tenant, Contact.email, Contact.fields)
+            .where(Contact.tenant == tenant_id, Contact.email.in_(emails))
         }
         moved: dict[int, int] = defaultdict(int)
         pending = _live_enrollments(list(contacts))
@@ -216,8 +218,11 @@ def _process(events: list[HostEvent], now: datetime) -> dict[int, int]:
                 break
             lost = _apply(pending, contacts, by_contact, moved, now)
             pending = _live_enrollments(list(contacts), only=lost) if lost else []
+        by_count: dict[int, list[int]] = defaultdict(list)
         for event_id, count in moved.items():
-            HostEvent.update(moved=count).where(HostEvent.id == event_id).execute()
+            by_count[count].append(event_id)
+        for count, event_ids in by_count.items():  # one statement per count: usually one
+            HostEvent.update(moved=count).where(HostEvent.id.in_(event_ids)).execute()
     for event in events:
         logger.info("Host event=%s name=%s tenant=%s moved=%d", event.id, event.name,
                     event.tenant_id, moved.get(event.id, 0))
