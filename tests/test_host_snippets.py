@@ -3,7 +3,11 @@ order and a database that is down each get an answer, never a 500."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -66,3 +70,39 @@ def test_a_signup_while_the_database_is_down_is_a_503(settings, data_dir) -> Non
     client = readme_flask_app(data_dir, "postgresql://postgres@127.0.0.1:1/none").test_client()
     assert client.post("/signup", data={"email": "ada@example.com"}).status_code == 503
     assert client.post("/orders", data={"email": "ada@example.com"}).status_code == 503
+
+
+def test_the_readme_plan_with_host_events_is_valid() -> None:
+    from outreach_actors.domain.plans import validate_plan
+
+    text = re.search(r"```yaml\n(.*?)```", section("Host events, goals and control"),
+                     re.DOTALL).group(1)
+    plan = validate_plan(text)
+    assert plan.events == ["purchased", "booked_meeting"] and plan.goals[0].if_
+
+
+def test_the_readme_curl_example_works_as_written(settings, data_dir) -> None:
+    from outreach_actors.domain import engine
+    from outreach_actors.web.app import http_server, make_app
+
+    make_tenant()
+    load_plan((Path(__file__).parent / "samples" / "plans" / "trial.yaml").read_text())
+    engine.enroll("acme", "ada@example.com", "trial")
+    secret = "readme-curl-secret"
+    app = make_app(settings.model_copy(update={"events_secret": secret}))
+    server = http_server("127.0.0.1", 0, app)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    script = re.search(r"```sh\n(.*?)```", section("Host events, goals and control"),
+                       re.DOTALL).group(1)
+    script = script.replace("http://localhost:8000", f"http://127.0.0.1:{server.effective_port}")
+    try:
+        result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True,
+                                text=True, timeout=30,
+                                env={**os.environ, "OUTREACH_EVENTS_SECRET": secret})
+    finally:
+        server.close()
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"results": [
+        {"event_key": "acme:order-1001", "stored": True, "moved": 1}]}
+    assert Enrollment.get().status == "converted"
