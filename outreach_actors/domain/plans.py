@@ -435,7 +435,7 @@ def _graph_errors(data: Mapping[str, Any], *, stored: bool = False) -> list[str]
             path = f"{base}.transitions[{index}]"
             on = transition.get("on")
             event = EVENT_ALIASES.get(on) if isinstance(on, str) else None
-            event = on if event is None and on in declared_events else event
+            event = on if event is None and isinstance(on, str) and on in declared_events else event
             target = transition.get("to")
             if isinstance(target, str) and target not in nodes:
                 errors.append(f"{path}.to: node {target!r} does not exist")
