@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from outreach_actors.domain.control import ControlError
 from outreach_actors.domain.host_events import track
 from outreach_actors.domain.store.models import Enrollment, NodeVisit, ScheduledAction, utcnow
 
+from .concurrency import run_together
 from .factories import THREE_NODE_PLAN, load_plan, make_tenant
 
 TRIAL_PLAN = (Path(__file__).parent / "samples" / "plans" / "trial.yaml").read_text()
@@ -101,24 +101,8 @@ def test_pause_racing_timers_has_one_outcome_each(plans) -> None:
     enrollments = [_waiting(email) for email in emails]
     due = [a.id for e in enrollments for a in _actions(e, "pending")]
     later = utcnow() + timedelta(days=4)
-    barrier = threading.Barrier(2)
-    errors: list[BaseException] = []
-
-    def run(work) -> None:
-        barrier.wait()
-        try:
-            work()
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(lambda: timers.fire_timeouts(due, now=later),)),
-               threading.Thread(target=run, args=(lambda: [
-                   control.pause("acme", email, "trial") for email in emails],))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
+    run_together(lambda: timers.fire_timeouts(due, now=later),
+                 lambda: [control.pause("acme", email, "trial") for email in emails])
     # Then each contact is paused, and either moved on before the pause (its nudge send
     # held) or still waiting (its timer held): in both cases exactly one open action, held.
     for enrollment in enrollments:
@@ -141,22 +125,8 @@ def test_unenroll_racing_a_timer_has_one_outcome(plans) -> None:
     emails = [f"u{index}@example.com" for index in range(10)]
     enrollments = [_waiting(email) for email in emails]
     due = [a.id for e in enrollments for a in _actions(e, "pending")]
-    barrier = threading.Barrier(2)
-
-    def fire() -> None:
-        barrier.wait()
-        timers.fire_timeouts(due, now=utcnow() + timedelta(days=4))
-
-    def unenroll() -> None:
-        barrier.wait()
-        for email in emails:
-            control.unenroll("acme", email)
-
-    threads = [threading.Thread(target=fire), threading.Thread(target=unenroll)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_together(lambda: timers.fire_timeouts(due, now=utcnow() + timedelta(days=4)),
+                 lambda: [control.unenroll("acme", email) for email in emails])
     for enrollment in enrollments:
         enrollment = Enrollment.get_by_id(enrollment.id)
         assert enrollment.status == Enrollment.EXITED

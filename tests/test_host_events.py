@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from outreach_actors.domain.store.models import (
     utcnow,
 )
 
+from .concurrency import run_together
 from .factories import load_plan, make_tenant
 
 TRIAL_PLAN = (Path(__file__).parent / "samples" / "plans" / "trial.yaml").read_text()
@@ -142,27 +142,9 @@ def test_a_goal_racing_a_timer_has_one_outcome(trial) -> None:
         track("acme", email, "booked_meeting", {}, event_id=f"b-{email}")
     due = [action.id for action in ScheduledAction.select().where(ScheduledAction.status == "pending")]
     later = utcnow() + timedelta(days=4)
-    barrier = threading.Barrier(2)
-    errors: list[BaseException] = []
-
-    def run(work) -> None:
-        barrier.wait()
-        try:
-            work()
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    threads = [
-        threading.Thread(target=run, args=(lambda: timers.fire_timeouts(due, now=later),)),
-        threading.Thread(target=run, args=(lambda: [
-            track("acme", email, "purchased", {"amount": 50}, event_id=f"p-{email}")
-            for email in emails],)),
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
+    run_together(lambda: timers.fire_timeouts(due, now=later),
+                 lambda: [track("acme", email, "purchased", {"amount": 50}, event_id=f"p-{email}")
+                          for email in emails])
     # Then each contact either converted where it waited, or moved on to the nudge and
     # converted there (its nudge send cancelled): never both a nudge sent and a stay.
     for email in emails:

@@ -13,7 +13,7 @@ fell due waits for the plan's next send window.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import peewee
@@ -104,33 +104,35 @@ def _one_enrollment(tenant_id: str, email: str, plan_name: str) -> Enrollment:
 def pause(tenant_id: str, email: str, plan_name: str, *, now: datetime | None = None) -> bool:
     """Pause the contact's enrollment in the plan; True if this call paused it, False if
     it was paused already. ControlError when it has none that is active or paused."""
-    now = now or utcnow()
-    enrollment = _one_enrollment(tenant_id, email, plan_name)
-    with database_proxy.atomic():
-        paused = Enrollment.update(status=Enrollment.PAUSED, updated_at=now).where(
-            Enrollment.id == enrollment.id, Enrollment.status == Enrollment.ACTIVE).execute()
-        if paused:
-            ScheduledAction.update(status=ScheduledAction.HELD).where(
-                ScheduledAction.enrollment == enrollment.id, ScheduledAction.status.in_(_OPEN),
-            ).execute()
-    if paused:
-        logger.info("Paused enrollment=%s", enrollment.id)
-    return bool(paused)
+    return _switch(tenant_id, email, plan_name, Enrollment.ACTIVE, Enrollment.PAUSED,
+                   _hold_open, now or utcnow())
 
 
 def resume(tenant_id: str, email: str, plan_name: str, *, now: datetime | None = None) -> bool:
     """Resume the contact's paused enrollment in the plan; True if this call resumed it,
     False if it was active already. ControlError when it has none that is active or paused."""
-    now = now or utcnow()
+    return _switch(tenant_id, email, plan_name, Enrollment.PAUSED, Enrollment.ACTIVE,
+                   _release_held, now or utcnow())
+
+
+def _switch(tenant_id: str, email: str, plan_name: str, from_status: str, to_status: str,
+            then: Callable[[Enrollment, datetime], None], now: datetime) -> bool:
+    """``from_status -> to_status`` by a conditional update and, if this call made it,
+    ``then`` in the same transaction."""
     enrollment = _one_enrollment(tenant_id, email, plan_name)
     with database_proxy.atomic():
-        resumed = Enrollment.update(status=Enrollment.ACTIVE, updated_at=now).where(
-            Enrollment.id == enrollment.id, Enrollment.status == Enrollment.PAUSED).execute()
-        if resumed:
-            _release_held(enrollment, now)
-    if resumed:
-        logger.info("Resumed enrollment=%s", enrollment.id)
-    return bool(resumed)
+        switched = Enrollment.update(status=to_status, updated_at=now).where(
+            Enrollment.id == enrollment.id, Enrollment.status == from_status).execute()
+        if switched:
+            then(enrollment, now)
+    if switched:
+        logger.info("Enrollment=%s is %s", enrollment.id, to_status)
+    return bool(switched)
+
+
+def _hold_open(enrollment: Enrollment, now: datetime) -> None:
+    ScheduledAction.update(status=ScheduledAction.HELD).where(
+        ScheduledAction.enrollment == enrollment.id, ScheduledAction.status.in_(_OPEN)).execute()
 
 
 def _release_held(enrollment: Enrollment, now: datetime) -> None:

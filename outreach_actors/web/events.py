@@ -27,7 +27,7 @@ from outreach_actors.domain import dispatch
 from outreach_actors.domain.host_events import MAX_BATCH, TrackError, checked_event, track_many
 from outreach_actors.settings import Settings
 from outreach_actors.web.http import Reply, database_connection
-from outreach_actors.web.webhooks import BodyReader, read_at_most
+from outreach_actors.web.webhooks import BodyReader, BodyRefused, read_body
 from outreach_actors.worker.actors.mail import enqueue_actions
 
 logger = logging.getLogger(__name__)
@@ -74,15 +74,10 @@ class EventsReceiver:
         if not self.secret:
             return self._refuse(403, "OUTREACH_EVENTS_SECRET is not set: every POST /events is "
                                      "refused until it is")
-        if content_length is not None and content_length > self.max_body:
-            return self._refuse(413, f"body of {content_length} bytes is over the limit of "
-                                     f"{self.max_body}")
         try:
-            body = read_at_most(read, self.max_body)
-        except Exception as exc:  # a client that hangs up mid-body
-            return self._refuse(400, f"the body could not be read ({exc})")
-        if body is None:
-            return self._refuse(413, f"body is over the limit of {self.max_body} bytes")
+            body = read_body(read, content_length, self.max_body)
+        except BodyRefused as refused:
+            return self._refuse(refused.status, refused.reason)
         if problem := self._signature_problem(headers, body):
             return self._refuse(401, problem)
         try:
