@@ -133,3 +133,11 @@ def test_unenroll_racing_a_timer_has_one_outcome(plans) -> None:
         assert not ScheduledAction.select().where(
             ScheduledAction.enrollment == enrollment.id,
             ScheduledAction.status.in_(["pending", "enqueued", "held"])).exists()
+
+
+def test_an_unsubscribe_ends_a_paused_enrollment_and_its_held_actions(plans) -> None:
+    enrollment = _waiting("ada@example.com")
+    control.pause("acme", "ada@example.com", "trial")
+    assert engine.exit_contact_enrollments("acme", "ada@example.com", "unsubscribed") == 1
+    assert Enrollment.get_by_id(enrollment.id).status == Enrollment.EXITED
+    assert not _actions(enrollment, "held") and _actions(enrollment, "cancelled")

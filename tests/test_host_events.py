@@ -156,3 +156,14 @@ def test_a_goal_racing_a_timer_has_one_outcome(trial) -> None:
         assert not ScheduledAction.select().where(
             ScheduledAction.enrollment == enrollment,
             ScheduledAction.status.in_(["pending", "enqueued"])).exists()
+
+
+def test_purge_drops_processed_host_events_past_retention_and_keeps_the_rest(trial) -> None:
+    from outreach_actors.domain import maintenance
+
+    track("acme", "ada@example.com", "purchased", event_id="old")
+    HostEvent.update(received_at=utcnow() - timedelta(days=40)).execute()
+    row = host_events.checked_event("acme", "ada@example.com", "purchased", event_id="unprocessed")
+    HostEvent.create(**{**row, "received_at": utcnow() - timedelta(days=40)})
+    maintenance.purge_old_data()
+    assert [event.event_key for event in HostEvent.select()] == ["acme:unprocessed"]

@@ -35,7 +35,6 @@ logger = logging.getLogger(__name__)
 
 #: The exit reason of an enrollment an operator or the host ended.
 UNENROLLED = "unenrolled"
-LIVE = (Enrollment.ACTIVE, Enrollment.PAUSED)
 _OPEN = (ScheduledAction.PENDING, ScheduledAction.ENQUEUED)
 MAX_ATTEMPTS = 5
 
@@ -50,7 +49,7 @@ def _live_enrollments(tenant_id: str, email: str, plan_name: str | None) -> list
                                Enrollment.current_node, Enrollment.plan, Enrollment.contact)
              .join(Contact).switch(Enrollment).join(Plan)
              .where(Enrollment.tenant == tenant_id, Contact.email == address_key(email),
-                    Enrollment.status.in_(LIVE)))
+                    Enrollment.status.in_(Enrollment.LIVE)))
     if plan_name is not None:
         query = query.where(Plan.name == plan_name)
     return list(query.order_by(Enrollment.id))
@@ -73,7 +72,7 @@ def unenroll(tenant_id: str, email: str, plan_name: str | None = None, *,
                 updated_at=now,
             ).where(peewee.Tuple(Enrollment.id, Enrollment.version)
                     .in_([(e.id, e.version) for e in enrollments]),
-                    Enrollment.status.in_(LIVE)).returning(Enrollment.id).tuples().execute()]
+                    Enrollment.status.in_(Enrollment.LIVE)).returning(Enrollment.id).tuples().execute()]
             _cancel_actions(won, now)
             notifications.record(notifications.EXITED, won, reason=UNENROLLED, now=now)
         ended += len(won)

@@ -394,18 +394,21 @@ def _cancel_open_actions(enrollment_ids: Sequence[int], node: str, now: datetime
         .where(
             ScheduledAction.enrollment.in_(list(enrollment_ids)),
             ScheduledAction.node == node,
-            ScheduledAction.status.in_([ScheduledAction.PENDING, ScheduledAction.ENQUEUED]),
+            # Held: a paused enrollment's, cancelled when it exits.
+            ScheduledAction.status.in_([ScheduledAction.PENDING, ScheduledAction.ENQUEUED,
+                                        ScheduledAction.HELD]),
         )
         .execute()
     )
 
 
 def exit_enrollment(enrollment_id: int, reason: str, *, now: datetime | None = None) -> bool:
-    """End an active enrollment where it stands (suppressed, failed send, unsubscribed)."""
+    """End an active or paused enrollment where it stands (suppressed, failed send,
+    unsubscribed)."""
     now = now or utcnow()
     with database_proxy.atomic():
         enrollment = Enrollment.get_or_none(Enrollment.id == enrollment_id)
-        if enrollment is None or enrollment.status != Enrollment.ACTIVE:
+        if enrollment is None or enrollment.status not in Enrollment.LIVE:
             return False
         status = Enrollment.FAILED if reason in {"send_failed", "ambiguous_send"} else Enrollment.EXITED
         moved = (
@@ -424,7 +427,8 @@ def exit_enrollment(enrollment_id: int, reason: str, *, now: datetime | None = N
 
 
 def exit_contact_enrollments(tenant_id: str, email: str, reason: str) -> int:
-    """End every active enrollment of one contact in one tenant (unsubscribe, complaint)."""
+    """End every active or paused enrollment of one contact in one tenant (unsubscribe,
+    complaint)."""
     ids = [
         row.id
         for row in Enrollment.select(Enrollment.id)
@@ -432,7 +436,7 @@ def exit_contact_enrollments(tenant_id: str, email: str, reason: str) -> int:
         .where(
             Enrollment.tenant == tenant_id,
             Contact.email == address_key(email),
-            Enrollment.status == Enrollment.ACTIVE,
+            Enrollment.status.in_(Enrollment.LIVE),
         )
     ]
     return sum(exit_enrollment(enrollment_id, reason) for enrollment_id in ids)

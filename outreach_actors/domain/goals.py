@@ -26,8 +26,7 @@ def convert(enrollments: Sequence[Enrollment], event: str, *, now: datetime) -> 
     Call inside a transaction: the conversion and the cancellations commit together.
     """
     # A paused enrollment converts too: the contact did what the plan was for.
-    live = (Enrollment.ACTIVE, Enrollment.PAUSED)
-    active = sorted((e for e in enrollments if e.status in live), key=lambda e: e.id)
+    active = sorted((e for e in enrollments if e.status in Enrollment.LIVE), key=lambda e: e.id)
     if not active:
         return []
     reason = GOAL_REASON_PREFIX + event
@@ -37,7 +36,7 @@ def convert(enrollments: Sequence[Enrollment], event: str, *, now: datetime) -> 
                           version=Enrollment.version + 1, updated_at=now)
         .where(peewee.Tuple(Enrollment.id, Enrollment.version)
                .in_([(enrollment.id, enrollment.version) for enrollment in active]),
-               Enrollment.status.in_(live))
+               Enrollment.status.in_(Enrollment.LIVE))
         .returning(Enrollment.id).tuples().execute()
     }
     if not won:

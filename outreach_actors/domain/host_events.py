@@ -234,7 +234,7 @@ def _live_enrollments(contact_ids: list[int], *, only: set[int] | None = None) -
         Enrollment.id, Enrollment.plan, Enrollment.contact, Enrollment.status,
         Enrollment.current_node, Enrollment.version,
     ).where(Enrollment.contact.in_(contact_ids),
-            Enrollment.status.in_([Enrollment.ACTIVE, Enrollment.PAUSED]))
+            Enrollment.status.in_(Enrollment.LIVE))
     if only is not None:
         query = query.where(Enrollment.id.in_(sorted(only)))
     return list(query)

@@ -38,7 +38,6 @@ from outreach_actors.domain.windows import next_send_time
 
 logger = logging.getLogger(__name__)
 
-LIVE = (Enrollment.ACTIVE, Enrollment.PAUSED)
 MAX_ATTEMPTS = 5
 
 
@@ -111,7 +110,7 @@ def _in_flight(tenant_id: str, plan_name: str, target_id: int) -> list[Enrollmen
                                   Enrollment.status, Enrollment.current_node,
                                   Enrollment.node_entered_at, Enrollment.contact)
                 .join(Plan).where(Enrollment.tenant == tenant_id, Plan.name == plan_name,
-                                  Enrollment.plan != target_id, Enrollment.status.in_(LIVE))
+                                  Enrollment.plan != target_id, Enrollment.status.in_(Enrollment.LIVE))
                 .order_by(Enrollment.id))
 
 
@@ -126,12 +125,12 @@ def _migrate_one(enrollment: Enrollment, target_id: int, target: PlanSpec,
             won = Enrollment.update(plan=target_id, current_node=to_node,
                                     version=Enrollment.version + 1, updated_at=now).where(
                 peewee.Tuple(Enrollment.id, Enrollment.version) == (enrollment.id, enrollment.version),
-                Enrollment.status.in_(LIVE)).execute()
+                Enrollment.status.in_(Enrollment.LIVE)).execute()
             if won:
                 _rehome(enrollment, to_node, target, now)
                 return 1
         enrollment = Enrollment.get_or_none(Enrollment.id == enrollment.id,
-                                            Enrollment.status.in_(LIVE))
+                                            Enrollment.status.in_(Enrollment.LIVE))
         if enrollment is None or enrollment.plan_id == target_id:
             return 0
     return 0

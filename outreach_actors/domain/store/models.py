@@ -107,6 +107,7 @@ class Enrollment(BaseModel):
     # Converted: a plan goal was reached (see goals.py). Paused: held by an operator,
     # its actions held until it is resumed (see control.py).
     CONVERTED, PAUSED = "converted", "paused"
+    LIVE = (ACTIVE, PAUSED)  # still in the plan
 
     tenant = peewee.ForeignKeyField(Tenant, backref="enrollments", on_delete="CASCADE")
     plan = peewee.ForeignKeyField(Plan, backref="enrollments", on_delete="CASCADE")
