@@ -141,3 +141,19 @@ def test_an_unsubscribe_ends_a_paused_enrollment_and_its_held_actions(plans) -> 
     assert engine.exit_contact_enrollments("acme", "ada@example.com", "unsubscribed") == 1
     assert Enrollment.get_by_id(enrollment.id).status == Enrollment.EXITED
     assert not _actions(enrollment, "held") and _actions(enrollment, "cancelled")
+
+
+def test_a_send_whose_enrollment_was_paused_after_dispatch_is_held_then_rendered(settings) -> None:
+    from outreach_actors.domain import mail
+
+    make_tenant()
+    load_plan(THREE_NODE_PLAN)
+    enrollment = engine.enroll("acme", "ada@example.com", "onboarding", fields={"first_name": "Ada"})
+    [send] = _actions(enrollment, "pending")
+    # The dispatcher enqueued it, then the pause landed before the render ran.
+    ScheduledAction.update(status="enqueued").where(ScheduledAction.id == send.id).execute()
+    Enrollment.update(status="paused").where(Enrollment.id == enrollment.id).execute()
+    assert mail.render_action(send.id) is None
+    assert ScheduledAction.get_by_id(send.id).status == "held"
+    control.resume("acme", "ada@example.com", "onboarding")
+    assert mail.render_action(send.id) is not None  # rendered once resumed, not lost
