@@ -146,7 +146,9 @@ def track_many(rows: Sequence[dict[str, Any]], *, now: datetime | None = None) -
     with write_transaction():
         stored = dict(insert_rows(HostEvent, unique, ignore_conflicts=True,
                                   conflict_target="event_key", returning=("event_key", "id")))
-    moved = process_host_events(list(stored.values()), now=now) if stored else {}
+    # Processed as stored (they were just written): no need to read them back.
+    moved = _process_events([HostEvent(id=stored[row["event_key"]], status=HostEvent.RECEIVED, **row)
+                             for row in unique if row["event_key"] in stored], now)
     results = []
     for row in rows:  # a key repeated in the batch is stored by its first row only
         event_id = stored.pop(row["event_key"], None)
@@ -158,10 +160,13 @@ def process_host_events(event_ids: Sequence[int], *, now: datetime | None = None
     """Move on stored events not yet processed; returns how many enrollments each one
     moved. Safe to run twice and concurrently: each event is claimed in the
     transaction of its moves."""
-    now = now or utcnow()
-    events = list(HostEvent.select().where(HostEvent.id.in_(sorted(set(event_ids))),
-                                           HostEvent.status == HostEvent.RECEIVED)
-                  .order_by(HostEvent.occurred_at, HostEvent.id))
+    return _process_events(list(HostEvent.select().where(
+        HostEvent.id.in_(sorted(set(event_ids))), HostEvent.status == HostEvent.RECEIVED,
+    )), now or utcnow())
+
+
+def _process_events(events: list[HostEvent], now: datetime) -> dict[int, int]:
+    events.sort(key=lambda event: (event.occurred_at, event.id))
     moved: dict[int, int] = {}
     for batch in _one_per_contact(events):
         moved.update(_process(batch, now))
