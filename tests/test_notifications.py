@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -95,3 +96,39 @@ def test_without_a_notify_actor_nothing_is_written(db, stub_broker) -> None:
     engine.enroll("acme", "ada@example.com", "trial")
     control.unenroll("acme", "ada@example.com")
     assert Notification.select().count() == 0
+
+
+RECEIVED: list[dict] = []
+
+
+@dramatiq.actor(queue_name=HOST_QUEUE, actor_name="on_outreach_event_received")
+def record_outreach_event(payload: dict) -> None:
+    """A host actor that keeps what it is told, run by a real worker."""
+    RECEIVED.append(payload)
+
+
+def test_the_host_actor_runs_once_per_notification_on_every_broker(settings, any_broker, data_dir) -> None:
+    from .conftest import wait_until
+
+    any_broker.declare_actor(record_outreach_event)
+    configure(make_settings(data_dir, notify_actor=f"{__name__}.record_outreach_event"))
+    notifications.install_sender(send_to_host)
+    make_tenant()
+    load_plan(TRIAL_PLAN)
+    RECEIVED.clear()
+    worker = dramatiq.Worker(any_broker, worker_timeout=100, worker_threads=2)
+    worker.start()
+    try:
+        for email in ["ada@example.com", "bob@example.com"]:
+            engine.enroll("acme", email, "trial")
+        with dispatch.dispatch_after_commit(lambda due: None):
+            track("acme", "ada@example.com", "purchased", {"amount": 20}, event_id="o-1")
+            track("acme", "ada@example.com", "purchased", {"amount": 20}, event_id="o-1")
+            control.unenroll("acme", "bob@example.com")
+        wait_until(lambda: len(RECEIVED) >= 2)
+        time.sleep(0.3)  # nothing more arrives
+    finally:
+        worker.stop()
+    assert sorted((p["type"], p["email"]) for p in RECEIVED) == [
+        ("exited", "bob@example.com"), ("goal_reached", "ada@example.com")]
+    assert {p["id"] for p in RECEIVED} == {n.id for n in Notification.select()}
