@@ -111,6 +111,9 @@ def test_an_event_for_a_contact_in_no_plan_is_stored_and_moves_no_one(trial) -> 
     (("acme", "a@example.com", "purchased", {"x": "y" * 20_000}), {}, "limit is 16,384"),
     (("acme", "a@example.com", "purchased"), {"event_id": "x" * 200}, "event_id"),
     (("acme", "a@example.com", "purchased"), {"occurred_at": "yesterday"}, "ISO-8601"),
+    (("acme", "a@example.com", "purchased"), {"occurred_at": "9999-12-31T23:00:00-05:00"},
+     "out of range"),
+    (("acme", "a@example.com", "purchased"), {"occurred_at": 1700000000}, "ISO-8601"),
 ])
 def test_a_bad_event_is_refused_saying_why_and_stores_nothing(trial, args, kwargs, problem) -> None:
     with pytest.raises(TrackError, match=problem):

@@ -118,7 +118,10 @@ def _checked_time(value: object, now: datetime) -> datetime:
                              "2026-01-31T12:00:00Z") from None
     if not isinstance(value, datetime):
         raise TrackError("occurred_at must be a datetime or an ISO-8601 time")
-    return value if value.tzinfo is None else value.astimezone(UTC).replace(tzinfo=None)
+    try:
+        return value if value.tzinfo is None else value.astimezone(UTC).replace(tzinfo=None)
+    except OverflowError:  # 9999-12-31T23:00-05:00 is past the last datetime in UTC
+        raise TrackError(f"occurred_at {value.isoformat()!r} is out of range") from None
 
 
 def track(tenant_id: str, email: str, event: str, properties: Mapping[str, Any] | None = None, *,
