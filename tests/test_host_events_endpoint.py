@@ -98,6 +98,10 @@ def test_a_batch_moves_each_contact_in_order(app) -> None:
     (b"[]", None, 400, "no events"),
     (json.dumps([event(event_id=str(i)) for i in range(1001)]).encode(), None, 400, "limit is 1,000"),
     (json.dumps(event(tenant="ghost")).encode(), None, 400, "unknown tenant"),
+    (json.dumps(event(tenant="g" * 100_000)).encode(), None, 400, "unknown tenant"),
+    (json.dumps(event(properties={"n": 1}, occurred_at=5)).encode(), None, 400, "ISO-8601"),
+    (b'{"tenant": "acme", "email": "a@example.com", "event": "x", "properties": {"n": '
+     + b"9" * 5000 + b"}}", None, 400, "not JSON"),
     (json.dumps([event(), event("no address"), event(name="open"), 7,
                  event(properties={"x": "y" * 20_000}), {**event(), "amont": 1}]).encode(),
      None, 400, "nothing was stored"),

@@ -144,7 +144,7 @@ def track_many(rows: Sequence[dict[str, Any]], *, now: datetime | None = None) -
     known = set(Tenant.select(Tenant.id).where(Tenant.id.in_(tenants)).tuples()) if tenants else set()
     unknown = [tenant for tenant in tenants if (tenant,) not in known]
     if unknown:
-        raise TrackError(f"unknown tenant {unknown[0]!r}")
+        raise TrackError(f"unknown tenant {unknown[0]!r:.80}")
     unique = list({row["event_key"]: row for row in reversed(rows)}.values())[::-1]
     with write_transaction():
         stored = dict(insert_rows(HostEvent, unique, ignore_conflicts=True,
