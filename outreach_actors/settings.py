@@ -171,6 +171,12 @@ class Settings(BaseModel):
     # Retention of raw webhook deliveries and events.
     retention: Duration = timedelta(days=30)
 
+    # Signs POST /events (HMAC-SHA256, see web/events.py); unset, the endpoint refuses all.
+    events_secret: str | None = None
+    # The host's Dramatiq actor told of goals, exits, failures, replies and unsubscribes
+    # ("myapp.tasks.on_outreach_event"); unset, no notification is written.
+    notify_actor: str | None = None
+
     @field_validator(
         "webhook_max_body_bytes",
         "ratelimit_sender_per_minute",

@@ -192,3 +192,54 @@ def test_a_mistyped_setting_is_improperly_configured(settings, data_dir, key) ->
     with pytest.raises(ImproperlyConfigured, match="OUTREACH_SECRET_KYE is not a known setting"):
         with override_settings(OUTREACH={**outreach_config(data_dir, key), "secret_kye": "x"}):
             pass
+
+
+def test_host_events_are_posted_signed_without_a_csrf_token(settings, data_dir, key) -> None:
+    import json
+    import time
+
+    from outreach_actors.domain.store.models import HostEvent
+    from outreach_actors.web.events import sign_events
+
+    setup_django()
+    with override_settings(OUTREACH=outreach_config(data_dir, key, events_secret="dj-secret")):
+        activated(None)
+        make_tenant("acme")
+        body = json.dumps({"tenant": "acme", "email": "ada@example.com", "event": "signed_up",
+                           "event_id": "1"}).encode()
+        at = int(time.time())
+        headers = {"X-Outreach-Timestamp": str(at),
+                   "X-Outreach-Signature": sign_events("dj-secret", body, at)}
+        client = Client(enforce_csrf_checks=True)
+        response = client.post("/events", data=body, content_type="application/json",
+                               headers=headers)
+        assert response.status_code == 200 and response.json()["results"][0]["stored"]
+        assert client.post("/events", data=body, content_type="application/json").status_code == 401
+        assert HostEvent.select().count() == 1
+
+
+def test_the_readme_django_view_answers_every_documented_error(settings, data_dir, key) -> None:
+    import re
+
+    from django.test import RequestFactory
+
+    from .test_readme import section
+
+    source = re.search(r"# views\.py\n(.*?)```", section("Django and Flask"), re.DOTALL).group(1)
+    namespace: dict = {}
+    exec(compile(source, "README.md (Django views.py)", "exec"), namespace)  # noqa: S102
+    setup_django()
+    with override_settings(OUTREACH=outreach_config(data_dir, key)):
+        activated(None)
+        make_tenant("acme")
+        load_plan()
+        factory = RequestFactory()
+        answers = [namespace["signup"](factory.post("/signup", {"email": email}))
+                   for email in ["ada@example.com", "ada@example.com", "not an address", ""]]
+        assert [a.status_code for a in answers] == [200, 200, 400, 400]
+        assert Enrollment.select().count() == 1
+    with override_settings(OUTREACH=outreach_config(
+            data_dir, key, database_url="postgresql://postgres@127.0.0.1:1/none")):
+        activated(None)
+        assert namespace["signup"](RequestFactory().post(
+            "/signup", {"email": "ada@example.com"})).status_code == 503

@@ -189,3 +189,22 @@ def test_a_prefix_the_link_base_lacks_is_warned_about(settings, data_dir, key, c
             app = flask_app(data_dir, key, url_prefix="/mail", OUTREACH_PUBLIC_BASE_URL=base)
         assert ("does not end with it" in caplog.text) is warned, base
         assert app.test_client().head("/mail/unsubscribe/x").status_code == 400
+
+
+def test_host_events_through_the_blueprint_and_the_extension(data_dir, key, settings) -> None:
+    import json
+    import time
+
+    from outreach_actors.domain.store.models import HostEvent
+    from outreach_actors.web.events import sign_events
+
+    app = flask_app(data_dir, key, OUTREACH_EVENTS_SECRET="flask-events")
+    make_tenant("acme")
+    body = json.dumps([{"tenant": "acme", "email": "ada@example.com", "event": "signed_up"}]).encode()
+    at = int(time.time())
+    response = app.test_client().post("/events", data=body, content_type="application/json", headers={
+        "X-Outreach-Timestamp": str(at), "X-Outreach-Signature": sign_events("flask-events", body, at)})
+    assert response.status_code == 200 and response.json["results"][0]["moved"] == 0
+    assert app.extensions["outreach"].events is not None
+    assert OutreachFlask.track("acme", "ada@example.com", "upgraded").stored
+    assert HostEvent.select().count() == 2

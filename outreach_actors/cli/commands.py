@@ -217,6 +217,40 @@ def plan_load(file: Path, tenant: str) -> None:
         err_console.print(_labelled("warning:", "yellow", problem))
 
 
+@plan.command("migrate")
+@click.option("--plan", "plan_name", required=True)
+@_tenant_option()
+@click.option("--to-version", required=True, type=click.IntRange(1))
+@click.option("--map", "mappings", multiple=True, metavar="OLD=NEW",
+              help="Move contacts at node OLD to node NEW (repeatable); by name otherwise.")
+@click.option("--apply", is_flag=True, help="Make the moves (default: a dry run that counts them).")
+def plan_migrate(plan_name: str, tenant: str, to_version: int, mappings: tuple[str, ...],
+                 apply: bool) -> None:
+    """Move a plan's enrollments in flight to another of its versions, node by node."""
+    from outreach_actors.domain.migrate import MigrationError, migrate
+
+    mapping: dict[str, str] = {}
+    for item in mappings:
+        old, sep, new = item.partition("=")
+        if not sep or not old or not new:
+            raise click.BadParameter(f"{item!r} is not OLD=NEW", param_hint="--map")
+        mapping[old] = new
+    _open_database()
+    try:
+        result = migrate(tenant, plan_name, to_version, mapping=mapping, apply=apply)
+    except MigrationError as exc:
+        _fail(str(exc))
+    table = Table("from version", "from node", "to node", "contacts")
+    for (version, from_node, to_node), count in sorted(result.moves.items()):
+        table.add_row(*_cells(version, from_node, to_node, count))
+    console.print(table)
+    if apply:
+        console.print(Text(f"migrated {result.moved} of {result.total} enrollment(s) to version "
+                           f"{to_version}"))
+    else:
+        console.print(Text(f"dry run: {result.total} enrollment(s) would move; add --apply"))
+
+
 @plan.command("list")
 @_tenant_option(required=False)
 def plan_list(tenant: str | None) -> None:
@@ -421,7 +455,9 @@ def preview(plan_name: str, tenant: str, node: str, email: str, out: Path | None
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def stats(plan_name: str | None, tenant: str | None, as_json: bool) -> None:
     """A funnel per node: entered, active, sent, delivered, opened, clicked, bounced,
-    no_open, no_click, exited, failed, ambiguous (sends no provider event confirmed yet)."""
+    no_open, no_click, exited, failed, ambiguous (sends no provider event confirmed yet),
+    paused, converted (reached a goal after last being there); then per plan: enrolled,
+    converted and the conversion rate (JSON: plan_enrolled, plan_converted, conversion_rate)."""
     from outreach_actors.domain.stats import funnel
 
     _open_database()
@@ -430,6 +466,9 @@ def stats(plan_name: str | None, tenant: str | None, as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     console.print(funnel_table(rows))
+    for row in {(row["tenant"], row["plan"]): row for row in rows}.values():
+        console.print(f"{row['plan']}: {row['plan_enrolled']} enrolled, {row['plan_converted']} "
+                      f"converted ({row['conversion_rate']:.1%})", markup=False)
 
 
 @main.command()
@@ -690,3 +729,80 @@ def demo(contacts: int, workers: int, timeout_s: int) -> None:
     raise SystemExit(run_demo(contacts=contacts, workers=workers, timeout_s=timeout_s,
                               console=console, funnel_table=funnel_table))
 
+
+
+# --- host events and control of one contact ---------------------------------------
+
+@main.command()
+@click.argument("email")
+@click.argument("event")
+@_tenant_option()
+@click.option("--properties", default=None, help='The event\'s properties as JSON, e.g. \'{"amount": 120}\'.')
+@click.option("--event-id", default=None, help="Your id for the event: sent twice, it is stored once.")
+@click.option("--occurred-at", default=None, help="When it happened (ISO-8601); default now.")
+def track(email: str, event: str, tenant: str, properties: str | None, event_id: str | None,
+          occurred_at: str | None) -> None:
+    """Report a host event (purchased, booked_meeting...) for a contact: plans that
+    declare it move the contact or reach their goal."""
+    from outreach_actors.domain.host_events import TrackError
+    from outreach_actors.domain.host_events import track as track_event
+
+    try:
+        values = None if properties is None else json.loads(properties)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--properties") from None
+    _open_database()
+    try:
+        result = track_event(tenant, email, event, values, event_id=event_id, occurred_at=occurred_at)
+    except TrackError as exc:
+        _fail(str(exc))
+    if not result.stored:
+        console.print(Text(f"event {result.event_key} was stored before: nothing done again"))
+    else:
+        console.print(Text(f"stored {event} for {email}; moved {result.moved} enrollment(s)"))
+
+
+@main.command()
+@click.argument("email")
+@_tenant_option()
+@click.option("--plan", "plan_name", default=None, help="Only this plan (default: every plan).")
+def unenroll(email: str, tenant: str, plan_name: str | None) -> None:
+    """End a contact's enrollments (in one plan, or every plan of the tenant)."""
+    from outreach_actors.domain.control import unenroll as unenroll_contact
+
+    _open_database()
+    ended = unenroll_contact(tenant, email, plan_name)
+    console.print(Text(f"unenrolled {email} from {ended} enrollment(s)"))
+
+
+def _control(action: str, email: str, tenant: str, plan_name: str) -> None:
+    from outreach_actors.domain import control
+
+    _open_database()
+    try:
+        changed = getattr(control, action)(tenant, email, plan_name)
+    except control.ControlError as exc:
+        _fail(str(exc))
+    done = "paused" if action == "pause" else "resumed"
+    console.print(Text(f"{done} {email} in {plan_name}" if changed
+                       else f"{email} was already {done if action == 'pause' else 'active'} "
+                            f"in {plan_name}"))
+
+
+@main.command()
+@click.argument("email")
+@_tenant_option()
+@click.option("--plan", "plan_name", required=True)
+def pause(email: str, tenant: str, plan_name: str) -> None:
+    """Pause one contact's enrollment: no email and no timer until it is resumed."""
+    _control("pause", email, tenant, plan_name)
+
+
+@main.command()
+@click.argument("email")
+@_tenant_option()
+@click.option("--plan", "plan_name", required=True)
+def resume(email: str, tenant: str, plan_name: str) -> None:
+    """Resume a paused enrollment: overdue timers fire in order, an overdue send waits
+    for the next send window."""
+    _control("resume", email, tenant, plan_name)

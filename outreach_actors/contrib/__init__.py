@@ -7,15 +7,19 @@ them. Sentry is left to the host app, which initialises it for itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import peewee
 
-from outreach_actors.domain import dispatch, engine
+from outreach_actors.domain import control, dispatch, engine, host_events
+from outreach_actors.domain.control import ControlError
 from outreach_actors.domain.engine import AlreadyEnrolled, EnrollmentError
 from outreach_actors.domain.enroll_many import ContactRow, EnrollManyResult
 from outreach_actors.domain.enroll_many import enroll_many as _enroll_many
+from outreach_actors.domain.host_events import TrackError, TrackResult
 from outreach_actors.domain.store.models import Enrollment
 from outreach_actors.web.endpoints import (
     UNSUBSCRIBE_PATH,
@@ -27,9 +31,10 @@ from outreach_actors.web.endpoints import (
 from outreach_actors.web.http import database_connection
 from outreach_actors.worker.actors.mail import enqueue_actions
 
-__all__ = ["UNSUBSCRIBE_PATH", "WEBHOOK_PATH", "AlreadyEnrolled", "ContactRow", "Endpoints",
-           "EnrollManyResult", "EnrollmentError", "OutreachUnavailable", "activate", "enroll",
-           "enroll_many", "host_settings"]
+__all__ = ["UNSUBSCRIBE_PATH", "WEBHOOK_PATH", "AlreadyEnrolled", "ContactRow", "ControlError",
+           "Endpoints", "EnrollManyResult", "EnrollmentError", "OutreachUnavailable", "TrackError",
+           "TrackResult", "activate", "enroll", "enroll_many", "host_settings", "pause", "resume",
+           "track", "unenroll"]
 
 
 class OutreachUnavailable(RuntimeError):
@@ -44,18 +49,64 @@ def enroll(
     *,
     fields: dict[str, Any] | None = None,
     timezone: str | None = None,
+    if_enrolled: str = "raise",
 ) -> Enrollment:
     """Enroll a contact from a host app's view (see ``engine.enroll``).
 
     Raises AlreadyEnrolled (an EnrollmentError, like the other refusals: an unknown
-    plan or tenant, an invalid address), both importable from here; and
+    plan or tenant, an invalid address), both importable from here, unless
+    ``if_enrolled="skip"``, which returns the existing enrollment; and
     OutreachUnavailable when the database cannot be reached.
     """
+    with _outreach_database():
+        return engine.enroll(tenant_id, email, plan_name, fields=fields, timezone=timezone,
+                             if_enrolled=if_enrolled)
+
+
+@contextmanager
+def _outreach_database() -> Iterator[None]:
+    """A connection for one call, its new actions enqueued after commit; an unreachable
+    database raised as OutreachUnavailable."""
     try:
         with database_connection(), dispatch.dispatch_after_commit(enqueue_actions):
-            return engine.enroll(tenant_id, email, plan_name, fields=fields, timezone=timezone)
+            yield
     except peewee.OperationalError as exc:
         raise OutreachUnavailable(f"the outreach database cannot be reached: {exc}") from exc
+
+
+def track(tenant_id: str, email: str, event: str, properties: Mapping[str, Any] | None = None,
+          *, event_id: str | None = None, occurred_at: datetime | str | None = None) -> TrackResult:
+    """Report one of the host's own events (``purchased``...) for a contact: stored once
+    per ``event_id`` (a retry stores and moves nothing twice), then each enrollment
+    of the contact whose plan listens to it moves or reaches its goal.
+
+    Raises TrackError (nothing stored) for an unknown tenant, an invalid address, event
+    name or properties; OutreachUnavailable when the database cannot be reached.
+    """
+    with _outreach_database():
+        return host_events.track(tenant_id, email, event, properties, event_id=event_id,
+                                 occurred_at=occurred_at)
+
+
+def unenroll(tenant_id: str, email: str, plan_name: str | None = None) -> int:
+    """End the contact's enrollments in ``plan_name`` (None: every plan of the tenant);
+    how many ended (0 if none was left: safe to call twice)."""
+    with _outreach_database():
+        return control.unenroll(tenant_id, email, plan_name)
+
+
+def pause(tenant_id: str, email: str, plan_name: str) -> bool:
+    """Hold the contact's enrollment in the plan (no email, no timer) until resumed;
+    False if it was paused already. ControlError if it has no live enrollment there."""
+    with _outreach_database():
+        return control.pause(tenant_id, email, plan_name)
+
+
+def resume(tenant_id: str, email: str, plan_name: str) -> bool:
+    """Resume a paused enrollment; False if it was not paused. ControlError if the
+    contact has no live enrollment in the plan."""
+    with _outreach_database():
+        return control.resume(tenant_id, email, plan_name)
 
 
 def enroll_many(tenant_id: str, plan_name: str, rows: Iterable[ContactRow], *,

@@ -8,7 +8,7 @@
         outreach.enroll("acme", request.form["email"], "onboarding")
 
 Settings are the ``OUTREACH_*`` keys of ``app.config`` over the environment. The
-blueprint serves ``POST /webhooks/sendgrid`` and ``GET|POST /unsubscribe/<token>``.
+blueprint serves ``POST /webhooks/sendgrid``, ``POST /events`` and ``GET|POST /unsubscribe/<token>``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,16 @@ import io
 
 from flask import Blueprint, Flask, Response, current_app, request
 
-from outreach_actors.contrib import Endpoints, activate, enroll, host_settings
+from outreach_actors.contrib import (
+    Endpoints,
+    activate,
+    enroll,
+    host_settings,
+    pause,
+    resume,
+    track,
+    unenroll,
+)
 from outreach_actors.web.http import Reply
 
 EXTENSION = "outreach"
@@ -34,6 +43,10 @@ class OutreachFlask:
     """
 
     enroll = staticmethod(enroll)
+    track = staticmethod(track)
+    unenroll = staticmethod(unenroll)
+    pause = staticmethod(pause)
+    resume = staticmethod(resume)
 
     def __init__(self, app: Flask | None = None, *, url_prefix: str | None = None) -> None:
         self.url_prefix = url_prefix
@@ -63,6 +76,15 @@ def sendgrid_webhook() -> Response:
         # the stream would be empty, and the signature checked against nothing.
         read = io.BytesIO(request.get_data(cache=True)).read
     # Longer, or of no announced length: the receiver refuses or bounds it as it reads.
+    return _response(receiver.receive(dict(request.headers.items()), read, request.content_length))
+
+
+@blueprint.post("/events")
+def host_events() -> Response:
+    receiver = _endpoints().events
+    read = request.stream.read
+    if request.content_length is not None and request.content_length <= receiver.max_body:
+        read = io.BytesIO(request.get_data(cache=True)).read  # as for the webhook above
     return _response(receiver.receive(dict(request.headers.items()), read, request.content_length))
 
 

@@ -3,7 +3,9 @@
 It uses what a production deployment uses (the embedded Redis broker, SQLite, real
 ``dramatiq`` and ``periodiq`` processes, the webhook endpoint) with two stand-ins
 for the outside world: the SendGrid stand-in accepts mail, and simulated
-recipients click, open, ignore or bounce through signed Event Webhook batches.
+recipients click, open, ignore or bounce through signed Event Webhook batches, and
+one clicker in two "purchases": the demo posts it to ``POST /events``, as a host app
+would, and the plan's goal ends that contact's campaign as converted.
 The sample plan's durations are compressed: one day becomes two seconds.
 """
 
@@ -101,6 +103,7 @@ def _counts() -> dict[str, int]:
         "events": Event.select().where(Event.synthetic == False).count(),  # noqa: E712
         "synthetic": Event.select().where(Event.synthetic == True).count(),  # noqa: E712
         "suppressed": models.Suppression.select().count(),
+        "converted": Enrollment.select().where(Enrollment.status == Enrollment.CONVERTED).count(),
     }
 
 
@@ -189,6 +192,7 @@ def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console,
 
     keys = generate_webhook_keys()
     secret_key = secrets.token_urlsafe(32)
+    events_secret = secrets.token_urlsafe(32)
     standin = SendGridStandIn(api_key=DEMO_API_KEY).start()
     port = _free_port()
     environment = {
@@ -199,6 +203,7 @@ def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console,
         "OUTREACH_SENDGRID_WEBHOOK_PUBLIC_KEY": keys.public_key,
         "OUTREACH_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
         "OUTREACH_SECRET_KEY": secret_key,
+        "OUTREACH_EVENTS_SECRET": events_secret,
         "OUTREACH_DISPATCH_INTERVAL": "PT0.5S",
         # Days pass in seconds here: a second of waiting on an empty queue would show.
         "OUTREACH_WORKER_IDLE_POLL_INTERVAL": "PT0.1S",
@@ -215,7 +220,7 @@ def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console,
         data_dir=data_dir, templates_dir=templates_dir, sendgrid_api_key=DEMO_API_KEY,
         sendgrid_api_host=standin.host, sendgrid_webhook_public_key=keys.public_key,
         public_base_url=f"http://127.0.0.1:{port}", dispatch_interval=timedelta(seconds=0.5),
-        secret_key=secret_key,
+        secret_key=secret_key, events_secret=events_secret,
     )
     processes: list[subprocess.Popen] = []
     server = None
@@ -251,9 +256,11 @@ def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console,
         dispatch_due.send()  # start dispatching now rather than at periodiq's next minute
         simulator = EngagementSimulator(standin, f"http://127.0.0.1:{port}/webhooks/sendgrid",
                                         keys.private_key_pem).start()
+        buyers = DemoPurchases(f"http://127.0.0.1:{port}/events", events_secret)
         started = time.monotonic()
         with Live(console=console, refresh_per_second=4) as live:
             while True:
+                buyers.purchase_after(standin.messages)
                 counts = _counts()
                 elapsed = time.monotonic() - started
                 live.update(_progress_table(counts, elapsed, len(standin.messages)))
@@ -293,6 +300,43 @@ def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console,
         for each, handler in previous_handlers.items():
             signal.signal(each, signal.SIG_DFL if handler is None else handler)
     return status
+
+
+class DemoPurchases:
+    """One clicker in two buys once their first email has gone out: posted, signed, to
+    ``POST /events`` as a host app would (``event_id`` makes a repeat harmless)."""
+
+    def __init__(self, url: str, secret: str) -> None:
+        self.url, self.secret = url, secret
+        self.bought: set[str] = set()
+
+    def purchase_after(self, accepted: list) -> None:
+        import json
+        import urllib.request
+
+        from outreach_actors.web.events import sign_events
+
+        buyers = sorted({email for message in list(accepted) for email, _ in message.recipients()
+                         if _buys(email)} - self.bought)
+        if not buyers:
+            return
+        body = json.dumps([{"tenant": DEMO_TENANT, "email": email, "event": "purchased",
+                            "event_id": f"order-{email}", "properties": {"amount": 49}}
+                           for email in buyers]).encode()
+        at = int(time.time())
+        request = urllib.request.Request(self.url, data=body, method="POST", headers={
+            "Content-Type": "application/json", "X-Outreach-Timestamp": str(at),
+            "X-Outreach-Signature": sign_events(self.secret, body, at)})
+        try:
+            with urllib.request.urlopen(request, timeout=10):
+                self.bought.update(buyers)
+        except OSError:
+            pass  # posted again on the next turn
+
+
+def _buys(email: str) -> bool:
+    persona, _, number = email.partition("@")[0].partition("-")
+    return persona == "clicker" and number.isdigit() and int(number) % 2 == 0
 
 
 def _seed(contacts: int, templates_dir: Path) -> None:
@@ -336,7 +380,8 @@ def _summary(console: Console, counts: dict[str, int], accepted: int, simulator,
         f"{counts['sent']} emails sent ({accepted} accepted by the SendGrid stand-in); "
         f"{counts['events']} webhook events stored from {simulator.posted_batches} signed batches; "
         f"{counts['synthetic']} synthetic no_open/no_click/elapsed events; "
-        f"{counts['suppressed']} addresses suppressed."
+        f"{counts['suppressed']} addresses suppressed; "
+        f"{counts['converted']} converted (reached the purchase goal)."
     )
     console.print(Text(f"database: {data_dir / 'outreach.db'}  (inspect with "
                        f"OUTREACH_DATA_DIR={data_dir} outreach stats)"))

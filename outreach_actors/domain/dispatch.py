@@ -16,7 +16,7 @@ from datetime import datetime
 
 import peewee
 
-from outreach_actors.domain import scheduled_soon
+from outreach_actors.domain import notifications, scheduled_soon
 from outreach_actors.domain.mail.ambiguous import mark_interrupted_sends
 from outreach_actors.domain.store.db import is_postgresql
 from outreach_actors.domain.store.models import (
@@ -98,7 +98,8 @@ def dispatch_after_commit(enqueue: Enqueue, *, settings: Settings | None = None)
     when the block raised or a transaction is still open, and a failure here is logged."""
     token = scheduled_soon.start_noting()
     try:
-        yield
+        with notifications.sending_after_commit():  # the host's, after commit too
+            yield
     finally:
         noted = scheduled_soon.stop_noting(token)
     if not noted:

@@ -19,7 +19,9 @@ from typing import Any
 
 import peewee
 
+from outreach_actors.domain import goals, notifications
 from outreach_actors.domain.addresses import address_key, normalized_address
+from outreach_actors.domain.plan_events import has_goal
 from outreach_actors.domain.plans import (
     PlanSpec,
     iana_zone,
@@ -45,6 +47,9 @@ from outreach_actors.settings import get_settings
 logger = logging.getLogger(__name__)
 
 MAX_MOVE_ATTEMPTS = 5
+#: What enroll does when the contact is in the plan already: raise AlreadyEnrolled,
+#: or return the existing enrollment.
+IF_ENROLLED = ("raise", "skip")
 
 
 class EnrollmentError(ValueError):
@@ -142,13 +147,17 @@ def enroll(
     fields: dict[str, Any] | None = None,
     timezone: str | None = None,
     now: datetime | None = None,
+    if_enrolled: str = "raise",
 ) -> Enrollment:
     """Enroll a contact into the tenant's latest version of a plan.
 
     Safe to call from a web request: it only writes rows (the first send is a
     ScheduledAction that the dispatcher picks up). Raises AlreadyEnrolled when the
-    contact is in the plan already and the plan does not allow re-entry.
+    contact is in the plan already and the plan does not allow re-entry; with
+    ``if_enrolled="skip"``, returns that existing enrollment instead.
     """
+    if if_enrolled not in IF_ENROLLED:
+        raise ValueError(f"if_enrolled must be one of {', '.join(IF_ENROLLED)}, not {if_enrolled!r}")
     now = now or utcnow()
     if not Tenant.select().where(Tenant.id == tenant_id).exists():
         raise EnrollmentError(f"unknown tenant {tenant_id!r}")
@@ -166,6 +175,8 @@ def enroll(
                     created_at=now, updated_at=now,
                 )
         except peewee.IntegrityError:
+            if if_enrolled == "skip":
+                return Enrollment.get(Enrollment.enrollment_key == key)
             raise AlreadyEnrolled.of(contact.email, plan_name) from None
         enter_start([enrollment], plan, now=now)
     logger.info("Enrolled enrollment=%s tenant=%s plan=%s", enrollment.id, tenant_id, plan_name)
@@ -205,7 +216,7 @@ def _enter(
     elif node.type == "wait":
         _schedule([
             (enrollment, node_name, ScheduledAction.TIMEOUT, transition.on,
-             now + _timeout_duration(transition.on, transition.after))
+             now + timeout_duration(transition.on, transition.after))
             for transition in plan.timeout_transitions(node_name)
             for enrollment in enrollments
         ])
@@ -214,6 +225,7 @@ def _enter(
         Enrollment.update(status=Enrollment.COMPLETED, updated_at=now).where(
             Enrollment.id.in_(ids)
         ).execute()
+        notifications.record(notifications.EXITED, ids, reason="completed", now=now)
         logger.info("Completed enrollment=%s at node=%s", ",".join(map(str, ids)), node_name)
 
 
@@ -250,7 +262,8 @@ def _schedule(actions: Sequence[tuple[Enrollment, str, str, str | None, datetime
     note_scheduled(rows)
 
 
-def _timeout_duration(event: str, after: timedelta | None) -> timedelta:
+def timeout_duration(event: str, after: timedelta | None) -> timedelta:
+    """How long a timeout transition waits: its ``after``, or the setting for its event."""
     if after is not None:
         return after
     settings = get_settings()
@@ -279,12 +292,14 @@ def process_event(
             enrollment = Enrollment.get_or_none(Enrollment.id == enrollment_id)
         if enrollment is None or enrollment.status != Enrollment.ACTIVE:
             return False
-        if node is not None and enrollment.current_node != node:
-            return False
-        if visit_version is not None and enrollment.version != visit_version:
+        # A goal is reached from any node (see goals.py); a transition only from its own.
+        stale = ((node is not None and enrollment.current_node != node)
+                 or (visit_version is not None and enrollment.version != visit_version))
+        if stale and not has_goal(plan_for_id(enrollment.plan_id).goals, event):
             return False
         from_node = enrollment.current_node
-        if plan_for_id(enrollment.plan_id).transition_for(from_node, event) is None:
+        plan = plan_for_id(enrollment.plan_id)
+        if plan.transition_for(from_node, event) is None and not has_goal(plan.goals, event):
             return False
         if move_on_event([enrollment], event, now=now):
             logger.info("Moved enrollment=%s from=%s to=%s on=%s",
@@ -315,28 +330,57 @@ def move_on_event(enrollments: Sequence[Enrollment], event: str, *,
         # One order for every writer, so that two batches cannot deadlock on rows.
         for (plan_id, from_node), group in sorted(groups.items()):
             plan = plan_for_id(plan_id)
+            if has_goal(plan.goals, event):  # goals on provider events take no condition
+                moved.extend(goals.convert(group, event, now=now))
+                continue
             transition = plan.transition_for(from_node, event)
             if transition is None:
                 continue
-            group.sort(key=lambda enrollment: enrollment.id)
-            won = {
-                enrollment_id for (enrollment_id,) in
-                Enrollment.update(current_node=transition.to, version=Enrollment.version + 1,
-                                  node_entered_at=now, updated_at=now)
-                .where(peewee.Tuple(Enrollment.id, Enrollment.version)
-                       .in_([(enrollment.id, enrollment.version) for enrollment in group]))
-                .returning(Enrollment.id).tuples().execute()
-            }
-            winners = [enrollment for enrollment in group if enrollment.id in won]
-            if not winners:
-                continue
-            _cancel_open_actions([enrollment.id for enrollment in winners], from_node, now)
-            for enrollment in winners:
-                enrollment.current_node, enrollment.version = transition.to, enrollment.version + 1
-                enrollment.node_entered_at = enrollment.updated_at = now
-            _enter(winners, plan, transition.to, via_event=event, now=now)
-            moved.extend(winners)
+            moved.extend(_move_group(plan, from_node, group, transition.to, event, now))
     return moved
+
+
+def move_to(moves: Sequence[tuple[Enrollment, str]], event: str, *,
+            now: datetime | None = None) -> list[Enrollment]:
+    """Move each enrollment to the node paired with it (a transition chosen by the
+    caller, e.g. on a condition), from the node it is at as read; returns the ones
+    that moved, updated in place. Version-guarded as move_on_event; each enrollment
+    must appear once."""
+    now = now or utcnow()
+    groups: dict[tuple[int, str, str], list[Enrollment]] = defaultdict(list)
+    for enrollment, target in moves:
+        if enrollment.status == Enrollment.ACTIVE:
+            groups[(enrollment.plan_id, enrollment.current_node, target)].append(enrollment)
+    moved: list[Enrollment] = []
+    with _transaction():
+        for (plan_id, from_node, target), group in sorted(groups.items()):
+            moved.extend(_move_group(plan_for_id(plan_id), from_node, group, target, event, now))
+    return moved
+
+
+def _move_group(plan: PlanSpec, from_node: str, group: list[Enrollment], target: str,
+                event: str, now: datetime) -> list[Enrollment]:
+    """Move enrollments that were read at ``from_node`` to ``target``; the winners."""
+    group.sort(key=lambda enrollment: enrollment.id)
+    won = {
+        enrollment_id for (enrollment_id,) in
+        Enrollment.update(current_node=target, version=Enrollment.version + 1,
+                          node_entered_at=now, updated_at=now)
+        .where(peewee.Tuple(Enrollment.id, Enrollment.version)
+               .in_([(enrollment.id, enrollment.version) for enrollment in group]),
+               # A paused or ended enrollment does not move, whatever version it has.
+               Enrollment.status == Enrollment.ACTIVE)
+        .returning(Enrollment.id).tuples().execute()
+    }
+    winners = [enrollment for enrollment in group if enrollment.id in won]
+    if not winners:
+        return []
+    _cancel_open_actions([enrollment.id for enrollment in winners], from_node, now)
+    for enrollment in winners:
+        enrollment.current_node, enrollment.version = target, enrollment.version + 1
+        enrollment.node_entered_at = enrollment.updated_at = now
+    _enter(winners, plan, target, via_event=event, now=now)
+    return winners
 
 
 def _cancel_open_actions(enrollment_ids: Sequence[int], node: str, now: datetime) -> int:
@@ -350,18 +394,21 @@ def _cancel_open_actions(enrollment_ids: Sequence[int], node: str, now: datetime
         .where(
             ScheduledAction.enrollment.in_(list(enrollment_ids)),
             ScheduledAction.node == node,
-            ScheduledAction.status.in_([ScheduledAction.PENDING, ScheduledAction.ENQUEUED]),
+            # Held: a paused enrollment's, cancelled when it exits.
+            ScheduledAction.status.in_([ScheduledAction.PENDING, ScheduledAction.ENQUEUED,
+                                        ScheduledAction.HELD]),
         )
         .execute()
     )
 
 
 def exit_enrollment(enrollment_id: int, reason: str, *, now: datetime | None = None) -> bool:
-    """End an active enrollment where it stands (suppressed, failed send, unsubscribed)."""
+    """End an active or paused enrollment where it stands (suppressed, failed send,
+    unsubscribed)."""
     now = now or utcnow()
     with database_proxy.atomic():
         enrollment = Enrollment.get_or_none(Enrollment.id == enrollment_id)
-        if enrollment is None or enrollment.status != Enrollment.ACTIVE:
+        if enrollment is None or enrollment.status not in Enrollment.LIVE:
             return False
         status = Enrollment.FAILED if reason in {"send_failed", "ambiguous_send"} else Enrollment.EXITED
         moved = (
@@ -372,13 +419,16 @@ def exit_enrollment(enrollment_id: int, reason: str, *, now: datetime | None = N
         )
         if moved:
             _cancel_open_actions([enrollment_id], enrollment.current_node, now)
+            notifications.record(notifications.exit_type(reason), [enrollment_id], reason=reason,
+                                 now=now)
     if moved:
         logger.info("Exited enrollment=%s reason=%s", enrollment_id, reason)
     return bool(moved)
 
 
 def exit_contact_enrollments(tenant_id: str, email: str, reason: str) -> int:
-    """End every active enrollment of one contact in one tenant (unsubscribe, complaint)."""
+    """End every active or paused enrollment of one contact in one tenant (unsubscribe,
+    complaint)."""
     ids = [
         row.id
         for row in Enrollment.select(Enrollment.id)
@@ -386,7 +436,7 @@ def exit_contact_enrollments(tenant_id: str, email: str, reason: str) -> int:
         .where(
             Enrollment.tenant == tenant_id,
             Contact.email == address_key(email),
-            Enrollment.status == Enrollment.ACTIVE,
+            Enrollment.status.in_(Enrollment.LIVE),
         )
     ]
     return sum(exit_enrollment(enrollment_id, reason) for enrollment_id in ids)
@@ -424,7 +474,7 @@ def timers_after_send(
          "event": transition.on, "message": message_id, "visit_version": visit_version,
          "dedupe_key": action_key(ScheduledAction.TIMEOUT, enrollment_id, node, transition.on,
                                  visit_version),
-         "run_at": sent_at + _timeout_duration(transition.on, transition.after)}
+         "run_at": sent_at + timeout_duration(transition.on, transition.after)}
         for transition in plan_for_id(plan_id).timeout_transitions(node)
     ]
 
@@ -437,6 +487,7 @@ __all__ = [
     "exit_contact_enrollments",
     "exit_enrollment",
     "move_on_event",
+    "move_to",
     "process_event",
     "timers_after_send",
 ]

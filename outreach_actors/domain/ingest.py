@@ -22,6 +22,7 @@ from outreach_actors.domain.addresses import address_key, normalized_address
 from outreach_actors.domain.engagement import counts_for_plans
 from outreach_actors.domain.mail import ambiguous
 from outreach_actors.domain.metrics import count
+from outreach_actors.domain.plan_events import has_goal
 from outreach_actors.domain.plans import PlanSpec
 from outreach_actors.domain.store.db import is_postgresql
 from outreach_actors.domain.store.models import (
@@ -121,6 +122,8 @@ class _EngineInterest:
             return False
         node = message.node or state[1]
         plan = self.plans[state[2]]
+        if has_goal(plan.goals, event_type):
+            return True  # a goal is reached from any node (see goals.py)
         return (
             node == state[1] and node in plan.nodes
             and plan.transition_for(node, event_type) is not None

@@ -7,7 +7,9 @@ from datetime import datetime, timedelta
 
 from outreach_actors.domain.store.models import (
     Enrollment,
+    HostEvent,
     MessageEvent,
+    Notification,
     OutboundMessage,
     PeriodicTick,
     WebhookDelivery,
@@ -34,7 +36,7 @@ def purge_old_data(*, now: datetime | None = None, settings: Settings | None = N
     finished_messages = (
         OutboundMessage.select(OutboundMessage.id)
         .join(Enrollment)
-        .where(Enrollment.status != Enrollment.ACTIVE)
+        .where(Enrollment.status.not_in(Enrollment.LIVE))  # a paused one resumes
     )
     events = (
         MessageEvent.delete()
@@ -44,6 +46,11 @@ def purge_old_data(*, now: datetime | None = None, settings: Settings | None = N
         )
         .execute()
     )
+    # Host events once processed, notifications once sent: the moves and sends are recorded.
+    HostEvent.delete().where(HostEvent.status == HostEvent.PROCESSED,
+                             HostEvent.received_at < cutoff).execute()
+    Notification.delete().where(Notification.status == Notification.SENT,
+                                Notification.created_at < cutoff).execute()
     deliveries = (
         WebhookDelivery.delete()
         .where(WebhookDelivery.status == WebhookDelivery.PROCESSED,

@@ -31,7 +31,12 @@ from pydantic import (
 from pydantic_core import PydanticSerializationError
 
 from outreach_actors.domain.addresses import normalized_address
-from outreach_actors.domain.vocabulary import EVENT_ALIASES, TIMEOUT_EVENTS
+from outreach_actors.domain.plan_events import host_event_errors
+from outreach_actors.domain.vocabulary import (
+    EVENT_ALIASES,
+    TIMEOUT_EVENTS,
+    host_event_name_problem,
+)
 from outreach_actors.settings import parse_duration
 
 # Plans are written by people; a plan this large is a mistake or an attack.
@@ -41,6 +46,8 @@ MAX_NODES = 500
 MAX_AFTER = timedelta(days=3650)
 # The validation context key of a stored plan read back (plan_from_definition).
 STORED = "stored"
+# The validation context key of the host events the plan declares (``events:``).
+HOST_EVENTS = "host_events"
 
 WEEKDAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 _WEEKDAY_NAMES = {name: name[:3] for name in
@@ -71,14 +78,13 @@ class Transition(_Strict):
     on: str
     to: str
     after: timedelta | None = None
+    # A condition on the host event's properties or the contact's fields (conditions.py).
+    if_: str | None = Field(default=None, alias="if")
 
     @field_validator("on")
     @classmethod
-    def _known_event(cls, value: str) -> str:
-        if value not in EVENT_ALIASES:
-            known = ", ".join(sorted(EVENT_ALIASES))
-            raise ValueError(f"unknown event {value!r}; known events: {known}")
-        return EVENT_ALIASES[value]
+    def _known_event(cls, value: str, info: ValidationInfo) -> str:
+        return _known_event(value, info)
 
     @field_validator("after", mode="before")
     @classmethod
@@ -98,6 +104,29 @@ class Transition(_Strict):
         # Stored plans are read back with parse_duration: pydantic would write 365 days
         # and more as years ("P1Y"), which it refuses; isodate writes days ("P400D").
         return None if after is None else isodate.duration_isoformat(after)
+
+
+def _known_event(value: str, info: ValidationInfo) -> str:
+    """The normalized event a plan's ``on`` names: a built-in one or a declared host event."""
+    if value in EVENT_ALIASES:
+        return EVENT_ALIASES[value]
+    if value in (info.context or {}).get(HOST_EVENTS, ()):
+        return value
+    known = ", ".join(sorted(EVENT_ALIASES))
+    raise ValueError(f"unknown event {value!r}; known events: {known}; a host event "
+                     "(track) must be declared in the plan's `events:` list")
+
+
+class Goal(_Strict):
+    """Reaching it ends the enrollment, from any node, as converted (goals.py)."""
+
+    on: str
+    if_: str | None = Field(default=None, alias="if")
+
+    @field_validator("on")
+    @classmethod
+    def _known_event(cls, value: str, info: ValidationInfo) -> str:
+        return _known_event(value, info)
 
 
 class SendWindow(_Strict):
@@ -223,6 +252,8 @@ class PlanSpec(_Strict):
     categories: Categories = Field(default_factory=list)
     allow_reentry: bool = False
     description: str = ""
+    events: list[str] = Field(default_factory=list)
+    goals: list[Goal] = Field(default_factory=list)
 
     def node(self, name: str) -> Node:
         return self.nodes[name]
@@ -249,7 +280,7 @@ class PlanSpec(_Strict):
         return None
 
     def to_definition(self) -> dict[str, Any]:
-        return json.loads(self.model_dump_json(exclude_none=True))
+        return json.loads(self.model_dump_json(exclude_none=True, by_alias=True))
 
 
 def _format_location(loc: tuple[Any, ...]) -> str:
@@ -389,6 +420,7 @@ def _graph_errors(data: Mapping[str, Any], *, stored: bool = False) -> list[str]
     errors: list[str] = []
     nodes = _mapping(data.get("nodes"))
     start = data.get("start")
+    declared_events = declared_host_events(data)
     if isinstance(start, str) and start not in nodes:
         errors.append(f"start: node {start!r} does not exist")
     for name, raw_node in nodes.items():
@@ -403,12 +435,14 @@ def _graph_errors(data: Mapping[str, Any], *, stored: bool = False) -> list[str]
             path = f"{base}.transitions[{index}]"
             on = transition.get("on")
             event = EVENT_ALIASES.get(on) if isinstance(on, str) else None
+            event = on if event is None and isinstance(on, str) and on in declared_events else event
             target = transition.get("to")
             if isinstance(target, str) and target not in nodes:
                 errors.append(f"{path}.to: node {target!r} does not exist")
             if event is None:
                 continue  # the schema check reports the unknown event
-            events.append(event)
+            if transition.get("if") is None:  # conditional ones may share an event
+                events.append(event)
             has_after = transition.get("after") is not None
             if has_after and event not in TIMEOUT_EVENTS:
                 errors.append(
@@ -419,8 +453,9 @@ def _graph_errors(data: Mapping[str, Any], *, stored: bool = False) -> list[str]
                 errors.append(f"{path}.after: must be longer than zero")
             if event == "elapsed" and not has_after:
                 errors.append(f"{path}.after: `elapsed` needs a duration, e.g. after: P2D")
-            if node_type == "wait" and event != "elapsed":
-                errors.append(f"{path}.on: a wait node sends no email; it only moves on `elapsed`")
+            if node_type == "wait" and event != "elapsed" and event not in declared_events:
+                errors.append(f"{path}.on: a wait node sends no email; it moves on `elapsed` "
+                              "and on host events declared in `events:`")
         for event in sorted(event for event, times in Counter(events).items() if times > 1):
             errors.append(f"{base}.transitions: event {event!r} appears more than once")
         if node_type == "exit" and transitions:
@@ -511,7 +546,8 @@ def validate_plan(
     plan: PlanSpec | None = None
     errors: list[str] = []
     try:
-        plan = PlanSpec.model_validate(dict(data), context={STORED: stored})
+        plan = PlanSpec.model_validate(
+            dict(data), context={STORED: stored, HOST_EVENTS: declared_host_events(data)})
     except ValidationError as exc:
         errors = [_describe(err) for err in exc.errors()]
     definition = None
@@ -541,9 +577,20 @@ def validate_plan(
                     errors.append(f"nodes.{name}.subject: {problem.removeprefix('subject: ')}")
                 else:
                     errors.append(f"nodes.{name}.{source_field}: {problem}")
+    if plan is not None:
+        errors += host_event_errors(
+            plan.events, {name: node.transitions for name, node in plan.nodes.items()}, plan.goals)
     if errors or plan is None:
         raise PlanError(errors)
     return plan
+
+
+def declared_host_events(data: Mapping[str, Any]) -> frozenset[str]:
+    """The host event names a raw plan declares in ``events:`` (the valid ones)."""
+    events = data.get("events")
+    if not isinstance(events, list):
+        return frozenset()
+    return frozenset(name for name in events if host_event_name_problem(name) is None)
 
 
 def _describe(error: Any) -> str:

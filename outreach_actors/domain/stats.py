@@ -23,7 +23,10 @@ from outreach_actors.domain.store.models import (
 # send that failed for good, an unconfirmed ambiguous send); ambiguous: sends of the
 # node that no provider event has confirmed yet (see README, "Guarantees").
 FUNNEL_COLUMNS = ["entered", "active", "sent", "delivered", "opened", "clicked", "bounced",
-                  "no_open", "no_click", "exited", "failed", "ambiguous"]
+                  "no_open", "no_click", "exited", "failed", "ambiguous", "paused", "converted"]
+# paused: contacts an operator paused there; converted: contacts that reached a plan goal
+# after last being there (goals.py). Each row also carries its plan's totals: see goals().
+PLAN_GOAL_COLUMNS = ["plan_enrolled", "plan_converted", "conversion_rate"]
 EVENT_COLUMNS = ["delivered", "opened", "clicked", "bounced", "no_open", "no_click"]
 
 Key = tuple[str, str, str]  # tenant, plan, node
@@ -84,14 +87,24 @@ def funnel(*, plan_name: str | None = None, tenant_id: str | None = None) -> lis
         .group_by(*group, Enrollment.current_node, Enrollment.status)
     )
     for tenant, name, node, status, count in where_they_are.tuples():
-        column = {Enrollment.ACTIVE: "active", Enrollment.FAILED: "failed"}.get(status, "exited")
+        column = {Enrollment.ACTIVE: "active", Enrollment.FAILED: "failed",
+                  Enrollment.PAUSED: "paused", Enrollment.CONVERTED: "converted"}.get(status, "exited")
         counts[(tenant, name, node)][column] += count
 
     order = _node_order(plans)
-    rows = [{"tenant": tenant, "plan": name, "node": node, **values}
+    totals = {(row["tenant"], row["plan"]): row
+              for row in goals(plan_name=plan_name, tenant_id=tenant_id)}
+    rows = [{"tenant": tenant, "plan": name, "node": node, **values,
+             **_plan_totals(totals.get((tenant, name)))}
             for (tenant, name, node), values in counts.items()]
     return sorted(rows, key=lambda row: (
         row["tenant"], row["plan"], order.get((row["tenant"], row["plan"], row["node"]), 999)))
+
+
+def _plan_totals(plan: dict | None) -> dict:
+    plan = plan or {"enrolled": 0, "converted": 0, "conversion_rate": 0.0}
+    return {"plan_enrolled": plan["enrolled"], "plan_converted": plan["converted"],
+            "conversion_rate": plan["conversion_rate"]}
 
 
 def _node_order(plans) -> dict[Key, int]:
@@ -140,3 +153,29 @@ def failures(*, plan_name: str | None = None, tenant_id: str | None = None,
          "node": node, "contact": email, "reason": reasons.get(enrollment_id, "")}
         for enrollment_id, at, tenant, plan, node, email in rows
     ]
+
+
+def goals(*, plan_name: str | None = None, tenant_id: str | None = None) -> list[dict]:
+    """Per plan (all its versions): ``enrolled``, ``converted`` (reached a goal),
+    ``conversion_rate``, and per node how many converted after last being there."""
+    query = (
+        Enrollment.select(Plan.tenant, Plan.name, Enrollment.status, Enrollment.current_node,
+                          fn.COUNT(Enrollment.id))
+        .join(Plan)
+        .group_by(Plan.tenant, Plan.name, Enrollment.status, Enrollment.current_node)
+    )
+    if plan_name:
+        query = query.where(Plan.name == plan_name)
+    if tenant_id:
+        query = query.where(Plan.tenant == tenant_id)
+    plans: dict[tuple[str, str], dict] = {}
+    for tenant, name, status, node, count in query.tuples():
+        row = plans.setdefault((tenant, name), {"tenant": tenant, "plan": name, "enrolled": 0,
+                                                "converted": 0, "nodes": {}})
+        row["enrolled"] += count
+        if status == Enrollment.CONVERTED:
+            row["converted"] += count
+            row["nodes"].setdefault(node, {"converted": 0})["converted"] += count
+    for row in plans.values():
+        row["conversion_rate"] = round(row["converted"] / row["enrolled"], 4) if row["enrolled"] else 0.0
+    return [plans[key] for key in sorted(plans)]

@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
 
-from outreach_actors.domain import engine
+from outreach_actors.domain import control, engine
 from outreach_actors.domain.engagement import engaged_timers
 from outreach_actors.domain.metrics import count, observe
 from outreach_actors.domain.observability import tag
@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 # What fire_timeouts reports for each action id.
 FIRED, SKIPPED, MOVED_ON, REPLAY = "fired", "skipped", "moved-on", "replay"
+HELD = "held"  # the enrollment is paused: the timer waits for its resume (control.py)
 
 _CLAIMED_COLUMNS = (
     ScheduledAction.id, ScheduledAction.enrollment, ScheduledAction.node, ScheduledAction.event,
@@ -130,7 +131,11 @@ def _fire(actions: list[ScheduledAction], now: datetime) -> dict[int, str]:
         live = []
         for action in actions:
             enrollment = enrollments.get(action.enrollment_id)
-            if (enrollment is None or enrollment.status != Enrollment.ACTIVE
+            if (enrollment is not None and enrollment.status == Enrollment.PAUSED
+                    and enrollment.current_node == action.node
+                    and enrollment.version == action.visit_version):
+                outcomes[action.id] = HELD  # fires when the enrollment is resumed
+            elif (enrollment is None or enrollment.status != Enrollment.ACTIVE
                     or enrollment.current_node != action.node
                     or enrollment.version != action.visit_version):
                 logger.info("Timeout action=%s skipped: enrollment=%s moved on", action.id,
@@ -142,7 +147,7 @@ def _fire(actions: list[ScheduledAction], now: datetime) -> dict[int, str]:
             (action.message_id, action.event) for action in live
             if action.event in AWAITED_ENGAGEMENT and action.message_id is not None
         )
-        due = []
+        due, stopped = [], set()
         for action in live:
             if (action.message_id, action.event) in engaged:
                 logger.info("Timeout action=%s skipped: %s was seen", action.id,
@@ -156,10 +161,19 @@ def _fire(actions: list[ScheduledAction], now: datetime) -> dict[int, str]:
                                ScheduledAction.SKIPPED, "engagement seen", now=now)
         if due:
             moved = _record_and_move(due, enrollments, now)
+            # A pause that landed while this ran stopped the move: hold the timer for it.
+            stopped = {a.id for a in due if a.enrollment_id not in moved
+                       and _paused_now(a.enrollment_id)}
+            control.hold_actions(sorted(stopped))  # or pending again, if resumed meanwhile
             ScheduledAction.finish([a.id for a in due if a.enrollment_id in moved],
                                    ScheduledAction.DONE, "moved", now=now)
-            ScheduledAction.finish([a.id for a in due if a.enrollment_id not in moved],
+            ScheduledAction.finish([a.id for a in due if a.enrollment_id not in moved
+                                    and a.id not in stopped],
                                    ScheduledAction.DONE, "no transition", now=now)
+            for action_id in stopped:
+                outcomes[action_id] = HELD
+            due = [a for a in due if a.id not in stopped]
+        control.hold_actions([a for a, o in outcomes.items() if o == HELD and a not in stopped])
     for action in due:
         outcomes[action.id] = FIRED
         lateness = (now - action.run_at).total_seconds()
@@ -189,6 +203,11 @@ def _record_and_move(due: list[ScheduledAction], enrollments: dict[int, Enrollme
     for event, group in sorted(by_event.items()):
         moved.update(enrollment.id for enrollment in engine.move_on_event(group, event, now=now))
     return moved
+
+
+def _paused_now(enrollment_id: int) -> bool:
+    return Enrollment.select().where(Enrollment.id == enrollment_id,
+                                     Enrollment.status == Enrollment.PAUSED).exists()
 
 
 def _release_quietly(actions: list[ScheduledAction]) -> None:

@@ -10,6 +10,7 @@ provider's event back to our message live here too.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -135,3 +136,18 @@ class NormalizedEvent:
     occurred_at: datetime | None  # naive UTC; None when the event has no usable timestamp
     data: dict[str, Any] = field(default_factory=dict)
     raw: Mapping[str, Any] = field(default_factory=dict)
+
+
+#: What a host event's name may be (``track("acme", email, "purchased")``): a word a
+#: plan can declare in ``events:`` and a transition can name; never a built-in event.
+HOST_EVENT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,63}")
+
+
+def host_event_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot be a host event's name, or None when it can."""
+    if not isinstance(name, str) or not HOST_EVENT_NAME.fullmatch(name):
+        return (f"event name {str(name)[:80]!r} must be 1 to 64 letters, digits, _ . : or -, "
+                "starting with a letter")
+    if name in EVENT_ALIASES:
+        return f"{name!r} is a built-in event; a host event needs a name of its own"
+    return None

@@ -21,6 +21,7 @@ from waitress.server import BaseWSGIServer, MultiSocketServer
 
 from outreach_actors.settings import Settings, get_settings
 from outreach_actors.web.endpoints import UNSUBSCRIBE_PATH, WEBHOOK_PATH, Endpoints, activate
+from outreach_actors.web.events import EVENTS_PATH
 from outreach_actors.web.http import Reply
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ DEFAULT_IDLE_TIMEOUT_S = 30
 
 
 class OutreachWSGI:
-    """Routes ``POST /webhooks/sendgrid`` and ``GET|POST /unsubscribe/<token>``."""
+    """Routes ``POST /webhooks/sendgrid``, ``POST /events`` and ``GET|POST /unsubscribe/<token>``."""
 
     def __init__(self, endpoints: Endpoints) -> None:
         self.endpoints = endpoints
@@ -56,16 +57,16 @@ class OutreachWSGI:
     def route(self, environ: dict[str, Any]) -> Reply:
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "GET")
-        if path == WEBHOOK_PATH:
+        if path in (WEBHOOK_PATH, EVENTS_PATH):
             if method != "POST":
                 return Reply(405, "Use POST.\n")
-            return self._webhook(environ)
+            return self._webhook(environ, path)
         token = path.removeprefix(UNSUBSCRIBE_PATH)
         if path.startswith(UNSUBSCRIBE_PATH) and token and "/" not in token:
             return self.endpoints.unsubscribe.respond(method, token)
         return Reply(404, "Not found.\n")
 
-    def _webhook(self, environ: dict[str, Any]) -> Reply:
+    def _webhook(self, environ: dict[str, Any], path: str = WEBHOOK_PATH) -> Reply:
         try:
             length = int(environ.get("CONTENT_LENGTH") or "")
         except ValueError:
@@ -80,7 +81,8 @@ class OutreachWSGI:
             for key, value in environ.items()
             if key.startswith("HTTP_")
         }
-        return self.endpoints.webhook.receive(headers, read, length)
+        receiver = self.endpoints.events if path == EVENTS_PATH else self.endpoints.webhook
+        return receiver.receive(headers, read, length)
 
 
 def make_app(settings: Settings | None = None) -> OutreachWSGI:

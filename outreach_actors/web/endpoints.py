@@ -11,6 +11,7 @@ from typing import Any
 
 from outreach_actors.domain.unsubscribe import require_unforgeable_links
 from outreach_actors.settings import ENV_PREFIX, Settings, settings_from_mapping
+from outreach_actors.web.events import EventsReceiver
 from outreach_actors.web.unsubscribe import UnsubscribePage
 from outreach_actors.web.webhooks import SendGridWebhookReceiver
 from outreach_actors.worker.runtime import install
@@ -21,11 +22,12 @@ UNSUBSCRIBE_PATH = "/unsubscribe/"
 
 @dataclass(frozen=True)
 class Endpoints:
-    """The two endpoints a host mounts, built once from the settings."""
+    """The endpoints a host mounts, built once from the settings."""
 
     settings: Settings
     webhook: SendGridWebhookReceiver
     unsubscribe: UnsubscribePage
+    events: EventsReceiver
 
 
 def host_settings(
@@ -53,4 +55,5 @@ def activate(settings: Settings) -> Endpoints:
     """
     require_unforgeable_links(settings)
     install(settings)
-    return Endpoints(settings, SendGridWebhookReceiver(settings), UnsubscribePage(settings))
+    return Endpoints(settings, SendGridWebhookReceiver(settings), UnsubscribePage(settings),
+                     EventsReceiver(settings))

@@ -82,11 +82,9 @@ class SendGridWebhookReceiver:
         if self.verifier is None and not self.settings.sendgrid_webhook_allow_unsigned:
             return self._refuse(403, "no webhook public key is configured")
         try:
-            body = read_at_most(read, self.max_body)
-        except Exception as exc:  # a client that hangs up mid-body
-            return self._refuse(400, f"the body could not be read ({exc})")
-        if body is None:
-            return self._refuse(413, f"body is over the limit of {self.max_body} bytes")
+            body = read_body(read, content_length, self.max_body)
+        except BodyRefused as refused:
+            return self._refuse(refused.status, refused.reason)
         if self.verifier is not None and (problem := self._signature_problem(headers, body)):
             return self._refuse(403, problem)
         try:
@@ -152,6 +150,28 @@ class SendGridWebhookReceiver:
     def _refuse(self, status: int, reason: str) -> Reply:
         self.logger.warning("Refused a SendGrid webhook (%d): %s", status, reason)
         return Reply(status, f"Refused: {reason}.\n")
+
+
+class BodyRefused(Exception):
+    """A request body refused before it was read whole: ``status`` and ``reason``."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+def read_body(read: BodyReader, content_length: int | None, limit: int) -> bytes:
+    """A request's body of at most ``limit`` bytes; BodyRefused (413 too long, 400
+    unreadable) otherwise."""
+    if content_length is not None and content_length > limit:
+        raise BodyRefused(413, f"body of {content_length} bytes is over the limit of {limit}")
+    try:
+        body = read_at_most(read, limit)
+    except Exception as exc:  # a client that hangs up mid-body
+        raise BodyRefused(400, f"the body could not be read ({exc})") from None
+    if body is None:
+        raise BodyRefused(413, f"body is over the limit of {limit} bytes")
+    return body
 
 
 def read_at_most(read: BodyReader, limit: int) -> bytes | None:

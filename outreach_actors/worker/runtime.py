@@ -8,10 +8,12 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import SkipMessage
 
+from outreach_actors.domain import notifications
 from outreach_actors.domain.store import models
 from outreach_actors.domain.store.db import database_from_url
 from outreach_actors.settings import Settings, get_settings
 from outreach_actors.worker.broker import make_broker
+from outreach_actors.worker.notify import send_to_host
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ def setup(settings: Settings | None = None) -> dramatiq.Broker:
     broker = make_broker(settings)
     dramatiq.set_broker(broker)
     bind_database(settings)
+    notifications.install_sender(send_to_host)
     return broker
 
 

@@ -9,4 +9,5 @@ app_name = "outreach"
 urlpatterns = [
     path("webhooks/sendgrid", views.sendgrid_webhook, name="sendgrid_webhook"),
     path("unsubscribe/<str:token>", views.unsubscribe, name="unsubscribe"),
+    path("events", views.host_events, name="host_events"),
 ]

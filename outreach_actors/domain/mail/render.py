@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
 
-from outreach_actors.domain import engine
+from outreach_actors.domain import control, engine
 from outreach_actors.domain.mail.send_order import SendScope, make_send_order, order_message_id
 from outreach_actors.domain.observability import tag
 from outreach_actors.domain.rendering import IsolatedRenderer, RenderError, RenderLimits
@@ -270,6 +270,11 @@ def _render_one(action_id: int, facts: _SendAction | None, settings: Settings,
             logger.info("Render of action=%s is a replay; message=%s exists", action_id, existing)
             return existing
         logger.info("Render of action=%s skipped: action is %s", action_id, facts.status)
+        return None
+    if (facts.enrollment_status == Enrollment.PAUSED and facts.current_node == facts.node
+            and facts.enrollment_version == facts.visit_version):
+        control.hold_actions([action_id])  # rendered when the enrollment is resumed
+        logger.info("Render of action=%s held: enrollment paused", action_id)
         return None
     if (facts.enrollment_status != Enrollment.ACTIVE or facts.current_node != facts.node
             or facts.enrollment_version != facts.visit_version):

@@ -191,8 +191,10 @@ def _send_message(message_id: str, client, *, now: datetime | None = None,
     tag(message=message_id, tenant=claimed.tenant_id, node=claimed.node,
         enrollment=claimed.enrollment_id, action=claimed.action_id,
         plan=(lambda: plan_for_id(claimed.plan_id).name) if claimed.plan_id else None)
+    # A pause after the render lets this email go (it is in flight); only what follows is held.
     if claimed.enrollment_status is not None and (
-        claimed.enrollment_status != Enrollment.ACTIVE or claimed.current_node != claimed.node
+        claimed.enrollment_status not in (Enrollment.ACTIVE, Enrollment.PAUSED)
+        or claimed.current_node != claimed.node
     ):
         _set_status(message_id, OutboundMessage.CANCELLED, error="enrollment moved on before sending")
         return SendResult(message_id, OutboundMessage.CANCELLED, "enrollment moved on")

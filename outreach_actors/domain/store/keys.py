@@ -26,3 +26,8 @@ def message_key(action_dedupe_key: str) -> str:
 def synthetic_event_key(action_id: int) -> str:
     """A synthetic event's (``no_open``...): one per timer that fired."""
     return f"action:{action_id}"
+
+
+def host_event_key(tenant_id: str, event_id: str) -> str:
+    """A host event's (``track``): one per event id the host gave, per tenant."""
+    return f"{tenant_id}:{event_id}"

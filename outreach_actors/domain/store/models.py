@@ -104,6 +104,10 @@ class Plan(BaseModel):
 
 class Enrollment(BaseModel):
     ACTIVE, COMPLETED, EXITED, FAILED = "active", "completed", "exited", "failed"
+    # Converted: a plan goal was reached (see goals.py). Paused: held by an operator,
+    # its actions held until it is resumed (see control.py).
+    CONVERTED, PAUSED = "converted", "paused"
+    LIVE = (ACTIVE, PAUSED)  # still in the plan
 
     tenant = peewee.ForeignKeyField(Tenant, backref="enrollments", on_delete="CASCADE")
     plan = peewee.ForeignKeyField(Plan, backref="enrollments", on_delete="CASCADE")
@@ -140,6 +144,8 @@ class ScheduledAction(BaseModel):
     SEND, TIMEOUT = "send", "timeout"
     PENDING, ENQUEUED, RUNNING = "pending", "enqueued", "running"
     DONE, SKIPPED, CANCELLED, FAILED = "done", "skipped", "cancelled", "failed"
+    # Waiting for its paused enrollment to be resumed (see control.py).
+    HELD = "held"
     OPEN_STATUSES = (PENDING, ENQUEUED, RUNNING)
 
     enrollment = peewee.ForeignKeyField(Enrollment, backref="actions", on_delete="CASCADE")
@@ -279,6 +285,54 @@ class Suppression(BaseModel):
         indexes = ((("tenant", "channel", "value"), True),)
 
 
+class HostEvent(BaseModel):
+    """An event the host app reported (``track``, ``POST /events``): stored before it
+    moves anyone, once per ``event_key``."""
+
+    RECEIVED, PROCESSED = "received", "processed"
+
+    tenant = peewee.ForeignKeyField(Tenant, backref="host_events", on_delete="CASCADE")
+    email = peewee.CharField()  # the address as stored (address_key)
+    name = peewee.CharField()
+    # "<tenant>:<event_id>" for an event the host named, a random key otherwise.
+    event_key = peewee.CharField(unique=True)
+    properties = JSONField(default=dict)
+    occurred_at = peewee.DateTimeField()
+    received_at = peewee.DateTimeField(default=utcnow)
+    status = peewee.CharField(default=RECEIVED)
+    processed_at = peewee.DateTimeField(null=True)
+    # How many enrollments it moved or converted.
+    moved = peewee.IntegerField(default=0)
+
+    class Meta:
+        indexes = (
+            (("tenant", "email", "name"), False),
+            (("status", "received_at"), False),
+        )
+
+
+class Notification(BaseModel):
+    """The outbox of host notifications (goal reached, exit, failure...): written in the
+    transaction of its effect, sent to OUTREACH_NOTIFY_ACTOR after commit."""
+
+    PENDING, SENT = "pending", "sent"
+
+    # The stable id the host dedupes on: the same in every delivery of it.
+    id = peewee.CharField(primary_key=True, max_length=64)
+    tenant = peewee.CharField()
+    type = peewee.CharField()
+    # One per effect: "<type>:<enrollment>:<version>", so a replayed effect notifies once.
+    dedupe_key = peewee.CharField(unique=True)
+    payload = JSONField(default=dict)
+    status = peewee.CharField(default=PENDING)
+    attempts = peewee.IntegerField(default=0)
+    created_at = peewee.DateTimeField(default=utcnow)
+    sent_at = peewee.DateTimeField(null=True)
+
+    class Meta:
+        indexes = ((("status", "created_at"), False),)
+
+
 class PeriodicTick(BaseModel):
     """One row per (job, tick): a unique insert makes a periodic job run once per tick."""
 
@@ -303,6 +357,8 @@ ALL_MODELS: list[type[BaseModel]] = [
     MessageEvent,
     Suppression,
     PeriodicTick,
+    HostEvent,
+    Notification,
 ]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dramatiq
 from periodiq import cron
 
-from outreach_actors.domain import dispatch, ingest, maintenance
+from outreach_actors.domain import dispatch, host_events, ingest, maintenance, notifications
 from outreach_actors.domain.mail import ambiguous
 from outreach_actors.settings import get_settings
 from outreach_actors.worker.actors.mail import (
@@ -40,13 +40,17 @@ def reconcile() -> None:
     Actions whose lease expired are enqueued again; sends that were lost are
     enqueued again and sends cut short become ambiguous; ambiguous sends past
     their window are settled by policy; webhook deliveries stored but never
-    normalized are enqueued again.
+    normalized are enqueued again; host events stored but not processed are
+    processed; host notifications left pending are sent.
     """
     settings = get_settings()
     dispatch.reconcile_expired_leases(requeue_actions, settings=settings)
     dispatch.reconcile_stuck_messages(enqueue_send, settings=settings)
     ambiguous.settle_ambiguous_sends(requeue_send, settings=settings)
     ingest.requeue_stale_deliveries(enqueue_delivery, settings.action_lease)
+    with dispatch.dispatch_after_commit(enqueue_actions, settings=settings):
+        host_events.process_pending_host_events()
+    notifications.send_pending_notifications()
 
 
 @dramatiq.actor(queue_name="periodic", max_retries=0, periodic=cron("17 3 * * *"))
