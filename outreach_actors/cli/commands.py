@@ -232,6 +232,42 @@ def plan_list(tenant: str | None) -> None:
     console.print(table)
 
 
+@plan.command("test")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.argument("script", type=click.Path(path_type=Path))
+def plan_test(file: Path, script: Path) -> None:
+    """Run a plan against a script of contacts and events on a virtual clock (nothing is
+    mailed; see README, "Testing plans"); prints the path per contact, and fails when an
+    `expect` is not met."""
+    import yaml
+
+    from outreach_actors.dev.plan_simulation import SimulationError, run_script
+
+    parsed = _read_plan(file)
+    try:
+        steps = yaml.safe_load(script.read_text(encoding="utf-8"))
+    except OSError as exc:
+        _fail(f"cannot read {script}: {exc.strerror}")
+    except yaml.YAMLError as exc:
+        _fail(f"{script}: not valid YAML: {exc}")
+    failed = 0
+    try:
+        for result, unmet in run_script(parsed, steps):
+            routes = "".join(f"  [{node}: {route}]" for node, route in result.routes.items())
+            console.print(Text(f"{result.contact}: {' -> '.join(result.path)} "
+                               f"({result.status}){routes}"))
+            for email in result.emails:
+                console.print(Text(f"  +{email.sent_at - result.started_at} {email.node}: "
+                                   f"{email.subject}"))
+            for problem in unmet:
+                err_console.print(_labelled("  failed:", "red", problem))
+            failed += bool(unmet)
+    except SimulationError as exc:
+        _fail(f"{script}: {exc}")
+    if failed:
+        _fail(f"{failed} contact(s) did not take the expected path")
+
+
 # --- senders -----------------------------------------------------------------------
 
 @main.group()

@@ -111,7 +111,8 @@ class SimulationResult:
     exit_reason: str | None
     #: The node the contact is at when the script ended.
     node: str
-    #: Virtual time when the script ended.
+    #: Virtual time when the contact was enrolled, and when the script ended.
+    started_at: datetime
     ended_at: datetime
 
     def email(self, node: str) -> SimulatedEmail:
@@ -351,7 +352,7 @@ class PlanSimulator:
             contact=email, path=[visit.node for visit in visits],
             routes={visit.node: visit.route for visit in visits if visit.route is not None},
             emails=emails, status=enrollment.status, exit_reason=enrollment.exit_reason,
-            node=enrollment.current_node, ended_at=clock.now)
+            node=enrollment.current_node, started_at=self.start, ended_at=clock.now)
 
 
 def _contact_parts(contact: str | Mapping[str, Any]) -> tuple[str, dict[str, Any], str | None]:
