@@ -251,8 +251,7 @@ class PlanSimulator:
             yield
         finally:
             models.set_clock(previous_clock)
-            if previous is not None:
-                models.bind(previous)
+            models.bind(previous)
 
     def run(self, contact: str | Mapping[str, Any], events: Sequence[str] = (), *,
             until: timedelta | None = None) -> SimulationResult:
