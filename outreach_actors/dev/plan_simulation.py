@@ -34,7 +34,12 @@ from outreach_actors.dev.standin import AcceptedMessage
 from outreach_actors.dev.standin import new_message_id as new_x_message_id
 from outreach_actors.dev.webhook_events import EVENT_KINDS, events_for, webhook_body
 from outreach_actors.domain import dispatch, engine, ingest, timers
-from outreach_actors.domain.mail import order_message_id, render_for_send_many, renderer_for, send_message
+from outreach_actors.domain.mail import (
+    order_message_id,
+    render_for_send_many,
+    renderer_for,
+    send_message,
+)
 from outreach_actors.domain.mail.outgoing import OutgoingEmail, SendOutcome
 from outreach_actors.domain.plans import PlanSpec, validate_plan
 from outreach_actors.domain.store import models

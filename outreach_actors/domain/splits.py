@@ -11,11 +11,31 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from outreach_actors.domain.plans import Node, PlanSpec
     from outreach_actors.domain.store.models import Enrollment
+
+
+class _Arm(Protocol):
+    to: str
+    weight: float
+    name: str | None
+
+
+class Node(Protocol):
+    """What a split needs of a plan's node (plans.Node; plans imports this module)."""
+
+    arms: list[_Arm] | None
+    holdout: float | None
+
+
+class PlanSpec(Protocol):
+    """What a split needs of a parsed plan (plans.PlanSpec)."""
+
+    name: str
+
+    def node(self, name: str) -> Node: ...
 
 #: The route recorded on the visit of a contact the holdout took out of the plan.
 HOLDOUT = "holdout"
