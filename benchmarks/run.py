@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, tuple[str, ...]] = {
     "timers": ("timer_lateness_p99_s", "broker_bytes_per_pending_timer",
                "worker_rss_mib_1m_timers"),
     "chaos": ("chaos_duplicate_sends", "chaos_lost_timers", "chaos_lost_events"),
+    "simulation": ("simulated_scenarios_per_s",),
 }
 OPTIONAL = {"chaos"}
 TIMEOUT_S = {True: 600, False: 3600}
