@@ -13,15 +13,13 @@ Usage: python benchmarks/simulation.py [--quick] [--json]
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import time
 
 # No broker is needed; keep the package from building the embedded one at import.
 os.environ.setdefault("OUTREACH_BROKER_URL", "stub://")
 
-from _common import BENCHMARKS_DIR, figure  # noqa: E402
+from _common import BENCHMARKS_DIR, command_line, figure  # noqa: E402
 
 from outreach_actors.dev.plan_simulation import PlanSimulator, VirtualClock  # noqa: E402
 from outreach_actors.domain import engine  # noqa: E402
@@ -53,19 +51,5 @@ def run(quick: bool) -> dict[str, dict]:
                                                 round(enrolls_per_s, 1))}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK} scenarios instead of {FULL}")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    options = parser.parse_args()
-    figures = run(options.quick)
-    if options.json:
-        print(json.dumps(figures))
-        return
-    for name, entry in figures.items():
-        print(f"{name} {entry['value']} {entry['unit']} "
-              f"(bare enroll {entry['reference']}/s, ratio {entry['ratio']})")
-
-
 if __name__ == "__main__":
-    main()
+    command_line(run, __doc__, quick_help=f"{QUICK} scenarios instead of {FULL}")
