@@ -143,3 +143,25 @@ def test_outreach_plan_test_prints_each_path_and_fails_on_an_unmet_expectation(t
     failed = runner.invoke(main, ["plan", "test", str(PLANS / "split.yaml"), str(wrong)])
     assert failed.exit_code == 1
     assert "expected path ['test', 'short', 'thanks'], got ['test', 'long', 'thanks']" in failed.output
+
+
+def test_given_productions_tenant_and_version_the_simulation_shows_productions_arm(db) -> None:
+    from outreach_actors.domain import engine
+    from outreach_actors.domain.store.models import NodeVisit
+
+    from .factories import load_plan, make_tenant
+
+    make_tenant()
+    text = (PLANS / "split.yaml").read_text()
+    load_plan(text)
+    load_plan(text)  # production runs version 2
+    emails = [f"p{n}@example.com" for n in range(12)]
+    production = {}
+    for email in emails:
+        enrollment = engine.enroll("acme", email, "subject-test", fields={"first_name": "P"})
+        production[email] = NodeVisit.get(NodeVisit.enrollment == enrollment.id,
+                                          NodeVisit.node == "test").route
+    with PlanSimulator(text, tenant="acme", plan_version=2) as simulator:
+        simulated = {email: simulator.run({"email": email, "first_name": "P"}).routes["test"]
+                     for email in emails}
+    assert simulated == production and len(set(production.values())) > 1

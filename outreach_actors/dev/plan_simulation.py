@@ -53,7 +53,6 @@ from outreach_actors.domain.store.models import (
     Tenant,
     WebhookDelivery,
 )
-from outreach_actors.domain.stored_plans import store_plan
 from outreach_actors.providers.sendgrid.client import InvalidEmail, build_mail
 from outreach_actors.providers.sendgrid.events import EVENT_TYPES, parse_sendgrid_batch
 from outreach_actors.settings import Settings, get_settings
@@ -207,17 +206,20 @@ class PlanSimulator:
       start: the virtual time each scenario starts at (default DEFAULT_START).
       settings: the settings to run with (default: the process's); the timeouts,
         render limits and templates come from them.
+      tenant, plan_version: the tenant id and version the plan is stored under. A split
+        assigns arms by tenant, address, plan name and version: give production's to
+        see the arm production gives a contact.
 
     Reuse one simulator for many scenarios (a module-scoped fixture): each run starts
     from an empty set of contacts, and setting up the database is the costly part.
     """
 
-    tenant = "simulation"
     sender = "sender@simulation.test"
 
     def __init__(self, plan: PlanSpec | Mapping[str, Any] | str | Path, *,
                  templates_dir: str | Path | None = None, start: datetime = DEFAULT_START,
-                 settings: Settings | None = None) -> None:
+                 settings: Settings | None = None, tenant: str = "simulation",
+                 plan_version: int = 1) -> None:
         settings = settings or get_settings()
         if templates_dir is not None:
             settings = settings.model_copy(update={"templates_dir": Path(templates_dir)})
@@ -225,6 +227,7 @@ class PlanSimulator:
         self.settings = settings.model_copy(update={"dispatch_horizon": timedelta(0)})
         self.plan = _plan_of(plan, self.settings)
         self.start = start
+        self.tenant = tenant
         self.database = sqlite_database(":memory:")
         # An in-memory database lives as long as its connection: held open until close()
         # (create_schema's connection context would close it otherwise). One thread only.
@@ -235,7 +238,8 @@ class PlanSimulator:
             Tenant.create(id=self.tenant, name="Simulation")
             SenderIdentity.create(tenant=self.tenant, email=self.sender, name="Simulation",
                                   verified=True)
-            store_plan(self.tenant, self.plan)
+            models.Plan.create(tenant=self.tenant, name=self.plan.name, version=plan_version,
+                               definition=self.plan.to_definition())
 
     def close(self) -> None:
         self._connection.__exit__(None, None, None)
