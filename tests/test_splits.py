@@ -35,7 +35,7 @@ def test_every_split_fault_is_reported_at_once_with_its_path() -> None:
         "nodes.first.arms[1].to: node 'nowhere' does not exist",
         "nodes.first.arms[2]: a second arm named 'done'",
         "nodes.loop_b.arms[0]: 'holdout' names the holdout",
-        "nodes.loop_a.arms: leads back to 'loop_a' through split nodes only",
+        "nodes.loop_a.arms: leads back to 'loop_a' through routing nodes only",
         "nodes.empty.arms: a split node needs at least one arm",
         "nodes.done: only split nodes take arms or holdout",
     ]:

@@ -24,8 +24,8 @@ from outreach_actors.domain.plans import (
     PlanSpec,
     iana_zone,
 )
+from outreach_actors.domain.routing import ROUTING_TYPES
 from outreach_actors.domain.scheduled_soon import note_scheduled
-from outreach_actors.domain.splits import split_routes
 from outreach_actors.domain.store.keys import action_key, enrollment_key
 from outreach_actors.domain.store.models import (
     Contact,
@@ -47,10 +47,6 @@ logger = logging.getLogger(__name__)
 
 MAX_MOVE_ATTEMPTS = 5
 
-# Routing nodes send a contact on the moment it enters: by node type, what gives each
-# entering enrollment its route, {id: (route recorded on the visit, next node, or None
-# to leave the plan with the route as exit reason)}. A new routing type is one entry.
-ROUTERS = {"split": split_routes}
 
 
 class EnrollmentError(ValueError):
@@ -195,7 +191,9 @@ def _enter(
     if not enrollments:
         return
     node = plan.node(node_name)
-    routes = ROUTERS[node.type](plan, node_name, enrollments) if node.type in ROUTERS else {}
+    # A routing node (a split) sends each contact on at once: its route goes on the visit.
+    router = ROUTING_TYPES.get(node.type)
+    routes = router.routes(plan, node_name, enrollments) if router else {}
     insert_rows(NodeVisit, [
         {"enrollment": enrollment.id, "node": node_name, "via_event": via_event,
          "entered_at": now, "version": enrollment.version,
@@ -217,7 +215,7 @@ def _enter(
             for transition in plan.timeout_transitions(node_name)
             for enrollment in enrollments
         ])
-    elif node.type in ROUTERS:
+    elif router:
         _follow_routes(enrollments, plan, routes, via_event=via_event, now=now)
     else:
         ids = [enrollment.id for enrollment in enrollments]
@@ -239,7 +237,7 @@ def _follow_routes(enrollments: Sequence[Enrollment], plan: PlanSpec,
                    routes: dict[int, tuple[str, str | None]], *, via_event: str | None,
                    now: datetime) -> None:
     """Move enrollments that just entered a routing node on, each along its route (see
-    ROUTERS), in the same transaction: a move per next node, and the exits in one."""
+    routing.ROUTING_TYPES), in the same transaction: a move per next node, and the exits in one."""
     by_target: dict[str | None, list[Enrollment]] = defaultdict(list)
     for enrollment in enrollments:
         by_target[routes[enrollment.id][1]].append(enrollment)

@@ -30,7 +30,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticSerializationError
 
-from outreach_actors.domain import splits
+from outreach_actors.domain import routing, splits
 from outreach_actors.domain.addresses import normalized_address
 from outreach_actors.domain.vocabulary import EVENT_ALIASES, TIMEOUT_EVENTS
 from outreach_actors.settings import parse_duration
@@ -448,10 +448,10 @@ def _graph_errors(data: Mapping[str, Any], *, stored: bool = False) -> list[str]
                 errors.append(f"{base}: give exactly one of `template` or `body`")
             elif not stored and isinstance(node.get("body"), str) and not node["body"].strip():
                 errors.append(f"{base}.body: is empty; an email needs a body")
-        elif node_type in {"wait", "exit", "split"} and any(node.get(k) for k in ("subject", "template", "body")):
+        elif node_type in {"wait", "exit", *routing.ROUTING_TYPES} and any(node.get(k) for k in ("subject", "template", "body")):
             errors.append(f"{base}: only email nodes take subject, template or body")
-        errors += splits.split_errors(base, node, nodes)
-    errors += splits.routing_loops(nodes)
+        errors += routing.node_errors(base, node, nodes)
+    errors += routing.loops(nodes)
     edges = _edges(nodes)
     if isinstance(start, str) and start in nodes:
         reachable = _closure({start}, edges)
@@ -466,12 +466,12 @@ def _graph_errors(data: Mapping[str, Any], *, stored: bool = False) -> list[str]
             for target in targets:
                 leads_to[target].add(source)
         exits = {name for name, node in nodes.items()
-                 if _mapping(node).get("type") == "exit" or splits.ends_plan(_mapping(node))}
+                 if _mapping(node).get("type") == "exit" or routing.ends_plan(_mapping(node))}
         ending = _closure(exits, leads_to)
-        errors += [f"nodes.{name}.{'arms' if _mapping(node).get('arms') else 'transitions'}: no "
-                   "path from here reaches an exit node; a contact here would stay in the plan for ever"
+        errors += [f"nodes.{name}.{routing.routes_field(_mapping(node)) or 'transitions'}: no path "
+                   "from here reaches an exit node; a contact here would stay in the plan for ever"
                    for name, node in nodes.items()
-                   if name not in ending and (_mapping(node).get("transitions") or _mapping(node).get("arms"))]
+                   if name not in ending and (_mapping(node).get("transitions") or routing.targets(_mapping(node)))]
     return errors
 
 
@@ -481,7 +481,7 @@ def _edges(nodes: Mapping[str, Any]) -> dict[str, set[str]]:
     for name, raw_node in nodes.items():
         raw = _mapping(raw_node).get("transitions") or []
         targets = [_mapping(transition).get("to") for transition in (raw if isinstance(raw, list) else [])]
-        targets += splits.route_targets(_mapping(raw_node))
+        targets += routing.targets(_mapping(raw_node))
         edges[name] = {target for target in targets if isinstance(target, str) and target in nodes}
     return edges
 

@@ -146,24 +146,3 @@ def split_errors(base: str, node: Mapping[str, Any], nodes: Mapping[str, Any]) -
             errors.append(f"{base}.arms[{index}]: {HOLDOUT!r} names the holdout; "
                           "name the arm otherwise")
     return errors
-
-
-def routing_loops(nodes: Mapping[str, Any]) -> list[str]:
-    """Splits that lead back to themselves through splits only: a contact would be
-    routed for ever without ever waiting or being mailed."""
-    splits = {name for name, node in nodes.items()
-              if isinstance(node, Mapping) and node.get("type") == "split"}
-    edges = {name: {target for target in route_targets(nodes[name]) if target in splits}
-             for name in splits}
-    errors = []
-    for name in sorted(splits):
-        reached, frontier = set(), list(edges[name])
-        while frontier:
-            current = frontier.pop()
-            if current not in reached:
-                reached.add(current)
-                frontier.extend(edges[current])
-        if name in reached:
-            errors.append(f"nodes.{name}.arms: leads back to {name!r} through split nodes only; "
-                          "a contact would be routed for ever")
-    return errors
