@@ -78,6 +78,13 @@ def test_an_email_plan_moves_on_click_bounce_or_no_click() -> None:
         assert (waiting.path, waiting.status) == (["hello"], "active")
 
 
+def test_a_plan_with_its_own_sender_mails_from_it() -> None:
+    plan = {**validate_plan((PLANS / "email.yaml").read_text()).to_definition(),
+            "sender": "sales@acme.test"}
+    result = simulate(plan, "s@example.com", ["clicked"])
+    assert result.path == ["hello", "clicked"] and result.emails[0].from_email == "sales@acme.test"
+
+
 def test_a_wait_plan_waits_in_virtual_time() -> None:
     result = simulate(PLANS / "wait.yaml", {"email": "w@example.com", "first_name": "Wes"},
                       until=timedelta(days=4))

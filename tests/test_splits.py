@@ -38,6 +38,9 @@ def test_every_split_fault_is_reported_at_once_with_its_path() -> None:
         "nodes.loop_a.arms: leads back to 'loop_a' through routing nodes only",
         "nodes.empty.arms: a split node needs at least one arm",
         "nodes.done: only split nodes take arms or holdout",
+        "nodes.heavy.holdout: expected a number, got True",
+        "nodes.heavy.arms[0].weight: Input should be less than or equal to 1000000",
+        "nodes.heavy.arms[1].weight: Input should be a valid number",
     ]:
         assert any(error.startswith(expected) for error in errors), (expected, errors)
 

@@ -236,8 +236,9 @@ class PlanSimulator:
         with self._bound():
             models.create_schema(self.database)
             Tenant.create(id=self.tenant, name="Simulation")
-            SenderIdentity.create(tenant=self.tenant, email=self.sender, name="Simulation",
-                                  verified=True)
+            # The plan's own sender, if it names one: the render looks for it.
+            SenderIdentity.create(tenant=self.tenant, email=self.plan.sender or self.sender,
+                                  name="Simulation", verified=True)
             models.Plan.create(tenant=self.tenant, name=self.plan.name, version=plan_version,
                                definition=self.plan.to_definition())
 

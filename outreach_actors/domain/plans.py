@@ -21,6 +21,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -169,11 +170,22 @@ Categories = Annotated[list[str], AfterValidator(_sendgrid_categories)]
 MAX_CATEGORIES = 10
 
 
+def _number(value: Any) -> Any:
+    # pydantic reads true as 1: a weight or a holdout written `true` is a mistake.
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_number)]
+
+
 class Arm(_Strict):
     """One arm of a split node: its share of the contacts and where they go."""
 
     to: str
-    weight: float = Field(gt=0, allow_inf_nan=False)
+    # Relative to the other arms' weights; bounded so that their sum stays exact.
+    weight: Number = Field(gt=0, le=splits.MAX_WEIGHT, allow_inf_nan=False)
     # What stats and the visit call the arm; its target by default.
     name: Name | None = None
 
@@ -187,7 +199,7 @@ class Node(_Strict):
     transitions: list[Transition] = Field(default_factory=list)
     # Split nodes (see domain/splits.py): None elsewhere, so other nodes store no trace.
     arms: list[Arm] | None = None
-    holdout: float | None = Field(default=None, ge=0, le=splits.MAX_HOLDOUT, allow_inf_nan=False)
+    holdout: Number | None = Field(default=None, ge=0, le=splits.MAX_HOLDOUT, allow_inf_nan=False)
 
 
 def _stored(info: ValidationInfo) -> bool:

@@ -45,6 +45,8 @@ HOLDOUT_EXIT_REASON = "holdout"
 MAX_HOLDOUT = 50
 #: More arms than this is no experiment anyone reads.
 MAX_ARMS = 20
+#: The largest weight of an arm (weights are relative: 1 and 3 split as 25 and 75).
+MAX_WEIGHT = 1_000_000
 
 # The hash's 64 bits as a number in [0, 1): far finer than any weight a plan gives.
 _SCALE = float(2 ** 64)
