@@ -161,3 +161,19 @@ def test_db_init_adds_the_route_column_to_an_older_database(settings) -> None:
     assert "node_visit.route" in models.missing_schema(database)
     models.create_schema(database)
     assert models.missing_schema(database) == []
+
+
+def test_a_bulk_enrollment_into_a_split_gives_each_contact_its_own_arm(split_plans) -> None:
+    from outreach_actors.domain.enroll_many import ContactRow, enroll_many
+
+    emails = [f"contact-{n}@example.com" for n in range(40)]
+    result = enroll_many("acme", "subject-test",
+                         [ContactRow(n, email, {}, None) for n, email in enumerate(emails)],
+                         batch_size=16)
+    assert result.enrolled == 40
+    routes = dict(NodeVisit.select(models.Contact.email, NodeVisit.route)
+                  .join(Enrollment).join(models.Contact).where(NodeVisit.node == "test").tuples())
+    assert routes == dict(zip(emails, _routes(emails), strict=True))
+    held_out = Enrollment.select().where(Enrollment.exit_reason == HOLDOUT).count()
+    assert held_out == _routes(emails).count(HOLDOUT) > 0
+    assert ScheduledAction.select().count() == 40 - held_out
