@@ -48,7 +48,6 @@ logger = logging.getLogger(__name__)
 MAX_MOVE_ATTEMPTS = 5
 
 
-
 class EnrollmentError(ValueError):
     """An enrollment was refused; the message says why."""
 
@@ -244,7 +243,7 @@ def _follow_routes(enrollments: Sequence[Enrollment], plan: PlanSpec,
     for target, group in sorted(by_target.items(), key=lambda item: item[0] or ""):
         ids = [enrollment.id for enrollment in group]
         if target is None:
-            # The same route for a whole group is not given: exit reasons by route.
+            # Contacts leaving the plan here: each route is its contacts' exit reason.
             for route in sorted({routes[enrollment_id][0] for enrollment_id in ids}):
                 Enrollment.update(status=Enrollment.EXITED, exit_reason=route,
                                   version=Enrollment.version + 1, updated_at=now).where(
