@@ -172,3 +172,22 @@ def test_given_productions_tenant_and_version_the_simulation_shows_productions_a
         simulated = {email: simulator.run({"email": email, "first_name": "P"}).routes["test"]
                      for email in emails}
     assert simulated == production and len(set(production.values())) > 1
+
+
+@pytest.mark.parametrize(("script", "message"), [
+    ("contacts: []", "a script is a mapping with `contacts`"),
+    ("contacts: [{email: 5}]", "a contact is an address or a mapping with `email`"),
+    ("contacts: [{email: not-an-address}]", "contact 'not-an-address': "),
+    ("contacts: [{email: a@example.com, fields: [1]}]", "contacts[0].fields: expected a mapping"),
+    ("contacts: [{email: a@example.com, events: opened}]", "contacts[0].events: expected a list"),
+    ("contacts: [{email: a@example.com, expect: 3}]", "contacts[0].expect: expected a mapping"),
+    ("contacts: [{email: a@example.com, until: soon}]", "'soon' is no duration"),
+    ("contacts: [{email: a@example.com, expect: {colour: red}}]", "expect.colour: unknown"),
+    ("contacts: [[", "not valid YAML"),
+])
+def test_outreach_plan_test_explains_a_bad_script(tmp_path, script, message) -> None:
+    path = tmp_path / "script.yaml"
+    path.write_text(script)
+    result = CliRunner().invoke(main, ["plan", "test", str(PLANS / "email.yaml"), str(path)])
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert "Traceback" not in result.output

@@ -277,8 +277,11 @@ class PlanSimulator:
         provider = RecordingProvider(clock)
         with self._bound(clock):
             self._clear()
-            enrollment = engine.enroll(self.tenant, email, self.plan.name, fields=fields,
-                                       timezone=timezone, now=clock.now)
+            try:
+                enrollment = engine.enroll(self.tenant, email, self.plan.name, fields=fields,
+                                           timezone=timezone, now=clock.now)
+            except engine.EnrollmentError as exc:
+                raise SimulationError(f"contact {email!r:.80}: {exc}") from None
             self._advance(clock, clock.now, provider)
             for step, (offset, event) in zip(events, steps, strict=True):
                 at = clock.now if offset is None else self.start + offset
@@ -396,14 +399,15 @@ def run_script(plan: PlanSpec | Mapping[str, Any] | str | Path, script: Mapping[
         for index, entry in enumerate(contacts):
             if not isinstance(entry, Mapping):
                 raise SimulationError(f"contacts[{index}]: expected a mapping with `email`")
+            for key, kind, called in (("fields", Mapping, "mapping"), ("expect", Mapping, "mapping"),
+                                      ("events", list, "list of steps")):
+                if entry.get(key) is not None and not isinstance(entry[key], kind):
+                    raise SimulationError(f"contacts[{index}].{key}: expected a {called}")
             contact = {**(entry.get("fields") or {}), "email": entry.get("email")}
             if entry.get("timezone"):
                 contact["timezone"] = entry["timezone"]
             until = _duration(f"contacts[{index}].until", str(entry["until"])) if entry.get("until") else None
-            events = entry.get("events") or []
-            if not isinstance(events, list):
-                raise SimulationError(f"contacts[{index}].events: expected a list of steps")
-            result = simulator.run(contact, events, until=until)
+            result = simulator.run(contact, entry.get("events") or [], until=until)
             yield result, _unmet(result, entry.get("expect") or {})
 
 
