@@ -61,3 +61,36 @@ def test_the_architecture_names_every_floor_and_only_files_that_exist() -> None:
     missing = [path for path in named
                if not (package / path).exists() and not (ROOT / path).exists()]
     assert named and missing == []
+
+
+def test_the_simulation_example_passes_as_written(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    example = re.search(r"```python\n(.*?)```", section("Testing plans"), re.DOTALL).group(1)
+    (tmp_path / "test_welcome.py").write_text(example)
+    # Run as a user runs it: its own pytest, outside this project's configuration.
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("OUTREACH_", "PYTEST_"))}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "test_welcome.py"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "2 passed" in run.stdout
+
+
+def test_the_plan_test_script_example_meets_its_expectations() -> None:
+    import yaml
+
+    from outreach_actors.dev.plan_simulation import run_script
+
+    text = re.search(r"```yaml\n(contacts:.*?)```", section("Testing plans"), re.DOTALL).group(1)
+    results = list(run_script(ROOT / "tests" / "samples" / "plans" / "split.yaml", yaml.safe_load(text)))
+    assert [unmet for _, unmet in results] == [[], []]
+
+
+def test_the_split_example_is_a_valid_split() -> None:
+    text = re.search(r"```yaml\n(nodes:.*?)```", section("Splits and experiments"), re.DOTALL).group(1)
+    plan = validate_plan("name: t\nstart: test\n" + text + "  short: {type: exit}\n  long: {type: exit}\n")
+    assert plan.node("test").holdout == 10

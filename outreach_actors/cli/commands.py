@@ -266,6 +266,42 @@ def plan_list(tenant: str | None) -> None:
     console.print(table)
 
 
+@plan.command("test")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.argument("script", type=click.Path(path_type=Path))
+def plan_test(file: Path, script: Path) -> None:
+    """Run a plan against a script of contacts and events on a virtual clock (nothing is
+    mailed; see README, "Testing plans"); prints the path per contact, and fails when an
+    `expect` is not met."""
+    import yaml
+
+    from outreach_actors.dev.plan_simulation import SimulationError, run_script
+
+    parsed = _read_plan(file)
+    try:
+        steps = yaml.safe_load(script.read_text(encoding="utf-8"))
+    except OSError as exc:
+        _fail(f"cannot read {script}: {exc.strerror}")
+    except yaml.YAMLError as exc:
+        _fail(f"{script}: not valid YAML: {exc}")
+    failed = 0
+    try:
+        for result, unmet in run_script(parsed, steps):
+            routes = "".join(f"  [{node}: {route}]" for node, route in result.routes.items())
+            console.print(Text(f"{result.contact}: {' -> '.join(result.path)} "
+                               f"({result.status}){routes}"))
+            for email in result.emails:
+                console.print(Text(f"  +{email.sent_at - result.started_at} {email.node}: "
+                                   f"{email.subject}"))
+            for problem in unmet:
+                err_console.print(_labelled("  failed:", "red", problem))
+            failed += bool(unmet)
+    except SimulationError as exc:
+        _fail(f"{script}: {exc}")
+    if failed:
+        _fail(f"{failed} contact(s) did not take the expected path")
+
+
 # --- senders -----------------------------------------------------------------------
 
 @main.group()
@@ -453,7 +489,9 @@ def preview(plan_name: str, tenant: str, node: str, email: str, out: Path | None
 @click.option("--plan", "plan_name", default=None)
 @_tenant_option(required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def stats(plan_name: str | None, tenant: str | None, as_json: bool) -> None:
+@click.option("--experiments", is_flag=True,
+              help="Each split's arms side by side, with p-values and 95% intervals against the first arm.")
+def stats(plan_name: str | None, tenant: str | None, as_json: bool, experiments: bool) -> None:
     """A funnel per node: entered, active, sent, delivered, opened, clicked, bounced,
     no_open, no_click, exited, failed, ambiguous (sends no provider event confirmed yet),
     paused, converted (reached a goal after last being there); then per plan: enrolled,
@@ -461,6 +499,9 @@ def stats(plan_name: str | None, tenant: str | None, as_json: bool) -> None:
     from outreach_actors.domain.stats import funnel
 
     _open_database()
+    if experiments:
+        _print_experiments(plan_name, tenant, as_json)
+        return
     rows = funnel(plan_name=plan_name, tenant_id=tenant)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -494,6 +535,37 @@ def failures(plan_name: str | None, tenant: str | None, limit: int, as_json: boo
     for row in rows:
         table.add_row(*_cells(*(row[key] for key in keys), row["reason"]))
     console.print(table)
+
+
+def _print_experiments(plan_name: str | None, tenant: str | None, as_json: bool) -> None:
+    from outreach_actors.domain.experiments import experiment_results
+
+    results = experiment_results(plan_name=plan_name, tenant_id=tenant)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    if not results:
+        console.print("no split nodes" + (f" in plan {plan_name!r}" if plan_name else ""))
+        return
+    for result in results:
+        console.print(experiment_table(result))
+
+
+def experiment_table(result: dict) -> Table:
+    """One split's arms as rows: each count with its rate, and under every arm after the
+    first its difference from the first arm (95% interval, percentage points) and p."""
+    columns = result["columns"]
+    table = Table("arm", "entered", *columns,
+                  title=f"{result['plan']} / {result['node']} (tenant {result['tenant']})")
+    for row in result["arms"]:
+        table.add_row(*_cells(row["arm"], row["entered"], *(
+            f"{row['counts'][c]} ({row['rates'][c]:.1%})" if row["rates"][c] is not None else "0"
+            for c in columns)))
+        if versus := row.get("versus_first"):
+            table.add_row(*_cells(f"  vs {result['arms'][0]['arm']}", "", *(
+                f"{v['difference'] * 100:+.1f}pp [{v['ci_low'] * 100:+.1f}, {v['ci_high'] * 100:+.1f}]"
+                f" p={v['p_value']:.3g}" if (v := versus.get(c)) else "" for c in columns)))
+    return table
 
 
 def funnel_table(rows: list[dict]) -> Table:

@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import peewee
 
@@ -26,6 +26,7 @@ from outreach_actors.domain.plans import (
     PlanSpec,
     iana_zone,
 )
+from outreach_actors.domain.routing import ROUTING_TYPES
 from outreach_actors.domain.scheduled_soon import note_scheduled
 from outreach_actors.domain.store.keys import action_key, enrollment_key
 from outreach_actors.domain.store.models import (
@@ -200,9 +201,13 @@ def _enter(
     if not enrollments:
         return
     node = plan.node(node_name)
+    # A routing node (a split) sends each contact on at once: its route goes on the visit.
+    router = ROUTING_TYPES.get(node.type)
+    routes = router.routes(plan, node_name, enrollments) if router else {}
     insert_rows(NodeVisit, [
         {"enrollment": enrollment.id, "node": node_name, "via_event": via_event,
-         "entered_at": now, "version": enrollment.version}
+         "entered_at": now, "version": enrollment.version,
+         "route": routes[enrollment.id][0] if routes else None}
         for enrollment in enrollments
     ])
     if node.type == "email":
@@ -220,6 +225,8 @@ def _enter(
             for transition in plan.timeout_transitions(node_name)
             for enrollment in enrollments
         ])
+    elif router:
+        _follow_routes(enrollments, plan, routes, via_event=via_event, now=now)
     else:
         ids = [enrollment.id for enrollment in enrollments]
         Enrollment.update(status=Enrollment.COMPLETED, updated_at=now).where(
@@ -227,6 +234,49 @@ def _enter(
         ).execute()
         notifications.record(notifications.EXITED, ids, reason="completed", now=now)
         logger.info("Completed enrollment=%s at node=%s", ",".join(map(str, ids)), node_name)
+
+
+class _Routed(NamedTuple):
+    """An enrollment a routing node sent on, as _enter reads it."""
+
+    id: int
+    contact_id: int
+    version: int
+
+
+def _follow_routes(enrollments: Sequence[Enrollment], plan: PlanSpec,
+                   routes: dict[int, tuple[str, str | None]], *, via_event: str | None,
+                   now: datetime) -> None:
+    """Move enrollments that just entered a routing node on, each along its route (see
+    routing.ROUTING_TYPES), in the same transaction: a move per next node, and the exits in one."""
+    by_target: dict[str | None, list[Enrollment]] = defaultdict(list)
+    for enrollment in enrollments:
+        by_target[routes[enrollment.id][1]].append(enrollment)
+    for target, group in sorted(by_target.items(), key=lambda item: item[0] or ""):
+        ids = [enrollment.id for enrollment in group]
+        if target is None:
+            # Contacts leaving the plan here: each route is its contacts' exit reason.
+            for route in sorted({routes[enrollment_id][0] for enrollment_id in ids}):
+                Enrollment.update(status=Enrollment.EXITED, exit_reason=route,
+                                  version=Enrollment.version + 1, updated_at=now).where(
+                    Enrollment.id.in_([i for i in ids if routes[i][0] == route])).execute()
+            for enrollment in group:
+                if isinstance(enrollment, Enrollment):
+                    enrollment.status, enrollment.exit_reason = Enrollment.EXITED, routes[enrollment.id][0]
+                    enrollment.version += 1
+            logger.info("Exited enrollment=%s at a routing node", ",".join(map(str, ids)))
+            continue
+        Enrollment.update(current_node=target, version=Enrollment.version + 1,
+                          node_entered_at=now, updated_at=now).where(Enrollment.id.in_(ids)).execute()
+        moved = []
+        for enrollment in group:
+            if isinstance(enrollment, Enrollment):  # callers read the row they passed
+                enrollment.current_node, enrollment.version = target, enrollment.version + 1
+                enrollment.node_entered_at = enrollment.updated_at = now
+                moved.append(enrollment)
+            else:
+                moved.append(_Routed(enrollment.id, enrollment.contact_id, enrollment.version + 1))
+        _enter(moved, plan, target, via_event=via_event, now=now)
 
 
 def _contact_zones(enrollments: Sequence[Enrollment]) -> dict[int, str | None]:

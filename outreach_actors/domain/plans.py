@@ -21,6 +21,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -30,6 +31,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticSerializationError
 
+from outreach_actors.domain import routing, splits
 from outreach_actors.domain.addresses import normalized_address
 from outreach_actors.domain.plan_events import host_event_errors
 from outreach_actors.domain.vocabulary import (
@@ -197,13 +199,36 @@ Categories = Annotated[list[str], AfterValidator(_sendgrid_categories)]
 MAX_CATEGORIES = 10
 
 
+def _number(value: Any) -> Any:
+    # pydantic reads true as 1: a weight or a holdout written `true` is a mistake.
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_number)]
+
+
+class Arm(_Strict):
+    """One arm of a split node: its share of the contacts and where they go."""
+
+    to: str
+    # Relative to the other arms' weights; bounded so that their sum stays exact.
+    weight: Number = Field(gt=0, le=splits.MAX_WEIGHT, allow_inf_nan=False)
+    # What stats and the visit call the arm; its target by default.
+    name: Name | None = None
+
+
 class Node(_Strict):
-    type: Literal["email", "wait", "exit"]
+    type: Literal["email", "wait", "exit", "split"]
     subject: str | None = None
     template: str | None = None
     body: str | None = None
     categories: Categories = Field(default_factory=list)
     transitions: list[Transition] = Field(default_factory=list)
+    # Split nodes (see domain/splits.py): None elsewhere, so other nodes store no trace.
+    arms: list[Arm] | None = None
+    holdout: Number | None = Field(default=None, ge=0, le=splits.MAX_HOLDOUT, allow_inf_nan=False)
 
 
 def _stored(info: ValidationInfo) -> bool:
@@ -470,8 +495,10 @@ def _graph_errors(data: Mapping[str, Any], *, stored: bool = False) -> list[str]
                 errors.append(f"{base}: give exactly one of `template` or `body`")
             elif not stored and isinstance(node.get("body"), str) and not node["body"].strip():
                 errors.append(f"{base}.body: is empty; an email needs a body")
-        elif node_type in {"wait", "exit"} and any(node.get(k) for k in ("subject", "template", "body")):
+        elif node_type in {"wait", "exit", *routing.ROUTING_TYPES} and any(node.get(k) for k in ("subject", "template", "body")):
             errors.append(f"{base}: only email nodes take subject, template or body")
+        errors += routing.node_errors(base, node, nodes)
+    errors += routing.loops(nodes)
     edges = _edges(nodes)
     if isinstance(start, str) and start in nodes:
         reachable = _closure({start}, edges)
@@ -485,12 +512,13 @@ def _graph_errors(data: Mapping[str, Any], *, stored: bool = False) -> list[str]
         for source, targets in edges.items():
             for target in targets:
                 leads_to[target].add(source)
-        exits = {name for name, node in nodes.items() if _mapping(node).get("type") == "exit"}
+        exits = {name for name, node in nodes.items()
+                 if _mapping(node).get("type") == "exit" or routing.ends_plan(_mapping(node))}
         ending = _closure(exits, leads_to)
-        errors += [f"nodes.{name}.transitions: no path from here reaches an exit node; a "
-                   "contact here would stay in the plan for ever"
+        errors += [f"nodes.{name}.{routing.routes_field(_mapping(node)) or 'transitions'}: no path "
+                   "from here reaches an exit node; a contact here would stay in the plan for ever"
                    for name, node in nodes.items()
-                   if name not in ending and _mapping(node).get("transitions")]
+                   if name not in ending and (_mapping(node).get("transitions") or routing.targets(_mapping(node)))]
     return errors
 
 
@@ -499,7 +527,8 @@ def _edges(nodes: Mapping[str, Any]) -> dict[str, set[str]]:
     edges: dict[str, set[str]] = {}
     for name, raw_node in nodes.items():
         raw = _mapping(raw_node).get("transitions") or []
-        targets = (_mapping(transition).get("to") for transition in (raw if isinstance(raw, list) else []))
+        targets = [_mapping(transition).get("to") for transition in (raw if isinstance(raw, list) else [])]
+        targets += routing.targets(_mapping(raw_node))
         edges[name] = {target for target in targets if isinstance(target, str) and target in nodes}
     return edges
 

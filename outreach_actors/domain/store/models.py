@@ -15,7 +15,22 @@ database_proxy = peewee.DatabaseProxy()
 
 def utcnow() -> datetime:
     """Naive UTC: what every DateTimeField holds, on SQLite and PostgreSQL alike."""
+    if _clock is not None:
+        return _clock()
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+# The one clock seam: every domain module reads the time through utcnow, so the plan
+# simulation (dev.plan_simulation) sets a virtual clock here and nowhere else.
+_clock: Callable[[], datetime] | None = None
+
+
+def set_clock(clock: Callable[[], datetime] | None) -> Callable[[], datetime] | None:
+    """Make utcnow read ``clock`` (naive UTC) instead of the system's; None restores
+    the system clock. Returns the clock it replaces. For simulations and tests only."""
+    global _clock
+    previous, _clock = _clock, clock
+    return previous
 
 
 def new_message_id() -> str:
@@ -133,6 +148,8 @@ class NodeVisit(BaseModel):
     entered_at = peewee.DateTimeField(default=utcnow)
     # The version the enrollment had after this move: unique per enrollment.
     version = peewee.IntegerField()
+    # Where a routing node sent the contact on: a split's arm, or "holdout".
+    route = peewee.CharField(null=True)
 
     class Meta:
         indexes = ((("enrollment", "version"), True),)

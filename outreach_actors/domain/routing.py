@@ -1,0 +1,88 @@
+"""Routing nodes: the node types that send a contact on the moment it enters (a split's
+arms; a branch's conditions next), described once for validation and for the engine.
+
+Adding a routing type is one entry in ROUTING_TYPES (and its fields on plans.Node):
+plans.py asks this table for its checks, the nodes it leads to, whether it can end the
+plan and loops among routing nodes; engine.py asks it for each contact's route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from outreach_actors.domain import splits
+
+#: A router: (plan, node name, enrollments entering it) -> {enrollment id: (route, next
+#: node, or None to leave the plan with the route as exit reason)}.
+Router = Callable[[Any, str, Sequence[Any]], dict[int, tuple[str, str | None]]]
+
+
+@dataclass(frozen=True)
+class RoutingType:
+    """What plans and the engine need of one routing node type."""
+
+    #: The plan field that lists its routes (error paths name it).
+    field: str
+    #: Faults of one node's own fields, on the raw mapping: (``nodes.NAME``, node, nodes).
+    errors: Callable[[str, Mapping[str, Any], Mapping[str, Any]], list[str]]
+    #: The nodes its routes name (raw mapping).
+    targets: Callable[[Mapping[str, Any]], list[str]]
+    #: Whether it takes some contacts out of the plan itself.
+    ends_plan: Callable[[Mapping[str, Any]], bool]
+    #: Each entering enrollment's route.
+    routes: Router
+
+
+ROUTING_TYPES: dict[str, RoutingType] = {
+    "split": RoutingType(field="arms", errors=splits.split_errors, targets=splits.route_targets,
+                         ends_plan=splits.ends_plan, routes=splits.split_routes),
+}
+
+
+def _type_of(node: Any) -> RoutingType | None:
+    node_type = node.get("type") if isinstance(node, Mapping) else None
+    return ROUTING_TYPES.get(node_type) if isinstance(node_type, str) else None
+
+
+def node_errors(base: str, node: Mapping[str, Any], nodes: Mapping[str, Any]) -> list[str]:
+    """Every routing type's faults of one node (each also refuses its fields elsewhere)."""
+    return [error for routing in ROUTING_TYPES.values() for error in routing.errors(base, node, nodes)]
+
+
+def targets(node: Mapping[str, Any]) -> list[str]:
+    """The nodes a routing node's routes name; none for other nodes."""
+    routing = _type_of(node)
+    return routing.targets(node) if routing else []
+
+
+def ends_plan(node: Mapping[str, Any]) -> bool:
+    routing = _type_of(node)
+    return bool(routing and routing.ends_plan(node))
+
+
+def routes_field(node: Mapping[str, Any]) -> str | None:
+    """The field that lists a routing node's routes, if it is one."""
+    routing = _type_of(node)
+    return routing.field if routing else None
+
+
+def loops(nodes: Mapping[str, Any]) -> list[str]:
+    """Routing nodes that lead back to themselves through routing nodes only: a contact
+    would be routed for ever without ever waiting or being mailed."""
+    routing_nodes = {name for name, node in nodes.items() if _type_of(node)}
+    edges = {name: {target for target in targets(nodes[name]) if target in routing_nodes}
+             for name in routing_nodes}
+    errors = []
+    for name in sorted(routing_nodes):
+        reached, frontier = set(), list(edges[name])
+        while frontier:
+            current = frontier.pop()
+            if current not in reached:
+                reached.add(current)
+                frontier.extend(edges[current])
+        if name in reached:
+            errors.append(f"nodes.{name}.{routes_field(nodes[name])}: leads back to {name!r} "
+                          "through routing nodes only; a contact would be routed for ever")
+    return errors
