@@ -171,6 +171,10 @@ class Settings(BaseModel):
     # Retention of raw webhook deliveries and events.
     retention: Duration = timedelta(days=30)
 
+    # Who may open the standalone dashboard (`outreach serve --dashboard`): comma-separated
+    # user:hash pairs, hashes from `outreach dashboard hash-password`. Empty: it does not start.
+    dashboard_users: str = ""
+
     @field_validator(
         "webhook_max_body_bytes",
         "ratelimit_sender_per_minute",

@@ -621,7 +621,10 @@ def webhooks_show(delivery_id: int, raw_body: bool) -> None:
 @click.option("--idle-timeout", default=DEFAULT_IDLE_TIMEOUT_S,
               show_default=True, type=click.IntRange(1, 3600),
               help="Seconds a connection may stay silent before it is closed.")
-def serve(host: str, port: int, threads: int, connection_limit: int, idle_timeout: int) -> None:
+@click.option("--dashboard", is_flag=True,
+              help="Also serve the dashboard under /outreach/, to OUTREACH_DASHBOARD_USERS only.")
+def serve(host: str, port: int, threads: int, connection_limit: int, idle_timeout: int,
+          dashboard: bool) -> None:
     """Serve the webhook and unsubscribe endpoints (standalone WSGI app, on waitress)."""
     from outreach_actors.web.app import make_app
     from outreach_actors.web.app import serve as serve_wsgi
@@ -629,6 +632,14 @@ def serve(host: str, port: int, threads: int, connection_limit: int, idle_timeou
     _open_database()
     app = make_app()  # a bad setting ends the command here, before "serving"
     console.print(f"serving POST /webhooks/sendgrid and /unsubscribe/<token> on http://{host}:{port}")
+    if dashboard:
+        from outreach_actors.web.dashboard.wsgi import DASHBOARD_PREFIX, DashboardWSGI
+
+        try:
+            app = DashboardWSGI(app)
+        except SettingsError as exc:
+            _fail(str(exc))
+        console.print(f"serving the dashboard on http://{host}:{port}{DASHBOARD_PREFIX}/")
     try:
         serve_wsgi(host, port, app, threads=threads, connection_limit=connection_limit,
                    idle_timeout_s=idle_timeout)
@@ -690,3 +701,22 @@ def demo(contacts: int, workers: int, timeout_s: int) -> None:
     raise SystemExit(run_demo(contacts=contacts, workers=workers, timeout_s=timeout_s,
                               console=console, funnel_table=funnel_table))
 
+
+
+# --- dashboard -------------------------------------------------------------------
+
+@main.group()
+def dashboard() -> None:
+    """The dashboard's users (`outreach serve --dashboard`)."""
+
+
+@dashboard.command("hash-password")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True,
+              help="The password to hash (prompted for when not given).")
+def dashboard_hash_password(password: str) -> None:
+    """Print a hash for OUTREACH_DASHBOARD_USERS=user:HASH."""
+    from outreach_actors.web.dashboard.access import hash_password
+
+    if not password:
+        _fail("an empty password protects nothing")
+    click.echo(hash_password(password))
