@@ -90,6 +90,17 @@ def _label(way: Mapping[str, Any]) -> str:
     return " ".join(parts) or "next"
 
 
+class _Route:
+    """What grandalf sets on an edge: the points it passes through (the dummy vertices
+    of the layers it crosses, so that it goes around the nodes in them)."""
+
+    def __init__(self) -> None:
+        self.points: list[tuple[float, float]] = []
+
+    def setpath(self, points: list[tuple[float, float]]) -> None:
+        self.points = points
+
+
 class _Size:
     """What grandalf reads of a vertex: its size (width and height swapped, since its
     layers run top to bottom and ours left to right)."""
@@ -112,7 +123,11 @@ def draw_plan(definition: Mapping[str, Any], node_counts: Mapping[str, Iterable[
         vertex.view = sizes[name]
     edges = plan_edges(definition)
     pairs = {(edge.source, edge.target) for edge in edges if edge.source != edge.target}
-    graph = Graph(list(vertices.values()), [Edge(vertices[a], vertices[b]) for a, b in sorted(pairs)])
+    layout_edges = {(a, b): Edge(vertices[a], vertices[b]) for a, b in sorted(pairs)}
+    for edge in layout_edges.values():
+        edge.view = _Route()
+    graph = Graph(list(vertices.values()), list(layout_edges.values()))
+    via: dict[tuple[str, str], list[tuple[float, float]]] = {}
     offset = 0.0
     for component in graph.C:
         layout = SugiyamaLayout(component)
@@ -126,6 +141,9 @@ def draw_plan(definition: Mapping[str, Any], node_counts: Mapping[str, Iterable[
         for vertex in component.sV:
             gx, gy = vertex.view.xy
             vertex.view.xy = (gy, gx - low + offset)
+        for pair, edge in layout_edges.items():
+            if edge.v[0] in component.sV:
+                via[pair] = [(gy, gx - low + offset) for gx, gy in edge.view.points[1:-1]]
         offset = max(v.view.xy[1] + v.view.w / 2 for v in component.sV) + NODE_GAP
     left = min((size.xy[0] - size.h / 2 for size in sizes.values()), default=0.0)
     drawn = {
@@ -139,14 +157,18 @@ def draw_plan(definition: Mapping[str, Any], node_counts: Mapping[str, Iterable[
         width=max((n.x + n.width for n in drawn.values()), default=0) + MARGIN,
         height=max((n.y + n.height for n in drawn.values()), default=0) + MARGIN,
         nodes=list(drawn.values()),
-        edges=_route(edges, drawn, edge_counts),
+        edges=_route(edges, drawn, edge_counts,
+                     {pair: [(x - left + MARGIN, y + MARGIN) for x, y in points]
+                      for pair, points in via.items()}),
     )
 
 
 def _route(edges: list[PlanEdge], drawn: Mapping[str, DrawnNode],
-           counts: Mapping[tuple[str, str, str | None], int] | None) -> list[DrawnEdge]:
-    """Each edge as a curve from its source's right side to its target's left side; the
-    edges of one pair of nodes fan out so that their labels do not sit on each other."""
+           counts: Mapping[tuple[str, str, str | None], int] | None,
+           via: Mapping[tuple[str, str], list[tuple[float, float]]]) -> list[DrawnEdge]:
+    """Each edge as a curve from its source's right side to its target's left side,
+    through the points grandalf routed it by; the edges of one pair of nodes fan out so
+    that their labels do not sit on each other."""
     by_pair: dict[tuple[str, str], list[PlanEdge]] = defaultdict(list)
     for edge in edges:
         by_pair[(edge.source, edge.target)].append(edge)
@@ -157,10 +179,14 @@ def _route(edges: list[PlanEdge], drawn: Mapping[str, DrawnNode],
             spread = (index - (len(group) - 1) / 2) * 18
             x1, y1 = source.x + source.width, source.y + source.height / 2 + spread
             x2, y2 = target.x, target.y + target.height / 2 + spread
-            if x2 > x1:  # forward: an S-curve between the layers
-                middle = (x1 + x2) / 2
-                path = f"M{x1:.0f},{y1:.0f} C{middle:.0f},{y1:.0f} {middle:.0f},{y2:.0f} {x2:.0f},{y2:.0f}"
-                label_x, label_y = middle, (y1 + y2) / 2 - 4
+            if x2 > x1:  # forward: S-curves from layer to layer
+                points = [(x1, y1), *((x, y + spread) for x, y in via.get((source_name, target_name), [])),
+                          (x2, y2)]
+                path = f"M{x1:.0f},{y1:.0f}" + "".join(
+                    f" C{(a[0] + b[0]) / 2:.0f},{a[1]:.0f} {(a[0] + b[0]) / 2:.0f},{b[1]:.0f} {b[0]:.0f},{b[1]:.0f}"
+                    for a, b in zip(points, points[1:], strict=False))
+                first, second = points[0], points[1]
+                label_x, label_y = (first[0] + second[0]) / 2, (first[1] + second[1]) / 2 - 4
             else:  # backward or to itself: a loop below both nodes
                 bottom = max(source.y + source.height, target.y + target.height) + 30 + 18 * index
                 path = (f"M{x1:.0f},{y1:.0f} C{x1 + 60:.0f},{bottom:.0f} {x2 - 60:.0f},{bottom:.0f}"
