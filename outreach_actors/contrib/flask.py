@@ -9,20 +9,32 @@
 
 Settings are the ``OUTREACH_*`` keys of ``app.config`` over the environment. The
 blueprint serves ``POST /webhooks/sendgrid`` and ``GET|POST /unsubscribe/<token>``.
+
+``OutreachFlask(app, dashboard=True, authorize=is_admin)`` mounts the dashboard under
+``/outreach/`` too; ``authorize(request) -> bool`` says who may see it (it shows
+personal data: without ``authorize`` the dashboard refuses to mount).
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
-from flask import Blueprint, Flask, Response, current_app, request
+from flask import Blueprint, Flask, Request, Response, current_app, request
 
 from outreach_actors.contrib import Endpoints, activate, enroll, host_settings
+from outreach_actors.settings import SettingsError
+from outreach_actors.web.dashboard import Dashboard, DashboardRequest
 from outreach_actors.web.http import Reply
+from outreach_actors.worker.actors.webhooks import enqueue_delivery
 
 EXTENSION = "outreach"
+DASHBOARD_EXTENSION = "outreach_dashboard"
+#: Where the dashboard is mounted, below the extension's url_prefix.
+DASHBOARD_PATH = "/outreach"
 
 blueprint = Blueprint("outreach", __name__)
+dashboard_blueprint = Blueprint("outreach_dashboard", __name__)
 
 
 class OutreachFlask:
@@ -31,12 +43,23 @@ class OutreachFlask:
     Parameters:
       app(Flask): the app to initialise now; or call ``init_app`` later.
       url_prefix(str): where to mount the endpoints (default: at the root).
+      dashboard(bool): also mount the dashboard, under ``<url_prefix>/outreach/``.
+      authorize(callable): ``authorize(request) -> bool``, whether this request may see
+        the dashboard; required with ``dashboard=True``.
     """
 
     enroll = staticmethod(enroll)
 
-    def __init__(self, app: Flask | None = None, *, url_prefix: str | None = None) -> None:
+    def __init__(self, app: Flask | None = None, *, url_prefix: str | None = None,
+                 dashboard: bool = False,
+                 authorize: Callable[[Request], bool] | None = None) -> None:
+        if dashboard and authorize is None:
+            raise SettingsError(
+                "OutreachFlask(dashboard=True) needs authorize=callable(request) -> bool: the "
+                "dashboard shows personal data and is never mounted open")
         self.url_prefix = url_prefix
+        self.dashboard = dashboard
+        self.authorize = authorize
         if app is not None:
             self.init_app(app)
 
@@ -45,6 +68,10 @@ class OutreachFlask:
         app.extensions[EXTENSION] = endpoints
         app.register_blueprint(blueprint, url_prefix=self.url_prefix)
         prefix = (self.url_prefix or "").rstrip("/")
+        if self.dashboard:
+            app.extensions[DASHBOARD_EXTENSION] = (
+                Dashboard(endpoints.settings, enqueue_delivery), self.authorize)
+            app.register_blueprint(dashboard_blueprint, url_prefix=prefix + DASHBOARD_PATH)
         if prefix and not endpoints.settings.public_base_url.rstrip("/").endswith(prefix):
             # The workers build the links from the setting alone: without the prefix
             # they point at /unsubscribe/..., which this app does not serve.
@@ -69,6 +96,20 @@ def sendgrid_webhook() -> Response:
 @blueprint.route("/unsubscribe/<token>", methods=["GET", "POST"])
 def unsubscribe(token: str) -> Response:
     return _response(_endpoints().unsubscribe.respond(request.method, token))
+
+
+@dashboard_blueprint.route("/", defaults={"path": ""}, methods=["GET", "POST"])
+@dashboard_blueprint.route("/<path:path>", methods=["GET", "POST"])
+def dashboard(path: str) -> Response:
+    pages, authorize = current_app.extensions[DASHBOARD_EXTENSION]
+    if not authorize(request):
+        return Response("You may not see the outreach dashboard.\n", status=403,
+                        content_type="text/plain; charset=utf-8")
+    base = request.script_root + request.path[:len(request.path) - len(path)].rstrip("/")
+    return _response(pages.handle(DashboardRequest(
+        method=request.method, path="/" + path, base=base,
+        query=request.args.to_dict(flat=True), form=request.form.to_dict(flat=True),
+        cookies=dict(request.cookies))))
 
 
 def _endpoints() -> Endpoints:

@@ -1,0 +1,163 @@
+"""The dashboard mounted by each host: Flask (``OutreachFlask(dashboard=True,
+authorize=...)``), Django (staff only, a permission setting to narrow it) and ``outreach
+serve --dashboard`` (refuses to start without users); in each, a POST needs the CSRF
+token of the page it came from."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import pytest
+from click.testing import CliRunner
+from django.test import Client, override_settings
+from django.urls import include, path
+from flask import Flask
+
+from outreach_actors.cli import main
+from outreach_actors.contrib.flask import OutreachFlask
+from outreach_actors.domain.store.models import Suppression
+from outreach_actors.settings import SettingsError
+from outreach_actors.web.dashboard.access import hash_password, password_matches
+
+from .factories import load_plan, make_tenant
+from .test_django import outreach_config, setup_django
+from .test_webhooks import host_runtime, new_key  # noqa: F401  (host_runtime is a fixture)
+
+pytestmark = pytest.mark.usefixtures("host_runtime")
+
+urlpatterns = [path("outreach/", include("outreach_actors.contrib.django.dashboard"))]
+
+
+def csrf_token_of(html: str) -> str:
+    return re.search(r'name="csrf_token" value="([0-9a-f]+)"', html)[1]
+
+
+# --- Flask ---------------------------------------------------------------------------
+
+def test_flask_refuses_to_mount_the_dashboard_without_authorize() -> None:
+    with pytest.raises(SettingsError, match="authorize"):
+        OutreachFlask(dashboard=True)
+
+
+def flask_dashboard(data_dir, allowed: list[bool], url_prefix: str | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config.update({"OUTREACH_DATABASE_URL": f"sqlite:///{data_dir / 'outreach.db'}",
+                       "OUTREACH_BROKER_URL": "stub://", "OUTREACH_DATA_DIR": str(data_dir)})
+    OutreachFlask(app, url_prefix=url_prefix, dashboard=True, authorize=lambda request: allowed[0])
+    return app
+
+
+def test_flask_mount_shows_the_dashboard_to_whom_authorize_allows(settings, data_dir) -> None:
+    make_tenant()
+    plan = load_plan()
+    allowed = [False]
+    client = flask_dashboard(data_dir, allowed).test_client()
+    assert client.get("/outreach/").status_code == 403
+    allowed[0] = True
+    response = client.get(f"/outreach/plans/{plan.id}")
+    assert response.status_code == 200 and "<svg" in response.text
+    assert 'href="/outreach/static/dashboard.css"' in response.text
+    assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+    page = client.get("/outreach/suppressions").text
+    forged = client.post("/outreach/suppressions/add",
+                         data={"tenant": "acme", "address": "a@example.com", "csrf_token": "0" * 64})
+    assert forged.status_code == 403
+    added = client.post("/outreach/suppressions/add", data={
+        "tenant": "acme", "address": "a@example.com", "csrf_token": csrf_token_of(page)})
+    assert added.status_code == 303 and added.headers["Location"] == "/outreach/suppressions?done=added"
+    assert Suppression.get().source == "dashboard"
+
+
+def test_flask_mount_follows_the_extensions_url_prefix(settings, data_dir) -> None:
+    client = flask_dashboard(data_dir, [True], url_prefix="/hooks").test_client()
+    page = client.get("/hooks/outreach/senders")
+    assert page.status_code == 200 and 'href="/hooks/outreach/failures"' in page.text
+
+
+# --- Django --------------------------------------------------------------------------
+
+@dataclass
+class User:
+    """A user as django.contrib.auth gives one (the host's auth, as this project has none)."""
+
+    is_staff: bool
+    permissions: tuple[str, ...] = ()
+    is_active: bool = True
+    is_authenticated: bool = True
+
+    def has_perm(self, permission: str) -> bool:
+        return permission in self.permissions
+
+
+USERS = {"staff": User(is_staff=True), "member": User(is_staff=False),
+         "auditor": User(is_staff=True, permissions=("outreach.view_dashboard",))}
+
+
+class HeaderUserMiddleware:
+    """Sets request.user from the X-Test-User header, as AuthenticationMiddleware would."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        request.user = USERS.get(request.headers.get("X-Test-User", ""),
+                                 User(is_staff=False, is_authenticated=False))
+        return self.get_response(request)
+
+
+@pytest.fixture
+def django_client(settings, data_dir):
+    setup_django()
+    with override_settings(
+            OUTREACH=outreach_config(data_dir, new_key()), ROOT_URLCONF=__name__,
+            MIDDLEWARE=["django.middleware.csrf.CsrfViewMiddleware",
+                        f"{__name__}.HeaderUserMiddleware"]):
+        yield Client(enforce_csrf_checks=True)
+
+
+def test_django_mount_is_for_staff_only(django_client) -> None:
+    make_tenant()
+    load_plan()
+    anonymous = django_client.get("/outreach/")
+    assert anonymous.status_code == 302 and anonymous["Location"].startswith("/accounts/login/?next=")
+    assert django_client.get("/outreach/", headers={"X-Test-User": "member"}).status_code == 403
+    page = django_client.get("/outreach/", headers={"X-Test-User": "staff"})
+    assert page.status_code == 200 and "onboarding" in page.content.decode()
+    with override_settings(OUTREACH_DASHBOARD_PERMISSION="outreach.view_dashboard"):
+        assert django_client.get("/outreach/", headers={"X-Test-User": "staff"}).status_code == 403
+        assert django_client.get("/outreach/", headers={"X-Test-User": "auditor"}).status_code == 200
+
+
+def test_django_mount_checks_its_csrf_token(django_client) -> None:
+    make_tenant()
+    staff = {"X-Test-User": "staff"}
+    page = django_client.get("/outreach/suppressions", headers=staff).content.decode()
+    forged = django_client.post("/outreach/suppressions/add", headers=staff, data={
+        "tenant": "acme", "address": "b@example.com", "csrf_token": "f" * 64})
+    assert forged.status_code == 403 and not Suppression.select().exists()
+    added = django_client.post("/outreach/suppressions/add", headers=staff, data={
+        "tenant": "acme", "address": "b@example.com", "csrf_token": csrf_token_of(page)})
+    assert added.status_code == 303 and Suppression.get().value == "b@example.com"
+
+
+# --- outreach serve --dashboard --------------------------------------------------------
+
+def test_outreach_serve_refuses_the_dashboard_without_users(sqlite_db, data_dir, monkeypatch) -> None:
+    monkeypatch.setenv("OUTREACH_DATABASE_URL", f"sqlite:///{data_dir / 'outreach.db'}")
+    monkeypatch.setenv("OUTREACH_DATA_DIR", str(data_dir))
+    monkeypatch.delenv("OUTREACH_DASHBOARD_USERS", raising=False)
+    result = CliRunner().invoke(main, ["serve", "--dashboard", "--port", "0"])
+    assert result.exit_code != 0
+    assert "OUTREACH_DASHBOARD_USERS" in result.output
+    monkeypatch.setenv("OUTREACH_DASHBOARD_USERS", "ann:plaintext")
+    result = CliRunner().invoke(main, ["serve", "--dashboard", "--port", "0"])
+    assert result.exit_code != 0 and "hash-password" in result.output
+
+
+def test_hash_password_makes_a_hash_the_dashboard_accepts() -> None:
+    result = CliRunner().invoke(main, ["dashboard", "hash-password", "--password", "s3cret"])
+    assert result.exit_code == 0
+    hashed = result.output.strip()
+    assert password_matches("s3cret", hashed) and not password_matches("guess", hashed)
+    assert hashed != hash_password("s3cret")  # salted
