@@ -156,7 +156,8 @@ def test_a_suppression_is_added_and_removed(page) -> None:
 def test_every_page_answers_and_bad_input_gets_a_clear_4xx(page) -> None:
     plan = Plan.get()
     for path, heading in [("/failures", "Failures"), ("/webhooks?status=failed", "Webhook deliveries"),
-                          ("/senders", "Senders"), (f"/plans/{plan.id}?since=2020-01-01", "onboarding")]:
+                          ("/senders", "Senders"), (f"/plans/{plan.id}?since=2020-01-01", "onboarding"),
+                          (f"/plans/{plan.id}?until=9999-12-31", "onboarding")]:
         page.open(path)
         assert heading in page.driver.find_element(By.TAG_NAME, "h1").text
     assert "this is no JSON" not in page.text()
@@ -165,6 +166,8 @@ def test_every_page_answers_and_bad_input_gets_a_clear_4xx(page) -> None:
     for path, message in [("/plans/99999", "There is no plan 99999."),
                           ("/contacts/99999", "There is no contact 99999."),
                           ("/webhooks?page=-1", "page must be a whole number"),
+                          ("/webhooks/99999999999999999999", "There is no row 99999999999999999999."),
+                          ("/contacts/4294967296", "There is no row 4294967296."),
                           (f"/plans/{plan.id}?since=yesterday", "since must be a day"),
                           ("/no/such/page", "There is no dashboard page")]:
         page.open(path)

@@ -55,6 +55,8 @@ DASHBOARD_HEADERS = MappingProxyType({
                                 "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
 })
 HTML = "text/html; charset=utf-8"
+#: The largest id an id column holds (PostgreSQL's integer).
+MAX_ROW_ID = 2**31 - 1
 #: The longest form body a dashboard POST may have (a few fields).
 MAX_FORM_BYTES = 64 * 1024
 
@@ -176,11 +178,11 @@ class Dashboard:
         return self._page("plans.html", request, page=browse.plans(_page_number(request)))
 
     def plan_page(self, request: _RequestContext, match: re.Match) -> Reply:
-        plan = _found(Plan.get_or_none(Plan.id == int(match[1])), "plan", match[1])
+        plan = _found(Plan.get_or_none(Plan.id == _row_id(match[1])), "plan", match[1])
         since, until = _day(request, "since"), _day(request, "until")
         if since and until and until < since:
             raise BadRequest(400, "The period's end (until) is before its start (since).")
-        until_end = until + timedelta(days=1) if until else None
+        until_end = until + timedelta(days=1) if until and until < datetime(9999, 12, 31) else None
         rows = stats.funnel(plan_name=plan.name, tenant_id=plan.tenant_id, version=plan.version,
                             since=since, until=until_end)
         counts = {row["node"]: row for row in rows}
@@ -195,7 +197,7 @@ class Dashboard:
         if contact_id:
             if not contact_id.isdigit():
                 raise BadRequest(400, "contact must be a contact's id (a whole number).")
-            contact = _found(Contact.get_or_none(Contact.id == int(contact_id)), "contact", contact_id)
+            contact = _found(Contact.get_or_none(Contact.id == _row_id(contact_id)), "contact", contact_id)
             try:
                 preview = preview_node(plan, node, contact, self.settings)
             except PreviewError as exc:
@@ -218,7 +220,7 @@ class Dashboard:
                           searched=bool(query.strip()))
 
     def timeline_page(self, request: _RequestContext, match: re.Match) -> Reply:
-        found = _found(timeline.contact_timeline(int(match[1])), "contact", match[1])
+        found = _found(timeline.contact_timeline(_row_id(match[1])), "contact", match[1])
         return self._page("timeline.html", request, timeline=found)
 
     def message_page(self, request: _RequestContext, match: re.Match) -> Reply:
@@ -241,7 +243,7 @@ class Dashboard:
         return self._page("webhooks.html", request, page=page, state=status, statuses=known)
 
     def webhook_page(self, request: _RequestContext, match: re.Match) -> Reply:
-        delivery = _found(WebhookDelivery.get_or_none(WebhookDelivery.id == int(match[1])),
+        delivery = _found(WebhookDelivery.get_or_none(WebhookDelivery.id == _row_id(match[1])),
                           "webhook delivery", match[1])
         body = bytes(delivery.body).decode("utf-8", errors="replace")
         return self._page("webhook.html", request, delivery=delivery, body=body,
@@ -249,7 +251,7 @@ class Dashboard:
 
     def replay(self, request: _RequestContext, match: re.Match) -> Reply:
         try:
-            replay_delivery(int(match[1]), self.enqueue_delivery)
+            replay_delivery(_row_id(match[1]), self.enqueue_delivery)
         except LookupError:
             raise BadRequest(404, f"There is no webhook delivery {match[1]}.") from None
         return self._redirect(request, f"/webhooks/{match[1]}?replayed=1")
@@ -275,7 +277,7 @@ class Dashboard:
         return self._redirect(request, f"/suppressions?done={'added' if added else 'already'}")
 
     def remove_suppression(self, request: _RequestContext, match: re.Match) -> Reply:
-        row = _found(Suppression.get_or_none(Suppression.id == int(match[1])), "suppression", match[1])
+        row = _found(Suppression.get_or_none(Suppression.id == _row_id(match[1])), "suppression", match[1])
         suppressions.lift(row.tenant_id, row.value, row.channel)
         return self._redirect(request, "/suppressions?done=removed")
 
@@ -322,6 +324,14 @@ def _found(row: Any, what: str, row_id: str) -> Any:
     if row is None:
         raise BadRequest(404, f"There is no {what} {row_id[:64]}.")
     return row
+
+
+def _row_id(digits: str) -> int:
+    """A row id from a URL; 404 past what an id column holds (the database would refuse
+    to compare)."""
+    if len(digits) > 10 or int(digits) > MAX_ROW_ID:
+        raise BadRequest(404, f"There is no row {digits[:64]}.")
+    return int(digits)
 
 
 def _page_number(request: _RequestContext) -> int:
