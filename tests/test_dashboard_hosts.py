@@ -161,3 +161,18 @@ def test_hash_password_makes_a_hash_the_dashboard_accepts() -> None:
     hashed = result.output.strip()
     assert password_matches("s3cret", hashed) and not password_matches("guess", hashed)
     assert hashed != hash_password("s3cret")  # salted
+
+
+def test_explain_prints_the_timeline(settings) -> None:
+    from outreach_actors.domain import engine
+
+    make_tenant()
+    load_plan()
+    engine.enroll("acme", "bob@example.com", "onboarding", fields={"first_name": "[bold]Bob"})
+    result = CliRunner().invoke(main, ["explain", " BOB@example.com", "--plan", "onboarding"],
+                                terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "enrolled: intro is the start of onboarding v1" in result.output
+    assert "send of intro due" in result.output
+    missing = CliRunner().invoke(main, ["explain", "nobody@example.com"])
+    assert missing.exit_code == 1 and "no contact nobody@example.com" in missing.output

@@ -720,3 +720,37 @@ def dashboard_hash_password(password: str) -> None:
     if not password:
         _fail("an empty password protects nothing")
     click.echo(hash_password(password))
+
+
+@main.command()
+@click.argument("email")
+@click.option("--plan", "plan_name", default=None, help="Only the enrollments in this plan.")
+@click.option("--tenant", default=None, help="Only this tenant's contact.")
+def explain(email: str, plan_name: str | None, tenant: str | None) -> None:
+    """Why a contact got (or did not get) each email: the dashboard's timeline."""
+    from outreach_actors.domain.timeline import contact_timeline, find_contacts
+
+    _open_database()
+    contacts = find_contacts(email, tenant_id=tenant)
+    if not contacts:
+        _fail(f"no contact {email}" + (f" in tenant {tenant}" if tenant else ""))
+    for contact in contacts:
+        timeline = contact_timeline(contact.id)
+        console.print(Text(f"contact {contact.id} {contact.email} (tenant {contact.tenant_id})",
+                           style="bold"))
+        for entry in timeline.suppressions:
+            console.print(Text(f"  {entry.at:%Y-%m-%d %H:%M:%S}  {entry.what}: {entry.why}"))
+        sections = [section for section in timeline.enrollments
+                    if plan_name is None or section.plan.name == plan_name]
+        if not sections:
+            console.print("  not enrolled" + (f" in {plan_name}" if plan_name else ""))
+        for section in sections:
+            enrollment = section.enrollment
+            console.print(Text(f"  enrollment {enrollment.id} in {section.plan.name} "
+                               f"v{section.plan.version}: {enrollment.status} at "
+                               f"{enrollment.current_node}"))
+            table = Table("when", "what", "why")
+            for entry in section.entries:
+                what = entry.what + (" (synthetic)" if entry.synthetic else "")
+                table.add_row(*_cells(f"{entry.at:%Y-%m-%d %H:%M:%S}", what, entry.why))
+            console.print(table)
