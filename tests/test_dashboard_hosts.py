@@ -16,7 +16,7 @@ from flask import Flask
 
 from outreach_actors.cli import main
 from outreach_actors.contrib.flask import OutreachFlask
-from outreach_actors.domain.store.models import Suppression
+from outreach_actors.domain.store.models import Plan, Suppression
 from outreach_actors.settings import SettingsError
 from outreach_actors.web.dashboard.access import hash_password, password_matches
 
@@ -40,7 +40,7 @@ def test_flask_refuses_to_mount_the_dashboard_without_authorize() -> None:
         OutreachFlask(dashboard=True)
 
 
-def flask_dashboard(data_dir, allowed: list[bool], url_prefix: str | None = None) -> Flask:
+def flask_dashboard(data_dir, allowed: list, url_prefix: str | None = None) -> Flask:
     app = Flask(__name__)
     app.config.update({"OUTREACH_DATABASE_URL": f"sqlite:///{data_dir / 'outreach.db'}",
                        "OUTREACH_BROKER_URL": "stub://", "OUTREACH_DATA_DIR": str(data_dir)})
@@ -176,3 +176,28 @@ def test_explain_prints_the_timeline(settings) -> None:
     assert "send of intro due" in result.output
     missing = CliRunner().invoke(main, ["explain", "nobody@example.com"])
     assert missing.exit_code == 1 and "no contact nobody@example.com" in missing.output
+
+
+def test_a_user_limited_to_some_tenants_sees_only_theirs(settings, data_dir) -> None:
+    from outreach_actors.domain import engine
+
+    for tenant in ("acme", "globex"):
+        make_tenant(tenant)
+        load_plan(tenant_id=tenant)
+    ours = engine.enroll("acme", "ada@example.com", "onboarding").contact_id
+    theirs = engine.enroll("globex", "ada@example.com", "onboarding").contact_id
+    globex_plan = Plan.get(Plan.tenant == "globex")
+    client = flask_dashboard(data_dir, [["acme"]]).test_client()
+    plans = client.get("/outreach/").text
+    assert "acme" in plans and "globex" not in plans and ">Webhooks<" not in plans
+    assert client.get(f"/outreach/plans/{globex_plan.id}").status_code == 404
+    assert client.get(f"/outreach/contacts/{ours}").status_code == 200
+    assert client.get(f"/outreach/contacts/{theirs}").status_code == 404
+    assert client.get("/outreach/webhooks").status_code == 403
+    page = client.get("/outreach/contacts").text
+    found = client.post("/outreach/contacts", data={"q": "ada@example.com",
+                                                    "csrf_token": csrf_token_of(page)}).text
+    assert f"/outreach/contacts/{ours}" in found and f"/outreach/contacts/{theirs}" not in found
+    refused = client.post("/outreach/suppressions/add", data={
+        "tenant": "globex", "address": "b@example.com", "csrf_token": csrf_token_of(page)})
+    assert refused.status_code == 400 and not Suppression.select().exists()

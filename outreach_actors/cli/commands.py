@@ -731,7 +731,7 @@ def explain(email: str, plan_name: str | None, tenant: str | None) -> None:
     from outreach_actors.domain.timeline import contact_timeline, find_contacts
 
     _open_database()
-    contacts = find_contacts(email, tenant_id=tenant)
+    contacts = find_contacts(email, tenant_ids=[tenant] if tenant else None)
     if not contacts:
         _fail(f"no contact {email}" + (f" in tenant {tenant}" if tenant else ""))
     for contact in contacts:

@@ -18,7 +18,7 @@ personal data: without ``authorize`` the dashboard refuses to mount).
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from flask import Blueprint, Flask, Request, Response, current_app, request
 
@@ -44,15 +44,16 @@ class OutreachFlask:
       app(Flask): the app to initialise now; or call ``init_app`` later.
       url_prefix(str): where to mount the endpoints (default: at the root).
       dashboard(bool): also mount the dashboard, under ``<url_prefix>/outreach/``.
-      authorize(callable): ``authorize(request) -> bool``, whether this request may see
-        the dashboard; required with ``dashboard=True``.
+      authorize(callable): ``authorize(request)``, whether this request may see the
+        dashboard: True (every tenant), False, or the ids of the tenants it may see;
+        required with ``dashboard=True``.
     """
 
     enroll = staticmethod(enroll)
 
     def __init__(self, app: Flask | None = None, *, url_prefix: str | None = None,
                  dashboard: bool = False,
-                 authorize: Callable[[Request], bool] | None = None) -> None:
+                 authorize: Callable[[Request], bool | Collection[str]] | None = None) -> None:
         if dashboard and authorize is None:
             raise SettingsError(
                 "OutreachFlask(dashboard=True) needs authorize=callable(request) -> bool: the "
@@ -102,14 +103,17 @@ def unsubscribe(token: str) -> Response:
 @dashboard_blueprint.route("/<path:path>", methods=["GET", "POST"])
 def dashboard(path: str) -> Response:
     pages, authorize = current_app.extensions[DASHBOARD_EXTENSION]
-    if not authorize(request):
+    allowed = authorize(request)
+    if not allowed:
         return Response("You may not see the outreach dashboard.\n", status=403,
                         content_type="text/plain; charset=utf-8")
     base = request.script_root + request.path[:len(request.path) - len(path)].rstrip("/")
     return _response(pages.handle(DashboardRequest(
         method=request.method, path="/" + path, base=base,
         query=request.args.to_dict(flat=True), form=request.form.to_dict(flat=True),
-        cookies=dict(request.cookies))))
+        cookies=dict(request.cookies),
+        # True: every tenant; a collection of tenant ids: those only.
+        tenants=None if allowed is True else frozenset(allowed))))
 
 
 def _endpoints() -> Endpoints:

@@ -4,6 +4,7 @@ whether another follows, so no list ever counts its whole table."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -40,10 +41,15 @@ def page_of(query: peewee.Query, number: int, size: int = PAGE_SIZE) -> Page:
     return Page(rows[:size], number, len(rows) > size)
 
 
-def plans(number: int = 1) -> Page[Plan]:
+Tenants = Collection[str] | None  # the tenants a list is of; None: every tenant
+
+
+def plans(number: int = 1, *, tenant_ids: Tenants = None) -> Page[Plan]:
     """Every stored plan version, by tenant and name, newest version first."""
     query = Plan.select(Plan.id, Plan.tenant, Plan.name, Plan.version, Plan.created_at).order_by(
         Plan.tenant, Plan.name, Plan.version.desc())
+    if tenant_ids is not None:
+        query = query.where(Plan.tenant.in_(list(tenant_ids)))
     return page_of(query, number)
 
 
@@ -60,26 +66,31 @@ def deliveries(number: int = 1, *, status: str | None = None) -> Page[WebhookDel
 
 
 def suppressions(number: int = 1, *, address: str = "",
-                 tenant_id: str | None = None) -> Page[Suppression]:
+                 tenant_ids: Tenants = None) -> Page[Suppression]:
     """Suppressions, newest first; of one address (exact, normalized) when given."""
     query = Suppression.select().order_by(Suppression.id.desc())
     if address.strip():
         query = query.where(Suppression.value == address_key(address))
-    if tenant_id:
-        query = query.where(Suppression.tenant == tenant_id)
+    if tenant_ids is not None:
+        query = query.where(Suppression.tenant.in_(list(tenant_ids)))
     return page_of(query, number)
 
 
-def senders(number: int = 1) -> Page[SenderIdentity]:
+def senders(number: int = 1, *, tenant_ids: Tenants = None) -> Page[SenderIdentity]:
     """Sender identities with their tenants (for the tenants' limit overrides)."""
     query = (SenderIdentity.select(SenderIdentity, Tenant).join(Tenant)
              .order_by(SenderIdentity.tenant, SenderIdentity.email))
+    if tenant_ids is not None:
+        query = query.where(SenderIdentity.tenant.in_(list(tenant_ids)))
     return page_of(query, number)
 
 
-def tenant_ids() -> list[str]:
-    """Every tenant's id (for a form's choice of tenant)."""
-    return [tenant_id for (tenant_id,) in Tenant.select(Tenant.id).order_by(Tenant.id).tuples()]
+def tenant_ids(among: Tenants = None) -> list[str]:
+    """Every tenant's id, or those of ``among`` that exist (a form's choice of tenant)."""
+    query = Tenant.select(Tenant.id).order_by(Tenant.id)
+    if among is not None:
+        query = query.where(Tenant.id.in_(list(among)))
+    return [tenant_id for (tenant_id,) in query.tuples()]
 
 
 def row_or_none(model: type[peewee.Model], row_id: Any) -> Any:

@@ -117,7 +117,8 @@ def _node_order(plans) -> dict[Key, int]:
 
 
 def failures(*, plan_name: str | None = None, tenant_id: str | None = None,
-             limit: int = 50, offset: int = 0) -> list[dict]:
+             limit: int = 50, offset: int = 0,
+             tenant_ids: list[str] | None = None) -> list[dict]:
     """The enrollments that ended in failure, newest first, each with why: the error of
     its failed send (SendGrid's answer, a sender that is not verified, an unconfirmed
     ambiguous send), or why its email could not be rendered."""
@@ -133,6 +134,8 @@ def failures(*, plan_name: str | None = None, tenant_id: str | None = None,
         query = query.where(Plan.name == plan_name)
     if tenant_id:
         query = query.where(Enrollment.tenant == tenant_id)
+    if tenant_ids is not None:
+        query = query.where(Enrollment.tenant.in_(tenant_ids))
     rows = list(query.tuples())
     ids = [row[0] for row in rows]
     reasons: dict[int, str] = {}

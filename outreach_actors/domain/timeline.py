@@ -3,6 +3,7 @@ one contact, in time order, each with one line saying why it happened."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -51,21 +52,22 @@ class Timeline:
     suppressions: list[Entry]
 
 
-def find_contacts(query: str, *, tenant_id: str | None = None) -> list[Contact]:
+def find_contacts(query: str, *, tenant_ids: Collection[str] | None = None) -> list[Contact]:
     """Contacts whose id is ``query`` or whose address is ``query`` normalized (exact:
-    an index lookup, whatever the number of contacts)."""
+    an index lookup, whatever the number of contacts), of ``tenant_ids`` (default: any)."""
     query = query.strip()
     if not query:
         return []
     # Contacts are indexed by (tenant, email): naming the tenants lets the index find the
     # address in each, where the address alone would read every contact.
-    tenants = [tenant_id] if tenant_id else [row_id for (row_id,) in Tenant.select(Tenant.id).tuples()]
+    tenants = (list(tenant_ids) if tenant_ids is not None
+               else [row_id for (row_id,) in Tenant.select(Tenant.id).tuples()])
     condition = (Contact.tenant.in_(tenants)) & (Contact.email == address_key(query))
     if query.isdigit() and len(query) < 10:  # an id (PostgreSQL's integer holds 9 digits and more)
         condition = condition | (Contact.id == int(query))
     contacts = Contact.select().where(condition)
-    if tenant_id:
-        contacts = contacts.where(Contact.tenant == tenant_id)
+    if tenant_ids is not None:
+        contacts = contacts.where(Contact.tenant.in_(tenants))
     return list(contacts.order_by(Contact.tenant, Contact.id).limit(MAX_MATCHES))
 
 

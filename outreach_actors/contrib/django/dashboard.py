@@ -3,7 +3,8 @@
 Staff users only (``is_active`` and ``is_staff``); ``OUTREACH_DASHBOARD_PERMISSION`` in
 the Django settings (e.g. ``"outreach_actors.view_dashboard"``, any permission the
 project defines) narrows it to the staff who hold that permission. Anonymous visitors are
-sent to the login page, as the admin does.
+sent to the login page, as the admin does. ``OUTREACH_DASHBOARD_TENANTS``, a callable
+``(request) -> tenant ids or None``, limits a user to those tenants (None: every one).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from outreach_actors.worker.actors.webhooks import enqueue_delivery
 
 #: The Django setting naming the permission a staff user needs (default: none beyond staff).
 PERMISSION_SETTING = "OUTREACH_DASHBOARD_PERMISSION"
+#: The Django setting: a callable(request) giving the tenants a user may see (None: all).
+TENANTS_SETTING = "OUTREACH_DASHBOARD_TENANTS"
 
 app_name = "outreach_dashboard"
 
@@ -40,9 +43,12 @@ def dashboard(request: HttpRequest, path: str) -> HttpResponse:
         return HttpResponse("You may not see the outreach dashboard.\n", status=403,
                             content_type="text/plain; charset=utf-8")
     base = request.path[:len(request.path) - len(path)].rstrip("/")
+    tenants_of = getattr(settings, TENANTS_SETTING, None)
+    tenants = tenants_of(request) if tenants_of else None
     reply = _dashboard().handle(DashboardRequest(
         method=request.method or "GET", path="/" + path, base=base,
-        query=request.GET.dict(), form=request.POST.dict(), cookies=dict(request.COOKIES)))
+        query=request.GET.dict(), form=request.POST.dict(), cookies=dict(request.COOKIES),
+        tenants=None if tenants is None else frozenset(tenants)))
     headers = reply.headers()
     cookie = headers.pop("Set-Cookie", None)
     response = HttpResponse(reply.body, status=reply.status, headers=headers)

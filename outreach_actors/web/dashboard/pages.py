@@ -71,7 +71,8 @@ class BadRequest(Exception):
 
 @dataclass(frozen=True)
 class DashboardRequest:
-    """A request to the dashboard: ``path`` below its mount point, which is ``base``."""
+    """A request to the dashboard: ``path`` below its mount point, which is ``base``;
+    ``tenants``, the tenants whose data the user may see (None: every tenant)."""
 
     method: str
     path: str
@@ -79,6 +80,7 @@ class DashboardRequest:
     query: Mapping[str, str] = field(default_factory=dict)
     form: Mapping[str, str] = field(default_factory=dict)
     cookies: Mapping[str, str] = field(default_factory=dict)
+    tenants: frozenset[str] | None = None
 
 
 Handler = Callable[["_RequestContext", re.Match], Reply]
@@ -175,10 +177,12 @@ class Dashboard:
                      {"Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff"})
 
     def plans_page(self, request: _RequestContext, match: re.Match) -> Reply:
-        return self._page("plans.html", request, page=browse.plans(_page_number(request)))
+        return self._page("plans.html", request,
+                          page=browse.plans(_page_number(request), tenant_ids=request.tenants))
 
     def plan_page(self, request: _RequestContext, match: re.Match) -> Reply:
-        plan = _found(Plan.get_or_none(Plan.id == _row_id(match[1])), "plan", match[1])
+        plan = Plan.get_or_none(Plan.id == _row_id(match[1]))
+        plan = _found(plan, "plan", match[1], request, plan and plan.tenant_id)
         since, until = _day(request, "since"), _day(request, "until")
         if since and until and until < since:
             raise BadRequest(400, "The period's end (until) is before its start (since).")
@@ -197,7 +201,8 @@ class Dashboard:
         if contact_id:
             if not contact_id.isdigit():
                 raise BadRequest(400, "contact must be a contact's id (a whole number).")
-            contact = _found(Contact.get_or_none(Contact.id == _row_id(contact_id)), "contact", contact_id)
+            contact = Contact.get_or_none(Contact.id == _row_id(contact_id))
+            contact = _found(contact, "contact", contact_id, request, contact and contact.tenant_id)
             try:
                 preview = preview_node(plan, node, contact, self.settings)
             except PreviewError as exc:
@@ -215,26 +220,29 @@ class Dashboard:
 
     def contacts_page(self, request: _RequestContext, match: re.Match) -> Reply:
         query = request.form.get("q", "") if request.method == "POST" else ""
-        found = timeline.find_contacts(query) if query else []
+        found = timeline.find_contacts(query, tenant_ids=request.tenants) if query else []
         return self._page("contacts.html", request, query=query, contacts=found,
                           searched=bool(query.strip()))
 
     def timeline_page(self, request: _RequestContext, match: re.Match) -> Reply:
-        found = _found(timeline.contact_timeline(_row_id(match[1])), "contact", match[1])
+        found = timeline.contact_timeline(_row_id(match[1]))
+        found = _found(found, "contact", match[1], request, found and found.contact.tenant_id)
         return self._page("timeline.html", request, timeline=found)
 
     def message_page(self, request: _RequestContext, match: re.Match) -> Reply:
-        message = _found(OutboundMessage.get_or_none(OutboundMessage.id == match[1]),
-                         "message", match[1])
+        message = OutboundMessage.get_or_none(OutboundMessage.id == match[1])
+        message = _found(message, "message", match[1], request, message and message.tenant_id)
         return self._page("message.html", request, message=message)
 
     def failures_page(self, request: _RequestContext, match: re.Match) -> Reply:
         number = _page_number(request)
-        rows = stats.failures(limit=browse.PAGE_SIZE + 1, offset=(number - 1) * browse.PAGE_SIZE)
+        rows = stats.failures(limit=browse.PAGE_SIZE + 1, offset=(number - 1) * browse.PAGE_SIZE,
+                              tenant_ids=None if request.tenants is None else list(request.tenants))
         page = browse.Page(rows[:browse.PAGE_SIZE], number, len(rows) > browse.PAGE_SIZE)
         return self._page("failures.html", request, page=page)
 
     def webhooks_page(self, request: _RequestContext, match: re.Match) -> Reply:
+        _every_tenant(request)
         status = request.query.get("status") or None
         known = (WebhookDelivery.RECEIVED, WebhookDelivery.PROCESSED, WebhookDelivery.FAILED)
         if status is not None and status not in known:
@@ -243,6 +251,7 @@ class Dashboard:
         return self._page("webhooks.html", request, page=page, state=status, statuses=known)
 
     def webhook_page(self, request: _RequestContext, match: re.Match) -> Reply:
+        _every_tenant(request)
         delivery = _found(WebhookDelivery.get_or_none(WebhookDelivery.id == _row_id(match[1])),
                           "webhook delivery", match[1])
         body = bytes(delivery.body).decode("utf-8", errors="replace")
@@ -250,6 +259,7 @@ class Dashboard:
                           replayed=request.query.get("replayed") == "1")
 
     def replay(self, request: _RequestContext, match: re.Match) -> Reply:
+        _every_tenant(request)
         try:
             replay_delivery(_row_id(match[1]), self.enqueue_delivery)
         except LookupError:
@@ -258,13 +268,15 @@ class Dashboard:
 
     def suppressions_page(self, request: _RequestContext, match: re.Match) -> Reply:
         address = request.form.get("q", "") if request.method == "POST" else ""
-        return self._page("suppressions.html", request, query=address, tenants=browse.tenant_ids(),
-                          page=browse.suppressions(_page_number(request), address=address),
+        return self._page("suppressions.html", request, query=address,
+                          tenants=browse.tenant_ids(request.tenants),
+                          page=browse.suppressions(_page_number(request), address=address,
+                                                   tenant_ids=request.tenants),
                           done=request.query.get("done", ""))
 
     def add_suppression(self, request: _RequestContext, match: re.Match) -> Reply:
         tenant_id = request.form.get("tenant", "")
-        if Tenant.get_or_none(Tenant.id == tenant_id) is None:
+        if Tenant.get_or_none(Tenant.id == tenant_id) is None or not request.may_see(tenant_id):
             raise BadRequest(400, "Choose one of the tenants to suppress the address for.")
         try:
             address = normalized_address(request.form.get("address", ""))
@@ -277,12 +289,13 @@ class Dashboard:
         return self._redirect(request, f"/suppressions?done={'added' if added else 'already'}")
 
     def remove_suppression(self, request: _RequestContext, match: re.Match) -> Reply:
-        row = _found(Suppression.get_or_none(Suppression.id == _row_id(match[1])), "suppression", match[1])
+        row = Suppression.get_or_none(Suppression.id == _row_id(match[1]))
+        row = _found(row, "suppression", match[1], request, row and row.tenant_id)
         suppressions.lift(row.tenant_id, row.value, row.channel)
         return self._redirect(request, "/suppressions?done=removed")
 
     def senders_page(self, request: _RequestContext, match: re.Match) -> Reply:
-        page = browse.senders(_page_number(request))
+        page = browse.senders(_page_number(request), tenant_ids=request.tenants)
         limits = {
             sender.id: [(f"{limit.scope} per {'minute' if limit.period_ms == 60_000 else 'hour'}",
                          limit.limit)
@@ -315,15 +328,33 @@ class _RequestContext:
     def form(self) -> Mapping[str, str]:
         return self.request.form
 
+    @property
+    def tenants(self) -> frozenset[str] | None:
+        return self.request.tenants
+
+    def may_see(self, tenant_id: str) -> bool:
+        return self.request.tenants is None or tenant_id in self.request.tenants
+
     def url(self, path: str) -> str:
         """The URL of a dashboard path, under the mount point."""
         return self.request.base.rstrip("/") + path
 
 
-def _found(row: Any, what: str, row_id: str) -> Any:
-    if row is None:
+def _found(row: Any, what: str, row_id: str, request: _RequestContext | None = None,
+           tenant_id: str | None = None) -> Any:
+    """The row, or 404: also when it is of a tenant the user may not see (whether it
+    exists is not said)."""
+    if row is None or (request is not None and not request.may_see(tenant_id or "")):
         raise BadRequest(404, f"There is no {what} {row_id[:64]}.")
     return row
+
+
+def _every_tenant(request: _RequestContext) -> None:
+    """Refuse a user limited to some tenants: a webhook delivery carries the events of
+    any tenant."""
+    if request.tenants is not None:
+        raise BadRequest(403, "Webhook deliveries carry every tenant's events: only a user "
+                              "who may see every tenant sees them.")
 
 
 def _row_id(digits: str) -> int:
