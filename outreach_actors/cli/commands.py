@@ -694,12 +694,15 @@ def broker_status() -> None:
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 8))
 @click.option("--timeout", "timeout_s", default=120, show_default=True, type=int,
               help="Give up (and exit non-zero) after this many seconds.")
-def demo(contacts: int, workers: int, timeout_s: int) -> None:
+@click.option("--dashboard", is_flag=True,
+              help="Keep serving the dashboard after the campaign, until Ctrl-C.")
+def demo(contacts: int, workers: int, timeout_s: int, dashboard: bool) -> None:
     """Run a whole campaign locally: workers, the SendGrid stand-in, simulated engagement."""
     from outreach_actors.dev.demo import run_demo
 
     raise SystemExit(run_demo(contacts=contacts, workers=workers, timeout_s=timeout_s,
-                              console=console, funnel_table=funnel_table))
+                              console=console, funnel_table=funnel_table,
+                              keep_dashboard=dashboard))
 
 
 
