@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.expected_conditions import staleness_of
+from selenium.webdriver.support.wait import WebDriverWait
 
 from outreach_actors.domain import stats
 from outreach_actors.domain.store import models
@@ -38,9 +40,11 @@ AUTHORIZATION = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decod
 
 
 @contextmanager
-def running(app) -> Iterator[int]:
-    """``app`` on waitress in a thread, as ``outreach serve`` runs it; yields its port."""
-    server = http_server("127.0.0.1", 0, app, threads=4)
+def running(app, server=None) -> Iterator[int]:
+    """``app`` on waitress in a thread, as ``outreach serve`` runs it (or on ``server(app,
+    host=, port=)``, for a host's app); yields its port."""
+    server = (server(app, host="127.0.0.1", port=0, threads=4) if server
+              else http_server("127.0.0.1", 0, app, threads=4))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -85,13 +89,17 @@ def page(browser, dashboard: int, tmp_path: Path):
         def text(self) -> str:
             return browser.find_element(By.TAG_NAME, "main").text
 
+        def follow(self, element) -> None:
+            """Click a link or button and wait for the page it leads to."""
+            follow(browser, element)
+
     yield Page()
     browser.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {}})
 
 
 def test_a_plans_graph_is_drawn_with_its_counts(page) -> None:
     page.open("/")
-    page.driver.find_element(By.LINK_TEXT, "onboarding").click()
+    page.follow(page.driver.find_element(By.LINK_TEXT, "onboarding"))
     svg = page.driver.find_element(By.CSS_SELECTOR, "svg.graph")
     page.shot("plan")
     expected = {row["node"]: row for row in stats.funnel(plan_name="onboarding")}
@@ -112,6 +120,14 @@ def test_a_plans_graph_is_drawn_with_its_counts(page) -> None:
     assert len(boxes) == 4 and not any(_overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
 
 
+def follow(browser, element) -> None:
+    """Click ``element`` and wait until its page has been replaced by the next one (a
+    click returns before the navigation it starts)."""
+    old = browser.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(browser, 10).until(staleness_of(old))
+
+
 def _overlap(a, b) -> bool:
     return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
 
@@ -120,8 +136,8 @@ def test_a_contacts_timeline_leads_to_the_raw_webhook_which_replays(page) -> Non
     page.open("/contacts")
     field = page.driver.find_element(By.NAME, "q")
     field.send_keys("  ADA@Example.com ")  # found by its normalized address
-    field.submit()
-    page.driver.find_element(By.LINK_TEXT, "ada@example.com").click()
+    page.follow(page.driver.find_element(By.XPATH, "//button[text()='Find']"))
+    page.follow(page.driver.find_element(By.LINK_TEXT, "ada@example.com"))
     assert "/contacts/" in page.driver.current_url and "ada" not in page.driver.current_url
     page.shot("timeline")
     text = page.text()
@@ -130,9 +146,9 @@ def test_a_contacts_timeline_leads_to_the_raw_webhook_which_replays(page) -> Non
     links = page.driver.find_elements(By.PARTIAL_LINK_TEXT, "webhook ")
     assert links, text
     delivery_id = int(links[0].text.split()[-1])
-    links[0].click()
+    page.follow(links[0])
     assert '"ada@example.com"' in page.driver.find_element(By.CSS_SELECTOR, "pre.raw").text
-    page.driver.find_element(By.XPATH, "//button[text()='Replay']").click()
+    page.follow(page.driver.find_element(By.XPATH, "//button[text()='Replay']"))
     page.shot("webhook-replayed")
     assert "Queued for normalization again." in page.text()
     assert WebhookDelivery.get_by_id(delivery_id).status == WebhookDelivery.RECEIVED
@@ -141,14 +157,14 @@ def test_a_contacts_timeline_leads_to_the_raw_webhook_which_replays(page) -> Non
 def test_a_suppression_is_added_and_removed(page) -> None:
     page.open("/suppressions")
     page.driver.find_element(By.NAME, "address").send_keys("New.Person@Example.com")
-    page.driver.find_element(By.XPATH, "//button[text()='Suppress']").click()
+    page.follow(page.driver.find_element(By.XPATH, "//button[text()='Suppress']"))
     assert "Suppressed." in page.text()
     row = Suppression.get(Suppression.value == "new.person@example.com")
     assert (row.tenant_id, row.source) == ("acme", "dashboard")
     page.driver.find_element(By.NAME, "q").send_keys("new.person@example.com")
-    page.driver.find_element(By.XPATH, "//button[text()='Search']").click()
+    page.follow(page.driver.find_element(By.XPATH, "//button[text()='Search']"))
     page.shot("suppressions")
-    page.driver.find_element(By.CSS_SELECTOR, "button.remove").click()
+    page.follow(page.driver.find_element(By.CSS_SELECTOR, "button.remove"))
     assert "Suppression removed." in page.text()
     assert not Suppression.select().where(Suppression.value == "new.person@example.com").exists()
 

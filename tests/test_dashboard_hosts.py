@@ -201,3 +201,44 @@ def test_a_user_limited_to_some_tenants_sees_only_theirs(settings, data_dir) -> 
     refused = client.post("/outreach/suppressions/add", data={
         "tenant": "globex", "address": "b@example.com", "csrf_token": csrf_token_of(page)})
     assert refused.status_code == 400 and not Suppression.select().exists()
+
+
+@pytest.mark.parametrize("host", ["flask", "django"])
+def test_each_hosts_mount_in_a_browser(host, browser, settings, data_dir, tmp_path) -> None:
+    import waitress
+    from selenium.webdriver.common.by import By
+
+    from .test_dashboard import follow, running
+
+    make_tenant()
+    load_plan()
+    if host == "flask":
+        app = flask_dashboard(data_dir, [True])
+        browser.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {}})
+    else:
+        from django.core.handlers.wsgi import WSGIHandler
+
+        setup_django()
+        overrides = override_settings(
+            OUTREACH=outreach_config(data_dir, new_key()), ROOT_URLCONF=__name__,
+            MIDDLEWARE=["django.middleware.csrf.CsrfViewMiddleware", f"{__name__}.HeaderUserMiddleware"])
+        overrides.enable()
+        app = WSGIHandler()
+        browser.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"X-Test-User": "staff"}})
+    try:
+        with running(app, server=waitress.create_server) as port:
+            browser.delete_all_cookies()
+            browser.get(f"http://127.0.0.1:{port}/outreach/")
+            follow(browser, browser.find_element(By.LINK_TEXT, "onboarding"))
+            assert browser.find_elements(By.CSS_SELECTOR, 'svg.graph g.node[data-node="intro"]')
+            follow(browser, browser.find_element(By.LINK_TEXT, "Suppressions"))
+            browser.find_element(By.NAME, "address").send_keys("someone@example.com")
+            follow(browser, browser.find_element(By.XPATH, "//button[text()='Suppress']"))
+            browser.save_screenshot(str(tmp_path / f"{host}.png"))
+            print(f"screenshot: {tmp_path / f'{host}.png'}")
+            assert "Suppressed." in browser.find_element(By.TAG_NAME, "main").text
+            assert Suppression.get().value == "someone@example.com"
+    finally:
+        browser.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {}})
+        if host == "django":
+            overrides.disable()
