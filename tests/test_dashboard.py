@@ -143,6 +143,9 @@ def test_a_contacts_timeline_leads_to_the_raw_webhook_which_replays(page) -> Non
     text = page.text()
     assert "enrolled: intro is the start of onboarding v1" in text
     assert "intro moves on clicked to thanks" in text
+    page.follow(page.driver.find_element(By.LINK_TEXT, "content"))
+    assert "HTML (source)" in page.text() and "ada@example.com" in page.text()
+    page.driver.back()
     links = page.driver.find_elements(By.PARTIAL_LINK_TEXT, "webhook ")
     assert links, text
     delivery_id = int(links[0].text.split()[-1])

@@ -83,3 +83,23 @@ def test_hostile_plan_and_node_names_are_escaped(db) -> None:
     assert reply.status == 200
     assert "<script>x()" not in reply.body and "&lt;script&gt;x()&lt;/script&gt;" in reply.body
     assert "<img src=x" not in reply.body and "&lt;img src=x onerror=y()&gt;" in reply.body
+
+
+def test_a_node_is_previewed_for_a_chosen_contact(db) -> None:
+    from outreach_actors.domain import engine
+
+    make_tenant()
+    plan = load_plan()
+    contact_id = engine.enroll("acme", "eve@example.com", "onboarding",
+                               fields={"first_name": "<i>Eve</i>"}).contact_id
+    dashboard = Dashboard(get_settings(), enqueue_delivery=lambda delivery_id: None)
+    reply = dashboard.handle(DashboardRequest(
+        "GET", f"/plans/{plan.id}", query={"node": "intro", "contact": str(contact_id)}))
+    assert reply.status == 200
+    assert '<dd class="subject">Welcome, &lt;i&gt;Eve&lt;/i&gt;</dd>' in reply.body
+    not_email = dashboard.handle(DashboardRequest(
+        "GET", f"/plans/{plan.id}", query={"node": "thanks", "contact": str(contact_id)}))
+    assert not_email.status == 200 and "&#39;thanks&#39; is not an email node" in not_email.body
+    unknown = dashboard.handle(DashboardRequest(
+        "GET", f"/plans/{plan.id}", query={"node": "intro", "contact": "x1"}))
+    assert unknown.status == 400

@@ -105,7 +105,7 @@ class Dashboard:
                 ("GET", r"/contacts", self.contacts_page),
                 ("POST", r"/contacts", self.contacts_page),
                 ("GET", r"/contacts/(\d+)", self.timeline_page),
-                ("GET", r"/messages/([A-Za-z0-9_]{1,64})", self.message_page),
+                ("GET", r"/messages/([A-Za-z0-9_.~-]{1,64})", self.message_page),
                 ("GET", r"/failures", self.failures_page),
                 ("GET", r"/webhooks", self.webhooks_page),
                 ("GET", r"/webhooks/(\d+)", self.webhook_page),
