@@ -5,23 +5,35 @@ token of the page it came from."""
 
 from __future__ import annotations
 
+import base64
+import os
 import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 
 import pytest
+import waitress
 from click.testing import CliRunner
 from django.test import Client, override_settings
 from django.urls import include, path
 from flask import Flask
+from selenium.webdriver.common.by import By
 
 from outreach_actors.cli import main
 from outreach_actors.contrib.flask import OutreachFlask
+from outreach_actors.domain import engine
 from outreach_actors.domain.store.models import Plan, Suppression
 from outreach_actors.settings import SettingsError
 from outreach_actors.web.dashboard.access import hash_password, password_matches
 
 from .factories import load_plan, make_tenant
+from .test_dashboard import follow, running
 from .test_django import outreach_config, setup_django
+from .test_outreach_serve import free_port
 from .test_webhooks import host_runtime, new_key  # noqa: F401  (host_runtime is a fixture)
 
 pytestmark = pytest.mark.usefixtures("host_runtime")
@@ -164,8 +176,6 @@ def test_hash_password_makes_a_hash_the_dashboard_accepts() -> None:
 
 
 def test_explain_prints_the_timeline(settings) -> None:
-    from outreach_actors.domain import engine
-
     make_tenant()
     load_plan()
     engine.enroll("acme", "bob@example.com", "onboarding", fields={"first_name": "[bold]Bob"})
@@ -179,8 +189,6 @@ def test_explain_prints_the_timeline(settings) -> None:
 
 
 def test_a_user_limited_to_some_tenants_sees_only_theirs(settings, data_dir) -> None:
-    from outreach_actors.domain import engine
-
     for tenant in ("acme", "globex"):
         make_tenant(tenant)
         load_plan(tenant_id=tenant)
@@ -205,11 +213,6 @@ def test_a_user_limited_to_some_tenants_sees_only_theirs(settings, data_dir) -> 
 
 @pytest.mark.parametrize("host", ["flask", "django"])
 def test_each_hosts_mount_in_a_browser(host, browser, settings, data_dir, tmp_path) -> None:
-    import waitress
-    from selenium.webdriver.common.by import By
-
-    from .test_dashboard import follow, running
-
     make_tenant()
     load_plan()
     if host == "flask":
@@ -242,3 +245,35 @@ def test_each_hosts_mount_in_a_browser(host, browser, settings, data_dir, tmp_pa
         browser.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {}})
         if host == "django":
             overrides.disable()
+
+
+def test_outreach_serve_dashboard_serves_its_users_only(sqlite_db, data_dir) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("OUTREACH_")}
+    env.update({"OUTREACH_BROKER_URL": "stub://", "OUTREACH_DATA_DIR": str(data_dir),
+                "OUTREACH_DATABASE_URL": f"sqlite:///{data_dir / 'outreach.db'}",
+                "OUTREACH_DASHBOARD_USERS": f"ann:{hash_password('pw')}"})
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "outreach_actors.cli", "serve", "--dashboard",
+                               "--port", str(port)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/outreach/"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+            except urllib.error.HTTPError as refused:
+                assert refused.code == 401 and "Basic" in refused.headers["WWW-Authenticate"]
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+        token = base64.b64encode(b"ann:pw").decode()
+        page = urllib.request.urlopen(urllib.request.Request(
+            url, headers={"Authorization": f"Basic {token}"}), timeout=10)
+        assert page.status == 200 and "<h1>Plans</h1>" in page.read().decode()
+        assert page.headers["X-Frame-Options"] == "DENY"
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=10)[0]
+    assert f"serving the dashboard on http://127.0.0.1:{port}/outreach/" in output
