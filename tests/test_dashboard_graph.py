@@ -4,11 +4,14 @@ heard of is drawn from the plan's own structure; hostile names are escaped."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from outreach_actors.domain import engine, stats
 from outreach_actors.domain.plans import PlanError, load_plan_text, validate_plan
+from outreach_actors.domain.store.models import utcnow
 from outreach_actors.settings import get_settings
 from outreach_actors.web.dashboard import Dashboard, DashboardRequest
 from outreach_actors.web.dashboard.graph import draw_plan, plan_edges
@@ -86,8 +89,6 @@ def test_hostile_plan_and_node_names_are_escaped(db) -> None:
 
 
 def test_a_node_is_previewed_for_a_chosen_contact(db) -> None:
-    from outreach_actors.domain import engine
-
     make_tenant()
     plan = load_plan()
     contact_id = engine.enroll("acme", "eve@example.com", "onboarding",
@@ -103,3 +104,15 @@ def test_a_node_is_previewed_for_a_chosen_contact(db) -> None:
     unknown = dashboard.handle(DashboardRequest(
         "GET", f"/plans/{plan.id}", query={"node": "intro", "contact": "x1"}))
     assert unknown.status == 400
+
+
+def test_a_period_counts_its_moves_and_where_contacts_are_now(db) -> None:
+    make_tenant()
+    load_plan()
+    engine.enroll("acme", "eve@example.com", "onboarding")
+    tomorrow = utcnow() + timedelta(days=1)
+    everything = {row["node"]: row for row in stats.funnel(plan_name="onboarding")}
+    later = {row["node"]: row for row in stats.funnel(plan_name="onboarding", since=tomorrow)}
+    before = {row["node"]: row for row in stats.funnel(plan_name="onboarding", until=tomorrow)}
+    assert everything["intro"]["entered"] == before["intro"]["entered"] == 1
+    assert later["intro"]["entered"] == 0 and later["intro"]["active"] == 1

@@ -65,7 +65,8 @@ def funnel(*, plan_name: str | None = None, tenant_id: str | None = None,
         .join(Enrollment).join(Plan)
         .where(Plan.id.in_(plan_ids),
                OutboundMessage.status.in_([OutboundMessage.SENT, OutboundMessage.AMBIGUOUS]),
-               *_period(OutboundMessage.created_at, since, until))
+               *_period(fn.COALESCE(OutboundMessage.sent_at, OutboundMessage.created_at),
+                        since, until))
         .group_by(*group, OutboundMessage.node, OutboundMessage.status)
     )
     for tenant, name, node, status, count in messages.tuples():
