@@ -277,3 +277,13 @@ def test_outreach_serve_dashboard_serves_its_users_only(sqlite_db, data_dir) -> 
         server.terminate()
         output = server.communicate(timeout=10)[0]
     assert f"serving the dashboard on http://127.0.0.1:{port}/outreach/" in output
+
+
+def test_a_dashboard_whose_database_is_down_answers_503(settings, data_dir) -> None:
+    app = Flask(__name__)
+    app.config.update({"OUTREACH_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none",
+                       "OUTREACH_BROKER_URL": "stub://", "OUTREACH_DATA_DIR": str(data_dir)})
+    OutreachFlask(app, dashboard=True, authorize=lambda request: True)
+    response = app.test_client().get("/outreach/")
+    assert response.status_code == 503
+    assert "The outreach database cannot be reached" in response.text

@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 import jinja2
+import peewee
 
 from outreach_actors.domain import browse, stats, suppressions, timeline
 from outreach_actors.domain.addresses import normalized_address
@@ -133,6 +134,9 @@ class Dashboard:
         except BadRequest as exc:
             reply = self._page("error.html", context, status=exc.status,
                                title=HTTPStatus(exc.status).phrase, message=str(exc))
+        except (peewee.OperationalError, peewee.InterfaceError):
+            reply = self._page("error.html", context, status=503, title="Unavailable",
+                               message="The outreach database cannot be reached; try again shortly.")
         if new_secret is None:
             return reply
         cookie = (f"{CSRF_COOKIE}={new_secret}; Path={request.base or '/'}; HttpOnly; "
