@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from selenium.webdriver.common.by import By
@@ -203,6 +204,10 @@ def test_without_credentials_the_dashboard_is_refused(browser, dashboard: int) -
     assert status == 401 and "needs a user and password" in body
     wrong = "Basic " + base64.b64encode(f"{USER}:guess".encode()).decode()
     assert _request(dashboard, "GET", "/outreach/", authorization=wrong)[0] == 401
+    # Logging in as a person does (credentials given once), the browser keeps them.
+    browser.get(f"http://{USER}:{quote(PASSWORD)}@127.0.0.1:{dashboard}/outreach/")
+    follow(browser, browser.find_element(By.LINK_TEXT, "Senders"))
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Senders"
 
 
 def test_a_post_without_the_csrf_token_changes_nothing(dashboard: int) -> None:
