@@ -111,9 +111,18 @@ def dashboard(path: str) -> Response:
     return _response(pages.handle(DashboardRequest(
         method=request.method, path="/" + path, base=base,
         query=request.args.to_dict(flat=True), form=request.form.to_dict(flat=True),
-        cookies=dict(request.cookies),
-        # True: every tenant; a collection of tenant ids: those only.
-        tenants=None if allowed is True else frozenset(allowed))))
+        cookies=dict(request.cookies), tenants=_tenants(allowed))))
+
+
+def _tenants(allowed: object) -> frozenset[str] | None:
+    """What ``authorize`` returned, as the tenants the user may see (None: every one)."""
+    if allowed is True:
+        return None
+    if isinstance(allowed, Collection) and not isinstance(allowed, str) and all(
+            isinstance(tenant, str) for tenant in allowed):
+        return frozenset(allowed)
+    raise TypeError(f"OutreachFlask's authorize must return True, False or tenant ids, "
+                    f"not {type(allowed).__name__}")
 
 
 def _endpoints() -> Endpoints:
