@@ -176,6 +176,9 @@ class Settings(BaseModel):
     # The host's Dramatiq actor told of goals, exits, failures, replies and unsubscribes
     # ("myapp.tasks.on_outreach_event"); unset, no notification is written.
     notify_actor: str | None = None
+    # Who may open the standalone dashboard (`outreach serve --dashboard`): comma-separated
+    # user:hash pairs, hashes from `outreach dashboard hash-password`. Empty: it does not start.
+    dashboard_users: str = ""
 
     @field_validator(
         "webhook_max_body_bytes",

@@ -102,3 +102,41 @@ def test_a_demo_killed_outright_is_cleaned_up_by_the_next_one(tmp_path: Path) ->
     assert "40 contacts, 40 finished" in result.stdout
     _, alive = psutil.wait_procs(orphans, timeout=5)
     assert [" ".join(process.cmdline()) for process in alive] == []
+
+
+def test_demo_with_dashboard_serves_it_until_ctrl_c(tmp_path: Path) -> None:
+    import base64
+    import re
+    import urllib.error
+    import urllib.request
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
+    env["COLUMNS"] = "200"  # one line per message, for the test to read
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "outreach_actors.cli", "demo", "--contacts", "10", "--timeout", "90",
+         "--dashboard"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+    try:
+        output = ""
+        for line in demo.stdout:
+            output += line
+            if "until Ctrl-C" in line:
+                break
+        found = re.search(r"dashboard: (http://127\.0\.0\.1:\d+/outreach/)\s+\(user demo, password (\S+),",
+                          output)
+        assert found and "until Ctrl-C" in output, output[-3000:]
+        url, password = found.groups()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=10)
+        assert refused.value.code == 401
+        token = base64.b64encode(f"demo:{password}".encode()).decode()
+        page = urllib.request.urlopen(urllib.request.Request(
+            url, headers={"Authorization": f"Basic {token}"}), timeout=10).read().decode()
+        assert "onboarding" in page
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=60) == 0
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    assert _processes_under(tmp_path / "var") == []

@@ -732,7 +732,10 @@ def webhooks_show(delivery_id: int, raw_body: bool) -> None:
 @click.option("--idle-timeout", default=DEFAULT_IDLE_TIMEOUT_S,
               show_default=True, type=click.IntRange(1, 3600),
               help="Seconds a connection may stay silent before it is closed.")
-def serve(host: str, port: int, threads: int, connection_limit: int, idle_timeout: int) -> None:
+@click.option("--dashboard", is_flag=True,
+              help="Also serve the dashboard under /outreach/, to OUTREACH_DASHBOARD_USERS only.")
+def serve(host: str, port: int, threads: int, connection_limit: int, idle_timeout: int,
+          dashboard: bool) -> None:
     """Serve the webhook and unsubscribe endpoints (standalone WSGI app, on waitress)."""
     from outreach_actors.web.app import make_app
     from outreach_actors.web.app import serve as serve_wsgi
@@ -740,6 +743,14 @@ def serve(host: str, port: int, threads: int, connection_limit: int, idle_timeou
     _open_database()
     app = make_app()  # a bad setting ends the command here, before "serving"
     console.print(f"serving POST /webhooks/sendgrid and /unsubscribe/<token> on http://{host}:{port}")
+    if dashboard:
+        from outreach_actors.web.dashboard.wsgi import DASHBOARD_PREFIX, DashboardWSGI
+
+        try:
+            app = DashboardWSGI(app)
+        except SettingsError as exc:
+            _fail(str(exc))
+        console.print(f"serving the dashboard on http://{host}:{port}{DASHBOARD_PREFIX}/")
     try:
         serve_wsgi(host, port, app, threads=threads, connection_limit=connection_limit,
                    idle_timeout_s=idle_timeout)
@@ -794,12 +805,15 @@ def broker_status() -> None:
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 8))
 @click.option("--timeout", "timeout_s", default=120, show_default=True, type=int,
               help="Give up (and exit non-zero) after this many seconds.")
-def demo(contacts: int, workers: int, timeout_s: int) -> None:
+@click.option("--dashboard", is_flag=True,
+              help="Keep serving the dashboard after the campaign, until Ctrl-C.")
+def demo(contacts: int, workers: int, timeout_s: int, dashboard: bool) -> None:
     """Run a whole campaign locally: workers, the SendGrid stand-in, simulated engagement."""
     from outreach_actors.dev.demo import run_demo
 
     raise SystemExit(run_demo(contacts=contacts, workers=workers, timeout_s=timeout_s,
-                              console=console, funnel_table=funnel_table))
+                              console=console, funnel_table=funnel_table,
+                              keep_dashboard=dashboard))
 
 
 
@@ -832,6 +846,25 @@ def track(email: str, event: str, tenant: str, properties: str | None, event_id:
         console.print(Text(f"event {result.event_key} was stored before: nothing done again"))
     else:
         console.print(Text(f"stored {event} for {email}; moved {result.moved} enrollment(s)"))
+
+
+# --- dashboard -------------------------------------------------------------------
+
+@main.group()
+def dashboard() -> None:
+    """The dashboard's users (`outreach serve --dashboard`)."""
+
+
+@dashboard.command("hash-password")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True,
+              help="The password to hash (prompted for when not given).")
+def dashboard_hash_password(password: str) -> None:
+    """Print a hash for OUTREACH_DASHBOARD_USERS=user:HASH."""
+    from outreach_actors.web.dashboard.access import hash_password
+
+    if not password:
+        _fail("an empty password protects nothing")
+    click.echo(hash_password(password))
 
 
 @main.command()
@@ -878,3 +911,37 @@ def resume(email: str, tenant: str, plan_name: str) -> None:
     """Resume a paused enrollment: overdue timers fire in order, an overdue send waits
     for the next send window."""
     _control("resume", email, tenant, plan_name)
+
+
+@main.command()
+@click.argument("email")
+@click.option("--plan", "plan_name", default=None, help="Only the enrollments in this plan.")
+@click.option("--tenant", default=None, help="Only this tenant's contact.")
+def explain(email: str, plan_name: str | None, tenant: str | None) -> None:
+    """Why a contact got (or did not get) each email: the dashboard's timeline."""
+    from outreach_actors.domain.timeline import contact_timeline, find_contacts
+
+    _open_database()
+    contacts = find_contacts(email, tenant_ids=[tenant] if tenant else None)
+    if not contacts:
+        _fail(f"no contact {email}" + (f" in tenant {tenant}" if tenant else ""))
+    for contact in contacts:
+        timeline = contact_timeline(contact.id)
+        console.print(Text(f"contact {contact.id} {contact.email} (tenant {contact.tenant_id})",
+                           style="bold"))
+        for entry in timeline.suppressions:
+            console.print(Text(f"  {entry.at:%Y-%m-%d %H:%M:%S}  {entry.what}: {entry.why}"))
+        sections = [section for section in timeline.enrollments
+                    if plan_name is None or section.plan.name == plan_name]
+        if not sections:
+            console.print("  not enrolled" + (f" in {plan_name}" if plan_name else ""))
+        for section in sections:
+            enrollment = section.enrollment
+            console.print(Text(f"  enrollment {enrollment.id} in {section.plan.name} "
+                               f"v{section.plan.version}: {enrollment.status} at "
+                               f"{enrollment.current_node}"))
+            table = Table("when", "what", "why")
+            for entry in section.entries:
+                what = entry.what + (" (synthetic)" if entry.synthetic else "")
+                table.add_row(*_cells(f"{entry.at:%Y-%m-%d %H:%M:%S}", what, entry.why))
+            console.print(table)

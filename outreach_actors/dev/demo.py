@@ -167,9 +167,11 @@ def _handle_termination() -> dict[int, object]:
 
 
 def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console,
-             funnel_table: Callable[[list[dict]], Any]) -> int:
+             funnel_table: Callable[[list[dict]], Any], keep_dashboard: bool = False) -> int:
     """Run the demo; returns the exit status (0 when every contact finished the plan).
     ``funnel_table`` draws the funnel as ``outreach stats`` does (the CLI passes its own).
+    The dashboard is served while it runs (its URL and a one-time password printed
+    first) and, with ``keep_dashboard``, after it until Ctrl-C.
 
     SIGTERM and SIGHUP stop it as Ctrl-C does, cleaning up first, then raise
     SystemExit(128 + the signal's number).
@@ -177,7 +179,9 @@ def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console,
     from outreach_actors.dev.simulation import EngagementSimulator
     from outreach_actors.dev.standin import SendGridStandIn
     from outreach_actors.dev.webhook_events import generate_webhook_keys
-    from outreach_actors.web.app import make_app
+    from outreach_actors.web.app import ThreadingWSGIServer, make_app
+    from outreach_actors.web.dashboard.access import hash_password
+    from outreach_actors.web.dashboard.wsgi import DASHBOARD_PREFIX, DashboardWSGI
     from outreach_actors.worker import runtime
     from outreach_actors.worker.embedded import stop_embedded_redis
 
@@ -193,6 +197,7 @@ def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console,
     keys = generate_webhook_keys()
     secret_key = secrets.token_urlsafe(32)
     events_secret = secrets.token_urlsafe(32)
+    dashboard_password = secrets.token_urlsafe(12)  # this run's only: printed, never stored
     standin = SendGridStandIn(api_key=DEMO_API_KEY).start()
     port = _free_port()
     environment = {
@@ -221,6 +226,7 @@ def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console,
         sendgrid_api_host=standin.host, sendgrid_webhook_public_key=keys.public_key,
         public_base_url=f"http://127.0.0.1:{port}", dispatch_interval=timedelta(seconds=0.5),
         secret_key=secret_key, events_secret=events_secret,
+        dashboard_users=f"demo:{hash_password(dashboard_password)}",
     )
     processes: list[subprocess.Popen] = []
     server = None
@@ -234,8 +240,11 @@ def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console,
         models.create_schema(database)
         _seed(contacts, templates_dir)
 
-        server = make_server("127.0.0.1", port, make_app(settings), handler_class=_QuietHandler)
+        server = make_server("127.0.0.1", port, DashboardWSGI(make_app(settings)),
+                             server_class=ThreadingWSGIServer, handler_class=_QuietHandler)
         threading.Thread(target=server.serve_forever, name="webhooks", daemon=True).start()
+        console.print(Text(f"dashboard: http://127.0.0.1:{port}{DASHBOARD_PREFIX}/  "
+                           f"(user demo, password {dashboard_password}, this run only)"))
 
         child_env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
         child_env.update(environment)
@@ -281,6 +290,15 @@ def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console,
             # Paths and errors are data: shown as Text, never read as Rich markup.
             console.print(Text.assemble((f"not every contact finished within {timeout_s}s", "red"),
                                         f"; worker log: {log_path}"))
+        if keep_dashboard:
+            simulator._stop.set()
+            _stop_processes(processes)
+            processes.clear()
+            console.print(Text(f"serving the dashboard on http://127.0.0.1:{port}"
+                               f"{DASHBOARD_PREFIX}/ until Ctrl-C"))
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    time.sleep(1)
     except Exception as exc:  # the demo must always clean up and say what went wrong
         console.print(Text.assemble(("demo failed:", "red"), f" {exc}"))
         status = 1

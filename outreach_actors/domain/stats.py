@@ -4,6 +4,7 @@ what needs an operator's eye (contacts still there, failures, unresolved sends).
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import datetime
 
 from peewee import fn
 
@@ -32,14 +33,20 @@ EVENT_COLUMNS = ["delivered", "opened", "clicked", "bounced", "no_open", "no_cli
 Key = tuple[str, str, str]  # tenant, plan, node
 
 
-def funnel(*, plan_name: str | None = None, tenant_id: str | None = None) -> list[dict]:
+def funnel(*, plan_name: str | None = None, tenant_id: str | None = None,
+           version: int | None = None, since: datetime | None = None,
+           until: datetime | None = None) -> list[dict]:
     """One row per (tenant, plan, node) in plan order; event columns count distinct
-    messages. Plans of the same name in two tenants are two funnels."""
+    messages. Plans of the same name in two tenants are two funnels. ``version``: of that
+    plan version only; ``since``/``until``: visits, sends and events of that period only
+    (active, exited and failed count contacts where they are now)."""
     plans = Plan.select()
     if plan_name:
         plans = plans.where(Plan.name == plan_name)
     if tenant_id:
         plans = plans.where(Plan.tenant == tenant_id)
+    if version is not None:
+        plans = plans.where(Plan.version == version)
     plan_ids = [p.id for p in plans]
     if not plan_ids:
         return []
@@ -49,7 +56,8 @@ def funnel(*, plan_name: str | None = None, tenant_id: str | None = None) -> lis
     entered = (
         NodeVisit.select(*group, NodeVisit.node, fn.COUNT(NodeVisit.id))
         .join(Enrollment).join(Plan)
-        .where(Plan.id.in_(plan_ids)).group_by(*group, NodeVisit.node)
+        .where(Plan.id.in_(plan_ids), *_period(NodeVisit.entered_at, since, until))
+        .group_by(*group, NodeVisit.node)
     )
     for tenant, name, node, count in entered.tuples():
         counts[(tenant, name, node)]["entered"] = count
@@ -59,7 +67,9 @@ def funnel(*, plan_name: str | None = None, tenant_id: str | None = None) -> lis
                                fn.COUNT(OutboundMessage.id))
         .join(Enrollment).join(Plan)
         .where(Plan.id.in_(plan_ids),
-               OutboundMessage.status.in_([OutboundMessage.SENT, OutboundMessage.AMBIGUOUS]))
+               OutboundMessage.status.in_([OutboundMessage.SENT, OutboundMessage.AMBIGUOUS]),
+               *_period(fn.COALESCE(OutboundMessage.sent_at, OutboundMessage.created_at),
+                        since, until))
         .group_by(*group, OutboundMessage.node, OutboundMessage.status)
     )
     for tenant, name, node, status, count in messages.tuples():
@@ -73,7 +83,7 @@ def funnel(*, plan_name: str | None = None, tenant_id: str | None = None) -> lis
         # Opens and clicks as plans count them: no machine opens (unless the settings
         # say so), no clicks on our own unsubscribe link.
         .where(Plan.id.in_(plan_ids), MessageEvent.type.in_(EVENT_COLUMNS),
-               ~uncounted_events())
+               ~uncounted_events(), *_period(MessageEvent.occurred_at, since, until))
         .group_by(*group, OutboundMessage.node, MessageEvent.type)
     )
     for tenant, name, node, event_type, count in events.tuples():
@@ -105,6 +115,9 @@ def _plan_totals(plan: dict | None) -> dict:
     plan = plan or {"enrolled": 0, "converted": 0, "conversion_rate": 0.0}
     return {"plan_enrolled": plan["enrolled"], "plan_converted": plan["converted"],
             "conversion_rate": plan["conversion_rate"]}
+def _period(column, since: datetime | None, until: datetime | None) -> list:
+    """Conditions keeping ``column`` within [since, until) (none for an open end)."""
+    return ([column >= since] if since else []) + ([column < until] if until else [])
 
 
 def _node_order(plans) -> dict[Key, int]:
@@ -116,7 +129,8 @@ def _node_order(plans) -> dict[Key, int]:
 
 
 def failures(*, plan_name: str | None = None, tenant_id: str | None = None,
-             limit: int = 50) -> list[dict]:
+             limit: int = 50, offset: int = 0,
+             tenant_ids: list[str] | None = None) -> list[dict]:
     """The enrollments that ended in failure, newest first, each with why: the error of
     its failed send (SendGrid's answer, a sender that is not verified, an unconfirmed
     ambiguous send), or why its email could not be rendered."""
@@ -126,12 +140,14 @@ def failures(*, plan_name: str | None = None, tenant_id: str | None = None,
         .join(Plan).switch(Enrollment).join(Contact)
         .where(Enrollment.status == Enrollment.FAILED)
         .order_by(Enrollment.updated_at.desc(), Enrollment.id.desc())
-        .limit(limit)
+        .limit(limit).offset(offset)
     )
     if plan_name:
         query = query.where(Plan.name == plan_name)
     if tenant_id:
         query = query.where(Enrollment.tenant == tenant_id)
+    if tenant_ids is not None:
+        query = query.where(Enrollment.tenant.in_(tenant_ids))
     rows = list(query.tuples())
     ids = [row[0] for row in rows]
     reasons: dict[int, str] = {}
@@ -179,3 +195,19 @@ def goals(*, plan_name: str | None = None, tenant_id: str | None = None) -> list
     for row in plans.values():
         row["conversion_rate"] = round(row["converted"] / row["enrolled"], 4) if row["enrolled"] else 0.0
     return [plans[key] for key in sorted(plans)]
+def transition_counts(plan_id: int, *, since: datetime | None = None,
+                      until: datetime | None = None) -> dict[tuple[str, str, str], int]:
+    """How many moves each transition of one plan version made, by (from node, event,
+    to node), in the period: each visit joined to the visit before it (a move raises
+    the enrollment's version by one)."""
+    previous = NodeVisit.alias()
+    moves = (
+        NodeVisit.select(previous.node, NodeVisit.via_event, NodeVisit.node, fn.COUNT(NodeVisit.id))
+        .join(Enrollment, on=NodeVisit.enrollment == Enrollment.id)
+        .join(previous, on=(previous.enrollment == NodeVisit.enrollment)
+              & (previous.version == NodeVisit.version - 1))
+        .where(Enrollment.plan == plan_id, NodeVisit.via_event.is_null(False),
+               *_period(NodeVisit.entered_at, since, until))
+        .group_by(previous.node, NodeVisit.via_event, NodeVisit.node)
+    )
+    return {(source, event, target): count for source, event, target, count in moves.tuples()}
