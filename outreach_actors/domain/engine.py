@@ -20,6 +20,7 @@ from typing import Any
 import peewee
 
 from outreach_actors.domain.addresses import address_key, normalized_address
+from outreach_actors.domain.blackouts import tenant_blackouts
 from outreach_actors.domain.plans import (
     PlanSpec,
     iana_zone,
@@ -195,11 +196,13 @@ def _enter(
         for enrollment in enrollments
     ])
     if node.type == "email":
-        # The contact's zone matters only inside a send window: skip the query otherwise.
-        zones = _contact_zones(enrollments) if plan.send_window else {}
+        window = plan.window_of(node_name)
+        blackouts = tenant_blackouts(enrollments[0].tenant_id)
+        # The contact's zone matters only inside a send window or around blackout dates.
+        zones = _contact_zones(enrollments) if window or blackouts else {}
         _schedule([
             (enrollment, node_name, ScheduledAction.SEND, None,
-             next_send_time(now, plan.send_window, zones.get(enrollment.contact_id)))
+             next_send_time(now, window, zones.get(enrollment.contact_id), blackouts))
             for enrollment in enrollments
         ])
     elif node.type == "wait":

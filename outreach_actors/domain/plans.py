@@ -168,6 +168,16 @@ Categories = Annotated[list[str], AfterValidator(_sendgrid_categories)]
 MAX_CATEGORIES = 10
 
 
+def _asm_group(value: int) -> int:
+    # SendGrid's unsubscribe group ids are positive integers (asm.group_id).
+    if isinstance(value, bool) or value < 1:
+        raise ValueError(f"an unsubscribe group is a positive SendGrid group id, got {value!r}")
+    return value
+
+
+AsmGroup = Annotated[int, AfterValidator(_asm_group)]
+
+
 class Node(_Strict):
     type: Literal["email", "wait", "exit"]
     subject: str | None = None
@@ -175,6 +185,12 @@ class Node(_Strict):
     body: str | None = None
     categories: Categories = Field(default_factory=list)
     transitions: list[Transition] = Field(default_factory=list)
+    # Sending policy of an email node (README, "Sending policy"): its own send window
+    # over the plan's, whether it counts against the tenant's frequency caps (false
+    # for mail the contact asked for), and its SendGrid unsubscribe group.
+    send_window: SendWindow | None = None
+    frequency_cap: bool = True
+    asm_group: AsmGroup | None = None
 
 
 def _stored(info: ValidationInfo) -> bool:
@@ -223,6 +239,19 @@ class PlanSpec(_Strict):
     categories: Categories = Field(default_factory=list)
     allow_reentry: bool = False
     description: str = ""
+    # The SendGrid unsubscribe group of the plan's emails (a node may name its own).
+    asm_group: AsmGroup | None = None
+
+    def window_of(self, node_name: str) -> SendWindow | None:
+        """The send window of a node's email: its own, else the plan's."""
+        node = self.nodes.get(node_name)
+        return (node.send_window if node is not None and node.send_window else None) \
+            or self.send_window
+
+    def asm_group_of(self, node_name: str) -> int | None:
+        """The unsubscribe group of a node's email: its own, else the plan's."""
+        node = self.nodes.get(node_name)
+        return (node.asm_group if node is not None and node.asm_group else None) or self.asm_group
 
     def node(self, name: str) -> Node:
         return self.nodes[name]
