@@ -16,6 +16,9 @@ from outreach_actors.domain import dispatch, engine
 from outreach_actors.domain.engine import AlreadyEnrolled, EnrollmentError
 from outreach_actors.domain.enroll_many import ContactRow, EnrollManyResult
 from outreach_actors.domain.enroll_many import enroll_many as _enroll_many
+from outreach_actors.domain.pauses import PauseChange
+from outreach_actors.domain.pauses import pause_plan as _pause_plan
+from outreach_actors.domain.pauses import resume_plan as _resume_plan
 from outreach_actors.domain.store.models import Enrollment
 from outreach_actors.web.endpoints import (
     UNSUBSCRIBE_PATH,
@@ -29,7 +32,7 @@ from outreach_actors.worker.actors.mail import enqueue_actions
 
 __all__ = ["UNSUBSCRIBE_PATH", "WEBHOOK_PATH", "AlreadyEnrolled", "ContactRow", "Endpoints",
            "EnrollManyResult", "EnrollmentError", "OutreachUnavailable", "activate", "enroll",
-           "enroll_many", "host_settings"]
+           "enroll_many", "host_settings", "pause_plan", "resume_plan"]
 
 
 class OutreachUnavailable(RuntimeError):
@@ -69,3 +72,17 @@ def enroll_many(tenant_id: str, plan_name: str, rows: Iterable[ContactRow], *,
             return _enroll_many(tenant_id, plan_name, rows, import_key=import_key)
     except peewee.OperationalError as exc:
         raise OutreachUnavailable(f"the outreach database cannot be reached: {exc}") from exc
+
+
+def pause_plan(tenant_id: str, plan_name: str, *, reason: str = "", by: str = "") -> PauseChange:
+    """Hold every send and timer of the plan until resume_plan; idempotent (``changed``
+    says whether it was running). Raises PauseError (a LookupError) for an unknown plan."""
+    with database_connection():
+        return _pause_plan(tenant_id, plan_name, reason=reason, by=by)
+
+
+def resume_plan(tenant_id: str, plan_name: str, *, by: str = "") -> PauseChange:
+    """Lift the plan's pause: sends that fell due go out in each contact's next send
+    window within the rate limits, timers that fell due fire in order; idempotent."""
+    with database_connection():
+        return _resume_plan(tenant_id, plan_name, by=by)

@@ -222,7 +222,9 @@ class OutboundMessage(BaseModel):
         # every rendered message, filtered by id, whenever its statistics took
         # rendered messages for rare: so each send of a burst, or of mail held by rate
         # limits, cost as much as the backlog before it. Here both are index keys.
-        indexes = ((("status", "id"), False),)
+        indexes = ((("status", "id"), False),
+                   # The reputation check and `outreach stats` count the sends of a window.
+                   (("sent_at",), False))
 
 
 class WebhookDelivery(BaseModel):
