@@ -197,7 +197,9 @@ def _enter(
     ])
     if node.type == "email":
         window = plan.window_of(node_name)
-        blackouts = tenant_blackouts(enrollments[0].tenant_id)
+        tenant_id = enrollments[0].tenant_id or Enrollment.select(Enrollment.tenant).where(
+            Enrollment.id == enrollments[0].id).scalar()  # a row read without its tenant
+        blackouts = tenant_blackouts(tenant_id)
         # The contact's zone matters only inside a send window or around blackout dates.
         zones = _contact_zones(enrollments) if window or blackouts else {}
         _schedule([

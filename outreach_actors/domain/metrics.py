@@ -63,6 +63,6 @@ def observe(name: str, value: float) -> None:
     metric(name).observe(value)
 
 
-def set_gauge(name: str, value: float, **labels: str) -> None:
+def set_gauge(name: str, value: float, /, **labels: str) -> None:
     gauge = metric(name)
     (gauge.labels(**labels) if labels else gauge).set(value)
