@@ -47,14 +47,14 @@ def day_limit(limits: list[Limit]) -> Limit:
     return found
 
 
-def grants_until_refused(limiter, now: datetime, **kwargs) -> tuple[int, int]:
+def grants_until_refused(rate_limiter, now: datetime, **kwargs) -> tuple[int, int]:
     """Take a send's limits at ``now`` until refused: (grants, the refusal's wait ms).
     The other scopes are lifted so that the day is what binds."""
     granted = 0
     while True:
         limits = [limit for limit in send_limits(now, **kwargs)
                   if limit.scope in ("sender_day", "contact")]
-        decision = limiter.decide(limits, ms(now))
+        decision = rate_limiter.decide(limits, ms(now))
         if decision.wait_ms:
             return granted, decision.wait_ms
         granted += 1
@@ -237,7 +237,7 @@ def test_a_daily_cap_is_exact_with_processes_and_threads_contending() -> None:
 
 
 def test_a_frequency_cap_and_a_daily_cap_hold_across_threads_in_memory() -> None:
-    limiter = MemoryRateLimiter()
+    memory = MemoryRateLimiter()
     now = datetime(2026, 12, 5, 12)
     granted: list[str] = []
 
@@ -247,7 +247,7 @@ def test_a_frequency_cap_and_a_daily_cap_hold_across_threads_in_memory() -> None
             tenant_limits={"frequency_caps": [[2, "P1D"]]}, recipient=recipient)
             if limit.scope in ("sender_day", "contact")]
         for _ in range(20):
-            if limiter.decide(limits, ms(now)).wait_ms == 0:
+            if memory.decide(limits, ms(now)).wait_ms == 0:
                 granted.append(recipient)
 
     threads = [threading.Thread(target=send, args=(f"c{n % 5}@example.com",)) for n in range(10)]
