@@ -245,10 +245,13 @@ def _send_message(message_id: str, client, *, now: datetime | None = None,
         return SendResult(message_id, OutboundMessage.CANCELLED, "enrollment moved on")
     # Suppressions win: checked again right before the provider call, by the claim
     # itself (an address stored other than normalized is looked up on its own).
+    asm_group = (plan_for_id(claimed.plan_id).asm_group_of(claimed.node)
+                 if claimed.plan_id is not None and claimed.node else None)
     suppressed = (
         claimed.suppressed if claimed.to_email == address_key(claimed.to_email)
         else is_suppressed(claimed.tenant_id, claimed.to_email)
-    )
+    ) or (asm_group is not None  # and the group's own unsubscribes, ingested from SendGrid
+          and is_suppressed(claimed.tenant_id, claimed.to_email, asm_group_id=asm_group))
     if suppressed:
         with write_transaction():  # together, as in _fail
             _set_status(message_id, OutboundMessage.SUPPRESSED, error="address is suppressed")
@@ -267,6 +270,7 @@ def _send_message(message_id: str, client, *, now: datetime | None = None,
             html=claimed.html, text=claimed.text, categories=list(claimed.categories or []),
             headers=dict(claimed.headers or {}),
             custom_args={"outreach_message_id": message_id, "outreach_tenant": claimed.tenant_id},
+            asm_group=asm_group,
         )
     )
     if outcome.kind == "sent":
