@@ -177,6 +177,13 @@ def reschedule_overdue_sends(tenant_id: str, plan_name: str, now: datetime) -> i
     return moved
 
 
+def in_force(tenant_id: str, kind: str, name: str) -> bool:
+    """Whether the plan or sender is paused, read now (not from this process's cache)."""
+    return SendingPause.select().where(
+        SendingPause.tenant == tenant_id, SendingPause.kind == kind, SendingPause.name == name,
+        SendingPause.resumed_at.is_null()).exists()
+
+
 def active_pauses(tenant_id: str | None = None) -> list[SendingPause]:
     """The pauses in force, of one tenant or of all."""
     query = SendingPause.select().where(SendingPause.resumed_at.is_null())

@@ -14,6 +14,7 @@ from outreach_actors.domain.addresses import address_key
 from outreach_actors.domain.mail.outgoing import OutgoingEmail, SendOutcome
 from outreach_actors.domain.metrics import count
 from outreach_actors.domain.observability import tag
+from outreach_actors.domain.pauses import in_force
 from outreach_actors.domain.scheduled_soon import note_scheduled
 from outreach_actors.domain.store.db import prepare
 from outreach_actors.domain.store.models import (
@@ -78,9 +79,7 @@ def _held_by(message_id: str) -> str | None:
         plan_name = (Plan.select(Plan.name).join(Enrollment, on=(Enrollment.plan == Plan.id))
                      .where(Enrollment.id == message.enrollment_id).scalar())
     for kind, name in ((SendingPause.SENDER, message.from_email), (SendingPause.PLAN, plan_name)):
-        if name is not None and SendingPause.select().where(
-                SendingPause.tenant == message.tenant_id, SendingPause.kind == kind,
-                SendingPause.name == name, SendingPause.resumed_at.is_null()).exists():
+        if name is not None and in_force(message.tenant_id, kind, name):
             return f"{kind} {name!r}"
     return None
 
@@ -129,8 +128,8 @@ class _Claimed(NamedTuple):
 # claim itself, so that a pause and a send racing have one outcome.
 _PAUSED = """EXISTS (SELECT 1 FROM sending_pause AS p
     WHERE p.tenant_id = outbound_message.tenant_id AND p.resumed_at IS NULL AND (
-        (p.kind = 'sender' AND p.name = outbound_message.from_email)
-        OR (p.kind = 'plan' AND p.name = (SELECT pl.name FROM enrollment AS e
+        (p.kind = '""" + SendingPause.SENDER + """' AND p.name = outbound_message.from_email)
+        OR (p.kind = '""" + SendingPause.PLAN + """' AND p.name = (SELECT pl.name FROM enrollment AS e
             JOIN plan AS pl ON pl.id = e.plan_id WHERE e.id = outbound_message.enrollment_id))))"""
 _SUPPRESSED, _SUPPRESSED_PARAMS = suppressed_sql(
     "outbound_message.tenant_id", "outbound_message.to_email", "{p}")
