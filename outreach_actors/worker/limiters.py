@@ -208,7 +208,7 @@ def check_overrides(overrides: Mapping[str, object], *, allowed: frozenset[str],
             raise ValueError(
                 f"{owner} rate limit override {name!r} must be a positive whole number, got {value!r}"
             )
-    if allowed is SENDER_SETTINGS:
+    if SENDER_DAY_KEYS <= allowed:
         check_sender_day(overrides, owner=owner)
 
 
