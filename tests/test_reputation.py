@@ -7,9 +7,15 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import os
 import secrets
+import subprocess
+import sys
+import textwrap
+import threading
 import time
 from datetime import timedelta
+from http.server import ThreadingHTTPServer
 
 import pytest
 from click.testing import CliRunner
@@ -153,3 +159,59 @@ def test_too_few_sends_to_tell_pause_nothing(sent, keys, db, data_dir) -> None:
     # Sends older than the window do not count either.
     configure(settings_for(db, data_dir, keys, reputation_window=timedelta(minutes=30)))
     assert check_reputation() == []
+
+
+REPUTATION_WORKER = textwrap.dedent(
+    """
+    import sentry_sdk, dramatiq
+    import outreach_actors  # Sentry is initialised before the broker is built
+    from datetime import timedelta
+    from outreach_actors.domain.store import models
+    from outreach_actors.worker.actors.periodic import check_reputation
+
+    if __name__ == "__main__":
+        models.create_schema(models.database_proxy.obj)
+        models.Tenant.create(id="acme")
+        models.SenderIdentity.create(tenant="acme", email="sales@acme.test", verified=True)
+        sent_at = models.utcnow() - timedelta(hours=1)
+        models.insert_rows(models.OutboundMessage, [
+            {"id": f"m{n}", "tenant": "acme", "dedupe_key": f"k{n}", "status": "sent",
+             "to_email": f"c{n}@example.com", "from_email": "sales@acme.test", "subject": "Hi",
+             "html": "<p>Hi</p>", "text": "Hi", "sent_at": sent_at} for n in range(250)])
+        models.insert_rows(models.MessageEvent, [
+            {"message": f"m{n}", "tenant": "acme", "type": "complained", "event_key": f"e{n}",
+             "email": f"c{n}@example.com", "occurred_at": sent_at} for n in range(3)])
+        worker = dramatiq.Worker(outreach_actors.broker, worker_timeout=50)
+        worker.start()
+        for _ in range(2):  # two ticks: the second finds the pause made
+            check_reputation.send()
+            outreach_actors.broker.join("periodic")
+        worker.stop()
+        sentry_sdk.flush(timeout=5)
+        print(models.SendingPause.select().count(), "paused")
+    """
+)
+
+
+def test_an_auto_pause_reaches_sentry_once(tmp_path) -> None:
+    pytest.importorskip("sentry_sdk")
+    from .test_sentry import _Envelopes
+
+    _Envelopes.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Envelopes)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    script = tmp_path / "worker.py"
+    script.write_text(REPUTATION_WORKER)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
+    env.update({"OUTREACH_SENTRY_DSN": f"http://publickey@127.0.0.1:{server.server_port}/1",
+                "OUTREACH_BROKER_URL": "stub://", "OUTREACH_DATA_DIR": str(tmp_path / "var")})
+    try:
+        result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                                text=True, timeout=60)
+    finally:
+        server.shutdown()
+    assert result.returncode == 0 and result.stdout.strip() == "1 paused", result.stderr
+    # The sender (the messages have no plan) was paused once: one event, at ERROR.
+    [event] = _Envelopes.received
+    assert event["level"] == "error"
+    assert "Paused sender 'sales@acme.test'" in event["logentry"]["formatted"]
