@@ -25,6 +25,7 @@ from outreach_actors.domain.mail import send as mail_send
 from outreach_actors.domain.mail import send_order as mail_send_order
 from outreach_actors.domain.store import models, statements
 from outreach_actors.domain.store.db import is_postgresql
+from outreach_actors.domain.store.keys import recipient_key
 from outreach_actors.domain.store.models import (
     Enrollment,
     OutboundMessage,
@@ -395,9 +396,10 @@ def test_a_send_order_carries_the_overrides_the_render_read(acme) -> None:
         "tenant": "acme", "sender": "sales@acme.test", "recipient_domain": "example.com",
         "tenant_overrides": {"tenant_per_hour": 7, "sender_per_hour": 9},
         "sender_overrides": {"sender_per_minute": 3},
-        # and what the sending policy needs: the frequency caps' recipient, the node's
+        # and what the sending policy needs: the frequency caps' recipient (a digest,
+        # no address in a broker message), the node's
         # opt-out, the sender's warm-up start, where a held send waits for
-        "recipient": "ada@example.com", "frequency_capped": True, "sender_first_sent": None,
+        "recipient": recipient_key("ada@example.com"), "frequency_capped": True, "sender_first_sent": None,
         "plan": "onboarding", "window": None, "timezone": None,
     }
     # the same limits as a read of the message gives

@@ -255,7 +255,7 @@ def default_limits(
     """The limits of one send: sender per minute and per hour, tenant, recipient
     domain (per tenant) and global; the sender's day when it has a daily cap or a
     warm-up; the tenant's frequency caps on ``recipient`` unless the node opted out
-    (``frequency_capped``).
+    (``frequency_capped``; ``recipient`` is its key, store.keys.recipient_key).
 
     A sender override beats a tenant override, which beats the setting. A sender may
     only override its own limits: the tenant and domain limits are shared by all of
@@ -290,5 +290,5 @@ def default_limits(
     if frequency_capped and recipient and FREQUENCY_CAPS in tenant_overrides:
         for count, period_ms in frequency_caps(tenant_overrides[FREQUENCY_CAPS],
                                                owner=f"tenant {tenant!r}"):
-            limits.append(Limit("contact", f"{tenant}:{recipient.lower()}", count, period_ms))
+            limits.append(Limit("contact", f"{tenant}:{recipient}", count, period_ms))
     return limits

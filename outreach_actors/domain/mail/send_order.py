@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from outreach_actors.domain.plans import SendWindow
+from outreach_actors.domain.store.keys import recipient_key
 from outreach_actors.domain.store.models import (
     OutboundMessage,
     SenderIdentity,
@@ -31,7 +32,8 @@ class SendScope(NamedTuple):
     recipient_domain: str
     tenant_overrides: dict
     sender_overrides: dict
-    #: The recipient, for the tenant's frequency caps; empty in orders of earlier versions.
+    #: The recipient's key (store.keys.recipient_key: no address), for the tenant's
+    #: frequency caps; empty in orders of earlier versions.
     recipient: str = ""
     #: False when the email's node opted out of the frequency caps (``frequency_cap: false``).
     frequency_capped: bool = True
@@ -53,7 +55,7 @@ class SendScope(NamedTuple):
         if isinstance(sender_first_sent, datetime):
             sender_first_sent = sender_first_sent.isoformat()
         return cls(tenant, sender, to_email.rsplit("@", 1)[-1], tenant_overrides or {},
-                   sender_overrides or {}, to_email, frequency_capped,
+                   sender_overrides or {}, recipient_key(to_email), frequency_capped,
                    str(sender_first_sent) if sender_first_sent else None, plan,
                    window.model_dump(mode="json") if window is not None else None, timezone)
 

@@ -4,6 +4,8 @@ taken and does nothing (DESIGN invariant 2). Provider events bring their own
 
 from __future__ import annotations
 
+import hashlib
+
 
 def action_key(kind: str, enrollment_id: int, node: str, event: str | None,
                visit_version: int) -> str:
@@ -26,3 +28,9 @@ def message_key(action_dedupe_key: str) -> str:
 def synthetic_event_key(action_id: int) -> str:
     """A synthetic event's (``no_open``...): one per timer that fired."""
     return f"action:{action_id}"
+
+
+def recipient_key(email: str) -> str:
+    """A recipient's frequency-cap key: a digest of the normalized address, so that send
+    orders (broker messages, Sentry's context of them) and limiter keys hold no address."""
+    return hashlib.sha256(email.strip().lower().encode()).hexdigest()[:32]
