@@ -12,11 +12,13 @@ else
   now = tonumber(ARGV[1])
 end
 local wait, binding = 0, 0
+local counts = {}
 for i, key in ipairs(KEYS) do
   local limit = tonumber(ARGV[3 * i - 1])
   local period = tonumber(ARGV[3 * i])
   local resets = tonumber(ARGV[3 * i + 1])
   local count = redis.call('LLEN', key)
+  counts[i] = count
   if count >= limit then
     local needed
     if resets > 0 then
@@ -40,7 +42,10 @@ for i, key in ipairs(KEYS) do
   local period = tonumber(ARGV[3 * i])
   local resets = tonumber(ARGV[3 * i + 1])
   redis.call('LPUSH', key, now)
-  redis.call('LTRIM', key, 0, limit - 1)
+  if counts[i] >= limit then
+    -- Only a full list (its oldest grant out of the window) grows past the limit.
+    redis.call('LTRIM', key, 0, limit - 1)
+  end
   if resets > 0 then
     period = math.max(resets - now, 1000)
   end
