@@ -112,4 +112,4 @@ class RateLimits(Middleware):
             f"{named} ({message.message_id})" if named else repr(message.message_id),
             delay, why,
         )
-        raise quiet_skip(message.message_id, f"rate limited for {delay} ms by the {scope} limit")
+        raise quiet_skip(message.message_id, f"deferred for {delay} ms: {why}")
