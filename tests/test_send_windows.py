@@ -85,6 +85,9 @@ def test_bad_node_policy_is_refused_with_its_path() -> None:
     bad = WINDOWED_PLAN.replace("frequency_cap: false", "frequency_cap: sometimes")
     with pytest.raises(PlanError, match="frequency_cap"):
         validate_plan(bad)
+    bad = WINDOWED_PLAN.replace("stop: {type: exit}", "stop: {type: exit, asm_group: 5}")
+    with pytest.raises(PlanError, match="nodes.stop: only email nodes take send_window"):
+        validate_plan(bad)
 
 
 def test_blackouts_are_checked(acme) -> None:

@@ -466,6 +466,9 @@ def _graph_errors(data: Mapping[str, Any], *, stored: bool = False) -> list[str]
                 errors.append(f"{base}.body: is empty; an email needs a body")
         elif node_type in {"wait", "exit"} and any(node.get(k) for k in ("subject", "template", "body")):
             errors.append(f"{base}: only email nodes take subject, template or body")
+        if node_type in {"wait", "exit"} and (node.get("send_window") or node.get("asm_group")
+                                              or node.get("frequency_cap") is False):
+            errors.append(f"{base}: only email nodes take send_window, frequency_cap or asm_group")
     edges = _edges(nodes)
     if isinstance(start, str) and start in nodes:
         reachable = _closure({start}, edges)
