@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 #: How long a process trusts what it read of the pauses, in seconds. Only a shortcut:
 #: the send's claim reads the pauses itself, so a stale cache never lets a send out.
 PAUSE_CACHE_SECONDS = 2.0
+#: Overdue sends a resume moves to their next send window per transaction.
+RESCHEDULE_CHUNK = 500
 
 
 class PauseError(LookupError):
@@ -164,16 +166,21 @@ def reschedule_overdue_sends(tenant_id: str, plan_name: str, now: datetime) -> i
         .where(Plan.tenant == tenant_id, Plan.name == plan_name,
                ScheduledAction.status == ScheduledAction.PENDING,
                ScheduledAction.kind == ScheduledAction.SEND, ScheduledAction.run_at <= now)
+        .order_by(ScheduledAction.id)
         .tuples()
     )
     blackouts = tenant_blackouts(tenant_id)
     moved = 0
-    with write_transaction():
-        for action_id, node, plan_id, timezone in overdue:
-            run_at = next_send_time(now, plan_for_id(plan_id).window_of(node), timezone, blackouts)
-            moved += ScheduledAction.update(run_at=run_at).where(
-                ScheduledAction.id == action_id,
-                ScheduledAction.status == ScheduledAction.PENDING).execute()
+    # A transaction per chunk: a long pause may leave many overdue sends, and one
+    # transaction over all of them would hold SQLite's write lock the whole time.
+    for chunk in peewee.chunked(list(overdue), RESCHEDULE_CHUNK):
+        with write_transaction():
+            for action_id, node, plan_id, timezone in chunk:
+                run_at = next_send_time(now, plan_for_id(plan_id).window_of(node), timezone,
+                                        blackouts)
+                moved += ScheduledAction.update(run_at=run_at).where(
+                    ScheduledAction.id == action_id,
+                    ScheduledAction.status == ScheduledAction.PENDING).execute()
     return moved
 
 
