@@ -3,7 +3,8 @@
 A "day" of a daily cap is the calendar day in the sender identity's own time zone
 (``timezone`` in its rate limits, default UTC): a mailbox provider sees a mailbox's
 volume per day wherever its recipients are. A DST day is 23 or 25 hours long, and the
-cap holds for that day as a whole.
+cap holds for that day as a whole. Which day it is comes from the worker's clock (the
+date is part of the limiter's key); the waits within it from the limiter's (Redis's).
 """
 
 from __future__ import annotations
