@@ -68,12 +68,15 @@ _last_scope = threading.local()
 
 def _scope_of(message: dramatiq.Message) -> SendScope | None:
     """The send's scope (see send_scope), read once for its hold and its limits."""
+    # Each delivery of a message differs in its deferrals or retries: only the hold and
+    # the limits of one delivery share a read.
+    delivery = (message.message_id, message.options.get("deferrals"),
+                message.options.get("retries"))
     last = getattr(_last_scope, "value", None)
-    if last is not None and last[0] == message.message_id and last[1] == message.options.get(
-            "deferrals"):
-        return last[2]
+    if last is not None and last[0] == delivery:
+        return last[1]
     scope = send_scope(_send_order(message))
-    _last_scope.value = (message.message_id, message.options.get("deferrals"), scope)
+    _last_scope.value = (delivery, scope)
     return scope
 
 
