@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+import redis
 
 from benchmarks.limiter import contend, max_in_window
 from outreach_actors.domain.sending_days import (
@@ -19,7 +20,13 @@ from outreach_actors.domain.sending_days import (
     warmup_allowance,
 )
 from outreach_actors.settings import Settings
-from outreach_actors.worker.limiters import HOUR_MS, Limit, MemoryRateLimiter, default_limits
+from outreach_actors.worker.limiters import (
+    HOUR_MS,
+    Limit,
+    MemoryRateLimiter,
+    RedisRateLimiter,
+    default_limits,
+)
 from tests.test_ratelimit import limiter  # noqa: F401 (the fixture: memory, redis, embedded)
 
 from .conftest import REDIS_URL, require_redis
@@ -275,3 +282,16 @@ def test_a_frequency_cap_is_exact_with_processes_and_threads_contending() -> Non
     first = grants[0]
     in_five_windows = len([g for g in grants if g < first + 5 * 300_000])
     assert in_five_windows >= 0.98 * 25
+
+
+def test_a_days_redis_key_expires_when_its_day_ends() -> None:
+    require_redis()
+    client = redis.Redis.from_url(REDIS_URL)
+    redis_limiter = RedisRateLimiter(client, prefix=f"test:{uuid.uuid4().hex}:")
+    ends_ms = int(datetime.now(UTC).timestamp() * 1000) + 5_000
+    day = Limit("sender_day", "acme:s:2026-12-05", 3, 24 * HOUR_MS, resets_at_ms=ends_ms)
+    assert redis_limiter.acquire([day]) == 0
+    assert redis_limiter.acquire([day]) == 0  # a later grant leaves the expiry where it was
+    ttl = client.pttl(redis_limiter.prefix + day.state_key)
+    assert 3_000 < ttl <= 5_000
+    client.delete(redis_limiter.prefix + day.state_key)

@@ -46,9 +46,11 @@ for i, key in ipairs(KEYS) do
     -- Only a full list (its oldest grant out of the window) grows past the limit.
     redis.call('LTRIM', key, 0, limit - 1)
   end
-  if resets > 0 then
-    period = math.max(resets - now, 1000)
+  if resets <= 0 then
+    redis.call('PEXPIRE', key, math.ceil(period / 1000))
+  elseif counts[i] == 0 then
+    -- A calendar window's key lives until its window ends: set once, when it is made.
+    redis.call('PEXPIRE', key, math.ceil(math.max(resets - now, 1000) / 1000))
   end
-  redis.call('PEXPIRE', key, math.ceil(period / 1000))
 end
 return {0, now, 0}
