@@ -9,6 +9,10 @@ exact wait until every scope has room: the moment the binding scope's
 ``limit``-th most recent grant leaves its window. Refusals are never recorded, so
 they cannot eat the limit.
 
+A limit may instead be a calendar window (a sender's day, ``resets_at_ms``): its date is
+part of its key, its grants count until the window ends however old they are, and a
+full one waits exactly until then. It is taken in the same all-or-nothing request.
+
 Why not GCRA or a token bucket: with a burst of ``limit`` they let up to
 ``2 * limit - 1`` requests through in one period-long window (a full burst, then
 the refill), which breaks "never more than 20 in any minute"; with no burst they
