@@ -179,6 +179,15 @@ class Settings(BaseModel):
     # Who may open the standalone dashboard (`outreach serve --dashboard`): comma-separated
     # user:hash pairs, hashes from `outreach dashboard hash-password`. Empty: it does not start.
     dashboard_users: str = ""
+    # Sending policy: a daily cap per sender identity (unset: none; overridable per
+    # tenant and sender), and the reputation auto-pause: over the last
+    # reputation_window, once at least reputation_min_sends went out, a sender
+    # identity or plan whose complaint or hard-bounce rate passes its threshold is paused.
+    ratelimit_sender_per_day: int | None = None
+    reputation_window: Duration = timedelta(hours=24)
+    reputation_min_sends: int = 200
+    reputation_max_complaint_rate: float = 0.003
+    reputation_max_hard_bounce_rate: float = 0.05
 
     @field_validator(
         "webhook_max_body_bytes",
@@ -187,6 +196,7 @@ class Settings(BaseModel):
         "ratelimit_tenant_per_hour",
         "ratelimit_domain_per_hour",
         "ratelimit_global_per_hour",
+        "reputation_min_sends",
         "dispatch_batch_size",
         "timeout_batch_size",
         "soft_bounce_limit",
@@ -251,6 +261,20 @@ class Settings(BaseModel):
         scheme = value.split("://", 1)[0].lower() if "://" in value else ""
         if scheme not in {"sqlite", "postgres", "postgresql"}:
             raise ValueError("must start with sqlite:/// or postgresql:// (or be unset)")
+        return value
+
+    @field_validator("ratelimit_sender_per_day")
+    @classmethod
+    def _positive_or_unset(cls, value: int | None) -> int | None:
+        if value is not None and value <= 0:
+            raise ValueError("must be a positive whole number, or unset for no daily cap")
+        return value
+
+    @field_validator("reputation_max_complaint_rate", "reputation_max_hard_bounce_rate")
+    @classmethod
+    def _rate(cls, value: float) -> float:
+        if not 0 < value <= 1:
+            raise ValueError("must be a fraction above 0 and at most 1 (0.003 for 0.3%)")
         return value
 
     @property

@@ -13,7 +13,7 @@ BEGIN or COMMIT; on SQLite, transactions).
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import dramatiq
 import pytest
@@ -25,6 +25,7 @@ from outreach_actors.domain.mail import send as mail_send
 from outreach_actors.domain.mail import send_order as mail_send_order
 from outreach_actors.domain.store import models, statements
 from outreach_actors.domain.store.db import is_postgresql
+from outreach_actors.domain.store.keys import recipient_key
 from outreach_actors.domain.store.models import (
     Enrollment,
     OutboundMessage,
@@ -395,6 +396,11 @@ def test_a_send_order_carries_the_overrides_the_render_read(acme) -> None:
         "tenant": "acme", "sender": "sales@acme.test", "recipient_domain": "example.com",
         "tenant_overrides": {"tenant_per_hour": 7, "sender_per_hour": 9},
         "sender_overrides": {"sender_per_minute": 3},
+        # and what the sending policy needs: the frequency caps' recipient (a digest,
+        # no address in a broker message), the node's
+        # opt-out, the sender's warm-up start, where a held send waits for
+        "recipient": recipient_key("ada@example.com"), "frequency_capped": True, "sender_first_sent": None,
+        "plan": "onboarding", "window": None, "timezone": None,
     }
     # the same limits as a read of the message gives
     assert limits_of(order) == limits_of(order["message_id"])
@@ -528,6 +534,9 @@ def test_a_send_writes_the_timers_after_send_writes(db, standin, sendgrid_client
 def test_a_send_without_timers_is_one_statement_after_the_claim(acme, standin,
                                                                sendgrid_client) -> None:
     loose_message()
+    # The identity has sent before: the first send of one also records that, once
+    # (the first day of its warm-up).
+    SenderIdentity.update(first_sent_at=datetime(2026, 1, 1)).execute()
     with counting() as send:
         assert delivery.send_message("msg_loose", sendgrid_client).status == "sent"
     assert send.kinds == ["UPDATE", "UPDATE"] and send.transactions == 0, send.sql

@@ -510,6 +510,7 @@ def stats(plan_name: str | None, tenant: str | None, as_json: bool, experiments:
     for row in {(row["tenant"], row["plan"]): row for row in rows}.values():
         console.print(f"{row['plan']}: {row['plan_enrolled']} enrolled, {row['plan_converted']} "
                       f"converted ({row['conversion_rate']:.1%})", markup=False)
+    print_sending_policy(tenant)
 
 
 @main.command()
@@ -526,6 +527,7 @@ def failures(plan_name: str | None, tenant: str | None, limit: int, as_json: boo
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    print_sending_policy(tenant)
     if not rows:
         console.print("no failed enrollments")
         return
@@ -945,3 +947,219 @@ def explain(email: str, plan_name: str | None, tenant: str | None) -> None:
                 what = entry.what + (" (synthetic)" if entry.synthetic else "")
                 table.add_row(*_cells(f"{entry.at:%Y-%m-%d %H:%M:%S}", what, entry.why))
             console.print(table)
+
+
+# --- sending policy: daily caps, warm-up, frequency caps, blackouts, pauses ------------
+
+def _operator() -> str:
+    """Who runs the command, for the record of a pause or a resume."""
+    import getpass
+    import socket
+
+    try:
+        return f"{getpass.getuser()}@{socket.gethostname()}"
+    except (KeyError, OSError):  # no user name in a bare container
+        return "cli"
+
+
+def _frequency_cap(text: str) -> list:
+    """``1/P2D`` (at most one email per two days) as [1, "P2D"], checked."""
+    count, _, period = text.partition("/")
+    if not count.strip().isdigit() or not period.strip():
+        raise click.BadParameter(f"{text!r} is not COUNT/DURATION such as 1/P2D or 3/P7D")
+    return [int(count), period.strip()]
+
+
+def _save_limits(model, row, limits: dict, allowed: frozenset, owner: str) -> None:
+    from outreach_actors.worker.limiters import check_overrides
+
+    try:
+        check_overrides(limits, allowed=allowed, owner=owner)
+    except ValueError as exc:
+        _fail(str(exc))
+    model.update(rate_limits=limits).where(model.id == row.id).execute()
+
+
+@tenant.command("set")
+@click.argument("tenant_id", callback=_tenant_id)
+@click.option("--sender-per-day", type=click.IntRange(1), default=None,
+              help="Daily cap of each of the tenant's sender identities (their own beats it).")
+@click.option("--frequency-cap", "frequency_caps", multiple=True, metavar="COUNT/DURATION",
+              help="At most COUNT emails per contact per DURATION across all plans, e.g. "
+                   "1/P2D; repeat for several (1/P2D and 3/P7D).")
+@click.option("--no-frequency-cap", is_flag=True, help="Remove the frequency caps.")
+@click.option("--clear", "cleared", multiple=True, metavar="KEY",
+              help="Remove one override (sender_per_day, tenant_per_hour, ...).")
+def tenant_set(tenant_id: str, sender_per_day: int | None, frequency_caps: tuple[str, ...],
+               no_frequency_cap: bool, cleared: tuple[str, ...]) -> None:
+    """Set TENANT_ID's sending policy: daily cap per sender, frequency caps per contact."""
+    from outreach_actors.worker.limiters import FREQUENCY_CAPS, TENANT_SETTINGS
+
+    _open_database()
+    row = models.Tenant.get_or_none(models.Tenant.id == tenant_id)
+    if row is None:
+        _fail(f"no tenant {tenant_id!r}; see `outreach tenant list`")
+    limits = dict(row.rate_limits or {})
+    for key in cleared:
+        limits.pop(key, None)
+    if sender_per_day is not None:
+        limits["sender_per_day"] = sender_per_day
+    if no_frequency_cap:
+        limits.pop(FREQUENCY_CAPS, None)
+    if frequency_caps:
+        try:
+            limits[FREQUENCY_CAPS] = [_frequency_cap(cap) for cap in frequency_caps]
+        except click.BadParameter as exc:
+            _fail(f"--frequency-cap: {exc.message}")
+    _save_limits(models.Tenant, row, limits, TENANT_SETTINGS, f"tenant {tenant_id!r}")
+    console.print(Text(f"tenant {tenant_id}: {json.dumps(limits, sort_keys=True)}"))
+
+
+@tenant.command("blackout")
+@click.argument("tenant_id", callback=_tenant_id)
+@click.argument("first_day", required=False, type=click.DateTime(["%Y-%m-%d"]))
+@click.argument("last_day", required=False, type=click.DateTime(["%Y-%m-%d"]))
+@click.option("--list", "listing", is_flag=True, help="List the tenant's blackout dates.")
+@click.option("--remove", is_flag=True, help="Lift the blackout FIRST_DAY [LAST_DAY].")
+def tenant_blackout(tenant_id: str, first_day, last_day, listing: bool, remove: bool) -> None:
+    """Hold every send of TENANT_ID from FIRST_DAY to LAST_DAY (inclusive; one day if
+    LAST_DAY is left out), in each contact's time zone; --list, --remove."""
+    from outreach_actors.domain.blackouts import add_blackout, list_blackouts, remove_blackout
+
+    _open_database()
+    if listing or first_day is None:
+        table = Table("first day", "last day")
+        for first, last in list_blackouts(tenant_id):
+            table.add_row(*_cells(first, last))
+        console.print(table)
+        return
+    first, last = first_day.date(), (last_day or first_day).date()
+    if remove:
+        if not remove_blackout(tenant_id, first, last):
+            _fail(f"tenant {tenant_id!r} has no blackout {first} .. {last}; see --list")
+        console.print(Text(f"lifted the blackout {first} .. {last} of {tenant_id}"))
+        return
+    try:
+        added = add_blackout(tenant_id, first, last)
+    except (ValueError, LookupError) as exc:
+        _fail(str(exc).strip("'\""))
+    console.print(Text(f"{'blackout' if added else 'already a blackout'}: {first} .. {last} "
+                       f"for {tenant_id} (in each contact's time zone)"))
+
+
+@sender.command("set")
+@click.argument("email")
+@_tenant_option()
+@click.option("--per-day", type=click.IntRange(1), default=None,
+              help="Daily cap of this identity (a day in its --timezone).")
+@click.option("--warmup-start", type=click.IntRange(1), default=None,
+              help="Warm-up: what it may send on the day of its first send.")
+@click.option("--warmup-growth", default=None, metavar="PERCENT",
+              help="Warm-up: how much more each later day, e.g. 15%.")
+@click.option("--no-warmup", is_flag=True, help="End the warm-up.")
+@click.option("--timezone", "zone", default=None,
+              help="The IANA zone its days are counted in (default UTC).")
+def sender_set(email: str, tenant: str, per_day: int | None, warmup_start: int | None,
+               warmup_growth: str | None, no_warmup: bool, zone: str | None) -> None:
+    """Set a sender identity's daily cap, warm-up ramp and time zone."""
+    from outreach_actors.domain.sending_days import parse_growth
+    from outreach_actors.worker.limiters import SENDER_SETTINGS
+
+    _open_database()
+    row = models.SenderIdentity.get_or_none(models.SenderIdentity.tenant == tenant,
+                                            models.SenderIdentity.email == email.strip().lower())
+    if row is None:
+        _fail(f"tenant {tenant!r} has no sender identity {email!r}; add it with "
+              "`outreach sender add`")
+    limits = dict(row.rate_limits or {})
+    if per_day is not None:
+        limits["sender_per_day"] = per_day
+    if no_warmup:
+        limits.pop("warmup_start", None)
+        limits.pop("warmup_growth", None)
+    if warmup_start is not None:
+        limits["warmup_start"] = warmup_start
+    if warmup_growth is not None:
+        try:
+            limits["warmup_growth"] = parse_growth(warmup_growth)
+        except ValueError as exc:
+            _fail(f"--warmup-growth: {exc}")
+    if zone is not None:
+        limits["timezone"] = zone
+    _save_limits(models.SenderIdentity, row, limits, SENDER_SETTINGS, f"sender {row.email!r}")
+    console.print(Text(f"sender {row.email} for {tenant}: {json.dumps(limits, sort_keys=True)}"))
+
+
+def _pause_command(action, label: str, *args, **kwargs) -> None:
+    from outreach_actors.domain.pauses import PauseError
+
+    _open_database()
+    try:
+        change = action(*args, **kwargs)
+    except PauseError as exc:
+        _fail(str(exc))
+    console.print(Text(f"{label}" if change.changed else f"{label} already"))
+
+
+@plan.command("pause")
+@click.argument("name")
+@_tenant_option()
+@click.option("--reason", default="", help="Why, for the record.")
+def plan_pause(name: str, tenant: str, reason: str) -> None:
+    """Hold every send and timer of plan NAME until `outreach plan resume`."""
+    from outreach_actors.domain.pauses import pause_plan
+
+    _pause_command(pause_plan, f"plan {name!r} paused", tenant, name, reason=reason,
+                   by=_operator())
+
+
+@plan.command("resume")
+@click.argument("name")
+@_tenant_option()
+def plan_resume(name: str, tenant: str) -> None:
+    """Lift a pause of plan NAME (by hand or automatic): overdue sends go out in each
+    contact's next send window, within the rate limits; due timers fire in order."""
+    from outreach_actors.domain.pauses import resume_plan
+
+    _pause_command(resume_plan, f"plan {name!r} resumed", tenant, name, by=_operator())
+
+
+@sender.command("pause")
+@click.argument("email")
+@_tenant_option()
+@click.option("--reason", default="", help="Why, for the record.")
+def sender_pause(email: str, tenant: str, reason: str) -> None:
+    """Hold every send from sender identity EMAIL until `outreach sender resume`."""
+    from outreach_actors.domain.pauses import pause_sender
+
+    _pause_command(pause_sender, f"sender {email} paused", tenant, email, reason=reason,
+                   by=_operator())
+
+
+@sender.command("resume")
+@click.argument("email")
+@_tenant_option()
+def sender_resume(email: str, tenant: str) -> None:
+    """Lift a pause of sender identity EMAIL (by hand or automatic)."""
+    from outreach_actors.domain.pauses import resume_sender
+
+    _pause_command(resume_sender, f"sender {email} resumed", tenant, email, by=_operator())
+
+
+def print_sending_policy(tenant: str | None) -> None:
+    """The pauses in force and each capped sender's day, after stats and failures."""
+    from outreach_actors.domain.sending_status import pause_rows, sender_days
+
+    pauses = pause_rows(tenant)
+    for pause in pauses:
+        err_console.print(_labelled("paused:", "red", (
+            f"{pause['kind']} {pause['name']} of {pause['tenant']} since {pause['since']} "
+            f"by {pause['by'] or '?'}: {pause['reason'] or 'no reason given'} "
+            f"(lift it with `outreach {pause['kind']} resume`)")))
+    days = sender_days(tenant)
+    if days:
+        table = Table("sender", "day", "cap today", "warm-up day", "sent today")
+        for row in days:
+            table.add_row(*_cells(row["sender"], row["day"], row["cap_today"] or "-",
+                                  row["warmup_day"] or "-", row["sent_today"]))
+        console.print(table)

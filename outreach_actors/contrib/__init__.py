@@ -20,6 +20,9 @@ from outreach_actors.domain.engine import AlreadyEnrolled, EnrollmentError
 from outreach_actors.domain.enroll_many import ContactRow, EnrollManyResult
 from outreach_actors.domain.enroll_many import enroll_many as _enroll_many
 from outreach_actors.domain.host_events import TrackError, TrackResult
+from outreach_actors.domain.pauses import PauseChange
+from outreach_actors.domain.pauses import pause_plan as _pause_plan
+from outreach_actors.domain.pauses import resume_plan as _resume_plan
 from outreach_actors.domain.store.models import Enrollment
 from outreach_actors.web.endpoints import (
     UNSUBSCRIBE_PATH,
@@ -32,9 +35,9 @@ from outreach_actors.web.http import database_connection
 from outreach_actors.worker.actors.mail import enqueue_actions
 
 __all__ = ["UNSUBSCRIBE_PATH", "WEBHOOK_PATH", "AlreadyEnrolled", "ContactRow", "ControlError",
-           "Endpoints", "EnrollManyResult", "EnrollmentError", "OutreachUnavailable", "TrackError",
-           "TrackResult", "activate", "enroll", "enroll_many", "host_settings", "pause", "resume",
-           "track", "unenroll"]
+           "Endpoints", "EnrollManyResult", "EnrollmentError", "OutreachUnavailable", "PauseChange",
+           "TrackError", "TrackResult", "activate", "enroll", "enroll_many", "host_settings",
+           "pause", "pause_plan", "resume", "resume_plan", "track", "unenroll"]
 
 
 class OutreachUnavailable(RuntimeError):
@@ -120,3 +123,17 @@ def enroll_many(tenant_id: str, plan_name: str, rows: Iterable[ContactRow], *,
             return _enroll_many(tenant_id, plan_name, rows, import_key=import_key)
     except peewee.OperationalError as exc:
         raise OutreachUnavailable(f"the outreach database cannot be reached: {exc}") from exc
+
+
+def pause_plan(tenant_id: str, plan_name: str, *, reason: str = "", by: str = "") -> PauseChange:
+    """Hold every send and timer of the plan until resume_plan; idempotent (``changed``
+    says whether it was running). Raises PauseError (a LookupError) for an unknown plan."""
+    with database_connection():
+        return _pause_plan(tenant_id, plan_name, reason=reason, by=by)
+
+
+def resume_plan(tenant_id: str, plan_name: str, *, by: str = "") -> PauseChange:
+    """Lift the plan's pause: sends that fell due go out in each contact's next send
+    window within the rate limits, timers that fell due fire in order; idempotent."""
+    with database_connection():
+        return _resume_plan(tenant_id, plan_name, by=by)

@@ -361,8 +361,12 @@ def _seed(contacts: int, templates_dir: Path) -> None:
     from outreach_actors.domain.engine import enroll
 
     models.Tenant.create(id=DEMO_TENANT, name="Demo Inc.")
+    # A new sender warming up (README, "Sending policy"), its first day's allowance
+    # roomy enough for the whole demo: `outreach stats` shows its cap for today.
     models.SenderIdentity.create(tenant=DEMO_TENANT, email=DEMO_SENDER, name="Demo Team",
-                                 verified=True)
+                                 verified=True, rate_limits={
+                                     "sender_per_day": 100 * contacts,
+                                     "warmup_start": 5 * contacts, "warmup_growth": 0.15})
     definition = demo_plan_definition(templates_dir)
     models.Plan.create(tenant=DEMO_TENANT, name=definition["name"], version=1,
                        definition=definition)
@@ -390,6 +394,7 @@ def _stop_processes(processes: list[subprocess.Popen]) -> None:
 
 def _summary(console: Console, counts: dict[str, int], accepted: int, simulator, data_dir: Path,
              elapsed: float, funnel_table: Callable[[list[dict]], Any]) -> None:
+    from outreach_actors.domain.sending_status import sender_days
     from outreach_actors.domain.stats import funnel
 
     console.print(funnel_table(funnel()))
@@ -401,5 +406,10 @@ def _summary(console: Console, counts: dict[str, int], accepted: int, simulator,
         f"{counts['suppressed']} addresses suppressed; "
         f"{counts['converted']} converted (reached the purchase goal)."
     )
+    for sender in sender_days():
+        console.print(Text(
+            f"sender {sender['sender']}: warm-up day {sender['warmup_day']}, cap today "
+            f"{sender['cap_today']} (of {sender['daily_cap']} a day), sent today "
+            f"{sender['sent_today']}"))
     console.print(Text(f"database: {data_dir / 'outreach.db'}  (inspect with "
                        f"OUTREACH_DATA_DIR={data_dir} outreach stats)"))

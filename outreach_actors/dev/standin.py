@@ -257,7 +257,26 @@ def mail_send_errors(payload: Any) -> list[dict[str, str | None]]:
     errors += _category_errors(payload.get("categories"))
     errors += _string_map_errors(payload.get("custom_args"), "custom_args")
     errors += _string_map_errors(payload.get("headers"), "headers", headers=True)
+    errors += _asm_errors(payload.get("asm"))
     return errors
+
+
+def _asm_errors(asm: Any) -> list[dict[str, str | None]]:
+    """SendGrid's checks of ``asm``: an unsubscribe group id (an integer), and at most 25
+    groups to display on the preference page."""
+    if asm is None:
+        return []
+    if not isinstance(asm, dict):
+        return [_error("asm", _wrong_type("object", asm))]
+    group_id = asm.get("group_id")
+    if isinstance(group_id, bool) or not isinstance(group_id, int):
+        return [_error("asm.group_id", "The asm.group_id must be an integer.")]
+    shown = asm.get("groups_to_display", [])
+    if not isinstance(shown, list) or len(shown) > 25 or not all(
+            isinstance(group, int) and not isinstance(group, bool) for group in shown):
+        return [_error("asm.groups_to_display",
+                       "The asm.groups_to_display must be an array of at most 25 integers.")]
+    return []
 
 
 def new_message_id() -> str:

@@ -18,6 +18,7 @@ import peewee
 
 from outreach_actors.domain import notifications, scheduled_soon
 from outreach_actors.domain.mail.ambiguous import mark_interrupted_sends
+from outreach_actors.domain.pauses import plan_paused_condition
 from outreach_actors.domain.store.db import is_postgresql
 from outreach_actors.domain.store.models import (
     OutboundMessage,
@@ -64,7 +65,8 @@ def dispatch_due_actions(
     while True:
         claimed = _dispatch(lambda horizon: (
             ScheduledAction.select()
-            .where(ScheduledAction.status == ScheduledAction.PENDING, ScheduledAction.run_at <= horizon)
+            .where(ScheduledAction.status == ScheduledAction.PENDING, ScheduledAction.run_at <= horizon,
+                   ~plan_paused_condition(ScheduledAction.enrollment))
             .order_by(ScheduledAction.run_at)
             .limit(settings.dispatch_batch_size)
         ), enqueue, now, settings)
@@ -86,7 +88,8 @@ def dispatch_actions(dedupe_keys: Sequence[str], enqueue: Enqueue, *, now: datet
     for chunk in peewee.chunked(sorted(set(dedupe_keys)), settings.dispatch_batch_size):
         total += _dispatch(lambda horizon, keys=chunk: ScheduledAction.select().where(
             ScheduledAction.dedupe_key.in_(keys), ScheduledAction.status == ScheduledAction.PENDING,
-            ScheduledAction.run_at <= horizon), enqueue, now, settings)
+            ScheduledAction.run_at <= horizon, ~plan_paused_condition(ScheduledAction.enrollment)),
+            enqueue, now, settings)
     return total
 
 

@@ -21,6 +21,7 @@ import peewee
 
 from outreach_actors.domain import goals, notifications
 from outreach_actors.domain.addresses import address_key, normalized_address
+from outreach_actors.domain.blackouts import tenant_blackouts
 from outreach_actors.domain.plan_events import has_goal
 from outreach_actors.domain.plans import (
     PlanSpec,
@@ -211,11 +212,15 @@ def _enter(
         for enrollment in enrollments
     ])
     if node.type == "email":
-        # The contact's zone matters only inside a send window: skip the query otherwise.
-        zones = _contact_zones(enrollments) if plan.send_window else {}
+        window = plan.window_of(node_name)
+        tenant_id = enrollments[0].tenant_id or Enrollment.select(Enrollment.tenant).where(
+            Enrollment.id == enrollments[0].id).scalar()  # a row read without its tenant
+        blackouts = tenant_blackouts(tenant_id)
+        # The contact's zone matters only inside a send window or around blackout dates.
+        zones = _contact_zones(enrollments) if window or blackouts else {}
         _schedule([
             (enrollment, node_name, ScheduledAction.SEND, None,
-             next_send_time(now, plan.send_window, zones.get(enrollment.contact_id)))
+             next_send_time(now, window, zones.get(enrollment.contact_id), blackouts))
             for enrollment in enrollments
         ])
     elif node.type == "wait":

@@ -54,6 +54,7 @@ class _Entered(NamedTuple):
 
     id: int
     contact_id: int
+    tenant_id: str
     version: int = 0
 
 
@@ -131,8 +132,8 @@ def _enroll_batch(tenant_id: str, plan_row, plan, batch: list[ContactRow], impor
         ], ignore_conflicts=True, conflict_target="enrollment_key",
             returning=("enrollment_key", "id")))
         new = [index for index in valid if keys[index] in created]
-        engine.enter_start([_Entered(created[keys[index]], contacts[valid[index].email])
-                            for index in new], plan, now=now)
+        engine.enter_start([_Entered(created[keys[index]], contacts[valid[index].email],
+                                     tenant_id) for index in new], plan, now=now)
     for index in valid:
         if keys[index] not in created:
             problems[index] = str(AlreadyEnrolled.of(valid[index].email, plan_row.name))

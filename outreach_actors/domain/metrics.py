@@ -20,6 +20,9 @@ _DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "outreach_ratelimit_deferrals_total": ("Counter", "Messages put back because a rate limit was "
                                            "full, by the scope that needed the longest wait.",
                                            ("scope",)),
+    "outreach_sending_paused": ("Gauge", "1 while a plan's or sender identity's sends are "
+                                "paused (by hand or by the reputation check), else 0.",
+                                ("tenant", "kind", "name")),
     "outreach_idempotency_duplicates_total": ("Counter", "Deliveries of an effect already in "
                                               "progress (held) or already done (done).",
                                               ("outcome",)),
@@ -34,7 +37,7 @@ _creating = threading.Lock()
 
 
 def metric(name: str) -> Any:
-    """The Counter or Histogram ``name``, created on its first use."""
+    """The Counter, Histogram or Gauge ``name``, created on its first use."""
     found = _metrics.get(name)
     if found is not None:
         return found
@@ -58,3 +61,8 @@ def count(name: str, amount: float = 1, **labels: str) -> None:
 
 def observe(name: str, value: float) -> None:
     metric(name).observe(value)
+
+
+def set_gauge(name: str, value: float, /, **labels: str) -> None:
+    gauge = metric(name)
+    (gauge.labels(**labels) if labels else gauge).set(value)

@@ -217,6 +217,14 @@ class Arm(_Strict):
     weight: Number = Field(gt=0, le=splits.MAX_WEIGHT, allow_inf_nan=False)
     # What stats and the visit call the arm; its target by default.
     name: Name | None = None
+def _asm_group(value: int) -> int:
+    # SendGrid's unsubscribe group ids are positive integers (asm.group_id).
+    if isinstance(value, bool) or value < 1:
+        raise ValueError(f"an unsubscribe group is a positive SendGrid group id, got {value!r}")
+    return value
+
+
+AsmGroup = Annotated[int, AfterValidator(_asm_group)]
 
 
 class Node(_Strict):
@@ -229,6 +237,12 @@ class Node(_Strict):
     # Split nodes (see domain/splits.py): None elsewhere, so other nodes store no trace.
     arms: list[Arm] | None = None
     holdout: Number | None = Field(default=None, ge=0, le=splits.MAX_HOLDOUT, allow_inf_nan=False)
+    # Sending policy of an email node (README, "Sending policy"): its own send window
+    # over the plan's, whether it counts against the tenant's frequency caps (false
+    # for mail the contact asked for), and its SendGrid unsubscribe group.
+    send_window: SendWindow | None = None
+    frequency_cap: bool = True
+    asm_group: AsmGroup | None = None
 
 
 def _stored(info: ValidationInfo) -> bool:
@@ -279,6 +293,19 @@ class PlanSpec(_Strict):
     description: str = ""
     events: list[str] = Field(default_factory=list)
     goals: list[Goal] = Field(default_factory=list)
+    # The SendGrid unsubscribe group of the plan's emails (a node may name its own).
+    asm_group: AsmGroup | None = None
+
+    def window_of(self, node_name: str) -> SendWindow | None:
+        """The send window of a node's email: its own, else the plan's."""
+        node = self.nodes.get(node_name)
+        return (node.send_window if node is not None and node.send_window else None) \
+            or self.send_window
+
+    def asm_group_of(self, node_name: str) -> int | None:
+        """The unsubscribe group of a node's email: its own, else the plan's."""
+        node = self.nodes.get(node_name)
+        return (node.asm_group if node is not None and node.asm_group else None) or self.asm_group
 
     def node(self, name: str) -> Node:
         return self.nodes[name]
@@ -497,6 +524,9 @@ def _graph_errors(data: Mapping[str, Any], *, stored: bool = False) -> list[str]
                 errors.append(f"{base}.body: is empty; an email needs a body")
         elif node_type in {"wait", "exit", *routing.ROUTING_TYPES} and any(node.get(k) for k in ("subject", "template", "body")):
             errors.append(f"{base}: only email nodes take subject, template or body")
+        if node_type != "email" and (node.get("send_window") or node.get("asm_group")
+                                     or node.get("frequency_cap") is False):
+            errors.append(f"{base}: only email nodes take send_window, frequency_cap or asm_group")
         errors += routing.node_errors(base, node, nodes)
     errors += routing.loops(nodes)
     edges = _edges(nodes)

@@ -18,6 +18,7 @@ from outreach_actors.domain import control, engine
 from outreach_actors.domain.engagement import engaged_timers
 from outreach_actors.domain.metrics import count, observe
 from outreach_actors.domain.observability import tag
+from outreach_actors.domain.pauses import plan_paused_condition
 from outreach_actors.domain.store.keys import synthetic_event_key
 from outreach_actors.domain.store.models import (
     Enrollment,
@@ -60,10 +61,24 @@ def claim_actions(action_ids: Sequence[int], now: datetime) -> list[ScheduledAct
         .where(
             ScheduledAction.id.in_(sorted(set(action_ids))),
             ScheduledAction.status.in_([ScheduledAction.PENDING, ScheduledAction.ENQUEUED]),
+            ~plan_paused_condition(ScheduledAction.enrollment),
         )
         .returning(*_CLAIMED_COLUMNS)
         .execute()
     )
+
+
+def hold_paused_timers(action_ids: set[int]) -> None:
+    """Timers of a paused plan that reached the broker before the pause go back to the
+    database (``enqueued -> pending``): the dispatcher fires them, in order, once the
+    plan is resumed."""
+    held = ScheduledAction.update(status=ScheduledAction.PENDING, lease_until=None).where(
+        ScheduledAction.id.in_(sorted(action_ids)),
+        ScheduledAction.status == ScheduledAction.ENQUEUED,
+        plan_paused_condition(ScheduledAction.enrollment),
+    ).execute()
+    if held:
+        logger.info("Held %d timers of a paused plan until it is resumed", held)
 
 
 def release_actions(actions: Sequence[ScheduledAction]) -> None:
@@ -90,6 +105,8 @@ def fire_timeouts(action_ids: Sequence[int], *, now: datetime | None = None) -> 
     now = now or utcnow()
     claimed = claim_actions(action_ids, now)
     outcomes = dict.fromkeys(action_ids, REPLAY)
+    if len(claimed) < len(set(action_ids)):
+        hold_paused_timers(set(action_ids) - {action.id for action in claimed})
     for action_id in sorted(set(action_ids) - {action.id for action in claimed}):
         logger.info("Timeout action=%s skipped: already claimed or finished", action_id)
     if not claimed:

@@ -1,10 +1,12 @@
-"""When things may happen: the plan's send window, in the contact's time zone."""
+"""When things may happen: the send window (the node's, else the plan's) and the tenant's
+blackout dates, in the contact's time zone."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+from outreach_actors.domain.blackouts import Blackouts, blacked_out
 from outreach_actors.domain.plans import WEEKDAYS, SendWindow, iana_zone
 
 
@@ -18,18 +20,29 @@ def contact_zone(timezone: str | None, window: SendWindow | None) -> ZoneInfo:
     return ZoneInfo("UTC")
 
 
-def next_send_time(now: datetime, window: SendWindow | None, timezone: str | None) -> datetime:
-    """The first moment at or after ``now`` (naive UTC) inside the send window.
+def next_send_time(now: datetime, window: SendWindow | None, timezone: str | None,
+                   blackouts: Blackouts = ()) -> datetime:
+    """The first moment at or after ``now`` (naive UTC) inside the send window and
+    outside the tenant's ``blackouts`` (dates in the contact's zone).
 
     Window bounds are wall-clock times in the contact's zone, so "09:00" stays
     09:00 local across daylight-saving changes. Returns naive UTC.
     """
-    if window is None:
+    if window is None and not blackouts:
         return now
     zone = contact_zone(timezone, window)
     local_now = now.replace(tzinfo=UTC).astimezone(zone)
-    for offset in range(8):  # every weekday occurs within a week
+    # Every weekday occurs within a week; blackouts push that back by their length.
+    days_ahead = 8 + sum((last - first).days + 1 for first, last in blackouts)
+    for offset in range(days_ahead):
         day = (local_now + timedelta(days=offset)).date()
+        if blacked_out(day, blackouts):
+            continue
+        if window is None:
+            opens = datetime.combine(day, time(0, 0), tzinfo=zone)
+            if local_now < opens:
+                return opens.astimezone(UTC).replace(tzinfo=None)
+            return now
         if WEEKDAYS[day.weekday()] not in window.days:
             continue
         opens = datetime.combine(day, window.start, tzinfo=zone)

@@ -9,6 +9,10 @@ exact wait until every scope has room: the moment the binding scope's
 ``limit``-th most recent grant leaves its window. Refusals are never recorded, so
 they cannot eat the limit.
 
+A limit may instead be a calendar window (a sender's day, ``resets_at_ms``): its date is
+part of its key, its grants count until the window ends however old they are, and a
+full one waits exactly until then. It is taken in the same all-or-nothing request.
+
 Why not GCRA or a token bucket: with a burst of ``limit`` they let up to
 ``2 * limit - 1`` requests through in one period-long window (a full burst, then
 the refill), which breaks "never more than 20 in any minute"; with no burst they
@@ -25,19 +29,31 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import redis
 
-from outreach_actors.settings import Settings
+from outreach_actors.domain.sending_days import (
+    SENDER_DAY_KEYS,
+    check_sender_day,
+    daily_cap,
+    sender_day,
+    sender_zone,
+)
+from outreach_actors.settings import Settings, parse_duration
 
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
 
 #: Override keys a tenant may set, and the subset a sender identity may set.
 TENANT_OVERRIDES = frozenset(
-    {"sender_per_minute", "sender_per_hour", "tenant_per_hour", "domain_per_hour"}
+    {"sender_per_minute", "sender_per_hour", "tenant_per_hour", "domain_per_hour",
+     "sender_per_day"}
 )
-SENDER_OVERRIDES = frozenset({"sender_per_minute", "sender_per_hour"})
+SENDER_OVERRIDES = frozenset({"sender_per_minute", "sender_per_hour", "sender_per_day"})
+#: The tenant's frequency caps across its plans: a list of [count, ISO-8601 duration].
+FREQUENCY_CAPS = "frequency_caps"
 
 
 @dataclass(frozen=True)
@@ -48,6 +64,9 @@ class Limit:
     key: str
     limit: int
     period_ms: int
+    #: Set for a calendar window (a sender's day, whose date is in ``key``): the
+    #: moment, ms since the epoch, it ends. Its grants count until then, however old.
+    resets_at_ms: int | None = None
 
     def __post_init__(self) -> None:
         if not self.scope or not self.key:
@@ -100,44 +119,9 @@ def _ceil_ms(us: int) -> int:
     return -(-us // 1000)
 
 
-# KEYS: one list per limit, newest grant first, trimmed to `limit` entries (older
-# grants can never decide anything). ARGV[1]: now in µs or "" for the server clock,
-# then limit and period (µs) for each key.
-# Returns {wait_ms, now_us, 1-based index of the binding limit or 0}.
-_DECIDE_LUA = """
-local now
-if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-else
-  now = tonumber(ARGV[1])
-end
-local wait, binding = 0, 0
-for i, key in ipairs(KEYS) do
-  local limit = tonumber(ARGV[2 * i])
-  local period = tonumber(ARGV[2 * i + 1])
-  local count = redis.call('LLEN', key)
-  if count >= limit then
-    -- The limit-th most recent grant, read from the tail: O(1) when count == limit.
-    local oldest = tonumber(redis.call('LINDEX', key, limit - count - 1))
-    local needed = oldest + period - now
-    if needed > wait then
-      wait, binding = needed, i
-    end
-  end
-end
-if wait > 0 then
-  return {math.ceil(wait / 1000), now, binding}
-end
-for i, key in ipairs(KEYS) do
-  local limit = tonumber(ARGV[2 * i])
-  local period = tonumber(ARGV[2 * i + 1])
-  redis.call('LPUSH', key, now)
-  redis.call('LTRIM', key, 0, limit - 1)
-  redis.call('PEXPIRE', key, math.ceil(period / 1000))
-end
-return {0, now, 0}
-"""
+# The Lua of the Redis limiter, a file beside this module as Dramatiq keeps its own.
+_LUA_DIR = Path(__file__).parent / "lua"
+_SCRIPTS = {path.stem: path.read_text() for path in _LUA_DIR.glob("*.lua")}
 
 
 class RedisRateLimiter(RateLimiter):
@@ -148,13 +132,13 @@ class RedisRateLimiter(RateLimiter):
 
     def __init__(self, client: redis.Redis, *, prefix: str = "outreach:ratelimit:") -> None:
         self.prefix = prefix
-        self._decide = client.register_script(_DECIDE_LUA)
+        self._decide = client.register_script(_SCRIPTS["decide"])
 
     def decide(self, limits: Sequence[Limit], now_ms: int | None = None) -> Decision:
         keys = [self.prefix + key for key in _state_keys(limits)]
         args: list[int | str] = ["" if now_ms is None else now_ms * 1000]
         for limit in limits:
-            args += [limit.limit, limit.period_ms * 1000]
+            args += [limit.limit, limit.period_ms * 1000, (limit.resets_at_ms or 0) * 1000]
         wait_ms, clock_us, binding = self._decide(keys=keys, args=args)
         return Decision(int(wait_ms), int(clock_us), limits[binding - 1] if binding else None)
 
@@ -184,7 +168,8 @@ class MemoryRateLimiter(RateLimiter):
             for limit, key in zip(limits, keys, strict=True):
                 grants = self._grants.get(key, ())
                 if len(grants) >= limit.limit:
-                    needed = grants[-limit.limit] + limit.period_ms * 1000 - now
+                    needed = (limit.resets_at_ms * 1000 - now if limit.resets_at_ms
+                              else grants[-limit.limit] + limit.period_ms * 1000 - now)
                     if needed > wait:
                         wait, refused_by = needed, limit
             if wait > 0:
@@ -194,7 +179,8 @@ class MemoryRateLimiter(RateLimiter):
                 if grants is None or grants.maxlen != limit.limit:
                     grants = self._grants[key] = deque(grants or (), maxlen=limit.limit)
                 grants.append(now)
-                self._expires_us[key] = now + limit.period_ms * 1000
+                self._expires_us[key] = (limit.resets_at_ms * 1000 if limit.resets_at_ms
+                                         else now + limit.period_ms * 1000)
             return Decision(0, now, None)
 
     def _sweep(self, now: int) -> None:
@@ -205,9 +191,19 @@ class MemoryRateLimiter(RateLimiter):
         self._next_sweep_us = now + self.SWEEP_EVERY_US
 
 
-def check_overrides(overrides: Mapping[str, int], *, allowed: frozenset[str], owner: str) -> None:
-    """Refuse unknown override keys and non-positive values, naming ``owner`` and the fix."""
+def check_overrides(overrides: Mapping[str, object], *, allowed: frozenset[str],
+                    owner: str) -> None:
+    """Refuse unknown override keys and non-positive values, naming ``owner`` and the fix.
+
+    A sender's warm-up and time zone (SENDER_DAY_KEYS) and a tenant's frequency caps
+    are checked by their own rules where ``allowed`` has them.
+    """
     for name, value in overrides.items():
+        if name in SENDER_DAY_KEYS and name in allowed:
+            continue
+        if name == FREQUENCY_CAPS and name in allowed:
+            frequency_caps(value, owner=owner)
+            continue
         if name not in allowed:
             raise ValueError(
                 f"{owner} rate limit override {name!r} is not one of {sorted(allowed)}"
@@ -216,6 +212,35 @@ def check_overrides(overrides: Mapping[str, int], *, allowed: frozenset[str], ow
             raise ValueError(
                 f"{owner} rate limit override {name!r} must be a positive whole number, got {value!r}"
             )
+    if SENDER_DAY_KEYS <= allowed:
+        check_sender_day(overrides, owner=owner)
+
+
+#: What a tenant may set: its overrides and its frequency caps.
+TENANT_SETTINGS = TENANT_OVERRIDES | {FREQUENCY_CAPS}
+#: What a sender identity may set: its overrides, its warm-up and its time zone.
+SENDER_SETTINGS = SENDER_OVERRIDES | SENDER_DAY_KEYS
+
+
+def frequency_caps(value: object, *, owner: str) -> list[tuple[int, int]]:
+    """A tenant's frequency caps as (count, period ms), checked: ``[[1, "P2D"], ...]``."""
+    if not isinstance(value, list):
+        raise ValueError(f"{owner} frequency caps must be a list of [count, duration], "
+                         f"got {value!r}")
+    caps = []
+    for cap in value:
+        if (not isinstance(cap, list | tuple) or len(cap) != 2 or isinstance(cap[0], bool)
+                or not isinstance(cap[0], int) or cap[0] < 1 or not isinstance(cap[1], str)):
+            raise ValueError(f"{owner} frequency cap {cap!r} is not [count, ISO-8601 duration]"
+                             " such as [1, \"P2D\"]")
+        try:
+            period = parse_duration(cap[1])
+        except ValueError as exc:
+            raise ValueError(f"{owner} frequency cap {cap!r}: {exc}") from None
+        if period <= timedelta(0):
+            raise ValueError(f"{owner} frequency cap {cap!r} needs a positive duration")
+        caps.append((cap[0], int(period.total_seconds() * 1000)))
+    return caps
 
 
 def default_limits(
@@ -224,30 +249,50 @@ def default_limits(
     tenant: str,
     sender: str,
     recipient_domain: str,
-    tenant_overrides: Mapping[str, int] | None = None,
-    sender_overrides: Mapping[str, int] | None = None,
+    tenant_overrides: Mapping[str, object] | None = None,
+    sender_overrides: Mapping[str, object] | None = None,
+    recipient: str | None = None,
+    frequency_capped: bool = True,
+    first_sent: datetime | None = None,
+    now: datetime | None = None,
 ) -> list[Limit]:
-    """The five limits of one send: sender per minute and per hour, tenant, recipient
-    domain (per tenant) and global.
+    """The limits of one send: sender per minute and per hour, tenant, recipient
+    domain (per tenant) and global; the sender's day when it has a daily cap or a
+    warm-up; the tenant's frequency caps on ``recipient`` unless the node opted out
+    (``frequency_capped``; ``recipient`` is its key, store.keys.recipient_key).
 
     A sender override beats a tenant override, which beats the setting. A sender may
     only override its own limits: the tenant and domain limits are shared by all of
     the tenant's senders, so they are set on the tenant. Global is settings only.
+    ``first_sent`` (the sender's first send) starts its warm-up; ``now`` (naive UTC)
+    says which day it is, by default the clock's.
     """
     tenant_overrides = tenant_overrides or {}
     sender_overrides = sender_overrides or {}
-    check_overrides(tenant_overrides, allowed=TENANT_OVERRIDES, owner=f"tenant {tenant!r}")
-    check_overrides(sender_overrides, allowed=SENDER_OVERRIDES, owner=f"sender {sender!r}")
+    check_overrides(tenant_overrides, allowed=TENANT_SETTINGS, owner=f"tenant {tenant!r}")
+    check_overrides(sender_overrides, allowed=SENDER_SETTINGS, owner=f"sender {sender!r}")
 
-    def value(name: str) -> int:
+    def value(name: str) -> int | None:
         default = getattr(settings, f"ratelimit_{name}")
         return sender_overrides.get(name, tenant_overrides.get(name, default))
 
     sender_key = f"{tenant}:{sender.lower()}"
-    return [
+    limits = [
         Limit("sender", sender_key, value("sender_per_minute"), MINUTE_MS),
         Limit("sender", sender_key, value("sender_per_hour"), HOUR_MS),
         Limit("tenant", tenant, value("tenant_per_hour"), HOUR_MS),
         Limit("domain", f"{tenant}:{recipient_domain.lower()}", value("domain_per_hour"), HOUR_MS),
         Limit("global", "all", settings.ratelimit_global_per_hour, HOUR_MS),
     ]
+    today = sender_day(now or datetime.now(UTC), sender_zone(sender_overrides))
+    allowed_today = daily_cap(value("sender_per_day"), sender_overrides, first_sent, today)
+    if allowed_today is not None:
+        limits.append(Limit(
+            "sender_day", f"{sender_key}:{today.day.isoformat()}", allowed_today,
+            int((today.ends - today.starts).total_seconds() * 1000),
+            resets_at_ms=int(today.ends.timestamp() * 1000)))
+    if frequency_capped and recipient and FREQUENCY_CAPS in tenant_overrides:
+        for count, period_ms in frequency_caps(tenant_overrides[FREQUENCY_CAPS],
+                                               owner=f"tenant {tenant!r}"):
+            limits.append(Limit("contact", f"{tenant}:{recipient}", count, period_ms))
+    return limits

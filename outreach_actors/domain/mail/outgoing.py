@@ -26,6 +26,8 @@ class OutgoingEmail:
     categories: list[str] = field(default_factory=list)
     headers: dict[str, str] = field(default_factory=dict)
     custom_args: dict[str, str] = field(default_factory=dict)
+    #: The SendGrid unsubscribe group (``asm.group_id``) the plan or node names, if any.
+    asm_group: int | None = None
 
 
 @dataclass(frozen=True)

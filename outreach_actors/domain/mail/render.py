@@ -73,6 +73,7 @@ class _SendAction(NamedTuple):
     sender_email: str | None  # the tenant's first sender, verified ones first
     sender_name: str | None
     sender_rate_limits: str | None
+    sender_first_sent_at: object  # the sender's first send (see sending_days), as stored
 
 
 # The send actions, each with its enrollment, contact, tenant and plan version, and
@@ -86,7 +87,7 @@ SELECT a.id, a.kind, a.status, a.dedupe_key, a.node, a.visit_version, a.enrollme
        e.status, e.current_node, e.version, e.plan_id, e.tenant_id,
        c.email, c.fields, c.timezone,
        t.name, (SELECT p.version FROM plan AS p WHERE p.id = e.plan_id), t.rate_limits,
-       s.email, s.name, s.rate_limits
+       s.email, s.name, s.rate_limits, s.first_sent_at
 FROM scheduled_action AS a
 JOIN enrollment AS e ON e.id = a.enrollment_id
 JOIN contact AS c ON c.id = e.contact_id
@@ -149,18 +150,19 @@ def _load_send_actions(action_ids: Sequence[int]) -> dict[int, _SendAction]:
 
 
 def _sender_for(facts: _SendAction,
-                plan_sender: str | None) -> tuple[str, str, dict | None] | None:
-    """(email, name, rate-limit overrides) of the identity the email goes out from:
-    the plan's sender, or the tenant's first one (verified first); None if there is
-    none."""
+                plan_sender: str | None) -> tuple[str, str, dict | None, object] | None:
+    """(email, name, rate-limit overrides, first send) of the identity the email goes
+    out from: the plan's sender, or the tenant's first one (verified first); None if
+    there is none."""
     if facts.sender_email is None:
         return None  # the tenant has no sender at all
     if not plan_sender or facts.sender_email == plan_sender.lower():
         return (facts.sender_email, facts.sender_name,
-                SenderIdentity.rate_limits.python_value(facts.sender_rate_limits))
+                SenderIdentity.rate_limits.python_value(facts.sender_rate_limits),
+                SenderIdentity.first_sent_at.python_value(facts.sender_first_sent_at))
     row = (
         SenderIdentity.select(SenderIdentity.email, SenderIdentity.name,
-                              SenderIdentity.rate_limits)
+                              SenderIdentity.rate_limits, SenderIdentity.first_sent_at)
         .where(SenderIdentity.tenant == facts.tenant_id,
                SenderIdentity.email == plan_sender.lower())
         .tuples()
@@ -294,7 +296,7 @@ def _render_one(action_id: int, facts: _SendAction | None, settings: Settings,
         )
         _fail_render(action_id, facts.enrollment_id, problem, now)
         return None
-    sender_email, sender_name, sender_overrides = sender
+    sender_email, sender_name, sender_overrides, sender_first_sent = sender
 
     message_id = new_message_id()
     unsubscribe = unsubscribe_url(settings, facts.tenant_id, facts.contact_email, message_id)
@@ -327,6 +329,8 @@ def _render_one(action_id: int, facts: _SendAction | None, settings: Settings,
     return _Rendered(row, make_send_order(message_id, SendScope.of(
         facts.tenant_id, sender_email, facts.contact_email,
         Tenant.rate_limits.python_value(facts.tenant_rate_limits), sender_overrides,
+        frequency_capped=node.frequency_cap, sender_first_sent=sender_first_sent,
+        plan=plan.name, window=plan.window_of(facts.node), timezone=facts.contact_timezone,
     ), now))
 
 

@@ -14,12 +14,16 @@ from outreach_actors.domain.addresses import address_key
 from outreach_actors.domain.mail.outgoing import OutgoingEmail, SendOutcome
 from outreach_actors.domain.metrics import count
 from outreach_actors.domain.observability import tag
+from outreach_actors.domain.pauses import in_force
 from outreach_actors.domain.scheduled_soon import note_scheduled
 from outreach_actors.domain.store.db import prepare
 from outreach_actors.domain.store.models import (
     Enrollment,
     OutboundMessage,
+    Plan,
     ScheduledAction,
+    SenderIdentity,
+    SendingPause,
     database_proxy,
     insert_statements,
     utcnow,
@@ -59,6 +63,34 @@ class SendResult:
     detail: str = ""
 
 
+#: The outcome of a send whose plan or sender is paused: still rendered, it waits.
+HELD = "held"
+
+
+def _held_by(message_id: str) -> str | None:
+    """Which pause holds a rendered message (``plan 'x'``, ``sender 'y'``), if one does."""
+    message = (OutboundMessage.select(OutboundMessage.tenant, OutboundMessage.from_email,
+                                      OutboundMessage.enrollment)
+               .where(OutboundMessage.id == message_id).first())
+    if message is None:
+        return None
+    plan_name = None
+    if message.enrollment_id is not None:
+        plan_name = (Plan.select(Plan.name).join(Enrollment, on=(Enrollment.plan == Plan.id))
+                     .where(Enrollment.id == message.enrollment_id).scalar())
+    for kind, name in ((SendingPause.SENDER, message.from_email), (SendingPause.PLAN, plan_name)):
+        if name is not None and in_force(message.tenant_id, kind, name):
+            return f"{kind} {name!r}"
+    return None
+
+
+def note_first_send(tenant_id: str, sender: str, now: datetime) -> None:
+    """Record the sender identity's first send, the first day of its warm-up (once)."""
+    SenderIdentity.update(first_sent_at=now).where(
+        SenderIdentity.tenant == tenant_id, SenderIdentity.email == sender,
+        SenderIdentity.first_sent_at.is_null()).execute()
+
+
 def claim_for_sending(message_id: str, now: datetime) -> bool:
     """``rendered -> sending``; True if this call took the claim."""
     return _claim(message_id, now) is not None
@@ -86,16 +118,24 @@ class _Claimed(NamedTuple):
     visit_version: int | None
     suppressed: bool  # whether an email-channel suppression of to_email exists
     sender_verified: bool | None  # None: from_email is no sender identity of the tenant
+    sender_first_sent_at: object  # None: the identity's first send (it starts its warm-up)
 
 
 # The claim ``rendered -> sending``, returning the message and, read in the same
 # statement, whatever decides if it may go out: the enrollment's state, the
 # suppression list, the sender identity (see _Claimed; fixed SQL as above).
+# Whether the message's sender or plan is paused (see domain/pauses.py): read by the
+# claim itself, so that a pause and a send racing have one outcome.
+_PAUSED = """EXISTS (SELECT 1 FROM sending_pause AS p
+    WHERE p.tenant_id = outbound_message.tenant_id AND p.resumed_at IS NULL AND (
+        (p.kind = '""" + SendingPause.SENDER + """' AND p.name = outbound_message.from_email)
+        OR (p.kind = '""" + SendingPause.PLAN + """' AND p.name = (SELECT pl.name FROM enrollment AS e
+            JOIN plan AS pl ON pl.id = e.plan_id WHERE e.id = outbound_message.enrollment_id))))"""
 _SUPPRESSED, _SUPPRESSED_PARAMS = suppressed_sql(
     "outbound_message.tenant_id", "outbound_message.to_email", "{p}")
 _CLAIM = """
 UPDATE outbound_message SET status = {p}, send_started_at = {p}, attempts = attempts + 1, error = NULL
-WHERE id = {p} AND status = {p}
+WHERE id = {p} AND status = {p} AND NOT """ + _PAUSED + """
 RETURNING tenant_id, enrollment_id, action_id, node, to_email, from_email, from_name,
     subject, html, text, categories, headers,
     (SELECT e.status FROM enrollment AS e WHERE e.id = outbound_message.enrollment_id),
@@ -105,6 +145,8 @@ RETURNING tenant_id, enrollment_id, action_id, node, to_email, from_email, from_
     (SELECT a.visit_version FROM scheduled_action AS a WHERE a.id = outbound_message.action_id),
     """ + _SUPPRESSED + """,
     (SELECT s.verified FROM sender_identity AS s
+     WHERE s.tenant_id = outbound_message.tenant_id AND s.email = outbound_message.from_email),
+    (SELECT s.first_sent_at FROM sender_identity AS s
      WHERE s.tenant_id = outbound_message.tenant_id AND s.email = outbound_message.from_email)
 """
 
@@ -187,6 +229,10 @@ def _send_message(message_id: str, client, *, now: datetime | None = None,
             .scalar()
         ) or "missing"
         logger.info("Send of message=%s skipped: already %s", message_id, state)
+        if state == OutboundMessage.RENDERED and (held := _held_by(message_id)):
+            # Left rendered: the reconciler enqueues it again, and once resumed it goes.
+            logger.info("Send of message=%s held: %s is paused", message_id, held)
+            return SendResult(message_id, HELD, f"{held} is paused")
         return SendResult(message_id, "replay", state)
     tag(message=message_id, tenant=claimed.tenant_id, node=claimed.node,
         enrollment=claimed.enrollment_id, action=claimed.action_id,
@@ -200,10 +246,13 @@ def _send_message(message_id: str, client, *, now: datetime | None = None,
         return SendResult(message_id, OutboundMessage.CANCELLED, "enrollment moved on")
     # Suppressions win: checked again right before the provider call, by the claim
     # itself (an address stored other than normalized is looked up on its own).
+    asm_group = (plan_for_id(claimed.plan_id).asm_group_of(claimed.node)
+                 if claimed.plan_id is not None and claimed.node else None)
     suppressed = (
         claimed.suppressed if claimed.to_email == address_key(claimed.to_email)
         else is_suppressed(claimed.tenant_id, claimed.to_email)
-    )
+    ) or (asm_group is not None  # and the group's own unsubscribes, ingested from SendGrid
+          and is_suppressed(claimed.tenant_id, claimed.to_email, asm_group_id=asm_group))
     if suppressed:
         with write_transaction():  # together, as in _fail
             _set_status(message_id, OutboundMessage.SUPPRESSED, error="address is suppressed")
@@ -222,6 +271,7 @@ def _send_message(message_id: str, client, *, now: datetime | None = None,
             html=claimed.html, text=claimed.text, categories=list(claimed.categories or []),
             headers=dict(claimed.headers or {}),
             custom_args={"outreach_message_id": message_id, "outreach_tenant": claimed.tenant_id},
+            asm_group=asm_group,
         )
     )
     if outcome.kind == "sent":
@@ -231,6 +281,8 @@ def _send_message(message_id: str, client, *, now: datetime | None = None,
             message_id, claimed.enrollment_id, claimed.action_id, now, node=claimed.action_node,
             visit_version=claimed.visit_version, plan_id=claimed.plan_id)
         _mark_sent(message_id, outcome.provider_message_id, timers, now)
+        if claimed.sender_first_sent_at is None and claimed.sender_verified is not None:
+            note_first_send(claimed.tenant_id, claimed.from_email, now)
         logger.info("Sent message=%s provider_id=%s", message_id, outcome.provider_message_id)
         return SendResult(message_id, OutboundMessage.SENT)
     if outcome.kind == "ambiguous":

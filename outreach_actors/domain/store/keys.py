@@ -4,6 +4,8 @@ taken and does nothing (DESIGN invariant 2). Provider events bring their own
 
 from __future__ import annotations
 
+import hashlib
+
 
 def action_key(kind: str, enrollment_id: int, node: str, event: str | None,
                visit_version: int) -> str:
@@ -31,3 +33,7 @@ def synthetic_event_key(action_id: int) -> str:
 def host_event_key(tenant_id: str, event_id: str) -> str:
     """A host event's (``track``): one per event id the host gave, per tenant."""
     return f"{tenant_id}:{event_id}"
+def recipient_key(email: str) -> str:
+    """A recipient's frequency-cap key: a digest of the normalized address, so that send
+    orders (broker messages, Sentry's context of them) and limiter keys hold no address."""
+    return hashlib.sha256(email.strip().lower().encode()).hexdigest()[:32]

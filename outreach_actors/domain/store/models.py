@@ -90,6 +90,8 @@ class SenderIdentity(BaseModel):
     verified = peewee.BooleanField(default=False)
     rate_limits = JSONField(default=dict)
     created_at = peewee.DateTimeField(default=utcnow)
+    # Its first send: day 1 of its warm-up (see domain/sending_days.py).
+    first_sent_at = peewee.DateTimeField(null=True)
 
     class Meta:
         indexes = ((("tenant", "email"), True),)
@@ -243,7 +245,9 @@ class OutboundMessage(BaseModel):
         # every rendered message, filtered by id, whenever its statistics took
         # rendered messages for rare: so each send of a burst, or of mail held by rate
         # limits, cost as much as the backlog before it. Here both are index keys.
-        indexes = ((("status", "id"), False),)
+        indexes = ((("status", "id"), False),
+                   # The reputation check and `outreach stats` count the sends of a window.
+                   (("sent_at",), False))
 
 
 class WebhookDelivery(BaseModel):
@@ -361,6 +365,38 @@ class PeriodicTick(BaseModel):
         indexes = ((("job", "tick"), True),)
 
 
+class SendingPause(BaseModel):
+    """A plan's or a sender identity's sends held, by hand or by the reputation check;
+    one row per plan or sender, kept once lifted (who and when)."""
+
+    PLAN = "plan"
+    SENDER = "sender"
+
+    tenant = peewee.ForeignKeyField(Tenant, on_delete="CASCADE")
+    kind = peewee.CharField(max_length=16)  # plan | sender
+    name = peewee.CharField()  # the plan's name, or the sender's address
+    reason = peewee.TextField(default="")
+    paused_by = peewee.CharField(default="")
+    paused_at = peewee.DateTimeField(default=utcnow)
+    resumed_by = peewee.CharField(null=True)
+    resumed_at = peewee.DateTimeField(null=True)  # null while paused
+
+    class Meta:
+        indexes = ((("tenant", "kind", "name"), True),)
+
+
+class BlackoutDate(BaseModel):
+    """Days on which no email of a tenant goes out, in each contact's time zone."""
+
+    tenant = peewee.ForeignKeyField(Tenant, on_delete="CASCADE")
+    first_day = peewee.DateField()
+    last_day = peewee.DateField()  # inclusive
+    created_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("tenant", "first_day", "last_day"), True),)
+
+
 ALL_MODELS: list[type[BaseModel]] = [
     Tenant,
     SenderIdentity,
@@ -376,6 +412,8 @@ ALL_MODELS: list[type[BaseModel]] = [
     PeriodicTick,
     HostEvent,
     Notification,
+    SendingPause,
+    BlackoutDate,
 ]
 
 

@@ -22,9 +22,11 @@ from urllib.parse import urlsplit
 
 import sendgrid
 from sendgrid.helpers.mail import (
+    Asm,
     Category,
     CustomArg,
     From,
+    GroupId,
     Header,
     HtmlContent,
     Mail,
@@ -179,6 +181,9 @@ def build_mail(email: OutgoingEmail) -> Mail:
         mail.add_header(Header(name, value))
     for key, value in custom_args.items():
         mail.add_custom_arg(CustomArg(key, value))
+    if email.asm_group is not None:
+        # SendGrid's own unsubscribe links and preference page then name this group.
+        mail.asm = Asm(GroupId(email.asm_group))
     return mail
 
 

@@ -7,6 +7,7 @@ row claims and by the idempotency middleware, rate limits by the rate-limit one.
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import timedelta
 from typing import Any
 
@@ -16,12 +17,14 @@ from dramatiq.middleware import CurrentMessage
 from outreach_actors.domain import dispatch, timers
 from outreach_actors.domain.mail import (
     RetryableSendError,
+    SendScope,
     order_message_id,
     render_for_send,
     render_for_send_many,
     send_message,
     send_scope,
 )
+from outreach_actors.domain.mail.holds import send_hold
 from outreach_actors.domain.store.models import ScheduledAction, utcnow
 from outreach_actors.providers.sendgrid.client import sendgrid_client_from_settings
 from outreach_actors.settings import get_settings
@@ -60,20 +63,58 @@ def _send_order(message: dramatiq.Message) -> dict | str | None:
     return message.args[0] if message.args else None
 
 
+_last_scope = threading.local()
+
+
+def _scope_of(message: dramatiq.Message) -> SendScope | None:
+    """The send's scope (see send_scope), read once for its hold and its limits."""
+    # Each delivery of a message differs in its deferrals or retries: only the hold and
+    # the limits of one delivery share a read.
+    delivery = (message.message_id, message.options.get("deferrals"),
+                message.options.get("retries"))
+    last = getattr(_last_scope, "value", None)
+    if last is not None and last[0] == delivery:
+        return last[1]
+    scope = send_scope(_send_order(message))
+    _last_scope.value = (delivery, scope)
+    return scope
+
+
 def send_rate_limits(message: dramatiq.Message) -> list[Limit]:
     """Every scope one send takes: its sender, tenant, recipient domain and the global one.
 
     Read from the send order the render gave, or from the message when the order is
     not fresh (see send_scope).
     """
-    scope = send_scope(_send_order(message))
+    scope = _scope_of(message)
     if scope is None:
         return []  # nothing will be sent: do not take a slot
     return default_limits(
         get_settings(), tenant=scope.tenant, sender=scope.sender,
         recipient_domain=scope.recipient_domain,
         tenant_overrides=scope.tenant_overrides, sender_overrides=scope.sender_overrides,
+        recipient=scope.recipient, frequency_capped=scope.frequency_capped,
+        first_sent=scope.first_sent,
     )
+
+
+# Longer than any max_deferral: a pause holds a send until it is lifted, looking again
+# every max_deferral.
+_UNTIL_RESUMED_MS = 2**62
+
+
+def send_hold_for(message: dramatiq.Message) -> tuple[str, int] | None:
+    """What holds a send before its rate limits (see mail.holds): (why, ms) or None."""
+    scope = _scope_of(message)
+    if scope is None:
+        return None
+    now = utcnow()
+    hold = send_hold(scope, now, waited=bool(message.options.get("deferrals")))
+    if hold is None:
+        return None
+    if hold.until is None:
+        return hold.reason, _UNTIL_RESUMED_MS
+    return hold.reason, max(1, int((hold.until - now).total_seconds() * 1000))
 
 
 def send_effect(message: dramatiq.Message) -> str | None:
@@ -91,7 +132,7 @@ def send_deferred(message: dramatiq.Message, delay_ms: int) -> None:
 
 @dramatiq.actor(queue_name="send", max_retries=SEND_MAX_RETRIES, min_backoff=5_000,
                 max_backoff=600_000, rate_limits=send_rate_limits, on_deferral=send_deferred,
-                idempotency_key=send_effect)
+                idempotency_key=send_effect, hold_for=send_hold_for)
 def send(order: dict | str | None) -> None:
     """Send one rendered message through SendGrid (``order``: what the render gave,
     or a message id)."""

@@ -1,11 +1,18 @@
-"""The periodic actors that periodiq schedules: dispatch, reconcile, purge."""
+"""The periodic actors that periodiq schedules: dispatch, reconcile, purge, reputation."""
 
 from __future__ import annotations
 
 import dramatiq
 from periodiq import cron
 
-from outreach_actors.domain import dispatch, host_events, ingest, maintenance, notifications
+from outreach_actors.domain import (
+    dispatch,
+    host_events,
+    ingest,
+    maintenance,
+    notifications,
+    reputation,
+)
 from outreach_actors.domain.mail import ambiguous
 from outreach_actors.settings import get_settings
 from outreach_actors.worker.actors.mail import (
@@ -57,3 +64,10 @@ def reconcile() -> None:
 def purge() -> None:
     """Daily: delete raw webhook bodies and finished contacts' events past retention."""
     maintenance.purge_old_data()
+
+
+@dramatiq.actor(queue_name="periodic", max_retries=0, periodic=cron("*/5 * * * *"))
+def check_reputation() -> None:
+    """Every five minutes: pause senders and plans whose complaint or hard-bounce rate
+    is past its threshold (see domain/reputation.py)."""
+    reputation.check_reputation()

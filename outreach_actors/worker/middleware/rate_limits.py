@@ -36,6 +36,10 @@ class RateLimits(Middleware):
     message is waiting, not lost). Its errors are logged, not raised: the
     deferral has happened.
 
+    An actor may also name ``hold_for``: a callable from the message to None (go on
+    to the limits) or (reason, milliseconds): the message is held that long (at most
+    ``max_deferral``) the same way, before any limit is taken.
+
     Parameters:
       limiter_for(Callable[[Broker], RateLimiter]): Builds the limiter for the
         broker when a worker boots (shared Redis, or in-process for the stub).
@@ -58,7 +62,7 @@ class RateLimits(Middleware):
 
     @property
     def actor_options(self) -> set[str]:
-        return {"rate_limits", "on_deferral"}
+        return {"rate_limits", "on_deferral", "hold_for"}
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         # Several workers may share one broker (and an in-process limiter) in tests.
@@ -66,23 +70,31 @@ class RateLimits(Middleware):
             self.limiter = self.limiter_for(broker)
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
-        limits_for = broker.get_actor(message.actor_name).options.get("rate_limits")
-        if limits_for is None:
+        options = broker.get_actor(message.actor_name).options
+        limits_for, hold_for = options.get("rate_limits"), options.get("hold_for")
+        if limits_for is None and hold_for is None:
             return
         # Dramatiq logs and ignores any error a hook raises that is not a
         # MiddlewareError, which would let the send run unlimited.
         try:
-            decision = self.limiter.decide(limits_for(message))
-            if decision.wait_ms == 0:
-                return
-            delay = min(decision.wait_ms, self.max_deferral)
+            # A hold (a pause, a blackout) is asked first: a held message takes no slot.
+            held = hold_for(message) if hold_for is not None else None
+            if held is not None:
+                scope, wait_ms = held
+                why = f"held by a {scope}"
+            else:
+                decision = self.limiter.decide(limits_for(message) if limits_for else [])
+                if decision.wait_ms == 0:
+                    return
+                scope, wait_ms = decision.refused_by.scope, decision.wait_ms
+                why = f"its {scope} rate limit is full"
+            delay = max(1, min(wait_ms, self.max_deferral))
             message.options["deferrals"] = message.options.get("deferrals", 0) + 1
             broker.enqueue(message, delay=delay)
         except Exception as exc:
             raise RateLimitError(
                 f"could not apply the rate limits of message {message.message_id}: {exc}"
             ) from exc
-        scope = decision.refused_by.scope
         count("outreach_ratelimit_deferrals_total", scope=scope)
         on_deferral = broker.get_actor(message.actor_name).options.get("on_deferral")
         if on_deferral is not None:
@@ -96,8 +108,8 @@ class RateLimits(Middleware):
         effect = broker.get_actor(message.actor_name).options.get("idempotency_key")
         named = effect(message) if callable(effect) else None
         self.logger.info(
-            "Deferred message %s by %d ms: its %s rate limit is full.",
+            "Deferred message %s by %d ms: %s.",
             f"{named} ({message.message_id})" if named else repr(message.message_id),
-            delay, scope,
+            delay, why,
         )
-        raise quiet_skip(message.message_id, f"rate limited for {delay} ms by the {scope} limit")
+        raise quiet_skip(message.message_id, f"deferred for {delay} ms: {why}")
