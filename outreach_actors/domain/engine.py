@@ -247,6 +247,7 @@ class _Routed(NamedTuple):
     id: int
     contact_id: int
     version: int
+    tenant_id: str | None
 
 
 def _follow_routes(enrollments: Sequence[Enrollment], plan: PlanSpec,
@@ -280,7 +281,8 @@ def _follow_routes(enrollments: Sequence[Enrollment], plan: PlanSpec,
                 enrollment.node_entered_at = enrollment.updated_at = now
                 moved.append(enrollment)
             else:
-                moved.append(_Routed(enrollment.id, enrollment.contact_id, enrollment.version + 1))
+                moved.append(_Routed(enrollment.id, enrollment.contact_id, enrollment.version + 1,
+                                     getattr(enrollment, "tenant_id", None)))
         _enter(moved, plan, target, via_event=via_event, now=now)
 
 
