@@ -274,7 +274,11 @@ def sender() -> None:
 @click.option("--name", default="", help="Display name.")
 @click.option("--verified/--unverified", default=False,
               help="Whether SendGrid has verified this sender; unverified senders never send.")
-def sender_add(email: str, tenant: str, name: str, verified: bool) -> None:
+@click.option("--forward-replies-to", "forward_to", default=None, metavar="ADDRESS",
+              help="Where people's replies to this sender's mail are forwarded "
+                   "(default: the sender's own address).")
+def sender_add(email: str, tenant: str, name: str, verified: bool,
+               forward_to: str | None) -> None:
     """Add or update a sender identity."""
     from outreach_actors.domain.engine import EnrollmentError, normalize_email
     from outreach_actors.domain.headers import breaks_header
@@ -287,11 +291,18 @@ def sender_add(email: str, tenant: str, name: str, verified: bool) -> None:
     if breaks_header(name):
         _fail("--name: a sender name goes into the From header, which is one line; remove its "
               "line breaks (CR, LF, VT, FF, NEL, U+2028, U+2029) and NUL characters")
+    if forward_to is not None:
+        try:
+            forward_to = normalize_email(forward_to)
+        except EnrollmentError as exc:
+            _fail(f"--forward-replies-to: {exc}")
     models.Tenant.get_or_create(id=tenant, defaults={"name": tenant})
     identity, created = models.SenderIdentity.get_or_create(
-        tenant=tenant, email=address, defaults={"name": name, "verified": verified})
+        tenant=tenant, email=address,
+        defaults={"name": name, "verified": verified, "forward_replies_to": forward_to})
     if not created:
         identity.name, identity.verified = name or identity.name, verified
+        identity.forward_replies_to = forward_to or identity.forward_replies_to
         identity.save()
     console.print(Text(f"sender {address} for {tenant}: {'verified' if verified else 'unverified'}"))
 
@@ -628,7 +639,8 @@ def serve(host: str, port: int, threads: int, connection_limit: int, idle_timeou
 
     _open_database()
     app = make_app()  # a bad setting ends the command here, before "serving"
-    console.print(f"serving POST /webhooks/sendgrid and /unsubscribe/<token> on http://{host}:{port}")
+    console.print(f"serving POST /webhooks/sendgrid, /webhooks/sendgrid/inbound and "
+                  f"/unsubscribe/<token> on http://{host}:{port}")
     try:
         serve_wsgi(host, port, app, threads=threads, connection_limit=connection_limit,
                    idle_timeout_s=idle_timeout)
@@ -690,3 +702,68 @@ def demo(contacts: int, workers: int, timeout_s: int) -> None:
     raise SystemExit(run_demo(contacts=contacts, workers=workers, timeout_s=timeout_s,
                               console=console, funnel_table=funnel_table))
 
+
+
+# --- replies -------------------------------------------------------------------------
+
+@main.group()
+def replies() -> None:
+    """Inspect and replay stored Inbound Parse posts (replies to our mail)."""
+
+
+@replies.command("list")
+@click.option("--status", default=None, type=click.Choice(
+    ["received", "processed", "failed", "unmatched", "ignored", "duplicate"]))
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+def replies_list(status: str | None, limit: int) -> None:
+    """The newest posts (`replies show ID` has one in full)."""
+    _open_database()
+    query = models.InboundPost.select().order_by(models.InboundPost.id.desc()).limit(limit)
+    if status:
+        query = query.where(models.InboundPost.status == status)
+    table = Table("id", "received", "status", "kind", "from", "message", "forward", "note")
+    for row in query:
+        table.add_row(*_cells(row.id, row.received_at.isoformat(timespec="seconds"), row.status,
+                              row.kind or "", row.from_email or "", row.message_id or "",
+                              row.forward_status or "", (row.note or "")[:60]))
+    console.print(table)
+
+
+@replies.command("show")
+@click.argument("post_id", type=int)
+@click.option("--body", "raw_body", is_flag=True, help="Print the raw post as received, only.")
+def replies_show(post_id: int, raw_body: bool) -> None:
+    """One post in full: its state, note, headers, reply and forward."""
+    _open_database()
+    row = models.InboundPost.get_or_none(models.InboundPost.id == post_id)
+    if row is None:
+        _fail(f"no inbound post {post_id}")
+    if raw_body:
+        click.echo(bytes(row.body), nl=False)
+        return
+    for label, value in [
+        ("id", row.id), ("received", row.received_at.isoformat(timespec="seconds")),
+        ("status", row.status), ("kind", row.kind or ""), ("attempts", row.attempts),
+        ("from", row.from_email or ""), ("subject", row.subject or ""),
+        ("tenant", row.tenant or ""), ("message", row.message_id or ""),
+        ("forward", f"{row.forward_status or ''} {row.forward_to or ''} "
+                    f"{row.forward_error or ''}".strip()),
+        ("bytes", len(row.body)), ("headers", json.dumps(row.headers, sort_keys=True)),
+        ("note", row.note or ""),
+    ]:
+        console.print(Text(f"{label}: {value}"), soft_wrap=True)
+
+
+@replies.command("replay")
+@click.argument("post_id", type=int)
+def replies_replay(post_id: int) -> None:
+    """Read a stored post again (after fixing what made it fail); it acts at most once."""
+    from outreach_actors.domain.replies.ingest import replay_post
+    from outreach_actors.worker.actors.replies import enqueue_inbound_post
+
+    _open_database()
+    try:
+        replay_post(post_id, enqueue_inbound_post)
+    except LookupError as exc:
+        _fail(str(exc))
+    console.print(f"inbound post {post_id} queued to be read again")

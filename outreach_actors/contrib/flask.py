@@ -19,6 +19,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 
 from outreach_actors.contrib import Endpoints, activate, enroll, host_settings
 from outreach_actors.web.http import Reply
+from outreach_actors.web.webhooks import SendGridWebhookReceiver
 
 EXTENSION = "outreach"
 
@@ -56,7 +57,15 @@ class OutreachFlask:
 
 @blueprint.post("/webhooks/sendgrid")
 def sendgrid_webhook() -> Response:
-    receiver = _endpoints().webhook
+    return _receive(_endpoints().webhook)
+
+
+@blueprint.post("/webhooks/sendgrid/inbound")
+def sendgrid_inbound() -> Response:
+    return _receive(_endpoints().inbound)
+
+
+def _receive(receiver: SendGridWebhookReceiver) -> Response:
     read = request.stream.read
     if request.content_length is not None and request.content_length <= receiver.max_body:
         # Werkzeug keeps a body that was read (a host's before_request that logs it):

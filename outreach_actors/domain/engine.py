@@ -254,7 +254,8 @@ def _timeout_duration(event: str, after: timedelta | None) -> timedelta:
     if after is not None:
         return after
     settings = get_settings()
-    return {"no_open": settings.no_open_timeout, "no_click": settings.no_click_timeout}[event]
+    return {"no_open": settings.no_open_timeout, "no_click": settings.no_click_timeout,
+            "no_reply": settings.no_reply_timeout}[event]
 
 
 def process_event(
@@ -356,14 +357,17 @@ def _cancel_open_actions(enrollment_ids: Sequence[int], node: str, now: datetime
     )
 
 
-def exit_enrollment(enrollment_id: int, reason: str, *, now: datetime | None = None) -> bool:
-    """End an active enrollment where it stands (suppressed, failed send, unsubscribed)."""
+def exit_enrollment(enrollment_id: int, reason: str, *, now: datetime | None = None,
+                    completed: bool = False) -> bool:
+    """End an active enrollment where it stands (suppressed, failed send, unsubscribed);
+    ``completed`` when it ends as a goal reached (a reply)."""
     now = now or utcnow()
     with database_proxy.atomic():
         enrollment = Enrollment.get_or_none(Enrollment.id == enrollment_id)
         if enrollment is None or enrollment.status != Enrollment.ACTIVE:
             return False
         status = Enrollment.FAILED if reason in {"send_failed", "ambiguous_send"} else Enrollment.EXITED
+        status = Enrollment.COMPLETED if completed else status
         moved = (
             Enrollment.update(status=status, exit_reason=reason, version=Enrollment.version + 1,
                               updated_at=now)

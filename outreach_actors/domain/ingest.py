@@ -466,6 +466,15 @@ def _react(
     _exit_for(event, message.tenant, email)
 
 
+def apply_message_event(event: NormalizedEvent, occurred_at: datetime, settings: Settings) -> None:
+    """Apply one new event of one of our messages that its caller stored (a reply's
+    bounce or request to be removed, domain/replies) as a webhook's: suppressions, the
+    engine, exits."""
+    message = _find_messages([event])["id"].get(event.message_id or "")
+    if message is not None:
+        _react(event, message, occurred_at, settings, _EngineInterest([message]))
+
+
 def _react_without_message(event: NormalizedEvent, occurred_at: datetime, settings: Settings) -> None:
     """Apply what an event says of an address when its message is not here (purged, or
     mailed by another environment on the same SendGrid account) but it names one of

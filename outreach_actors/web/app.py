@@ -20,8 +20,15 @@ import waitress
 from waitress.server import BaseWSGIServer, MultiSocketServer
 
 from outreach_actors.settings import Settings, get_settings
-from outreach_actors.web.endpoints import UNSUBSCRIBE_PATH, WEBHOOK_PATH, Endpoints, activate
+from outreach_actors.web.endpoints import (
+    INBOUND_PATH,
+    UNSUBSCRIBE_PATH,
+    WEBHOOK_PATH,
+    Endpoints,
+    activate,
+)
 from outreach_actors.web.http import Reply
+from outreach_actors.web.webhooks import SendGridWebhookReceiver
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +45,8 @@ DEFAULT_IDLE_TIMEOUT_S = 30
 
 
 class OutreachWSGI:
-    """Routes ``POST /webhooks/sendgrid`` and ``GET|POST /unsubscribe/<token>``."""
+    """Routes ``POST /webhooks/sendgrid``, ``POST /webhooks/sendgrid/inbound`` and
+    ``GET|POST /unsubscribe/<token>``."""
 
     def __init__(self, endpoints: Endpoints) -> None:
         self.endpoints = endpoints
@@ -56,16 +64,17 @@ class OutreachWSGI:
     def route(self, environ: dict[str, Any]) -> Reply:
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "GET")
-        if path == WEBHOOK_PATH:
+        if path in {WEBHOOK_PATH, INBOUND_PATH}:
             if method != "POST":
                 return Reply(405, "Use POST.\n")
-            return self._webhook(environ)
+            return self._webhook(environ, self.endpoints.inbound if path == INBOUND_PATH
+                                 else self.endpoints.webhook)
         token = path.removeprefix(UNSUBSCRIBE_PATH)
         if path.startswith(UNSUBSCRIBE_PATH) and token and "/" not in token:
             return self.endpoints.unsubscribe.respond(method, token)
         return Reply(404, "Not found.\n")
 
-    def _webhook(self, environ: dict[str, Any]) -> Reply:
+    def _webhook(self, environ: dict[str, Any], receiver: SendGridWebhookReceiver) -> Reply:
         try:
             length = int(environ.get("CONTENT_LENGTH") or "")
         except ValueError:
@@ -80,7 +89,7 @@ class OutreachWSGI:
             for key, value in environ.items()
             if key.startswith("HTTP_")
         }
-        return self.endpoints.webhook.receive(headers, read, length)
+        return receiver.receive(headers, read, length)
 
 
 def make_app(settings: Settings | None = None) -> OutreachWSGI:
@@ -162,7 +171,8 @@ def http_server(
             # Silent connections are looked for every half timeout (whole seconds, at least 1).
             cleanup_interval=max(1, idle_timeout_s // 2),
             # Longer bodies are refused (413) before they are read, as the receiver would.
-            max_request_body_size=app.endpoints.settings.webhook_max_body_bytes + 1,
+            max_request_body_size=max(app.endpoints.settings.webhook_max_body_bytes,
+                                      app.endpoints.settings.inbound_max_body_bytes) + 1,
             # select() cannot watch a descriptor numbered 1024 or more.
             asyncore_use_poll=True,
         )

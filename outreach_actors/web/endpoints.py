@@ -11,21 +11,24 @@ from typing import Any
 
 from outreach_actors.domain.unsubscribe import require_unforgeable_links
 from outreach_actors.settings import ENV_PREFIX, Settings, settings_from_mapping
+from outreach_actors.web.inbound import SendGridInboundReceiver
 from outreach_actors.web.unsubscribe import UnsubscribePage
 from outreach_actors.web.webhooks import SendGridWebhookReceiver
 from outreach_actors.worker.runtime import install
 
 WEBHOOK_PATH = "/webhooks/sendgrid"
+INBOUND_PATH = "/webhooks/sendgrid/inbound"
 UNSUBSCRIBE_PATH = "/unsubscribe/"
 
 
 @dataclass(frozen=True)
 class Endpoints:
-    """The two endpoints a host mounts, built once from the settings."""
+    """The endpoints a host mounts, built once from the settings."""
 
     settings: Settings
     webhook: SendGridWebhookReceiver
     unsubscribe: UnsubscribePage
+    inbound: SendGridInboundReceiver
 
 
 def host_settings(
@@ -53,4 +56,5 @@ def activate(settings: Settings) -> Endpoints:
     """
     require_unforgeable_links(settings)
     install(settings)
-    return Endpoints(settings, SendGridWebhookReceiver(settings), UnsubscribePage(settings))
+    return Endpoints(settings, SendGridWebhookReceiver(settings), UnsubscribePage(settings),
+                     SendGridInboundReceiver(settings))

@@ -20,6 +20,15 @@ def sendgrid_webhook(request: HttpRequest) -> HttpResponse:
     return _response(reply)
 
 
+@csrf_exempt  # SendGrid signs its requests; it cannot send a CSRF token
+@require_POST
+def sendgrid_inbound(request: HttpRequest) -> HttpResponse:
+    reply = _config().endpoints.inbound.receive(
+        dict(request.headers), request.read, _content_length(request)
+    )
+    return _response(reply)
+
+
 @csrf_exempt  # RFC 8058 one-click POSTs come from mail providers, without a token
 @require_http_methods(["GET", "HEAD", "POST"])
 def unsubscribe(request: HttpRequest, token: str) -> HttpResponse:

@@ -26,6 +26,14 @@ class OutgoingEmail:
     categories: list[str] = field(default_factory=list)
     headers: dict[str, str] = field(default_factory=dict)
     custom_args: dict[str, str] = field(default_factory=dict)
+    reply_to: str | None = None
+    #: (file name, MIME type, content) of each attachment: a forward's original email.
+    attachments: tuple[tuple[str, str, bytes], ...] = ()
+
+
+#: Where render keeps an email's Reply-To among its stored headers; SendGrid takes it
+#: as ``reply_to``, not as a header.
+REPLY_TO_HEADER = "Reply-To"
 
 
 @dataclass(frozen=True)

@@ -26,3 +26,9 @@ def message_key(action_dedupe_key: str) -> str:
 def synthetic_event_key(action_id: int) -> str:
     """A synthetic event's (``no_open``...): one per timer that fired."""
     return f"action:{action_id}"
+
+
+def reply_event_key(tenant_id: str, reply_id: str) -> str:
+    """A reply's event (``replied``, a DSN's bounce...): one per mail that came back, by
+    its own Message-ID (or a digest of its headers), whichever post brought it."""
+    return f"inbound:{tenant_id}:{reply_id}"

@@ -1,0 +1,117 @@
+"""Hand a person's reply to a person: one forward per reply, through SendGrid, to the
+sender identity's forward address, the prospect as Reply-To and the original attached.
+
+A forward is no campaign send: no plan, no rate limit, no timers. It is stored as an
+OutboundMessage without enrollment under the unique key ``forward:<post>``, so that
+running twice sends once (the insert is the claim) and SendGrid's events for it find
+their message.
+"""
+
+from __future__ import annotations
+
+import logging
+from email.utils import parseaddr
+from typing import Protocol
+
+from outreach_actors.domain.mail.outgoing import OutgoingEmail, SendOutcome
+from outreach_actors.domain.replies.classify import body_text
+from outreach_actors.domain.replies.parse import parse_post
+from outreach_actors.domain.store.models import (
+    InboundPost,
+    OutboundMessage,
+    SenderIdentity,
+    insert_rows,
+    new_message_id,
+    utcnow,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Marks our forwards: one that comes back to the inbound address is a loop, not a reply.
+FORWARD_HEADER = "X-Outreach-Forward"
+MAX_SUBJECT = 900
+
+
+class MailProvider(Protocol):
+    def send(self, email: OutgoingEmail) -> SendOutcome: ...
+
+
+class ForwardNotSent(RuntimeError):
+    """SendGrid refused the forward for now; it is retried."""
+
+
+def forward_key(post_id: int) -> str:
+    return f"forward:{post_id}"
+
+
+def forward_reply(post_id: int, provider: MailProvider) -> str:
+    """Forward the reply of one processed post; returns what happened. Safe to run twice:
+    a forward already sent (or being sent) is not sent again."""
+    post = InboundPost.get_or_none(InboundPost.id == post_id)
+    if post is None or post.forward_status not in {InboundPost.FORWARD_PENDING,
+                                                    InboundPost.FORWARD_SENDING}:
+        return "nothing to forward"
+    original = OutboundMessage.get_or_none(OutboundMessage.id == post.message_id)
+    if original is None:
+        _finish(post_id, InboundPost.FORWARD_FAILED, "its email was purged before the forward")
+        return "original purged"
+    identity = SenderIdentity.get_or_none(SenderIdentity.tenant == original.tenant_id,
+                                          SenderIdentity.email == original.from_email)
+    forward_to = (identity.forward_replies_to if identity else None) or original.from_email
+    parsed = parse_post(bytes(post.body), (post.headers or {}).get("content-type"))
+    reply = parsed.message
+    prospect = parseaddr(str(reply.get("reply-to") or reply.get("from") or ""))[1] or None
+    subject = (str(reply.get("subject") or "") or f"Re: {original.subject}")[:MAX_SUBJECT]
+    key = forward_key(post_id)
+    inserted = insert_rows(OutboundMessage, [{
+        "id": new_message_id(), "tenant": original.tenant_id, "dedupe_key": key,
+        "status": OutboundMessage.SENDING, "to_email": forward_to,
+        "from_email": original.from_email, "from_name": original.from_name,
+        "subject": subject, "html": "", "text": "", "headers": {FORWARD_HEADER: str(post_id)},
+        "send_started_at": utcnow(), "attempts": 1,
+    }], ignore_conflicts=True, conflict_target="dedupe_key", returning="id")
+    if inserted:
+        message_id = inserted[0]
+    else:
+        # Sent, or being sent, by an earlier run; put back for a retry only (see below).
+        message_id = (OutboundMessage.update(status=OutboundMessage.SENDING,
+                                             attempts=OutboundMessage.attempts + 1)
+                      .where(OutboundMessage.dedupe_key == key,
+                             OutboundMessage.status == OutboundMessage.RENDERED)
+                      .returning(OutboundMessage.id).tuples().execute())
+        message_id = next(iter(message_id), (None,))[0]
+        if message_id is None:
+            return "already forwarded"
+    InboundPost.update(forward_status=InboundPost.FORWARD_SENDING, forward_to=forward_to).where(
+        InboundPost.id == post_id).execute()
+    outcome = provider.send(OutgoingEmail(
+        message_id=message_id, tenant=original.tenant_id, to_email=forward_to,
+        from_email=original.from_email, from_name=original.from_name or None, subject=subject,
+        html=None, text=body_text(reply) or "(the reply has no text; see the attached email)",
+        headers={FORWARD_HEADER: str(post_id)}, reply_to=prospect,
+        attachments=(("reply.eml", "message/rfc822", parsed.raw),),
+    ))
+    now = utcnow()
+    if outcome.kind == "sent":
+        OutboundMessage.update(status=OutboundMessage.SENT, sent_at=now,
+                               provider_message_id=outcome.provider_message_id).where(
+            OutboundMessage.id == message_id).execute()
+        _finish(post_id, InboundPost.FORWARD_SENT, None)
+        logger.info("Forwarded post=%s as message=%s", post_id, message_id)
+        return "forwarded"
+    if outcome.kind == "retry":
+        OutboundMessage.update(status=OutboundMessage.RENDERED, error=outcome.error).where(
+            OutboundMessage.id == message_id).execute()
+        raise ForwardNotSent(f"forward of post {post_id}: {outcome.status_code} {outcome.error}")
+    status = OutboundMessage.AMBIGUOUS if outcome.kind == "ambiguous" else OutboundMessage.FAILED
+    OutboundMessage.update(status=status, error=outcome.error).where(
+        OutboundMessage.id == message_id).execute()
+    _finish(post_id, InboundPost.FORWARD_FAILED, f"{outcome.kind}: {outcome.error}")
+    logger.warning("Forward of post=%s %s: %s", post_id, outcome.kind, outcome.error)
+    return f"forward {outcome.kind}"
+
+
+def _finish(post_id: int, status: str, error: str | None) -> None:
+    InboundPost.update(forward_status=status, forward_error=error,
+                       forwarded_at=utcnow() if status == InboundPost.FORWARD_SENT else None,
+                       ).where(InboundPost.id == post_id).execute()

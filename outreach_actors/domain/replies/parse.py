@@ -1,0 +1,185 @@
+"""Read one stored Inbound Parse post, in either of SendGrid's forms, as one email.
+
+"POST the raw, full MIME message" on: the form's ``email`` field is the message. Off:
+SendGrid sends the parsed parts (``headers``, ``text``, ``html``, ``from``, ``to``,
+``envelope``, ``charsets``, ``attachmentN`` files), each in the charset ``charsets``
+names; they are put back together into one message, so that everything after this
+module reads one ``EmailMessage`` whatever the form.
+
+The form itself is multipart/form-data, which the standard ``email`` parser reads
+(``cgi`` left the standard library); the message is read with ``policy.default``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+from dataclasses import dataclass, field
+from email import policy
+from email.message import EmailMessage, Message
+from email.parser import BytesParser
+from email.utils import getaddresses
+
+#: Deeper MIME nesting than this is refused as hostile: no mail client writes it.
+MAX_MIME_DEPTH = 40
+#: The parsed form's attachments: ``attachment1``, ``attachment2``, ...
+ATTACHMENT_FIELD = re.compile(r"attachment\d+")
+#: The charset a field is read in when ``charsets`` names none (SendGrid's default).
+DEFAULT_CHARSET = "utf-8"
+
+
+class UnreadablePost(ValueError):
+    """A stored post that is no Inbound Parse form, or whose email cannot be read."""
+
+
+@dataclass
+class ParsedInbound:
+    """One email that came back, as read from its post."""
+
+    message: EmailMessage
+    #: ``raw`` when SendGrid posted the full MIME message, ``parsed`` otherwise.
+    form: str
+    #: Every address the mail was for: the envelope's, To, Cc, Delivered-To.
+    recipients: list[str] = field(default_factory=list)
+    #: What was read around a problem (an unknown charset), kept as the post's note.
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def raw(self) -> bytes:
+        """The message as bytes: what a forward attaches."""
+        return self.message.as_bytes(policy=policy.SMTP)
+
+
+def parse_post(body: bytes, content_type: str | None) -> ParsedInbound:
+    """The email in an Inbound Parse post; UnreadablePost saying why when there is none."""
+    if not content_type or "multipart/form-data" not in content_type.lower():
+        raise UnreadablePost(f"not multipart/form-data but {content_type or 'no Content-Type'}")
+    try:
+        form = BytesParser(policy=policy.HTTP).parsebytes(
+            b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
+    except (RecursionError, UnicodeError) as exc:
+        raise UnreadablePost(f"the form cannot be read: {exc}") from None
+    if not form.is_multipart():
+        raise UnreadablePost("the form has no parts (is the boundary right?)")
+    fields: dict[str, bytes] = {}
+    files: list[Message] = []
+    for part in form.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str):
+            continue
+        if part.get_filename() is not None or ATTACHMENT_FIELD.fullmatch(name):
+            files.append(part)
+        else:
+            fields[name] = part_bytes(part)
+    warnings: list[str] = []
+    charsets = _json(fields.get("charsets"), {})
+    charsets = charsets if isinstance(charsets, dict) else {}
+    if "email" in fields:
+        message = _read_message(fields["email"])
+        parsed = ParsedInbound(message, "raw", warnings=warnings)
+    elif "headers" in fields:
+        try:
+            rebuilt = _rebuild(fields, files, charsets, warnings)
+        except (ValueError, TypeError, LookupError, RecursionError) as exc:
+            # The email package's word for parts it cannot put together.
+            raise UnreadablePost(f"the parsed fields do not make an email: {exc}") from None
+        parsed = ParsedInbound(rebuilt, "parsed", warnings=warnings)
+    else:
+        raise UnreadablePost("the form has neither an `email` field (raw) nor `headers` (parsed)")
+    envelope = _json(fields.get("envelope"), {})
+    recipients = [*(envelope.get("to") or [] if isinstance(envelope, dict) else [])]
+    for name in ("to", "cc", "delivered-to", "x-original-to"):
+        recipients += [address for _, address in getaddresses(
+            [str(value) for value in parsed.message.get_all(name, [])]) if address]
+    if "to" in fields:
+        recipients += [address for _, address in getaddresses(
+            [_text(fields["to"], charsets.get("to"), "to", warnings)]) if address]
+    parsed.recipients = [r for r in dict.fromkeys(recipients) if isinstance(r, str)]
+    _check_depth(parsed.message)
+    return parsed
+
+
+def _read_message(raw: bytes) -> EmailMessage:
+    try:
+        message = BytesParser(policy=policy.default).parsebytes(raw)
+    except RecursionError:
+        raise UnreadablePost(f"the email is nested deeper than {MAX_MIME_DEPTH} levels") from None
+    if not message.keys():
+        raise UnreadablePost("the email has no headers")
+    return message
+
+
+def _check_depth(message: Message, depth: int = 0) -> None:
+    if depth > MAX_MIME_DEPTH:
+        raise UnreadablePost(f"the email is nested deeper than {MAX_MIME_DEPTH} levels")
+    if message.is_multipart():
+        for part in message.get_payload():
+            _check_depth(part, depth + 1)
+
+
+def _rebuild(fields: dict[str, bytes], files: list[Message], charsets: dict,
+             warnings: list[str]) -> EmailMessage:
+    """One message from the parsed form's headers, bodies and files."""
+    headers = _text(fields["headers"], charsets.get("headers"), "headers", warnings)
+    message = BytesParser(policy=policy.default).parsebytes(
+        headers.strip("\r\n").encode("utf-8", "surrogateescape") + b"\n\n")
+    # A DSN keeps its type (its report is read from its parts); the rest is rebuilt.
+    report_type = message.get_param("report-type") if (
+        message.get_content_type() == "multipart/report") else None
+    for name in ("content-type", "content-transfer-encoding", "mime-version"):
+        del message[name]
+    text = _text(fields.get("text", b""), charsets.get("text"), "text", warnings)
+    html = _text(fields.get("html", b""), charsets.get("html"), "html", warnings)
+    if text or not html:
+        message.set_content(text)
+    if html:
+        if text:
+            message.add_alternative(html, subtype="html")
+        else:
+            message.set_content(html, subtype="html")
+    for file in files:
+        payload = part_bytes(file)
+        content_type = file.get_content_type()
+        if content_type.startswith("message/") or content_type == "text/rfc822-headers":
+            # Parsed as the part it was: an attached email, a DSN's report.
+            if message.get_content_type() != "multipart/mixed":
+                message.make_mixed()
+            message.attach(BytesParser(policy=policy.default).parsebytes(
+                f"Content-Type: {content_type}\n\n".encode() + payload))
+        else:
+            maintype, _, subtype = content_type.partition("/")
+            message.add_attachment(payload, maintype=maintype, subtype=subtype,
+                                   filename=file.get_filename())
+    if isinstance(report_type, str) and message.is_multipart():
+        message.set_type("multipart/report")
+        message.set_param("report-type", report_type)
+    return message
+
+
+def part_bytes(part: Message) -> bytes:
+    """A MIME part's content as bytes, transfer encoding undone; an attached message or
+    a DSN's report (which the parser reads into parts) as the bytes it was."""
+    payload = part.get_payload(decode=True)
+    if payload is None and isinstance(inner := part.get_payload(), list):
+        return b"".join(block.as_bytes() for block in inner)
+    return payload or b""
+
+
+def _text(value: bytes, charset: object, name: str, warnings: list[str]) -> str:
+    """A parsed field in the charset SendGrid named for it; utf-8 with replacements, and a
+    warning, for a charset Python does not know."""
+    wanted = charset if isinstance(charset, str) and charset else DEFAULT_CHARSET
+    try:
+        codecs.lookup(wanted)
+    except LookupError:
+        warnings.append(f"field {name!r}: unknown charset {wanted[:40]!r}, read as utf-8")
+        wanted = DEFAULT_CHARSET
+    return value.decode(wanted, errors="replace")
+
+
+def _json(value: bytes | None, default: object) -> object:
+    try:
+        return json.loads(value) if value else default
+    except ValueError:
+        return default
