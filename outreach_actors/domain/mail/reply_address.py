@@ -37,7 +37,8 @@ def make_reply_token(settings: Settings, tenant_id: str, message_id: str) -> str
     except ValueError:
         return None
     mac = _mac(token_secrets(settings)[0], tenant_id, raw)
-    return base64.b32encode(raw + mac).decode().lower()
+    # Base32's padding ("=") is left out of the address and put back when it is read.
+    return base64.b32encode(raw + mac).decode().rstrip("=").lower()
 
 
 def reply_address(settings: Settings, tenant_id: str, message_id: str) -> str | None:
@@ -53,20 +54,23 @@ def tokens_in(text: str) -> list[str]:
     return list(dict.fromkeys(match.lower() for match in _TOKEN.findall(text or "")))
 
 
+def _decoded(token: str) -> bytes | None:
+    try:
+        return base64.b32decode(token.upper() + "=" * (-len(token) % 8))
+    except ValueError:
+        return None
+
+
 def message_id_of(token: str) -> str | None:
     """The message a token claims, unverified (verify with token_is_valid)."""
-    try:
-        raw = base64.b32decode(token.upper())
-    except ValueError:
+    if (raw := _decoded(token)) is None:
         return None
     return MESSAGE_ID_PREFIX + raw[:16].hex() if len(raw) == 16 + MAC_BYTES else None
 
 
 def token_is_valid(settings: Settings, token: str, tenant_id: str) -> bool:
     """Whether ``token`` was made by us, for its message and ``tenant_id``."""
-    try:
-        raw = base64.b32decode(token.upper())
-    except ValueError:
+    if (raw := _decoded(token)) is None:
         return False
     message, mac = raw[:16], raw[16:]
     return any(hmac.compare_digest(mac, _mac(secret, tenant_id, message))

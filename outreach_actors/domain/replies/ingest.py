@@ -100,7 +100,8 @@ def ingest_post(post_id: int, *, enqueue_forward: EnqueueForward,
                            f"the same reply as post {first}; acted on once", **common)
         outcome = _react(classification, ours, occurred_at, event_key, settings)
         forward = classification.kind == EventType.REPLIED
-        status = _finish(post_id, InboundPost.PROCESSED, "; ".join(filter(None, [outcome, note])),
+        status = _finish(post_id, InboundPost.PROCESSED,
+                         "; ".join(filter(None, [outcome, f"matched by {match.how}", note])),
                          forward_status=InboundPost.FORWARD_PENDING if forward else None,
                          **common)
     logger.info("Inbound post=%s: %s of message=%s (%s, matched by %s)", post_id,
