@@ -89,6 +89,8 @@ class OutreachWSGI:
             for key, value in environ.items()
             if key.startswith("HTTP_")
         }
+        if environ.get("CONTENT_TYPE"):  # WSGI keeps it out of the HTTP_ keys
+            headers["Content-Type"] = environ["CONTENT_TYPE"]
         return receiver.receive(headers, read, length)
 
 
