@@ -29,6 +29,7 @@ from outreach_actors.domain.store.models import (
     SenderIdentity,
     Suppression,
 )
+from outreach_actors.domain.stats import funnel
 from outreach_actors.settings import configure
 from outreach_actors.web.inbound import SendGridInboundReceiver
 
@@ -237,6 +238,14 @@ def test_a_reply_stops_the_no_reply_timer(sent, receiver) -> None:
     post_twice_and_ingest(receiver, sample("gmail_reply.eml", sent), raw=True)
     timer = ScheduledAction.get(ScheduledAction.kind == "timeout")
     assert timer.status == "cancelled"
+
+
+def test_the_funnel_counts_replies_and_auto_replies_per_node(sent, receiver) -> None:
+    post_twice_and_ingest(receiver, sample("outlook_out_of_office.eml", sent), raw=True)
+    receiver.enqueued.clear()
+    post_twice_and_ingest(receiver, sample("gmail_reply.eml", sent), raw=True)
+    [intro] = [row for row in funnel(plan_name="outreach") if row["node"] == "intro"]
+    assert (intro["replied"], intro["auto_replied"], intro["exited"]) == (1, 1, 1)
 
 
 # --- forwarding ----------------------------------------------------------------------
