@@ -20,6 +20,7 @@ from outreach_actors.domain.mail.reply_address import (
 )
 from outreach_actors.domain.replies import forward
 from outreach_actors.domain.replies.ingest import ingest_post, replay_post
+from outreach_actors.domain.stats import funnel
 from outreach_actors.domain.store.models import (
     Enrollment,
     InboundPost,
@@ -29,7 +30,6 @@ from outreach_actors.domain.store.models import (
     SenderIdentity,
     Suppression,
 )
-from outreach_actors.domain.stats import funnel
 from outreach_actors.settings import configure
 from outreach_actors.web.inbound import SendGridInboundReceiver
 

@@ -4,9 +4,11 @@ SendGrid signs it, and posted (:func:`post_inbound`)."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import time
 from email import policy
+from email.message import EmailMessage
 from email.parser import BytesParser
 from email.utils import getaddresses
 from urllib.error import HTTPError
@@ -95,3 +97,31 @@ def post_inbound(url: str, body: bytes, *, private_key_pem: str | None,
             return answer.status
     except HTTPError as exc:
         return exc.code
+
+
+#: What a simulated recipient writes back, by persona (dev/simulation.py).
+REPLY_TEXT = {
+    "replier": ("Re: {subject}", "Yes, let's talk. Thursday at 3pm works for me.", {}),
+    "vacationer": ("Automatic reply: {subject}",
+                   "I am out of the office until {back:%B %d, %Y} with limited access to email.",
+                   {"Auto-Submitted": "auto-replied", "X-Auto-Response-Suppress": "All"}),
+}
+
+
+def simulated_reply(persona: str, *, sender: str, reply_to: str, subject: str,
+                    message_id: str | None, number: int) -> bytes:
+    """The email a ``replier`` or ``vacationer`` sends back to one of our emails."""
+    subject_format, text, headers = REPLY_TEXT[persona]
+    reply = EmailMessage()
+    reply["From"] = sender
+    reply["To"] = reply_to
+    reply["Subject"] = subject_format.format(subject=subject)
+    reply["Message-ID"] = f"<sim-{persona}-{number}@example.com>"
+    if message_id:
+        reply["In-Reply-To"] = reply["References"] = message_id
+    for name, value in headers.items():
+        reply[name] = value
+    back = datetime.date.today() + datetime.timedelta(days=14)
+    reply.set_content(text.format(back=back) + f"\n\nOn an earlier day, <{reply_to}> wrote:\n"
+                      f"> {subject}\n")
+    return reply.as_bytes(policy=policy.SMTP)
