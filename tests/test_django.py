@@ -192,3 +192,22 @@ def test_a_mistyped_setting_is_improperly_configured(settings, data_dir, key) ->
     with pytest.raises(ImproperlyConfigured, match="OUTREACH_SECRET_KYE is not a known setting"):
         with override_settings(OUTREACH={**outreach_config(data_dir, key), "secret_kye": "x"}):
             pass
+
+
+def test_a_signed_inbound_parse_post_is_stored_without_a_csrf_token(settings, data_dir, key) -> None:
+    from outreach_actors.dev.inbound_posts import inbound_headers
+    from outreach_actors.domain.store.models import InboundPost
+
+    from .test_replies import KEYS, SAMPLES
+
+    setup_django()
+    config = outreach_config(data_dir, key, sendgrid_inbound_public_key=KEYS.public_key)
+    with override_settings(OUTREACH=config):
+        activated(None)
+        body = (SAMPLES / "sendgrid_parsed_form.txt").read_bytes()
+        headers = inbound_headers(body, KEYS.private_key_pem)
+        response = Client(enforce_csrf_checks=True).generic(
+            "POST", "/webhooks/sendgrid/inbound", body,
+            content_type=headers.pop("Content-Type"), headers=headers)
+        assert response.status_code == 200
+        assert bytes(InboundPost.get().body) == body

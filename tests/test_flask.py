@@ -189,3 +189,21 @@ def test_a_prefix_the_link_base_lacks_is_warned_about(settings, data_dir, key, c
             app = flask_app(data_dir, key, url_prefix="/mail", OUTREACH_PUBLIC_BASE_URL=base)
         assert ("does not end with it" in caplog.text) is warned, base
         assert app.test_client().head("/mail/unsubscribe/x").status_code == 400
+
+
+def test_a_signed_inbound_parse_post_is_stored(settings, data_dir, key) -> None:
+    from outreach_actors.dev.inbound_posts import inbound_headers
+    from outreach_actors.domain.store.models import InboundPost
+
+    from .test_replies import KEYS, SAMPLES
+
+    app = flask_app(data_dir, key, OUTREACH_SENDGRID_INBOUND_PUBLIC_KEY=KEYS.public_key)
+    body = (SAMPLES / "sendgrid_raw_form.txt").read_bytes()
+    client = app.test_client()
+    for _ in range(2):  # SendGrid's retry is stored once
+        response = client.post("/webhooks/sendgrid/inbound", data=body,
+                               headers=inbound_headers(body, KEYS.private_key_pem))
+        assert response.status_code == 200
+    assert bytes(InboundPost.get().body) == body
+    assert client.post("/webhooks/sendgrid/inbound", data=body,
+                       headers=inbound_headers(body, None)).status_code == 403
