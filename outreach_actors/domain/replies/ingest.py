@@ -46,14 +46,26 @@ EnqueueForward = Callable[[int], None]
 def ingest_post(post_id: int, *, enqueue_forward: EnqueueForward,
                 settings: Settings | None = None) -> str:
     """Process one stored post; returns its status afterwards. A post already processed
-    (or kept as unmatched, ignored, duplicate) is left alone: replay resets it first."""
+    (or kept as unmatched, ignored, duplicate) is left alone: replay resets it first.
+
+    One transaction, committed before its forward is enqueued: a reply's effects and its
+    post's status are stored together or not at all."""
     settings = settings or get_settings()
-    post = InboundPost.get_or_none(InboundPost.id == post_id)
-    if post is None:
-        logger.error("Inbound post=%s does not exist (purged?); nothing to do", post_id)
-        return "missing"
-    if post.status != InboundPost.RECEIVED:
-        return post.status
+    with database_proxy.atomic():
+        post = InboundPost.get_or_none(InboundPost.id == post_id)
+        if post is None:
+            logger.error("Inbound post=%s does not exist (purged?); nothing to do", post_id)
+            return "missing"
+        if post.status != InboundPost.RECEIVED:
+            return post.status
+        status = _ingest(post, settings)
+    if status == InboundPost.PROCESSED and post.forward_status == InboundPost.FORWARD_PENDING:
+        enqueue_forward(post_id)
+    return status
+
+
+def _ingest(post: InboundPost, settings: Settings) -> str:
+    post_id = post.id
     InboundPost.update(attempts=InboundPost.attempts + 1).where(
         InboundPost.id == post_id).execute()
     try:
@@ -81,34 +93,30 @@ def ingest_post(post_id: int, *, enqueue_forward: EnqueueForward,
     occurred_at = _occurred_at(message, post.received_at)
     event_key = reply_event_key(ours.tenant_id, _reply_id(parsed))
     note = "; ".join(parsed.warnings) or None
-    with database_proxy.atomic():
-        new = insert_rows(MessageEvent, [{
-            "message": ours.id, "tenant": ours.tenant_id, "type": classification.kind,
-            "provider_event": PROVIDER_EVENT, "synthetic": False, "event_key": event_key,
-            "email": address_key(ours.to_email), "occurred_at": occurred_at,
-            "received_at": post.received_at, "data": {**classification.data, "inbound_post": post_id},
-        }], ignore_conflicts=True, conflict_target="event_key", returning="event_key")
-        common = {"kind": classification.kind, "tenant": ours.tenant_id, "message": ours.id,
-                  "event_key": event_key, **facts}
-        if not new:
-            first = (InboundPost.select(InboundPost.id).where(
-                InboundPost.event_key == event_key, InboundPost.id != post_id).scalar())
-            if first is None:  # this post's own event: a replay of a processed post
-                return _finish(post_id, InboundPost.PROCESSED,
-                               "replayed; its reply was acted on before", **common)
-            return _finish(post_id, InboundPost.DUPLICATE,
-                           f"the same reply as post {first}; acted on once", **common)
-        outcome = _react(classification, ours, occurred_at, event_key, settings)
-        forward = classification.kind == EventType.REPLIED
-        status = _finish(post_id, InboundPost.PROCESSED,
-                         "; ".join(filter(None, [outcome, f"matched by {match.how}", note])),
-                         forward_status=InboundPost.FORWARD_PENDING if forward else None,
-                         **common)
+    new = insert_rows(MessageEvent, [{
+        "message": ours.id, "tenant": ours.tenant_id, "type": classification.kind,
+        "provider_event": PROVIDER_EVENT, "synthetic": False, "event_key": event_key,
+        "email": address_key(ours.to_email), "occurred_at": occurred_at,
+        "received_at": post.received_at, "data": {**classification.data, "inbound_post": post_id},
+    }], ignore_conflicts=True, conflict_target="event_key", returning="event_key")
+    common = {"kind": classification.kind, "tenant": ours.tenant_id, "message": ours.id,
+              "event_key": event_key, **facts}
+    if not new:
+        first = (InboundPost.select(InboundPost.id).where(
+            InboundPost.event_key == event_key, InboundPost.id != post_id).scalar())
+        if first is None:  # this post's own event: a replay of a processed post
+            return _finish(post_id, InboundPost.PROCESSED,
+                           "replayed; its reply was acted on before", **common)
+        return _finish(post_id, InboundPost.DUPLICATE,
+                       f"the same reply as post {first}; acted on once", **common)
+    outcome = _react(classification, ours, occurred_at, event_key, settings)
+    # A person's reply goes to a person; auto-replies, DSNs and removals do not.
+    if classification.kind == EventType.REPLIED:
+        post.forward_status = common["forward_status"] = InboundPost.FORWARD_PENDING
     logger.info("Inbound post=%s: %s of message=%s (%s, matched by %s)", post_id,
                 classification.kind, ours.id, outcome, match.how)
-    if forward:
-        enqueue_forward(post_id)
-    return status
+    return _finish(post_id, InboundPost.PROCESSED,
+                   "; ".join(filter(None, [outcome, f"matched by {match.how}", note])), **common)
 
 
 def _react(classification: Classification, message: OutboundMessage, occurred_at: datetime,
