@@ -365,3 +365,17 @@ def test_the_sendgrid_sample_posts_are_stored_and_match_nothing(sent, receiver) 
         assert ingest_post(post_id, enqueue_forward=lambda post_id: None) == "unmatched"
     assert Enrollment.get_by_id(sent.enrollment_id).status == "active"
 
+
+
+def test_the_readmes_reply_plan_is_valid() -> None:
+    import re
+
+    from outreach_actors.domain.plans import validate_plan
+    from outreach_actors.domain.rendering.renderer import TemplateRenderer
+
+    from .test_readme import ROOT, section
+
+    text = re.search(r"```yaml\n(.*?)```", section("Replies (SendGrid Inbound Parse)"),
+                     re.DOTALL).group(1)
+    plan = validate_plan(text, check_template=TemplateRenderer(ROOT / "templates").check_template)
+    assert plan.stop_on_reply and plan.nodes["bump"].thread and not plan.nodes["bump"].subject
