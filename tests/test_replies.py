@@ -379,3 +379,54 @@ def test_the_readmes_reply_plan_is_valid() -> None:
                      re.DOTALL).group(1)
     plan = validate_plan(text, check_template=TemplateRenderer(ROOT / "templates").check_template)
     assert plan.stop_on_reply and plan.nodes["bump"].thread and not plan.nodes["bump"].subject
+
+
+def test_a_forward_sendgrid_refuses_for_now_is_retried_and_sent_once(sent, receiver, standin,
+                                                                     sendgrid_client) -> None:
+    [first, _] = post_twice_and_ingest(receiver, sample("gmail_reply.eml", sent), raw=True)
+    standin.fail_next(503)
+    with pytest.raises(forward.ForwardNotSent):
+        forward.forward_reply(first.id, sendgrid_client)
+    assert forward.forward_reply(first.id, sendgrid_client) == "forwarded"
+    assert forward.forward_reply(first.id, sendgrid_client) == "nothing to forward"
+    assert [m.recipients()[0][0] for m in standin.messages].count("sales@acme.test") == 1
+
+
+def test_a_post_whose_enqueue_was_lost_is_enqueued_again_and_old_posts_are_purged(
+        sent, receiver, inbound_settings) -> None:
+    from datetime import timedelta
+
+    from outreach_actors.domain import ingest, maintenance
+    from outreach_actors.domain.store.models import utcnow
+
+    post(receiver, inbound_form(sample("gmail_reply.eml", sent)))
+    [post_id] = receiver.enqueued
+    later = utcnow() + timedelta(minutes=10)
+    found: list[int] = []
+    assert ingest.requeue_stale_deliveries(found.append, timedelta(minutes=5), now=later,
+                                           model=InboundPost) == 1
+    assert found == [post_id]
+    assert ingest.requeue_stale_deliveries(found.append, timedelta(minutes=5), now=later,
+                                           model=InboundPost) == 0  # once per lease
+    ingest_post(post_id, enqueue_forward=lambda post_id: None)
+    counts = maintenance.purge_old_data(now=utcnow() + timedelta(days=31))
+    assert counts["posts"] == 1 and InboundPost.select().count() == 0
+
+
+def test_plan_validation_knows_replies_and_threads() -> None:
+    from outreach_actors.domain.plans import PlanError, validate_plan
+
+    start_threads = PLAN.replace('    subject: "Hello {{ contact.first_name }}"\n',
+                                 "    thread: true\n")
+    with pytest.raises(PlanError, match="nodes.intro.subject: the start node has no previous"):
+        validate_plan(start_threads)
+    no_subject = PLAN.replace("    thread: true\n", "")
+    with pytest.raises(PlanError, match="nodes.bump.subject: an email node needs a subject"):
+        validate_plan(no_subject)
+    with pytest.raises(PlanError, match="only timeout events"):
+        validate_plan(PLAN.replace("{on: no_reply, after: PT1H, to: bump}",
+                                   "{on: replied, after: PT1H, to: bump}"))
+    plan = validate_plan(PLAN.replace("{on: no_reply, after: PT1H, to: bump}",
+                                      "{on: no_reply, after: PT1H, to: bump}\n"
+                                      "      - {on: reply, to: gave_up}"))
+    assert plan.transition_for("intro", "replied").to == "gave_up"

@@ -13,7 +13,7 @@ import logging
 from email.utils import parseaddr
 from typing import Protocol
 
-from outreach_actors.domain.mail.outgoing import OutgoingEmail, SendOutcome
+from outreach_actors.domain.mail.outgoing import REPLY_TO_HEADER, OutgoingEmail, SendOutcome
 from outreach_actors.domain.replies.classify import body_text
 from outreach_actors.domain.replies.parse import parse_post
 from outreach_actors.domain.store.models import (
@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 #: Marks our forwards: one that comes back to the inbound address is a loop, not a reply.
 FORWARD_HEADER = "X-Outreach-Forward"
 MAX_SUBJECT = 900
+#: A forward SendGrid refused for now: not ``rendered``, so no campaign send takes it.
+RETRY_LATER = "forward_retry"
 
 
 class MailProvider(Protocol):
@@ -63,21 +65,26 @@ def forward_reply(post_id: int, provider: MailProvider) -> str:
     prospect = parseaddr(str(reply.get("reply-to") or reply.get("from") or ""))[1] or None
     subject = (str(reply.get("subject") or "") or f"Re: {original.subject}")[:MAX_SUBJECT]
     key = forward_key(post_id)
+    text = body_text(reply) or "(the reply has no text; see the attached email)"
+    # Kept whole (but the attachment) in the row: the ambiguous-send policy may resend it.
+    headers = {FORWARD_HEADER: str(post_id), **({REPLY_TO_HEADER: prospect} if prospect else {})}
     inserted = insert_rows(OutboundMessage, [{
         "id": new_message_id(), "tenant": original.tenant_id, "dedupe_key": key,
         "status": OutboundMessage.SENDING, "to_email": forward_to,
         "from_email": original.from_email, "from_name": original.from_name,
-        "subject": subject, "html": "", "text": "", "headers": {FORWARD_HEADER: str(post_id)},
+        "subject": subject, "html": "", "text": text, "headers": headers,
         "send_started_at": utcnow(), "attempts": 1,
     }], ignore_conflicts=True, conflict_target="dedupe_key", returning="id")
     if inserted:
         message_id = inserted[0]
     else:
-        # Sent, or being sent, by an earlier run; put back for a retry only (see below).
+        # Sent, or being sent, by an earlier run (never twice: a worker that died in
+        # the call leaves it `sending`, which the reconciler makes ambiguous); only a
+        # forward SendGrid refused for now is claimed again.
         message_id = (OutboundMessage.update(status=OutboundMessage.SENDING,
                                              attempts=OutboundMessage.attempts + 1)
                       .where(OutboundMessage.dedupe_key == key,
-                             OutboundMessage.status == OutboundMessage.RENDERED)
+                             OutboundMessage.status == RETRY_LATER)
                       .returning(OutboundMessage.id).tuples().execute())
         message_id = next(iter(message_id), (None,))[0]
         if message_id is None:
@@ -87,8 +94,7 @@ def forward_reply(post_id: int, provider: MailProvider) -> str:
     outcome = provider.send(OutgoingEmail(
         message_id=message_id, tenant=original.tenant_id, to_email=forward_to,
         from_email=original.from_email, from_name=original.from_name or None, subject=subject,
-        html=None, text=body_text(reply) or "(the reply has no text; see the attached email)",
-        headers={FORWARD_HEADER: str(post_id)}, reply_to=prospect,
+        html=None, text=text, headers={FORWARD_HEADER: str(post_id)}, reply_to=prospect,
         attachments=(("reply.eml", "message/rfc822", parsed.raw),),
     ))
     now = utcnow()
@@ -100,7 +106,7 @@ def forward_reply(post_id: int, provider: MailProvider) -> str:
         logger.info("Forwarded post=%s as message=%s", post_id, message_id)
         return "forwarded"
     if outcome.kind == "retry":
-        OutboundMessage.update(status=OutboundMessage.RENDERED, error=outcome.error).where(
+        OutboundMessage.update(status=RETRY_LATER, error=outcome.error).where(
             OutboundMessage.id == message_id).execute()
         raise ForwardNotSent(f"forward of post {post_id}: {outcome.status_code} {outcome.error}")
     status = OutboundMessage.AMBIGUOUS if outcome.kind == "ambiguous" else OutboundMessage.FAILED

@@ -309,6 +309,8 @@ class InboundPost(BaseModel):
     attempts = peewee.IntegerField(default=0)
     received_at = peewee.DateTimeField(default=utcnow, index=True)
     processed_at = peewee.DateTimeField(null=True)
+    # When the reconciler last enqueued it again (at most once per lease).
+    requeued_at = peewee.DateTimeField(null=True)
 
 
 class PeriodicTick(BaseModel):

@@ -7,6 +7,7 @@ from periodiq import cron
 
 from outreach_actors.domain import dispatch, ingest, maintenance
 from outreach_actors.domain.mail import ambiguous
+from outreach_actors.domain.store.models import InboundPost
 from outreach_actors.settings import get_settings
 from outreach_actors.worker.actors.mail import (
     enqueue_actions,
@@ -14,6 +15,7 @@ from outreach_actors.worker.actors.mail import (
     requeue_actions,
     requeue_send,
 )
+from outreach_actors.worker.actors.replies import enqueue_inbound_post
 from outreach_actors.worker.actors.webhooks import enqueue_delivery
 
 
@@ -39,14 +41,16 @@ def reconcile() -> None:
 
     Actions whose lease expired are enqueued again; sends that were lost are
     enqueued again and sends cut short become ambiguous; ambiguous sends past
-    their window are settled by policy; webhook deliveries stored but never
-    normalized are enqueued again.
+    their window are settled by policy; webhook deliveries and Inbound Parse posts
+    stored but never read are enqueued again.
     """
     settings = get_settings()
     dispatch.reconcile_expired_leases(requeue_actions, settings=settings)
     dispatch.reconcile_stuck_messages(enqueue_send, settings=settings)
     ambiguous.settle_ambiguous_sends(requeue_send, settings=settings)
     ingest.requeue_stale_deliveries(enqueue_delivery, settings.action_lease)
+    ingest.requeue_stale_deliveries(enqueue_inbound_post, settings.action_lease,
+                                    model=InboundPost)
 
 
 @dramatiq.actor(queue_name="periodic", max_retries=0, periodic=cron("17 3 * * *"))
