@@ -17,7 +17,6 @@ from urllib.request import Request, urlopen
 from sendgrid.helpers.eventwebhook.eventwebhook_header import EventWebhookHeader
 
 from outreach_actors.dev.webhook_events import sign_webhook
-from outreach_actors.domain.replies.parse import part_bytes
 
 #: The boundary SendGrid's own samples use.
 BOUNDARY = "xYzZY"
@@ -62,6 +61,15 @@ def inbound_form(email: bytes, *, raw: bool = True, charset: str = "utf-8") -> b
         ("SPF", b"pass", None, None),
     ]
     return _form(fields)
+
+
+def part_bytes(part: EmailMessage) -> bytes:
+    """A MIME part's content as SendGrid posts it: transfer encoding undone; an attached
+    message or a DSN's report (which the parser reads into parts) as the bytes it was."""
+    payload = part.get_payload(decode=True)
+    if payload is None and isinstance(inner := part.get_payload(), list):
+        return b"".join(block.as_bytes() for block in inner)
+    return payload or b""
 
 
 def _form(fields: list[tuple[str, bytes, str | None, str | None]]) -> bytes:
