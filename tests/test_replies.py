@@ -294,6 +294,7 @@ def deeply_nested(depth: int) -> bytes:
 
 @pytest.mark.parametrize("case, status, note", [
     ("not a form", "failed", "not multipart/form-data"),
+    ("malformed MIME", "unmatched", "malformed MIME (CloseBoundaryNotFoundDefect"),
     ("deep nesting", "failed", "nested deeper"),
     ("unknown charset", "processed", "unknown charset"),
     ("forged token", "unmatched", "forged"),
@@ -305,6 +306,10 @@ def test_bad_inbound_mail_is_kept_with_a_clear_note(sent, receiver, case, status
     content_type = CONTENT_TYPE
     if case == "not a form":
         body, content_type = b"\x00\xff garbage", "application/octet-stream"
+    elif case == "malformed MIME":
+        body = inbound_form(b"From: a@example.com\nTo: y@in.acme.test\nSubject: x\n"
+                            b"Content-Type: multipart/mixed; boundary=zz\n\n--zz\n"
+                            b"Content-Type: text/plain\n\nhello, no closing boundary\n")
     elif case == "deep nesting":
         body = inbound_form(deeply_nested(200))
     elif case == "unknown charset":
@@ -430,3 +435,9 @@ def test_plan_validation_knows_replies_and_threads() -> None:
                                       "{on: no_reply, after: PT1H, to: bump}\n"
                                       "      - {on: reply, to: gave_up}"))
     assert plan.transition_for("intro", "replied").to == "gave_up"
+
+
+def test_accepting_unsigned_posts_is_logged_loudly(data_dir, caplog) -> None:
+    SendGridInboundReceiver(make_settings(data_dir, sendgrid_inbound_allow_unsigned=True))
+    assert "Unsigned inbound posts accepted" in caplog.text
+    assert "OUTREACH_SENDGRID_INBOUND_ALLOW_UNSIGNED" in caplog.text

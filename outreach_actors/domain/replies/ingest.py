@@ -88,7 +88,8 @@ def _ingest(post: InboundPost, settings: Settings) -> str:
     match = find_message(settings, parsed.recipients, message, classification.returned)
     if match.message is None:
         logger.info("Inbound post=%s matches none of our emails: %s", post_id, match.how)
-        return _finish(post_id, InboundPost.UNMATCHED, match.how, kind=classification.kind, **facts)
+        return _finish(post_id, InboundPost.UNMATCHED, "; ".join([match.how, *parsed.warnings]),
+                       kind=classification.kind, **facts)
     ours = match.message
     occurred_at = _occurred_at(message, post.received_at)
     event_key = reply_event_key(ours.tenant_id, _reply_id(parsed))

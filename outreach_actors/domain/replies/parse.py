@@ -93,6 +93,10 @@ def parse_post(body: bytes, content_type: str | None) -> ParsedInbound:
             [_text(fields["to"], charsets.get("to"), "to", warnings)]) if address]
     parsed.recipients = [r for r in dict.fromkeys(recipients) if isinstance(r, str)]
     _check_depth(parsed.message)
+    defects = sorted({type(defect).__name__ for part in parsed.message.walk()
+                      for defect in part.defects})
+    if defects:  # read as well as the email package could: said, not hidden
+        warnings.append(f"malformed MIME ({', '.join(defects)})")
     return parsed
 
 
