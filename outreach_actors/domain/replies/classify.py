@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import date
 from email.message import EmailMessage, Message
+from email.parser import HeaderParser
 
 import html_text
 from email_reply_parser import EmailReplyParser
@@ -156,8 +157,6 @@ def _delivery_status(message: EmailMessage) -> Classification | None:
             if isinstance(payload, list) and payload:
                 returned = payload[0]
             elif isinstance(payload, str):
-                from email.parser import HeaderParser
-
                 returned = HeaderParser().parsestr(payload)
     code = str(status or "").strip().split(" ")[0]
     if not re.fullmatch(r"[245]\.\d{1,3}\.\d{1,3}", code) or code.startswith("2"):

@@ -50,11 +50,15 @@ class ParsedInbound:
     recipients: list[str] = field(default_factory=list)
     #: What was read around a problem (an unknown charset), kept as the post's note.
     warnings: list[str] = field(default_factory=list)
+    #: The message's bytes as SendGrid posted them (raw form only).
+    original: bytes | None = None
 
     @property
     def raw(self) -> bytes:
-        """The message as bytes: what a forward attaches."""
-        return self.message.as_bytes(policy=policy.SMTP)
+        """The message as bytes, untouched when SendGrid posted it raw: what a forward
+        attaches."""
+        return self.original if self.original is not None else self.message.as_bytes(
+            policy=policy.SMTP)
 
 
 def parse_post(body: bytes, content_type: str | None) -> ParsedInbound:
@@ -73,7 +77,7 @@ def parse_post(body: bytes, content_type: str | None) -> ParsedInbound:
     charsets = charsets if isinstance(charsets, dict) else {}
     if "email" in fields:
         message = _read_message(fields["email"])
-        parsed = ParsedInbound(message, "raw", warnings=warnings)
+        parsed = ParsedInbound(message, "raw", warnings=warnings, original=fields["email"])
     elif "headers" in fields:
         try:
             rebuilt = _rebuild(fields, files, charsets, warnings)

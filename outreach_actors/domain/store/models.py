@@ -301,7 +301,8 @@ class InboundPost(BaseModel):
     message = peewee.ForeignKeyField(OutboundMessage, null=True, on_delete="SET NULL")
     from_email = peewee.CharField(null=True)
     subject = peewee.TextField(null=True)
-    event_key = peewee.CharField(null=True)
+    # The reply's event: a second post of the same reply finds the first by it.
+    event_key = peewee.CharField(null=True, index=True)
     forward_status = peewee.CharField(null=True)
     forward_to = peewee.CharField(null=True)
     forward_error = peewee.TextField(null=True)
