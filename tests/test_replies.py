@@ -4,6 +4,7 @@ mail from several clients posted twice in both of SendGrid's forms."""
 
 from __future__ import annotations
 
+import base64
 import io
 from pathlib import Path
 
@@ -273,6 +274,9 @@ def test_our_own_forward_coming_back_is_a_loop_not_a_reply(sent, receiver, stand
                                                            sendgrid_client) -> None:
     [first, _] = post_twice_and_ingest(receiver, sample("gmail_reply.eml", sent), raw=True)
     forward.forward_reply(first.id, sendgrid_client)
+    # The original is attached byte for byte, as SendGrid posted it
+    [attachment] = standin.messages[-1].body["attachments"]
+    assert base64.b64decode(attachment["content"]) == sample("gmail_reply.eml", sent)
     # The forward's own headers, as its recipient's server would hand it back
     loop = (f"From: Acme Sales <sales@acme.test>\nTo: {sent.headers['Reply-To']}\n"
             f"Subject: Re: Hello Ada\nMessage-ID: <loop-1@acme.test>\n"
