@@ -633,7 +633,7 @@ def webhooks_show(delivery_id: int, raw_body: bool) -> None:
               show_default=True, type=click.IntRange(1, 3600),
               help="Seconds a connection may stay silent before it is closed.")
 def serve(host: str, port: int, threads: int, connection_limit: int, idle_timeout: int) -> None:
-    """Serve the webhook and unsubscribe endpoints (standalone WSGI app, on waitress)."""
+    """Serve the webhook, inbound and unsubscribe endpoints (standalone WSGI app, on waitress)."""
     from outreach_actors.web.app import make_app
     from outreach_actors.web.app import serve as serve_wsgi
 
