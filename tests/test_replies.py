@@ -445,3 +445,16 @@ def test_accepting_unsigned_posts_is_logged_loudly(data_dir, caplog) -> None:
     SendGridInboundReceiver(make_settings(data_dir, sendgrid_inbound_allow_unsigned=True))
     assert "Unsigned inbound posts accepted" in caplog.text
     assert "OUTREACH_SENDGRID_INBOUND_ALLOW_UNSIGNED" in caplog.text
+
+
+def test_a_forward_whose_enqueue_was_lost_is_enqueued_again(sent, receiver) -> None:
+    from datetime import timedelta
+
+    from outreach_actors.domain.store.models import utcnow
+
+    [first, _] = post_twice_and_ingest(receiver, sample("gmail_reply.eml", sent), raw=True)
+    found: list[int] = []
+    later = utcnow() + timedelta(minutes=10)
+    assert forward.requeue_pending_forwards(found.append, timedelta(minutes=5), now=later) == 1
+    assert forward.requeue_pending_forwards(found.append, timedelta(minutes=5), now=later) == 0
+    assert found == [first.id]

@@ -10,6 +10,8 @@ their message.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from email.utils import parseaddr
 from typing import Protocol
 
@@ -121,3 +123,22 @@ def _finish(post_id: int, status: str, error: str | None) -> None:
     InboundPost.update(forward_status=status, forward_error=error,
                        forwarded_at=utcnow() if status == InboundPost.FORWARD_SENT else None,
                        ).where(InboundPost.id == post_id).execute()
+
+
+def requeue_pending_forwards(enqueue: Callable[[int], None], older_than: timedelta, *,
+                             now: datetime | None = None, limit: int = 1000) -> int:
+    """Enqueue again forwards still ``pending`` ``older_than`` after their post was read
+    (an enqueue lost after the commit), each at most once per ``older_than``. A forward
+    enqueued twice is sent once (forward_reply)."""
+    now = now or utcnow()
+    cutoff = now - older_than
+    ids = [post_id for (post_id,) in InboundPost.select(InboundPost.id).where(
+        InboundPost.forward_status == InboundPost.FORWARD_PENDING,
+        InboundPost.processed_at < cutoff,
+        InboundPost.requeued_at.is_null() | (InboundPost.requeued_at < cutoff),
+    ).order_by(InboundPost.id).limit(limit).tuples()]
+    if ids:
+        InboundPost.update(requeued_at=now).where(InboundPost.id.in_(ids)).execute()
+    for post_id in ids:
+        enqueue(post_id)
+    return len(ids)

@@ -7,6 +7,7 @@ from periodiq import cron
 
 from outreach_actors.domain import dispatch, ingest, maintenance
 from outreach_actors.domain.mail import ambiguous
+from outreach_actors.domain.replies import forward
 from outreach_actors.domain.store.models import InboundPost
 from outreach_actors.settings import get_settings
 from outreach_actors.worker.actors.mail import (
@@ -15,7 +16,7 @@ from outreach_actors.worker.actors.mail import (
     requeue_actions,
     requeue_send,
 )
-from outreach_actors.worker.actors.replies import enqueue_inbound_post
+from outreach_actors.worker.actors.replies import enqueue_inbound_post, forward_reply
 from outreach_actors.worker.actors.webhooks import enqueue_delivery
 
 
@@ -42,7 +43,7 @@ def reconcile() -> None:
     Actions whose lease expired are enqueued again; sends that were lost are
     enqueued again and sends cut short become ambiguous; ambiguous sends past
     their window are settled by policy; webhook deliveries and Inbound Parse posts
-    stored but never read are enqueued again.
+    stored but never read, and forwards never sent, are enqueued again.
     """
     settings = get_settings()
     dispatch.reconcile_expired_leases(requeue_actions, settings=settings)
@@ -51,6 +52,7 @@ def reconcile() -> None:
     ingest.requeue_stale_deliveries(enqueue_delivery, settings.action_lease)
     ingest.requeue_stale_deliveries(enqueue_inbound_post, settings.action_lease,
                                     model=InboundPost)
+    forward.requeue_pending_forwards(forward_reply.send, settings.action_lease)
 
 
 @dramatiq.actor(queue_name="periodic", max_retries=0, periodic=cron("17 3 * * *"))
