@@ -458,3 +458,27 @@ def test_a_forward_whose_enqueue_was_lost_is_enqueued_again(sent, receiver) -> N
     assert forward.requeue_pending_forwards(found.append, timedelta(minutes=5), now=later) == 1
     assert forward.requeue_pending_forwards(found.append, timedelta(minutes=5), now=later) == 0
     assert found == [first.id]
+
+
+def test_an_out_of_office_routed_to_a_wait_node_waits_until_the_return_date(
+        inbound_settings, receiver) -> None:
+    from datetime import datetime, timedelta
+
+    from outreach_actors.domain.store.models import utcnow
+
+    make_tenant()
+    load_plan(PLAN.replace("      - {on: no_reply, after: PT1H, to: bump}\n",
+                           "      - {on: no_reply, after: PT1H, to: bump}\n"
+                           "      - {on: auto_replied, to: later}\n")
+              + "  later:\n    type: wait\n    transitions:\n"
+                "      - {on: elapsed, after: PT1H, to: bump}\n")
+    enrollment = engine.enroll("acme", "ada@example.com", "outreach", fields={"first_name": "Ada"})
+    action = ScheduledAction.get(ScheduledAction.enrollment == enrollment)
+    message = OutboundMessage.get_by_id(delivery.render_action(action.id))
+    post_twice_and_ingest(receiver, sample("outlook_out_of_office.eml", message), raw=True)
+    assert Enrollment.get_by_id(enrollment.id).current_node == "later"
+    timer = ScheduledAction.get(ScheduledAction.node == "later")
+    # Held until the date the out-of-office gives, unless the node's own wait is longer
+    back = datetime(2026, 12, 28)
+    own_wait = utcnow() + timedelta(hours=1)
+    assert timer.run_at == back if back > own_wait else own_wait - timer.run_at < timedelta(minutes=5)

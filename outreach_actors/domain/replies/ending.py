@@ -1,12 +1,12 @@
-"""What a person's reply does to its enrollment: the one rule, so that it can become a
-plan's default goal."""
+"""What a reply does to its enrollment: a person's ends it (the one rule, so that it can
+become a plan's default goal); an out-of-office's return date holds a wait node."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime, time
 
 from outreach_actors.domain import engine
-from outreach_actors.domain.store.models import Enrollment
+from outreach_actors.domain.store.models import Enrollment, ScheduledAction
 from outreach_actors.domain.stored_plans import plan_for_id
 from outreach_actors.domain.vocabulary import EventType
 
@@ -30,3 +30,23 @@ def apply_reply(enrollment_id: int, *, now: datetime) -> str:
                                                      completed=True):
         return "completed"
     return "nothing"
+
+
+def wait_for_return(enrollment_id: int, back: date) -> int:
+    """Hold the wait node an auto-reply routed the enrollment to until its writer is
+    back: its pending timers run at ``back`` (midnight UTC; the next email still keeps
+    the plan's send window) when that is later than the node's own ``after``. Returns
+    the timers moved."""
+    enrollment = Enrollment.get_or_none(Enrollment.id == enrollment_id)
+    if enrollment is None or enrollment.status != Enrollment.ACTIVE:
+        return 0
+    if plan_for_id(enrollment.plan_id).node(enrollment.current_node).type != "wait":
+        return 0
+    resume = datetime.combine(back, time.min)
+    return (ScheduledAction.update(run_at=resume)
+            .where(ScheduledAction.enrollment == enrollment_id,
+                   ScheduledAction.node == enrollment.current_node,
+                   ScheduledAction.visit_version == enrollment.version,
+                   ScheduledAction.status == ScheduledAction.PENDING,
+                   ScheduledAction.run_at < resume)
+            .execute())

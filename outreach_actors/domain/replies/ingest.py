@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from email.utils import parseaddr, parsedate_to_datetime
 
 from outreach_actors.domain import engine, ingest
 from outreach_actors.domain.addresses import address_key
 from outreach_actors.domain.replies.classify import Classification, classify
-from outreach_actors.domain.replies.ending import apply_reply
+from outreach_actors.domain.replies.ending import apply_reply, wait_for_return
 from outreach_actors.domain.replies.forward import FORWARD_HEADER
 from outreach_actors.domain.replies.matching import find_message
 from outreach_actors.domain.replies.parse import ParsedInbound, UnreadablePost, parse_post
@@ -124,19 +124,32 @@ def _react(classification: Classification, message: OutboundMessage, occurred_at
            event_key: str, settings: Settings) -> str:
     kind = classification.kind
     if kind == EventType.REPLIED:
-        return f"enrollment {apply_reply(message.enrollment_id, now=occurred_at)}" \
+        # Moves happen now (their timers count from now), whenever the reply was written.
+        return f"enrollment {apply_reply(message.enrollment_id, now=utcnow())}" \
             if message.enrollment_id else "no enrollment"
     if kind == EventType.AUTO_REPLIED:
         # Neither engagement nor a reply: it moves only where the plan routes it.
         moved = message.enrollment_id is not None and engine.process_event(
-            message.enrollment_id, EventType.AUTO_REPLIED, now=occurred_at)
-        return "enrollment moved" if moved else "moves no one"
+            message.enrollment_id, EventType.AUTO_REPLIED)
+        if not moved:
+            return "moves no one"
+        if back := _date(classification.data.get("return_date")):
+            held = wait_for_return(message.enrollment_id, back)
+            return f"enrollment moved{', held until ' + back.isoformat() if held else ''}"
+        return "enrollment moved"
     ingest.apply_message_event(NormalizedEvent(
         type=kind, provider_event=PROVIDER_EVENT, event_key=event_key, message_id=message.id,
         provider_message_id=None, tenant=message.tenant_id, email=message.to_email,
         occurred_at=occurred_at, data=classification.data,
     ), occurred_at, settings)
     return f"{kind} applied as a webhook's"
+
+
+def _date(value: object) -> date | None:
+    try:
+        return date.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 def _facts(message) -> dict:
