@@ -482,3 +482,15 @@ def test_an_out_of_office_routed_to_a_wait_node_waits_until_the_return_date(
     back = datetime(2026, 12, 28)
     own_wait = utcnow() + timedelta(hours=1)
     assert timer.run_at == back if back > own_wait else own_wait - timer.run_at < timedelta(minutes=5)
+
+
+@pytest.mark.parametrize("charset", ["iso-8859-1", "utf-8", "windows-1252"])
+def test_the_parsed_form_is_read_in_the_charsets_sendgrid_names(charset) -> None:
+    from outreach_actors.domain.replies.classify import body_text
+    from outreach_actors.domain.replies.parse import parse_post
+
+    email = (SAMPLES / "german_out_of_office.eml").read_bytes()
+    parsed = parse_post(inbound_form(email, raw=False, charset=charset), CONTENT_TYPE)
+    assert parsed.form == "parsed" and not parsed.warnings
+    assert "Vielen Dank für Ihre Nachricht" in body_text(parsed.message)
+    assert "unregelmäßig" in body_text(parsed.message)
