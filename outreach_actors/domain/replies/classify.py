@@ -24,6 +24,9 @@ from outreach_actors.domain.vocabulary import EventType
 MAX_UNSUBSCRIBE_WORDS = 12
 #: The most text read from a reply's body (the rest is quoted history or attachments).
 MAX_BODY_CHARS = 200_000
+#: What the quote cutter reads: a writer's new text is at the top, and its regular
+#: expressions cost in the length of the quoted history beneath.
+MAX_REPLY_CHARS = 4_000
 
 
 @dataclass(frozen=True)
@@ -187,7 +190,7 @@ def body_text(message: EmailMessage) -> str:
 
 def reply_text(message: EmailMessage) -> str:
     """What the writer wrote, without the quoted history."""
-    text = body_text(message)
+    text = body_text(message)[:MAX_REPLY_CHARS]
     if match := QuoteHeaders.PATTERN.search(text):
         text = text[:match.start()]
     return EmailReplyParser.parse_reply(text).strip()
