@@ -66,8 +66,6 @@ def ingest_post(post_id: int, *, enqueue_forward: EnqueueForward,
 
 def _ingest(post: InboundPost, settings: Settings) -> str:
     post_id = post.id
-    InboundPost.update(attempts=InboundPost.attempts + 1).where(
-        InboundPost.id == post_id).execute()
     try:
         parsed = parse_post(bytes(post.body), (post.headers or {}).get("content-type"))
         message = parsed.message
@@ -179,7 +177,9 @@ def _reply_id(parsed: ParsedInbound) -> str:
 
 
 def _finish(post_id: int, status: str, note: str | None, **values) -> str:
-    InboundPost.update(status=status, note=note, processed_at=utcnow(), **values).where(
+    """Record how a run over the post ended (each run counts as an attempt)."""
+    InboundPost.update(status=status, note=note, processed_at=utcnow(),
+                       attempts=InboundPost.attempts + 1, **values).where(
         InboundPost.id == post_id).execute()
     return status
 
