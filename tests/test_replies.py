@@ -494,3 +494,9 @@ def test_the_parsed_form_is_read_in_the_charsets_sendgrid_names(charset) -> None
     assert parsed.form == "parsed" and not parsed.warnings
     assert "Vielen Dank für Ihre Nachricht" in body_text(parsed.message)
     assert "unregelmäßig" in body_text(parsed.message)
+
+
+def test_a_reply_proves_a_send_whose_answer_was_lost(sent, receiver) -> None:
+    OutboundMessage.update(status="ambiguous", provider_message_id=None).execute()
+    post_twice_and_ingest(receiver, sample("gmail_reply.eml", sent), raw=True)
+    assert OutboundMessage.get_by_id(sent.id).status == "sent"  # never sent again

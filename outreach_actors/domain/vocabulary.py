@@ -96,8 +96,9 @@ EVENT_ALIASES: dict[str, str] = {
 #: send reached the provider. A resubscribe moves no one; ``unknown`` means nothing.
 ENGINE_EVENTS = PROVIDER_EVENTS - {EventType.SUBSCRIBED, EventType.UNKNOWN}
 
-#: Provider events that prove the provider accepted a send whose answer was lost.
-PROOF_OF_SEND = ENGINE_EVENTS
+#: Provider events that prove the provider accepted a send whose answer was lost (and
+#: replies to it: whoever answered got it).
+PROOF_OF_SEND = ENGINE_EVENTS | REPLY_EVENTS
 
 #: Tenant-wide suppression reasons, by normalized event (bounces and drops below).
 SUPPRESSING_EVENTS = {EventType.COMPLAINED: "complained", EventType.UNSUBSCRIBED: "unsubscribed"}

@@ -16,6 +16,7 @@ from email.utils import parseaddr, parsedate_to_datetime
 
 from outreach_actors.domain import engine, ingest
 from outreach_actors.domain.addresses import address_key
+from outreach_actors.domain.mail import ambiguous
 from outreach_actors.domain.replies.classify import Classification, classify
 from outreach_actors.domain.replies.ending import apply_reply, wait_for_return
 from outreach_actors.domain.replies.forward import FORWARD_HEADER
@@ -30,7 +31,7 @@ from outreach_actors.domain.store.models import (
     insert_rows,
     utcnow,
 )
-from outreach_actors.domain.vocabulary import EventType, NormalizedEvent
+from outreach_actors.domain.vocabulary import REPLY_EVENTS, EventType, NormalizedEvent
 from outreach_actors.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -121,6 +122,13 @@ def _ingest(post: InboundPost, settings: Settings) -> str:
 def _react(classification: Classification, message: OutboundMessage, occurred_at: datetime,
            event_key: str, settings: Settings) -> str:
     kind = classification.kind
+    if kind in REPLY_EVENTS and message.status in {OutboundMessage.AMBIGUOUS,
+                                                   OutboundMessage.FAILED}:
+        # An answer proves the send whose answer was lost: it is not sent again.
+        ambiguous.confirm_by_event(
+            OutboundMessage.select(*ambiguous.AMBIGUOUS_COLUMNS, OutboundMessage.status,
+                                   OutboundMessage.action)
+            .where(OutboundMessage.id == message.id).first(), kind, occurred_at, None)
     if kind == EventType.REPLIED:
         # Moves happen now (their timers count from now), whenever the reply was written.
         return f"enrollment {apply_reply(message.enrollment_id, now=utcnow())}" \
