@@ -500,3 +500,35 @@ def test_a_reply_proves_a_send_whose_answer_was_lost(sent, receiver) -> None:
     OutboundMessage.update(status="ambiguous", provider_message_id=None).execute()
     post_twice_and_ingest(receiver, sample("gmail_reply.eml", sent), raw=True)
     assert OutboundMessage.get_by_id(sent.id).status == "sent"  # never sent again
+
+
+def test_a_dsn_reporting_a_temporary_failure_is_a_soft_bounce(sent, receiver) -> None:
+    email = sample("postfix_dsn.eml", sent).replace(b"Status: 5.1.1", b"Status: 4.2.2")
+    [first, _] = post_twice_and_ingest(receiver, email, raw=True)
+    event = MessageEvent.get(MessageEvent.type == "bounced")
+    assert (event.data["bounce_type"], event.data["status"]) == ("soft", "4.2.2")
+    assert Suppression.select().count() == 0  # one soft bounce is under the limit
+
+
+@pytest.mark.parametrize("subject, text, kind", [
+    ("Re: Hello", "Please unsubscribe me.", "unsubscribed"),
+    ("Re: Hello", "Remove me from your list", "unsubscribed"),
+    ("AW: Hallo", "Bitte melden Sie mich ab. Bitte austragen!", "unsubscribed"),
+    ("RE: Bonjour", "Merci de me désabonner de cette liste.", "unsubscribed"),
+    ("RE: Hola", "Por favor, darme de baja.", "unsubscribed"),
+    ("Re: Hello", "Happy to talk, but please remove me from the newsletter list after our "
+                  "call next week, and send the pricing first.", "replied"),
+    ("Out of Office: Hello", "I am away.", "auto_replied"),
+    ("Abwesenheitsnotiz: Hallo", "Ich bin nicht da.", "auto_replied"),
+    ("Réponse automatique : Bonjour", "Je suis absent.", "auto_replied"),
+    ("Respuesta automática: Hola", "Estoy fuera.", "auto_replied"),
+])
+def test_replies_are_classified_in_four_languages(subject, text, kind) -> None:
+    from email.message import EmailMessage
+
+    from outreach_actors.domain.replies.classify import classify
+
+    message = EmailMessage()
+    message["Subject"], message["From"] = subject, "ada@example.com"
+    message.set_content(text)
+    assert classify(message).kind == kind
