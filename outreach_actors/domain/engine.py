@@ -324,7 +324,8 @@ def timeout_duration(event: str, after: timedelta | None) -> timedelta:
     if after is not None:
         return after
     settings = get_settings()
-    return {"no_open": settings.no_open_timeout, "no_click": settings.no_click_timeout}[event]
+    return {"no_open": settings.no_open_timeout, "no_click": settings.no_click_timeout,
+            "no_reply": settings.no_reply_timeout}[event]
 
 
 def process_event(
