@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.wait import WebDriverWait
@@ -126,7 +127,18 @@ def follow(browser, element) -> None:
     click returns before the navigation it starts)."""
     old = browser.find_element(By.TAG_NAME, "html")
     element.click()
-    WebDriverWait(browser, 10).until(staleness_of(old))
+    WebDriverWait(browser, 10).until(lambda _: _replaced(old))
+
+
+def _replaced(element) -> bool:
+    # Chromium sometimes reports a node of the page just left as "does not belong to
+    # the document" rather than as stale: both say the navigation happened.
+    try:
+        return staleness_of(element)(None)
+    except WebDriverException as exc:
+        if "does not belong to the document" in str(exc):
+            return True
+        raise
 
 
 def _overlap(a, b) -> bool:
