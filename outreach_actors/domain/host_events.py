@@ -274,7 +274,9 @@ def _apply(enrollments: list[Enrollment], contacts: dict[int, Contact],
     for name, group in sorted(converts.items()):
         won |= {e.id for e in goals.convert(group, name, now=now)}
     for name, pairs in sorted(moves.items()):
-        won |= {e.id for e in engine.move_to(pairs, name, now=now)}
+        # A branch the move leads to reads the event's properties as ``event``.
+        won |= {e.id for e in engine.move_to(pairs, name, now=now, event_data={
+            e.id: event_of[e.id].properties or {} for e, _ in pairs})}
     for enrollment_id in won:
         moved[event_of[enrollment_id].id] += 1
     return tried - won

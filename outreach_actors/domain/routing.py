@@ -1,5 +1,5 @@
 """Routing nodes: the node types that send a contact on the moment it enters (a split's
-arms; a branch's conditions next), described once for validation and for the engine.
+arms, a branch's conditions), described once for validation and for the engine.
 
 Adding a routing type is one entry in ROUTING_TYPES (and its fields on plans.Node):
 plans.py asks this table for its checks, the nodes it leads to, whether it can end the
@@ -12,11 +12,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from outreach_actors.domain import splits
+from outreach_actors.domain import branches, splits
 
-#: A router: (plan, node name, enrollments entering it) -> {enrollment id: (route, next
-#: node, or None to leave the plan with the route as exit reason)}.
-Router = Callable[[Any, str, Sequence[Any]], dict[int, tuple[str, str | None]]]
+#: A router: (plan, node name, enrollments entering it, what each one's conditions see
+#: as ``event`` by enrollment id) -> {enrollment id: (route, next node, or None to leave
+#: the plan with the route as exit reason)}.
+Router = Callable[[Any, str, Sequence[Any], Mapping[int, Mapping[str, Any]]],
+                  dict[int, tuple[str, str | None]]]
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,13 @@ class RoutingType:
 
 ROUTING_TYPES: dict[str, RoutingType] = {
     "split": RoutingType(field="arms", errors=splits.split_errors, targets=splits.route_targets,
-                         ends_plan=splits.ends_plan, routes=splits.split_routes),
+                         ends_plan=splits.ends_plan,
+                         # A split's arm is the contact's alone: the event plays no part.
+                         routes=lambda plan, node, enrollments, _events:
+                         splits.split_routes(plan, node, enrollments)),
+    "branch": RoutingType(field="branches", errors=branches.branch_errors,
+                          targets=branches.route_targets, ends_plan=branches.ends_plan,
+                          routes=branches.branch_routes),
 }
 
 
