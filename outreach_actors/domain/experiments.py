@@ -47,10 +47,14 @@ _CHUNK = 1000
 
 
 def converted_enrollments(enrollment_ids: Collection[int]) -> set[int] | None:
-    """HOOK for plan goals: of these enrollments, those that reached one of the plan's
-    goals (converted). None while the engine has no goals: the `converted` column is then
-    left out. Holdout enrollments must be counted too (the lift the emails made)."""
-    return None
+    """Of these enrollments, those that reached one of the plan's goals (converted),
+    the holdout's included: a goal converts a holdout enrollment too (goals.py)."""
+    converted: set[int] = set()
+    for chunk in chunked(sorted(enrollment_ids), _CHUNK):
+        converted.update(enrollment_id for (enrollment_id,) in Enrollment.select(Enrollment.id)
+                         .where(Enrollment.id.in_(chunk),
+                                Enrollment.status == Enrollment.CONVERTED).tuples())
+    return converted
 
 
 @dataclass(frozen=True)

@@ -238,11 +238,11 @@ def _process(events: list[HostEvent], now: datetime) -> dict[int, int]:
 
 
 def _live_enrollments(contact_ids: list[int], *, only: set[int] | None = None) -> list[Enrollment]:
+    # Live ones, and a split's holdout, which a goal may still convert (goals.py).
     query = Enrollment.select(
         Enrollment.id, Enrollment.plan, Enrollment.contact, Enrollment.status,
-        Enrollment.current_node, Enrollment.version,
-    ).where(Enrollment.contact.in_(contact_ids),
-            Enrollment.status.in_(Enrollment.LIVE))
+        Enrollment.current_node, Enrollment.version, Enrollment.exit_reason,
+    ).where(Enrollment.contact.in_(contact_ids), goals.convertible())
     if only is not None:
         query = query.where(Enrollment.id.in_(sorted(only)))
     return list(query)
