@@ -115,22 +115,10 @@ def ends_plan(node: Mapping[str, Any]) -> bool:
 
 
 def branch_errors(base: str, node: Mapping[str, Any], nodes: Mapping[str, Any]) -> list[str]:
-    """What is wrong with one node's branch fields, each with its path (``base`` is
-    ``nodes.NAME``), conditions compiled; the schema reports wrong types."""
-    has_branch_fields = node.get("branches") is not None or node.get("default") is not None
-    if node.get("type") != "branch":
-        return [f"{base}: only branch nodes take branches or default"] if has_branch_fields else []
+    """What is wrong with one branch node's default and branches, conditions compiled,
+    each with its path (``base`` is ``nodes.NAME``), beyond what routing.node_errors
+    checks of every routing node; the schema reports wrong types."""
     errors = []
-    if node.get("transitions"):
-        errors.append(f"{base}.transitions: a branch node has no transitions; its branches "
-                      "and default say where contacts go")
-    branches = node.get("branches")
-    if not isinstance(branches, list) or not branches:
-        errors.append(f"{base}.branches: a branch node needs at least one branch, e.g. "
-                      "branches: [{if: \"contact.tier == 'pro'\", to: pro}]")
-    elif len(branches) > MAX_BRANCHES:
-        errors.append(f"{base}.branches: {len(branches)} branches; a branch node may have "
-                      f"at most {MAX_BRANCHES}")
     default = node.get("default")
     if default is None:
         errors.append(f"{base}.default: a branch node needs a default: the node of a "
