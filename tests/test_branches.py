@@ -121,3 +121,12 @@ def test_a_branch_reads_a_clicks_type_and_url(plans) -> None:
     assert _visits(pricing.id)[1:] == [("clicked", "pricing"), ("pricing", None)]
     assert _visits(blog.id)[1:] == [("clicked", "other_link"), ("other_link", None)]
     assert _visits(bare.id)[1:] == [("clicked", DEFAULT), ("done", None)]
+
+
+def test_an_event_delivered_twice_routes_the_contact_once(plans) -> None:
+    enrollment = engine.enroll("acme", "ada@example.com", "upgrades")
+    click = {"type": "clicked", "url": "https://example.com/pricing"}
+    assert engine.process_event(enrollment.id, "clicked", node="intro", event_data=click) is True
+    # Dramatiq delivers at least once: the same click again finds the contact gone on.
+    assert engine.process_event(enrollment.id, "clicked", node="intro", event_data=click) is False
+    assert _visits(enrollment.id) == [("intro", None), ("clicked", "pricing"), ("pricing", None)]
