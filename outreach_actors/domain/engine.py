@@ -260,7 +260,7 @@ class _Routed(NamedTuple):
     id: int
     contact_id: int
     version: int
-    tenant_id: str | None  # None: read when needed (an email node's blackout dates)
+    tenant_id: str | None
 
 
 def _follow_routes(enrollments: Sequence[Enrollment], plan: PlanSpec,
