@@ -202,15 +202,15 @@ def transition_counts(plan_id: int, *, since: datetime | None = None,
                       until: datetime | None = None) -> dict[tuple[str, str, str], int]:
     """How many moves each transition of one plan version made, by (from node, event,
     to node), in the period: each visit joined to the visit before it (a move raises
-    the enrollment's version by one)."""
+    the enrollment's version by one). A routing node's moves straight after the
+    enrollment have no event (None)."""
     previous = NodeVisit.alias()
     moves = (
         NodeVisit.select(previous.node, NodeVisit.via_event, NodeVisit.node, fn.COUNT(NodeVisit.id))
         .join(Enrollment, on=NodeVisit.enrollment == Enrollment.id)
         .join(previous, on=(previous.enrollment == NodeVisit.enrollment)
               & (previous.version == NodeVisit.version - 1))
-        .where(Enrollment.plan == plan_id, NodeVisit.via_event.is_null(False),
-               *_period(NodeVisit.entered_at, since, until))
+        .where(Enrollment.plan == plan_id, *_period(NodeVisit.entered_at, since, until))
         .group_by(previous.node, NodeVisit.via_event, NodeVisit.node)
     )
     return {(source, event, target): count for source, event, target, count in moves.tuples()}
