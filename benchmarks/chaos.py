@@ -41,7 +41,9 @@ os.environ.setdefault("OUTREACH_BROKER_URL", "stub://")
 
 from outreach_actors.dev.chaos import ChaosConfig, ChaosReport, run_chaos  # noqa: E402
 
-DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/outreach_chaos"
+# Its own database, beside the other benchmarks' (BENCH_CHAOS_DATABASE_URL to move it).
+DEFAULT_DATABASE_URL = os.environ.get("BENCH_CHAOS_DATABASE_URL",
+                                      "postgresql://postgres@127.0.0.1:5432/outreach_chaos")
 FULL_ENROLLMENTS, QUICK_ENROLLMENTS = 2000, 300
 
 
