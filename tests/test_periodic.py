@@ -154,7 +154,10 @@ def test_each_message_gets_a_connection_and_gives_it_back(settings, stub_broker)
 def test_workers_poll_the_timer_and_reaction_queues_often_and_the_others_seldom(data_dir) -> None:
     from outreach_actors.worker.broker import make_broker
     from outreach_actors.worker.middleware.polling import (
-        RENDER_QUEUE, SEND_QUEUE, TIMER_QUEUE, WEBHOOK_QUEUE,
+        RENDER_QUEUE,
+        SEND_QUEUE,
+        TIMER_QUEUE,
+        WEBHOOK_QUEUE,
     )
 
     broker = make_broker(make_settings(data_dir, worker_poll_interval="PT0.05S",

@@ -10,11 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import click
+from peewee import fn as peewee_fn
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
+from outreach_actors.cli.paging import Page, page_of, paging_options
 from outreach_actors.domain.store import models
 from outreach_actors.settings import SettingsError, get_settings
 from outreach_actors.web.app import (
@@ -44,6 +46,13 @@ def _labelled(label: str, style: str, message: str) -> Text:
 def _cells(*values: object) -> list[Text]:
     """A table row's cells, each shown literally."""
     return [Text(str(value)) for value in values]
+
+
+def _print_page(table: Table, page: Page, noun: str) -> None:
+    """A page of a list: its table, then the line saying how many more there are."""
+    console.print(table)
+    if footer := page.footer(noun):
+        console.print(Text(footer, style="dim"))
 
 
 def _database():
@@ -219,17 +228,19 @@ def plan_load(file: Path, tenant: str) -> None:
 
 @plan.command("list")
 @_tenant_option(required=False)
-def plan_list(tenant: str | None) -> None:
+@paging_options
+def plan_list(tenant: str | None, limit: int, offset: int) -> None:
     """List stored plans and their versions."""
     _open_database()
     query = models.Plan.select().order_by(models.Plan.tenant, models.Plan.name, models.Plan.version)
     if tenant:
         query = query.where(models.Plan.tenant == tenant)
+    page = page_of(query, limit=limit, offset=offset)
     table = Table("tenant", "plan", "version", "nodes", "enrollments")
-    for row in query:
+    for row in page.rows:
         table.add_row(*_cells(row.tenant_id, row.name, row.version, len(row.definition["nodes"]),
                               row.enrollments.count()))
-    console.print(table)
+    _print_page(table, page, "plans")
 
 
 # --- senders -----------------------------------------------------------------------
@@ -255,12 +266,15 @@ def tenant_name(tenant_id: str, name: str) -> None:
 
 
 @tenant.command("list")
-def tenant_list() -> None:
+@paging_options
+def tenant_list(limit: int, offset: int) -> None:
+    """List tenants and their names."""
     _open_database()
+    page = page_of(models.Tenant.select().order_by(models.Tenant.id), limit=limit, offset=offset)
     table = Table("tenant", "name")
-    for row in models.Tenant.select().order_by(models.Tenant.id):
+    for row in page.rows:
         table.add_row(*_cells(row.id, row.name))
-    console.print(table)
+    _print_page(table, page, "tenants")
 
 
 @main.group()
@@ -435,18 +449,22 @@ def stats(plan_name: str | None, tenant: str | None, as_json: bool) -> None:
 @main.command()
 @click.option("--plan", "plan_name", default=None)
 @_tenant_option(required=False)
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@paging_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def failures(plan_name: str | None, tenant: str | None, limit: int, as_json: bool) -> None:
+def failures(plan_name: str | None, tenant: str | None, limit: int, offset: int,
+             as_json: bool) -> None:
     """Contacts whose enrollment failed, newest first, with why (the `failed` of stats)."""
+    from outreach_actors.domain.stats import count_failures
     from outreach_actors.domain.stats import failures as failed_enrollments
 
     _open_database()
-    rows = failed_enrollments(plan_name=plan_name, tenant_id=tenant, limit=limit)
+    rows = failed_enrollments(plan_name=plan_name, tenant_id=tenant, limit=limit, offset=offset)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    if not rows:
+    page = Page.of(rows, limit=limit, offset=offset,
+                   count=lambda: count_failures(plan_name=plan_name, tenant_id=tenant))
+    if not rows and not offset:
         console.print("no failed enrollments")
         return
     keys = ["at", "tenant", "plan", "node", "contact"] if len({r["tenant"] for r in rows}) > 1 \
@@ -454,7 +472,7 @@ def failures(plan_name: str | None, tenant: str | None, limit: int, as_json: boo
     table = Table(*keys, "reason")
     for row in rows:
         table.add_row(*_cells(*(row[key] for key in keys), row["reason"]))
-    console.print(table)
+    _print_page(table, page, "failed enrollments")
 
 
 def funnel_table(rows: list[dict]) -> Table:
@@ -477,16 +495,20 @@ def suppressions() -> None:
 
 @suppressions.command("list")
 @_tenant_option(required=False)
-def suppressions_list(tenant: str | None) -> None:
+@paging_options
+def suppressions_list(tenant: str | None, limit: int, offset: int) -> None:
+    """Suppressed addresses, oldest first."""
     _open_database()
-    query = models.Suppression.select().order_by(models.Suppression.created_at)
+    query = models.Suppression.select().order_by(models.Suppression.created_at,
+                                                 models.Suppression.id)
     if tenant:
         query = query.where(models.Suppression.tenant == tenant)
+    page = page_of(query, limit=limit, offset=offset)
     table = Table("tenant", "channel", "address", "reason", "source", "since")
-    for row in query:
+    for row in page.rows:
         table.add_row(*_cells(row.tenant_id, row.channel, row.value, row.reason, row.source or "",
                               row.created_at.isoformat(timespec="seconds")))
-    console.print(table)
+    _print_page(table, page, "suppressions")
 
 
 @suppressions.command("add")
@@ -572,18 +594,23 @@ def webhooks_replay(delivery_id: int) -> None:
 @webhooks.command("list")
 @click.option("--status", default=None,
               type=click.Choice(["received", "processed", "failed"]))
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
-def webhooks_list(status: str | None, limit: int) -> None:
+@paging_options
+def webhooks_list(status: str | None, limit: int, offset: int) -> None:
     """The newest deliveries (`webhooks show ID` has one in full)."""
     _open_database()
-    query = models.WebhookDelivery.select().order_by(models.WebhookDelivery.id.desc()).limit(limit)
+    delivery = models.WebhookDelivery
+    # The body's size, not the body: a page of deliveries stays small whatever they hold.
+    query = delivery.select(delivery.id, delivery.received_at, delivery.status, delivery.error,
+                            peewee_fn.LENGTH(delivery.body).alias("size")
+                            ).order_by(delivery.id.desc())
     if status:
-        query = query.where(models.WebhookDelivery.status == status)
+        query = query.where(delivery.status == status)
+    page = page_of(query, limit=limit, offset=offset)
     table = Table("id", "received", "status", "bytes", "error")
-    for row in query:
+    for row in page.rows:
         table.add_row(*_cells(row.id, row.received_at.isoformat(timespec="seconds"), row.status,
-                              len(row.body), (row.error or "")[:80]))
-    console.print(table)
+                              row.size, (row.error or "")[:80]))
+    _print_page(table, page, "deliveries")
 
 
 @webhooks.command("show")

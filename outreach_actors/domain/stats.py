@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import peewee
 from peewee import fn
 
 from outreach_actors.domain.engagement import uncounted_events
@@ -103,22 +104,18 @@ def _node_order(plans) -> dict[Key, int]:
 
 
 def failures(*, plan_name: str | None = None, tenant_id: str | None = None,
-             limit: int = 50) -> list[dict]:
+             limit: int = 50, offset: int = 0) -> list[dict]:
     """The enrollments that ended in failure, newest first, each with why: the error of
     its failed send (SendGrid's answer, a sender that is not verified, an unconfirmed
-    ambiguous send), or why its email could not be rendered."""
+    ambiguous send), or why its email could not be rendered. ``offset`` skips the
+    newest ones (the next page)."""
     query = (
-        Enrollment.select(Enrollment.id, Enrollment.updated_at, Enrollment.tenant, Plan.name,
-                          Enrollment.current_node, Contact.email)
-        .join(Plan).switch(Enrollment).join(Contact)
-        .where(Enrollment.status == Enrollment.FAILED)
+        _failed(Enrollment.select(Enrollment.id, Enrollment.updated_at, Enrollment.tenant,
+                                  Plan.name, Enrollment.current_node, Contact.email)
+                .join(Plan).switch(Enrollment).join(Contact), plan_name, tenant_id)
         .order_by(Enrollment.updated_at.desc(), Enrollment.id.desc())
-        .limit(limit)
+        .limit(limit).offset(offset)
     )
-    if plan_name:
-        query = query.where(Plan.name == plan_name)
-    if tenant_id:
-        query = query.where(Enrollment.tenant == tenant_id)
     rows = list(query.tuples())
     ids = [row[0] for row in rows]
     reasons: dict[int, str] = {}
@@ -140,3 +137,19 @@ def failures(*, plan_name: str | None = None, tenant_id: str | None = None,
          "node": node, "contact": email, "reason": reasons.get(enrollment_id, "")}
         for enrollment_id, at, tenant, plan, node, email in rows
     ]
+
+
+def count_failures(*, plan_name: str | None = None, tenant_id: str | None = None) -> int:
+    """How many enrollments ``failures`` would list with no limit."""
+    return _failed(Enrollment.select().join(Plan), plan_name, tenant_id).count()
+
+
+def _failed(query: peewee.ModelSelect, plan_name: str | None,
+            tenant_id: str | None) -> peewee.ModelSelect:
+    """``query`` (of enrollments joined to their plan) narrowed to failed ones."""
+    query = query.where(Enrollment.status == Enrollment.FAILED)
+    if plan_name:
+        query = query.where(Plan.name == plan_name)
+    if tenant_id:
+        query = query.where(Enrollment.tenant == tenant_id)
+    return query
