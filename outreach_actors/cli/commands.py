@@ -437,8 +437,10 @@ def stats(plan_name: str | None, tenant: str | None, as_json: bool) -> None:
     """A funnel per node: entered, active, sent, delivered, opened, clicked, bounced,
     no_open, no_click, exited, failed, ambiguous (sends no provider event confirmed yet)."""
     from outreach_actors.domain.stats import funnel
+    from outreach_actors.domain.store.counters import fold_counts
 
-    _open_database()
+    database = _open_database()
+    fold_counts(database)  # the workers do it each minute; none may be running
     rows = funnel(plan_name=plan_name, tenant_id=tenant)
     if as_json:
         click.echo(json.dumps(rows, indent=2))

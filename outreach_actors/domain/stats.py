@@ -6,18 +6,24 @@ from __future__ import annotations
 from collections import defaultdict
 
 import peewee
-from peewee import fn
 
-from outreach_actors.domain.engagement import uncounted_events
+from outreach_actors.domain.store.counters import (
+    ANY_OPEN,
+    ENROLLMENT_STATUS,
+    ENTERED,
+    MESSAGE_STATUS,
+)
+from outreach_actors.domain.store.counters import counts as stored_counts
 from outreach_actors.domain.store.models import (
     Contact,
     Enrollment,
-    MessageEvent,
-    NodeVisit,
     OutboundMessage,
     Plan,
     ScheduledAction,
+    database_proxy,
 )
+from outreach_actors.domain.vocabulary import EventType
+from outreach_actors.settings import get_settings
 
 # entered: visits of the node; active: contacts there now; exited: contacts whose
 # enrollment ended there (completed or exited); failed: ended there by a failure (a
@@ -42,51 +48,24 @@ def funnel(*, plan_name: str | None = None, tenant_id: str | None = None) -> lis
     if not plan_ids:
         return []
     counts: dict[Key, dict[str, int]] = defaultdict(lambda: dict.fromkeys(FUNNEL_COLUMNS, 0))
-    group = (Plan.tenant, Plan.name)
-
-    entered = (
-        NodeVisit.select(*group, NodeVisit.node, fn.COUNT(NodeVisit.id))
-        .join(Enrollment).join(Plan)
-        .where(Plan.id.in_(plan_ids)).group_by(*group, NodeVisit.node)
-    )
-    for tenant, name, node, count in entered.tuples():
-        counts[(tenant, name, node)]["entered"] = count
-
-    messages = (
-        OutboundMessage.select(*group, OutboundMessage.node, OutboundMessage.status,
-                               fn.COUNT(OutboundMessage.id))
-        .join(Enrollment).join(Plan)
-        .where(Plan.id.in_(plan_ids),
-               OutboundMessage.status.in_([OutboundMessage.SENT, OutboundMessage.AMBIGUOUS]))
-        .group_by(*group, OutboundMessage.node, OutboundMessage.status)
-    )
-    for tenant, name, node, status, count in messages.tuples():
-        column = "sent" if status == OutboundMessage.SENT else "ambiguous"
-        counts[(tenant, name, node)][column] = count
-
-    events = (
-        MessageEvent.select(*group, OutboundMessage.node, MessageEvent.type,
-                            fn.COUNT(fn.DISTINCT(MessageEvent.message)))
-        .join(OutboundMessage).join(Enrollment).join(Plan)
-        # Opens and clicks as plans count them: no machine opens (unless the settings
-        # say so), no clicks on our own unsubscribe link.
-        .where(Plan.id.in_(plan_ids), MessageEvent.type.in_(EVENT_COLUMNS),
-               ~uncounted_events())
-        .group_by(*group, OutboundMessage.node, MessageEvent.type)
-    )
-    for tenant, name, node, event_type, count in events.tuples():
-        counts[(tenant, name, node)][event_type] = count
-
-    where_they_are = (
-        Enrollment.select(*group, Enrollment.current_node, Enrollment.status,
-                          fn.COUNT(Enrollment.id))
-        .join(Plan)
-        .where(Plan.id.in_(plan_ids))
-        .group_by(*group, Enrollment.current_node, Enrollment.status)
-    )
-    for tenant, name, node, status, count in where_they_are.tuples():
-        column = {Enrollment.ACTIVE: "active", Enrollment.FAILED: "failed"}.get(status, "exited")
-        counts[(tenant, name, node)][column] += count
+    # Kept by the database in the transaction of each change (store/counters.py): no
+    # scan of visits, messages or events, whatever their number.
+    plan_keys = {plan.id: (plan.tenant_id, plan.name) for plan in plans}
+    opened = ANY_OPEN if get_settings().machine_opens_are_engagement else EventType.OPENED
+    columns = {ENTERED: "entered", f"{MESSAGE_STATUS}{OutboundMessage.SENT}": "sent",
+               f"{MESSAGE_STATUS}{OutboundMessage.AMBIGUOUS}": "ambiguous", opened: "opened",
+               **{event: event for event in EVENT_COLUMNS if event != EventType.OPENED}}
+    for (plan_id, node, name), count in stored_counts(database_proxy.obj, plan_ids).items():
+        if not count:  # a status every contact has left: no row of its own, as before
+            continue
+        row = counts[(*plan_keys[plan_id], node)]
+        if name.startswith(ENROLLMENT_STATUS):
+            status = name[len(ENROLLMENT_STATUS):]
+            column = {Enrollment.ACTIVE: "active", Enrollment.FAILED: "failed"}.get(status, "exited")
+        else:
+            column = columns.get(name)
+        if column is not None:
+            row[column] += count
 
     order = _node_order(plans)
     rows = [{"tenant": tenant, "plan": name, "node": node, **values}

@@ -11,6 +11,7 @@ import peewee
 from playhouse.shortcuts import ThreadSafeDatabaseMetadata
 
 from outreach_actors.domain.store.copy_insert import COPY_MIN_ROWS, copy_insert
+from outreach_actors.domain.store.counters import counters_installed, install_counters
 from outreach_actors.domain.store.db import is_postgresql
 
 database_proxy = peewee.DatabaseProxy()
@@ -298,6 +299,41 @@ class PeriodicTick(BaseModel):
         indexes = ((("job", "tick"), True),)
 
 
+class FunnelCount(BaseModel):
+    """A funnel figure of one plan version and node, by name (``entered``,
+    ``enrollment:<status>``, ``message:<status>``, an event type): kept exact by the
+    database's own triggers (store/counters.py), summed from FunnelCountDelta."""
+
+    plan_id = peewee.IntegerField()
+    node = peewee.CharField()
+    name = peewee.CharField()
+    count = peewee.BigIntegerField(default=0)
+
+    class Meta:
+        indexes = ((("plan_id", "node", "name"), True),)
+
+
+class FunnelCountDelta(BaseModel):
+    """A change to a FunnelCount, written by a trigger in the transaction that made it:
+    appended, never updated, so that no two transactions wait on a shared counter row."""
+
+    plan_id = peewee.IntegerField()
+    node = peewee.CharField()
+    name = peewee.CharField()
+    delta = peewee.BigIntegerField()
+
+
+class CountedEvent(BaseModel):
+    """The (message, event name) pairs already counted: an event type counts each
+    message once, however often it is delivered."""
+
+    message_id = peewee.CharField(max_length=64)
+    name = peewee.CharField()
+
+    class Meta:
+        primary_key = peewee.CompositeKey("message_id", "name")
+
+
 ALL_MODELS: list[type[BaseModel]] = [
     Tenant,
     SenderIdentity,
@@ -311,6 +347,9 @@ ALL_MODELS: list[type[BaseModel]] = [
     MessageEvent,
     Suppression,
     PeriodicTick,
+    FunnelCount,
+    FunnelCountDelta,
+    CountedEvent,
 ]
 
 
@@ -472,6 +511,7 @@ def create_schema(database: peewee.Database) -> None:
         _, replaced = _index_changes(database, database.get_tables())
         for index in replaced:
             database.execute_sql(f'DROP INDEX IF EXISTS "{index}"')
+        install_counters(database)
 
 
 def missing_schema(database: peewee.Database) -> list[str]:
@@ -483,7 +523,9 @@ def missing_schema(database: peewee.Database) -> list[str]:
                if model._meta.table_name not in tables]
     columns = [f"{table}.{field.column_name}" for table, field in _missing_columns(database, tables)]
     created, replaced = _index_changes(database, tables)
-    return missing + columns + [f"index {name}" for name in sorted(created + replaced)]
+    triggers = [] if counters_installed(database) else ["funnel count triggers"]
+    return (missing + columns + [f"index {name}" for name in sorted(created + replaced)]
+            + triggers)
 
 
 def _index_changes(database: peewee.Database,

@@ -7,6 +7,8 @@ from periodiq import cron
 
 from outreach_actors.domain import dispatch, ingest, maintenance
 from outreach_actors.domain.mail import ambiguous
+from outreach_actors.domain.store.counters import fold_counts
+from outreach_actors.domain.store.models import database_proxy
 from outreach_actors.settings import get_settings
 from outreach_actors.worker.actors.mail import (
     enqueue_actions,
@@ -40,13 +42,15 @@ def reconcile() -> None:
     Actions whose lease expired are enqueued again; sends that were lost are
     enqueued again and sends cut short become ambiguous; ambiguous sends past
     their window are settled by policy; webhook deliveries stored but never
-    normalized are enqueued again.
+    normalized are enqueued again; the funnel's count deltas are summed.
     """
     settings = get_settings()
     dispatch.reconcile_expired_leases(requeue_actions, settings=settings)
     dispatch.reconcile_stuck_messages(enqueue_send, settings=settings)
     ambiguous.settle_ambiguous_sends(requeue_send, settings=settings)
     ingest.requeue_stale_deliveries(enqueue_delivery, settings.action_lease)
+    # The funnel's deltas, summed once a minute, so that `outreach stats` reads few rows.
+    fold_counts(database_proxy.obj)
 
 
 @dramatiq.actor(queue_name="periodic", max_retries=0, periodic=cron("17 3 * * *"))
