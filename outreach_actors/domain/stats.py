@@ -44,34 +44,37 @@ def funnel(*, plan_name: str | None = None, tenant_id: str | None = None) -> lis
         plans = plans.where(Plan.name == plan_name)
     if tenant_id:
         plans = plans.where(Plan.tenant == tenant_id)
-    plan_ids = [p.id for p in plans]
-    if not plan_ids:
+    if not plans.exists():
         return []
-    counts: dict[Key, dict[str, int]] = defaultdict(lambda: dict.fromkeys(FUNNEL_COLUMNS, 0))
-    # Kept by the database in the transaction of each change (store/counters.py): no
-    # scan of visits, messages or events, whatever their number.
-    plan_keys = {plan.id: (plan.tenant_id, plan.name) for plan in plans}
-    opened = ANY_OPEN if get_settings().machine_opens_are_engagement else EventType.OPENED
-    columns = {ENTERED: "entered", f"{MESSAGE_STATUS}{OutboundMessage.SENT}": "sent",
-               f"{MESSAGE_STATUS}{OutboundMessage.AMBIGUOUS}": "ambiguous", opened: "opened",
-               **{event: event for event in EVENT_COLUMNS if event != EventType.OPENED}}
-    for (plan_id, node, name), count in stored_counts(database_proxy.obj, plan_ids).items():
-        if not count:  # a status every contact has left: no row of its own, as before
-            continue
-        row = counts[(*plan_keys[plan_id], node)]
-        if name.startswith(ENROLLMENT_STATUS):
-            status = name[len(ENROLLMENT_STATUS):]
-            column = {Enrollment.ACTIVE: "active", Enrollment.FAILED: "failed"}.get(status, "exited")
-        else:
-            column = columns.get(name)
-        if column is not None:
-            row[column] += count
-
+    counts = _counted(plans)
     order = _node_order(plans)
     rows = [{"tenant": tenant, "plan": name, "node": node, **values}
             for (tenant, name, node), values in counts.items()]
     return sorted(rows, key=lambda row: (
         row["tenant"], row["plan"], order.get((row["tenant"], row["plan"], row["node"]), 999)))
+
+
+def _counted(plans: peewee.ModelSelect) -> dict[Key, dict[str, int]]:
+    """The funnel's columns per (tenant, plan, node) of these plans, from the counts the
+    database keeps in the transaction of each change (store/counters.py): no scan of
+    visits, messages or events, whatever their number. All time: a count has no date."""
+    counts: dict[Key, dict[str, int]] = defaultdict(lambda: dict.fromkeys(FUNNEL_COLUMNS, 0))
+    plan_keys = {plan.id: (plan.tenant_id, plan.name) for plan in plans}
+    opened = ANY_OPEN if get_settings().machine_opens_are_engagement else EventType.OPENED
+    columns = {ENTERED: "entered", f"{MESSAGE_STATUS}{OutboundMessage.SENT}": "sent",
+               f"{MESSAGE_STATUS}{OutboundMessage.AMBIGUOUS}": "ambiguous", opened: "opened",
+               **{event: event for event in EVENT_COLUMNS if event != EventType.OPENED}}
+    statuses = {Enrollment.ACTIVE: "active", Enrollment.FAILED: "failed"}
+    for (plan_id, node, name), count in stored_counts(database_proxy.obj, list(plan_keys)).items():
+        if not count:  # a status every contact has left: no row of its own, as before
+            continue
+        if name.startswith(ENROLLMENT_STATUS):
+            column = statuses.get(name[len(ENROLLMENT_STATUS):], "exited")
+        else:
+            column = columns.get(name)
+        if column is not None:
+            counts[(*plan_keys[plan_id], node)][column] += count
+    return counts
 
 
 def _node_order(plans) -> dict[Key, int]:
