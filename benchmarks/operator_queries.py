@@ -15,7 +15,7 @@ its 10k figure of the same run: the growth factor is what matters (target: under
   `outreach stats` for every plan. With --quick the 1m figure is measured at 300k
   enrollments (its name keeps the full size; the unit says the size measured).
 
-Usage: python benchmarks/operator.py [--quick] [--json]
+Usage: python benchmarks/operator_queries.py [--quick] [--json]
 """
 
 from __future__ import annotations
