@@ -7,6 +7,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+import peewee
+
 from outreach_actors.domain.store.models import MessageEvent
 from outreach_actors.domain.vocabulary import (
     AWAITED_ENGAGEMENT,
@@ -30,6 +32,17 @@ def counts_for_plans(event_type: str, data: dict[str, Any] | None) -> bool:
     if event_type == EventType.OPENED and data.get(MACHINE_OPEN):
         return get_settings().machine_opens_are_engagement
     return not (event_type == EventType.CLICKED and data.get(UNSUBSCRIBE_LINK))
+
+
+def uncounted_events() -> peewee.Expression:
+    """The MessageEvent rows counts_for_plans leaves out, as a condition for queries
+    that count (stats). The flags are matched in the JSON text ingest stores."""
+    uncounted = (MessageEvent.type == EventType.CLICKED) & MessageEvent.data.contains(
+        f'"{UNSUBSCRIBE_LINK}": true')
+    if not get_settings().machine_opens_are_engagement:
+        uncounted |= (MessageEvent.type == EventType.OPENED) & MessageEvent.data.contains(
+            f'"{MACHINE_OPEN}": true')
+    return uncounted
 
 
 def engaged_timers(timers: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
