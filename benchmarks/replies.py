@@ -120,7 +120,7 @@ def run(quick: bool, database_url: str = _common.DATABASE_URL,
                 if answer.status != 200:
                     raise RuntimeError(f"the endpoint answered {answer.status}: {answer.body}")
             ended = models.Enrollment.select().where(
-                models.Enrollment.status == models.Enrollment.COMPLETED).count()
+                models.Enrollment.status == models.Enrollment.CONVERTED).count()
             if ended != count:
                 raise RuntimeError(f"{ended} of {count} enrollments ended on their reply")
     finally:
