@@ -161,6 +161,9 @@ class NodeVisit(BaseModel):
     version = peewee.IntegerField()
     # Where a routing node sent the contact on: a split's arm, or "holdout".
     route = peewee.CharField(null=True)
+    # The node the move came from (None: the start, or a visit stored before it was kept):
+    # what the edge counters count (store/counters.py).
+    from_node = peewee.CharField(null=True)
 
     class Meta:
         indexes = ((("enrollment", "version"), True),)
