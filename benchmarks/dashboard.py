@@ -2,11 +2,13 @@
 PostgreSQL (the issue's target: every page under 300 ms).
 
 - dashboard_ms_1m: the slowest of its pages (plans, a plan with its graph and counts, a
-  contact search, a timeline, failures, webhooks, inbound posts, suppressions, senders),
+  contact search, a timeline, failures, webhooks and inbound posts (with a state filter
+  too), suppressions, senders),
   rendered in process (queries and templates; no HTTP), each the median of 5, with
   1,000,000 enrollments of one plan and their companions in a real account's
   proportions (2.2 visits, 1.5 emails with their HTML, 3.6 events each: the seeding of
-  operator_queries.py, set-based), the counters' deltas not folded (the slower case).
+  operator_queries.py, set-based) and 100,000 webhook deliveries and inbound posts,
+  the counters' deltas not folded (the slower case).
 - dashboard_plan_page_ms_1m: the plan page alone, all time (the page whose counts grow
   with the data; read from the counters the database keeps).
 - dashboard_plan_period_ms_1m: the plan page for a chosen period (since a day): its
@@ -27,6 +29,7 @@ from collections.abc import Callable
 import _common
 import operator_queries
 
+from outreach_actors.domain.store import models
 from outreach_actors.domain.store.models import Contact, Plan
 from outreach_actors.settings import get_settings
 from outreach_actors.web.dashboard import Dashboard, DashboardRequest
@@ -44,6 +47,27 @@ def median_ms(call: Callable[[], object], repeats: int = 5) -> float:
         call()
         times.append((time.perf_counter() - started) * 1000)
     return statistics.median(times)
+
+
+def seed_deliveries(count: int) -> None:
+    """``count`` webhook deliveries and as many Inbound Parse posts (one per ten
+    enrollments), most processed, one in a thousand failed, bodies of about 1 kB."""
+    sql = models.database_proxy.obj.execute_sql
+    sql("""INSERT INTO webhook_delivery (provider, body, headers, status, error, attempts,
+               received_at)
+           SELECT 'sendgrid', convert_to(repeat(md5(g::text), 32), 'UTF8'), '{}',
+               CASE WHEN g %% 1000 = 0 THEN 'failed' ELSE 'processed' END,
+               CASE WHEN g %% 1000 = 0 THEN 'not JSON' END, 1,
+               now() - g * interval '1 second'
+           FROM generate_series(1, %s) g""", (count,))
+    sql("""INSERT INTO inbound_post (body, headers, body_digest, status, kind, note, attempts,
+               received_at)
+           SELECT convert_to(repeat(md5(g::text), 32), 'UTF8'), '{}', md5('post' || g),
+               CASE WHEN g %% 1000 = 0 THEN 'failed' ELSE 'processed' END,
+               'replied', NULL, 1, now() - g * interval '1 second'
+           FROM generate_series(1, %s) g""", (count,))
+    sql("ANALYZE webhook_delivery")
+    sql("ANALYZE inbound_post")
 
 
 def page_times(dashboard: Dashboard) -> dict[str, float]:
@@ -73,6 +97,8 @@ def page_times(dashboard: Dashboard) -> dict[str, float]:
         "timeline": page("GET", f"/contacts/{contact.id}"), "failures": page("GET", "/failures"),
         "failures_page_5": page("GET", "/failures?page=5"),
         "webhooks": page("GET", "/webhooks"), "inbound": page("GET", "/inbound"),
+        "webhooks_failed": page("GET", "/webhooks?status=failed&page=3"),
+        "inbound_failed": page("GET", "/inbound?status=failed&page=3"),
         "suppressions": page("GET", "/suppressions"), "senders": page("GET", "/senders"),
     }
     times = {name: median_ms(render) for name, render in pages.items()}
@@ -92,6 +118,7 @@ def run(quick: bool, database_url: str = _common.DATABASE_URL,
             dashboard = Dashboard(get_settings(), enqueue_delivery=lambda delivery_id: None)
             for size in (small, large):
                 operator_queries.seed_funnel(size)
+                seed_deliveries(size // 10)
                 measured[size] = page_times(dashboard)
     finally:
         database.close_all()
