@@ -1,15 +1,21 @@
-"""Benchmark of the dashboard: how long its pages take as the data grows, on PostgreSQL.
+"""Benchmark of the dashboard: how long its pages take with 1,000,000 enrollments on
+PostgreSQL (the issue's target: every page under 300 ms).
 
-- dashboard_slowest_page_ms: the slowest of its pages (plans, a plan with its graph and
-  counts, a contact search, a timeline, failures, webhooks, suppressions, senders),
+- dashboard_ms_1m: the slowest of its pages (plans, a plan with its graph and counts, a
+  contact search, a timeline, failures, webhooks and inbound posts (with a state filter
+  too), suppressions, senders),
   rendered in process (queries and templates; no HTTP), each the median of 5, with
-  LARGE enrollments (200,000; 20,000 with --quick), each sent an email, a third of
-  them opened and a tenth clicked. Target (the issue's): 300 ms.
-- dashboard_plan_page_ms: the plan page alone (its counts read every visit, message and
-  event of the plan: the page that grows with the data).
-- stats_funnel_ms: ``outreach stats``'s funnel, which the plan page shows.
-- The reference of each, measured in the same run: the same at SMALL enrollments
-  (10,000; 2,000 with --quick), so the ratio says how the time grows with the data.
+  1,000,000 enrollments of one plan and their companions in a real account's
+  proportions (2.2 visits, 1.5 emails with their HTML, 3.6 events each: the seeding of
+  operator_queries.py, set-based) and 100,000 webhook deliveries and inbound posts,
+  the counters' deltas not folded (the slower case).
+- dashboard_plan_page_ms_1m: the plan page alone, all time (the page whose counts grow
+  with the data; read from the counters the database keeps).
+- dashboard_plan_period_ms_1m: the plan page for a chosen period (since a day): its
+  counts are scanned from the rows of the period, the only page that reads them.
+- The reference of each, measured in the same run: the same at 10,000 enrollments.
+  With --quick the 1m figures are measured at 100,000 enrollments (their names keep
+  the full size; the unit says the size measured).
 
 Usage: python benchmarks/dashboard.py [--quick] [--json]
 """
@@ -21,71 +27,17 @@ import time
 from collections.abc import Callable
 
 import _common
+import operator_queries
 
-from outreach_actors.domain import stats
-from outreach_actors.domain.plans import validate_plan
-from outreach_actors.domain.store.models import (
-    Contact,
-    Enrollment,
-    MessageEvent,
-    NodeVisit,
-    Plan,
-    insert_rows,
-    utcnow,
-)
+from outreach_actors.domain.store import models
+from outreach_actors.domain.store.models import Contact, Plan
 from outreach_actors.settings import get_settings
 from outreach_actors.web.dashboard import Dashboard, DashboardRequest
+from outreach_actors.web.dashboard.access import csrf_token
 
 NAMESPACE = "outreach-bench-dashboard"
-SIZES = {False: (10_000, 200_000), True: (2_000, 20_000)}
-# Rows a seeding statement carries: 12 columns of a message each, under PostgreSQL's
-# 65,535 parameters a statement.
-CHUNK = 5_000
-PLAN = """
-name: dashboard
-start: intro
-nodes:
-  intro:
-    type: email
-    subject: "Hello"
-    body: "<p>Hello {{ unsubscribe_url }}</p>"
-    transitions:
-      - {on: click, to: thanks}
-      - {on: no_open, after: P3D, to: bump}
-  bump:
-    type: email
-    subject: "Again"
-    body: "<p>Again {{ unsubscribe_url }}</p>"
-    transitions:
-      - {on: no_click, after: P1D, to: stop}
-  thanks: {type: exit}
-  stop: {type: exit}
-"""
-
-
-def grow(plan: Plan, start: int, stop: int) -> None:
-    """Enrollments start..stop: each sent intro, a third opened, a tenth clicked."""
-    now = utcnow()
-    for low in range(start, stop, CHUNK):
-        high = min(stop, low + CHUNK)
-        prefix = f"c{low}"
-        _common.seed_sent_messages(plan, prefix, [now] * (high - low))
-        messages = (Enrollment.select(Enrollment.id, Contact.email).join(Contact)
-                    .where(Contact.email.startswith(prefix + "-")).tuples())
-        visits, events = [], []
-        for enrollment_id, email in messages:
-            n = int(email.split("-", 1)[1].split("@")[0])
-            message_id = f"msg_{prefix}_{n}"
-            visits.append({"enrollment": enrollment_id, "node": "intro", "entered_at": now,
-                           "version": 0})
-            for event, every in (("opened", 3), ("clicked", 10)):
-                if n % every == 0:
-                    events.append({"message": message_id, "tenant": _common.TENANT, "type": event,
-                                   "event_key": f"{event}:{message_id}", "email": email,
-                                   "occurred_at": now, "data": {}})
-        insert_rows(NodeVisit, visits)
-        insert_rows(MessageEvent, events)
-    _common.models.database_proxy.obj.execute_sql("ANALYZE")
+SIZES = {False: (10_000, 1_000_000), True: (10_000, 100_000)}
+NOMINAL_LARGE = 1_000_000
 
 
 def median_ms(call: Callable[[], object], repeats: int = 5) -> float:
@@ -97,19 +49,40 @@ def median_ms(call: Callable[[], object], repeats: int = 5) -> float:
     return statistics.median(times)
 
 
-def page_times(dashboard: Dashboard, plan: Plan) -> dict[str, float]:
+def seed_deliveries(count: int) -> None:
+    """``count`` webhook deliveries and as many Inbound Parse posts (one per ten
+    enrollments), most processed, one in a thousand failed, bodies of about 1 kB."""
+    sql = models.database_proxy.obj.execute_sql
+    sql("""INSERT INTO webhook_delivery (provider, body, headers, status, error, attempts,
+               received_at)
+           SELECT 'sendgrid', convert_to(repeat(md5(g::text), 32), 'UTF8'), '{}',
+               CASE WHEN g %% 1000 = 0 THEN 'failed' ELSE 'processed' END,
+               CASE WHEN g %% 1000 = 0 THEN 'not JSON' END, 1,
+               now() - g * interval '1 second'
+           FROM generate_series(1, %s) g""", (count,))
+    sql("""INSERT INTO inbound_post (body, headers, body_digest, status, kind, note, attempts,
+               received_at)
+           SELECT convert_to(repeat(md5(g::text), 32), 'UTF8'), '{}', md5('post' || g),
+               CASE WHEN g %% 1000 = 0 THEN 'failed' ELSE 'processed' END,
+               'replied', NULL, 1, now() - g * interval '1 second'
+           FROM generate_series(1, %s) g""", (count,))
+    sql("ANALYZE webhook_delivery")
+    sql("ANALYZE inbound_post")
+
+
+def page_times(dashboard: Dashboard) -> dict[str, float]:
+    plan = Plan.get()
     contact = Contact.select().order_by(Contact.id.desc()).get()
 
-    def page(method: str, path: str, **form: str) -> Callable[[], object]:
+    def page(method: str, path: str) -> Callable[[], object]:
         def render() -> None:
-            reply = dashboard.handle(DashboardRequest(method, path, form=form))
+            reply = dashboard.handle(DashboardRequest(method, path.split("?")[0], query=dict(
+                part.split("=") for part in path.partition("?")[2].split("&") if part)))
             if reply.status != 200:
                 raise RuntimeError(f"{path} answered {reply.status}: {reply.body[:200]}")
         return render
 
     # A search is a POST (addresses stay out of URLs): its token is the one of the cookie.
-    from outreach_actors.web.dashboard.access import csrf_token
-
     secret = "b" * 43
     token = csrf_token(dashboard.settings.secret_key, secret)
 
@@ -122,10 +95,15 @@ def page_times(dashboard: Dashboard, plan: Plan) -> dict[str, float]:
     pages = {
         "plans": page("GET", "/"), "plan": page("GET", f"/plans/{plan.id}"), "search": search,
         "timeline": page("GET", f"/contacts/{contact.id}"), "failures": page("GET", "/failures"),
-        "webhooks": page("GET", "/webhooks"), "suppressions": page("GET", "/suppressions"),
-        "senders": page("GET", "/senders"),
+        "failures_page_5": page("GET", "/failures?page=5"),
+        "webhooks": page("GET", "/webhooks"), "inbound": page("GET", "/inbound"),
+        "webhooks_failed": page("GET", "/webhooks?status=failed&page=3"),
+        "inbound_failed": page("GET", "/inbound?status=failed&page=3"),
+        "suppressions": page("GET", "/suppressions"), "senders": page("GET", "/senders"),
     }
-    return {name: median_ms(render) for name, render in pages.items()}
+    times = {name: median_ms(render) for name, render in pages.items()}
+    period = median_ms(page("GET", f"/plans/{plan.id}?since=2000-01-01"), repeats=3)
+    return {**times, "plan_period": period}
 
 
 def run(quick: bool, database_url: str = _common.DATABASE_URL,
@@ -134,36 +112,36 @@ def run(quick: bool, database_url: str = _common.DATABASE_URL,
     _common.ensure_database(database_url)
     _common.install(_common.bench_environment(database_url, redis_url, NAMESPACE))
     database = _common.fresh_schema()
-    measured: dict[int, tuple[dict[str, float], float]] = {}
+    measured: dict[int, dict[str, float]] = {}
     try:
         with database.connection_context():
-            plan = _common.seed_tenant(validate_plan(PLAN).to_definition())
             dashboard = Dashboard(get_settings(), enqueue_delivery=lambda delivery_id: None)
-            grown = 0
             for size in (small, large):
-                grow(plan, grown, size)
-                grown = size
-                funnel_ms = median_ms(lambda: stats.funnel(plan_name="dashboard"))
-                measured[size] = (page_times(dashboard, plan), funnel_ms)
+                operator_queries.seed_funnel(size)
+                seed_deliveries(size // 10)
+                measured[size] = page_times(dashboard)
     finally:
         database.close_all()
-    (pages_small, funnel_small), (pages_large, funnel_large) = measured[small], measured[large]
-    slowest = max(pages_large, key=pages_large.get)
+    pages_small, pages_large = measured[small], measured[large]
     print(f"pages at {large:,} (ms):", {name: round(ms, 1) for name, ms in pages_large.items()})
     print(f"pages at {small:,} (ms):", {name: round(ms, 1) for name, ms in pages_small.items()})
-    unit = f"ms at {large // 1000}k ({slowest}; reference at {small // 1000}k)"
+    at = "" if large == NOMINAL_LARGE else f" at {large:,}"
+    shown = [name for name in pages_large if name != "plan_period"]
+    slowest = max(shown, key=pages_large.get)
     return {
-        "dashboard_slowest_page_ms": _common.figure(round(pages_large[slowest], 1), unit,
-                                                    round(max(pages_small.values()), 1)),
-        "dashboard_plan_page_ms": _common.figure(round(pages_large["plan"], 1),
-                                                 f"ms at {large // 1000}k", round(pages_small["plan"], 1)),
-        "stats_funnel_ms": _common.figure(round(funnel_large, 1), f"ms at {large // 1000}k",
-                                          round(funnel_small, 1)),
+        "dashboard_ms_1m": _common.figure(
+            round(pages_large[slowest], 1), f"ms{at} ({slowest}; reference at {small // 1000}k)",
+            round(max(pages_small[name] for name in shown), 1)),
+        "dashboard_plan_page_ms_1m": _common.figure(round(pages_large["plan"], 1), f"ms{at}",
+                                                    round(pages_small["plan"], 1)),
+        "dashboard_plan_period_ms_1m": _common.figure(round(pages_large["plan_period"], 1),
+                                                      f"ms{at}", round(pages_small["plan_period"], 1)),
     }
 
 
 def main() -> None:
-    _common.command_line(run, __doc__, quick_help=f"{SIZES[True]} enrollments, not {SIZES[False]}")
+    _common.command_line(run, __doc__, quick_help=f"{SIZES[True][1]:,} enrollments, not "
+                                                  f"{SIZES[False][1]:,}")
 
 
 if __name__ == "__main__":

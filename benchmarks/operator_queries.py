@@ -100,10 +100,12 @@ def seed_funnel(count: int) -> None:
                2, now(), now(), now()
            FROM contact""", (plan.id,))
     # 2.2 visits each: intro for all, bump for 70%, an exit node for half.
-    sql("""INSERT INTO node_visit (enrollment_id, node, via_event, entered_at, version)
-           SELECT id, 'intro', NULL, now(), 0 FROM enrollment
-           UNION ALL SELECT id, 'bump', 'no_open', now(), 1 FROM enrollment WHERE id %% 10 < 7
-           UNION ALL SELECT id, 'done', 'no_click', now(), 2 FROM enrollment WHERE id %% 2 = 0""")
+    sql("""INSERT INTO node_visit (enrollment_id, node, via_event, entered_at, version, from_node)
+           SELECT id, 'intro', NULL, now(), 0, NULL FROM enrollment
+           UNION ALL SELECT id, 'bump', 'no_open', now(), 1, 'intro' FROM enrollment
+               WHERE id %% 10 < 7
+           UNION ALL SELECT id, 'done', 'no_click', now(), 2, 'bump' FROM enrollment
+               WHERE id %% 2 = 0""")
     # 1.5 emails each: the intro for all, the bump for half; bodies as rendered (1.3 kB).
     sql("""INSERT INTO outbound_message (id, tenant_id, enrollment_id, node, dedupe_key, status,
                to_email, from_email, from_name, subject, html, text, categories, headers,

@@ -202,6 +202,7 @@ def test_a_user_limited_to_some_tenants_sees_only_theirs(settings, data_dir) -> 
     assert client.get(f"/outreach/contacts/{ours}").status_code == 200
     assert client.get(f"/outreach/contacts/{theirs}").status_code == 404
     assert client.get("/outreach/webhooks").status_code == 403
+    assert client.get("/outreach/inbound").status_code == 403 and ">Inbound<" not in plans
     page = client.get("/outreach/contacts").text
     found = client.post("/outreach/contacts", data={"q": "ada@example.com",
                                                     "csrf_token": csrf_token_of(page)}).text

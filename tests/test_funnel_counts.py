@@ -4,11 +4,12 @@ upgrades and folds, on SQLite and PostgreSQL, and generic over event types."""
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 
 import pytest
 
 from outreach_actors.domain import engine
-from outreach_actors.domain.stats import funnel
+from outreach_actors.domain.stats import funnel, transition_counts
 from outreach_actors.domain.store import counters, models
 from outreach_actors.domain.store.models import (
     Enrollment,
@@ -55,8 +56,12 @@ def recount(plan: models.Plan) -> dict[tuple[str, str], int]:
     enrollments = Enrollment.select().where(Enrollment.plan == plan)
     for enrollment in enrollments:
         add(enrollment.current_node, f"enrollment:{enrollment.status}")
-        for visit in NodeVisit.select().where(NodeVisit.enrollment == enrollment):
+        visits = {visit.version: visit for visit in
+                  NodeVisit.select().where(NodeVisit.enrollment == enrollment)}
+        for visit in visits.values():
             add(visit.node, "entered")
+            if (before := visits.get(visit.version - 1)) is not None:  # the edge it moved along
+                add(visit.node, counters.edge_name(before.node, visit.via_event))
         for message in OutboundMessage.select().where(OutboundMessage.enrollment == enrollment):
             add(message.node, f"message:{message.status}")
             names = set()
@@ -80,8 +85,10 @@ def test_counts_follow_every_change_as_a_recount_finds_it(plan) -> None:
                                event(to_ada, "clicked", "c1", unsubscribe_link=True)])
     OutboundMessage.update(status="ambiguous").where(OutboundMessage.id == to_bob.id).execute()
     engine.exit_enrollment(cy.id, "bounced")
+    engine.process_event(ada.id, "clicked")
     expected = recount(plan)
     assert stored(plan) == expected
+    assert expected[("thanks", counters.edge_name("intro", "clicked"))] == 1
     assert expected[("intro", "entered")] == 3 and expected[("intro", "opened")] == 1
     assert ("intro", "clicked") not in expected and expected[("intro", "message:ambiguous")] == 1
 
@@ -97,12 +104,23 @@ def test_an_event_delivered_twice_or_repeated_counts_its_email_once(plan) -> Non
     assert (intro["opened"], intro["delivered"], intro["sent"]) == (1, 1, 1)
 
 
+def test_a_move_delivered_twice_counts_its_edge_once(plan) -> None:
+    ada = engine.enroll("acme", "ada@example.com", "onboarding")
+    for _ in range(2):  # the same click, as a redelivered message runs the actor again
+        engine.process_event(ada.id, "clicked", node="intro", visit_version=0)
+    assert stored(plan)[("thanks", counters.edge_name("intro", "clicked"))] == 1
+    assert stored(plan) == recount(plan)
+    assert transition_counts(plan.id) == {("intro", "clicked", "thanks"): 1}
+    assert transition_counts(plan.id, since=datetime(2000, 1, 1)) == transition_counts(plan.id)
+
+
 def test_a_rolled_back_change_leaves_no_count(plan) -> None:
     message = send(engine.enroll("acme", "ada@example.com", "onboarding"))
     before = stored(plan)
     with pytest.raises(RuntimeError), models.database_proxy.atomic():
         insert_rows(MessageEvent, [event(message, "clicked", "sg:c")])
         engine.enroll("acme", "bob@example.com", "onboarding")
+        engine.process_event(message.enrollment_id, "clicked")
         raise RuntimeError("the worker died before its commit")
     assert stored(plan) == before == recount(plan)
     # The click arrives again and counts now: the rollback took its "seen" mark too.
@@ -148,6 +166,26 @@ def test_db_init_counts_the_rows_of_a_database_from_before_the_counters(plan, db
     models.create_schema(db)  # what `outreach db init` runs
     assert models.missing_schema(db) == [] and stored(plan) == expected
     models.create_schema(db)  # and again: nothing counted twice
+    assert stored(plan) == expected
+
+
+def test_db_init_counts_the_edges_of_visits_stored_before_they_were_kept(plan, db) -> None:
+    ada, bob = (engine.enroll("acme", f"{name}@example.com", "onboarding") for name in ("ada", "bob"))
+    engine.process_event(ada.id, "clicked")
+    engine.process_event(bob.id, "no_open")
+    expected = recount(plan)
+    # Given the counters of the version before: no edge trigger, no edge counts, and
+    # visits that do not say where they came from.
+    db.execute_sql("DROP TRIGGER outreach_count_edges"
+                   + (" ON node_visit" if counters.is_postgresql(db) else ""))
+    for table in (models.FunnelCount, models.FunnelCountDelta):
+        table.delete().where(table.name.startswith(counters.EDGE)).execute()
+    NodeVisit.update(from_node=None).execute()
+    assert models.missing_schema(db) == ["funnel count triggers"]
+    models.create_schema(db)  # what `outreach db init` runs
+    assert stored(plan) == expected
+    assert expected[("bump", counters.edge_name("intro", "no_open"))] == 1
+    models.create_schema(db)
     assert stored(plan) == expected
 
 

@@ -36,6 +36,7 @@ from outreach_actors.settings import SettingsError
 from outreach_actors.web.dashboard import Dashboard, DashboardRequest
 from outreach_actors.web.http import Reply
 from outreach_actors.web.webhooks import SendGridWebhookReceiver
+from outreach_actors.worker.actors.replies import enqueue_inbound_post
 from outreach_actors.worker.actors.webhooks import enqueue_delivery
 
 EXTENSION = "outreach"
@@ -85,7 +86,7 @@ class OutreachFlask:
         prefix = (self.url_prefix or "").rstrip("/")
         if self.dashboard:
             app.extensions[DASHBOARD_EXTENSION] = (
-                Dashboard(endpoints.settings, enqueue_delivery), self.authorize)
+                Dashboard(endpoints.settings, enqueue_delivery, enqueue_inbound_post), self.authorize)
             app.register_blueprint(dashboard_blueprint, url_prefix=prefix + DASHBOARD_PATH)
         if prefix and not endpoints.settings.public_base_url.rstrip("/").endswith(prefix):
             # The workers build the links from the setting alone: without the prefix

@@ -1,5 +1,5 @@
 """Paged lists of stored rows for people to browse (the dashboard): plans, webhook
-deliveries, suppressions, senders. Each page reads one row more than it shows to know
+deliveries, inbound posts, suppressions, senders. Each page reads one row more than it shows to know
 whether another follows, so no list ever counts its whole table."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import peewee
 
 from outreach_actors.domain.addresses import address_key
 from outreach_actors.domain.store.models import (
+    InboundPost,
     Plan,
     SenderIdentity,
     Suppression,
@@ -62,6 +63,19 @@ def deliveries(number: int = 1, *, status: str | None = None) -> Page[WebhookDel
     ).order_by(WebhookDelivery.id.desc())
     if status:
         query = query.where(WebhookDelivery.status == status)
+    return page_of(query, number)
+
+
+def inbound_posts(number: int = 1, *, status: str | None = None) -> Page[InboundPost]:
+    """Inbound Parse posts, newest first (bodies are not read: a page shows their size)."""
+    query = InboundPost.select(
+        InboundPost.id, InboundPost.status, InboundPost.kind, InboundPost.note,
+        InboundPost.tenant, InboundPost.message, InboundPost.from_email, InboundPost.subject,
+        InboundPost.forward_status, InboundPost.attempts, InboundPost.received_at,
+        peewee.fn.LENGTH(InboundPost.body).alias("size"),
+    ).order_by(InboundPost.id.desc())
+    if status:
+        query = query.where(InboundPost.status == status)
     return page_of(query, number)
 
 

@@ -195,6 +195,7 @@ def enter_start(enrollments: Sequence[Enrollment], plan: PlanSpec, *, now: datet
 def _enter(
     enrollments: Sequence[Enrollment], plan: PlanSpec, node_name: str, *,
     via_event: str | None, now: datetime, event_data: EventData | None = None,
+    from_node: str | None = None,
 ) -> None:
     """Record the visits and create what the node needs (send, timers, completion).
 
@@ -213,7 +214,7 @@ def _enter(
     insert_rows(NodeVisit, [
         {"enrollment": enrollment.id, "node": node_name, "via_event": via_event,
          "entered_at": now, "version": enrollment.version,
-         "route": routes[enrollment.id][0] if routes else None}
+         "route": routes[enrollment.id][0] if routes else None, "from_node": from_node}
         for enrollment in enrollments
     ])
     if node.type == "email":
@@ -237,7 +238,7 @@ def _enter(
         ])
     elif router:
         _follow_routes(enrollments, plan, routes, via_event=via_event, now=now,
-                       event_data=event_data)
+                       event_data=event_data, from_node=node_name)
     else:
         ids = [enrollment.id for enrollment in enrollments]
         Enrollment.update(status=Enrollment.COMPLETED, updated_at=now).where(
@@ -265,7 +266,8 @@ class _Routed(NamedTuple):
 
 def _follow_routes(enrollments: Sequence[Enrollment], plan: PlanSpec,
                    routes: dict[int, tuple[str, str | None]], *, via_event: str | None,
-                   now: datetime, event_data: EventData | None) -> None:
+                   now: datetime, event_data: EventData | None,
+                   from_node: str | None = None) -> None:
     """Move enrollments that just entered a routing node on, each along its route (see
     routing.ROUTING_TYPES), in the same transaction: a move per next node, and the exits in one."""
     by_target: dict[str | None, list[Enrollment]] = defaultdict(list)
@@ -296,7 +298,8 @@ def _follow_routes(enrollments: Sequence[Enrollment], plan: PlanSpec,
             else:
                 moved.append(_Routed(enrollment.id, enrollment.contact_id, enrollment.version + 1,
                                      getattr(enrollment, "tenant_id", None)))
-        _enter(moved, plan, target, via_event=via_event, now=now, event_data=event_data)
+        _enter(moved, plan, target, via_event=via_event, now=now, event_data=event_data,
+               from_node=from_node)
 
 
 def _contact_zones(enrollments: Sequence[Enrollment]) -> dict[int, str | None]:
@@ -458,7 +461,8 @@ def _move_group(plan: PlanSpec, from_node: str, group: list[Enrollment], target:
     for enrollment in winners:
         enrollment.current_node, enrollment.version = target, enrollment.version + 1
         enrollment.node_entered_at = enrollment.updated_at = now
-    _enter(winners, plan, target, via_event=event, now=now, event_data=event_data)
+    _enter(winners, plan, target, via_event=event, now=now, event_data=event_data,
+           from_node=from_node)
     return winners
 
 

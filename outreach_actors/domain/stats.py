@@ -15,6 +15,7 @@ from outreach_actors.domain.store.counters import (
     ENROLLMENT_STATUS,
     ENTERED,
     MESSAGE_STATUS,
+    edge_of,
 )
 from outreach_actors.domain.store.counters import counts as stored_counts
 from outreach_actors.domain.store.models import (
@@ -217,19 +218,21 @@ def failures(*, plan_name: str | None = None, tenant_id: str | None = None,
 
 def goals(*, plan_name: str | None = None, tenant_id: str | None = None) -> list[dict]:
     """Per plan (all its versions): ``enrolled``, ``converted`` (reached a goal),
-    ``conversion_rate``, and per node how many converted after last being there."""
-    query = (
-        Enrollment.select(Plan.tenant, Plan.name, Enrollment.status, Enrollment.current_node,
-                          fn.COUNT(Enrollment.id))
-        .join(Plan)
-        .group_by(Plan.tenant, Plan.name, Enrollment.status, Enrollment.current_node)
-    )
+    ``conversion_rate``, and per node how many converted after last being there. From
+    the counts of enrollments by node and status the database keeps (store/counters.py):
+    no scan of the enrollments, whatever their number."""
+    versions = Plan.select(Plan.id, Plan.tenant, Plan.name)
     if plan_name:
-        query = query.where(Plan.name == plan_name)
+        versions = versions.where(Plan.name == plan_name)
     if tenant_id:
-        query = query.where(Plan.tenant == tenant_id)
+        versions = versions.where(Plan.tenant == tenant_id)
+    plan_keys = {plan.id: (plan.tenant_id, plan.name) for plan in versions}
     plans: dict[tuple[str, str], dict] = {}
-    for tenant, name, status, node, count in query.tuples():
+    for (plan_id, node, counted), count in sorted(
+            stored_counts(database_proxy.obj, list(plan_keys)).items()):
+        if count <= 0 or not counted.startswith(ENROLLMENT_STATUS):
+            continue
+        (tenant, name), status = plan_keys[plan_id], counted[len(ENROLLMENT_STATUS):]
         row = plans.setdefault((tenant, name), {"tenant": tenant, "plan": name, "enrolled": 0,
                                                 "converted": 0, "nodes": {}})
         row["enrolled"] += count
@@ -244,9 +247,16 @@ def goals(*, plan_name: str | None = None, tenant_id: str | None = None) -> list
 def transition_counts(plan_id: int, *, since: datetime | None = None,
                       until: datetime | None = None) -> dict[tuple[str, str, str], int]:
     """How many moves each transition of one plan version made, by (from node, event,
-    to node), in the period: each visit joined to the visit before it (a move raises
-    the enrollment's version by one). A routing node's moves straight after the
-    enrollment have no event (None)."""
+    to node), in the period: all time from the edge counts the database keeps
+    (store/counters.py); a period from the visits of that period, each joined to the
+    visit before it (a move raises the enrollment's version by one). A routing node's
+    moves straight after the enrollment have no event (None)."""
+    if since is None and until is None:
+        counted = {}
+        for (_, target, name), count in stored_counts(database_proxy.obj, [plan_id]).items():
+            if count and (edge := edge_of(name)) is not None:
+                counted[(edge[0], edge[1], target)] = count
+        return counted
     previous = NodeVisit.alias()
     moves = (
         NodeVisit.select(previous.node, NodeVisit.via_event, NodeVisit.node, fn.COUNT(NodeVisit.id))

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from outreach_actors.domain.addresses import address_key
+from outreach_actors.domain.replies.ingest import PROVIDER_EVENT
 from outreach_actors.domain.store.models import (
     Contact,
     Enrollment,
@@ -35,6 +36,7 @@ class Entry:
     why: str
     message_id: str | None = None
     delivery_id: int | None = None
+    inbound_post_id: int | None = None  # the Inbound Parse post that carried a reply
     synthetic: bool = False
 
 
@@ -124,6 +126,7 @@ def _entries(enrollment: Enrollment) -> list[Entry]:
         for event in events:
             entries.append(Entry(event.occurred_at, "event", f"{event.type}", _event_why(event),
                                  message_id=event.message_id, delivery_id=event.delivery_id,
+                                 inbound_post_id=_inbound_post_id(event),
                                  synthetic=event.synthetic))
 
     if enrollment.status != Enrollment.ACTIVE:
@@ -164,3 +167,11 @@ def _event_why(event: MessageEvent) -> str:
         return f"synthetic: the timer{due} found no {awaited}"
     provider = f" ({event.provider_event})" if event.provider_event else ""
     return f"reported by the provider{provider}"
+
+
+def _inbound_post_id(event: MessageEvent) -> int | None:
+    """The Inbound Parse post that carried a reply event (domain/replies keeps its id in
+    the event's data), or None."""
+    post_id = (event.data or {}).get("inbound_post") if event.provider_event == PROVIDER_EVENT \
+        else None
+    return post_id if isinstance(post_id, int) else None

@@ -20,6 +20,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from outreach_actors.contrib.django.apps import OutreachConfig
 from outreach_actors.web.dashboard import Dashboard, DashboardRequest
+from outreach_actors.worker.actors.replies import enqueue_inbound_post
 from outreach_actors.worker.actors.webhooks import enqueue_delivery
 
 #: The Django setting naming the permission a staff user needs (default: none beyond staff).
@@ -64,7 +65,8 @@ def _dashboard() -> Dashboard:
     built = getattr(config, "dashboard", None)
     if built is None or built[0] is not config.endpoints:
         built = config.dashboard = (config.endpoints, Dashboard(config.endpoints.settings,
-                                                                enqueue_delivery))
+                                                                enqueue_delivery,
+                                                                enqueue_inbound_post))
     return built[1]
 
 

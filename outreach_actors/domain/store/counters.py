@@ -4,7 +4,10 @@ deltas into one row per plan version, node and name.
 
 The names are generic, so that a new status or event type is counted with no change
 here: ``entered`` (node visits), ``enrollment:<status>`` (contacts whose enrollment is in
-the node now, by status), ``message:<status>`` (the node's emails by status), and each
+the node now, by status), ``message:<status>`` (the node's emails by status),
+``edge:<from node><US><event>`` (the moves into the node along one edge; US is the ASCII
+unit separator, which no node or event name holds, and the event is empty for a routing
+node's move that had none), and each
 event type of a node's emails, once per email however often it is delivered (a click on
 our own unsubscribe link is not a click; an open is ``opened`` when a person made it and
 ``opened:any`` counts machine opens too). Rows deleted later (a tenant removed, events
@@ -30,6 +33,28 @@ MESSAGE_STATUS = "message:"
 ANY_OPEN = f"{EventType.OPENED}:any"
 # The trigger that create_schema looks for to know the counters are installed.
 _MARKER = "outreach_count_visits"
+# The edge counter's trigger (added later: a database without it is backfilled for it).
+_EDGE_MARKER = "outreach_count_edges"
+EDGE = "edge:"
+EDGE_SEPARATOR = "\x1f"
+
+
+def edge_name(source: str, event: str | None) -> str:
+    """The counter name of the moves from ``source`` on ``event`` (into the counted node)."""
+    return f"{EDGE}{source}{EDGE_SEPARATOR}{event or ''}"
+
+
+def edge_of(name: str) -> tuple[str, str | None] | None:
+    """(from node, event or None) of an edge counter's name; None for another name."""
+    if not name.startswith(EDGE) or EDGE_SEPARATOR not in name:
+        return None
+    source, _, event = name[len(EDGE):].partition(EDGE_SEPARATOR)
+    return source, event or None
+
+
+def _edge_sql(row: str) -> str:
+    """SQL for the edge counter name of visit ``row`` (whose from_node is known)."""
+    return f"'{EDGE}' || {row}.from_node || '{EDGE_SEPARATOR}' || coalesce({row}.via_event, '')"
 
 
 def _named_events(row: str, source: str, flag) -> str:
@@ -67,6 +92,10 @@ def _sqlite_triggers() -> list[str]:
     return [
         f"""CREATE TRIGGER IF NOT EXISTS {_MARKER} AFTER INSERT ON node_visit BEGIN
             {delta("plan_id", "NEW.node", f"'{ENTERED}'", "1",
+                   "FROM enrollment WHERE id = NEW.enrollment_id")} END""",
+        f"""CREATE TRIGGER IF NOT EXISTS {_EDGE_MARKER} AFTER INSERT ON node_visit
+            WHEN NEW.from_node IS NOT NULL BEGIN
+            {delta("plan_id", "NEW.node", _edge_sql("NEW"), "1",
                    "FROM enrollment WHERE id = NEW.enrollment_id")} END""",
         f"""CREATE TRIGGER IF NOT EXISTS outreach_count_enrollments_in AFTER INSERT ON enrollment
             BEGIN {delta("NEW.plan_id", "NEW.current_node",
@@ -129,6 +158,11 @@ def _postgresql_triggers() -> list[str]:
                  "FROM new_rows n JOIN enrollment e ON e.id = n.enrollment_id GROUP BY 1, 2"),
         trigger(_MARKER, "AFTER INSERT", "node_visit",
                 "REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT"),
+        function(_EDGE_MARKER, insert + f"SELECT e.plan_id, n.node, {_edge_sql('n')}, count(*) "
+                 "FROM new_rows n JOIN enrollment e ON e.id = n.enrollment_id "
+                 "WHERE n.from_node IS NOT NULL GROUP BY 1, 2, 3"),
+        trigger(_EDGE_MARKER, "AFTER INSERT", "node_visit",
+                "REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT"),
         function("outreach_count_enrollments_in", insert
                  + f"SELECT plan_id, current_node, '{ENROLLMENT_STATUS}' || status, count(*) "
                  "FROM new_rows GROUP BY 1, 2, 3"),
@@ -180,6 +214,17 @@ def _postgresql_triggers() -> list[str]:
     return statements
 
 
+def _edge_backfill() -> str:
+    """The edge counts of the visits already there: a visit stored before from_node was
+    kept came from the enrollment's visit of the version before (a move raises it by one)."""
+    return ("INSERT INTO funnel_count_delta (plan_id, node, name, delta) "
+            f"SELECT e.plan_id, v.node, '{EDGE}' || coalesce(v.from_node, p.node) || "
+            f"'{EDGE_SEPARATOR}' || coalesce(v.via_event, ''), count(*) FROM node_visit v "
+            "JOIN enrollment e ON e.id = v.enrollment_id LEFT JOIN node_visit p "
+            "ON p.enrollment_id = v.enrollment_id AND p.version = v.version - 1 "
+            "WHERE coalesce(v.from_node, p.node) IS NOT NULL GROUP BY 1, 2, 3")
+
+
 def _backfill(database: peewee.Database) -> list[str]:
     """The counts of the rows already there, for a database upgraded by ``db init``."""
     flag = _postgresql_flag if is_postgresql(database) else _sqlite_flag
@@ -197,16 +242,21 @@ def _backfill(database: peewee.Database) -> list[str]:
         insert + "SELECT e.plan_id, m.node, c.name, count(*) FROM counted_event c "
         "JOIN outbound_message m ON m.id = c.message_id "
         "JOIN enrollment e ON e.id = m.enrollment_id GROUP BY 1, 2, 3",
+        _edge_backfill(),
     ]
 
 
 def counters_installed(database: peewee.Database) -> bool:
     """Whether the counting triggers exist (of a database connected by the caller)."""
+    return _has_trigger(database, _MARKER) and _has_trigger(database, _EDGE_MARKER)
+
+
+def _has_trigger(database: peewee.Database, name: str) -> bool:
     if is_postgresql(database):
         sql = "SELECT 1 FROM pg_trigger WHERE tgname = %s"
     else:
         sql = "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = ?"
-    return database.execute_sql(sql, (_MARKER,)).fetchone() is not None
+    return database.execute_sql(sql, (name,)).fetchone() is not None
 
 
 def install_counters(database: peewee.Database) -> None:
@@ -216,13 +266,14 @@ def install_counters(database: peewee.Database) -> None:
         if is_postgresql(database):
             database.execute_sql("LOCK TABLE node_visit, enrollment, outbound_message, "
                                  "message_event IN SHARE ROW EXCLUSIVE MODE")
-        first = not counters_installed(database)
-        if first:
+        if not _has_trigger(database, _MARKER):
             database.execute_sql("DELETE FROM funnel_count")
             database.execute_sql("DELETE FROM funnel_count_delta")
             database.execute_sql("DELETE FROM counted_event")
             for statement in _backfill(database):
                 database.execute_sql(statement)
+        elif not _has_trigger(database, _EDGE_MARKER):  # counters of an earlier version
+            database.execute_sql(_edge_backfill())
         for statement in (_postgresql_triggers() if is_postgresql(database)
                           else _sqlite_triggers()):
             database.execute_sql(statement)

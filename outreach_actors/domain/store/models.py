@@ -148,6 +148,13 @@ class Enrollment(BaseModel):
     updated_at = peewee.DateTimeField(default=utcnow)
 
 
+# The failures page and `outreach failures` list failed enrollments newest first: a
+# partial index holds those alone, in that order (a few rows among millions).
+Enrollment.add_index(Enrollment.index(Enrollment.updated_at, Enrollment.id,
+                                      name="enrollment_failed_newest")
+                     .where(Enrollment.status == Enrollment.FAILED))
+
+
 class NodeVisit(BaseModel):
     """One row each time an enrollment enters a node: the history behind the funnel."""
 
@@ -161,6 +168,9 @@ class NodeVisit(BaseModel):
     version = peewee.IntegerField()
     # Where a routing node sent the contact on: a split's arm, or "holdout".
     route = peewee.CharField(null=True)
+    # The node the move came from (None: the start, or a visit stored before it was kept):
+    # what the edge counters count (store/counters.py).
+    from_node = peewee.CharField(null=True)
 
     class Meta:
         indexes = ((("enrollment", "version"), True),)

@@ -26,8 +26,10 @@ from outreach_actors.domain.addresses import normalized_address
 from outreach_actors.domain.ingest import replay_delivery
 from outreach_actors.domain.plans import PlanError, validate_plan
 from outreach_actors.domain.preview import PreviewError, preview_node
+from outreach_actors.domain.replies.ingest import replay_post
 from outreach_actors.domain.store.models import (
     Contact,
+    InboundPost,
     OutboundMessage,
     Plan,
     Suppression,
@@ -58,6 +60,9 @@ DASHBOARD_HEADERS = MappingProxyType({
 HTML = "text/html; charset=utf-8"
 #: The largest id an id column holds (PostgreSQL's integer).
 MAX_ROW_ID = 2**31 - 1
+#: The states of an Inbound Parse post, as its list filters them.
+INBOUND_STATES = (InboundPost.RECEIVED, InboundPost.PROCESSED, InboundPost.FAILED,
+                  InboundPost.UNMATCHED, InboundPost.IGNORED, InboundPost.DUPLICATE)
 #: The longest form body a dashboard POST may have (a few fields).
 MAX_FORM_BYTES = 64 * 1024
 
@@ -89,11 +94,15 @@ Handler = Callable[["_RequestContext", re.Match], Reply]
 
 class Dashboard:
     """Routes a DashboardRequest to its page; ``enqueue_delivery`` queues a replayed
-    webhook delivery for normalization (the webhooks actor, in a worker)."""
+    webhook delivery for normalization (the webhooks actor, in a worker), and
+    ``enqueue_post`` a replayed Inbound Parse post to be read again (the replies actor;
+    without it, the inbound pages are shown but their Replay is refused)."""
 
-    def __init__(self, settings: Settings, enqueue_delivery: Callable[[int], Any]) -> None:
+    def __init__(self, settings: Settings, enqueue_delivery: Callable[[int], Any],
+                 enqueue_post: Callable[[int], Any] | None = None) -> None:
         self.settings = settings
         self.enqueue_delivery = enqueue_delivery
+        self.enqueue_post = enqueue_post
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
@@ -111,6 +120,9 @@ class Dashboard:
                 ("GET", r"/webhooks", self.webhooks_page),
                 ("GET", r"/webhooks/(\d+)", self.webhook_page),
                 ("POST", r"/webhooks/(\d+)/replay", self.replay),
+                ("GET", r"/inbound", self.inbound_posts_page),
+                ("GET", r"/inbound/(\d+)", self.inbound_post_page),
+                ("POST", r"/inbound/(\d+)/replay", self.replay_post),
                 ("GET", r"/suppressions", self.suppressions_page),
                 ("POST", r"/suppressions", self.suppressions_page),
                 ("POST", r"/suppressions/add", self.add_suppression),
@@ -274,6 +286,35 @@ class Dashboard:
             raise BadRequest(404, f"There is no webhook delivery {match[1]}.") from None
         return self._redirect(request, f"/webhooks/{match[1]}?replayed=1")
 
+    def inbound_posts_page(self, request: _RequestContext, match: re.Match) -> Reply:
+        _every_tenant(request)
+        status = request.query.get("status") or None
+        if status is not None and status not in INBOUND_STATES:
+            raise BadRequest(400, f"status must be one of {', '.join(INBOUND_STATES)}.")
+        page = browse.inbound_posts(_page_number(request), status=status)
+        return self._page("inbound_posts.html", request, page=page, state=status,
+                          statuses=INBOUND_STATES)
+
+    def inbound_post_page(self, request: _RequestContext, match: re.Match) -> Reply:
+        _every_tenant(request)
+        post = _found(InboundPost.get_or_none(InboundPost.id == _row_id(match[1])),
+                      "inbound post", match[1])
+        body = bytes(post.body).decode("utf-8", errors="replace")
+        return self._page("inbound_post.html", request, post=post, body=body,
+                          replayed=request.query.get("replayed") == "1",
+                          can_replay=self.enqueue_post is not None)
+
+    def replay_post(self, request: _RequestContext, match: re.Match) -> Reply:
+        _every_tenant(request)
+        if self.enqueue_post is None:
+            raise BadRequest(503, "This host did not give the dashboard a way to queue "
+                                  "inbound posts: replay it with `outreach replies replay`.")
+        try:
+            replay_post(_row_id(match[1]), self.enqueue_post)
+        except LookupError:
+            raise BadRequest(404, f"There is no inbound post {match[1]}.") from None
+        return self._redirect(request, f"/inbound/{match[1]}?replayed=1")
+
     def suppressions_page(self, request: _RequestContext, match: re.Match) -> Reply:
         address = request.form.get("q", "") if request.method == "POST" else ""
         return self._page("suppressions.html", request, query=address,
@@ -359,10 +400,10 @@ def _found(row: Any, what: str, row_id: str, request: _RequestContext | None = N
 
 def _every_tenant(request: _RequestContext) -> None:
     """Refuse a user limited to some tenants: a webhook delivery carries the events of
-    any tenant."""
+    any tenant, and an inbound post may be of none (unmatched) or of another."""
     if request.tenants is not None:
-        raise BadRequest(403, "Webhook deliveries carry every tenant's events: only a user "
-                              "who may see every tenant sees them.")
+        raise BadRequest(403, "Webhook deliveries and inbound posts carry every tenant's "
+                              "mail: only a user who may see every tenant sees them.")
 
 
 def _row_id(digits: str) -> int:

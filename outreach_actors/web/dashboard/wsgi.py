@@ -19,6 +19,7 @@ from outreach_actors.web.dashboard.pages import (
     DashboardRequest,
 )
 from outreach_actors.web.http import Reply
+from outreach_actors.worker.actors.replies import enqueue_inbound_post
 from outreach_actors.worker.actors.webhooks import enqueue_delivery
 
 #: Where ``outreach serve --dashboard`` mounts the dashboard.
@@ -35,7 +36,7 @@ class DashboardWSGI:
         self.endpoints = app.endpoints  # what the server reads its body limit from
         settings = app.endpoints.settings
         self.auth = BasicAuth(parse_users(settings.dashboard_users))
-        self.dashboard = Dashboard(settings, enqueue_delivery)
+        self.dashboard = Dashboard(settings, enqueue_delivery, enqueue_inbound_post)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
