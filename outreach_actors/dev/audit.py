@@ -8,21 +8,32 @@ event lost after that is ours). Used by the chaos run (``outreach_actors/chaos.p
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+import peewee
+
+from outreach_actors.dev.chaos_notify import ReceivedNotification
 from outreach_actors.dev.standin import AcceptedMessage
-from outreach_actors.domain import stored_plans
+from outreach_actors.domain import splits, stored_plans
+from outreach_actors.domain.goals import GOAL_REASON_PREFIX
+from outreach_actors.domain.store.keys import host_event_key
 from outreach_actors.domain.store.models import (
+    Contact,
     Enrollment,
+    HostEvent,
     MessageEvent,
+    NodeVisit,
+    Notification,
     OutboundMessage,
+    Plan,
     ScheduledAction,
     Suppression,
     WebhookDelivery,
+    database_proxy,
 )
 from outreach_actors.domain.vocabulary import PROOF_OF_SEND
 
@@ -31,6 +42,20 @@ CONFIRMED_NOTE = "resolved by provider event"
 POLICY_FAILED_NOTE = "ambiguous send not confirmed"
 # What each engagement timer waits for: a click counts as an open (see engagement.engagement_seen).
 ENGAGEMENT = {"no_open": {"opened", "clicked"}, "no_click": {"clicked"}}
+
+
+@dataclass
+class FlowRecord:
+    """What the host and the operator did in the run, as the audit needs it (see
+    dev/chaos_flows.py): the host events our endpoint accepted (by the host's id), how
+    many of their answers said "stored", the pause windows, the migration's window."""
+
+    tenant: str
+    host_event_ids: set[str] = field(default_factory=set)
+    host_events_stored_answers: Counter = field(default_factory=Counter)
+    plan_pauses: list = field(default_factory=list)  # chaos_flows.PauseWindow
+    contact_pauses: list = field(default_factory=list)
+    migration: tuple[datetime | None, datetime | None] = (None, None)
 
 
 @dataclass
@@ -50,6 +75,25 @@ class Audit:
     ambiguous: how ambiguous sends ended; ``unresolved`` ones and
       ``failed_though_confirmed`` ones (failed by the policy although a provider
       event confirming them had been processed) break the documented policy.
+    mailed_after_goal: mails accepted for a converted enrollment whose send was claimed
+      after the conversion committed (PostgreSQL's commit timestamp of the enrollment's
+      last write; without track_commit_timestamp, the converting event's processed_at).
+    arms_reassigned: split visits whose arm is not the stable assignment of the plan
+      version in force (for a visit made while the migration ran, either version's), a
+      second arm recorded for an enrollment at one split, and mails accepted for another
+      arm's email node than the one recorded.
+    notifications_lost: outbox rows never received by the host's actor, and ended
+      enrollments with no notification of their end.
+    notifications_doubled: notifications received more than once by their stable id,
+      received ids that are in no outbox row, and enrollments notified of their end twice.
+    mailed_while_paused: mails whose send was claimed after a plan-wide pause had
+      committed and before its resume was called (an email claimed before the pause
+      landed is in flight and goes); and mails to a paused enrollment rendered after
+      its pause had committed and before its resume was called (an email rendered
+      before the pause is in flight: control.py).
+    host_events_lost: host events our endpoint accepted that are not stored (once:
+      ``event_key`` is unique) and processed; host_events_stored_twice: events whose
+      answers said "stored" more than once.
     """
 
     enrollments: dict[str, int]
@@ -63,6 +107,14 @@ class Audit:
     not_terminal: int
     suppressed_mailed: int
     ambiguous: dict[str, int]
+    flows: dict[str, int] = field(default_factory=dict)
+    mailed_after_goal: int = 0
+    arms_reassigned: int = 0
+    notifications_lost: int = 0
+    notifications_doubled: int = 0
+    mailed_while_paused: int = 0
+    host_events_lost: int = 0
+    host_events_stored_twice: int = 0
 
     def violations(self) -> dict[str, int]:
         return {
@@ -73,6 +125,13 @@ class Audit:
             "suppressed_mailed": self.suppressed_mailed,
             "ambiguous_unresolved": self.ambiguous["unresolved"],
             "ambiguous_misapplied": self.ambiguous["failed_though_confirmed"],
+            "mailed_after_goal": self.mailed_after_goal,
+            "arms_reassigned": self.arms_reassigned,
+            "notifications_lost": self.notifications_lost,
+            "notifications_doubled": self.notifications_doubled,
+            "mailed_while_paused": self.mailed_while_paused,
+            "host_events_lost": self.host_events_lost,
+            "host_events_stored_twice": self.host_events_stored_twice,
         }
 
     def lines(self) -> list[str]:
@@ -83,6 +142,7 @@ class Audit:
             "timers: " + _join(self.timers),
             "webhook events: " + _join(self.events),
             "ambiguous sends: " + _join(self.ambiguous),
+            "flows: " + _join(self.flows),
             "invariants (all must be 0): " + _join(self.violations()),
         ]
 
@@ -92,18 +152,20 @@ def _join(values: dict[str, Any]) -> str:
 
 
 def audit_campaign(accepted_mails: Sequence[AcceptedMessage], accepted_event_ids: Counter[str],
-                   presuppressed: set[str]) -> Audit:
+                   presuppressed: set[str], record: FlowRecord | None = None) -> Audit:
     """Audit everything in the bound database.
 
     ``accepted_mails``: what SendGrid accepted. ``accepted_event_ids``: the
     ``sg_event_id`` of every event in a batch our endpoint answered 2xx, counted
     as often as it was accepted. ``presuppressed``: addresses suppressed before
-    they were enrolled (any mail to them is a breach).
+    they were enrolled (any mail to them is a breach). ``record``: the host's and the
+    operator's flows (none: those invariants are not audited).
     """
     messages = {
         row.id: row for row in OutboundMessage.select(
             OutboundMessage.id, OutboundMessage.enrollment, OutboundMessage.node,
             OutboundMessage.status, OutboundMessage.error, OutboundMessage.send_started_at,
+            OutboundMessage.created_at,
         )
     }
     per_message = Counter(mail.custom_args.get("outreach_message_id") for mail in accepted_mails)
@@ -116,6 +178,7 @@ def audit_campaign(accepted_mails: Sequence[AcceptedMessage], accepted_event_ids
     enrollments = Counter(status for (status,) in Enrollment.select(Enrollment.status).tuples())
     timers, lost_timers = _audit_timers(messages)
     events, lost_events = _audit_events(accepted_event_ids)
+    flows = _audit_flows(accepted_mails, messages, record) if record is not None else {}
     return Audit(
         enrollments=dict(sorted(enrollments.items())),
         messages=dict(sorted(Counter(row.status for row in messages.values()).items())),
@@ -128,6 +191,8 @@ def audit_campaign(accepted_mails: Sequence[AcceptedMessage], accepted_event_ids
         not_terminal=enrollments.get(Enrollment.ACTIVE, 0),
         suppressed_mailed=_suppressed_mailed(accepted_mails, messages, presuppressed),
         ambiguous=_audit_ambiguous(messages, per_message),
+        flows={key: value for key, value in flows.items() if key not in _FLOW_INVARIANTS},
+        **{key: value for key, value in flows.items() if key in _FLOW_INVARIANTS},
     )
 
 
@@ -261,4 +326,147 @@ def _audit_ambiguous(messages: dict[str, OutboundMessage],
     }
 
 
-__all__ = ["Audit", "audit_campaign"]
+_FLOW_INVARIANTS = ("mailed_after_goal", "arms_reassigned", "notifications_lost",
+                    "notifications_doubled", "mailed_while_paused", "host_events_lost",
+                    "host_events_stored_twice")
+
+
+def _audit_flows(accepted_mails: Sequence[AcceptedMessage], messages: dict[str, OutboundMessage],
+                 record: FlowRecord) -> dict[str, int]:
+    """The flows' counts and invariants (see Audit), in one mapping."""
+    mails = [(mail, messages.get(mail.custom_args.get("outreach_message_id")))
+             for mail in accepted_mails]
+    mails = [(mail, row) for mail, row in mails if row is not None and row.enrollment_id]
+    counts: dict[str, int] = {}
+    counts.update(_audit_goals(mails))
+    counts.update(_audit_splits(mails, record))
+    counts.update(_audit_notifications())
+    counts.update(_audit_pauses(mails, record))
+    counts.update(_audit_host_events(record))
+    return counts
+
+
+def _goal_committed_at() -> dict[int, datetime]:
+    """When each conversion committed: PostgreSQL's commit timestamp of the enrollment's
+    last write (a converted enrollment is written no more), else the converting event's
+    processed_at (taken when its transaction began: a little early)."""
+    converted = Enrollment.status == Enrollment.CONVERTED
+    try:
+        with database_proxy.atomic():
+            rows = Enrollment.select(
+                Enrollment.id, peewee.fn.pg_xact_commit_timestamp(peewee.SQL("enrollment.xmin")),
+            ).where(converted).tuples()
+            return {enrollment_id: stamp.astimezone(UTC).replace(tzinfo=None)
+                    for enrollment_id, stamp in rows if stamp is not None}
+    except (peewee.DatabaseError, AttributeError):  # SQLite, or track_commit_timestamp off
+        pass
+    committed: dict[int, datetime] = {}
+    for enrollment_id, reason, name, processed_at in (
+        Enrollment.select(Enrollment.id, Enrollment.exit_reason, HostEvent.name,
+                          HostEvent.processed_at)
+        .join(Contact).join(HostEvent, on=((HostEvent.tenant == Contact.tenant)
+                                           & (HostEvent.email == Contact.email)))
+        .where(converted, HostEvent.processed_at.is_null(False)).tuples()
+    ):
+        if reason == GOAL_REASON_PREFIX + name:
+            committed[enrollment_id] = min(committed.get(enrollment_id, processed_at), processed_at)
+    return committed
+
+
+def _audit_goals(mails: list[tuple[AcceptedMessage, OutboundMessage]]) -> dict[str, int]:
+    committed = _goal_committed_at()
+    after = sum(1 for _, row in mails if row.enrollment_id in committed
+                and row.send_started_at is not None
+                and row.send_started_at > committed[row.enrollment_id])
+    return {"converted": len(committed), "mailed_after_goal": after}
+
+
+def _audit_splits(mails: list[tuple[AcceptedMessage, OutboundMessage]],
+                  record: FlowRecord) -> dict[str, int]:
+    """Each split visit's arm against the stable assignment, one arm per enrollment and
+    split, and no mail for another arm's node (SendGrid's record)."""
+    started, ended = record.migration
+    plans = {row.id: row for row in Plan.select()}
+    by_version = {(row.name, row.version): row for row in plans.values()}
+    visits = list(NodeVisit.select(NodeVisit.enrollment, NodeVisit.node, NodeVisit.route,
+                                   NodeVisit.entered_at, Enrollment.plan, Enrollment.tenant,
+                                   Contact.email)
+                  .join(Enrollment).join(Contact)
+                  .where(NodeVisit.route.is_null(False)).tuples())
+    routes: dict[tuple[int, str], set[str]] = defaultdict(set)
+    plan_of: dict[int, int] = {}
+    wrong = 0
+    for enrollment_id, node, route, entered_at, plan_id, tenant, email in visits:
+        routes[(enrollment_id, node)].add(route)
+        plan_of[enrollment_id] = plan_id
+        current = plans[plan_id]
+        candidates = [current]
+        earlier = by_version.get((current.name, current.version - 1))
+        if earlier is not None and started is not None:  # migrated mid-run, maybe
+            if entered_at < started:
+                candidates = [earlier]
+            elif ended is None or entered_at <= ended:
+                candidates = [earlier, current]
+        expected = {splits.choose_route(
+            splits.assignment_point(tenant, email, plan.name, plan.version, node),
+            stored_plans.plan_for_id(plan.id).node(node)) for plan in candidates}
+        wrong += route not in expected
+    second_arms = sum(len(arms) - 1 for arms in routes.values())
+    mailed_nodes: dict[int, set[str]] = defaultdict(set)
+    for _, row in mails:
+        mailed_nodes[row.enrollment_id].add(row.node)
+    other_arm_mails = 0
+    for (enrollment_id, node), arms in routes.items():
+        spec = stored_plans.plan_for_id(plan_of[enrollment_id]).node(node)
+        targets = dict(zip(splits.arm_names(spec), [arm.to for arm in spec.arms or []],
+                           strict=True))
+        chosen = {targets.get(arm) for arm in arms}
+        other_arm_mails += len((set(targets.values()) - chosen) & mailed_nodes[enrollment_id])
+    return {"split_visits": len(visits), "arms_reassigned": wrong + second_arms + other_arm_mails}
+
+
+def _audit_notifications() -> dict[str, int]:
+    """Every outbox row received once by its id; every ended enrollment notified once."""
+    received = Counter(notification_id for (notification_id,) in ReceivedNotification.select(
+        ReceivedNotification.notification_id).tuples())
+    rows = dict(Notification.select(Notification.id, Notification.payload).tuples())
+    lost = sum(1 for notification_id in rows if not received[notification_id])
+    doubled = sum(count - 1 for count in received.values() if count > 1)
+    doubled += sum(count for notification_id, count in received.items()
+                   if notification_id not in rows)
+    ends = Counter(payload.get("enrollment_id") for payload in rows.values())
+    doubled += sum(count - 1 for count in ends.values() if count > 1)
+    ended = [enrollment_id for (enrollment_id,) in Enrollment.select(Enrollment.id).where(
+        Enrollment.status.not_in(Enrollment.LIVE)).tuples()]
+    lost += sum(1 for enrollment_id in ended if not ends[enrollment_id])
+    return {"notifications": len(rows), "notifications_received": sum(received.values()),
+            "notifications_lost": lost, "notifications_doubled": doubled}
+
+
+def _audit_pauses(mails: list[tuple[AcceptedMessage, OutboundMessage]],
+                  record: FlowRecord) -> dict[str, int]:
+    breaches = 0
+    for window in record.plan_pauses:
+        breaches += sum(1 for _, row in mails if row.send_started_at is not None
+                        and window.started_at < row.send_started_at < window.ended_at)
+    for window in record.contact_pauses:
+        addresses = set(window.emails)
+        breaches += sum(1 for mail, row in mails
+                        if mail.recipients()[0][0].lower() in addresses
+                        and window.started_at < row.created_at < window.ended_at)
+    return {"mailed_while_paused": breaches}
+
+
+def _audit_host_events(record: FlowRecord) -> dict[str, int]:
+    keys = {host_event_key(record.tenant, event_id) for event_id in record.host_event_ids}
+    stored = Counter(key for (key,) in HostEvent.select(HostEvent.event_key).where(
+        HostEvent.event_key.in_(sorted(keys)), HostEvent.status == HostEvent.PROCESSED).tuples())
+    return {
+        "host_events_accepted": len(keys),
+        "host_events_lost": sum(1 for key in keys if stored[key] != 1),
+        "host_events_stored_twice": sum(1 for count in record.host_events_stored_answers.values()
+                                        if count > 1),
+    }
+
+
+__all__ = ["Audit", "FlowRecord", "audit_campaign"]
