@@ -76,7 +76,7 @@ class Audit:
       ``failed_though_confirmed`` ones (failed by the policy although a provider
       event confirming them had been processed) break the documented policy.
     mailed_after_goal: mails accepted for a converted enrollment whose send was claimed
-      after the conversion committed (PostgreSQL's commit timestamp of the enrollment's
+      after the conversion committed, by a claim that did not cancel it (PostgreSQL's commit timestamp of the enrollment's
       last write; without track_commit_timestamp, the converting event's processed_at).
     arms_reassigned: split visits whose arm is not the stable assignment of the plan
       version in force (for a visit made while the migration ran, either version's), a
@@ -375,9 +375,13 @@ def _goal_committed_at() -> dict[int, datetime]:
 
 def _audit_goals(mails: list[tuple[AcceptedMessage, OutboundMessage]]) -> dict[str, int]:
     committed = _goal_committed_at()
+    # Every claim after the goal must cancel the send (and is the last claim): a mail
+    # whose last claim came after the goal and did not cancel went out after it. (One
+    # whose last claim cancelled was accepted on an earlier claim, made before the goal.)
     after = sum(1 for _, row in mails if row.enrollment_id in committed
                 and row.send_started_at is not None
-                and row.send_started_at > committed[row.enrollment_id])
+                and row.send_started_at > committed[row.enrollment_id]
+                and row.status != OutboundMessage.CANCELLED)
     return {"converted": len(committed), "mailed_after_goal": after}
 
 
