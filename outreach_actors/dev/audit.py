@@ -353,12 +353,12 @@ def _goal_committed_at() -> dict[int, datetime]:
     converted = Enrollment.status == Enrollment.CONVERTED
     try:
         with database_proxy.atomic():
-            rows = Enrollment.select(
-                Enrollment.id, peewee.fn.pg_xact_commit_timestamp(peewee.SQL("enrollment.xmin")),
-            ).where(converted).tuples()
-            return {enrollment_id: stamp.astimezone(UTC).replace(tzinfo=None)
-                    for enrollment_id, stamp in rows if stamp is not None}
-    except (peewee.DatabaseError, AttributeError):  # SQLite, or track_commit_timestamp off
+            rows = database_proxy.execute_sql(
+                "SELECT id, pg_xact_commit_timestamp(xmin) FROM enrollment WHERE status = %s",
+                (Enrollment.CONVERTED,)).fetchall()
+        return {enrollment_id: stamp.astimezone(UTC).replace(tzinfo=None)
+                for enrollment_id, stamp in rows if stamp is not None}
+    except peewee.DatabaseError:  # SQLite, or track_commit_timestamp off
         pass
     committed: dict[int, datetime] = {}
     for enrollment_id, reason, name, processed_at in (
