@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from datetime import timedelta
@@ -346,7 +346,7 @@ def run_chaos(config: ChaosConfig) -> ChaosReport:
         started = time.monotonic()
         flows = OperatorFlows(TENANT, PLAN_NAME, config.pause_hold_s)
         campaign = Campaign(config, settings, workers, EmbeddedRedis(redis_dir), postgres,
-                            tally, rng, flows)
+                            tally, rng, flows, on_postgres_down=poster.release)
         finished = campaign.run(started + config.time_limit_s)
         campaign.restart_stopped_workers()
         simulator.stop()
@@ -547,9 +547,11 @@ class Campaign:
 
     def __init__(self, config: ChaosConfig, settings: Settings, workers: list[WorkerProcess],
                  redis_server: EmbeddedRedis, postgres: ThrowawayPostgres | None,
-                 tally: FaultTally, rng: random.Random, flows: OperatorFlows) -> None:
+                 tally: FaultTally, rng: random.Random, flows: OperatorFlows,
+                 on_postgres_down: Callable[[], None] = lambda: None) -> None:
         self.config = config
         self.flows = flows
+        self.on_postgres_down = on_postgres_down
         self.settings = settings
         self.workers = workers
         self.redis_server = redis_server
@@ -682,6 +684,8 @@ class Campaign:
             os.kill(pid, signal.SIGKILL)
         else:
             stop_embedded_redis(self.redis_server.data_dir)
+        if not (self.config.postgres_restart and self.postgres is not None):
+            self.on_postgres_down()  # no database outage: the held-back events meet this one
         time.sleep(self.config.redis_down_s)
         ensure_embedded_redis(self.redis_server.data_dir)
         self.tally.redis_restarts += 1
@@ -690,6 +694,7 @@ class Campaign:
     def restart_postgres(self) -> None:
         """Stop the run's PostgreSQL server (a crash, or a clean stop) and start it again."""
         self.postgres.stop(self.config.postgres_restart)
+        self.on_postgres_down()
         time.sleep(self.config.postgres_down_s)
         self.postgres.start()
         self.tally.postgres_restarts += 1

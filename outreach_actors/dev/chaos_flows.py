@@ -56,6 +56,9 @@ class PurchasePoster:
     purchasers: set[str]
     seed: int = 0
     max_delay_s: float = 2.0
+    # Every other purchaser's events wait for release() (the run calls it as PostgreSQL
+    # goes down), so that some POSTs meet the outage and are retried.
+    hold_back_every: int = 2
     requests_posted: int = 0
     requests_refused: int = 0
     out_of_order_pairs: int = 0
@@ -65,6 +68,8 @@ class PurchasePoster:
     stored_answers: Counter = field(default_factory=Counter)  # answered "stored": true
     _seen: int = 0
     _queued: set[str] = field(default_factory=set)
+    _held: list[str] = field(default_factory=list)
+    _released: bool = False
     _timers: list[threading.Thread] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -83,7 +88,13 @@ class PurchasePoster:
                 email = message.recipients()[0][0].lower()
                 if email in self.purchasers and email not in self._queued:
                     self._queued.add(email)
-                    self._schedule(email)
+                    with self._lock:
+                        hold = (not self._released and self.hold_back_every
+                                and len(self._queued) % self.hold_back_every == 0)
+                        if hold:
+                            self._held.append(email)
+                    if not hold:
+                        self._schedule(email)
             time.sleep(0.1)
 
     def _schedule(self, email: str) -> None:
@@ -128,10 +139,18 @@ class PurchasePoster:
                 self.stored_answers[event["event_id"]] += answer["results"][0]["stored"]
             return
 
+    def release(self) -> None:
+        """Post the events held back until now (and no longer hold any back)."""
+        with self._lock:
+            held, self._held, self._released = self._held, [], True
+        for email in held:
+            self._schedule(email)
+
     def stop(self) -> None:
         """Stop watching, and wait until every event queued has been answered 200."""
         self._stop.set()
         self._thread.join(timeout=10)
+        self.release()
         for thread in self._timers:
             thread.join()
 
@@ -149,12 +168,12 @@ def retried(call: Callable[[], Any], *, attempts: int = 200) -> Any:
     for _ in range(attempts - 1):
         try:
             return call()
-        except peewee.DatabaseError as exc:
+        except (peewee.DatabaseError, peewee.InterfaceError) as exc:
             logger.info("Chaos: an operator call met the database down (%r); retrying", exc)
             if not database_proxy.obj.is_closed():
                 try:
                     database_proxy.obj.close()
-                except peewee.DatabaseError:
+                except (peewee.DatabaseError, peewee.InterfaceError):
                     pass
             time.sleep(RETRY_PAUSE_S)
     return call()
