@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, tuple[str, ...]] = {
     "pipeline": ("emails_per_s", "noop_chain_per_s", "timeouts_per_s"),
     "limiter": ("limiter_overshoot", "limiter_utilization", "acquire_with_policy_us"),
     "webhooks": ("webhook_events_per_s",),
+    "replies": ("inbound_replies_per_s",),
     "track": ("track_events_per_s",),
     "rendering": ("render_isolation_us_per_email", "render_isolation_cpu_us_per_email"),
     "reactions": ("reaction_timer_p99_s", "reaction_event_p99_s"),

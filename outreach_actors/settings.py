@@ -188,9 +188,21 @@ class Settings(BaseModel):
     reputation_min_sends: int = 200
     reputation_max_complaint_rate: float = 0.003
     reputation_max_hard_bounce_rate: float = 0.05
+    # Replies (SendGrid Inbound Parse, domain/replies): the domain whose MX points at
+    # mx.sendgrid.net; when set, every email's Reply-To is reply+TOKEN@ this domain.
+    inbound_domain: str | None = None
+    # The Inbound Parse security policy's public key (base64 DER, as for events).
+    sendgrid_inbound_public_key: str | None = None
+    # Accepting unsigned inbound posts must be asked for by name; it is logged at start.
+    sendgrid_inbound_allow_unsigned: bool = False
+    # SendGrid Inbound Parse refuses mail over 30 MB (its whole post): so do we (413).
+    inbound_max_body_bytes: int = 30 * 1024 * 1024
+    # A no_reply timer without `after` fires this long after the send.
+    no_reply_timeout: Duration = timedelta(days=3)
 
     @field_validator(
         "webhook_max_body_bytes",
+        "inbound_max_body_bytes",
         "ratelimit_sender_per_minute",
         "ratelimit_sender_per_hour",
         "ratelimit_tenant_per_hour",

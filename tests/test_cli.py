@@ -41,6 +41,7 @@ def test_every_subcommand_has_help() -> None:
     for args in (["--help"], ["db", "init", "--help"], ["plan", "validate", "--help"],
                  ["enroll", "--help"], ["preview", "--help"], ["stats", "--help"],
                  ["suppressions", "import", "--help"], ["webhooks", "replay", "--help"],
+                 ["replies", "list", "--help"], ["replies", "replay", "--help"],
                  ["serve", "--help"], ["broker", "stop", "--help"], ["demo", "--help"]):
         result = runner.invoke(main, args)
         assert result.exit_code == 0 and "Usage:" in result.output, args
@@ -435,3 +436,26 @@ def test_a_from_name_with_u2028_is_refused_at_sender_add_and_at_send(outreach, s
     assert models.OutboundMessage.get_by_id(message_id).error.startswith(
         "from_name: contains a line break or NUL character")
     assert standin.requests == []
+
+
+def test_sender_add_names_where_replies_are_forwarded(outreach) -> None:
+    outreach("sender", "add", "sales@acme.test", "--tenant", "acme", "--verified",
+             "--forward-replies-to", "Owner@Acme.test")
+    assert models.SenderIdentity.get().forward_replies_to == "owner@acme.test"
+    output = outreach("sender", "add", "sales@acme.test", "--tenant", "acme",
+                      "--forward-replies-to", "not an address", expect=1).output
+    assert "--forward-replies-to" in output
+
+
+def test_replies_list_show_and_replay(outreach) -> None:
+    post = models.InboundPost.create(body=b"--x--", body_digest="d1", status="failed",
+                                     headers={"content-type": "text/plain"},
+                                     note="not multipart/form-data but text/plain")
+    assert "failed" in outreach("replies", "list").output
+    output = outreach("replies", "show", str(post.id)).output
+    assert "status: failed" in output and "not multipart/form-data" in output
+    assert outreach("replies", "show", str(post.id), "--body").output == "--x--"
+    assert "queued to be read again" in outreach("replies", "replay", str(post.id)).output
+    assert models.InboundPost.get_by_id(post.id).status == "received"
+    assert "no inbound post 999" in outreach("replies", "replay", "999", expect=1).output
+    assert "no inbound post 999" in outreach("replies", "show", "999", expect=1).output

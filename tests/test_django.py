@@ -243,3 +243,22 @@ def test_the_readme_django_view_answers_every_documented_error(settings, data_di
         activated(None)
         assert namespace["signup"](RequestFactory().post(
             "/signup", {"email": "ada@example.com"})).status_code == 503
+
+
+def test_a_signed_inbound_parse_post_is_stored_without_a_csrf_token(settings, data_dir, key) -> None:
+    from outreach_actors.dev.inbound_posts import inbound_headers
+    from outreach_actors.domain.store.models import InboundPost
+
+    from .test_replies import KEYS, SAMPLES
+
+    setup_django()
+    config = outreach_config(data_dir, key, sendgrid_inbound_public_key=KEYS.public_key)
+    with override_settings(OUTREACH=config):
+        activated(None)
+        body = (SAMPLES / "sendgrid_parsed_form.txt").read_bytes()
+        headers = inbound_headers(body, KEYS.private_key_pem)
+        response = Client(enforce_csrf_checks=True).generic(
+            "POST", "/webhooks/sendgrid/inbound", body,
+            content_type=headers.pop("Content-Type"), headers=headers)
+        assert response.status_code == 200
+        assert bytes(InboundPost.get().body) == body

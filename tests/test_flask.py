@@ -208,3 +208,21 @@ def test_host_events_through_the_blueprint_and_the_extension(data_dir, key, sett
     assert app.extensions["outreach"].events is not None
     assert OutreachFlask.track("acme", "ada@example.com", "upgraded").stored
     assert HostEvent.select().count() == 2
+
+
+def test_a_signed_inbound_parse_post_is_stored(settings, data_dir, key) -> None:
+    from outreach_actors.dev.inbound_posts import inbound_headers
+    from outreach_actors.domain.store.models import InboundPost
+
+    from .test_replies import KEYS, SAMPLES
+
+    app = flask_app(data_dir, key, OUTREACH_SENDGRID_INBOUND_PUBLIC_KEY=KEYS.public_key)
+    body = (SAMPLES / "sendgrid_raw_form.txt").read_bytes()
+    client = app.test_client()
+    for _ in range(2):  # SendGrid's retry is stored once
+        response = client.post("/webhooks/sendgrid/inbound", data=body,
+                               headers=inbound_headers(body, KEYS.private_key_pem))
+        assert response.status_code == 200
+    assert bytes(InboundPost.get().body) == body
+    assert client.post("/webhooks/sendgrid/inbound", data=body,
+                       headers=inbound_headers(body, None)).status_code == 403

@@ -38,6 +38,7 @@ def test_each_tenant_has_its_own_funnel_with_what_is_stuck_or_failed(db) -> None
         "entered": 3, "active": 2, "sent": 1, "delivered": 1, "opened": 0, "clicked": 0,
         "bounced": 0, "no_open": 0, "no_click": 0, "exited": 0, "failed": 1, "ambiguous": 1,
         "paused": 0, "converted": 0,
+        "replied": 0, "auto_replied": 0, "no_reply": 0,
     }
     assert rows[("globex", "intro")]["entered"] == 1
     assert rows[("globex", "intro")]["active"] == 1

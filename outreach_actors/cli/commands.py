@@ -344,7 +344,11 @@ def sender() -> None:
 @click.option("--name", default="", help="Display name.")
 @click.option("--verified/--unverified", default=False,
               help="Whether SendGrid has verified this sender; unverified senders never send.")
-def sender_add(email: str, tenant: str, name: str, verified: bool) -> None:
+@click.option("--forward-replies-to", "forward_to", default=None, metavar="ADDRESS",
+              help="Where people's replies to this sender's mail are forwarded "
+                   "(default: the sender's own address).")
+def sender_add(email: str, tenant: str, name: str, verified: bool,
+               forward_to: str | None) -> None:
     """Add or update a sender identity."""
     from outreach_actors.domain.engine import EnrollmentError, normalize_email
     from outreach_actors.domain.headers import breaks_header
@@ -357,11 +361,18 @@ def sender_add(email: str, tenant: str, name: str, verified: bool) -> None:
     if breaks_header(name):
         _fail("--name: a sender name goes into the From header, which is one line; remove its "
               "line breaks (CR, LF, VT, FF, NEL, U+2028, U+2029) and NUL characters")
+    if forward_to is not None:
+        try:
+            forward_to = normalize_email(forward_to)
+        except EnrollmentError as exc:
+            _fail(f"--forward-replies-to: {exc}")
     models.Tenant.get_or_create(id=tenant, defaults={"name": tenant})
     identity, created = models.SenderIdentity.get_or_create(
-        tenant=tenant, email=address, defaults={"name": name, "verified": verified})
+        tenant=tenant, email=address,
+        defaults={"name": name, "verified": verified, "forward_replies_to": forward_to})
     if not created:
         identity.name, identity.verified = name or identity.name, verified
+        identity.forward_replies_to = forward_to or identity.forward_replies_to
         identity.save()
     console.print(Text(f"sender {address} for {tenant}: {'verified' if verified else 'unverified'}"))
 
@@ -575,10 +586,18 @@ def funnel_table(rows: list[dict]) -> Table:
 
     # One tenant (the usual case, and the demo's): its name on every row is noise.
     keys = ["tenant", "plan", "node"] if len({row["tenant"] for row in rows}) > 1 else ["plan", "node"]
-    table = Table(*keys, *FUNNEL_COLUMNS)
+    # A column that is 0 on every row says nothing and would not fit a terminal: the
+    # funnel has a column per outcome (`--json` keeps them all).
+    columns = [column for column in FUNNEL_COLUMNS
+               if column in ALWAYS_SHOWN or any(row[column] for row in rows)]
+    table = Table(*keys, *columns)
     for row in rows:
-        table.add_row(*_cells(*(row[key] for key in keys), *(row[c] for c in FUNNEL_COLUMNS)))
+        table.add_row(*_cells(*(row[key] for key in keys), *(row[c] for c in columns)))
     return table
+
+
+#: The funnel's columns shown even when every row has 0 there.
+ALWAYS_SHOWN = frozenset({"entered", "active", "sent"})
 
 
 # --- suppressions ------------------------------------------------------------------
@@ -738,13 +757,14 @@ def webhooks_show(delivery_id: int, raw_body: bool) -> None:
               help="Also serve the dashboard under /outreach/, to OUTREACH_DASHBOARD_USERS only.")
 def serve(host: str, port: int, threads: int, connection_limit: int, idle_timeout: int,
           dashboard: bool) -> None:
-    """Serve the webhook and unsubscribe endpoints (standalone WSGI app, on waitress)."""
+    """Serve the webhook, inbound, events and unsubscribe endpoints (standalone WSGI app, on waitress)."""
     from outreach_actors.web.app import make_app
     from outreach_actors.web.app import serve as serve_wsgi
 
     _open_database()
     app = make_app()  # a bad setting ends the command here, before "serving"
-    console.print(f"serving POST /webhooks/sendgrid and /unsubscribe/<token> on http://{host}:{port}")
+    console.print(f"serving POST /webhooks/sendgrid, /webhooks/sendgrid/inbound, /events and "
+                  f"/unsubscribe/<token> on http://{host}:{port}")
     if dashboard:
         from outreach_actors.web.dashboard.wsgi import DASHBOARD_PREFIX, DashboardWSGI
 
@@ -1163,3 +1183,68 @@ def print_sending_policy(tenant: str | None) -> None:
             table.add_row(*_cells(row["sender"], row["day"], row["cap_today"] or "-",
                                   row["warmup_day"] or "-", row["sent_today"]))
         console.print(table)
+
+
+# --- replies -------------------------------------------------------------------------
+
+@main.group()
+def replies() -> None:
+    """Inspect and replay stored Inbound Parse posts (replies to our mail)."""
+
+
+@replies.command("list")
+@click.option("--status", default=None, type=click.Choice(
+    ["received", "processed", "failed", "unmatched", "ignored", "duplicate"]))
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+def replies_list(status: str | None, limit: int) -> None:
+    """The newest posts (`replies show ID` has one in full)."""
+    _open_database()
+    query = models.InboundPost.select().order_by(models.InboundPost.id.desc()).limit(limit)
+    if status:
+        query = query.where(models.InboundPost.status == status)
+    table = Table("id", "received", "status", "kind", "from", "message", "forward", "note")
+    for row in query:
+        table.add_row(*_cells(row.id, row.received_at.isoformat(timespec="seconds"), row.status,
+                              row.kind or "", row.from_email or "", row.message_id or "",
+                              row.forward_status or "", (row.note or "")[:60]))
+    console.print(table)
+
+
+@replies.command("show")
+@click.argument("post_id", type=int)
+@click.option("--body", "raw_body", is_flag=True, help="Print the raw post as received, only.")
+def replies_show(post_id: int, raw_body: bool) -> None:
+    """One post in full: its state, note, headers, reply and forward."""
+    _open_database()
+    row = models.InboundPost.get_or_none(models.InboundPost.id == post_id)
+    if row is None:
+        _fail(f"no inbound post {post_id}")
+    if raw_body:
+        click.echo(bytes(row.body), nl=False)
+        return
+    for label, value in [
+        ("id", row.id), ("received", row.received_at.isoformat(timespec="seconds")),
+        ("status", row.status), ("kind", row.kind or ""), ("attempts", row.attempts),
+        ("from", row.from_email or ""), ("subject", row.subject or ""),
+        ("tenant", row.tenant or ""), ("message", row.message_id or ""),
+        ("forward", f"{row.forward_status or ''} {row.forward_to or ''} "
+                    f"{row.forward_error or ''}".strip()),
+        ("bytes", len(row.body)), ("headers", json.dumps(row.headers, sort_keys=True)),
+        ("note", row.note or ""),
+    ]:
+        console.print(Text(f"{label}: {value}"), soft_wrap=True)
+
+
+@replies.command("replay")
+@click.argument("post_id", type=int)
+def replies_replay(post_id: int) -> None:
+    """Read a stored post again (after fixing what made it fail); it acts at most once."""
+    from outreach_actors.domain.replies.ingest import replay_post
+    from outreach_actors.worker.actors.replies import enqueue_inbound_post
+
+    _open_database()
+    try:
+        replay_post(post_id, enqueue_inbound_post)
+    except LookupError as exc:
+        _fail(str(exc))
+    console.print(f"inbound post {post_id} queued to be read again")

@@ -35,6 +35,7 @@ from outreach_actors.contrib import (
 from outreach_actors.settings import SettingsError
 from outreach_actors.web.dashboard import Dashboard, DashboardRequest
 from outreach_actors.web.http import Reply
+from outreach_actors.web.webhooks import SendGridWebhookReceiver
 from outreach_actors.worker.actors.webhooks import enqueue_delivery
 
 EXTENSION = "outreach"
@@ -97,7 +98,15 @@ class OutreachFlask:
 
 @blueprint.post("/webhooks/sendgrid")
 def sendgrid_webhook() -> Response:
-    receiver = _endpoints().webhook
+    return _receive(_endpoints().webhook)
+
+
+@blueprint.post("/webhooks/sendgrid/inbound")
+def sendgrid_inbound() -> Response:
+    return _receive(_endpoints().inbound)
+
+
+def _receive(receiver: SendGridWebhookReceiver) -> Response:
     read = request.stream.read
     if request.content_length is not None and request.content_length <= receiver.max_body:
         # Werkzeug keeps a body that was read (a host's before_request that logs it):

@@ -1,11 +1,12 @@
 """``outreach demo``: a whole campaign on this machine, with no configuration.
 
 It uses what a production deployment uses (the embedded Redis broker, SQLite, real
-``dramatiq`` and ``periodiq`` processes, the webhook endpoint) with two stand-ins
+``dramatiq`` and ``periodiq`` processes, the webhook endpoints) with two stand-ins
 for the outside world: the SendGrid stand-in accepts mail, and simulated
-recipients click, open, ignore or bounce through signed Event Webhook batches, and
-one clicker in two "purchases": the demo posts it to ``POST /events``, as a host app
-would, and the plan's goal ends that contact's campaign as converted.
+recipients click, open, ignore or bounce through signed Event Webhook batches, or
+reply and answer out of office through signed Inbound Parse posts; and one clicker in
+two "purchases": the demo posts it to ``POST /events``, as a host app would, and the
+plan's goal ends that contact's campaign as converted.
 The sample plan's durations are compressed: one day becomes two seconds.
 """
 
@@ -40,7 +41,10 @@ DEMO_SENDER = "hello@demo.outreach.test"
 DEMO_API_KEY = "SG.demo-key"
 # One day of plan time lasts this long in the demo.
 SECONDS_PER_DAY = 2.0
-PERSONA_MIX = [("clicker", 3), ("opener", 3), ("ignorer", 3), ("bouncer", 1)]
+PERSONA_MIX = [("clicker", 3), ("opener", 2), ("ignorer", 2), ("bouncer", 1), ("replier", 1),
+               ("vacationer", 1)]
+# Where the demo's replies are addressed (reply+TOKEN@): posted straight to the endpoint.
+DEMO_INBOUND_DOMAIN = "replies.demo.outreach.test"
 FIRST_NAMES = ["Ada", "Grace", "Alan", "Barbara", "Edsger", "Frances", "Ken", "Radia", "Tim", "Sophie"]
 TIMEZONES = ["Europe/Paris", "America/New_York", "Asia/Tokyo", "UTC", None]
 SAMPLE_PLAN = "onboarding.yaml"
@@ -104,6 +108,8 @@ def _counts() -> dict[str, int]:
         "synthetic": Event.select().where(Event.synthetic == True).count(),  # noqa: E712
         "suppressed": models.Suppression.select().count(),
         "converted": Enrollment.select().where(Enrollment.status == Enrollment.CONVERTED).count(),
+        "forwarded": models.InboundPost.select().where(
+            models.InboundPost.forward_status == models.InboundPost.FORWARD_SENT).count(),
     }
 
 
@@ -206,6 +212,8 @@ def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console,
         "OUTREACH_SENDGRID_API_KEY": DEMO_API_KEY,
         "OUTREACH_SENDGRID_API_HOST": standin.host,
         "OUTREACH_SENDGRID_WEBHOOK_PUBLIC_KEY": keys.public_key,
+        "OUTREACH_SENDGRID_INBOUND_PUBLIC_KEY": keys.public_key,
+        "OUTREACH_INBOUND_DOMAIN": DEMO_INBOUND_DOMAIN,
         "OUTREACH_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
         "OUTREACH_SECRET_KEY": secret_key,
         "OUTREACH_EVENTS_SECRET": events_secret,
@@ -224,6 +232,7 @@ def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console,
     settings = Settings(
         data_dir=data_dir, templates_dir=templates_dir, sendgrid_api_key=DEMO_API_KEY,
         sendgrid_api_host=standin.host, sendgrid_webhook_public_key=keys.public_key,
+        sendgrid_inbound_public_key=keys.public_key, inbound_domain=DEMO_INBOUND_DOMAIN,
         public_base_url=f"http://127.0.0.1:{port}", dispatch_interval=timedelta(seconds=0.5),
         secret_key=secret_key, events_secret=events_secret,
         dashboard_users=f"demo:{hash_password(dashboard_password)}",
@@ -263,8 +272,9 @@ def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console,
         from outreach_actors.worker.actors.periodic import dispatch_due
 
         dispatch_due.send()  # start dispatching now rather than at periodiq's next minute
-        simulator = EngagementSimulator(standin, f"http://127.0.0.1:{port}/webhooks/sendgrid",
-                                        keys.private_key_pem).start()
+        simulator = EngagementSimulator(
+            standin, f"http://127.0.0.1:{port}/webhooks/sendgrid", keys.private_key_pem,
+            inbound_url=f"http://127.0.0.1:{port}/webhooks/sendgrid/inbound").start()
         buyers = DemoPurchases(f"http://127.0.0.1:{port}/events", events_secret)
         started = time.monotonic()
         with Live(console=console, refresh_per_second=4) as live:
@@ -403,6 +413,8 @@ def _summary(console: Console, counts: dict[str, int], accepted: int, simulator,
         f"{counts['sent']} emails sent ({accepted} accepted by the SendGrid stand-in); "
         f"{counts['events']} webhook events stored from {simulator.posted_batches} signed batches; "
         f"{counts['synthetic']} synthetic no_open/no_click/elapsed events; "
+        f"{simulator.posted_replies} replies and out-of-office answers posted to the inbound "
+        f"endpoint, {counts['forwarded']} forwarded to the sender; "
         f"{counts['suppressed']} addresses suppressed; "
         f"{counts['converted']} converted (reached the purchase goal)."
     )

@@ -13,6 +13,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from outreach_actors.dev.inbound_posts import (
+    REPLY_TEXT,
+    inbound_form,
+    post_inbound,
+    simulated_reply,
+)
 from outreach_actors.dev.standin import AcceptedMessage, SendGridStandIn
 from outreach_actors.dev.webhook_events import emit_events, events_for
 
@@ -24,6 +30,9 @@ PERSONAS: dict[str, tuple[str, ...]] = {
     "opener": ("processed", "delivered", "open"),
     "ignorer": ("processed", "delivered"),
     "bouncer": ("processed", "bounce"),
+    # These also write back (dev/inbound_posts.py) when an inbound URL is given.
+    "replier": ("processed", "delivered", "open"),
+    "vacationer": ("processed", "delivered"),
 }
 
 
@@ -44,6 +53,8 @@ class EngagementSimulator:
       deliver_twice: post every batch twice, as SendGrid may.
       shuffle: post the events of a batch out of order.
       interval_s: how often batches are posted.
+      inbound_url: our ``/webhooks/sendgrid/inbound`` endpoint: repliers and vacationers
+        write back there, as SendGrid Inbound Parse posts (signed with the same key).
     """
 
     standin: SendGridStandIn
@@ -54,8 +65,10 @@ class EngagementSimulator:
     interval_s: float = 0.2
     persona: Callable[[str], str] = persona_of
     seed: int = 0
+    inbound_url: str | None = None
     posted_batches: int = 0
     posted_events: int = 0
+    posted_replies: int = 0
     failed_posts: int = 0
     _seen: int = 0
     _pending: list = field(default_factory=list)
@@ -86,6 +99,9 @@ class EngagementSimulator:
         """
         messages = self.standin.messages
         new, self._seen = messages[self._seen:], len(messages)
+        if self.inbound_url:
+            for message in new:
+                self._write_back(message)
         self._pending.extend(event for message in new for event in self.events_for_message(message))
         if not self._pending:
             return
@@ -96,6 +112,28 @@ class EngagementSimulator:
             if not self._post(events):
                 self._pending = events
                 return
+
+    def _write_back(self, message: AcceptedMessage) -> None:
+        """Post the reply of a replier or vacationer to the inbound endpoint (raw form)."""
+        email = message.recipients()[0][0]
+        persona = self.persona(email)
+        reply_to = (message.body.get("reply_to") or {}).get("email")
+        if persona not in REPLY_TEXT or not reply_to:
+            return
+        reply = simulated_reply(
+            persona, sender=email, reply_to=reply_to, subject=message.body.get("subject", ""),
+            message_id=(message.body.get("headers") or {}).get("Message-ID"),
+            number=self.posted_replies)
+        try:
+            status = post_inbound(self.inbound_url, inbound_form(reply),
+                                  private_key_pem=self.private_key_pem)
+        except OSError as exc:
+            status = 0
+            logger.warning("Posting a simulated reply failed: %s", exc)
+        if 200 <= status < 300:
+            self.posted_replies += 1
+        else:
+            self.failed_posts += 1
 
     def _post(self, events: list[dict]) -> bool:
         try:

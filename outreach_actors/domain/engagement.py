@@ -56,7 +56,7 @@ def engaged_timers(timers: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
         MessageEvent.message, MessageEvent.type, MessageEvent.data,
     ).where(
         MessageEvent.message.in_(sorted({message_id for message_id, _ in timers})),
-        MessageEvent.type.in_(sorted(AWAITED_ENGAGEMENT[EventType.NO_OPEN])),
+        MessageEvent.type.in_(sorted(set().union(*AWAITED_ENGAGEMENT.values()))),
         MessageEvent.synthetic == False,  # noqa: E712 (peewee expression)
     ).tuples():
         if counts_for_plans(event_type, data):

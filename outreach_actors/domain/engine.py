@@ -247,6 +247,7 @@ class _Routed(NamedTuple):
     id: int
     contact_id: int
     version: int
+    tenant_id: str | None
 
 
 def _follow_routes(enrollments: Sequence[Enrollment], plan: PlanSpec,
@@ -280,7 +281,8 @@ def _follow_routes(enrollments: Sequence[Enrollment], plan: PlanSpec,
                 enrollment.node_entered_at = enrollment.updated_at = now
                 moved.append(enrollment)
             else:
-                moved.append(_Routed(enrollment.id, enrollment.contact_id, enrollment.version + 1))
+                moved.append(_Routed(enrollment.id, enrollment.contact_id, enrollment.version + 1,
+                                     getattr(enrollment, "tenant_id", None)))
         _enter(moved, plan, target, via_event=via_event, now=now)
 
 
@@ -322,7 +324,8 @@ def timeout_duration(event: str, after: timedelta | None) -> timedelta:
     if after is not None:
         return after
     settings = get_settings()
-    return {"no_open": settings.no_open_timeout, "no_click": settings.no_click_timeout}[event]
+    return {"no_open": settings.no_open_timeout, "no_click": settings.no_click_timeout,
+            "no_reply": settings.no_reply_timeout}[event]
 
 
 def process_event(

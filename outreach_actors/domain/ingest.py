@@ -27,6 +27,7 @@ from outreach_actors.domain.plans import PlanSpec
 from outreach_actors.domain.store.db import is_postgresql
 from outreach_actors.domain.store.models import (
     Enrollment,
+    InboundPost,
     MessageEvent,
     OutboundMessage,
     Plan,
@@ -276,25 +277,28 @@ def replay_delivery(delivery_id: int, enqueue: EnqueueDelivery) -> None:
 
 
 def requeue_stale_deliveries(enqueue: EnqueueDelivery, older_than: timedelta, *,
-                             now: datetime | None = None, limit: int = 1000) -> int:
-    """Enqueue again deliveries still ``received`` after ``older_than`` (a lost enqueue),
-    each at most once per ``older_than``: it may only be waiting behind a backlog.
+                             now: datetime | None = None, limit: int = 1000,
+                             model: type[WebhookDelivery] | type[InboundPost] = WebhookDelivery,
+                             ) -> int:
+    """Enqueue again deliveries (or, with ``model``, Inbound Parse posts) still
+    ``received`` after ``older_than`` (a lost enqueue), each at most once per
+    ``older_than``: it may only be waiting behind a backlog.
 
     A delivery enqueued twice is harmless: the second run finds it processed.
     """
     now = now or utcnow()
     cutoff = now - older_than
     with write_transaction():
-        query = WebhookDelivery.select(WebhookDelivery.id).where(
-            WebhookDelivery.status == WebhookDelivery.RECEIVED,
-            WebhookDelivery.received_at < cutoff,
-            WebhookDelivery.requeued_at.is_null() | (WebhookDelivery.requeued_at < cutoff),
-        ).order_by(WebhookDelivery.id).limit(limit)
+        query = model.select(model.id).where(
+            model.status == model.RECEIVED,
+            model.received_at < cutoff,
+            model.requeued_at.is_null() | (model.requeued_at < cutoff),
+        ).order_by(model.id).limit(limit)
         if is_postgresql(database_proxy.obj):
             query = query.for_update("FOR UPDATE SKIP LOCKED")
         ids = [row.id for row in query]
         if ids:
-            WebhookDelivery.update(requeued_at=now).where(WebhookDelivery.id.in_(ids)).execute()
+            model.update(requeued_at=now).where(model.id.in_(ids)).execute()
     for delivery_id in ids:
         enqueue(delivery_id)
     return len(ids)
@@ -467,6 +471,15 @@ def _react(
         if moved and message.enrollment is not None:
             interest.moved(message.enrollment)
     _exit_for(event, message.tenant, email)
+
+
+def apply_message_event(event: NormalizedEvent, occurred_at: datetime, settings: Settings) -> None:
+    """Apply one new event of one of our messages that its caller stored (a reply's
+    bounce or request to be removed, domain/replies) as a webhook's: suppressions, the
+    engine, exits."""
+    message = _find_messages([event])["id"].get(event.message_id or "")
+    if message is not None:
+        _react(event, message, occurred_at, settings, _EngineInterest([message]))
 
 
 def _react_without_message(event: NormalizedEvent, occurred_at: datetime, settings: Settings) -> None:

@@ -1,4 +1,5 @@
-"""Housekeeping: purge raw webhook bodies and events past the retention period."""
+"""Housekeeping: purge raw webhook bodies, Inbound Parse posts and events past the
+retention period."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from datetime import datetime, timedelta
 from outreach_actors.domain.store.models import (
     Enrollment,
     HostEvent,
+    InboundPost,
     MessageEvent,
     Notification,
     OutboundMessage,
@@ -57,7 +59,15 @@ def purge_old_data(*, now: datetime | None = None, settings: Settings | None = N
                WebhookDelivery.received_at < cutoff)
         .execute()
     )
+    # Inbound Parse posts likewise: a failed one stays until replayed.
+    posts = (
+        InboundPost.delete()
+        .where(InboundPost.status != InboundPost.FAILED, InboundPost.status != InboundPost.RECEIVED,
+               InboundPost.received_at < cutoff)
+        .execute()
+    )
     ticks = PeriodicTick.delete().where(PeriodicTick.created_at < now - TICK_RETENTION).execute()
-    counts = {"events": events, "deliveries": deliveries, "ticks": ticks}
-    logger.info("Purged events=%d deliveries=%d ticks=%d", events, deliveries, ticks)
+    counts = {"events": events, "deliveries": deliveries, "posts": posts, "ticks": ticks}
+    logger.info("Purged events=%d deliveries=%d posts=%d ticks=%d", events, deliveries, posts,
+                ticks)
     return counts

@@ -243,6 +243,8 @@ class Node(_Strict):
     send_window: SendWindow | None = None
     frequency_cap: bool = True
     asm_group: AsmGroup | None = None
+    # Answer the enrollment's previous email: In-Reply-To, References, "Re: <subject>".
+    thread: bool = False
 
 
 def _stored(info: ValidationInfo) -> bool:
@@ -306,6 +308,8 @@ class PlanSpec(_Strict):
         """The unsubscribe group of a node's email: its own, else the plan's."""
         node = self.nodes.get(node_name)
         return (node.asm_group if node is not None and node.asm_group else None) or self.asm_group
+    # A reply ends the enrollment from any node, unless the node routes `replied`.
+    stop_on_reply: bool = True
 
     def node(self, name: str) -> Node:
         return self.nodes[name]
@@ -516,8 +520,12 @@ def _graph_errors(data: Mapping[str, Any], *, stored: bool = False) -> list[str]
             article = "an" if node_type == "email" else "a"
             errors.append(f"{base}.transitions: {article} {node_type} node needs a way out (or use type: exit)")
         if node_type == "email":
-            if not node.get("subject"):
-                errors.append(f"{base}.subject: an email node needs a subject")
+            if not node.get("subject") and not node.get("thread"):
+                errors.append(f"{base}.subject: an email node needs a subject "
+                              "(or `thread: true` to answer the previous email as Re: its subject)")
+            elif not node.get("subject") and name == start:
+                errors.append(f"{base}.subject: the start node has no previous email to thread "
+                              "under; give it a subject")
             if (node.get("template") is None) == (node.get("body") is None):
                 errors.append(f"{base}: give exactly one of `template` or `body`")
             elif not stored and isinstance(node.get("body"), str) and not node["body"].strip():
@@ -628,10 +636,14 @@ def validate_plan(
                     f"{len(plan.categories_of(name))} categories; SendGrid takes at most {MAX_CATEGORIES}")
     if plan is not None and check_template is not None:
         for name, node in plan.nodes.items():
-            if node.type != "email" or not node.subject or (node.template is None) == (node.body is None):
+            if node.type != "email" or (node.template is None) == (node.body is None):
+                continue
+            if not node.subject and not node.thread:
                 continue
             source_field = "template" if node.template else "body"
-            for problem in check_template(subject=node.subject, template=node.template, body=node.body):
+            # A threaded node without subject takes the previous email's, checked there.
+            for problem in check_template(subject=node.subject or "Re:", template=node.template,
+                                          body=node.body):
                 if problem.startswith("subject: "):
                     errors.append(f"nodes.{name}.subject: {problem.removeprefix('subject: ')}")
                 else:

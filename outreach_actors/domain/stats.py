@@ -22,13 +22,16 @@ from outreach_actors.domain.store.models import (
 # entered: visits of the node; active: contacts there now; exited: contacts whose
 # enrollment ended there (completed or exited); failed: ended there by a failure (a
 # send that failed for good, an unconfirmed ambiguous send); ambiguous: sends of the
-# node that no provider event has confirmed yet (see README, "Guarantees").
+# node that no provider event has confirmed yet (see README, "Guarantees"); replied,
+# auto_replied: emails of the node that a person, or an auto-reply, answered.
 FUNNEL_COLUMNS = ["entered", "active", "sent", "delivered", "opened", "clicked", "bounced",
-                  "no_open", "no_click", "exited", "failed", "ambiguous", "paused", "converted"]
+                  "no_open", "no_click", "exited", "failed", "ambiguous", "paused", "converted",
+                  "replied", "auto_replied", "no_reply"]
 # paused: contacts an operator paused there; converted: contacts that reached a plan goal
 # after last being there (goals.py). Each row also carries its plan's totals: see goals().
 PLAN_GOAL_COLUMNS = ["plan_enrolled", "plan_converted", "conversion_rate"]
-EVENT_COLUMNS = ["delivered", "opened", "clicked", "bounced", "no_open", "no_click"]
+EVENT_COLUMNS = ["delivered", "opened", "clicked", "bounced", "no_open", "no_click",
+                 "replied", "auto_replied", "no_reply"]
 
 Key = tuple[str, str, str]  # tenant, plan, node
 

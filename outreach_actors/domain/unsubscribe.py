@@ -59,7 +59,7 @@ class UnsubscribeToken:
 def make_token(settings: Settings, tenant_id: str, email: str, message_id: str) -> str:
     content = json.dumps([tenant_id, address_key(email), message_id], separators=(",", ":"))
     # Fernet's padding ("=") is left out of the link and put back when it is read.
-    return _fernet(*_keys(settings)).encrypt(content.encode()).decode().rstrip("=")
+    return _fernet(*token_secrets(settings)).encrypt(content.encode()).decode().rstrip("=")
 
 
 def read_token(settings: Settings, token: str) -> UnsubscribeToken:
@@ -78,7 +78,7 @@ def _content(settings: Settings, token: str) -> object:
     """What ``token`` carries, decrypted, or read from a link an earlier version signed."""
     try:
         padded = token + "=" * (-len(token) % 4)
-        return json.loads(_fernet(*_keys(settings)).decrypt(padded.encode()))
+        return json.loads(_fernet(*token_secrets(settings)).decrypt(padded.encode()))
     except InvalidToken:
         # Signed, not encrypted: itsdangerous raises BadData unless it is one.
         return _serializer(settings).loads(token)
@@ -181,8 +181,9 @@ def tenant_exists(tenant_id: str) -> bool:
     return Tenant.select().where(Tenant.id == tenant_id).exists()
 
 
-def _keys(settings: Settings) -> tuple[str, ...]:
-    """The secrets a token may be made with, the current one first."""
+def token_secrets(settings: Settings) -> tuple[str, ...]:
+    """The secrets a token may be made with, the current one first (unsubscribe links
+    and reply addresses alike)."""
     return (settings.secret_key, *reversed(settings.secret_key_fallbacks))
 
 

@@ -50,6 +50,13 @@ class EventType:
     #: Synthetic: the node's ``after`` passed, whatever happened.
     ELAPSED = "elapsed"
 
+    #: A person answered one of our emails (SendGrid Inbound Parse).
+    REPLIED = "replied"
+    #: An auto-reply (out of office, vacation) answered: ``data.return_date`` when one reads.
+    AUTO_REPLIED = "auto_replied"
+    #: Synthetic: no reply came before the node's ``after`` passed.
+    NO_REPLY = "no_reply"
+
 
 #: Every normalized type a provider's event may have.
 PROVIDER_EVENTS = frozenset({
@@ -59,7 +66,11 @@ PROVIDER_EVENTS = frozenset({
 })
 
 #: Synthetic events fired by a timer; only these may carry ``after`` in a plan.
-TIMEOUT_EVENTS = frozenset({EventType.NO_OPEN, EventType.NO_CLICK, EventType.ELAPSED})
+TIMEOUT_EVENTS = frozenset({EventType.NO_OPEN, EventType.NO_CLICK, EventType.ELAPSED,
+                            EventType.NO_REPLY})
+
+#: Events of the replies that come back through Inbound Parse (domain/replies).
+REPLY_EVENTS = frozenset({EventType.REPLIED, EventType.AUTO_REPLIED})
 
 #: Timeouts that watch for engagement with the node's email, and the real events that
 #: stop each one. A click counts as an open (image blocking hides the opens of people
@@ -67,6 +78,7 @@ TIMEOUT_EVENTS = frozenset({EventType.NO_OPEN, EventType.NO_CLICK, EventType.ELA
 AWAITED_ENGAGEMENT: dict[str, frozenset[str]] = {
     EventType.NO_OPEN: frozenset({EventType.OPENED, EventType.CLICKED}),
     EventType.NO_CLICK: frozenset({EventType.CLICKED}),
+    EventType.NO_REPLY: frozenset({EventType.REPLIED}),
 }
 
 #: The event names a plan may use (the provider's spelling too), mapped to the
@@ -74,6 +86,8 @@ AWAITED_ENGAGEMENT: dict[str, frozenset[str]] = {
 EVENT_ALIASES: dict[str, str] = {
     **{name: name for name in PROVIDER_EVENTS - {EventType.SUBSCRIBED, EventType.UNKNOWN}},
     **{name: name for name in TIMEOUT_EVENTS},
+    **{name: name for name in REPLY_EVENTS},
+    "reply": EventType.REPLIED,
     "open": EventType.OPENED, "click": EventType.CLICKED, "bounce": EventType.BOUNCED,
     "deliver": EventType.DELIVERED, "dropped": EventType.REJECTED,
     "spamreport": EventType.COMPLAINED, "unsubscribe": EventType.UNSUBSCRIBED,
@@ -83,8 +97,9 @@ EVENT_ALIASES: dict[str, str] = {
 #: send reached the provider. A resubscribe moves no one; ``unknown`` means nothing.
 ENGINE_EVENTS = PROVIDER_EVENTS - {EventType.SUBSCRIBED, EventType.UNKNOWN}
 
-#: Provider events that prove the provider accepted a send whose answer was lost.
-PROOF_OF_SEND = ENGINE_EVENTS
+#: Provider events that prove the provider accepted a send whose answer was lost (and
+#: replies to it: whoever answered got it).
+PROOF_OF_SEND = ENGINE_EVENTS | REPLY_EVENTS
 
 #: Tenant-wide suppression reasons, by normalized event (bounces and drops below).
 SUPPRESSING_EVENTS = {EventType.COMPLAINED: "complained", EventType.UNSUBSCRIBED: "unsubscribed"}

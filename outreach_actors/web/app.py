@@ -20,9 +20,16 @@ import waitress
 from waitress.server import BaseWSGIServer, MultiSocketServer
 
 from outreach_actors.settings import Settings, get_settings
-from outreach_actors.web.endpoints import UNSUBSCRIBE_PATH, WEBHOOK_PATH, Endpoints, activate
-from outreach_actors.web.events import EVENTS_PATH
+from outreach_actors.web.endpoints import (
+    INBOUND_PATH,
+    UNSUBSCRIBE_PATH,
+    WEBHOOK_PATH,
+    Endpoints,
+    activate,
+)
+from outreach_actors.web.events import EVENTS_PATH, EventsReceiver
 from outreach_actors.web.http import Reply
+from outreach_actors.web.webhooks import SendGridWebhookReceiver
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +46,8 @@ DEFAULT_IDLE_TIMEOUT_S = 30
 
 
 class OutreachWSGI:
-    """Routes ``POST /webhooks/sendgrid``, ``POST /events`` and ``GET|POST /unsubscribe/<token>``."""
+    """Routes ``POST /webhooks/sendgrid``, ``POST /webhooks/sendgrid/inbound``,
+    ``POST /events`` and ``GET|POST /unsubscribe/<token>``."""
 
     def __init__(self, endpoints: Endpoints) -> None:
         self.endpoints = endpoints
@@ -57,16 +65,19 @@ class OutreachWSGI:
     def route(self, environ: dict[str, Any]) -> Reply:
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "GET")
-        if path in (WEBHOOK_PATH, EVENTS_PATH):
+        receiver = {WEBHOOK_PATH: self.endpoints.webhook, INBOUND_PATH: self.endpoints.inbound,
+                    EVENTS_PATH: self.endpoints.events}.get(path)
+        if receiver is not None:
             if method != "POST":
                 return Reply(405, "Use POST.\n")
-            return self._webhook(environ, path)
+            return self._webhook(environ, receiver)
         token = path.removeprefix(UNSUBSCRIBE_PATH)
         if path.startswith(UNSUBSCRIBE_PATH) and token and "/" not in token:
             return self.endpoints.unsubscribe.respond(method, token)
         return Reply(404, "Not found.\n")
 
-    def _webhook(self, environ: dict[str, Any], path: str = WEBHOOK_PATH) -> Reply:
+    def _webhook(self, environ: dict[str, Any],
+                 receiver: SendGridWebhookReceiver | EventsReceiver) -> Reply:
         try:
             length = int(environ.get("CONTENT_LENGTH") or "")
         except ValueError:
@@ -81,7 +92,8 @@ class OutreachWSGI:
             for key, value in environ.items()
             if key.startswith("HTTP_")
         }
-        receiver = self.endpoints.events if path == EVENTS_PATH else self.endpoints.webhook
+        if environ.get("CONTENT_TYPE"):  # WSGI keeps it out of the HTTP_ keys
+            headers["Content-Type"] = environ["CONTENT_TYPE"]
         return receiver.receive(headers, read, length)
 
 
@@ -164,7 +176,8 @@ def http_server(
             # Silent connections are looked for every half timeout (whole seconds, at least 1).
             cleanup_interval=max(1, idle_timeout_s // 2),
             # Longer bodies are refused (413) before they are read, as the receiver would.
-            max_request_body_size=app.endpoints.settings.webhook_max_body_bytes + 1,
+            max_request_body_size=max(app.endpoints.settings.webhook_max_body_bytes,
+                                      app.endpoints.settings.inbound_max_body_bytes) + 1,
             # select() cannot watch a descriptor numbered 1024 or more.
             asyncore_use_poll=True,
         )

@@ -12,11 +12,13 @@ from typing import Any
 from outreach_actors.domain.unsubscribe import require_unforgeable_links
 from outreach_actors.settings import ENV_PREFIX, Settings, settings_from_mapping
 from outreach_actors.web.events import EventsReceiver
+from outreach_actors.web.inbound import SendGridInboundReceiver
 from outreach_actors.web.unsubscribe import UnsubscribePage
 from outreach_actors.web.webhooks import SendGridWebhookReceiver
 from outreach_actors.worker.runtime import install
 
 WEBHOOK_PATH = "/webhooks/sendgrid"
+INBOUND_PATH = "/webhooks/sendgrid/inbound"
 UNSUBSCRIBE_PATH = "/unsubscribe/"
 
 
@@ -28,6 +30,7 @@ class Endpoints:
     webhook: SendGridWebhookReceiver
     unsubscribe: UnsubscribePage
     events: EventsReceiver
+    inbound: SendGridInboundReceiver
 
 
 def host_settings(
@@ -56,4 +59,4 @@ def activate(settings: Settings) -> Endpoints:
     require_unforgeable_links(settings)
     install(settings)
     return Endpoints(settings, SendGridWebhookReceiver(settings), UnsubscribePage(settings),
-                     EventsReceiver(settings))
+                     EventsReceiver(settings), SendGridInboundReceiver(settings))

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sendgrid.helpers.eventwebhook import EventWebhook, EventWebhookHeader
 
 from outreach_actors.domain.store.models import WebhookDelivery, utcnow
-from outreach_actors.settings import Settings, SettingsError
+from outreach_actors.settings import Settings, SettingsError, env_name
 from outreach_actors.web.http import Reply, database_connection
 from outreach_actors.worker.actors.webhooks import enqueue_delivery
 
@@ -46,21 +46,29 @@ class SendGridWebhookReceiver:
     bad key fails the app at start rather than every request.
     """
 
+    #: The settings of this receiver's key and of its unsigned opt-in, and what it takes.
+    key_setting = "sendgrid_webhook_public_key"
+    allow_unsigned_setting = "sendgrid_webhook_allow_unsigned"
+    max_body_setting = "webhook_max_body_bytes"
+    what = "webhook"
+
     def __init__(self, settings: Settings) -> None:
         self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.settings = settings
-        self.max_body = settings.webhook_max_body_bytes
+        self.max_body = getattr(settings, self.max_body_setting)
+        self.allow_unsigned = getattr(settings, self.allow_unsigned_setting)
         self.replay_window_s = settings.webhook_replay_window.total_seconds()
-        self.verifier = _verifier(settings.sendgrid_webhook_public_key)
-        if self.verifier is None and settings.sendgrid_webhook_allow_unsigned:
+        self.verifier = _verifier(getattr(settings, self.key_setting), env_name(self.key_setting))
+        key, unsigned = env_name(self.key_setting), env_name(self.allow_unsigned_setting)
+        if self.verifier is None and self.allow_unsigned:
             self.logger.warning(
-                "Unsigned webhooks accepted: OUTREACH_SENDGRID_WEBHOOK_ALLOW_UNSIGNED is set "
-                "and no public key is configured; anyone who knows the URL can post events"
+                "Unsigned %ss accepted: %s is set and no public key is configured; "
+                "anyone who knows the URL can post them", self.what, unsigned,
             )
         elif self.verifier is None:
             self.logger.error(
-                "No OUTREACH_SENDGRID_WEBHOOK_PUBLIC_KEY: every SendGrid webhook is refused "
-                "(403) until it is set (or OUTREACH_SENDGRID_WEBHOOK_ALLOW_UNSIGNED=true)"
+                "No %s: every SendGrid %s is refused (403) until it is set (or %s=true)",
+                key, self.what, unsigned,
             )
 
     def receive(
@@ -79,8 +87,8 @@ class SendGridWebhookReceiver:
     ) -> Reply:
         if content_length is not None and content_length > self.max_body:
             return self._refuse(413, f"body of {content_length} bytes is over the limit")
-        if self.verifier is None and not self.settings.sendgrid_webhook_allow_unsigned:
-            return self._refuse(403, "no webhook public key is configured")
+        if self.verifier is None and not self.allow_unsigned:
+            return self._refuse(403, f"no {self.what} public key is configured")
         try:
             body = read_body(read, content_length, self.max_body)
         except BodyRefused as refused:
@@ -89,26 +97,38 @@ class SendGridWebhookReceiver:
             return self._refuse(403, problem)
         try:
             with database_connection():
-                delivery = WebhookDelivery.create(
-                    provider="sendgrid", body=body, received_at=utcnow(),
-                    headers={k: v for k, v in headers.items() if k not in SECRET_HEADERS},
-                )
+                stored_id, new = self.store(
+                    body, {k: v for k, v in headers.items() if k not in SECRET_HEADERS})
         except Exception:
             self.logger.critical(
-                "Could not store a SendGrid webhook of %d bytes; answering 503 so that "
-                "SendGrid sends it again", len(body), exc_info=True,
+                "Could not store a SendGrid %s of %d bytes; answering 503 so that "
+                "SendGrid sends it again", self.what, len(body), exc_info=True,
             )
-            return Reply(503, "The webhook could not be stored now; retry later.\n")
+            return Reply(503, f"The {self.what} could not be stored now; retry later.\n")
+        if not new:
+            return Reply(200, f"Already stored as {stored_id}.\n")
         try:
-            enqueue_delivery(delivery.id)
+            self.enqueue(stored_id)
         except Exception:
-            # The body is safe in the database; the stale-delivery sweep enqueues it again.
+            # The body is safe in the database; the stale sweep or a replay enqueues it again.
             self.logger.error(
-                "Stored webhook delivery=%s but could not enqueue it; "
-                "run `outreach webhooks replay %s` if it stays received",
-                delivery.id, delivery.id, exc_info=True,
+                "Stored %s %s but could not enqueue it; run `outreach %s replay %s` if it "
+                "stays received", self.what, stored_id, self.replay_group, stored_id,
+                exc_info=True,
             )
-        return Reply(200, f"Stored delivery {delivery.id}.\n")
+        return Reply(200, f"Stored {self.what} {stored_id}.\n")
+
+    replay_group = "webhooks"
+
+    def store(self, body: bytes, headers: dict[str, str]) -> tuple[int, bool]:
+        """Store the raw body; (its id, whether it is new)."""
+        delivery = WebhookDelivery.create(provider="sendgrid", body=body, received_at=utcnow(),
+                                          headers=headers)
+        return delivery.id, True
+
+    def enqueue(self, stored_id: int) -> None:
+        """Hand what was stored to the worker."""
+        enqueue_delivery(stored_id)
 
     def _signature_problem(self, headers: dict[str, str], body: bytes) -> str | None:
         signature = headers.get(SIGNATURE_HEADER.lower())
@@ -188,7 +208,7 @@ def read_at_most(read: BodyReader, limit: int) -> bytes | None:
     return None if len(body) > limit else body
 
 
-def _verifier(public_key: str | None) -> EventWebhook | None:
+def _verifier(public_key: str | None, setting: str) -> EventWebhook | None:
     if not public_key:
         return None
     # SendGrid shows the key as bare base64; people also paste it with PEM armour.
@@ -199,12 +219,12 @@ def _verifier(public_key: str | None) -> EventWebhook | None:
         verifier = EventWebhook(bare)
     except ValueError as exc:
         raise SettingsError(
-            "OUTREACH_SENDGRID_WEBHOOK_PUBLIC_KEY is not a readable public key; copy the "
-            f"verification key from SendGrid's Mail Settings ({exc})"
+            f"{setting} is not a readable public key; copy the "
+            f"verification key from SendGrid ({exc})"
         ) from None
     if not isinstance(verifier.public_key, ec.EllipticCurvePublicKey):
         raise SettingsError(
-            "OUTREACH_SENDGRID_WEBHOOK_PUBLIC_KEY is not an ECDSA key; "
-            "SendGrid's Signed Event Webhook uses one"
+            f"{setting} is not an ECDSA key; "
+            "SendGrid's signed webhooks use one"
         )
     return verifier

@@ -1,4 +1,4 @@
-"""Django views for the SendGrid Event Webhook and the unsubscribe link."""
+"""Django views for the SendGrid Event Webhook, Inbound Parse and the unsubscribe link."""
 
 from __future__ import annotations
 
@@ -9,15 +9,24 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from outreach_actors.contrib.django.apps import OutreachConfig
 from outreach_actors.web.http import Reply
+from outreach_actors.web.webhooks import SendGridWebhookReceiver
 
 
 @csrf_exempt  # SendGrid signs its requests; it cannot send a CSRF token
 @require_POST
 def sendgrid_webhook(request: HttpRequest) -> HttpResponse:
-    reply = _config().endpoints.webhook.receive(
-        dict(request.headers), request.read, _content_length(request)
-    )
-    return _response(reply)
+    return _receive(request, _config().endpoints.webhook)
+
+
+@csrf_exempt  # SendGrid signs its requests; it cannot send a CSRF token
+@require_POST
+def sendgrid_inbound(request: HttpRequest) -> HttpResponse:
+    return _receive(request, _config().endpoints.inbound)
+
+
+def _receive(request: HttpRequest, receiver: SendGridWebhookReceiver) -> HttpResponse:
+    return _response(receiver.receive(dict(request.headers), request.read,
+                                      _content_length(request)))
 
 
 @csrf_exempt  # signed with OUTREACH_EVENTS_SECRET by the host's other services

@@ -28,6 +28,14 @@ class OutgoingEmail:
     custom_args: dict[str, str] = field(default_factory=dict)
     #: The SendGrid unsubscribe group (``asm.group_id``) the plan or node names, if any.
     asm_group: int | None = None
+    reply_to: str | None = None
+    #: (file name, MIME type, content) of each attachment: a forward's original email.
+    attachments: tuple[tuple[str, str, bytes], ...] = ()
+
+
+#: Where render keeps an email's Reply-To among its stored headers; SendGrid takes it
+#: as ``reply_to``, not as a header.
+REPLY_TO_HEADER = "Reply-To"
 
 
 @dataclass(frozen=True)

@@ -5,14 +5,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
 
 from outreach_actors.domain import control, engine
+from outreach_actors.domain.mail.outgoing import REPLY_TO_HEADER
+from outreach_actors.domain.mail.reply_address import reply_address
 from outreach_actors.domain.mail.send_order import SendScope, make_send_order, order_message_id
+from outreach_actors.domain.mail.threading import (
+    MESSAGE_ID_HEADER,
+    our_message_id,
+    previous_email,
+    reply_subject,
+    thread_headers,
+)
 from outreach_actors.domain.observability import tag
 from outreach_actors.domain.rendering import IsolatedRenderer, RenderError, RenderLimits
 from outreach_actors.domain.store import keys
@@ -304,13 +313,25 @@ def _render_one(action_id: int, facts: _SendAction | None, settings: Settings,
         fields=facts.contact_fields, email=facts.contact_email, timezone=facts.contact_timezone,
         tenant_id=facts.tenant_id, tenant_name=facts.tenant_name, plan_name=plan.name,
         plan_version=facts.plan_version, node=facts.node, unsubscribe=unsubscribe)
+    identity = {MESSAGE_ID_HEADER: our_message_id(message_id, sender_email)}
+    if reply_to := reply_address(settings, facts.tenant_id, message_id):
+        identity[REPLY_TO_HEADER] = reply_to
+    previous = previous_email(facts.enrollment_id) if node.thread else None
+    if previous is not None:
+        identity.update(thread_headers(previous))
+    elif node.thread and not node.subject:
+        _fail_render(action_id, facts.enrollment_id, f"node {facts.node!r}: thread: true and no "
+                     "subject, but the enrollment has no earlier email to answer", now)
+        return None
     try:
         rendered = renderer_for(Path(settings.templates_dir), settings).render_email(
-            subject=node.subject or "", template=node.template, body=node.body, context=context,
+            subject=node.subject or "Re:", template=node.template, body=node.body, context=context,
         )
     except RenderError as exc:
         _fail_render(action_id, facts.enrollment_id, str(exc), now)
         return None
+    if previous is not None and not node.subject:
+        rendered = replace(rendered, subject=reply_subject(previous.subject))
     if problem := _unstorable(rendered.subject, rendered.html, rendered.text):
         _fail_render(action_id, facts.enrollment_id, f"node {facts.node!r}: {problem}", now)
         return None
@@ -323,6 +344,7 @@ def _render_one(action_id: int, facts: _SendAction | None, settings: Settings,
         OutboundMessage.headers.db_value({
             "List-Unsubscribe": f"<{unsubscribe}>",
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            **identity,
         }),
         0, now,
     )

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 from outreach_actors.domain import engine
 from outreach_actors.domain.addresses import address_key
-from outreach_actors.domain.mail.outgoing import OutgoingEmail, SendOutcome
+from outreach_actors.domain.mail.outgoing import REPLY_TO_HEADER, OutgoingEmail, SendOutcome
 from outreach_actors.domain.metrics import count
 from outreach_actors.domain.observability import tag
 from outreach_actors.domain.pauses import in_force
@@ -269,9 +269,11 @@ def _send_message(message_id: str, client, *, now: datetime | None = None,
             message_id=message_id, tenant=claimed.tenant_id, to_email=claimed.to_email,
             from_email=claimed.from_email, from_name=claimed.from_name, subject=claimed.subject,
             html=claimed.html, text=claimed.text, categories=list(claimed.categories or []),
-            headers=dict(claimed.headers or {}),
+            headers={name: value for name, value in (claimed.headers or {}).items()
+                     if name != REPLY_TO_HEADER},
             custom_args={"outreach_message_id": message_id, "outreach_tenant": claimed.tenant_id},
             asm_group=asm_group,
+            reply_to=(claimed.headers or {}).get(REPLY_TO_HEADER),
         )
     )
     if outcome.kind == "sent":

@@ -33,7 +33,15 @@ def synthetic_event_key(action_id: int) -> str:
 def host_event_key(tenant_id: str, event_id: str) -> str:
     """A host event's (``track``): one per event id the host gave, per tenant."""
     return f"{tenant_id}:{event_id}"
+
+
 def recipient_key(email: str) -> str:
     """A recipient's frequency-cap key: a digest of the normalized address, so that send
     orders (broker messages, Sentry's context of them) and limiter keys hold no address."""
     return hashlib.sha256(email.strip().lower().encode()).hexdigest()[:32]
+
+
+def reply_event_key(tenant_id: str, reply_id: str) -> str:
+    """A reply's event (``replied``, a DSN's bounce...): one per mail that came back, by
+    its own Message-ID (or a digest of its headers), whichever post brought it."""
+    return f"inbound:{tenant_id}:{reply_id}"

@@ -92,6 +92,8 @@ class SenderIdentity(BaseModel):
     created_at = peewee.DateTimeField(default=utcnow)
     # Its first send: day 1 of its warm-up (see domain/sending_days.py).
     first_sent_at = peewee.DateTimeField(null=True)
+    # Where human replies to this sender's mail are forwarded; None: the sender itself.
+    forward_replies_to = peewee.CharField(null=True)
 
     class Meta:
         indexes = ((("tenant", "email"), True),)
@@ -354,6 +356,39 @@ class Notification(BaseModel):
         indexes = ((("status", "created_at"), False),)
 
 
+class InboundPost(BaseModel):
+    """One SendGrid Inbound Parse post, stored raw before it is read (domain/replies)."""
+
+    RECEIVED, PROCESSED, FAILED = "received", "processed", "failed"
+    UNMATCHED, IGNORED, DUPLICATE = "unmatched", "ignored", "duplicate"
+    FORWARD_PENDING, FORWARD_SENDING, FORWARD_SENT, FORWARD_FAILED = (
+        "pending", "sending", "sent", "failed")
+
+    body = peewee.BlobField()
+    headers = JSONField(default=dict)
+    # SHA-256 of the body: a post SendGrid retries byte for byte is stored once.
+    body_digest = peewee.CharField(unique=True)
+    status = peewee.CharField(default=RECEIVED, index=True)
+    # What the reply was (replied, auto_replied, bounced, unsubscribed) once read.
+    kind = peewee.CharField(null=True)
+    note = peewee.TextField(null=True)
+    tenant = peewee.CharField(null=True)
+    message = peewee.ForeignKeyField(OutboundMessage, null=True, on_delete="SET NULL")
+    from_email = peewee.CharField(null=True)
+    subject = peewee.TextField(null=True)
+    # The reply's event: a second post of the same reply finds the first by it.
+    event_key = peewee.CharField(null=True, index=True)
+    forward_status = peewee.CharField(null=True)
+    forward_to = peewee.CharField(null=True)
+    forward_error = peewee.TextField(null=True)
+    forwarded_at = peewee.DateTimeField(null=True)
+    attempts = peewee.IntegerField(default=0)
+    received_at = peewee.DateTimeField(default=utcnow, index=True)
+    processed_at = peewee.DateTimeField(null=True)
+    # When the reconciler last enqueued it again (at most once per lease).
+    requeued_at = peewee.DateTimeField(null=True)
+
+
 class PeriodicTick(BaseModel):
     """One row per (job, tick): a unique insert makes a periodic job run once per tick."""
 
@@ -414,6 +449,7 @@ ALL_MODELS: list[type[BaseModel]] = [
     Notification,
     SendingPause,
     BlackoutDate,
+    InboundPost,
 ]
 
 

@@ -10,6 +10,7 @@ events, which carry our ``outreach_message_id``). No Dramatiq here.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import logging
@@ -23,14 +24,20 @@ from urllib.parse import urlsplit
 import sendgrid
 from sendgrid.helpers.mail import (
     Asm,
+    Attachment,
     Category,
     CustomArg,
+    Disposition,
+    FileContent,
+    FileName,
+    FileType,
     From,
     GroupId,
     Header,
     HtmlContent,
     Mail,
     PlainTextContent,
+    ReplyTo,
     Subject,
     To,
 )
@@ -179,6 +186,12 @@ def build_mail(email: OutgoingEmail) -> Mail:
         mail.add_category(Category(category))
     for name, value in email.headers.items():
         mail.add_header(Header(name, value))
+    if email.reply_to:
+        mail.reply_to = ReplyTo(validate_address(email.reply_to, "reply_to"))
+    for file_name, file_type, content in email.attachments:
+        mail.add_attachment(Attachment(
+            FileContent(base64.b64encode(content).decode()), FileName(file_name),
+            FileType(file_type), Disposition("attachment")))
     for key, value in custom_args.items():
         mail.add_custom_arg(CustomArg(key, value))
     if email.asm_group is not None:

@@ -14,6 +14,8 @@ from outreach_actors.domain import (
     reputation,
 )
 from outreach_actors.domain.mail import ambiguous
+from outreach_actors.domain.replies import forward
+from outreach_actors.domain.store.models import InboundPost
 from outreach_actors.settings import get_settings
 from outreach_actors.worker.actors.mail import (
     enqueue_actions,
@@ -21,6 +23,7 @@ from outreach_actors.worker.actors.mail import (
     requeue_actions,
     requeue_send,
 )
+from outreach_actors.worker.actors.replies import enqueue_inbound_post, forward_reply
 from outreach_actors.worker.actors.webhooks import enqueue_delivery
 
 
@@ -46,9 +49,10 @@ def reconcile() -> None:
 
     Actions whose lease expired are enqueued again; sends that were lost are
     enqueued again and sends cut short become ambiguous; ambiguous sends past
-    their window are settled by policy; webhook deliveries stored but never
-    normalized are enqueued again; host events stored but not processed are
-    processed; host notifications left pending are sent.
+    their window are settled by policy; webhook deliveries and Inbound Parse posts
+    stored but never read, and forwards never sent, are enqueued again; host
+    events stored but not processed are processed; host notifications left
+    pending are sent.
     """
     settings = get_settings()
     dispatch.reconcile_expired_leases(requeue_actions, settings=settings)
@@ -58,6 +62,9 @@ def reconcile() -> None:
     with dispatch.dispatch_after_commit(enqueue_actions, settings=settings):
         host_events.process_pending_host_events()
     notifications.send_pending_notifications()
+    ingest.requeue_stale_deliveries(enqueue_inbound_post, settings.action_lease,
+                                    model=InboundPost)
+    forward.requeue_pending_forwards(forward_reply.send, settings.action_lease)
 
 
 @dramatiq.actor(queue_name="periodic", max_retries=0, periodic=cron("17 3 * * *"))
