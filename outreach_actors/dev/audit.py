@@ -20,11 +20,14 @@ from outreach_actors.dev.chaos_notify import ReceivedNotification
 from outreach_actors.dev.standin import AcceptedMessage
 from outreach_actors.domain import splits, stored_plans
 from outreach_actors.domain.goals import GOAL_REASON_PREFIX
+from outreach_actors.domain.notifications import REPLIED
+from outreach_actors.domain.replies.ending import REPLY_GOAL
 from outreach_actors.domain.store.keys import host_event_key
 from outreach_actors.domain.store.models import (
     Contact,
     Enrollment,
     HostEvent,
+    InboundPost,
     MessageEvent,
     NodeVisit,
     Notification,
@@ -56,6 +59,8 @@ class FlowRecord:
     plan_pauses: list = field(default_factory=list)  # chaos_flows.PauseWindow
     contact_pauses: list = field(default_factory=list)
     migration: tuple[datetime | None, datetime | None] = (None, None)
+    # The SHA-256 of every Inbound Parse body answered 2xx, with the persona that wrote it.
+    inbound_digests: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -91,6 +96,9 @@ class Audit:
       landed is in flight and goes); and mails to a paused enrollment rendered after
       its pause had committed and before its resume was called (an email rendered
       before the pause is in flight: control.py).
+    mailed_after_reply: the same for enrollments a person's reply ended (``goal:replied``).
+    replies_lost: Inbound Parse posts our endpoint accepted that are not stored once
+      (by the digest of their body) and read to an end.
     host_events_lost: host events our endpoint accepted that are not stored (once:
       ``event_key`` is unique) and processed; host_events_stored_twice: events whose
       answers said "stored" more than once.
@@ -109,6 +117,8 @@ class Audit:
     ambiguous: dict[str, int]
     flows: dict[str, int] = field(default_factory=dict)
     mailed_after_goal: int = 0
+    mailed_after_reply: int = 0
+    replies_lost: int = 0
     arms_reassigned: int = 0
     notifications_lost: int = 0
     notifications_doubled: int = 0
@@ -126,6 +136,8 @@ class Audit:
             "ambiguous_unresolved": self.ambiguous["unresolved"],
             "ambiguous_misapplied": self.ambiguous["failed_though_confirmed"],
             "mailed_after_goal": self.mailed_after_goal,
+            "mailed_after_reply": self.mailed_after_reply,
+            "replies_lost": self.replies_lost,
             "arms_reassigned": self.arms_reassigned,
             "notifications_lost": self.notifications_lost,
             "notifications_doubled": self.notifications_doubled,
@@ -326,7 +338,7 @@ def _audit_ambiguous(messages: dict[str, OutboundMessage],
     }
 
 
-_FLOW_INVARIANTS = ("mailed_after_goal", "arms_reassigned", "notifications_lost",
+_FLOW_INVARIANTS = ("mailed_after_goal", "mailed_after_reply", "replies_lost", "arms_reassigned", "notifications_lost",
                     "notifications_doubled", "mailed_while_paused", "host_events_lost",
                     "host_events_stored_twice")
 
@@ -343,6 +355,7 @@ def _audit_flows(accepted_mails: Sequence[AcceptedMessage], messages: dict[str, 
     counts.update(_audit_notifications())
     counts.update(_audit_pauses(mails, record))
     counts.update(_audit_host_events(record))
+    counts.update(_audit_replies(record))
     return counts
 
 
@@ -374,15 +387,19 @@ def _goal_committed_at() -> dict[int, datetime]:
 
 
 def _audit_goals(mails: list[tuple[AcceptedMessage, OutboundMessage]]) -> dict[str, int]:
+    """Mails after a goal: a reply's (``goal:replied``) counted apart from the others'."""
     committed = _goal_committed_at()
+    replied = {enrollment_id for (enrollment_id,) in Enrollment.select(Enrollment.id).where(
+        Enrollment.exit_reason == REPLY_GOAL).tuples()}
     # Every claim after the goal must cancel the send (and is the last claim): a mail
     # whose last claim came after the goal and did not cancel went out after it. (One
     # whose last claim cancelled was accepted on an earlier claim, made before the goal.)
-    after = sum(1 for _, row in mails if row.enrollment_id in committed
-                and row.send_started_at is not None
-                and row.send_started_at > committed[row.enrollment_id]
-                and row.status != OutboundMessage.CANCELLED)
-    return {"converted": len(committed), "mailed_after_goal": after}
+    after = Counter(row.enrollment_id in replied for _, row in mails
+                    if row.enrollment_id in committed and row.send_started_at is not None
+                    and row.send_started_at > committed[row.enrollment_id]
+                    and row.status != OutboundMessage.CANCELLED)
+    return {"converted": len(committed), "replied": len(replied),
+            "mailed_after_goal": after[False], "mailed_after_reply": after[True]}
 
 
 def _audit_splits(mails: list[tuple[AcceptedMessage, OutboundMessage]],
@@ -438,7 +455,8 @@ def _audit_notifications() -> dict[str, int]:
     doubled = sum(count - 1 for count in received.values() if count > 1)
     doubled += sum(count for notification_id, count in received.items()
                    if notification_id not in rows)
-    ends = Counter(payload.get("enrollment_id") for payload in rows.values())
+    ends = Counter(payload.get("enrollment_id") for payload in rows.values()
+                   if payload.get("type") != REPLIED)  # a reply's own, beside its goal's
     doubled += sum(count - 1 for count in ends.values() if count > 1)
     ended = [enrollment_id for (enrollment_id,) in Enrollment.select(Enrollment.id).where(
         Enrollment.status.not_in(Enrollment.LIVE)).tuples()]
@@ -471,6 +489,18 @@ def _audit_host_events(record: FlowRecord) -> dict[str, int]:
         "host_events_stored_twice": sum(1 for count in record.host_events_stored_answers.values()
                                         if count > 1),
     }
+
+
+def _audit_replies(record: FlowRecord) -> dict[str, int]:
+    digests = sorted(record.inbound_digests)
+    read = Counter(post.body_digest for post in InboundPost.select(
+        InboundPost.body_digest, InboundPost.status).where(
+        InboundPost.body_digest.in_(digests),
+        InboundPost.status.not_in([InboundPost.RECEIVED, InboundPost.FAILED])))
+    kinds = Counter(kind for (kind,) in InboundPost.select(InboundPost.kind).tuples())
+    return {"inbound_accepted": len(digests),
+            **{f"inbound_{kind}": count for kind, count in sorted(kinds.items(), key=str)},
+            "replies_lost": sum(1 for digest in digests if read[digest] != 1)}
 
 
 __all__ = ["Audit", "FlowRecord", "audit_campaign"]

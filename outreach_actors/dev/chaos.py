@@ -49,10 +49,10 @@ import peewee
 
 from outreach_actors.dev import chaos_notify
 from outreach_actors.dev.audit import Audit, FlowRecord, audit_campaign
-from outreach_actors.dev.chaos_flows import OperatorFlows, PurchasePoster
+from outreach_actors.dev.chaos_flows import OperatorFlows, PurchasePoster, ReplyPoster
 from outreach_actors.dev.chaos_notify import ReceivedNotification
 from outreach_actors.dev.postgres_server import ThrowawayPostgres
-from outreach_actors.dev.simulation import EngagementSimulator
+from outreach_actors.dev.simulation import EngagementSimulator, persona_of
 from outreach_actors.dev.standin import SendGridStandIn
 from outreach_actors.dev.webhook_events import generate_webhook_keys
 from outreach_actors.domain import dispatch, engine, host_events, ingest, notifications
@@ -70,12 +70,14 @@ from outreach_actors.domain.store.models import (
 from outreach_actors.domain.suppressions import suppress
 from outreach_actors.settings import Settings, configure, get_settings, settings_from_mapping
 from outreach_actors.web.app import QuietHandler, ThreadingWSGIServer, make_app
+from outreach_actors.web.endpoints import INBOUND_PATH
 from outreach_actors.worker.actors.mail import (
     enqueue_actions,
     enqueue_send,
     requeue_actions,
     requeue_send,
 )
+from outreach_actors.worker.actors.replies import enqueue_inbound_post
 from outreach_actors.worker.actors.webhooks import enqueue_delivery
 from outreach_actors.worker.embedded import (
     EmbeddedRedis,
@@ -88,6 +90,7 @@ logger = logging.getLogger(__name__)
 
 TENANT = "chaos"
 PLAN_NAME = "chaos"
+INBOUND_DOMAIN = "reply.chaos.outreach.test"
 SENDER = "team@chaos.outreach.test"
 API_KEY = "SG.chaos-key"
 # Four email nodes, a split, a goal and a host event; seconds-long timers, every path
@@ -153,7 +156,10 @@ nodes:
 PLAN_V2 = (PLAN.replace('"Did you see this?"', '"Did you see this (v2)?"')
            .replace("- {on: no_open, after: PT3S, to: done}",
                     "- {on: no_open, after: PT4S, to: done}"))
-PERSONA_MIX = (("clicker", 3), ("opener", 3), ("ignorer", 3), ("bouncer", 1))
+# Repliers open and write back (their reply ends the sequence: a plan's default goal);
+# vacationers answer out of office and otherwise ignore their mail.
+PERSONA_MIX = (("clicker", 3), ("opener", 3), ("ignorer", 3), ("bouncer", 1), ("replier", 1),
+               ("vacationer", 1))
 # Rate limits far above what the run sends: limits are not under test here.
 UNBOUNDED = "100000000"
 ENROLL_CHUNK = 500
@@ -250,6 +256,8 @@ class FaultTally:
     events_posts: int = 0  # POST /events requests, purchases and trials, each event twice
     events_posts_refused: int = 0  # refused (PostgreSQL down) and retried, as a host would
     events_pairs_out_of_order: int = 0  # purchase posted before the trial it follows
+    inbound_posts: int = 0  # Inbound Parse posts: replies and out-of-office, each twice
+    inbound_posts_refused: int = 0
     plan_pauses: int = 0
     enrollments_paused: int = 0
     enrollments_migrated: int = 0
@@ -342,6 +350,9 @@ def run_chaos(config: ChaosConfig) -> ChaosReport:
         poster = PurchasePoster(standin, f"{base_url}/events", events_secret, TENANT, purchasers,
                                 seed=config.seed).start()
         stack.callback(poster.stop)
+        replies = ReplyPoster(standin, f"{base_url}{INBOUND_PATH}", keys.private_key_pem,
+                              persona_of).start()
+        stack.callback(replies.stop)
 
         started = time.monotonic()
         flows = OperatorFlows(TENANT, PLAN_NAME, config.pause_hold_s)
@@ -351,12 +362,13 @@ def run_chaos(config: ChaosConfig) -> ChaosReport:
         campaign.restart_stopped_workers()
         simulator.stop()
         poster.stop()
+        replies.stop()
         campaign.drain(time.monotonic() + config.drain_limit_s)
         elapsed = time.monotonic() - started
         for worker in workers:
             worker.stop()
         return _report(config, tally, standin, recorder, presuppressed, elapsed, finished,
-                       poster, flows)
+                       poster, replies, flows)
 
 
 @contextmanager
@@ -422,6 +434,10 @@ def _environment(config: ChaosConfig, database_url: str, data_dir: Path, redis_d
         "OUTREACH_EVENTS_SECRET": events_secret,
         # The workers import its module (WorkerProcess), this process does below.
         "OUTREACH_NOTIFY_ACTOR": chaos_notify.ACTOR_PATH,
+        # Every email's Reply-To is reply+TOKEN@ this domain; Inbound Parse posts are
+        # signed with the Event Webhook's key pair.
+        "OUTREACH_INBOUND_DOMAIN": INBOUND_DOMAIN,
+        "OUTREACH_SENDGRID_INBOUND_PUBLIC_KEY": public_key,
     }
 
 
@@ -620,6 +636,8 @@ class Campaign:
                 self.tally.deliveries_requeued += ingest.requeue_stale_deliveries(
                     enqueue_delivery, self.settings.action_lease)
                 self.finish_host_flows()
+                ingest.requeue_stale_deliveries(enqueue_inbound_post, self.settings.action_lease,
+                                                model=models.InboundPost)
         except Exception as exc:  # broker or database down: what was claimed comes back by lease
             self.tally.enqueue_failures += 1
             logger.warning("Chaos: a dispatcher pass failed: %r", exc)
@@ -732,6 +750,8 @@ def _in_flight(settings: Settings) -> bool:
             WebhookDelivery.status != WebhookDelivery.PROCESSED).exists()
         or models.HostEvent.select().where(
             models.HostEvent.status != models.HostEvent.PROCESSED).exists()
+        or models.InboundPost.select().where(
+            models.InboundPost.status == models.InboundPost.RECEIVED).exists()
         # A notification sent and not yet received is on its way through the broker.
         or models.Notification.select().where(
             models.Notification.id.not_in(received)).exists()
@@ -784,19 +804,21 @@ class BatchRecorder:
 
 def _report(config: ChaosConfig, tally: FaultTally, standin: SendGridStandIn,
             recorder: BatchRecorder, presuppressed: set[str], elapsed: float,
-            finished: bool, poster: PurchasePoster, flows: OperatorFlows) -> ChaosReport:
+            finished: bool, poster: PurchasePoster, replies: ReplyPoster,
+            flows: OperatorFlows) -> ChaosReport:
     for request in standin.requests:
         tally.sends_answered_500 += request.status == 500
         tally.sends_answered_429 += request.status == 429
         tally.connections_dropped += request.status is None
     tally.events_posts, tally.events_posts_refused = poster.requests_posted, poster.requests_refused
     tally.events_pairs_out_of_order = poster.out_of_order_pairs
+    tally.inbound_posts, tally.inbound_posts_refused = replies.posts, replies.posts_refused
     tally.plan_pauses = len(flows.plan_pauses)
     tally.enrollments_paused = sum(len(window.emails) for window in flows.contact_pauses)
     tally.enrollments_migrated = flows.migrated
     record = FlowRecord(
         tenant=TENANT, host_event_ids=poster.event_ids(),
-        host_events_stored_answers=poster.stored_answers,
+        host_events_stored_answers=poster.stored_answers, inbound_digests=replies.accepted,
         plan_pauses=flows.plan_pauses, contact_pauses=flows.contact_pauses,
         migration=(flows.migration_started_at, flows.migration_ended_at))
     return ChaosReport(

@@ -1,4 +1,4 @@
-"""The chaos run's host and operator flows: purchases POSTed to /events, pauses, a migration.
+"""The chaos run's host, recipient and operator flows: purchases POSTed to /events, replies, pauses, a migration.
 
 ``PurchasePoster`` plays the host app: for each purchasing contact whose first email
 SendGrid accepted, it POSTs two signed host events (``trial_started``, a declared
@@ -9,10 +9,13 @@ when each event was first answered 200. ``OperatorFlows`` plays the operator: a
 plan-wide pause and resume, a pause and resume of a few enrollments, a migration
 of every enrollment in flight to a new plan version, each recording when it
 committed (the audit's windows), each retried while the database is down.
+``ReplyPoster`` plays SendGrid Inbound Parse: replies and out-of-office answers,
+each posted twice.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -28,6 +31,12 @@ from typing import Any
 
 import peewee
 
+from outreach_actors.dev.inbound_posts import (
+    REPLY_TEXT,
+    inbound_form,
+    post_inbound,
+    simulated_reply,
+)
 from outreach_actors.dev.standin import SendGridStandIn
 from outreach_actors.domain import control, migrate, pauses
 from outreach_actors.domain.store.models import database_proxy, utcnow
@@ -237,4 +246,77 @@ class OperatorFlows:
         logger.warning("Chaos: %d enrollments migrated to version %d", result.moved, to_version)
 
 
-__all__ = ["OperatorFlows", "PauseWindow", "PurchasePoster", "purchase_event_ids"]
+
+
+@dataclass
+class ReplyPoster:
+    """Posts the reply (a ``replier``) or out-of-office (a ``vacationer``) each such
+    contact writes back to its first email, as SendGrid Inbound Parse posts it, signed,
+    TWICE (as SendGrid retries a post byte for byte), each retried until answered 2xx."""
+
+    standin: SendGridStandIn
+    inbound_url: str
+    private_key_pem: str
+    persona: Callable[[str], str]
+    posts: int = 0
+    posts_refused: int = 0
+    # The SHA-256 of every body answered 2xx (what must be stored once), by persona.
+    accepted: dict[str, str] = field(default_factory=dict)
+    _seen: int = 0
+    _written: set[str] = field(default_factory=set)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> ReplyPoster:
+        self._thread = threading.Thread(target=self._watch, name="chaos-replies", daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            messages = self.standin.messages[self._seen:]
+            self._seen += len(messages)
+            for message in messages:
+                email = message.recipients()[0][0].lower()
+                persona = self.persona(email)
+                reply_to = (message.body.get("reply_to") or {}).get("email")
+                if persona not in REPLY_TEXT or not reply_to or email in self._written:
+                    continue
+                self._written.add(email)
+                body = inbound_form(simulated_reply(
+                    persona, sender=email, reply_to=reply_to,
+                    subject=message.body.get("subject", ""),
+                    message_id=(message.body.get("headers") or {}).get("Message-ID"),
+                    number=len(self._written)))
+                for _ in range(2):
+                    thread = threading.Thread(target=self._post_until_accepted,
+                                              args=(body, persona), daemon=True)
+                    self._threads.append(thread)
+                    thread.start()
+            time.sleep(0.1)
+
+    def _post_until_accepted(self, body: bytes, persona: str) -> None:
+        while True:
+            try:
+                status = post_inbound(self.inbound_url, body, private_key_pem=self.private_key_pem,
+                                      timeout_s=POST_TIMEOUT_S)
+            except OSError:
+                status = 0
+            with self._lock:
+                self.posts += 1
+                if 200 <= status < 300:
+                    self.accepted[hashlib.sha256(body).hexdigest()] = persona
+                    return
+                self.posts_refused += 1
+            time.sleep(RETRY_PAUSE_S)
+
+    def stop(self) -> None:
+        """Stop watching, and wait until every post has been answered 2xx."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+        for thread in self._threads:
+            thread.join()
+
+
+__all__ = ["OperatorFlows", "PauseWindow", "PurchasePoster", "ReplyPoster", "purchase_event_ids"]
