@@ -67,8 +67,9 @@ class FlowRecord:
 class Audit:
     """The counts of one campaign. Every value of ``violations()`` must be zero.
 
-    duplicate_sends: mails SendGrid accepted beyond one per (enrollment, node), and
-      accepted mails that name no message of ours.
+    duplicate_sends: mails SendGrid accepted beyond one per (enrollment, node) (one per
+      message for a reply forwarded to a person), and accepted mails that name no
+      message of ours.
     lost_timers: timeout actions that neither fired exactly once (done, one synthetic
       event) nor were closed without firing for a reason that holds (cancelled or
       skipped after the enrollment left the visit, or skipped on engagement that is
@@ -184,7 +185,10 @@ def audit_campaign(accepted_mails: Sequence[AcceptedMessage], accepted_event_ids
     per_visit: Counter[tuple] = Counter()
     for message_id, count in per_message.items():
         row = messages.get(message_id)
-        per_visit[(row.enrollment_id, row.node) if row else ("unknown", message_id)] += count
+        # A message of no enrollment (a reply forwarded to a person) is one mail of its own.
+        key = ((row.enrollment_id, row.node) if row.enrollment_id is not None
+               else ("forward", message_id)) if row else ("unknown", message_id)
+        per_visit[key] += count
     duplicates = sum(count - 1 for key, count in per_visit.items() if key[0] != "unknown")
     unknown = sum(count for key, count in per_visit.items() if key[0] == "unknown")
     enrollments = Counter(status for (status,) in Enrollment.select(Enrollment.status).tuples())
