@@ -18,7 +18,7 @@ resumed a quarter of the way through, a few enrollments are paused and resumed,
 and halfway every enrollment in flight is migrated to a new plan version; host
 notifications go to a recording actor (``outreach_actors/dev/chaos_notify.py``).
 
-Nine figures per broker, each a count whose reference is 0 (``chaos_*`` for
+Eleven figures per broker, each a count whose reference is 0 (``chaos_*`` for
 Redis, ``chaos_rabbitmq_*`` for RabbitMQ):
 
 - duplicate_sends: mails SendGrid accepted beyond one per (enrollment, node);
@@ -34,7 +34,10 @@ Redis, ``chaos_rabbitmq_*`` for RabbitMQ):
 - mailed_while_paused: sends claimed while the plan was paused, or rendered while
   the contact's enrollment was;
 - host_events_lost: host events /events accepted that were not stored and
-  processed once.
+  processed once;
+- mailed_after_reply: mails sent on a claim made after the contact's reply ended
+  its enrollment (replies and out-of-office answers are posted twice to Inbound Parse);
+- replies_lost: Inbound Parse posts accepted that were not stored and read once.
 
 The counts and fault tallies (and the other invariants: enrollments left active,
 suppressed addresses mailed, ambiguous sends not settled by the policy) go to
@@ -102,6 +105,8 @@ def figures(report: ChaosReport) -> dict[str, dict[str, Any]]:
                                                 "notifications"),
         f"{prefix}mailed_while_paused": count(report.audit.mailed_while_paused, "emails"),
         f"{prefix}host_events_lost": count(report.audit.host_events_lost, "events"),
+        f"{prefix}mailed_after_reply": count(report.audit.mailed_after_reply, "emails"),
+        f"{prefix}replies_lost": count(report.audit.replies_lost, "posts"),
     }
 
 

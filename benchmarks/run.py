@@ -44,7 +44,9 @@ BENCHMARKS: dict[str, tuple[str, ...]] = {
               "chaos_host_events_lost",
               "chaos_rabbitmq_mailed_after_goal", "chaos_rabbitmq_arms_reassigned",
               "chaos_rabbitmq_notifications_lost", "chaos_rabbitmq_notifications_doubled",
-              "chaos_rabbitmq_mailed_while_paused", "chaos_rabbitmq_host_events_lost"),
+              "chaos_rabbitmq_mailed_while_paused", "chaos_rabbitmq_host_events_lost",
+              "chaos_mailed_after_reply", "chaos_replies_lost",
+              "chaos_rabbitmq_mailed_after_reply", "chaos_rabbitmq_replies_lost"),
 }
 OPTIONAL = {"chaos"}
 TIMEOUT_S = {True: 600, False: 3600}

@@ -5,7 +5,8 @@ beside it; a PostgreSQL server of the run's own, crashed and started once; two
 ``dramatiq outreach_actors`` processes killed with SIGKILL and restarted, the
 real ``sendgrid`` client against the stand-in, signed webhook batches posted
 twice and out of order; the host's purchases POSTed to /events twice and out of
-order, a plan-wide and a per-enrollment pause, a migration mid-run, a split, a
+order, replies and out-of-office answers posted twice to Inbound Parse, a
+plan-wide and a per-enrollment pause, a migration mid-run, a split, a
 goal, notifications to a recording actor (see ``outreach_actors/dev/chaos.py``).
 About 40 s each.
 """
@@ -72,12 +73,13 @@ def assert_every_invariant_held(report: ChaosReport) -> None:
     assert faults.enrollments_migrated, summary
     flows = report.audit.flows
     assert flows["converted"] and flows["split_visits"] and flows["notifications_received"], summary
+    assert flows["replied"] and flows["inbound_auto_replied"] and faults.inbound_posts, summary
     # and every dropped connection became an ambiguous send settled per the policy
     assert report.audit.ambiguous["total"] >= faults.connections_dropped, summary
     # and no invariant broke: one email per (enrollment, node), every timer fired
     # once or closed by a transition, every accepted event stored once, every
     # contact at a terminal node, no suppressed address mailed; no contact mailed after
-    # its goal or while paused, no split arm reassigned, every notification received
+    # its reply, its goal or while paused, every reply stored and read once, no split arm reassigned, every notification received
     # once, every purchase stored once
     assert report.violations() == dict.fromkeys(report.violations(), 0), summary
     finished = report.audit.enrollments.get("completed", 0) + flows["converted"]
