@@ -37,7 +37,7 @@ from outreach_actors.dev.inbound_posts import (
     post_inbound,
     simulated_reply,
 )
-from outreach_actors.dev.standin import SendGridStandIn
+from outreach_actors.dev.standin import AcceptedMessage, SendGridStandIn
 from outreach_actors.domain import control, migrate, pauses
 from outreach_actors.domain.store.models import database_proxy, utcnow
 from outreach_actors.web.events import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign_events
@@ -46,7 +46,27 @@ logger = logging.getLogger(__name__)
 
 TRIAL, PURCHASE = "trial_started", "purchased"
 RETRY_PAUSE_S = 0.3
+# Requests of a poster in flight at once: each holds one of the endpoint process's
+# pooled database connections (32 by default) while it runs.
+MAX_CONCURRENT_POSTS = 6
 POST_TIMEOUT_S = 10
+
+
+def watch_mail(standin: SendGridStandIn, stop: threading.Event,
+               on_mail: Callable[[AcceptedMessage, str], None]) -> threading.Thread:
+    """A thread calling ``on_mail(mail, recipient address)`` for each mail the stand-in
+    accepts, until ``stop`` is set."""
+    def watch() -> None:
+        seen = 0
+        while not stop.is_set():
+            messages = standin.messages[seen:]
+            seen += len(messages)
+            for message in messages:
+                on_mail(message, message.recipients()[0][0].lower())
+            time.sleep(0.1)
+    thread = threading.Thread(target=watch, name="chaos-mail-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def purchase_event_ids(email: str) -> tuple[str, str]:
@@ -75,36 +95,31 @@ class PurchasePoster:
     answered: Counter = field(default_factory=Counter)
     first_answered_at: dict[str, datetime] = field(default_factory=dict)
     stored_answers: Counter = field(default_factory=Counter)  # answered "stored": true
-    _seen: int = 0
     _queued: set[str] = field(default_factory=set)
     _held: list[str] = field(default_factory=list)
     _released: bool = False
     _timers: list[threading.Thread] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _in_flight: threading.Semaphore = field(
+        default_factory=lambda: threading.BoundedSemaphore(MAX_CONCURRENT_POSTS))
 
     def start(self) -> PurchasePoster:
         self._random = random.Random(self.seed)
-        self._thread = threading.Thread(target=self._watch, name="chaos-purchases", daemon=True)
-        self._thread.start()
+        self._thread = watch_mail(self.standin, self._stop, self._on_mail)
         return self
 
-    def _watch(self) -> None:
-        while not self._stop.is_set():
-            messages = self.standin.messages[self._seen:]
-            self._seen += len(messages)
-            for message in messages:
-                email = message.recipients()[0][0].lower()
-                if email in self.purchasers and email not in self._queued:
-                    self._queued.add(email)
-                    with self._lock:
-                        hold = (not self._released and self.hold_back_every
-                                and len(self._queued) % self.hold_back_every == 0)
-                        if hold:
-                            self._held.append(email)
-                    if not hold:
-                        self._schedule(email)
-            time.sleep(0.1)
+    def _on_mail(self, message: AcceptedMessage, email: str) -> None:
+        if email not in self.purchasers or email in self._queued:
+            return
+        self._queued.add(email)
+        with self._lock:
+            hold = (not self._released and self.hold_back_every
+                    and len(self._queued) % self.hold_back_every == 0)
+            if hold:
+                self._held.append(email)
+        if not hold:
+            self._schedule(email)
 
     def _schedule(self, email: str) -> None:
         trial_id, purchase_id = purchase_event_ids(email)
@@ -132,7 +147,8 @@ class PurchasePoster:
                 "Content-Type": "application/json", TIMESTAMP_HEADER: str(timestamp),
                 SIGNATURE_HEADER: sign_events(self.secret, body, timestamp)})
             try:
-                with urllib.request.urlopen(request, timeout=POST_TIMEOUT_S) as response:
+                with self._in_flight, urllib.request.urlopen(request,
+                                                             timeout=POST_TIMEOUT_S) as response:
                     answer = json.loads(response.read())
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 with self._lock:
@@ -262,45 +278,40 @@ class ReplyPoster:
     posts_refused: int = 0
     # The SHA-256 of every body answered 2xx (what must be stored once), by persona.
     accepted: dict[str, str] = field(default_factory=dict)
-    _seen: int = 0
     _written: set[str] = field(default_factory=set)
     _threads: list[threading.Thread] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _in_flight: threading.Semaphore = field(
+        default_factory=lambda: threading.BoundedSemaphore(MAX_CONCURRENT_POSTS))
 
     def start(self) -> ReplyPoster:
-        self._thread = threading.Thread(target=self._watch, name="chaos-replies", daemon=True)
-        self._thread.start()
+        self._thread = watch_mail(self.standin, self._stop, self._on_mail)
         return self
 
-    def _watch(self) -> None:
-        while not self._stop.is_set():
-            messages = self.standin.messages[self._seen:]
-            self._seen += len(messages)
-            for message in messages:
-                email = message.recipients()[0][0].lower()
-                persona = self.persona(email)
-                reply_to = (message.body.get("reply_to") or {}).get("email")
-                if persona not in REPLY_TEXT or not reply_to or email in self._written:
-                    continue
-                self._written.add(email)
-                body = inbound_form(simulated_reply(
-                    persona, sender=email, reply_to=reply_to,
-                    subject=message.body.get("subject", ""),
-                    message_id=(message.body.get("headers") or {}).get("Message-ID"),
-                    number=len(self._written)))
-                for _ in range(2):
-                    thread = threading.Thread(target=self._post_until_accepted,
-                                              args=(body, persona), daemon=True)
-                    self._threads.append(thread)
-                    thread.start()
-            time.sleep(0.1)
+    def _on_mail(self, message: AcceptedMessage, email: str) -> None:
+        persona = self.persona(email)
+        reply_to = (message.body.get("reply_to") or {}).get("email")
+        if persona not in REPLY_TEXT or not reply_to or email in self._written:
+            return
+        self._written.add(email)
+        body = inbound_form(simulated_reply(
+            persona, sender=email, reply_to=reply_to, subject=message.body.get("subject", ""),
+            message_id=(message.body.get("headers") or {}).get("Message-ID"),
+            number=len(self._written)))
+        for _ in range(2):
+            thread = threading.Thread(target=self._post_until_accepted, args=(body, persona),
+                                      daemon=True)
+            self._threads.append(thread)
+            thread.start()
 
     def _post_until_accepted(self, body: bytes, persona: str) -> None:
         while True:
             try:
-                status = post_inbound(self.inbound_url, body, private_key_pem=self.private_key_pem,
-                                      timeout_s=POST_TIMEOUT_S)
+                with self._in_flight:
+                    status = post_inbound(self.inbound_url, body,
+                                          private_key_pem=self.private_key_pem,
+                                          timeout_s=POST_TIMEOUT_S)
             except OSError:
                 status = 0
             with self._lock:
