@@ -10,7 +10,13 @@ of sends with 500/429 and dropping a share of connections after accepting the
 mail (the ambiguous case), the Redis server killed once mid-run and started
 again on its append-only file, PostgreSQL stopped once as a crash would stop it
 (``immediate``: every connection cut) and started again, every webhook batch
-posted twice with its events out of order.
+posted twice with its events out of order. Under those faults run the newer
+flows (``chaos_flows.py``): the host's ``trial_started`` and ``purchased`` events
+POSTed to ``/events`` twice and out of order (some while PostgreSQL is down),
+replies and out-of-office answers posted twice to Inbound Parse, a split, a
+goal, a plan-wide pause, a pause of a few enrollments, a migration of every
+enrollment in flight to a new plan version, and host notifications sent to a
+recording actor (``chaos_notify.py``).
 
 The dispatcher and the reconciler run in this process, in the campaign loop,
 rather than under ``periodiq``: the loop is then the only clock, its pace (every
