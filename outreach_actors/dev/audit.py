@@ -61,6 +61,8 @@ class FlowRecord:
     migration: tuple[datetime | None, datetime | None] = (None, None)
     # The SHA-256 of every Inbound Parse body answered 2xx, with the persona that wrote it.
     inbound_digests: dict[str, str] = field(default_factory=dict)
+    # Notifications the broker still holds (see chaos._waiting_in_redis): late, not lost.
+    notifications_in_broker: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -88,8 +90,8 @@ class Audit:
       version in force (for a visit made while the migration ran, either version's), a
       second arm recorded for an enrollment at one split, and mails accepted for another
       arm's email node than the one recorded.
-    notifications_lost: outbox rows never received by the host's actor, and ended
-      enrollments with no notification of their end.
+    notifications_lost: outbox rows never received by the host's actor and no longer
+      in the broker, and ended enrollments with no notification of their end.
     notifications_doubled: notifications received more than once by their stable id,
       received ids that are in no outbox row, and enrollments notified of their end twice.
     mailed_while_paused: mails whose send was claimed after a plan-wide pause had
@@ -356,7 +358,7 @@ def _audit_flows(accepted_mails: Sequence[AcceptedMessage], messages: dict[str, 
     counts: dict[str, int] = {}
     counts.update(_audit_goals(mails))
     counts.update(_audit_splits(mails, record))
-    counts.update(_audit_notifications())
+    counts.update(_audit_notifications(record.notifications_in_broker))
     counts.update(_audit_pauses(mails, record))
     counts.update(_audit_host_events(record))
     counts.update(_audit_replies(record))
@@ -450,12 +452,16 @@ def _audit_splits(mails: list[tuple[AcceptedMessage, OutboundMessage]],
     return {"split_visits": len(visits), "arms_reassigned": wrong + second_arms + other_arm_mails}
 
 
-def _audit_notifications() -> dict[str, int]:
-    """Every outbox row received once by its id; every ended enrollment notified once."""
+def _audit_notifications(in_broker: set[str]) -> dict[str, int]:
+    """Every outbox row received once by its id (or still held by the broker, to be
+    delivered late); every ended enrollment notified once."""
     received = Counter(notification_id for (notification_id,) in ReceivedNotification.select(
         ReceivedNotification.notification_id).tuples())
     rows = dict(Notification.select(Notification.id, Notification.payload).tuples())
-    lost = sum(1 for notification_id in rows if not received[notification_id])
+    late = {notification_id for notification_id in rows
+            if not received[notification_id] and notification_id in in_broker}
+    lost = sum(1 for notification_id in rows
+               if not received[notification_id] and notification_id not in late)
     doubled = sum(count - 1 for count in received.values() if count > 1)
     doubled += sum(count for notification_id, count in received.items()
                    if notification_id not in rows)
@@ -466,6 +472,7 @@ def _audit_notifications() -> dict[str, int]:
         Enrollment.status.not_in(Enrollment.LIVE)).tuples()]
     lost += sum(1 for enrollment_id in ended if not ends[enrollment_id])
     return {"notifications": len(rows), "notifications_received": sum(received.values()),
+            "notifications_in_broker": len(late),
             "notifications_lost": lost, "notifications_doubled": doubled}
 
 

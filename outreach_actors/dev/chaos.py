@@ -52,6 +52,7 @@ from wsgiref.simple_server import make_server
 
 import dramatiq
 import peewee
+import redis
 
 from outreach_actors.dev import chaos_notify
 from outreach_actors.dev.audit import Audit, FlowRecord, audit_campaign
@@ -373,8 +374,10 @@ def run_chaos(config: ChaosConfig) -> ChaosReport:
         elapsed = time.monotonic() - started
         for worker in workers:
             worker.stop()
+        in_broker = (_waiting_in_redis(EmbeddedRedis(redis_dir), settings.broker_namespace)
+                     if config.broker == "redis" else set())
         return _report(config, tally, standin, recorder, presuppressed, elapsed, finished,
-                       poster, replies, flows)
+                       poster, replies, flows, in_broker)
 
 
 @contextmanager
@@ -808,10 +811,22 @@ class BatchRecorder:
             self.event_ids.update(event["sg_event_id"] for event in events)
 
 
+def _waiting_in_redis(server: EmbeddedRedis, namespace: str) -> set[str]:
+    """The notifications still held by the Redis broker: a killed worker's fetched but
+    unacknowledged messages, which Dramatiq's Redis broker gives back to the queue only
+    after its heartbeat timeout (a minute), later than the run waits. Not lost: late."""
+    client = redis.Redis.from_url(server.url)
+    try:
+        return {key.decode() for queue in (chaos_notify.QUEUE, f"{chaos_notify.QUEUE}.DQ")
+                for key in client.hkeys(f"{namespace}:{queue}.msgs")}
+    finally:
+        client.close()
+
+
 def _report(config: ChaosConfig, tally: FaultTally, standin: SendGridStandIn,
             recorder: BatchRecorder, presuppressed: set[str], elapsed: float,
             finished: bool, poster: PurchasePoster, replies: ReplyPoster,
-            flows: OperatorFlows) -> ChaosReport:
+            flows: OperatorFlows, in_broker: set[str]) -> ChaosReport:
     for request in standin.requests:
         tally.sends_answered_500 += request.status == 500
         tally.sends_answered_429 += request.status == 429
@@ -825,6 +840,7 @@ def _report(config: ChaosConfig, tally: FaultTally, standin: SendGridStandIn,
     record = FlowRecord(
         tenant=TENANT, host_event_ids=poster.event_ids(),
         host_events_stored_answers=poster.stored_answers, inbound_digests=replies.accepted,
+        notifications_in_broker=in_broker,
         plan_pauses=flows.plan_pauses, contact_pauses=flows.contact_pauses,
         migration=(flows.migration_started_at, flows.migration_ended_at))
     return ChaosReport(
