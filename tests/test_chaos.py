@@ -271,11 +271,11 @@ def test_the_audit_counts_each_kind_of_flow_breach(settings) -> None:
     window = PauseWindow(t0 + timedelta(seconds=2), t0 + timedelta(seconds=4))
     OutboundMessage.update(send_started_at=t0 + timedelta(seconds=3)).where(
         OutboundMessage.id == to_carol.id).execute()
-    # and ada's goal notification never received, one about carol received twice
+    # and ada's goal notification never received, one about carol sent twice and received twice
     Notification.create(id="ntf_1", tenant="acme", type="goal_reached", dedupe_key="g:1",
                         payload={"id": "ntf_1", "enrollment_id": ada.id})
     Notification.create(id="ntf_2", tenant="acme", type="exited", dedupe_key="e:3",
-                        payload={"id": "ntf_2", "enrollment_id": carol.id})
+                        payload={"id": "ntf_2", "enrollment_id": carol.id}, attempts=2)
     for _ in range(2):
         ReceivedNotification.create(notification_id="ntf_2", type="exited")
     # and two purchases accepted, one never stored, the other answered "stored" twice

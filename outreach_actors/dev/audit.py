@@ -43,6 +43,9 @@ from outreach_actors.domain.vocabulary import PROOF_OF_SEND
 # The notes dispatch and engine leave on a settled ambiguous send (OutboundMessage.error).
 CONFIRMED_NOTE = "resolved by provider event"
 POLICY_FAILED_NOTE = "ambiguous send not confirmed"
+# ... and the note of such a send that a provider event then proved sent: its enrollment
+# had ended by then, so it starts no timers (see ambiguous.record_late_proof).
+LATE_PROOF_NOTE = "confirmed late by a provider event"
 # What each engagement timer waits for: a click counts as an open (see engagement.engagement_seen).
 ENGAGEMENT = {"no_open": {"opened", "clicked"}, "no_click": {"clicked"}}
 
@@ -92,8 +95,11 @@ class Audit:
       arm's email node than the one recorded.
     notifications_lost: outbox rows never received by the host's actor and no longer
       in the broker, and ended enrollments with no notification of their end.
-    notifications_doubled: notifications received more than once by their stable id,
-      received ids that are in no outbox row, and enrollments notified of their end twice.
+    notifications_doubled: notifications the outbox sent more than once that were
+      received more than once by their stable id, received ids that are in no outbox
+      row, and enrollments notified of their end twice. (A notification sent once and
+      delivered twice by the broker, to a worker killed before its ack, is counted
+      apart as ``notifications_redelivered``: hosts dedupe on the stable id.)
     mailed_while_paused: mails whose send was claimed after a plan-wide pause had
       committed and before its resume was called (an email claimed before the pause
       landed is in flight and goes); and mails to a paused enrollment rendered after
@@ -251,7 +257,8 @@ def _audit_timers(messages: dict[str, OutboundMessage]) -> tuple[dict[str, int],
     total = sum(classes.values())
     missing = 0
     for message_id, row in messages.items():
-        if row.status == OutboundMessage.SENT and row.enrollment_id is not None:
+        if (row.status == OutboundMessage.SENT and row.enrollment_id is not None
+                and LATE_PROOF_NOTE not in (row.error or "")):
             plan = stored_plans.plan_for_id(enrollments[row.enrollment_id][2])
             missing += max(0, len(plan.timeout_transitions(row.node)) - started[message_id])
     if missing:
@@ -458,11 +465,20 @@ def _audit_notifications(in_broker: set[str]) -> dict[str, int]:
     received = Counter(notification_id for (notification_id,) in ReceivedNotification.select(
         ReceivedNotification.notification_id).tuples())
     rows = dict(Notification.select(Notification.id, Notification.payload).tuples())
+    attempts = dict(Notification.select(Notification.id, Notification.attempts).tuples())
     late = {notification_id for notification_id in rows
             if not received[notification_id] and notification_id in in_broker}
     lost = sum(1 for notification_id in rows
                if not received[notification_id] and notification_id not in late)
-    doubled = sum(count - 1 for count in received.values() if count > 1)
+    # Received twice: sent twice by the outbox (a breach), or one message delivered twice
+    # by the broker to a worker killed before its ack (Dramatiq delivers at least once;
+    # hosts dedupe on the stable id, as documented): counted apart.
+    again = {notification_id: count - 1 for notification_id, count in received.items()
+             if count > 1}
+    redelivered = sum(count for notification_id, count in again.items()
+                      if attempts.get(notification_id, 0) <= 1)
+    doubled = sum(count for notification_id, count in again.items()
+                  if attempts.get(notification_id, 0) > 1)
     doubled += sum(count for notification_id, count in received.items()
                    if notification_id not in rows)
     ends = Counter(payload.get("enrollment_id") for payload in rows.values()
@@ -472,7 +488,7 @@ def _audit_notifications(in_broker: set[str]) -> dict[str, int]:
         Enrollment.status.not_in(Enrollment.LIVE)).tuples()]
     lost += sum(1 for enrollment_id in ended if not ends[enrollment_id])
     return {"notifications": len(rows), "notifications_received": sum(received.values()),
-            "notifications_in_broker": len(late),
+            "notifications_in_broker": len(late), "notifications_redelivered": redelivered,
             "notifications_lost": lost, "notifications_doubled": doubled}
 
 
