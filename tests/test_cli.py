@@ -459,3 +459,41 @@ def test_replies_list_show_and_replay(outreach) -> None:
     assert models.InboundPost.get_by_id(post.id).status == "received"
     assert "no inbound post 999" in outreach("replies", "replay", "999", expect=1).output
     assert "no inbound post 999" in outreach("replies", "show", "999", expect=1).output
+def seed_three_of_each_list() -> dict[str, list[str]]:
+    """Three rows in every list the CLI has; each list's names, in the order it shows them."""
+    from datetime import timedelta
+
+    from outreach_actors.domain.store.models import utcnow
+
+    now = utcnow()
+    for n in range(3):
+        models.Tenant.create(id=f"tenant{n}", name=f"Tenant {n}")
+        plan = models.Plan.create(tenant=f"tenant{n}", name=f"plan{n}", version=1,
+                                  definition={"nodes": {"done": {"type": "exit"}}})
+        contact = models.Contact.create(tenant=f"tenant{n}", email=f"failed{n}@example.com")
+        models.Enrollment.create(tenant=f"tenant{n}", plan=plan, contact=contact,
+                                 enrollment_key=f"k{n}", current_node="done", status="failed",
+                                 updated_at=now - timedelta(minutes=n))
+        models.Suppression.create(tenant=f"tenant{n}", value=f"gone{n}@example.com",
+                                  reason="unsubscribe", created_at=now + timedelta(minutes=n))
+        models.WebhookDelivery.create(body=b"[]", error=f"delivery-error-{n}")
+    return {"plan list": ["plan0", "plan1", "plan2"],
+            "tenant list": ["Tenant 0", "Tenant 1", "Tenant 2"],
+            "suppressions list": ["gone0@", "gone1@", "gone2@"],
+            "failures": ["failed0@", "failed1@", "failed2@"],  # newest first
+            "webhooks list": ["delivery-error-2", "delivery-error-1", "delivery-error-0"]}
+
+
+def test_every_list_pages_with_limit_and_offset_and_says_what_is_left(outreach) -> None:
+    for command, names in seed_three_of_each_list().items():
+        args = command.split()
+        first = outreach(*args, "--limit", "2").output
+        assert [name in first for name in names] == [True, True, False], command
+        assert "1-2 of 3" in first and "1 more: --offset 2" in first, command
+        rest = outreach(*args, "--limit", "2", "--offset", "2").output
+        assert [name in rest for name in names] == [False, False, True], command
+        assert "more:" not in rest, command
+        everything = outreach(*args).output  # the default limit (50) holds them all
+        assert all(name in everything for name in names) and "more:" not in everything, command
+        assert "past 3" in outreach(*args, "--offset", "5").output, command
+        assert "--limit" in outreach(*args, "--help").output, command

@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.wait import WebDriverWait
@@ -121,12 +122,53 @@ def test_a_plans_graph_is_drawn_with_its_counts(page) -> None:
     assert len(boxes) == 4 and not any(_overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
 
 
+def test_a_splits_arms_show_side_by_side_on_its_plan_page(page) -> None:
+    from outreach_actors.domain import engine
+    from outreach_actors.domain.experiments import experiment_results
+    from outreach_actors.domain.host_events import track
+
+    from .factories import load_plan
+
+    plan = load_plan((Path(__file__).parent / "samples" / "plans" / "split_goal.yaml").read_text())
+    for n in range(30):
+        engine.enroll("acme", f"split-{n}@example.com", "goal-test")
+    for n in range(6):
+        track("acme", f"split-{n}@example.com", "purchased")
+    page.open(f"/plans/{plan.id}")
+    page.shot("plan-experiment")
+    (expected,) = experiment_results(plan_name="goal-test")
+    table = page.driver.find_element(By.CSS_SELECTOR, 'table.experiment[data-node="test"]')
+    rows = table.find_elements(By.CSS_SELECTOR, "tbody tr")
+    assert [row.get_attribute("data-arm") for row in rows] == ["a", "b", "holdout"]
+    for row, arm in zip(rows, expected["arms"], strict=True):
+        assert row.find_element(By.CSS_SELECTOR, 'td[data-column="entered"]').text == str(arm["entered"])
+        converted = row.find_element(By.CSS_SELECTOR, 'td[data-column="converted"]').text
+        assert converted.startswith(f"{arm['counts']['converted']} (")
+    # Each arm's edge out of the split says how many it took, as its row does.
+    edge = page.driver.find_element(By.CSS_SELECTOR, 'g.edge[data-source="test"][data-target="short"]')
+    assert edge.text.endswith(f"· {expected['arms'][0]['entered']}")
+    # The holdout, never mailed, is compared with the first arm on its conversions.
+    assert "pp [" in rows[2].find_element(By.CSS_SELECTOR, 'td[data-column="converted"]').text
+    assert rows[2].find_element(By.CSS_SELECTOR, 'td[data-column="sent"]').text == "0 (0.0%)"
+
+
 def follow(browser, element) -> None:
     """Click ``element`` and wait until its page has been replaced by the next one (a
     click returns before the navigation it starts)."""
     old = browser.find_element(By.TAG_NAME, "html")
     element.click()
-    WebDriverWait(browser, 10).until(staleness_of(old))
+    WebDriverWait(browser, 10).until(lambda _: _replaced(old))
+
+
+def _replaced(element) -> bool:
+    # Chromium sometimes reports a node of the page just left as "does not belong to
+    # the document" rather than as stale: both say the navigation happened.
+    try:
+        return staleness_of(element)(None)
+    except WebDriverException as exc:
+        if "does not belong to the document" in str(exc):
+            return True
+        raise
 
 
 def _overlap(a, b) -> bool:

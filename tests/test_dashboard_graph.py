@@ -116,3 +116,39 @@ def test_a_period_counts_its_moves_and_where_contacts_are_now(db) -> None:
     before = {row["node"]: row for row in stats.funnel(plan_name="onboarding", until=tomorrow)}
     assert everything["intro"]["entered"] == before["intro"]["entered"] == 1
     assert later["intro"]["entered"] == 0 and later["intro"]["active"] == 1
+
+
+def test_a_branch_node_is_drawn_with_each_condition_and_its_default() -> None:
+    definition = validate_plan((ROOT / "tests/samples/plans/branch.yaml").read_text()).to_definition()
+    drawn = draw_plan(definition, {"route": ["entered 3"]}, {})
+    assert {node.name: node.type for node in drawn.nodes}["route"] == "branch"
+    assert not [(a.name, b.name) for i, a in enumerate(drawn.nodes) for b in drawn.nodes[i + 1:]
+                if _overlap(a, b)]
+    assert {(edge.target, edge.label) for edge in drawn.edges if edge.source == "route"} == {
+        ("enterprise", "if contact.tier == 'enterprise'"), ("large", "if contact.seats >= 10"),
+        ("beta", "if contact.beta"), ("emea", "if 'emea' in contact.regions"),
+        ("standard", "default")}
+
+
+def test_the_plan_page_shows_a_splits_arms_side_by_side(db) -> None:
+    from outreach_actors.domain.experiments import experiment_results
+    from outreach_actors.domain.host_events import track
+
+    make_tenant()
+    plan = load_plan((ROOT / "tests/samples/plans/split_goal.yaml").read_text())
+    for n in range(30):
+        engine.enroll("acme", f"c{n}@example.com", "goal-test")
+    for n in range(5):
+        track("acme", f"c{n}@example.com", "purchased")
+    reply = Dashboard(get_settings(), enqueue_delivery=lambda delivery_id: None).handle(
+        DashboardRequest("GET", f"/plans/{plan.id}"))
+    assert reply.status == 200
+    (result,) = experiment_results(plan_name="goal-test")
+    assert '<table class="counts experiment" data-node="test">' in reply.body
+    for row in result["arms"]:
+        converted = row["counts"]["converted"]
+        assert (f'<tr data-arm="{row["arm"]}"><td>{row["arm"]}</td>'
+                f'<td data-column="entered">{row["entered"]}</td>') in reply.body
+        assert (f'<td data-column="converted">{converted} '
+                f'({converted / row["entered"] * 100:.1f}%)') in reply.body
+    assert reply.body.count('class="versus"') == len(result["columns"]) + 1  # b; the holdout's conversions

@@ -43,6 +43,7 @@ from outreach_actors.worker.actors.webhooks import normalize_webhook
 
 from .conftest import POSTGRES_URL, install_broker, make_settings
 from .factories import load_plan, make_tenant
+from .test_funnel_counts import recount, stored
 
 JOURNEY = """
 name: journey
@@ -177,3 +178,8 @@ def test_every_contact_ends_at_the_right_node_exactly_once(request, any_broker, 
         purge()
         # Then nothing changed: no second email, event, move, timer or suppression
         assert snapshot(standin) == before
+        # and the funnel's counts, kept by triggers through all of it, match a recount
+        # (reconcile summed their deltas)
+        assert models.FunnelCountDelta.select().count() == 0
+        for plan in models.Plan.select():
+            assert stored(plan) == recount(plan) != {}

@@ -8,6 +8,7 @@ import pytest
 from outreach_actors.domain import engine
 from outreach_actors.domain.engine import EnrollmentError
 from outreach_actors.domain.enroll_many import ContactRow, enroll_many
+from outreach_actors.domain.store.copy_insert import COPY_MIN_ROWS
 from outreach_actors.domain.store.models import Contact, Enrollment, NodeVisit, ScheduledAction
 
 from .conftest import counting
@@ -73,6 +74,17 @@ def test_the_same_list_enrolled_twice_enrolls_each_contact_once(acme) -> None:
     assert all("already enrolled" in reason for _, reason in again.problems)
     assert Enrollment.select().count() == 30
     assert ScheduledAction.select().count() == 30 and NodeVisit.select().count() == 30
+
+
+def test_a_list_written_through_copy_is_enrolled_once_and_its_rerun_refused(acme) -> None:
+    # Batches of COPY_MIN_ROWS and more go through COPY on PostgreSQL.
+    count = COPY_MIN_ROWS + 50
+    assert enroll_many("acme", "onboarding", rows(count), batch_size=count).enrolled == count
+    again = enroll_many("acme", "onboarding", rows(count + 1), batch_size=count + 1)
+    assert again.enrolled == 1 and [key for key, _ in again.problems] == list(range(count))
+    assert rows_of(ScheduledAction, ScheduledAction.enrollment) == rows_of(
+        Enrollment, Enrollment.id) == rows_of(NodeVisit, NodeVisit.enrollment)
+    assert Contact.get(email="c7@example.com").fields == {"first_name": "C7"}
 
 
 def test_a_run_cut_short_and_run_again_enrolls_everyone_once(acme) -> None:

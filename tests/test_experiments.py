@@ -117,7 +117,9 @@ def test_each_arm_counts_contacts_once_from_the_split_on(seeded) -> None:
     assert opened["difference"] == pytest.approx(0.15)
     assert opened["p_value"] == pytest.approx(compare_proportions(65, 100, 50, 100).p_value)
     assert opened["p_value"] == pytest.approx(0.0319, abs=1e-4)
-    # The holdout is mailed nothing: none of its email rates is compared.
+    # The holdout is mailed nothing: none of its email rates is compared (and the plan has
+    # no goals, so no conversions either).
+    assert "converted" not in result["columns"]
     assert result["arms"][2]["versus_first"] == {}
 
 
@@ -136,3 +138,51 @@ def test_outreach_stats_experiments_prints_the_table_and_json(settings) -> None:
     assert json.loads(as_json.output)[0]["arms"][1]["counts"]["opened"] == 65
     none = runner.invoke(main, ["stats", "--plan", "nothing-here", "--experiments"])
     assert "no split nodes in plan 'nothing-here'" in none.output
+
+
+def test_conversions_count_per_arm_and_a_holdout_contact_converts_through_track(db) -> None:
+    from outreach_actors.domain import engine
+    from outreach_actors.domain.host_events import track
+
+    make_tenant()
+    load_plan((PLANS / "split_goal.yaml").read_text())
+    load_plan((PLANS / "split.yaml").read_text())  # no goals: its holdout stays as it left
+    by_route: dict[str, list[str]] = {}
+    for n in range(60):
+        email = f"c{n}@example.com"
+        enrollment = engine.enroll("acme", email, "goal-test")
+        route = NodeVisit.get(NodeVisit.enrollment == enrollment.id, NodeVisit.node == "test").route
+        by_route.setdefault(route, []).append(email)
+    assert all(len(by_route[route]) >= 4 for route in ("a", "b", HOLDOUT))
+    buyers = {"a": 1, "b": 3, HOLDOUT: 2}
+    for route, count in buyers.items():
+        for email in by_route[route][:count]:
+            # The holdout contact left the plan at enrollment; the goal still credits it.
+            assert track("acme", email, "purchased", {"amount": 10}, event_id=f"o-{email}").moved == 1
+            # The same order reported twice converts nobody twice.
+            assert track("acme", email, "purchased", event_id=f"o-{email}").moved == 0
+    held = Enrollment.select().join(Contact).where(Contact.email == by_route[HOLDOUT][0]).get()
+    assert (held.status, held.exit_reason) == (Enrollment.CONVERTED, "goal:purchased")
+    untouched = Enrollment.select().join(Contact).where(Contact.email == by_route[HOLDOUT][-1]).get()
+    assert (untouched.status, untouched.exit_reason) == (Enrollment.EXITED, HOLDOUT)
+    # A plan without goals: its holdout contact is not converted by any event.
+    others = [engine.enroll("acme", f"other{n}@example.com", "subject-test") for n in range(20)]
+    other = next(e for e in Enrollment.select().where(Enrollment.id.in_([e.id for e in others]))
+                 if e.exit_reason == HOLDOUT)
+    track("acme", other.contact.email, "purchased")
+    assert Enrollment.get_by_id(other.id).status == Enrollment.EXITED
+
+    (result,) = experiment_results(plan_name="goal-test")
+    assert result["columns"][-1] == "converted"
+    rows = {row["arm"]: row for row in result["arms"]}
+    for route, count in buyers.items():
+        assert rows[route]["counts"]["converted"] == count
+        assert rows[route]["rates"]["converted"] == count / len(by_route[route])
+    assert rows[HOLDOUT]["counts"]["sent"] == 0
+    # The holdout is compared with the first arm on conversions only: the lift of the mail.
+    assert set(rows[HOLDOUT]["versus_first"]) == {"converted"}
+    converted = rows[HOLDOUT]["versus_first"]["converted"]
+    assert converted["p_value"] == pytest.approx(compare_proportions(
+        2, len(by_route[HOLDOUT]), 1, len(by_route["a"])).p_value)
+    assert rows["b"]["versus_first"]["converted"]["difference"] == pytest.approx(
+        3 / len(by_route["b"]) - 1 / len(by_route["a"]))

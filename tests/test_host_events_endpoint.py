@@ -18,6 +18,7 @@ from outreach_actors.settings import configure
 from outreach_actors.web.app import OutreachWSGI, http_server
 from outreach_actors.web.endpoints import Endpoints
 from outreach_actors.web.events import EventsReceiver, sign_events
+from outreach_actors.web.inbound import SendGridInboundReceiver
 from outreach_actors.web.unsubscribe import UnsubscribePage
 from outreach_actors.web.webhooks import SendGridWebhookReceiver
 
@@ -35,7 +36,8 @@ def app(db, stub_broker, data_dir) -> OutreachWSGI:
     make_tenant()
     load_plan(TRIAL_PLAN)
     return OutreachWSGI(Endpoints(settings, SendGridWebhookReceiver(settings),
-                                  UnsubscribePage(settings), EventsReceiver(settings)))
+                                  UnsubscribePage(settings), EventsReceiver(settings),
+                                  SendGridInboundReceiver(settings)))
 
 
 def call(app: OutreachWSGI, body: bytes, headers: dict[str, str] | None = None,
@@ -130,7 +132,8 @@ def test_each_invalid_event_of_a_batch_is_named_by_its_index(app) -> None:
 def test_without_a_secret_every_post_is_refused(db, stub_broker, data_dir) -> None:
     settings = make_settings(data_dir)
     app = OutreachWSGI(Endpoints(settings, SendGridWebhookReceiver(settings),
-                                 UnsubscribePage(settings), EventsReceiver(settings)))
+                                 UnsubscribePage(settings), EventsReceiver(settings),
+                                  SendGridInboundReceiver(settings)))
     status, answer = call(app, b"{}", signed(b"{}"))
     assert status == 403 and "OUTREACH_EVENTS_SECRET" in answer["error"]
 

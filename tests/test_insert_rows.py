@@ -8,7 +8,14 @@ import peewee
 import pytest
 
 from outreach_actors.domain import engine
-from outreach_actors.domain.store.models import MessageEvent, ScheduledAction, insert_rows, utcnow
+from outreach_actors.domain.store.copy_insert import COPY_MIN_ROWS
+from outreach_actors.domain.store.models import (
+    MessageEvent,
+    ScheduledAction,
+    database_proxy,
+    insert_rows,
+    utcnow,
+)
 from outreach_actors.settings import configure
 
 from .conftest import make_settings
@@ -60,3 +67,53 @@ def test_values_go_through_their_fields(enrollment) -> None:
 def test_an_unknown_field_is_refused(enrollment) -> None:
     with pytest.raises(ValueError, match="no field 'colour'"):
         insert_rows(MessageEvent, [{"colour": "red"}])
+
+
+# Values COPY's formats treat specially, and their neighbours.
+AWKWARD_TEXTS = ["", "plain", "tab\there", "line\nbreak\r\n", 'a "quoted", comma', "back\\slash",
+                 "\\N", "NULL", "null-0", "ünïcödé ✉", " padded "]
+
+
+def event_rows(prefix: str, count: int) -> list[dict]:
+    occurred_at = utcnow().replace(microsecond=123456)
+    return [{"tenant": AWKWARD_TEXTS[n % len(AWKWARD_TEXTS)],
+             "type": "click", "synthetic": n % 2 == 0, "event_key": f"{prefix}{n}",
+             "provider_event": None if n % 3 == 0 else AWKWARD_TEXTS[(n + 1) % len(AWKWARD_TEXTS)],
+             "email": "" if n % 5 == 0 else f"c{n}@example.com",
+             "occurred_at": occurred_at + timedelta(seconds=n),
+             "data": {"text": AWKWARD_TEXTS[n % len(AWKWARD_TEXTS)], "n": n, "none": None}}
+            for n in range(count)]
+
+
+def stored_events(prefix: str) -> list[tuple]:
+    return sorted((e.event_key[len(prefix):], e.tenant, e.type, e.synthetic, e.provider_event,
+                   e.email, e.occurred_at, e.data)
+                  for e in MessageEvent.select().where(MessageEvent.event_key.startswith(prefix)))
+
+
+def test_a_large_insert_stores_every_value_as_a_statement_of_values_does(enrollment) -> None:
+    # PostgreSQL writes a large insert through COPY, a small one (or one with a row
+    # limit) through INSERT ... VALUES: the rows must come out the same, NULL as NULL and
+    # an empty string as an empty string.
+    count = COPY_MIN_ROWS + 10
+    insert_rows(MessageEvent, event_rows("copy-", count))
+    insert_rows(MessageEvent, event_rows("values-", count), rows_per_statement=100)
+    copied = stored_events("copy-")
+    assert len(copied) == count and copied == stored_events("values-")
+    assert {row[4] for row in copied} >= {None, ""} and {row[5] for row in copied} >= {""}
+
+
+def test_a_large_insert_returns_only_its_new_rows_and_refuses_a_conflict(enrollment) -> None:
+    count = COPY_MIN_ROWS + 10
+    with database_proxy.atomic():
+        first = insert_rows(MessageEvent, event_rows("k", count), ignore_conflicts=True,
+                            conflict_target="event_key", returning="event_key")
+        # A second large insert in the same transaction sees none of the first's rows
+        # again, and a row that exists is left alone and not returned.
+        second = insert_rows(MessageEvent, event_rows("k", count + 5), ignore_conflicts=True,
+                             conflict_target="event_key", returning=("event_key", "synthetic"))
+    assert sorted(first) == sorted(f"k{n}" for n in range(count))
+    assert sorted(second) == [(f"k{n}", n % 2 == 0) for n in range(count, count + 5)]
+    assert MessageEvent.select().where(MessageEvent.event_key.startswith("k")).count() == count + 5
+    with pytest.raises(peewee.IntegrityError):
+        insert_rows(MessageEvent, event_rows("k", count))

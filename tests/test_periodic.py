@@ -151,9 +151,14 @@ def test_each_message_gets_a_connection_and_gives_it_back(settings, stub_broker)
     assert connections[0] is not connections[1]
 
 
-def test_workers_poll_the_timer_queue_often_and_the_others_seldom(data_dir) -> None:
+def test_workers_poll_the_timer_and_reaction_queues_often_and_the_others_seldom(data_dir) -> None:
     from outreach_actors.worker.broker import make_broker
-    from outreach_actors.worker.middleware.polling import TIMER_QUEUE
+    from outreach_actors.worker.middleware.polling import (
+        RENDER_QUEUE,
+        SEND_QUEUE,
+        TIMER_QUEUE,
+        WEBHOOK_QUEUE,
+    )
 
     broker = make_broker(make_settings(data_dir, worker_poll_interval="PT0.05S",
                                        worker_idle_poll_interval="PT0.7S"))
@@ -162,8 +167,20 @@ def test_workers_poll_the_timer_queue_often_and_the_others_seldom(data_dir) -> N
     def fire() -> None:
         pass
 
-    @dramatiq.actor(broker=broker, queue_name="render")
+    @dramatiq.actor(broker=broker, queue_name=RENDER_QUEUE)
     def render() -> None:
+        pass
+
+    @dramatiq.actor(broker=broker, queue_name=SEND_QUEUE)
+    def send() -> None:
+        pass
+
+    @dramatiq.actor(broker=broker, queue_name=WEBHOOK_QUEUE)
+    def webhook() -> None:
+        pass
+
+    @dramatiq.actor(broker=broker, queue_name="periodic")
+    def tick() -> None:
         pass
 
     worker = dramatiq.Worker(broker, worker_timeout=1000)
@@ -171,7 +188,11 @@ def test_workers_poll_the_timer_queue_often_and_the_others_seldom(data_dir) -> N
     try:
         # The consumers are built with the worker's interval and set their own as their
         # threads start: give the threads a moment, then compare.
-        expected = {TIMER_QUEUE: 50, f"{TIMER_QUEUE}.DQ": 50, "render": 700, "render.DQ": 700}
+        # An event's reaction waits on the webhook, render and send queues in turn;
+        # their delay queues (retries, deferrals) and the periodic queue wait longer.
+        expected = {TIMER_QUEUE: 50, f"{TIMER_QUEUE}.DQ": 50, "periodic": 700, "periodic.DQ": 700}
+        for queue in (WEBHOOK_QUEUE, RENDER_QUEUE, SEND_QUEUE):
+            expected.update({queue: 50, f"{queue}.DQ": 700})
 
         def intervals() -> dict[str, int]:
             return {name: consumer.worker_timeout for name, consumer in worker.consumers.items()}

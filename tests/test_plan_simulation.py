@@ -119,10 +119,14 @@ def test_a_split_plan_takes_the_arm_production_would() -> None:
     (["at +2h nothing", "at +1h opened"], "earlier than the step before it"),
     (["at soon opened"], "expected '[at +DURATION] EVENT'"),
     (["at +1fortnight opened"], "is no duration"),
+    (['purchased {"amount": }'], "the properties are not JSON"),
+    (["purchased [1]"], "expected '[at +DURATION] EVENT'"),
+    (['clicked {"url": "x"}'], "only a host event"),
+    (["Purchased"], "unknown event 'Purchased'"),  # host event names keep their case
 ])
 def test_a_bad_script_is_a_clear_error(events, message) -> None:
     with pytest.raises(SimulationError, match=message.replace("[", r"\[").replace("+", r"\+")):
-        simulate(PLANS / "email.yaml", "e@example.com", events)
+        simulate(PLANS / "checkout.yaml", "e@example.com", events)
 
 
 def test_an_event_before_any_email_is_a_clear_error() -> None:
@@ -191,3 +195,55 @@ def test_outreach_plan_test_explains_a_bad_script(tmp_path, script, message) -> 
     result = CliRunner().invoke(main, ["plan", "test", str(PLANS / "email.yaml"), str(path)])
     assert result.exit_code == 1 and message in result.output, result.output
     assert "Traceback" not in result.output
+
+
+def test_a_branch_plan_routes_on_a_host_events_properties_and_a_clicks_url() -> None:
+    with PlanSimulator(PLANS / "branch_on_event.yaml") as simulator:
+        big = simulator.run("a@example.com", ['at +1d upgraded {"plan": "team", "seats": 12}'])
+        assert (big.path, big.routes) == (["intro", "route", "big_team"], {"route": "big_team"})
+        team = simulator.run("b@example.com", ['at +1d upgraded {"plan": "team", "seats": 2}'])
+        assert team.routes == {"route": "team"}
+        # A click reported through the Event Webhook and ingest: its url reaches the branch.
+        clicked = simulator.run("c@example.com", ["at +1h clicked"])
+        assert (clicked.path, clicked.routes) == (["intro", "clicked", "other_link"],
+                                                  {"clicked": "other_link"})
+        quiet = simulator.run("d@example.com", ["at +4d nothing"])
+        assert (quiet.path, quiet.status) == (["intro", "done"], "completed")
+
+
+def test_a_branch_plan_routes_on_the_contacts_fields() -> None:
+    with PlanSimulator(PLANS / "branch.yaml") as simulator:
+        assert simulator.run({"email": "a@example.com", "tier": "enterprise"}).path == [
+            "route", "enterprise"]
+        assert simulator.run({"email": "b@example.com", "seats": 3, "regions": ["emea"]}).routes == {
+            "route": "emea"}
+        assert simulator.run({"email": "c@example.com"}).routes == {"route": "default"}
+
+
+def test_a_goal_plan_converts_on_the_goal_and_not_below_its_condition() -> None:
+    with PlanSimulator(PLANS / "checkout.yaml") as simulator:
+        buyer = simulator.run({"email": "a@example.com", "first_name": "Ada"},
+                              ['at +1s purchased {"amount": 150}'])
+        assert (buyer.converted, buyer.goal, buyer.status) == (True, "purchased", "converted")
+        assert (buyer.path, buyer.emails) == (["waiting"], [])
+        small = simulator.run({"email": "b@example.com", "first_name": "Bob"},
+                              ['at +1s purchased {"amount": 20}', "at +1m nothing"])
+        assert (small.converted, small.goal) == (False, None)
+        assert small.path == ["waiting", "thanks", "done"]
+        assert small.email("thanks").subject == "Thanks for your order, Bob"
+
+
+def test_a_holdout_contact_is_credited_with_the_goal_it_reaches_unmailed() -> None:
+    plan = validate_plan((PLANS / "split_goal.yaml").read_text())
+    with PlanSimulator(plan) as simulator:
+        email = next(f"c{n}@example.com" for n in range(100) if choose_route(assignment_point(
+            simulator.tenant, f"c{n}@example.com", plan.name, 1, "test"), plan.node("test")) == HOLDOUT)
+        result = simulator.run(email, ["at +2d purchased"])
+        assert (result.routes, result.emails, result.converted) == ({"test": HOLDOUT}, [], True)
+
+
+def test_outreach_plan_test_runs_host_events_and_expects_a_goal() -> None:
+    result = CliRunner().invoke(main, ["plan", "test", str(PLANS / "checkout.yaml"),
+                                       str(PLANS / "checkout_script.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "ada@example.com: waiting (converted)" in result.output

@@ -77,7 +77,7 @@ def test_an_omitted_after_on_no_open_is_allowed_and_uses_the_default() -> None:
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        (("type: wait", "type: rocket"), "nodes.pause.type: Input should be 'email', 'wait', 'exit' or 'split'"),
+        (("type: wait", "type: rocket"), "nodes.pause.type: Input should be 'email', 'wait', 'exit', 'split' or 'branch'"),
         (("start: intro", "start: nowhere"), "start: node 'nowhere' does not exist"),
         (("to: thanks}", "to: thank_you}"), "nodes.intro.transitions[0].to: node 'thank_you' does not exist"),
         (("{on: bounce,", "{on: exploded,"), "nodes.intro.transitions[2].on: unknown event 'exploded'"),

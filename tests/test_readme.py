@@ -94,3 +94,13 @@ def test_the_split_example_is_a_valid_split() -> None:
     text = re.search(r"```yaml\n(nodes:.*?)```", section("Splits and experiments"), re.DOTALL).group(1)
     plan = validate_plan("name: t\nstart: test\n" + text + "  short: {type: exit}\n  long: {type: exit}\n")
     assert plan.node("test").holdout == 10
+
+
+def test_the_branch_example_is_a_valid_branch() -> None:
+    text = re.search(r"```yaml\n(events:.*?)```", section("Branches"), re.DOTALL).group(1)
+    exits = "".join(f"  {name}: {{type: exit}}\n"
+                    for name in ["big_team", "enterprise", "pricing", "emea", "standard", "stop"])
+    plan = validate_plan("name: t\nstart: intro\n" + text + exits)
+    assert [branch.to for branch in plan.node("route").branches] == [
+        "big_team", "enterprise", "pricing", "emea"]
+    assert plan.node("route").default == "standard"

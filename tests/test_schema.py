@@ -60,3 +60,23 @@ def test_db_init_adds_columns_a_newer_version_introduced(any_db: peewee.Database
         assert "exit_reason" in {c.name for c in any_db.get_columns("enrollment")}
         assert "visit_version" in {c.name for c in any_db.get_columns("scheduled_action")}
         assert models.Tenant.get_by_id("acme")
+
+
+def test_db_init_drops_the_indexes_that_repeat_a_unique_one(any_db: peewee.Database) -> None:
+    # Given a database of an earlier version: three foreign keys indexed on their own,
+    # though each is the first column of a unique index on its table
+    redundant = {"contact": ("contact_tenant_id", "tenant_id"),
+                 "node_visit": ("node_visit_enrollment_id", "enrollment_id"),
+                 "scheduled_action": ("scheduled_action_enrollment_id", "enrollment_id")}
+    with any_db.connection_context():
+        for table, (index, column) in redundant.items():
+            any_db.execute_sql(f'CREATE INDEX "{index}" ON "{table}" ("{column}")')
+        assert models.missing_schema(any_db) == sorted(
+            f"index {index}" for index, _ in redundant.values())
+    # When `outreach db init` runs
+    models.create_schema(any_db)
+    # Then they are gone and nothing else is missing
+    with any_db.connection_context():
+        for table, (index, _) in redundant.items():
+            assert index not in {found.name for found in any_db.get_indexes(table)}
+        assert models.missing_schema(any_db) == []

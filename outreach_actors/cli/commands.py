@@ -10,11 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import click
+from peewee import fn as peewee_fn
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
+from outreach_actors.cli.paging import Page, page_of, paging_options
 from outreach_actors.domain.store import models
 from outreach_actors.settings import SettingsError, get_settings
 from outreach_actors.web.app import (
@@ -44,6 +46,13 @@ def _labelled(label: str, style: str, message: str) -> Text:
 def _cells(*values: object) -> list[Text]:
     """A table row's cells, each shown literally."""
     return [Text(str(value)) for value in values]
+
+
+def _print_page(table: Table, page: Page, noun: str) -> None:
+    """A page of a list: its table, then the line saying how many more there are."""
+    console.print(table)
+    if footer := page.footer(noun):
+        console.print(Text(footer, style="dim"))
 
 
 def _database():
@@ -253,17 +262,19 @@ def plan_migrate(plan_name: str, tenant: str, to_version: int, mappings: tuple[s
 
 @plan.command("list")
 @_tenant_option(required=False)
-def plan_list(tenant: str | None) -> None:
+@paging_options
+def plan_list(tenant: str | None, limit: int, offset: int) -> None:
     """List stored plans and their versions."""
     _open_database()
     query = models.Plan.select().order_by(models.Plan.tenant, models.Plan.name, models.Plan.version)
     if tenant:
         query = query.where(models.Plan.tenant == tenant)
+    page = page_of(query, limit=limit, offset=offset)
     table = Table("tenant", "plan", "version", "nodes", "enrollments")
-    for row in query:
+    for row in page.rows:
         table.add_row(*_cells(row.tenant_id, row.name, row.version, len(row.definition["nodes"]),
                               row.enrollments.count()))
-    console.print(table)
+    _print_page(table, page, "plans")
 
 
 @plan.command("test")
@@ -325,12 +336,15 @@ def tenant_name(tenant_id: str, name: str) -> None:
 
 
 @tenant.command("list")
-def tenant_list() -> None:
+@paging_options
+def tenant_list(limit: int, offset: int) -> None:
+    """List tenants and their names."""
     _open_database()
+    page = page_of(models.Tenant.select().order_by(models.Tenant.id), limit=limit, offset=offset)
     table = Table("tenant", "name")
-    for row in models.Tenant.select().order_by(models.Tenant.id):
+    for row in page.rows:
         table.add_row(*_cells(row.id, row.name))
-    console.print(table)
+    _print_page(table, page, "tenants")
 
 
 @main.group()
@@ -508,11 +522,13 @@ def stats(plan_name: str | None, tenant: str | None, as_json: bool, experiments:
     paused, converted (reached a goal after last being there); then per plan: enrolled,
     converted and the conversion rate (JSON: plan_enrolled, plan_converted, conversion_rate)."""
     from outreach_actors.domain.stats import funnel
+    from outreach_actors.domain.store.counters import fold_counts
 
-    _open_database()
+    database = _open_database()
     if experiments:
         _print_experiments(plan_name, tenant, as_json)
         return
+    fold_counts(database)  # the workers do it each minute; none may be running
     rows = funnel(plan_name=plan_name, tenant_id=tenant)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -527,19 +543,23 @@ def stats(plan_name: str | None, tenant: str | None, as_json: bool, experiments:
 @main.command()
 @click.option("--plan", "plan_name", default=None)
 @_tenant_option(required=False)
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@paging_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def failures(plan_name: str | None, tenant: str | None, limit: int, as_json: bool) -> None:
+def failures(plan_name: str | None, tenant: str | None, limit: int, offset: int,
+             as_json: bool) -> None:
     """Contacts whose enrollment failed, newest first, with why (the `failed` of stats)."""
+    from outreach_actors.domain.stats import count_failures
     from outreach_actors.domain.stats import failures as failed_enrollments
 
     _open_database()
-    rows = failed_enrollments(plan_name=plan_name, tenant_id=tenant, limit=limit)
+    rows = failed_enrollments(plan_name=plan_name, tenant_id=tenant, limit=limit, offset=offset)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     print_sending_policy(tenant)
-    if not rows:
+    page = Page.of(rows, limit=limit, offset=offset,
+                   count=lambda: count_failures(plan_name=plan_name, tenant_id=tenant))
+    if not rows and not offset:
         console.print("no failed enrollments")
         return
     keys = ["at", "tenant", "plan", "node", "contact"] if len({r["tenant"] for r in rows}) > 1 \
@@ -547,7 +567,7 @@ def failures(plan_name: str | None, tenant: str | None, limit: int, as_json: boo
     table = Table(*keys, "reason")
     for row in rows:
         table.add_row(*_cells(*(row[key] for key in keys), row["reason"]))
-    console.print(table)
+    _print_page(table, page, "failed enrollments")
 
 
 def _print_experiments(plan_name: str | None, tenant: str | None, as_json: bool) -> None:
@@ -609,16 +629,20 @@ def suppressions() -> None:
 
 @suppressions.command("list")
 @_tenant_option(required=False)
-def suppressions_list(tenant: str | None) -> None:
+@paging_options
+def suppressions_list(tenant: str | None, limit: int, offset: int) -> None:
+    """Suppressed addresses, oldest first."""
     _open_database()
-    query = models.Suppression.select().order_by(models.Suppression.created_at)
+    query = models.Suppression.select().order_by(models.Suppression.created_at,
+                                                 models.Suppression.id)
     if tenant:
         query = query.where(models.Suppression.tenant == tenant)
+    page = page_of(query, limit=limit, offset=offset)
     table = Table("tenant", "channel", "address", "reason", "source", "since")
-    for row in query:
+    for row in page.rows:
         table.add_row(*_cells(row.tenant_id, row.channel, row.value, row.reason, row.source or "",
                               row.created_at.isoformat(timespec="seconds")))
-    console.print(table)
+    _print_page(table, page, "suppressions")
 
 
 @suppressions.command("add")
@@ -704,18 +728,23 @@ def webhooks_replay(delivery_id: int) -> None:
 @webhooks.command("list")
 @click.option("--status", default=None,
               type=click.Choice(["received", "processed", "failed"]))
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
-def webhooks_list(status: str | None, limit: int) -> None:
+@paging_options
+def webhooks_list(status: str | None, limit: int, offset: int) -> None:
     """The newest deliveries (`webhooks show ID` has one in full)."""
     _open_database()
-    query = models.WebhookDelivery.select().order_by(models.WebhookDelivery.id.desc()).limit(limit)
+    delivery = models.WebhookDelivery
+    # The body's size, not the body: a page of deliveries stays small whatever they hold.
+    query = delivery.select(delivery.id, delivery.received_at, delivery.status, delivery.error,
+                            peewee_fn.LENGTH(delivery.body).alias("size")
+                            ).order_by(delivery.id.desc())
     if status:
-        query = query.where(models.WebhookDelivery.status == status)
+        query = query.where(delivery.status == status)
+    page = page_of(query, limit=limit, offset=offset)
     table = Table("id", "received", "status", "bytes", "error")
-    for row in query:
+    for row in page.rows:
         table.add_row(*_cells(row.id, row.received_at.isoformat(timespec="seconds"), row.status,
-                              len(row.body), (row.error or "")[:80]))
-    console.print(table)
+                              row.size, (row.error or "")[:80]))
+    _print_page(table, page, "deliveries")
 
 
 @webhooks.command("show")
@@ -1195,19 +1224,24 @@ def replies() -> None:
 @replies.command("list")
 @click.option("--status", default=None, type=click.Choice(
     ["received", "processed", "failed", "unmatched", "ignored", "duplicate"]))
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
-def replies_list(status: str | None, limit: int) -> None:
+@paging_options
+def replies_list(status: str | None, limit: int, offset: int) -> None:
     """The newest posts (`replies show ID` has one in full)."""
     _open_database()
-    query = models.InboundPost.select().order_by(models.InboundPost.id.desc()).limit(limit)
+    # Every column but the raw body: a page must not read megabytes of mail.
+    query = (models.InboundPost.select(*(field for field in models.InboundPost._meta.sorted_fields
+                                         if field is not models.InboundPost.body))
+             .order_by(models.InboundPost.id.desc()))
     if status:
         query = query.where(models.InboundPost.status == status)
+    rows = list(query.limit(limit).offset(offset))
+    page = Page.of(rows, limit=limit, offset=offset, count=query.count)
     table = Table("id", "received", "status", "kind", "from", "message", "forward", "note")
-    for row in query:
+    for row in rows:
         table.add_row(*_cells(row.id, row.received_at.isoformat(timespec="seconds"), row.status,
                               row.kind or "", row.from_email or "", row.message_id or "",
                               row.forward_status or "", (row.note or "")[:60]))
-    console.print(table)
+    _print_page(table, page, "inbound posts")
 
 
 @replies.command("show")

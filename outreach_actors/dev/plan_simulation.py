@@ -22,18 +22,21 @@ The database is SQLite in memory, bound only while a scenario runs.
 from __future__ import annotations
 
 import calendar
+import json
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from outreach_actors.dev.standin import AcceptedMessage
 from outreach_actors.dev.standin import new_message_id as new_x_message_id
 from outreach_actors.dev.webhook_events import EVENT_KINDS, events_for, webhook_body
 from outreach_actors.domain import dispatch, engine, ingest, timers
+from outreach_actors.domain.goals import GOAL_REASON_PREFIX
+from outreach_actors.domain.host_events import TrackError, track
 from outreach_actors.domain.mail import (
     order_message_id,
     render_for_send_many,
@@ -65,8 +68,10 @@ NOTHING = "nothing"
 #: mail for ever); the simulation stops it with an error instead of hanging.
 MAX_ACTIONS = 1_000
 
-# A step: "[at +DURATION] EVENT". Durations: 30s, 15m, 1h, 2d, 1w, or ISO-8601 (PT1H).
-_STEP = re.compile(r"\s*(?:at\s+\+\s*(?P<offset>\S+)\s+)?(?P<event>[a-z_]+)\s*", re.IGNORECASE)
+# A step: "[at +DURATION] EVENT [PROPERTIES]". Durations: 30s, 15m, 1h, 2d, 1w, or ISO-8601
+# (PT1H); properties (of a host event) a JSON object.
+_STEP = re.compile(r"\s*(?:at\s+\+\s*(?P<offset>\S+)\s+)?(?P<event>[A-Za-z][A-Za-z0-9_.:-]*)"
+                   r"(?:\s+(?P<properties>\{.*\}))?\s*", re.DOTALL)
 _SHORT_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 # The SendGrid event kind a step's name stands for: SendGrid's own names (and the
@@ -110,7 +115,7 @@ class SimulationResult:
     #: The route taken at each routing node entered, by node (a split's arm, or "holdout").
     routes: dict[str, str]
     emails: list[SimulatedEmail]
-    #: active, completed, exited or failed.
+    #: active, completed, exited, failed, or converted (a goal reached: see ``goal``).
     status: str
     exit_reason: str | None
     #: The node the contact is at when the script ended.
@@ -118,6 +123,17 @@ class SimulationResult:
     #: Virtual time when the contact was enrolled, and when the script ended.
     started_at: datetime
     ended_at: datetime
+
+    @property
+    def converted(self) -> bool:
+        """Whether the contact reached one of the plan's goals."""
+        return self.status == Enrollment.CONVERTED
+
+    @property
+    def goal(self) -> str | None:
+        """The event of the goal the contact reached (``purchased``), if it reached one."""
+        return self.exit_reason.removeprefix(GOAL_REASON_PREFIX) if self.converted and \
+            self.exit_reason else None
 
     def email(self, node: str) -> SimulatedEmail:
         """The (first) email sent from ``node``; KeyError naming what was sent if none."""
@@ -156,18 +172,46 @@ class VirtualClock:
         return self.now
 
 
-def parse_step(step: str) -> tuple[timedelta | None, str]:
-    """``"at +2d opened"`` -> (2 days, "opened"); ``"clicked"`` -> (None, "clicked")."""
+def parse_step(step: str, host_events: Collection[str] = ()) -> Step:
+    """``"at +2d opened"`` -> (2 days, "opened", None); ``"clicked"`` -> (None, "clicked",
+    None); ``'at +1d purchased {"amount": 120}'`` -> (1 day, "purchased", {"amount": 120})
+    when ``purchased`` is one of the plan's ``host_events``."""
     match = _STEP.fullmatch(step) if isinstance(step, str) else None
     if match is None:
-        raise SimulationError(f"step {step!r}: expected '[at +DURATION] EVENT', "
-                              "e.g. 'at +1h opened' or 'at +2d nothing'")
+        raise SimulationError(f"step {step!r}: expected '[at +DURATION] EVENT', e.g. 'at +1h "
+                              "opened', 'at +2d nothing' or 'at +1d purchased {\"amount\": 120}'")
+    offset = None if match["offset"] is None else _duration(step, match["offset"])
+    if match["event"] in host_events:  # the plan's own names, case and all
+        return Step(offset, match["event"], _properties(step, match["properties"]))
     event = match["event"].lower()
     if event != NOTHING and event not in _KIND_OF:
-        raise SimulationError(f"step {step!r}: unknown event {event!r}; known: "
-                              f"{', '.join(sorted([NOTHING, *_KIND_OF]))}")
-    offset = match["offset"]
-    return (None if offset is None else _duration(step, offset)), event
+        raise SimulationError(f"step {step!r}: unknown event {match['event']!r}; known: "
+                              f"{', '.join(sorted([NOTHING, *_KIND_OF, *host_events]))}")
+    if match["properties"] is not None:
+        raise SimulationError(f"step {step!r}: only a host event (the plan's `events:`) "
+                              "takes properties")
+    return Step(offset, event, None)
+
+
+class Step(NamedTuple):
+    """One parsed step: when (after the enrollment; None: at once), what, and the
+    properties of a host event (None for SendGrid's events)."""
+
+    offset: timedelta | None
+    event: str
+    properties: dict[str, Any] | None
+
+
+def _properties(step: str, text: str | None) -> dict[str, Any]:
+    if text is None:
+        return {}
+    try:
+        properties = json.loads(text)
+    except ValueError as exc:
+        raise SimulationError(f"step {step!r}: the properties are not JSON: {exc}") from None
+    if not isinstance(properties, dict):
+        raise SimulationError(f"step {step!r}: the properties are a JSON object")
+    return properties
 
 
 def _duration(step: str, text: str) -> timedelta:
@@ -272,7 +316,7 @@ class PlanSimulator:
         after the enrollment, when later) fire in order. Returns where the contact went.
         """
         email, fields, timezone = _contact_parts(contact)
-        steps = [parse_step(step) for step in events]
+        steps = [parse_step(step, self.plan.events) for step in events]
         clock = VirtualClock(self.start)
         provider = RecordingProvider(clock)
         with self._bound(clock):
@@ -283,13 +327,19 @@ class PlanSimulator:
             except engine.EnrollmentError as exc:
                 raise SimulationError(f"contact {email!r:.80}: {exc}") from None
             self._advance(clock, clock.now, provider)
-            for step, (offset, event) in zip(events, steps, strict=True):
+            for step, (offset, event, properties) in zip(events, steps, strict=True):
                 at = clock.now if offset is None else self.start + offset
                 if at < clock.now:
                     raise SimulationError(f"step {step!r} is earlier than the step before it "
                                           f"(+{clock.now - self.start}); steps go forward in time")
                 self._advance(clock, at, provider)
-                if event != NOTHING:
+                if properties is not None:  # the host app's track(), as it calls it
+                    try:
+                        track(self.tenant, email, event, properties, now=clock.now)
+                    except TrackError as exc:
+                        raise SimulationError(f"step {step!r}: {exc}") from None
+                    self._advance(clock, clock.now, provider)
+                elif event != NOTHING:
                     self._report(event, step, provider, clock)
                     self._advance(clock, clock.now, provider)
             if until is not None and self.start + until > clock.now:
@@ -389,8 +439,8 @@ def run_script(plan: PlanSpec | Mapping[str, Any] | str | Path, script: Mapping[
                templates_dir: str | Path | None = None) -> Iterable[tuple[SimulationResult, list[str]]]:
     """Run a script (``outreach plan test``): ``contacts``, each with ``email``, optional
     ``fields``, ``timezone``, ``events`` (steps), ``until`` (a duration) and ``expect``
-    (``path``, ``status``, ``routes``, ``subjects``); yields each result with the
-    expectations it failed."""
+    (``path``, ``status``, ``exit_reason``, ``converted``, ``routes``, ``subjects``);
+    yields each result with the expectations it failed."""
     contacts = script.get("contacts") if isinstance(script, Mapping) else None
     if not isinstance(contacts, list) or not contacts:
         raise SimulationError("a script is a mapping with `contacts`: a list of "
@@ -413,7 +463,8 @@ def run_script(plan: PlanSpec | Mapping[str, Any] | str | Path, script: Mapping[
 
 def _unmet(result: SimulationResult, expect: Mapping[str, Any]) -> list[str]:
     actual = {"path": result.path, "status": result.status, "routes": result.routes,
-              "subjects": [email.subject for email in result.emails]}
+              "subjects": [email.subject for email in result.emails],
+              "exit_reason": result.exit_reason, "converted": result.converted}
     unknown = sorted(set(expect) - set(actual))
     problems = [f"expect.{key}: unknown; expect takes {', '.join(actual)}" for key in unknown]
     return problems + [f"expected {key} {value!r}, got {actual[key]!r}"

@@ -4,7 +4,8 @@ A condition is a Jinja2 expression, compiled when the plan is validated and run 
 the project's bounded template sandbox (``rendering.sandbox``): the operators that
 could build a huge value are checked first, private attributes are refused, and no
 global (``range``, ``lipsum``...) exists. It may name two things: ``event`` (the host
-event's properties) and ``contact`` (the contact's fields, with ``email``).
+event's properties; at a branch node, the event that brought the contact: see
+branches.py) and ``contact`` (the contact's fields, with ``email``).
 
     condition = compile_condition("event.amount >= 100", "nodes.x.transitions[0].if")
     evaluate(condition, event={"amount": 120}, contact={})      # True

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import peewee
 
-from outreach_actors.domain import goals, notifications
+from outreach_actors.domain import branches, goals, notifications
 from outreach_actors.domain.addresses import address_key, normalized_address
 from outreach_actors.domain.blackouts import tenant_blackouts
 from outreach_actors.domain.plan_events import has_goal
@@ -49,6 +49,8 @@ from outreach_actors.settings import get_settings
 logger = logging.getLogger(__name__)
 
 MAX_MOVE_ATTEMPTS = 5
+#: What a branch's conditions see as the event that moved each enrollment, by its id.
+EventData = Mapping[int, Mapping[str, Any]]
 #: What enroll does when the contact is in the plan already: raise AlreadyEnrolled,
 #: or return the existing enrollment.
 IF_ENROLLED = ("raise", "skip")
@@ -192,19 +194,22 @@ def enter_start(enrollments: Sequence[Enrollment], plan: PlanSpec, *, now: datet
 
 def _enter(
     enrollments: Sequence[Enrollment], plan: PlanSpec, node_name: str, *,
-    via_event: str | None, now: datetime,
+    via_event: str | None, now: datetime, event_data: EventData | None = None,
 ) -> None:
     """Record the visits and create what the node needs (send, timers, completion).
 
     ``enrollments`` have just entered ``node_name`` of ``plan`` at their current
     version: one, or a batch that moved together (the same statements either way).
+    ``event_data``: what a branch's conditions see as the event that brought each one
+    (by enrollment id; ``{"type": via_event}`` for one not given).
     """
     if not enrollments:
         return
     node = plan.node(node_name)
-    # A routing node (a split) sends each contact on at once: its route goes on the visit.
+    # A routing node (split, branch) sends each contact on at once: its route goes on the visit.
     router = ROUTING_TYPES.get(node.type)
-    routes = router.routes(plan, node_name, enrollments) if router else {}
+    routes = router.routes(plan, node_name, enrollments,
+                           _event_views(enrollments, via_event, event_data)) if router else {}
     insert_rows(NodeVisit, [
         {"enrollment": enrollment.id, "node": node_name, "via_event": via_event,
          "entered_at": now, "version": enrollment.version,
@@ -231,7 +236,8 @@ def _enter(
             for enrollment in enrollments
         ])
     elif router:
-        _follow_routes(enrollments, plan, routes, via_event=via_event, now=now)
+        _follow_routes(enrollments, plan, routes, via_event=via_event, now=now,
+                       event_data=event_data)
     else:
         ids = [enrollment.id for enrollment in enrollments]
         Enrollment.update(status=Enrollment.COMPLETED, updated_at=now).where(
@@ -239,6 +245,13 @@ def _enter(
         ).execute()
         notifications.record(notifications.EXITED, ids, reason="completed", now=now)
         logger.info("Completed enrollment=%s at node=%s", ",".join(map(str, ids)), node_name)
+
+
+def _event_views(enrollments: Sequence[Enrollment], via_event: str | None,
+                 event_data: EventData | None) -> dict[int, Mapping[str, Any]]:
+    default = branches.event_view(via_event) if via_event else {}
+    return {enrollment.id: (event_data or {}).get(enrollment.id, default)
+            for enrollment in enrollments}
 
 
 class _Routed(NamedTuple):
@@ -252,7 +265,7 @@ class _Routed(NamedTuple):
 
 def _follow_routes(enrollments: Sequence[Enrollment], plan: PlanSpec,
                    routes: dict[int, tuple[str, str | None]], *, via_event: str | None,
-                   now: datetime) -> None:
+                   now: datetime, event_data: EventData | None) -> None:
     """Move enrollments that just entered a routing node on, each along its route (see
     routing.ROUTING_TYPES), in the same transaction: a move per next node, and the exits in one."""
     by_target: dict[str | None, list[Enrollment]] = defaultdict(list)
@@ -283,7 +296,7 @@ def _follow_routes(enrollments: Sequence[Enrollment], plan: PlanSpec,
             else:
                 moved.append(_Routed(enrollment.id, enrollment.contact_id, enrollment.version + 1,
                                      getattr(enrollment, "tenant_id", None)))
-        _enter(moved, plan, target, via_event=via_event, now=now)
+        _enter(moved, plan, target, via_event=via_event, now=now, event_data=event_data)
 
 
 def _contact_zones(enrollments: Sequence[Enrollment]) -> dict[int, str | None]:
@@ -336,6 +349,7 @@ def process_event(
     visit_version: int | None = None,
     now: datetime | None = None,
     enrollment: Enrollment | None = None,
+    event_data: Mapping[str, Any] | None = None,
 ) -> bool:
     """Take the current node's first transition on ``event``; True if the enrollment moved.
 
@@ -343,6 +357,7 @@ def process_event(
     email or timer produced it): an event from a node the enrollment has left is
     stale and moves nothing. ``enrollment`` may pass the row just read, to save a
     query; if it is stale, the version check catches it and the row is read again.
+    ``event_data``: what a branch entered on it sees as ``event`` (branches.event_view).
     """
     now = now or utcnow()
     for _ in range(MAX_MOVE_ATTEMPTS):
@@ -359,7 +374,8 @@ def process_event(
         plan = plan_for_id(enrollment.plan_id)
         if plan.transition_for(from_node, event) is None and not has_goal(plan.goals, event):
             return False
-        if move_on_event([enrollment], event, now=now):
+        if move_on_event([enrollment], event, now=now, event_data=(
+                None if event_data is None else {enrollment.id: event_data})):
             logger.info("Moved enrollment=%s from=%s to=%s on=%s",
                         enrollment.id, from_node, enrollment.current_node, event)
             return True
@@ -368,7 +384,8 @@ def process_event(
 
 
 def move_on_event(enrollments: Sequence[Enrollment], event: str, *,
-                  now: datetime | None = None) -> list[Enrollment]:
+                  now: datetime | None = None,
+                  event_data: EventData | None = None) -> list[Enrollment]:
     """Move each enrollment on ``event`` from the node it is at, as read; returns the
     ones that moved, updated in place.
 
@@ -376,7 +393,8 @@ def move_on_event(enrollments: Sequence[Enrollment], event: str, *,
     version) IN`` per (plan, node), then the left node's cancellations and the new
     node's actions in bulk. An enrollment another writer moved since it was read
     fails its version check and stays (the caller decides whether to read it again).
-    Each enrollment must appear once.
+    Each enrollment must appear once. ``event_data``: what a branch entered on the move
+    sees as ``event``, by enrollment id (see _enter).
     """
     now = now or utcnow()
     groups: dict[tuple[int, str], list[Enrollment]] = defaultdict(list)
@@ -394,16 +412,18 @@ def move_on_event(enrollments: Sequence[Enrollment], event: str, *,
             transition = plan.transition_for(from_node, event)
             if transition is None:
                 continue
-            moved.extend(_move_group(plan, from_node, group, transition.to, event, now))
+            moved.extend(_move_group(plan, from_node, group, transition.to, event, now,
+                                     event_data))
     return moved
 
 
 def move_to(moves: Sequence[tuple[Enrollment, str]], event: str, *,
-            now: datetime | None = None) -> list[Enrollment]:
+            now: datetime | None = None,
+            event_data: EventData | None = None) -> list[Enrollment]:
     """Move each enrollment to the node paired with it (a transition chosen by the
     caller, e.g. on a condition), from the node it is at as read; returns the ones
     that moved, updated in place. Version-guarded as move_on_event; each enrollment
-    must appear once."""
+    must appear once. ``event_data`` as for move_on_event (a host event's properties)."""
     now = now or utcnow()
     groups: dict[tuple[int, str, str], list[Enrollment]] = defaultdict(list)
     for enrollment, target in moves:
@@ -412,12 +432,13 @@ def move_to(moves: Sequence[tuple[Enrollment, str]], event: str, *,
     moved: list[Enrollment] = []
     with _transaction():
         for (plan_id, from_node, target), group in sorted(groups.items()):
-            moved.extend(_move_group(plan_for_id(plan_id), from_node, group, target, event, now))
+            moved.extend(_move_group(plan_for_id(plan_id), from_node, group, target, event, now,
+                                     event_data))
     return moved
 
 
 def _move_group(plan: PlanSpec, from_node: str, group: list[Enrollment], target: str,
-                event: str, now: datetime) -> list[Enrollment]:
+                event: str, now: datetime, event_data: EventData | None) -> list[Enrollment]:
     """Move enrollments that were read at ``from_node`` to ``target``; the winners."""
     group.sort(key=lambda enrollment: enrollment.id)
     won = {
@@ -437,7 +458,7 @@ def _move_group(plan: PlanSpec, from_node: str, group: list[Enrollment], target:
     for enrollment in winners:
         enrollment.current_node, enrollment.version = target, enrollment.version + 1
         enrollment.node_entered_at = enrollment.updated_at = now
-    _enter(winners, plan, target, via_event=event, now=now)
+    _enter(winners, plan, target, via_event=event, now=now, event_data=event_data)
     return winners
 
 

@@ -2,9 +2,10 @@
 
 For every split node of a plan, each arm (and the holdout) gets the number of
 contacts that entered it and, of those, how many were sent an email after the split,
-had one delivered, opened, clicked (and replied, and converted, where the engine
-knows those), each as a rate. Every rate of an arm is compared with the first arm's:
-a two-proportion test's p-value and a 95% interval on the difference of the rates.
+had one delivered, opened, clicked (and replied, where the engine knows replies) and,
+for a plan with goals, converted (the holdout's too), each as a rate. Every rate of an
+arm is compared with the first arm's: a two-proportion test's p-value and a 95%
+interval on the difference of the rates.
 The unit is the contact (the enrollment), not the email: contacts are independent,
 emails of one contact are not.
 """
@@ -46,11 +47,15 @@ CONFIDENCE = 0.95
 _CHUNK = 1000
 
 
-def converted_enrollments(enrollment_ids: Collection[int]) -> set[int] | None:
-    """HOOK for plan goals: of these enrollments, those that reached one of the plan's
-    goals (converted). None while the engine has no goals: the `converted` column is then
-    left out. Holdout enrollments must be counted too (the lift the emails made)."""
-    return None
+def converted_enrollments(enrollment_ids: Collection[int]) -> set[int]:
+    """Of these enrollments, those that reached one of the plan's goals (converted),
+    the holdout's included: a goal converts a holdout enrollment too (goals.py)."""
+    converted: set[int] = set()
+    for chunk in chunked(sorted(enrollment_ids), _CHUNK):
+        converted.update(enrollment_id for (enrollment_id,) in Enrollment.select(Enrollment.id)
+                         .where(Enrollment.id.in_(chunk),
+                                Enrollment.status == Enrollment.CONVERTED).tuples())
+    return converted
 
 
 @dataclass(frozen=True)
@@ -110,8 +115,12 @@ def experiment_results(*, plan_name: str | None = None,
     if tenant_id:
         plans = plans.where(Plan.tenant == tenant_id)
     splits: dict[tuple[str, str, str], list[str]] = {}
+    with_goals: set[tuple[str, str]] = set()  # (tenant, plan): a version has goals
     for row in plans.order_by(Plan.version):
-        for node_name, node in plan_for(row).nodes.items():
+        plan = plan_for(row)
+        if plan.goals:
+            with_goals.add((row.tenant_id, row.name))
+        for node_name, node in plan.nodes.items():
             if node.type == "split":
                 names = splits.setdefault((row.tenant_id, row.name, node_name), [])
                 names += [name for name in arm_names(node) if name not in names]
@@ -121,15 +130,16 @@ def experiment_results(*, plan_name: str | None = None,
         arms = [*arms, *sorted(set(members) - set(arms) - {HOLDOUT})]
         if HOLDOUT in members:
             arms.append(HOLDOUT)
+        columns = experiment_columns(goals=(tenant, name) in with_goals)
         results.append({"tenant": tenant, "plan": name, "node": node,
-                        "columns": experiment_columns(), "arms": _arm_rows(arms, members)})
+                        "columns": columns, "arms": _arm_rows(arms, members, columns)})
     return results
 
 
-def experiment_columns() -> list[str]:
-    """The counted columns, in order: sent, the provider events, converted (with goals)."""
-    return ["sent", *EXPERIMENT_EVENTS,
-            *(["converted"] if converted_enrollments(()) is not None else [])]
+def experiment_columns(*, goals: bool) -> list[str]:
+    """The counted columns, in order: sent, the provider events, and converted for a
+    plan with goals (without, nobody converts: a column of zeros)."""
+    return ["sent", *EXPERIMENT_EVENTS, *(["converted"] if goals else [])]
 
 
 def _arm_members(tenant: str, plan_name: str, node: str) -> dict[str, dict[int, Any]]:
@@ -146,8 +156,8 @@ def _arm_members(tenant: str, plan_name: str, node: str) -> dict[str, dict[int, 
     return members
 
 
-def _arm_rows(arms: list[str], members: dict[str, dict[int, Any]]) -> list[dict[str, Any]]:
-    columns = experiment_columns()
+def _arm_rows(arms: list[str], members: dict[str, dict[int, Any]],
+              columns: list[str]) -> list[dict[str, Any]]:
     counts = {arm: _counts(members.get(arm, {}), columns) for arm in arms}
     rows = []
     reference = arms[0] if arms and arms[0] != HOLDOUT else None
@@ -195,7 +205,6 @@ def _counts(entered: dict[int, Any], columns: list[str]) -> dict[str, int]:
             .distinct().tuples()
         ):
             reached[event_type].add(messages[message_id])
-    converted = converted_enrollments(ids)
-    if converted is not None:
-        reached["converted"] = set(converted) & set(ids)
+    if "converted" in columns:
+        reached["converted"] = converted_enrollments(ids)
     return {column: len(reached[column]) for column in columns}

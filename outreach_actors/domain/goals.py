@@ -1,5 +1,11 @@
 """Goals: a plan's ``goals:`` end an enrollment from any node as converted (its timers
-and sends cancelled, so no further email goes), and the conversion figures of stats."""
+and sends cancelled, so no further email goes), and the conversion figures of stats.
+
+A split's holdout contacts left the plan at once, unmailed; a goal they reach later
+still converts them (``convertible``), so that an experiment shows the conversions
+the emails did not cause. Kept as an ended enrollment rather than a live one that only
+a goal could end: nothing waits, nothing is held, and a plan without goals is unchanged.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +16,25 @@ from datetime import datetime
 import peewee
 
 from outreach_actors.domain import notifications
+from outreach_actors.domain.splits import HOLDOUT_EXIT_REASON
 from outreach_actors.domain.store.models import Enrollment, ScheduledAction
 
 logger = logging.getLogger(__name__)
 
 #: The exit reason of a converted enrollment: ``goal:<event>``.
 GOAL_REASON_PREFIX = "goal:"
+
+
+def convertible() -> peewee.Expression:
+    """The enrollments a goal may still convert: live ones, and a split's holdout."""
+    return (Enrollment.status.in_(Enrollment.LIVE)
+            | ((Enrollment.status == Enrollment.EXITED)
+               & (Enrollment.exit_reason == HOLDOUT_EXIT_REASON)))
+
+
+def _convertible(enrollment: Enrollment) -> bool:
+    return enrollment.status in Enrollment.LIVE or (
+        enrollment.status == Enrollment.EXITED and enrollment.exit_reason == HOLDOUT_EXIT_REASON)
 
 
 def convert(enrollments: Sequence[Enrollment], event: str, *, now: datetime) -> list[Enrollment]:
@@ -25,8 +44,9 @@ def convert(enrollments: Sequence[Enrollment], event: str, *, now: datetime) -> 
 
     Call inside a transaction: the conversion and the cancellations commit together.
     """
-    # A paused enrollment converts too: the contact did what the plan was for.
-    active = sorted((e for e in enrollments if e.status in Enrollment.LIVE), key=lambda e: e.id)
+    # A paused enrollment converts too: the contact did what the plan was for; and a
+    # holdout one, which the plan never mailed (see the module's docstring).
+    active = sorted((e for e in enrollments if _convertible(e)), key=lambda e: e.id)
     if not active:
         return []
     reason = GOAL_REASON_PREFIX + event
@@ -36,7 +56,7 @@ def convert(enrollments: Sequence[Enrollment], event: str, *, now: datetime) -> 
                           version=Enrollment.version + 1, updated_at=now)
         .where(peewee.Tuple(Enrollment.id, Enrollment.version)
                .in_([(enrollment.id, enrollment.version) for enrollment in active]),
-               Enrollment.status.in_(Enrollment.LIVE))
+               convertible())
         .returning(Enrollment.id).tuples().execute()
     }
     if not won:

@@ -238,11 +238,11 @@ def _process(events: list[HostEvent], now: datetime) -> dict[int, int]:
 
 
 def _live_enrollments(contact_ids: list[int], *, only: set[int] | None = None) -> list[Enrollment]:
+    # Live ones, and a split's holdout, which a goal may still convert (goals.py).
     query = Enrollment.select(
         Enrollment.id, Enrollment.plan, Enrollment.contact, Enrollment.status,
-        Enrollment.current_node, Enrollment.version,
-    ).where(Enrollment.contact.in_(contact_ids),
-            Enrollment.status.in_(Enrollment.LIVE))
+        Enrollment.current_node, Enrollment.version, Enrollment.exit_reason,
+    ).where(Enrollment.contact.in_(contact_ids), goals.convertible())
     if only is not None:
         query = query.where(Enrollment.id.in_(sorted(only)))
     return list(query)
@@ -274,7 +274,9 @@ def _apply(enrollments: list[Enrollment], contacts: dict[int, Contact],
     for name, group in sorted(converts.items()):
         won |= {e.id for e in goals.convert(group, name, now=now)}
     for name, pairs in sorted(moves.items()):
-        won |= {e.id for e in engine.move_to(pairs, name, now=now)}
+        # A branch the move leads to reads the event's properties as ``event``.
+        won |= {e.id for e in engine.move_to(pairs, name, now=now, event_data={
+            e.id: event_of[e.id].properties or {} for e, _ in pairs})}
     for enrollment_id in won:
         moved[event_of[enrollment_id].id] += 1
     return tried - won

@@ -19,6 +19,7 @@ from peewee import chunked
 
 from outreach_actors.domain import engine
 from outreach_actors.domain.addresses import address_key, normalized_address
+from outreach_actors.domain.branches import event_view
 from outreach_actors.domain.engagement import counts_for_plans
 from outreach_actors.domain.mail import ambiguous
 from outreach_actors.domain.metrics import count
@@ -340,6 +341,7 @@ def handle_message_event(
         visit_version = action.visit_version if action else None
     return engine.process_event(
         message.enrollment_id, event_type, node=message.node, visit_version=visit_version,
+        event_data=event_view(event_type, data),
     )
 
 

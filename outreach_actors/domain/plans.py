@@ -227,8 +227,15 @@ def _asm_group(value: int) -> int:
 AsmGroup = Annotated[int, AfterValidator(_asm_group)]
 
 
+class Branch(_Strict):
+    """One branch of a branch node: taken when its condition holds (conditions.py)."""
+
+    if_: str = Field(alias="if")
+    to: str
+
+
 class Node(_Strict):
-    type: Literal["email", "wait", "exit", "split"]
+    type: Literal["email", "wait", "exit", "split", "branch"]
     subject: str | None = None
     template: str | None = None
     body: str | None = None
@@ -245,6 +252,9 @@ class Node(_Strict):
     asm_group: AsmGroup | None = None
     # Answer the enrollment's previous email: In-Reply-To, References, "Re: <subject>".
     thread: bool = False
+    # Branch nodes (see domain/branches.py): None elsewhere, as a split's fields.
+    branches: list[Branch] | None = None
+    default: str | None = None
 
 
 def _stored(info: ValidationInfo) -> bool:

@@ -1,5 +1,5 @@
 """Routing nodes: the node types that send a contact on the moment it enters (a split's
-arms; a branch's conditions next), described once for validation and for the engine.
+arms, a branch's conditions), described once for validation and for the engine.
 
 Adding a routing type is one entry in ROUTING_TYPES (and its fields on plans.Node):
 plans.py asks this table for its checks, the nodes it leads to, whether it can end the
@@ -12,11 +12,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from outreach_actors.domain import splits
+from outreach_actors.domain import branches, splits
 
-#: A router: (plan, node name, enrollments entering it) -> {enrollment id: (route, next
-#: node, or None to leave the plan with the route as exit reason)}.
-Router = Callable[[Any, str, Sequence[Any]], dict[int, tuple[str, str | None]]]
+#: A router: (plan, node name, enrollments entering it, what each one's conditions see
+#: as ``event`` by enrollment id) -> {enrollment id: (route, next node, or None to leave
+#: the plan with the route as exit reason)}.
+Router = Callable[[Any, str, Sequence[Any], Mapping[int, Mapping[str, Any]]],
+                  dict[int, tuple[str, str | None]]]
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,16 @@ class RoutingType:
 
     #: The plan field that lists its routes (error paths name it).
     field: str
-    #: Faults of one node's own fields, on the raw mapping: (``nodes.NAME``, node, nodes).
+    #: One of those routes, in errors ("arm"); at most how many a node may have; an example.
+    route: str
+    max_routes: int
+    example: str
+    #: What says where its contacts go, in errors ("its arms").
+    ways_out: str
+    #: Every plan field that only this type takes.
+    own_fields: tuple[str, ...]
+    #: The remaining faults of one node of this type, on the raw mapping: (``nodes.NAME``,
+    #: node, nodes); the ones every routing type shares are node_errors'.
     errors: Callable[[str, Mapping[str, Any], Mapping[str, Any]], list[str]]
     #: The nodes its routes name (raw mapping).
     targets: Callable[[Mapping[str, Any]], list[str]]
@@ -36,8 +47,20 @@ class RoutingType:
 
 
 ROUTING_TYPES: dict[str, RoutingType] = {
-    "split": RoutingType(field="arms", errors=splits.split_errors, targets=splits.route_targets,
-                         ends_plan=splits.ends_plan, routes=splits.split_routes),
+    "split": RoutingType(field="arms", route="arm", max_routes=splits.MAX_ARMS,
+                         example="arms: [{weight: 50, to: a}, {weight: 50, to: b}]",
+                         ways_out="its arms", own_fields=("arms", "holdout"),
+                         errors=splits.split_errors, targets=splits.route_targets,
+                         ends_plan=splits.ends_plan,
+                         # A split's arm is the contact's alone: the event plays no part.
+                         routes=lambda plan, node, enrollments, _events:
+                         splits.split_routes(plan, node, enrollments)),
+    "branch": RoutingType(field="branches", route="branch", max_routes=branches.MAX_BRANCHES,
+                          example="branches: [{if: \"contact.tier == 'pro'\", to: pro}]",
+                          ways_out="its branches and default", own_fields=("branches", "default"),
+                          errors=branches.branch_errors,
+                          targets=branches.route_targets, ends_plan=branches.ends_plan,
+                          routes=branches.branch_routes),
 }
 
 
@@ -47,8 +70,26 @@ def _type_of(node: Any) -> RoutingType | None:
 
 
 def node_errors(base: str, node: Mapping[str, Any], nodes: Mapping[str, Any]) -> list[str]:
-    """Every routing type's faults of one node (each also refuses its fields elsewhere)."""
-    return [error for routing in ROUTING_TYPES.values() for error in routing.errors(base, node, nodes)]
+    """Every routing type's faults of one node: its fields on a node of another type, and
+    on its own nodes transitions, too few or too many routes, and the type's own checks."""
+    errors = []
+    for name, routing in ROUTING_TYPES.items():
+        if node.get("type") != name:
+            if any(node.get(field) is not None for field in routing.own_fields):
+                errors.append(f"{base}: only {name} nodes take {' or '.join(routing.own_fields)}")
+            continue
+        if node.get("transitions"):
+            errors.append(f"{base}.transitions: a {name} node has no transitions; "
+                          f"{routing.ways_out} say where contacts go")
+        routes = node.get(routing.field)
+        if not isinstance(routes, list) or not routes:
+            errors.append(f"{base}.{routing.field}: a {name} node needs at least one "
+                          f"{routing.route}, e.g. {routing.example}")
+        elif len(routes) > routing.max_routes:
+            errors.append(f"{base}.{routing.field}: {len(routes)} {routing.field}; a {name} "
+                          f"node may have at most {routing.max_routes}")
+        errors += routing.errors(base, node, nodes)
+    return errors
 
 
 def targets(node: Mapping[str, Any]) -> list[str]:

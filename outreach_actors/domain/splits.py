@@ -119,22 +119,10 @@ def ends_plan(node: Mapping[str, Any]) -> bool:
 
 
 def split_errors(base: str, node: Mapping[str, Any], nodes: Mapping[str, Any]) -> list[str]:
-    """What is wrong with one node's split fields, each with its path (``base`` is
-    ``nodes.NAME``); the schema reports wrong types and ranges."""
-    node_type = node.get("type")
-    has_split_fields = node.get("arms") is not None or node.get("holdout") is not None
-    if node_type != "split":
-        return [f"{base}: only split nodes take arms or holdout"] if has_split_fields else []
+    """What is wrong with one split node's arms, each with its path (``base`` is
+    ``nodes.NAME``), beyond what routing.node_errors checks of every routing node; the
+    schema reports wrong types and ranges."""
     errors = []
-    if node.get("transitions"):
-        errors.append(f"{base}.transitions: a split node has no transitions; its arms say "
-                      "where contacts go")
-    arms = node.get("arms")
-    if not isinstance(arms, list) or not arms:
-        errors.append(f"{base}.arms: a split node needs at least one arm, "
-                      "e.g. arms: [{weight: 50, to: a}, {weight: 50, to: b}]")
-    elif len(arms) > MAX_ARMS:
-        errors.append(f"{base}.arms: {len(arms)} arms; a split may have at most {MAX_ARMS}")
     names = [arm.get("name") or arm.get("to") for arm in _arms(node)]
     for index, arm in enumerate(_arms(node)):
         target = arm.get("to")

@@ -6,9 +6,17 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import datetime
 
+import peewee
 from peewee import fn
 
 from outreach_actors.domain.engagement import uncounted_events
+from outreach_actors.domain.store.counters import (
+    ANY_OPEN,
+    ENROLLMENT_STATUS,
+    ENTERED,
+    MESSAGE_STATUS,
+)
+from outreach_actors.domain.store.counters import counts as stored_counts
 from outreach_actors.domain.store.models import (
     Contact,
     Enrollment,
@@ -17,7 +25,10 @@ from outreach_actors.domain.store.models import (
     OutboundMessage,
     Plan,
     ScheduledAction,
+    database_proxy,
 )
+from outreach_actors.domain.vocabulary import EventType
+from outreach_actors.settings import get_settings
 
 # entered: visits of the node; active: contacts there now; exited: contacts whose
 # enrollment ended there (completed or exited); failed: ended there by a failure (a
@@ -50,9 +61,36 @@ def funnel(*, plan_name: str | None = None, tenant_id: str | None = None,
         plans = plans.where(Plan.tenant == tenant_id)
     if version is not None:
         plans = plans.where(Plan.version == version)
-    plan_ids = [p.id for p in plans]
-    if not plan_ids:
+    if not plans.exists():
         return []
+    # All time: the counts the database keeps; a period needs the rows' dates.
+    counts = (_counted(plans) if since is None and until is None
+              else _scanned([plan.id for plan in plans], since, until))
+    order = _node_order(plans)
+    totals = {(row["tenant"], row["plan"]): row
+              for row in goals(plan_name=plan_name, tenant_id=tenant_id)}
+    rows = [{"tenant": tenant, "plan": name, "node": node, **values,
+             **_plan_totals(totals.get((tenant, name)))}
+            for (tenant, name, node), values in counts.items()]
+    return sorted(rows, key=lambda row: (
+        row["tenant"], row["plan"], order.get((row["tenant"], row["plan"], row["node"]), 999)))
+
+
+def _plan_totals(plan: dict | None) -> dict:
+    plan = plan or {"enrolled": 0, "converted": 0, "conversion_rate": 0.0}
+    return {"plan_enrolled": plan["enrolled"], "plan_converted": plan["converted"],
+            "conversion_rate": plan["conversion_rate"]}
+
+
+def _period(column, since: datetime | None, until: datetime | None) -> list:
+    """Conditions keeping ``column`` within [since, until) (none for an open end)."""
+    return ([column >= since] if since else []) + ([column < until] if until else [])
+
+
+def _scanned(plan_ids: list[int], since: datetime | None,
+             until: datetime | None) -> dict[Key, dict[str, int]]:
+    """The funnel's columns per (tenant, plan, node) of these plans, counted from the
+    rows of the period: visits, sends and events within [since, until)."""
     counts: dict[Key, dict[str, int]] = defaultdict(lambda: dict.fromkeys(FUNNEL_COLUMNS, 0))
     group = (Plan.tenant, Plan.name)
 
@@ -103,24 +141,31 @@ def funnel(*, plan_name: str | None = None, tenant_id: str | None = None,
         column = {Enrollment.ACTIVE: "active", Enrollment.FAILED: "failed",
                   Enrollment.PAUSED: "paused", Enrollment.CONVERTED: "converted"}.get(status, "exited")
         counts[(tenant, name, node)][column] += count
-
-    order = _node_order(plans)
-    totals = {(row["tenant"], row["plan"]): row
-              for row in goals(plan_name=plan_name, tenant_id=tenant_id)}
-    rows = [{"tenant": tenant, "plan": name, "node": node, **values,
-             **_plan_totals(totals.get((tenant, name)))}
-            for (tenant, name, node), values in counts.items()]
-    return sorted(rows, key=lambda row: (
-        row["tenant"], row["plan"], order.get((row["tenant"], row["plan"], row["node"]), 999)))
+    return counts
 
 
-def _plan_totals(plan: dict | None) -> dict:
-    plan = plan or {"enrolled": 0, "converted": 0, "conversion_rate": 0.0}
-    return {"plan_enrolled": plan["enrolled"], "plan_converted": plan["converted"],
-            "conversion_rate": plan["conversion_rate"]}
-def _period(column, since: datetime | None, until: datetime | None) -> list:
-    """Conditions keeping ``column`` within [since, until) (none for an open end)."""
-    return ([column >= since] if since else []) + ([column < until] if until else [])
+def _counted(plans: peewee.ModelSelect) -> dict[Key, dict[str, int]]:
+    """The funnel's columns per (tenant, plan, node) of these plans, from the counts the
+    database keeps in the transaction of each change (store/counters.py): no scan of
+    visits, messages or events, whatever their number. All time: a count has no date."""
+    counts: dict[Key, dict[str, int]] = defaultdict(lambda: dict.fromkeys(FUNNEL_COLUMNS, 0))
+    plan_keys = {plan.id: (plan.tenant_id, plan.name) for plan in plans}
+    opened = ANY_OPEN if get_settings().machine_opens_are_engagement else EventType.OPENED
+    columns = {ENTERED: "entered", f"{MESSAGE_STATUS}{OutboundMessage.SENT}": "sent",
+               f"{MESSAGE_STATUS}{OutboundMessage.AMBIGUOUS}": "ambiguous", opened: "opened",
+               **{event: event for event in EVENT_COLUMNS if event != EventType.OPENED}}
+    statuses = {Enrollment.ACTIVE: "active", Enrollment.FAILED: "failed",
+                Enrollment.PAUSED: "paused", Enrollment.CONVERTED: "converted"}
+    for (plan_id, node, name), count in stored_counts(database_proxy.obj, list(plan_keys)).items():
+        if not count:  # a status every contact has left: no row of its own, as before
+            continue
+        if name.startswith(ENROLLMENT_STATUS):
+            column = statuses.get(name[len(ENROLLMENT_STATUS):], "exited")
+        else:
+            column = columns.get(name)
+        if column is not None:
+            counts[(*plan_keys[plan_id], node)][column] += count
+    return counts
 
 
 def _node_order(plans) -> dict[Key, int]:
@@ -136,19 +181,15 @@ def failures(*, plan_name: str | None = None, tenant_id: str | None = None,
              tenant_ids: list[str] | None = None) -> list[dict]:
     """The enrollments that ended in failure, newest first, each with why: the error of
     its failed send (SendGrid's answer, a sender that is not verified, an unconfirmed
-    ambiguous send), or why its email could not be rendered."""
+    ambiguous send), or why its email could not be rendered. ``offset`` skips the
+    newest ones (the next page)."""
     query = (
-        Enrollment.select(Enrollment.id, Enrollment.updated_at, Enrollment.tenant, Plan.name,
-                          Enrollment.current_node, Contact.email)
-        .join(Plan).switch(Enrollment).join(Contact)
-        .where(Enrollment.status == Enrollment.FAILED)
+        _failed(Enrollment.select(Enrollment.id, Enrollment.updated_at, Enrollment.tenant,
+                                  Plan.name, Enrollment.current_node, Contact.email)
+                .join(Plan).switch(Enrollment).join(Contact), plan_name, tenant_id)
         .order_by(Enrollment.updated_at.desc(), Enrollment.id.desc())
         .limit(limit).offset(offset)
     )
-    if plan_name:
-        query = query.where(Plan.name == plan_name)
-    if tenant_id:
-        query = query.where(Enrollment.tenant == tenant_id)
     if tenant_ids is not None:
         query = query.where(Enrollment.tenant.in_(tenant_ids))
     rows = list(query.tuples())
@@ -198,19 +239,37 @@ def goals(*, plan_name: str | None = None, tenant_id: str | None = None) -> list
     for row in plans.values():
         row["conversion_rate"] = round(row["converted"] / row["enrolled"], 4) if row["enrolled"] else 0.0
     return [plans[key] for key in sorted(plans)]
+
+
 def transition_counts(plan_id: int, *, since: datetime | None = None,
                       until: datetime | None = None) -> dict[tuple[str, str, str], int]:
     """How many moves each transition of one plan version made, by (from node, event,
     to node), in the period: each visit joined to the visit before it (a move raises
-    the enrollment's version by one)."""
+    the enrollment's version by one). A routing node's moves straight after the
+    enrollment have no event (None)."""
     previous = NodeVisit.alias()
     moves = (
         NodeVisit.select(previous.node, NodeVisit.via_event, NodeVisit.node, fn.COUNT(NodeVisit.id))
         .join(Enrollment, on=NodeVisit.enrollment == Enrollment.id)
         .join(previous, on=(previous.enrollment == NodeVisit.enrollment)
               & (previous.version == NodeVisit.version - 1))
-        .where(Enrollment.plan == plan_id, NodeVisit.via_event.is_null(False),
-               *_period(NodeVisit.entered_at, since, until))
+        .where(Enrollment.plan == plan_id, *_period(NodeVisit.entered_at, since, until))
         .group_by(previous.node, NodeVisit.via_event, NodeVisit.node)
     )
     return {(source, event, target): count for source, event, target, count in moves.tuples()}
+
+
+def count_failures(*, plan_name: str | None = None, tenant_id: str | None = None) -> int:
+    """How many enrollments ``failures`` would list with no limit."""
+    return _failed(Enrollment.select().join(Plan), plan_name, tenant_id).count()
+
+
+def _failed(query: peewee.ModelSelect, plan_name: str | None,
+            tenant_id: str | None) -> peewee.ModelSelect:
+    """``query`` (of enrollments joined to their plan) narrowed to failed ones."""
+    query = query.where(Enrollment.status == Enrollment.FAILED)
+    if plan_name:
+        query = query.where(Plan.name == plan_name)
+    if tenant_id:
+        query = query.where(Enrollment.tenant == tenant_id)
+    return query

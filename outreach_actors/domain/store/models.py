@@ -10,6 +10,10 @@ from typing import Any
 import peewee
 from playhouse.shortcuts import ThreadSafeDatabaseMetadata
 
+from outreach_actors.domain.store.copy_insert import COPY_MIN_ROWS, copy_insert
+from outreach_actors.domain.store.counters import counters_installed, install_counters
+from outreach_actors.domain.store.db import is_postgresql
+
 database_proxy = peewee.DatabaseProxy()
 
 
@@ -100,7 +104,8 @@ class SenderIdentity(BaseModel):
 
 
 class Contact(BaseModel):
-    tenant = peewee.ForeignKeyField(Tenant, backref="contacts", on_delete="CASCADE")
+    # No index of its own: (tenant, email) below serves lookups by tenant.
+    tenant = peewee.ForeignKeyField(Tenant, backref="contacts", on_delete="CASCADE", index=False)
     email = peewee.CharField()  # stored lower-cased
     fields = JSONField(default=dict)
     timezone = peewee.CharField(null=True)
@@ -146,7 +151,9 @@ class Enrollment(BaseModel):
 class NodeVisit(BaseModel):
     """One row each time an enrollment enters a node: the history behind the funnel."""
 
-    enrollment = peewee.ForeignKeyField(Enrollment, backref="visits", on_delete="CASCADE")
+    # No index of its own: (enrollment, version) below serves lookups by enrollment.
+    enrollment = peewee.ForeignKeyField(Enrollment, backref="visits", on_delete="CASCADE",
+                                        index=False)
     node = peewee.CharField()
     via_event = peewee.CharField(null=True)
     entered_at = peewee.DateTimeField(default=utcnow)
@@ -169,7 +176,9 @@ class ScheduledAction(BaseModel):
     HELD = "held"
     OPEN_STATUSES = (PENDING, ENQUEUED, RUNNING)
 
-    enrollment = peewee.ForeignKeyField(Enrollment, backref="actions", on_delete="CASCADE")
+    # No index of its own: (enrollment, status) below serves lookups by enrollment.
+    enrollment = peewee.ForeignKeyField(Enrollment, backref="actions", on_delete="CASCADE",
+                                        index=False)
     node = peewee.CharField()
     kind = peewee.CharField()
     event = peewee.CharField(null=True)  # the synthetic event a timeout fires
@@ -432,6 +441,41 @@ class BlackoutDate(BaseModel):
         indexes = ((("tenant", "first_day", "last_day"), True),)
 
 
+class FunnelCount(BaseModel):
+    """A funnel figure of one plan version and node, by name (``entered``,
+    ``enrollment:<status>``, ``message:<status>``, an event type): kept exact by the
+    database's own triggers (store/counters.py), summed from FunnelCountDelta."""
+
+    plan_id = peewee.IntegerField()
+    node = peewee.CharField()
+    name = peewee.CharField()
+    count = peewee.BigIntegerField(default=0)
+
+    class Meta:
+        indexes = ((("plan_id", "node", "name"), True),)
+
+
+class FunnelCountDelta(BaseModel):
+    """A change to a FunnelCount, written by a trigger in the transaction that made it:
+    appended, never updated, so that no two transactions wait on a shared counter row."""
+
+    plan_id = peewee.IntegerField()
+    node = peewee.CharField()
+    name = peewee.CharField()
+    delta = peewee.BigIntegerField()
+
+
+class CountedEvent(BaseModel):
+    """The (message, event name) pairs already counted: an event type counts each
+    message once, however often it is delivered."""
+
+    message_id = peewee.CharField(max_length=64)
+    name = peewee.CharField()
+
+    class Meta:
+        primary_key = peewee.CompositeKey("message_id", "name")
+
+
 ALL_MODELS: list[type[BaseModel]] = [
     Tenant,
     SenderIdentity,
@@ -450,6 +494,9 @@ ALL_MODELS: list[type[BaseModel]] = [
     SendingPause,
     BlackoutDate,
     InboundPost,
+    FunnelCount,
+    FunnelCountDelta,
+    CountedEvent,
 ]
 
 
@@ -473,6 +520,11 @@ def insert_rows(model: type[BaseModel], rows: Sequence[Mapping[str, Any]], *,
     3.35+ alike. ``returning`` may name several columns: then each value is a tuple.
     """
     database = database_proxy.obj
+    if len(rows) >= COPY_MIN_ROWS and rows_per_statement is None and is_postgresql(database):
+        returned_rows = _copy_rows(model, rows, ignore_conflicts=ignore_conflicts,
+                                   conflict_target=conflict_target, returning=returning)
+        return ([row[0] for row in returned_rows] if isinstance(returning, str)
+                else list(map(tuple, returned_rows)))
     returned: list[Any] = []
     for sql, params in insert_statements(model, rows, ignore_conflicts=ignore_conflicts,
                                          conflict_target=conflict_target, returning=returning,
@@ -494,6 +546,24 @@ def insert_statements(model: type[BaseModel], rows: Sequence[Mapping[str, Any]],
     itself (e.g. as part of a larger statement); none for no rows."""
     if not rows:
         return
+    fields, values = _insert_values(model, rows)
+    database = database_proxy.obj
+    placeholders = "(" + ", ".join([database.param] * len(fields)) + ")"
+    head = (f'INSERT INTO "{model._meta.table_name}" ('
+            + ", ".join(f'"{field.column_name}"' for field in fields) + ") VALUES ")
+    tail = _insert_tail(ignore_conflicts, conflict_target, returning)
+    per_statement = max(1, _MAX_INSERT_PARAMS // len(fields))
+    per_statement = min(per_statement, rows_per_statement or per_statement)
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start:start + per_statement]
+        params = [value for row in values(chunk) for value in row]
+        yield head + ", ".join([placeholders] * len(chunk)) + tail, params
+
+
+def _insert_values(model: type[BaseModel], rows: Sequence[Mapping[str, Any]]) -> tuple[
+        list[peewee.Field], Callable[[Sequence[Mapping[str, Any]]], Iterator[list[Any]]]]:
+    """The fields an insert of ``rows`` writes (those given, and those with a default),
+    and a function giving each row's database values in that order."""
     given = {name for row in rows for name in row}
     fields = [field for field in model._meta.sorted_fields
               if field.name in given or (field.default is not None and not field.primary_key)]
@@ -501,34 +571,47 @@ def insert_statements(model: type[BaseModel], rows: Sequence[Mapping[str, Any]],
     if missing:
         raise ValueError(f"{model.__name__} has no field {sorted(missing)[0]!r}")
     defaults = {field.name: field.default for field in fields if field.name not in given}
-    database = database_proxy.obj
-    placeholders = "(" + ", ".join([database.param] * len(fields)) + ")"
-    head = (f'INSERT INTO "{model._meta.table_name}" ('
-            + ", ".join(f'"{field.column_name}"' for field in fields) + ") VALUES ")
-    tail = ""
-    if ignore_conflicts:
-        tail = f' ON CONFLICT ("{conflict_target}") DO NOTHING' if conflict_target else " ON CONFLICT DO NOTHING"
-    if returning:
-        columns = (returning,) if isinstance(returning, str) else returning
-        tail += " RETURNING " + ", ".join(f'"{column}"' for column in columns)
-    per_statement = max(1, _MAX_INSERT_PARAMS // len(fields))
-    per_statement = min(per_statement, rows_per_statement or per_statement)
     converters = [(field.name, field.db_value) for field in fields]
-    for start in range(0, len(rows), per_statement):
-        chunk = rows[start:start + per_statement]
-        params = []
+
+    def values(chunk: Sequence[Mapping[str, Any]]) -> Iterator[list[Any]]:
         for row in chunk:
             if len(row) == len(converters):  # every field given: the usual case, the fast path
-                params.extend([convert(row[name]) for name, convert in converters])
+                yield [convert(row[name]) for name, convert in converters]
                 continue
+            converted = []
             for name, convert in converters:
                 if name in row:
                     value = row[name]
                 else:
                     value = defaults[name]
                     value = value() if callable(value) else value
-                params.append(convert(value))
-        yield head + ", ".join([placeholders] * len(chunk)) + tail, params
+                converted.append(convert(value))
+            yield converted
+
+    return fields, values
+
+
+def _insert_tail(ignore_conflicts: bool, conflict_target: str | None,
+                 returning: str | tuple[str, ...] | None) -> str:
+    """An insert's ``ON CONFLICT`` and ``RETURNING`` clauses."""
+    tail = ""
+    if ignore_conflicts:
+        tail = f' ON CONFLICT ("{conflict_target}") DO NOTHING' if conflict_target else " ON CONFLICT DO NOTHING"
+    if returning:
+        columns = (returning,) if isinstance(returning, str) else returning
+        tail += " RETURNING " + ", ".join(f'"{column}"' for column in columns)
+    return tail
+
+
+def _copy_rows(model: type[BaseModel], rows: Sequence[Mapping[str, Any]], *,
+               ignore_conflicts: bool, conflict_target: str | None,
+               returning: str | tuple[str, ...] | None) -> list[tuple]:
+    """insert_rows through COPY (PostgreSQL, many rows): the same rows, conflicts and
+    returned values; the database does the same work with no parameters to parse."""
+    fields, values = _insert_values(model, rows)
+    return copy_insert(database_proxy.obj, model._meta.table_name,
+                       [field.column_name for field in fields], list(values(rows)),
+                       _insert_tail(ignore_conflicts, conflict_target, returning))
 
 
 # Called after every bind: what is cached by row id means other rows in another database.
@@ -549,7 +632,14 @@ def bind(database: peewee.Database) -> None:
 
 # Indexes of earlier versions that a newer one replaces (see the model's Meta), by
 # table: create_schema drops them, or the planner could still choose them.
-_REPLACED_INDEXES = {"outbound_message": ("outbound_message_status",)}
+_REPLACED_INDEXES = {
+    "outbound_message": ("outbound_message_status",),
+    # Prefixes of a unique index on the same table: each insert paid for a copy
+    # (bulk enrollment writes contacts, visits and actions by the thousand).
+    "contact": ("contact_tenant_id",),
+    "node_visit": ("node_visit_enrollment_id",),
+    "scheduled_action": ("scheduled_action_enrollment_id",),
+}
 
 
 def create_schema(database: peewee.Database) -> None:
@@ -568,6 +658,7 @@ def create_schema(database: peewee.Database) -> None:
         _, replaced = _index_changes(database, database.get_tables())
         for index in replaced:
             database.execute_sql(f'DROP INDEX IF EXISTS "{index}"')
+        install_counters(database)
 
 
 def missing_schema(database: peewee.Database) -> list[str]:
@@ -579,7 +670,9 @@ def missing_schema(database: peewee.Database) -> list[str]:
                if model._meta.table_name not in tables]
     columns = [f"{table}.{field.column_name}" for table, field in _missing_columns(database, tables)]
     created, replaced = _index_changes(database, tables)
-    return missing + columns + [f"index {name}" for name in sorted(created + replaced)]
+    triggers = [] if counters_installed(database) else ["funnel count triggers"]
+    return (missing + columns + [f"index {name}" for name in sorted(created + replaced)]
+            + triggers)
 
 
 def _index_changes(database: peewee.Database,

@@ -211,8 +211,12 @@ class Dashboard:
                 preview = preview_node(plan, node, contact, self.settings)
             except PreviewError as exc:
                 preview_error = str(exc)
+        # Here, not at import: scipy loads for a plan page, not for every dashboard process.
+        from outreach_actors.domain.experiments import experiment_results
+
         return self._page(
             "plan.html", request, plan=plan, drawn=drawn, columns=stats.FUNNEL_COLUMNS,
+            experiments=experiment_results(plan_name=plan.name, tenant_id=plan.tenant_id),
             counts=[counts.get(name) or {"node": name} for name in plan.definition.get("nodes", {})],
             since=since, until=until, problems=_plan_problems(plan),
             versions=Plan.select(Plan.id, Plan.version).where(

@@ -30,7 +30,7 @@ from outreach_actors.domain.store.models import ScheduledAction, utcnow
 from outreach_actors.providers.sendgrid.client import sendgrid_client_from_settings
 from outreach_actors.settings import get_settings
 from outreach_actors.worker.limiters import Limit, default_limits
-from outreach_actors.worker.middleware.polling import TIMER_QUEUE
+from outreach_actors.worker.middleware.polling import RENDER_QUEUE, SEND_QUEUE, TIMER_QUEUE
 from outreach_actors.worker.middleware.skips import quiet_skip
 
 logger = logging.getLogger(__name__)
@@ -38,13 +38,13 @@ logger = logging.getLogger(__name__)
 SEND_MAX_RETRIES = get_settings().send_max_retries
 
 
-@dramatiq.actor(queue_name="render", max_retries=5)
+@dramatiq.actor(queue_name=RENDER_QUEUE, max_retries=5)
 def render(action_id: int) -> dict | str | None:
     """Render a send action's email; its result (a send order) is piped to `send`."""
     return render_for_send(action_id)
 
 
-@dramatiq.actor(queue_name="render", max_retries=5)
+@dramatiq.actor(queue_name=RENDER_QUEUE, max_retries=5)
 def render_batch(action_ids: list[int]) -> None:
     """Render the emails of send actions that came due together, and enqueue a send for
     each: what `render` and its pipe do, with one message, one read and one write for
@@ -132,7 +132,7 @@ def send_deferred(message: dramatiq.Message, delay_ms: int) -> None:
         dispatch.note_send_waiting(message_id, utcnow() + timedelta(milliseconds=delay_ms))
 
 
-@dramatiq.actor(queue_name="send", max_retries=SEND_MAX_RETRIES, min_backoff=5_000,
+@dramatiq.actor(queue_name=SEND_QUEUE, max_retries=SEND_MAX_RETRIES, min_backoff=5_000,
                 max_backoff=600_000, rate_limits=send_rate_limits, on_deferral=send_deferred,
                 idempotency_key=send_effect, hold_for=send_hold_for)
 def send(order: dict | str | None) -> None:

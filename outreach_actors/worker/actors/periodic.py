@@ -15,7 +15,8 @@ from outreach_actors.domain import (
 )
 from outreach_actors.domain.mail import ambiguous
 from outreach_actors.domain.replies import forward
-from outreach_actors.domain.store.models import InboundPost
+from outreach_actors.domain.store.counters import fold_counts
+from outreach_actors.domain.store.models import InboundPost, database_proxy
 from outreach_actors.settings import get_settings
 from outreach_actors.worker.actors.mail import (
     enqueue_actions,
@@ -52,7 +53,7 @@ def reconcile() -> None:
     their window are settled by policy; webhook deliveries and Inbound Parse posts
     stored but never read, and forwards never sent, are enqueued again; host
     events stored but not processed are processed; host notifications left
-    pending are sent.
+    pending are sent; the funnel's count deltas are summed.
     """
     settings = get_settings()
     dispatch.reconcile_expired_leases(requeue_actions, settings=settings)
@@ -65,6 +66,8 @@ def reconcile() -> None:
     ingest.requeue_stale_deliveries(enqueue_inbound_post, settings.action_lease,
                                     model=InboundPost)
     forward.requeue_pending_forwards(forward_reply.send, settings.action_lease)
+    # The funnel's deltas, summed once a minute, so that `outreach stats` reads few rows.
+    fold_counts(database_proxy.obj)
 
 
 @dramatiq.actor(queue_name="periodic", max_retries=0, periodic=cron("17 3 * * *"))

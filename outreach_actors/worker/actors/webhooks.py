@@ -13,6 +13,7 @@ from outreach_actors.domain import dispatch, ingest, unsubscribe
 from outreach_actors.providers.sendgrid.events import parse_sendgrid_batch
 from outreach_actors.settings import get_settings
 from outreach_actors.worker.actors.mail import enqueue_actions
+from outreach_actors.worker.middleware.polling import WEBHOOK_QUEUE
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ WEBHOOK_MAX_RETRIES = 10
 # delivery twice is harmless, and `outreach webhooks replay ID` must run it again
 # even after an earlier run finished (a body kept as failed, then replayed).
 @dramatiq.actor(
-    queue_name="webhooks", max_retries=WEBHOOK_MAX_RETRIES, min_backoff=5_000,
+    queue_name=WEBHOOK_QUEUE, max_retries=WEBHOOK_MAX_RETRIES, min_backoff=5_000,
     max_backoff=600_000, idempotency_key=False,
 )
 def normalize_webhook(delivery_id: int) -> None:
@@ -45,7 +46,7 @@ def normalize_webhook(delivery_id: int) -> None:
         raise dramatiq.Retry(str(exc)) from exc
 
 
-@dramatiq.actor(queue_name="webhooks", max_retries=WEBHOOK_MAX_RETRIES, min_backoff=5_000,
+@dramatiq.actor(queue_name=WEBHOOK_QUEUE, max_retries=WEBHOOK_MAX_RETRIES, min_backoff=5_000,
                 max_backoff=600_000)
 def apply_unsubscribe(token: str) -> None:
     """Apply an unsubscribe link's POST that the database could not take at the time."""

@@ -16,7 +16,7 @@ from outreach_actors.worker.limiters import MemoryRateLimiter, RateLimiter, Redi
 from outreach_actors.worker.middleware.database import DatabaseConnections
 from outreach_actors.worker.middleware.idempotency import Idempotency
 from outreach_actors.worker.middleware.periodic import PeriodicTickLock
-from outreach_actors.worker.middleware.polling import TIMER_QUEUE, WorkerPolling
+from outreach_actors.worker.middleware.polling import PROMPT_QUEUES, WorkerPolling
 from outreach_actors.worker.middleware.rate_limits import RateLimits
 from outreach_actors.worker.middleware.render_processes import RenderProcesses
 from outreach_actors.worker.middleware.skips import install_quiet_skips
@@ -96,7 +96,7 @@ def project_middleware(settings: Settings) -> list[dramatiq.Middleware]:
         ConfigurationChecks(settings),
         WorkerPolling(
             interval_ms=_ms(settings, "worker_idle_poll_interval"),
-            prompt_queues=[TIMER_QUEUE],
+            prompt_queues=PROMPT_QUEUES,
             prompt_interval_ms=_ms(settings, "worker_poll_interval"),
         ),
         DatabaseConnections(),
