@@ -374,8 +374,7 @@ def run_chaos(config: ChaosConfig) -> ChaosReport:
         elapsed = time.monotonic() - started
         for worker in workers:
             worker.stop()
-        in_broker = (_waiting_in_redis(EmbeddedRedis(redis_dir), settings.broker_namespace)
-                     if config.broker == "redis" else set())
+        in_broker = campaign.held_by_broker()
         return _report(config, tally, standin, recorder, presuppressed, elapsed, finished,
                        poster, replies, flows, in_broker)
 
@@ -577,6 +576,9 @@ class Campaign:
         self.config = config
         self.flows = flows
         self.on_postgres_down = on_postgres_down
+        self.held_by_broker: Callable[[], set[str]] = (
+            (lambda: _waiting_in_redis(redis_server, settings.broker_namespace))
+            if config.broker == "redis" else set)
         self.settings = settings
         self.workers = workers
         self.redis_server = redis_server
@@ -621,7 +623,7 @@ class Campaign:
             self.maintain()
             self.restart_stopped_workers()
             try:
-                if not _in_flight(self.settings):
+                if not _in_flight(self.held_by_broker()):
                     return True
             except peewee.DatabaseError:
                 _drop_connection()
@@ -748,7 +750,9 @@ def _drop_connection() -> None:
             pass
 
 
-def _in_flight(settings: Settings) -> bool:
+def _in_flight(held_by_broker: set[str]) -> bool:
+    """Whether anything is still on its way; a notification the Redis broker holds for a
+    killed worker comes back only after a minute (see _waiting_in_redis): not waited for."""
     received = ReceivedNotification.select(ReceivedNotification.notification_id)
     return (
         Enrollment.select().where(Enrollment.status == Enrollment.ACTIVE).exists()
@@ -763,7 +767,8 @@ def _in_flight(settings: Settings) -> bool:
             models.InboundPost.status == models.InboundPost.RECEIVED).exists()
         # A notification sent and not yet received is on its way through the broker.
         or models.Notification.select().where(
-            models.Notification.id.not_in(received)).exists()
+            models.Notification.id.not_in(received),
+            models.Notification.id.not_in(sorted(held_by_broker))).exists()
     )
 
 
@@ -817,8 +822,13 @@ def _waiting_in_redis(server: EmbeddedRedis, namespace: str) -> set[str]:
     after its heartbeat timeout (a minute), later than the run waits. Not lost: late."""
     client = redis.Redis.from_url(server.url)
     try:
-        return {key.decode() for queue in (chaos_notify.QUEUE, f"{chaos_notify.QUEUE}.DQ")
-                for key in client.hkeys(f"{namespace}:{queue}.msgs")}
+        # Dramatiq's Redis broker keys each message by its own message id: the
+        # notification's id is in the message's argument.
+        return {json.loads(value)["args"][0]["id"]
+                for queue in (chaos_notify.QUEUE, f"{chaos_notify.QUEUE}.DQ")
+                for value in client.hvals(f"{namespace}:{queue}.msgs")}
+    except redis.RedisError:  # down: nothing known to be held
+        return set()
     finally:
         client.close()
 
