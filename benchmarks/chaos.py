@@ -11,13 +11,33 @@ SendGrid stand-in answers about 10% of sends with 500 or 429 and drops about 2%
 of connections after accepting the mail, and every webhook batch is posted twice
 with its events out of order (see ``outreach_actors/dev/chaos.py``).
 
-Three figures per broker, each a count whose reference is 0 (``chaos_*`` for
+The plan has a split (two arms) and a goal on a host event: every seventh
+contact's ``trial_started`` and ``purchased`` events are POSTed to ``/events``,
+signed, each twice, out of order, retried when refused; the plan is paused and
+resumed a quarter of the way through, a few enrollments are paused and resumed,
+and halfway every enrollment in flight is migrated to a new plan version; host
+notifications go to a recording actor (``outreach_actors/dev/chaos_notify.py``).
+
+Eleven figures per broker, each a count whose reference is 0 (``chaos_*`` for
 Redis, ``chaos_rabbitmq_*`` for RabbitMQ):
 
 - duplicate_sends: mails SendGrid accepted beyond one per (enrollment, node);
 - lost_timers: timers that neither fired exactly once nor were closed by a
   transition or by engagement, or that a sent email never started;
-- lost_events: events our endpoint accepted that were not stored once.
+- lost_events: events our endpoint accepted that were not stored once;
+- mailed_after_goal: mails sent on a claim made after the contact's goal committed;
+- arms_reassigned: split arms that differ from the stable assignment, change, or
+  disagree with the email SendGrid accepted;
+- notifications_lost / notifications_doubled: outbox notifications never received
+  by the host's actor (or ended enrollments never notified) / received twice by
+  their stable id (or an enrollment's end notified twice);
+- mailed_while_paused: sends claimed while the plan was paused, or rendered while
+  the contact's enrollment was;
+- host_events_lost: host events /events accepted that were not stored and
+  processed once;
+- mailed_after_reply: mails sent on a claim made after the contact's reply ended
+  its enrollment (replies and out-of-office answers are posted twice to Inbound Parse);
+- replies_lost: Inbound Parse posts accepted that were not stored and read once.
 
 The counts and fault tallies (and the other invariants: enrollments left active,
 suppressed addresses mailed, ambiguous sends not settled by the policy) go to
@@ -69,7 +89,7 @@ def config_for(quick: bool, data_dir: Path, *, broker: str = "redis",
 
 
 def figures(report: ChaosReport) -> dict[str, dict[str, Any]]:
-    """The three figures of one run; a count against 0 has no ratio."""
+    """The figures of one run; a count against 0 has no ratio."""
     def count(value: int, unit: str) -> dict[str, Any]:
         return {"value": value, "unit": unit, "reference": 0, "ratio": None}
 
@@ -78,6 +98,15 @@ def figures(report: ChaosReport) -> dict[str, dict[str, Any]]:
         f"{prefix}duplicate_sends": count(report.audit.duplicate_sends, "emails"),
         f"{prefix}lost_timers": count(report.audit.lost_timers, "timers"),
         f"{prefix}lost_events": count(report.audit.lost_events, "events"),
+        f"{prefix}mailed_after_goal": count(report.audit.mailed_after_goal, "emails"),
+        f"{prefix}arms_reassigned": count(report.audit.arms_reassigned, "contacts"),
+        f"{prefix}notifications_lost": count(report.audit.notifications_lost, "notifications"),
+        f"{prefix}notifications_doubled": count(report.audit.notifications_doubled,
+                                                "notifications"),
+        f"{prefix}mailed_while_paused": count(report.audit.mailed_while_paused, "emails"),
+        f"{prefix}host_events_lost": count(report.audit.host_events_lost, "events"),
+        f"{prefix}mailed_after_reply": count(report.audit.mailed_after_reply, "emails"),
+        f"{prefix}replies_lost": count(report.audit.replies_lost, "posts"),
     }
 
 

@@ -41,7 +41,15 @@ BENCHMARKS: dict[str, tuple[str, ...]] = {
     "simulation": ("simulated_scenarios_per_s",),
     "chaos": ("chaos_duplicate_sends", "chaos_lost_timers", "chaos_lost_events",
               "chaos_rabbitmq_duplicate_sends", "chaos_rabbitmq_lost_timers",
-              "chaos_rabbitmq_lost_events"),
+              "chaos_rabbitmq_lost_events",
+              "chaos_mailed_after_goal", "chaos_arms_reassigned", "chaos_notifications_lost",
+              "chaos_notifications_doubled", "chaos_mailed_while_paused",
+              "chaos_host_events_lost",
+              "chaos_rabbitmq_mailed_after_goal", "chaos_rabbitmq_arms_reassigned",
+              "chaos_rabbitmq_notifications_lost", "chaos_rabbitmq_notifications_doubled",
+              "chaos_rabbitmq_mailed_while_paused", "chaos_rabbitmq_host_events_lost",
+              "chaos_mailed_after_reply", "chaos_replies_lost",
+              "chaos_rabbitmq_mailed_after_reply", "chaos_rabbitmq_replies_lost"),
 }
 OPTIONAL = {"chaos"}
 TIMEOUT_S = {True: 600, False: 3600}

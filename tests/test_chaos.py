@@ -4,7 +4,11 @@ Real parts: the embedded Redis server (append-only) as the broker, or RabbitMQ
 beside it; a PostgreSQL server of the run's own, crashed and started once; two
 ``dramatiq outreach_actors`` processes killed with SIGKILL and restarted, the
 real ``sendgrid`` client against the stand-in, signed webhook batches posted
-twice and out of order (see ``outreach_actors/dev/chaos.py``). About a minute each.
+twice and out of order; the host's purchases POSTed to /events twice and out of
+order, replies and out-of-office answers posted twice to Inbound Parse, a
+plan-wide and a per-enrollment pause, a migration mid-run, a split, a
+goal, notifications to a recording actor (see ``outreach_actors/dev/chaos.py``).
+About 40 s each.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from outreach_actors.dev.postgres_server import find_postgres_bin
 from outreach_actors.dev.standin import AcceptedMessage, SendGridStandIn
 from outreach_actors.domain import dispatch, engine, ingest
 from outreach_actors.domain.mail import ambiguous
+from outreach_actors.domain.plans import validate_plan
 from outreach_actors.domain.store.models import (
     Enrollment,
     MessageEvent,
@@ -61,13 +66,24 @@ def assert_every_invariant_held(report: ChaosReport) -> None:
     assert faults.sends_answered_500 and faults.sends_answered_429, summary
     assert faults.connections_dropped, summary
     assert faults.duplicate_batches and faults.out_of_order_batches, summary
+    # and every flow ran: purchases POSTed twice, out of order, some refused while
+    # PostgreSQL was down; the plan paused and resumed, enrollments paused and migrated
+    assert faults.events_posts_refused and faults.events_pairs_out_of_order, summary
+    assert faults.plan_pauses == 1 and faults.enrollments_paused, summary
+    assert faults.enrollments_migrated, summary
+    flows = report.audit.flows
+    assert flows["converted"] and flows["split_visits"] and flows["notifications_received"], summary
+    assert flows["replied"] and flows["inbound_auto_replied"] and faults.inbound_posts, summary
     # and every dropped connection became an ambiguous send settled per the policy
     assert report.audit.ambiguous["total"] >= faults.connections_dropped, summary
     # and no invariant broke: one email per (enrollment, node), every timer fired
     # once or closed by a transition, every accepted event stored once, every
-    # contact at a terminal node, no suppressed address mailed
+    # contact at a terminal node, no suppressed address mailed; no contact mailed after
+    # its reply, its goal or while paused, every reply stored and read once, no split arm reassigned, every notification received
+    # once, every purchase stored once
     assert report.violations() == dict.fromkeys(report.violations(), 0), summary
-    assert report.audit.enrollments.get("completed", 0) > 0.9 * report.config.enrollments, summary
+    finished = report.audit.enrollments.get("completed", 0) + flows["converted"]
+    assert finished > 0.9 * report.config.enrollments, summary
 
 
 def test_a_campaign_under_faults_keeps_every_invariant(tmp_path: Path) -> None:
@@ -207,9 +223,71 @@ def test_the_audit_counts_each_kind_of_breach(settings) -> None:
     audit = audit_campaign([_accepted(to_ada), _accepted(to_ada), _accepted(to_carol),
                             _accepted(to_eve)], accepted_events, {"eve@example.com"})
 
-    # Then each breach is counted once
-    assert audit.violations() == {
+    # Then each breach is counted once (the flows are not audited without their record)
+    assert {name: value for name, value in audit.violations().items() if value} == {
         "duplicate_sends": 1, "lost_timers": 2, "lost_events": 1, "not_terminal": 4,
         "suppressed_mailed": 1, "ambiguous_unresolved": 1, "ambiguous_misapplied": 1,
     }
     assert audit.timers == {"total": 1, "lost_never_started": 1, "lost_pending": 1}
+
+
+def test_the_audit_counts_each_kind_of_flow_breach(settings) -> None:
+    # The flows' invariants, one breach of each kind (SQLite: the goal's commit time is
+    # its event's processed_at; the mails failed after SendGrid took them, so no timers).
+    from outreach_actors.dev.audit import FlowRecord
+    from outreach_actors.dev.chaos import PLAN
+    from outreach_actors.dev.chaos_flows import PauseWindow
+    from outreach_actors.dev.chaos_notify import ReceivedNotification
+    from outreach_actors.domain import splits
+    from outreach_actors.domain.store.models import (
+        HostEvent,
+        NodeVisit,
+        Notification,
+        database_proxy,
+    )
+
+    database_proxy.obj.create_tables([ReceivedNotification])
+    make_tenant()
+    load_plan(PLAN)
+    ada, bob, carol = (engine.enroll("acme", f"{name}@example.com", "chaos")
+                       for name in ("ada", "bob", "carol"))
+    t0 = utcnow()
+    # Given ada converted on a purchase, then mailed on a claim made after it
+    Enrollment.update(status="converted", exit_reason="goal:purchased").where(
+        Enrollment.id == ada.id).execute()
+    HostEvent.create(tenant="acme", email="ada@example.com", name="purchased",
+                     event_key="acme:purchase:ada", occurred_at=t0, status="processed",
+                     processed_at=t0)
+    to_ada = _message("m-ada", ada, "failed")
+    OutboundMessage.update(send_started_at=t0 + timedelta(seconds=1)).where(
+        OutboundMessage.id == to_ada.id).execute()
+    # and bob sent down the arm the stable assignment did not choose
+    node = validate_plan(PLAN).node("pick")
+    chosen = splits.choose_route(splits.assignment_point("acme", "bob@example.com", "chaos", 1,
+                                                         "pick"), node)
+    NodeVisit.create(enrollment=bob, node="pick", version=1, route="b" if chosen == "a" else "a")
+    # and carol's send claimed while the plan was paused
+    to_carol = _message("m-carol", carol, "failed")
+    window = PauseWindow(t0 + timedelta(seconds=2), t0 + timedelta(seconds=4))
+    OutboundMessage.update(send_started_at=t0 + timedelta(seconds=3)).where(
+        OutboundMessage.id == to_carol.id).execute()
+    # and ada's goal notification never received, one about carol sent twice and received twice
+    Notification.create(id="ntf_1", tenant="acme", type="goal_reached", dedupe_key="g:1",
+                        payload={"id": "ntf_1", "enrollment_id": ada.id})
+    Notification.create(id="ntf_2", tenant="acme", type="exited", dedupe_key="e:3",
+                        payload={"id": "ntf_2", "enrollment_id": carol.id}, attempts=2)
+    for _ in range(2):
+        ReceivedNotification.create(notification_id="ntf_2", type="exited")
+    # and two purchases accepted, one never stored, the other answered "stored" twice
+    record = FlowRecord(tenant="acme", host_event_ids={"purchase:ada", "purchase:dave"},
+                        host_events_stored_answers=Counter({"purchase:ada": 2}),
+                        plan_pauses=[window])
+
+    audit = audit_campaign([_accepted(to_ada), _accepted(to_carol)], Counter(), set(), record)
+
+    # Then each breach is counted once
+    assert {name: value for name, value in audit.violations().items() if value} == {
+        "not_terminal": 2, "mailed_after_goal": 1, "arms_reassigned": 1,
+        "notifications_lost": 1, "notifications_doubled": 1, "mailed_while_paused": 1,
+        "host_events_lost": 1, "host_events_stored_twice": 1,
+    }

@@ -157,3 +157,34 @@ def test_a_send_whose_enrollment_was_paused_after_dispatch_is_held_then_rendered
     assert ScheduledAction.get_by_id(send.id).status == "held"
     control.resume("acme", "ada@example.com", "onboarding")
     assert mail.render_action(send.id) is not None  # rendered once resumed, not lost
+
+
+def test_a_click_while_paused_moves_the_contact_once_resumed(plans) -> None:
+    # The chaos run found this: a click on the email of a paused enrollment was stored
+    # but moved nothing (only an active enrollment moves), and once resumed the email's
+    # no_open timer was skipped on that click: the contact stayed at the node for good.
+    from outreach_actors.domain import ingest
+    from outreach_actors.domain.store.models import MessageEvent, OutboundMessage
+
+    enrollment = engine.enroll("acme", "ada@example.com", "onboarding")
+    [send] = _actions(enrollment, "pending")
+    ScheduledAction.update(status="done").where(ScheduledAction.id == send.id).execute()
+    message = OutboundMessage.create(
+        tenant="acme", enrollment=enrollment, action=send, node="intro", dedupe_key="k",
+        status="sent", to_email="ada@example.com", from_email="sales@acme.test", subject="s",
+        html="h", text="t", sent_at=utcnow())
+    # Given the enrollment paused, and a click on its email stored while it is
+    assert control.pause("acme", "ada@example.com", "onboarding")
+    MessageEvent.create(message=message, tenant="acme", type="clicked", event_key="sg:c1",
+                        occurred_at=utcnow())
+    assert ingest.handle_message_event(message.id, "clicked", utcnow()) is False
+    assert Enrollment.get_by_id(enrollment.id).current_node == "intro"
+    # When it is resumed
+    assert control.resume("acme", "ada@example.com", "onboarding")
+    # Then the click moves it, once (to the exit: a second resume finds it ended)
+    resumed = Enrollment.get_by_id(enrollment.id)
+    assert (resumed.current_node, resumed.status) == ("thanks", Enrollment.COMPLETED)
+    assert [visit.node for visit in NodeVisit.select().where(NodeVisit.enrollment == enrollment.id)
+            .order_by(NodeVisit.version)] == ["intro", "thanks"]
+    with pytest.raises(ControlError):
+        control.resume("acme", "ada@example.com", "onboarding")

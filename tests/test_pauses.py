@@ -213,3 +213,42 @@ def test_a_pause_racing_sends_has_one_outcome_for_each(acme, client, standin) ->
     for message_id in held:
         assert delivery.send_message(message_id, client).status == "sent"
     assert len(standin.messages) == len(messages)
+
+
+def test_a_send_held_at_its_claim_is_sent_by_the_reconciler_once_resumed(
+        data_dir, sqlite_db, stub_broker, stub_worker, monkeypatch) -> None:
+    # The chaos run found this: a send whose claim found the plan paused (before this
+    # worker had read the pause) ended normally, so its idempotency key was marked
+    # done; every message the reconciler enqueued for it was then skipped as a
+    # duplicate, and once resumed it stayed rendered for good.
+    from outreach_actors.dev.standin import SendGridStandIn
+    from outreach_actors.settings import configure
+    from outreach_actors.worker.actors import mail as mail_actors
+
+    from .conftest import make_settings
+
+    with SendGridStandIn(api_key=STANDIN_API_KEY) as standin:
+        configure(make_settings(data_dir, sendgrid_api_host=standin.host))
+        try:
+            make_tenant()
+            load_plan()
+            message_id = delivery.render_action(enroll("ada@example.com").id)
+            # Given a worker that has not read the pause yet (its cache is stale)
+            monkeypatch.setattr(mail_actors, "send_hold", lambda *args, **kwargs: None)
+            pause_plan("acme", "onboarding", by="ops")
+            mail_actors.send.send(message_id)
+            stub_broker.join(mail_actors.send.queue_name)
+            stub_worker.join()
+            assert OutboundMessage.get_by_id(message_id).status == OutboundMessage.RENDERED
+            # When the plan is resumed and the reconciler enqueues the send again
+            resume_plan("acme", "onboarding", by="ops")
+            mail_actors.enqueue_send(message_id)
+            stub_broker.join(mail_actors.send.queue_name)
+            stub_worker.join()
+        finally:
+            configure(None)
+        # Then it is sent, once
+        assert OutboundMessage.get_by_id(message_id).status == OutboundMessage.SENT
+        # (its no_open, due 2 s after the send, may move Ada on to the bump meanwhile)
+        assert [m.body["custom_args"]["outreach_message_id"] for m in standin.messages
+                ].count(message_id) == 1

@@ -10,7 +10,13 @@ of sends with 500/429 and dropping a share of connections after accepting the
 mail (the ambiguous case), the Redis server killed once mid-run and started
 again on its append-only file, PostgreSQL stopped once as a crash would stop it
 (``immediate``: every connection cut) and started again, every webhook batch
-posted twice with its events out of order.
+posted twice with its events out of order. Under those faults run the newer
+flows (``chaos_flows.py``): the host's ``trial_started`` and ``purchased`` events
+POSTed to ``/events`` twice and out of order (some while PostgreSQL is down),
+replies and out-of-office answers posted twice to Inbound Parse, a split, a
+goal, a plan-wide pause, a pause of a few enrollments, a migration of every
+enrollment in flight to a new plan version, and host notifications sent to a
+recording actor (``chaos_notify.py``).
 
 The dispatcher and the reconciler run in this process, in the campaign loop,
 rather than under ``periodiq``: the loop is then the only clock, its pace (every
@@ -36,22 +42,27 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 from wsgiref.simple_server import make_server
 
 import dramatiq
 import peewee
+import redis
 
-from outreach_actors.dev.audit import Audit, audit_campaign
+from outreach_actors.dev import chaos_notify
+from outreach_actors.dev.audit import Audit, FlowRecord, audit_campaign
+from outreach_actors.dev.chaos_flows import OperatorFlows, PurchasePoster, ReplyPoster
+from outreach_actors.dev.chaos_notify import ReceivedNotification
 from outreach_actors.dev.postgres_server import ThrowawayPostgres
-from outreach_actors.dev.simulation import EngagementSimulator
+from outreach_actors.dev.simulation import EngagementSimulator, persona_of
 from outreach_actors.dev.standin import SendGridStandIn
 from outreach_actors.dev.webhook_events import generate_webhook_keys
-from outreach_actors.domain import dispatch, engine, ingest
+from outreach_actors.domain import dispatch, engine, host_events, ingest, notifications
 from outreach_actors.domain.mail import ambiguous
 from outreach_actors.domain.plans import validate_plan
 from outreach_actors.domain.store import models
@@ -61,16 +72,19 @@ from outreach_actors.domain.store.models import (
     OutboundMessage,
     ScheduledAction,
     WebhookDelivery,
+    utcnow,
 )
 from outreach_actors.domain.suppressions import suppress
 from outreach_actors.settings import Settings, configure, get_settings, settings_from_mapping
 from outreach_actors.web.app import QuietHandler, ThreadingWSGIServer, make_app
+from outreach_actors.web.endpoints import INBOUND_PATH
 from outreach_actors.worker.actors.mail import (
     enqueue_actions,
     enqueue_send,
     requeue_actions,
     requeue_send,
 )
+from outreach_actors.worker.actors.replies import enqueue_inbound_post
 from outreach_actors.worker.actors.webhooks import enqueue_delivery
 from outreach_actors.worker.embedded import (
     EmbeddedRedis,
@@ -82,22 +96,30 @@ from outreach_actors.worker.runtime import rebind_actors
 logger = logging.getLogger(__name__)
 
 TENANT = "chaos"
+PLAN_NAME = "chaos"
+INBOUND_DOMAIN = "reply.chaos.outreach.test"
 SENDER = "team@chaos.outreach.test"
 API_KEY = "SG.chaos-key"
-# Three email nodes, seconds-long timers, every path ends at an exit node. Each
-# persona takes another path: clickers intro -> thanks -> done; openers intro ->
-# bump -> thanks -> done (intro's no_open is skipped on their open, its no_click
-# fires); ignorers intro -> bump -> gave_up; bouncers intro -> bounced.
+# Four email nodes, a split, a goal and a host event; seconds-long timers, every path
+# ends at an exit node. Each persona takes another path: clickers intro -> pick (a split:
+# arm a -> thanks, arm b -> thanks_b) -> done; openers intro -> bump -> pick -> ... ->
+# done (intro's no_open is skipped on their open, its no_click fires); ignorers intro ->
+# bump -> gave_up; bouncers intro -> bounced. Purchasers (every PURCHASE_EVERY-th
+# contact, whatever their persona) send `trial_started` (to thanks, from intro or bump)
+# and `purchased` (the goal: converted, from any node).
 PLAN = """
 name: chaos
 start: intro
+events: [trial_started, purchased]
+goals: [{on: purchased, if: "event.amount >= 10"}]
 nodes:
   intro:
     type: email
     subject: "Hello {{ contact.first_name }}"
     body: "<p>Hi {{ contact.first_name }}, <a href='https://example.com/intro'>look</a>.</p>"
     transitions:
-      - {on: click, to: thanks}
+      - {on: click, to: pick}
+      - {on: trial_started, to: thanks}
       - {on: bounce, to: bounced}
       - {on: no_open, after: PT3S, to: bump}
       - {on: no_click, after: PT4S, to: bump}
@@ -106,10 +128,16 @@ nodes:
     subject: "Did you see this?"
     body: "<p>A bump. <a href='https://example.com/bump'>look</a></p>"
     transitions:
-      - {on: click, to: thanks}
-      - {on: open, to: thanks}
+      - {on: click, to: pick}
+      - {on: open, to: pick}
+      - {on: trial_started, to: thanks}
       - {on: bounce, to: bounced}
       - {on: no_open, after: PT3S, to: gave_up}
+  pick:
+    type: split
+    arms:
+      - {weight: 1, to: thanks, name: a}
+      - {weight: 1, to: thanks_b, name: b}
   thanks:
     type: email
     subject: "Thanks, {{ contact.first_name }}"
@@ -118,17 +146,37 @@ nodes:
       - {on: open, to: done}
       - {on: bounce, to: bounced}
       - {on: no_open, after: PT3S, to: done}
+  thanks_b:
+    type: email
+    subject: "Many thanks, {{ contact.first_name }}"
+    body: "<p>Thank you! <a href='https://example.com/thanks-b'>more</a></p>"
+    transitions:
+      - {on: open, to: done}
+      - {on: bounce, to: bounced}
+      - {on: no_open, after: PT3S, to: done}
   done: {type: exit}
   gave_up: {type: exit}
   bounced: {type: exit}
 """
-PERSONA_MIX = (("clicker", 3), ("opener", 3), ("ignorer", 3), ("bouncer", 1))
+# The version every enrollment in flight is migrated to mid-run: the same nodes (no
+# mapping needed), another bump and longer timers on the thanks emails.
+PLAN_V2 = (PLAN.replace('"Did you see this?"', '"Did you see this (v2)?"')
+           .replace("- {on: no_open, after: PT3S, to: done}",
+                    "- {on: no_open, after: PT4S, to: done}"))
+# Repliers open and write back (their reply ends the sequence: a plan's default goal);
+# vacationers answer out of office and otherwise ignore their mail.
+PERSONA_MIX = (("clicker", 3), ("opener", 3), ("ignorer", 3), ("bouncer", 1), ("replier", 1),
+               ("vacationer", 1))
 # Rate limits far above what the run sends: limits are not under test here.
 UNBOUNDED = "100000000"
 ENROLL_CHUNK = 500
 LOOP_PAUSE_S = 0.25
 RECONCILE_EVERY_S = 1.0
 RESTART_PAUSE_S = 0.5
+# How old a host event left unprocessed, or a notification left unsent, must be before
+# the loop does what the periodic job would: past the Redis client's retries (an
+# after-commit send may wait that long on a broker that is down, then succeed).
+LEFT_PENDING = timedelta(seconds=8)
 WORKER_READY = "is ready for action"
 IN_FLIGHT = (OutboundMessage.RENDERED, OutboundMessage.SENDING, OutboundMessage.AMBIGUOUS)
 
@@ -160,6 +208,9 @@ class ChaosConfig:
         settle after it (deliveries processed, timers closed).
       worker_processes, worker_threads: ``dramatiq`` processes, each ``-p 1 -t N``.
       action_lease, ambiguous_send_window: ISO-8601, short so that recovery is seen.
+      purchase_every: every Nth contact purchases (its host events are POSTed to /events).
+      pause_hold_s: how long the plan-wide pause, and the pause of a few enrollments, last.
+      paused_contacts: how many enrollments are paused and resumed one by one.
     """
 
     data_dir: Path
@@ -182,6 +233,9 @@ class ChaosConfig:
     worker_threads: int = 4
     action_lease: str = "PT5S"
     ambiguous_send_window: str = "PT10S"
+    purchase_every: int = 7
+    pause_hold_s: float = 2.0
+    paused_contacts: int = 5
 
 
 @dataclass
@@ -206,6 +260,16 @@ class FaultTally:
     marked_ambiguous: int = 0
     settled_by_policy: int = 0
     deliveries_requeued: int = 0
+    events_posts: int = 0  # POST /events requests, purchases and trials, each event twice
+    events_posts_refused: int = 0  # refused (PostgreSQL down) and retried, as a host would
+    events_pairs_out_of_order: int = 0  # purchase posted before the trial it follows
+    inbound_posts: int = 0  # Inbound Parse posts: replies and out-of-office, each twice
+    inbound_posts_refused: int = 0
+    plan_pauses: int = 0
+    enrollments_paused: int = 0
+    enrollments_migrated: int = 0
+    host_events_left_pending: int = 0  # stored, then processed by the loop (a crash between)
+    notifications_left_pending: int = 0  # written, then sent by the loop (a crash between)
 
 
 @dataclass
@@ -262,8 +326,9 @@ def run_chaos(config: ChaosConfig) -> ChaosReport:
         server = make_server("127.0.0.1", 0, _not_ready, ThreadingWSGIServer, QuietHandler)
         stack.callback(server.server_close)
         base_url = f"http://127.0.0.1:{server.server_port}"
+        events_secret = secrets.token_urlsafe(32)
         environment = _environment(config, database_url, data_dir, redis_dir, standin.host,
-                                   keys.public_key, base_url)
+                                   keys.public_key, base_url, events_secret)
         settings = settings_from_mapping(environment)
         # make_app makes these settings this process's own: database, broker, actors.
         recorder = BatchRecorder(make_app(settings), tally)
@@ -275,7 +340,7 @@ def run_chaos(config: ChaosConfig) -> ChaosReport:
         _fresh_schema(database)
         if config.broker == "rabbitmq":
             _purge_queues(dramatiq.get_broker())
-        presuppressed = _seed(config)
+        presuppressed, purchasers = _seed(config)
 
         workers = [WorkerProcess(environment, data_dir / f"worker-{index}.log",
                                  threads=config.worker_threads)
@@ -289,18 +354,29 @@ def run_chaos(config: ChaosConfig) -> ChaosReport:
                                         keys.private_key_pem, deliver_twice=True, shuffle=True,
                                         seed=config.seed).start()
         stack.callback(simulator.stop)  # a failed run must not leave it posting
+        poster = PurchasePoster(standin, f"{base_url}/events", events_secret, TENANT, purchasers,
+                                seed=config.seed).start()
+        stack.callback(poster.stop)
+        replies = ReplyPoster(standin, f"{base_url}{INBOUND_PATH}", keys.private_key_pem,
+                              persona_of).start()
+        stack.callback(replies.stop)
 
         started = time.monotonic()
+        flows = OperatorFlows(TENANT, PLAN_NAME, config.pause_hold_s)
         campaign = Campaign(config, settings, workers, EmbeddedRedis(redis_dir), postgres,
-                            tally, rng)
+                            tally, rng, flows, on_postgres_down=poster.release)
         finished = campaign.run(started + config.time_limit_s)
         campaign.restart_stopped_workers()
         simulator.stop()
+        poster.stop()
+        replies.stop()
         campaign.drain(time.monotonic() + config.drain_limit_s)
         elapsed = time.monotonic() - started
         for worker in workers:
             worker.stop()
-        return _report(config, tally, standin, recorder, presuppressed, elapsed, finished)
+        in_broker = campaign.held_by_broker()
+        return _report(config, tally, standin, recorder, presuppressed, elapsed, finished,
+                       poster, replies, flows, in_broker)
 
 
 @contextmanager
@@ -323,7 +399,8 @@ def _not_ready(environ: dict, start_response) -> list[bytes]:
 
 
 def _environment(config: ChaosConfig, database_url: str, data_dir: Path, redis_dir: Path,
-                 sendgrid_host: str, public_key: str, base_url: str) -> dict[str, str]:
+                 sendgrid_host: str, public_key: str, base_url: str,
+                 events_secret: str) -> dict[str, str]:
     """The ``OUTREACH_*`` variables of the workers, and of this process's settings."""
     templates = data_dir / "templates"  # the plan's bodies are inline
     templates.mkdir(exist_ok=True)
@@ -362,6 +439,13 @@ def _environment(config: ChaosConfig, database_url: str, data_dir: Path, redis_d
         "OUTREACH_RATELIMIT_TENANT_PER_HOUR": UNBOUNDED,
         "OUTREACH_RATELIMIT_DOMAIN_PER_HOUR": UNBOUNDED,
         "OUTREACH_RATELIMIT_GLOBAL_PER_HOUR": UNBOUNDED,
+        "OUTREACH_EVENTS_SECRET": events_secret,
+        # The workers import its module (WorkerProcess), this process does below.
+        "OUTREACH_NOTIFY_ACTOR": chaos_notify.ACTOR_PATH,
+        # Every email's Reply-To is reply+TOKEN@ this domain; Inbound Parse posts are
+        # signed with the Event Webhook's key pair.
+        "OUTREACH_INBOUND_DOMAIN": INBOUND_DOMAIN,
+        "OUTREACH_SENDGRID_INBOUND_PUBLIC_KEY": public_key,
     }
 
 
@@ -380,8 +464,10 @@ def _fresh_data_dir(data_dir: Path, redis_dir: Path) -> None:
 
 def _fresh_schema(database) -> None:
     with database.connection_context():
-        database.drop_tables(models.ALL_MODELS, safe=True, cascade=True)
+        database.drop_tables([*models.ALL_MODELS, ReceivedNotification], safe=True, cascade=True)
     models.create_schema(database)
+    with database.connection_context():
+        database.create_tables([ReceivedNotification])
 
 
 def _purge_queues(broker: dramatiq.Broker) -> None:
@@ -391,8 +477,9 @@ def _purge_queues(broker: dramatiq.Broker) -> None:
     broker.flush_all()
 
 
-def _seed(config: ChaosConfig) -> set[str]:
-    """Tenant, sender, plan and enrollments; returns the addresses suppressed beforehand."""
+def _seed(config: ChaosConfig) -> tuple[set[str], set[str]]:
+    """Tenant, sender, plan and enrollments; returns the addresses suppressed beforehand,
+    and the purchasers'."""
     models.Tenant.create(id=TENANT, name="Chaos Inc.")
     models.SenderIdentity.create(tenant=TENANT, email=SENDER, name="Chaos", verified=True)
     definition = validate_plan(PLAN).to_definition()
@@ -409,7 +496,15 @@ def _seed(config: ChaosConfig) -> set[str]:
             for address in addresses[start:start + ENROLL_CHUNK]:
                 engine.enroll(TENANT, address, definition["name"],
                               fields={"first_name": address.split("-")[0].title()})
-    return set(presuppressed)
+    purchasers = set(addresses[3::config.purchase_every]) if config.purchase_every else set()
+    return set(presuppressed), purchasers
+
+
+def add_plan_version(version: int) -> None:
+    """Store PLAN_V2 as ``version`` of the plan (a migration's target)."""
+    definition = validate_plan(PLAN_V2).to_definition()
+    models.Plan.create(tenant=TENANT, name=definition["name"], version=version,
+                       definition=definition)
 
 
 class WorkerProcess:
@@ -429,7 +524,8 @@ class WorkerProcess:
         self._ready_seen = self._ready_count()
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "dramatiq", "outreach_actors", "-p", "1",
+                [sys.executable, "-m", "dramatiq", "outreach_actors", chaos_notify.__name__,
+                 "-p", "1",
                  "-t", str(self.threads)],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 cwd=self.log_path.parent,
@@ -475,8 +571,14 @@ class Campaign:
 
     def __init__(self, config: ChaosConfig, settings: Settings, workers: list[WorkerProcess],
                  redis_server: EmbeddedRedis, postgres: ThrowawayPostgres | None,
-                 tally: FaultTally, rng: random.Random) -> None:
+                 tally: FaultTally, rng: random.Random, flows: OperatorFlows,
+                 on_postgres_down: Callable[[], None] = lambda: None) -> None:
         self.config = config
+        self.flows = flows
+        self.on_postgres_down = on_postgres_down
+        self.held_by_broker: Callable[[], set[str]] = (
+            (lambda: _waiting_in_redis(redis_server, settings.broker_namespace))
+            if config.broker == "redis" else set)
         self.settings = settings
         self.workers = workers
         self.redis_server = redis_server
@@ -492,7 +594,10 @@ class Campaign:
         total = Enrollment.select().count()
         # Mid-run, each in a thread so that the dispatcher and reconciler run into the
         # outage: Redis once a third of the contacts are through, PostgreSQL at two thirds.
-        outages = [(1 / 3, self.restart_redis)]
+        # The operator's flows too, in their own threads: a few enrollments paused early,
+        # the plan paused a quarter of the way, its in-flight enrollments migrated halfway.
+        outages = [(0.1, self.pause_contacts), (0.25, self.flows.pause_plan),
+                   (1 / 3, self.restart_redis), (0.5, self.migrate)]
         if self.config.postgres_restart and self.postgres is not None:
             outages.append((2 / 3, self.restart_postgres))
         started: list[threading.Thread] = []
@@ -518,7 +623,7 @@ class Campaign:
             self.maintain()
             self.restart_stopped_workers()
             try:
-                if not _in_flight():
+                if not _in_flight(self.held_by_broker()):
                     return True
             except peewee.DatabaseError:
                 _drop_connection()
@@ -541,10 +646,35 @@ class Campaign:
                     requeue_send, settings=self.settings)
                 self.tally.deliveries_requeued += ingest.requeue_stale_deliveries(
                     enqueue_delivery, self.settings.action_lease)
+                self.finish_host_flows()
+                ingest.requeue_stale_deliveries(enqueue_inbound_post, self.settings.action_lease,
+                                                model=models.InboundPost)
         except Exception as exc:  # broker or database down: what was claimed comes back by lease
             self.tally.enqueue_failures += 1
             logger.warning("Chaos: a dispatcher pass failed: %r", exc)
             _drop_connection()
+
+    def finish_host_flows(self) -> None:
+        """The periodic job's share for host events and notifications, on this run's
+        clock: what a crash left stored but unprocessed, or written but not sent, once
+        it is LEFT_PENDING_S old (rather than the minute and half-minute of production)."""
+        with dispatch.dispatch_after_commit(enqueue_actions, settings=self.settings):
+            self.tally.host_events_left_pending += host_events.process_pending_host_events(
+                now=utcnow() + host_events.PENDING_GRACE - LEFT_PENDING)
+        self.tally.notifications_left_pending += notifications.send_pending_notifications(
+            now=utcnow() + notifications.SEND_GRACE - LEFT_PENDING)
+
+    def pause_contacts(self) -> None:
+        """Pause a few active enrollments, hold them, resume them."""
+        emails = [email for (email,) in models.Contact.select(models.Contact.email)
+                  .join(Enrollment).where(Enrollment.status == Enrollment.ACTIVE)
+                  .order_by(models.Contact.id).limit(self.config.paused_contacts).tuples()]
+        self.flows.pause_contacts(emails)
+
+    def migrate(self) -> None:
+        """A new version of the plan, and every enrollment in flight migrated to it."""
+        add_plan_version(2)
+        self.flows.migrate(2)
 
     def inject_worker_faults(self) -> None:
         now = time.monotonic()
@@ -583,6 +713,8 @@ class Campaign:
             os.kill(pid, signal.SIGKILL)
         else:
             stop_embedded_redis(self.redis_server.data_dir)
+        if not (self.config.postgres_restart and self.postgres is not None):
+            self.on_postgres_down()  # no database outage: the held-back events meet this one
         time.sleep(self.config.redis_down_s)
         ensure_embedded_redis(self.redis_server.data_dir)
         self.tally.redis_restarts += 1
@@ -591,6 +723,7 @@ class Campaign:
     def restart_postgres(self) -> None:
         """Stop the run's PostgreSQL server (a crash, or a clean stop) and start it again."""
         self.postgres.stop(self.config.postgres_restart)
+        self.on_postgres_down()
         time.sleep(self.config.postgres_down_s)
         self.postgres.start()
         self.tally.postgres_restarts += 1
@@ -617,7 +750,10 @@ def _drop_connection() -> None:
             pass
 
 
-def _in_flight() -> bool:
+def _in_flight(held_by_broker: set[str]) -> bool:
+    """Whether anything is still on its way; a notification the Redis broker holds for a
+    killed worker comes back only after a minute (see _waiting_in_redis): not waited for."""
+    received = ReceivedNotification.select(ReceivedNotification.notification_id)
     return (
         Enrollment.select().where(Enrollment.status == Enrollment.ACTIVE).exists()
         or ScheduledAction.select().where(
@@ -625,6 +761,14 @@ def _in_flight() -> bool:
         or OutboundMessage.select().where(OutboundMessage.status.in_(IN_FLIGHT)).exists()
         or WebhookDelivery.select().where(
             WebhookDelivery.status != WebhookDelivery.PROCESSED).exists()
+        or models.HostEvent.select().where(
+            models.HostEvent.status != models.HostEvent.PROCESSED).exists()
+        or models.InboundPost.select().where(
+            models.InboundPost.status == models.InboundPost.RECEIVED).exists()
+        # A notification sent and not yet received is on its way through the broker.
+        or models.Notification.select().where(
+            models.Notification.id.not_in(received),
+            models.Notification.id.not_in(sorted(held_by_broker))).exists()
     )
 
 
@@ -672,16 +816,46 @@ class BatchRecorder:
             self.event_ids.update(event["sg_event_id"] for event in events)
 
 
+def _waiting_in_redis(server: EmbeddedRedis, namespace: str) -> set[str]:
+    """The notifications still held by the Redis broker: a killed worker's fetched but
+    unacknowledged messages, which Dramatiq's Redis broker gives back to the queue only
+    after its heartbeat timeout (a minute), later than the run waits. Not lost: late."""
+    client = redis.Redis.from_url(server.url)
+    try:
+        # Dramatiq's Redis broker keys each message by its own message id: the
+        # notification's id is in the message's argument.
+        return {json.loads(value)["args"][0]["id"]
+                for queue in (chaos_notify.QUEUE, f"{chaos_notify.QUEUE}.DQ")
+                for value in client.hvals(f"{namespace}:{queue}.msgs")}
+    except redis.RedisError:  # down: nothing known to be held
+        return set()
+    finally:
+        client.close()
+
+
 def _report(config: ChaosConfig, tally: FaultTally, standin: SendGridStandIn,
             recorder: BatchRecorder, presuppressed: set[str], elapsed: float,
-            finished: bool) -> ChaosReport:
+            finished: bool, poster: PurchasePoster, replies: ReplyPoster,
+            flows: OperatorFlows, in_broker: set[str]) -> ChaosReport:
     for request in standin.requests:
         tally.sends_answered_500 += request.status == 500
         tally.sends_answered_429 += request.status == 429
         tally.connections_dropped += request.status is None
+    tally.events_posts, tally.events_posts_refused = poster.requests_posted, poster.requests_refused
+    tally.events_pairs_out_of_order = poster.out_of_order_pairs
+    tally.inbound_posts, tally.inbound_posts_refused = replies.posts, replies.posts_refused
+    tally.plan_pauses = len(flows.plan_pauses)
+    tally.enrollments_paused = sum(len(window.emails) for window in flows.contact_pauses)
+    tally.enrollments_migrated = flows.migrated
+    record = FlowRecord(
+        tenant=TENANT, host_event_ids=poster.event_ids(),
+        host_events_stored_answers=poster.stored_answers, inbound_digests=replies.accepted,
+        notifications_in_broker=in_broker,
+        plan_pauses=flows.plan_pauses, contact_pauses=flows.contact_pauses,
+        migration=(flows.migration_started_at, flows.migration_ended_at))
     return ChaosReport(
         config=config, faults=tally, elapsed_s=round(elapsed, 1), finished_in_time=finished,
-        audit=audit_campaign(standin.messages, recorder.event_ids, presuppressed),
+        audit=audit_campaign(standin.messages, recorder.event_ids, presuppressed, record),
     )
 
 

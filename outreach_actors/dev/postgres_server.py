@@ -67,7 +67,7 @@ class ThrowawayPostgres:
 
     def start(self) -> None:
         options = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.directory} "
-                   "-c fsync=off -c max_connections=200")
+                   "-c fsync=off -c max_connections=200 -c track_commit_timestamp=on")
         self._run("pg_ctl", "start", "-D", str(self.data), "-w", "-t", str(DEFAULT_WAIT_S),
                   "-o", options, "-l", str(self.directory / "server.log"))
 

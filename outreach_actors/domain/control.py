@@ -18,11 +18,14 @@ from datetime import datetime
 
 import peewee
 
-from outreach_actors.domain import notifications
+from outreach_actors.domain import engine, notifications
 from outreach_actors.domain.addresses import address_key
+from outreach_actors.domain.engagement import counts_for_plans
 from outreach_actors.domain.store.models import (
     Contact,
     Enrollment,
+    MessageEvent,
+    OutboundMessage,
     Plan,
     ScheduledAction,
     database_proxy,
@@ -151,6 +154,29 @@ def _release_held(enrollment: Enrollment, now: datetime) -> None:
         ScheduledAction.update(status=ScheduledAction.PENDING, run_at=run_at, lease_until=None).where(
             ScheduledAction.id == action.id, ScheduledAction.status == ScheduledAction.HELD,
         ).execute()
+    _apply_missed_events(enrollment, now)
+
+
+def _apply_missed_events(enrollment: Enrollment, now: datetime) -> None:
+    """Move the resumed enrollment on the first event its current email got while it was
+    paused (stored, but only an active enrollment moves): else a click during the pause
+    was lost, and the email's no_open/no_click timers, skipped on that engagement, left
+    the contact at the node for good."""
+    plan = plan_for_id(enrollment.plan_id)
+    visit = ScheduledAction.select(ScheduledAction.id).where(
+        ScheduledAction.enrollment == enrollment.id,
+        ScheduledAction.node == enrollment.current_node,
+        ScheduledAction.visit_version == enrollment.version)
+    events = (MessageEvent.select(MessageEvent.type, MessageEvent.data).join(OutboundMessage)
+              .where(OutboundMessage.action.in_(visit),
+                     MessageEvent.synthetic == False)  # noqa: E712 (peewee expression)
+              .order_by(MessageEvent.occurred_at, MessageEvent.id).tuples())
+    for event_type, data in events:
+        if counts_for_plans(event_type, data) and (
+                plan.transition_for(enrollment.current_node, event_type) is not None):
+            engine.process_event(enrollment.id, event_type, node=enrollment.current_node,
+                                 visit_version=enrollment.version, now=now)
+            return
 
 
 def hold_actions(action_ids: Sequence[int]) -> set[int]:

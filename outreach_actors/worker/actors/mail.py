@@ -25,11 +25,13 @@ from outreach_actors.domain.mail import (
     send_scope,
 )
 from outreach_actors.domain.mail.holds import send_hold
+from outreach_actors.domain.mail.send import HELD
 from outreach_actors.domain.store.models import ScheduledAction, utcnow
 from outreach_actors.providers.sendgrid.client import sendgrid_client_from_settings
 from outreach_actors.settings import get_settings
 from outreach_actors.worker.limiters import Limit, default_limits
 from outreach_actors.worker.middleware.polling import RENDER_QUEUE, SEND_QUEUE, TIMER_QUEUE
+from outreach_actors.worker.middleware.skips import quiet_skip
 
 logger = logging.getLogger(__name__)
 
@@ -144,8 +146,8 @@ def send(order: dict | str | None) -> None:
     try:
         # Timers due soon after the send (a short no_open) are enqueued once it commits.
         with dispatch.dispatch_after_commit(enqueue_actions):
-            send_message(message_id, sendgrid_client_from_settings(get_settings()),
-                         final_attempt=retries >= SEND_MAX_RETRIES)
+            result = send_message(message_id, sendgrid_client_from_settings(get_settings()),
+                                  final_attempt=retries >= SEND_MAX_RETRIES)
     except RetryableSendError as exc:
         # Expected (429, 5xx, the network): Dramatiq's Retry is retried like any error but
         # logged without a traceback and not reported to Sentry as one; SendGrid's
@@ -154,6 +156,11 @@ def send(order: dict | str | None) -> None:
         logger.warning("Send of message=%s will be retried (attempt %d of %d): %s",
                        message_id, retries + 1, SEND_MAX_RETRIES + 1, exc)
         raise dramatiq.Retry(str(exc), delay=int(after_s * 1000) if after_s else None) from exc
+    if result.status == HELD and message is not None:
+        # The claim found the plan or sender paused (a pause this process had not read
+        # yet): the send is not done. Skipped, its idempotency lease is released rather
+        # than marked done, so the reconciler's later message sends it once resumed.
+        raise quiet_skip(message.message_id, f"send of {message_id} held: {result.detail}")
 
 
 # The dispatcher sends batches (fire_timeouts); this single-timer actor stays so that
