@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import psutil
@@ -133,8 +134,15 @@ def test_demo_with_dashboard_serves_it_until_ctrl_c(tmp_path: Path) -> None:
         page = urllib.request.urlopen(urllib.request.Request(
             url, headers={"Authorization": f"Basic {token}"}), timeout=10).read().decode()
         assert "onboarding" in page
+        # Keep reading what it prints (a full pipe would stop it), then Ctrl-C
+        rest: list[str] = []
+        threading.Thread(target=lambda: rest.extend(demo.stdout), daemon=True).start()
         demo.send_signal(signal.SIGINT)
-        assert demo.wait(timeout=60) == 0
+        try:
+            status = demo.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            status = None
+        assert status == 0, "".join(rest)[-3000:]
     finally:
         if demo.poll() is None:
             demo.kill()

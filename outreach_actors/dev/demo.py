@@ -416,7 +416,7 @@ def _summary(console: Console, counts: dict[str, int], accepted: int, simulator,
         f"{simulator.posted_replies} replies and out-of-office answers posted to the inbound "
         f"endpoint, {counts['forwarded']} forwarded to the sender; "
         f"{counts['suppressed']} addresses suppressed; "
-        f"{counts['converted']} converted (reached the purchase goal)."
+        f"{counts['converted']} converted (reached a goal: a purchase or a reply)."
     )
     for sender in sender_days():
         console.print(Text(
