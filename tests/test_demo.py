@@ -116,7 +116,9 @@ def test_demo_with_dashboard_serves_it_until_ctrl_c(tmp_path: Path) -> None:
     demo = subprocess.Popen(
         [sys.executable, "-m", "outreach_actors.cli", "demo", "--contacts", "10", "--timeout", "90",
          "--dashboard"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True)
+        text=True,
+        # started as a background job is (SIGINT ignored), as CI starts the suite
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         output = ""
         for line in demo.stdout:

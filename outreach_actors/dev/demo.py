@@ -169,7 +169,11 @@ def _handle_termination() -> dict[int, object]:
     """Route the terminating signals through the cleanup; returns the handlers they had."""
     if threading.current_thread() is not threading.main_thread():
         return {}  # only the main thread may set handlers (and receives the signals)
-    return {each: signal.signal(each, _exit_through_cleanup) for each in TERMINATING_SIGNALS}
+    handlers = {each: signal.signal(each, _exit_through_cleanup) for each in TERMINATING_SIGNALS}
+    # A process started in the background inherits SIGINT ignored, and Python then leaves
+    # it so: the demo says "until Ctrl-C", so Ctrl-C must reach it wherever it was started.
+    handlers[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
+    return handlers
 
 
 def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console,
