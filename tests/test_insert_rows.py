@@ -74,8 +74,12 @@ AWKWARD_TEXTS = ["", "plain", "tab\there", "line\nbreak\r\n", 'a "quoted", comma
                  "\\N", "NULL", "null-0", "ünïcödé ✉", " padded "]
 
 
+# One moment for every call: two calls a second apart must still build the same rows.
+OCCURRED_AT = utcnow().replace(microsecond=123456)
+
+
 def event_rows(prefix: str, count: int) -> list[dict]:
-    occurred_at = utcnow().replace(microsecond=123456)
+    occurred_at = OCCURRED_AT
     return [{"tenant": AWKWARD_TEXTS[n % len(AWKWARD_TEXTS)],
              "type": "click", "synthetic": n % 2 == 0, "event_key": f"{prefix}{n}",
              "provider_event": None if n % 3 == 0 else AWKWARD_TEXTS[(n + 1) % len(AWKWARD_TEXTS)],
