@@ -177,12 +177,16 @@ def test_a_pause_racing_sends_has_one_outcome_for_each(acme, client, standin) ->
     queue = list(messages)
     lock = threading.Lock()
 
+    pause_committed = threading.Event()
+
     def sender() -> None:
         while True:
             with lock:
                 if not queue:
                     return
                 message_id = queue.pop(0)
+            if len(results) >= 15:  # the last half begins once the pause has committed
+                pause_committed.wait(timeout=10)
             started = time.monotonic()
             results[message_id] = (delivery.send_message(message_id, client).status, started)
 
@@ -191,6 +195,7 @@ def test_a_pause_racing_sends_has_one_outcome_for_each(acme, client, standin) ->
             time.sleep(0.001)
         pause_plan("acme", "onboarding", by="race")
         paused_at.append(time.monotonic())
+        pause_committed.set()
 
     threads = [threading.Thread(target=sender) for _ in range(6)] + [threading.Thread(target=pauser)]
     for thread in threads:
