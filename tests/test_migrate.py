@@ -69,6 +69,11 @@ def test_a_dry_run_counts_and_apply_moves_with_timers_from_their_origin(two_vers
     [timer] = ScheduledAction.select().where(ScheduledAction.enrollment == ada.id,
                                              ScheduledAction.status == "pending")
     assert (timer.node, timer.event, timer.run_at) == ("welcome", "no_open", sent_at + timedelta(days=5))
+    # The timer it replaces stays cancelled in the visit it belonged to, so no audit
+    # mistakes it for a timer cancelled within her current visit.
+    [replaced] = ScheduledAction.select().where(ScheduledAction.enrollment == ada.id,
+                                                ScheduledAction.status == "cancelled")
+    assert (replaced.node, replaced.visit_version) == ("intro", ada.version - 1)
     # The email she was sent belongs to her visit of the new node: engagement still counts.
     assert OutboundMessage.get_by_id(message.id).node == "welcome"
     send = ScheduledAction.get_by_id(OutboundMessage.get_by_id(message.id).action_id)

@@ -148,7 +148,9 @@ def _rehome(enrollment: Enrollment, to_node: str, target: PlanSpec, now: datetim
         ScheduledAction.status.in_(open_statuses)).execute()
     sends = list(ScheduledAction.select(ScheduledAction.id, ScheduledAction.status)
                  .where(visit, ScheduledAction.kind == ScheduledAction.SEND))
-    ScheduledAction.update(node=to_node, visit_version=version).where(visit).execute()
+    # Only the sends follow: the timers just cancelled stay in the visit they belonged to.
+    ScheduledAction.update(node=to_node, visit_version=version).where(
+        ScheduledAction.id.in_([send.id for send in sends])).execute()
     OutboundMessage.update(node=to_node).where(
         OutboundMessage.action.in_([send.id for send in sends])).execute()
     node = target.node(to_node)
