@@ -305,7 +305,7 @@ def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console,
             console.print(Text.assemble((f"not every contact finished within {timeout_s}s", "red"),
                                         f"; worker log: {log_path}"))
         if keep_dashboard:
-            simulator._stop.set()
+            simulator.halt()
             _stop_processes(processes)
             processes.clear()
             console.print(Text(f"serving the dashboard on http://127.0.0.1:{port}"
@@ -320,7 +320,7 @@ def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console,
         for each in previous_handlers:  # a signal now must not cut the cleanup short
             signal.signal(each, signal.SIG_IGN)
         if simulator is not None:
-            simulator._stop.set()
+            simulator.halt()
         _stop_processes(processes)
         pids_file.unlink(missing_ok=True)
         if server is not None:

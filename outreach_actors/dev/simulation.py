@@ -82,10 +82,15 @@ class EngagementSimulator:
         return self
 
     def stop(self) -> None:
-        self._stop.set()
+        """Stop posting, then post the events of the mails accepted meanwhile."""
+        self.halt()
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.flush()
+
+    def halt(self) -> None:
+        """Stop posting at the next tick, leaving pending events unposted."""
+        self._stop.set()
 
     def events_for_message(self, message: AcceptedMessage) -> list[dict]:
         email = message.recipients()[0][0]
