@@ -15,6 +15,7 @@ from outreach_actors.worker.leases import Leases, MemoryLeases, RedisLeases
 from outreach_actors.worker.limiters import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from outreach_actors.worker.middleware.database import DatabaseConnections
 from outreach_actors.worker.middleware.idempotency import Idempotency
+from outreach_actors.worker.middleware.outages import install_service_outages
 from outreach_actors.worker.middleware.periodic import PeriodicTickLock
 from outreach_actors.worker.middleware.polling import PROMPT_QUEUES, WorkerPolling
 from outreach_actors.worker.middleware.rate_limits import RateLimits
@@ -92,6 +93,7 @@ def project_middleware(settings: Settings) -> list[dramatiq.Middleware]:
     """
     state = BrokerState(settings)
     install_quiet_skips()  # their skips are flow control: no WARNING from Dramatiq for each
+    install_service_outages()  # an outage is one line per message, not a traceback
     return [
         ConfigurationChecks(settings),
         WorkerPolling(

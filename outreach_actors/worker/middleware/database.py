@@ -8,6 +8,7 @@ import dramatiq
 import peewee
 
 from outreach_actors.domain.store.models import create_schema, database_proxy, missing_schema
+from outreach_actors.worker.middleware.outages import database_unreachable
 
 
 class DatabaseConnections(dramatiq.Middleware):
@@ -55,7 +56,13 @@ class DatabaseConnections(dramatiq.Middleware):
             )
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
-        database_proxy.connect(reuse_if_open=True)
+        try:
+            database_proxy.connect(reuse_if_open=True)
+        except peewee.DatabaseError as exc:
+            if not database_unreachable(exc):
+                raise
+            # The message's first statement meets the outage again and fails as one line
+            # (ServiceOutages); raised here, Dramatiq would log a CRITICAL traceback.
 
     def after_process_message(self, broker, message, *, result=None, exception=None) -> None:
         self._close()
