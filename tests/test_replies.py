@@ -497,6 +497,85 @@ def test_the_parsed_form_is_read_in_the_charsets_sendgrid_names(charset) -> None
     assert "unregelmäßig" in body_text(parsed.message)
 
 
+# --- reading a reply without the contents of its attachments -------------------------
+
+def with_attachments(email: bytes, *, crlf: bool = False) -> bytes:
+    """``email`` with a long quoted history (read whole) and 40 KB of attachments: a
+    PDF, an image inside an HTML part beside the text, and an email attached with an
+    attachment of its own."""
+    from email import policy as email_policy
+    from email.message import EmailMessage
+    from email.parser import BytesParser
+
+    message = BytesParser(policy=email_policy.default).parsebytes(email)
+    text = message.get_body(("plain",))
+    text.set_content(text.get_content() + "\n".join(
+        f"> line {n} of the earlier conversation" for n in range(400)))
+    if not message.is_multipart():
+        text = message.get_content()
+        message.set_content(text)
+        message.add_alternative(f"<p>{text}</p>", subtype="html")
+        message.get_body(("html",)).add_related(bytes(range(256)) * 40, maintype="image",
+                                                 subtype="png", cid="<logo@example.com>")
+    message.add_attachment(bytes(range(256)) * 60, maintype="application", subtype="pdf",
+                           filename="proposal.pdf")
+    inner = EmailMessage()
+    inner["Subject"] = "the earlier thread"
+    inner.set_content("see attached")
+    inner.add_attachment(bytes(range(256)) * 40, maintype="application", subtype="zip",
+                         filename="thread.zip")
+    message.add_attachment(inner)
+    return message.as_bytes(policy=email_policy.SMTP if crlf else email_policy.default)
+
+
+@pytest.mark.parametrize("crlf", [False, True], ids=["lf", "crlf"])
+@pytest.mark.parametrize("name", ["gmail_reply.eml", "apple_mail_reply.eml",
+                                  "german_out_of_office.eml", "outlook_out_of_office.eml",
+                                  "postfix_dsn.eml", "spanish_unsubscribe.eml"])
+def test_a_reply_is_read_without_its_attachments_as_it_reads_with_them(name, crlf) -> None:
+    from email import policy as email_policy
+    from email.parser import BytesParser
+
+    from outreach_actors.domain.replies.classify import body_text, classify
+    from outreach_actors.domain.replies.parse import parse_post, skimmed
+
+    email = with_attachments((SAMPLES / name).read_bytes(), crlf=crlf)
+    whole = BytesParser(policy=email_policy.default).parsebytes(email)
+    parsed = parse_post(inbound_form(email), CONTENT_TYPE)
+    read = parsed.message
+    assert len(skimmed(email)) < len(email) - 20_000  # the attachments' contents left out
+    assert [(part.get_content_type(), part.get_filename()) for part in read.walk()] == [
+        (part.get_content_type(), part.get_filename()) for part in whole.walk()]
+    assert list(read.items()) == list(whole.items())
+    assert body_text(read) == body_text(whole)
+    assert (classify(read).kind, classify(read).data) == (classify(whole).kind,
+                                                          classify(whole).data)
+    assert [repr(defect) for part in read.walk() for defect in part.defects] == [
+        repr(defect) for part in whole.walk() for defect in part.defects]
+    attached = [part for part in read.walk() if part.get_filename() == "proposal.pdf"]
+    assert attached and attached[0].get_content() == b""
+    assert parsed.raw == email  # a forward attaches the email whole
+
+
+@pytest.mark.parametrize("case", ["bare CR", "no closing delimiter", "header without colon",
+                                  "delimiter with text after it"])
+def test_mime_the_skim_is_unsure_of_is_read_whole(case) -> None:
+    from outreach_actors.domain.replies.parse import skimmed
+
+    attachment = b"Content-Type: application/pdf\nContent-Transfer-Encoding: base64\n\n" + (
+        b"QUJD" * 19 + b"\n") * 200
+    head = b"From: a@example.com\nSubject: x\nContent-Type: multipart/mixed; boundary=zz\n\n"
+    parts = b"--zz\nContent-Type: text/plain\n\nhello\n--zz\n" + attachment + b"--zz--\n"
+    assert len(skimmed(head + parts)) < 1000  # well-formed: the attachment is left out
+    email = {
+        "bare CR": head + parts.replace(b"hello\n", b"hello\r--zz--\n"),
+        "no closing delimiter": head + parts.replace(b"--zz--\n", b""),
+        "header without colon": head.replace(b"Subject: x\n", b"Subject x\n") + parts,
+        "delimiter with text after it": head + parts.replace(b"--zz--\n", b"--zz-- and more\n"),
+    }[case]
+    assert skimmed(email) == email
+
+
 def test_a_reply_proves_a_send_whose_answer_was_lost(sent, receiver) -> None:
     OutboundMessage.update(status="ambiguous", provider_message_id=None).execute()
     post_twice_and_ingest(receiver, sample("gmail_reply.eml", sent), raw=True)
