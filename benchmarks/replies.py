@@ -207,12 +207,17 @@ def run(quick: bool, database_url: str = _common.DATABASE_URL,
                                                   timeout_s=60, what=f"{count} conversions")
                     split = cpu.ms_per_item(count)
                 check(standin, WARM_UP + count)
+                # A run stamps the posts it read with one time.
+                batches = models.InboundPost.select(models.InboundPost.processed_at).where(
+                    models.InboundPost.id > WARM_UP).distinct().count()
+                count_per_run = count / batches
         finally:
             database.close_all()
             _common.clear_redis(client, f"{NAMESPACE}*")
     per_s = count / (finished - started)
     print(f"{count} replies, {posters} posters: the endpoint took "
-          f"{count / (posted - started):.0f} posts/s; end to end {per_s:.0f}/s\n"
+          f"{count / (posted - started):.0f} posts/s; end to end {per_s:.0f}/s; "
+          f"{batches} runs of ingest_inbound_post read posts, {count_per_run:.1f} each\n"
           f"CPU ms per reply: {_common.cpu_split(split)}", file=sys.stderr)
     return {"inbound_replies_per_s": _common.figure(round(per_s), "replies/s", TARGET_PER_S)}
 

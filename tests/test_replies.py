@@ -556,7 +556,7 @@ def test_a_post_that_fails_its_batch_holds_up_no_other(three_sent, receiver,
                                                       monkeypatch) -> None:
     from outreach_actors.domain.replies import ingest as replies_ingest
 
-    ada, grace, _ = three_sent
+    ada, grace, alan = three_sent
     for message in (ada, grace):
         post(receiver, inbound_form(sample("gmail_reply.eml", message).replace(
             b"<CAF=", f"<{message.id}-".encode())))
@@ -574,10 +574,29 @@ def test_a_post_that_fails_its_batch_holds_up_no_other(three_sent, receiver,
     assert InboundPost.get_by_id(grace_post).status == "received"
     with pytest.raises(RuntimeError, match="a bug"):  # and that run fails, to be retried
         ingest_posts(grace_post)
+    assert "a run failed (RuntimeError('a bug" in InboundPost.get_by_id(grace_post).note
+    # From then on no other run takes it into its batch
+    post(receiver, inbound_form(sample("gmail_reply.eml", alan)))
+    alan_post = receiver.enqueued[-1]
+    assert ingest_posts(alan_post).statuses == {alan_post: "processed"}
     monkeypatch.undo()
     assert ingest_posts(grace_post).statuses == {grace_post: "processed"}
-    assert [Enrollment.get_by_id(m.enrollment_id).status for m in (ada, grace)] == [
-        "converted", "converted"]
+    assert [Enrollment.get_by_id(m.enrollment_id).status for m in three_sent] == [
+        "converted", "converted", "converted"]
+
+
+def test_a_big_post_waits_for_its_own_run(three_sent, receiver) -> None:
+    from outreach_actors.domain.replies.ingest import BATCH_MAX_POST_BYTES
+
+    ada, grace, _ = three_sent
+    big = with_attachments(sample("gmail_reply.eml", grace).replace(b"<CAF=", b"<big-")).replace(
+        b"\n\n", b"\nX-Padding: " + b"x" * 70 + (b"\n " + b"x" * 70) * (
+            BATCH_MAX_POST_BYTES // 70) + b"\n\n", 1)
+    for email in (sample("gmail_reply.eml", ada), big):
+        post(receiver, inbound_form(email))
+    ada_post, big_post = receiver.enqueued
+    assert ingest_posts(ada_post).statuses == {ada_post: "processed"}
+    assert ingest_posts(big_post).statuses == {big_post: "processed"}
 
 
 def test_a_run_leaves_a_post_another_run_holds(three_sent, receiver, db) -> None:

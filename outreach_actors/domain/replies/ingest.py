@@ -10,7 +10,10 @@ oldest), each locked so that no other run takes it (``FOR UPDATE SKIP LOCKED`` o
 PostgreSQL, the write lock on SQLite), and processes them in one transaction: a busy
 endpoint's posts cost one commit, one read of the emails they answer, one insert of
 their events and one conversion, rather than each its own. The run that later gets
-one of them finds it processed and takes whatever else waits.
+one of them finds it processed and takes whatever else waits. Only posts no run has
+failed on, of at most ``BATCH_MAX_POST_BYTES``, join another's run: a big post, or one
+that broke a run, waits for its own. A post whose batch failed and was rolled back
+waits for the next run that takes it, or for reconcile.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from email.utils import parseaddr, parsedate_to_datetime
+
+from peewee import fn
 
 from outreach_actors.domain import engine, ingest
 from outreach_actors.domain.addresses import address_key
@@ -52,6 +57,8 @@ PROVIDER_EVENT = "inbound_parse"
 MAX_TEXT = 255
 #: The most posts one run processes in one transaction (its own and others waiting).
 BATCH_SIZE = 20
+#: Larger posts are not taken into another post's run (a batch's memory stays small).
+BATCH_MAX_POST_BYTES = 1024 * 1024
 
 # Hands a post whose reply is to be forwarded to the worker that forwards it.
 EnqueueForward = Callable[[int], None]
@@ -113,14 +120,19 @@ def ingest_posts(post_id: int, *, limit: int = BATCH_SIZE,
     back to waiting for their own runs, and a post that fails alone fails its own run,
     which is retried."""
     settings = settings or get_settings()
-    try:
-        batch = _ingest_batch(post_id, limit, settings)
-    except Exception:
-        if limit == 1:
+    batch = None
+    if limit > 1:
+        try:
+            batch = _ingest_batch(post_id, limit, settings)
+        except Exception:
+            logger.warning("A batch of inbound posts with post=%s failed; it runs alone",
+                           post_id, exc_info=True)
+    if batch is None:
+        try:
+            batch = _ingest_batch(post_id, 1, settings)
+        except Exception as exc:
+            _count_failed_run(post_id, exc)
             raise
-        logger.warning("A batch of inbound posts with post=%s failed; it runs alone", post_id,
-                       exc_info=True)
-        batch = _ingest_batch(post_id, 1, settings)
     if post_id not in batch.statuses:  # not waiting: taken by another run, or done before
         status = InboundPost.select(InboundPost.status).where(InboundPost.id == post_id).scalar()
         if status is None:
@@ -143,9 +155,21 @@ def _ingest_batch(post_id: int, limit: int, settings: Settings) -> Batch:
     return Batch({reading.post.id: reading.status for reading in readings}, forwards)
 
 
+def _count_failed_run(post_id: int, exc: Exception) -> None:
+    """Count a run over the post that failed, and say so in its note: no other run takes
+    it into a batch after that (its own run, retried, does)."""
+    try:
+        InboundPost.update(attempts=InboundPost.attempts + 1,
+                           note=f"a run failed ({exc!r:.300}); it is retried").where(
+            InboundPost.id == post_id, InboundPost.status == InboundPost.RECEIVED).execute()
+    except Exception:  # the database that failed the run may be down
+        logger.warning("Could not count the failed run of inbound post=%s", post_id,
+                       exc_info=True)
+
+
 def _claim(post_id: int, limit: int) -> list[InboundPost]:
     """The post ``post_id`` if it waits, and the oldest others that wait, up to ``limit``,
-    locked for this transaction."""
+    locked for this transaction (others: small, and no run failed on them)."""
     columns = (InboundPost.id, InboundPost.body, InboundPost.headers, InboundPost.received_at)
     locking = is_postgresql(database_proxy.obj)
     own = InboundPost.select(*columns).where(InboundPost.id == post_id,
@@ -154,6 +178,7 @@ def _claim(post_id: int, limit: int) -> list[InboundPost]:
     if limit > len(posts):
         others = InboundPost.select(*columns).where(
             InboundPost.status == InboundPost.RECEIVED, InboundPost.id != post_id,
+            InboundPost.attempts == 0, fn.LENGTH(InboundPost.body) <= BATCH_MAX_POST_BYTES,
         ).order_by(InboundPost.id).limit(limit - len(posts))
         posts += list(others.for_update("FOR UPDATE SKIP LOCKED") if locking else others)
     # In the order received: of two posts of one reply, the first acts.
