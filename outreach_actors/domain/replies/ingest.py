@@ -10,10 +10,10 @@ oldest), each locked so that no other run takes it (``FOR UPDATE SKIP LOCKED`` o
 PostgreSQL, the write lock on SQLite), and processes them in one transaction: a busy
 endpoint's posts cost one commit, one read of the emails they answer, one insert of
 their events and one conversion, rather than each its own. The run that later gets
-one of them finds it processed and takes whatever else waits. Only posts no run has
-failed on, of at most ``BATCH_MAX_POST_BYTES``, join another's run: a big post, or one
-that broke a run, waits for its own. A post whose batch failed and was rolled back
-waits for the next run that takes it, or for reconcile.
+one of them finds it processed and ends there. Only posts no run has failed on, of at
+most ``BATCH_MAX_POST_BYTES``, join another's run: a big post, or one that broke a run,
+waits for its own. A post whose batch failed and was rolled back waits for the next run
+that takes it, or for reconcile.
 """
 
 from __future__ import annotations
@@ -168,18 +168,19 @@ def _count_failed_run(post_id: int, exc: Exception) -> None:
 
 
 def _claim(post_id: int, limit: int) -> list[InboundPost]:
-    """The post ``post_id`` if it waits, and the oldest others that wait, up to ``limit``,
-    locked for this transaction (others: small, and no run failed on them)."""
+    """The post ``post_id`` if it waits, and then the oldest others that wait, up to
+    ``limit``, locked for this transaction (others: small, and no run failed on them)."""
     columns = (InboundPost.id, InboundPost.body, InboundPost.headers, InboundPost.received_at)
     locking = is_postgresql(database_proxy.obj)
     own = InboundPost.select(*columns).where(InboundPost.id == post_id,
                                              InboundPost.status == InboundPost.RECEIVED)
     posts = list(own.for_update("FOR UPDATE SKIP LOCKED") if locking else own)
-    if limit > len(posts):
+    # A run whose post another took ends there: the posts that wait have runs of their own.
+    if posts and limit > 1:
         others = InboundPost.select(*columns).where(
             InboundPost.status == InboundPost.RECEIVED, InboundPost.id != post_id,
             InboundPost.attempts == 0, fn.LENGTH(InboundPost.body) <= BATCH_MAX_POST_BYTES,
-        ).order_by(InboundPost.id).limit(limit - len(posts))
+        ).order_by(InboundPost.id).limit(limit - 1)
         posts += list(others.for_update("FOR UPDATE SKIP LOCKED") if locking else others)
     # In the order received: of two posts of one reply, the first acts.
     return sorted(posts, key=lambda post: post.id)
