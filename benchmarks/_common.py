@@ -9,7 +9,9 @@ names, which Settings refuses when it does not know them).
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -17,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 # The package builds its process-wide broker at import: keep that the stub broker
 # (no embedded Redis) until a benchmark installs its own settings.
@@ -27,11 +29,13 @@ import peewee  # noqa: E402
 import psutil  # noqa: E402
 
 import outreach_actors  # noqa: E402,F401  (installs the broker before any actor is declared)
+from outreach_actors.dev.ports import free_port  # noqa: E402
 from outreach_actors.domain.store import models  # noqa: E402
 from outreach_actors.domain.store.db import ensure_postgres_database  # noqa: E402
 from outreach_actors.domain.store.keys import action_key, enrollment_key  # noqa: E402
 from outreach_actors.domain.store.models import Enrollment, OutboundMessage, ScheduledAction  # noqa: E402
 from outreach_actors.settings import Settings, settings_from_mapping  # noqa: E402
+from outreach_actors.web.app import DEFAULT_THREADS  # noqa: E402
 from outreach_actors.worker import runtime
 
 DATABASE_URL = os.environ.get(
@@ -200,7 +204,66 @@ def wait_until(condition: Callable[[], bool], *, timeout_s: float, what: str,
     return time.monotonic()
 
 
-class Workers:
+class Subprocess:
+    """A command of the package run as production runs it, in a subprocess of its own
+    with the benchmark's environment, its output in a log under the data directory;
+    ``start`` waits until ``ready`` says so, ``stop`` signals it to end.
+    """
+
+    #: What it is called in errors, its log's name, and the signal that ends it.
+    name, log_name, stop_signal = "the subprocess", "subprocess.log", signal.SIGTERM
+
+    def __init__(self, environment: dict[str, str]) -> None:
+        self.environment = environment
+        self.log_path = Path(environment["OUTREACH_DATA_DIR"]) / self.log_name
+        self.process: subprocess.Popen | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def start(self, timeout_s: float = 60) -> Self:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
+        env.update(self.environment)
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(self.command(), env=env, stdout=log,
+                                            stderr=subprocess.STDOUT, cwd=BENCHMARKS_DIR.parent)
+        try:
+            wait_until(self._ready, timeout_s=timeout_s, what=f"{self.name} start",
+                       interval_s=0.1)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"{self.name} did not start; see {self.log_path}") from None
+        return self
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.process.returncode}; "
+                               f"see {self.log_path}")
+        return self.ready()
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(self.stop_signal)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class Workers(Subprocess):
     """``dramatiq outreach_actors [modules]`` in subprocesses, as production runs it.
 
     Parameters:
@@ -210,37 +273,20 @@ class Workers:
     """
 
     READY = "is ready for action"
+    name, log_name = "dramatiq workers", "workers.log"
 
     def __init__(self, environment: dict[str, str], *, modules: tuple[str, ...] = (),
                  processes: int = WORKER_PROCESSES, threads: int = WORKER_THREADS) -> None:
-        self.environment = environment
+        super().__init__(environment)
         self.modules = modules
         self.processes = processes
         self.threads = threads
-        self.log_path = Path(environment["OUTREACH_DATA_DIR"]) / "workers.log"
-        self.process: subprocess.Popen | None = None
 
-    def start(self, timeout_s: float = 60) -> Workers:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
-        env.update(self.environment)
-        command = [sys.executable, "-m", "dramatiq", "outreach_actors", *self.modules,
-                   "--path", str(BENCHMARKS_DIR), "-p", str(self.processes),
-                   "-t", str(self.threads)]
-        self.log_path.write_bytes(b"")
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(command, env=env, stdout=log,
-                                            stderr=subprocess.STDOUT, cwd=BENCHMARKS_DIR.parent)
-        try:
-            wait_until(self._ready, timeout_s=timeout_s, what="worker start", interval_s=0.1)
-        except TimeoutError:
-            self.stop()
-            raise RuntimeError(f"dramatiq workers did not start; see {self.log_path}") from None
-        return self
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "dramatiq", "outreach_actors", *self.modules,
+                "--path", str(BENCHMARKS_DIR), "-p", str(self.processes), "-t", str(self.threads)]
 
-    def _ready(self) -> bool:
-        if self.process.poll() is not None:
-            raise RuntimeError(f"dramatiq exited with {self.process.returncode}; "
-                               f"see {self.log_path}")
+    def ready(self) -> bool:
         return self.log_path.read_text(errors="replace").count(self.READY) >= self.processes
 
     def children(self) -> list[psutil.Process]:
@@ -251,28 +297,58 @@ class Workers:
         """The resident memory of the largest worker process, in MiB."""
         return max(child.memory_info().rss for child in self.children()) / 2**20
 
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
 
-    def __enter__(self) -> Workers:
-        return self.start()
+class WebServer(Subprocess):
+    """``outreach serve`` (the standalone app on waitress) in a subprocess, as production
+    runs it, on a free port of 127.0.0.1.
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    Parameters:
+      environment: the ``OUTREACH_*`` variables the server reads.
+      threads: waitress's request threads (``--threads``).
+    """
+
+    # `outreach serve` ends on Ctrl-C, closing its database connections.
+    name, log_name, stop_signal = "outreach serve", "web.log", signal.SIGINT
+
+    def __init__(self, environment: dict[str, str], *, threads: int = DEFAULT_THREADS) -> None:
+        super().__init__(environment)
+        self.threads = threads
+        self.port = free_port()
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "outreach_actors.cli", "serve", "--port", str(self.port),
+                "--threads", str(self.threads)]
+
+    def ready(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        except OSError:
+            return False
+        return True
 
 
 def _server_processes(name: str) -> list[psutil.Process]:
     return [process for process in psutil.process_iter(["name"])
             if (process.info["name"] or "").startswith(name)]
+
+
+# A PostgreSQL backend's title: "postgres: 15/main: USER DATABASE HOST(PORT) STATE".
+BACKEND_TITLE = re.compile(r"postgres: (?:\S+: )?\S+ (?P<database>\S+) \S+\(\d+\)")
+
+
+def _postgres_processes(database: str | None) -> list[psutil.Process]:
+    """PostgreSQL's processes; with ``database``, not the backends of other databases
+    (other people's tests and benchmarks on this machine)."""
+    processes = []
+    for process in _server_processes("postgres"):
+        try:
+            title = " ".join(process.cmdline())
+        except psutil.Error:  # ended meanwhile
+            continue
+        backend = BACKEND_TITLE.match(title)
+        if database is None or backend is None or backend["database"] == database:
+            processes.append(process)
+    return processes
 
 
 class CpuMeter:
@@ -284,8 +360,11 @@ class CpuMeter:
     Redis (every server process of theirs on this machine), this process (the
     benchmark: its dispatching and waiting, and the SendGrid stand-in's threads),
     and the machine as a whole (all time not idle, not waiting on disk, not stolen
-    by the hypervisor). Processes are listed again at the end, so a PostgreSQL
-    backend that connected meanwhile counts. Beside them, the time the machine's
+    by the hypervisor), and any other process of the benchmark's (``others``: a web
+    server in a process of its own). With ``database``, PostgreSQL's backends of other
+    databases are left out: they serve other people on a shared machine. Processes are
+    listed again at the end, so a PostgreSQL backend that connected meanwhile counts.
+    Beside them, the time the machine's
     CPUs stood idle (or waited on disk) and the time the hypervisor took for other
     guests ("stolen"): a phase whose throughput fell while its CPU per item did not
     was starved (stolen) or could not keep the CPUs busy (idle).
@@ -293,16 +372,23 @@ class CpuMeter:
 
     PARTS = ("workers", "PostgreSQL", "Redis", "this process", "machine", "idle", "stolen")
 
-    def __init__(self, workers: Workers) -> None:
+    def __init__(self, workers: Workers, *, others: dict[str, int] | None = None,
+                 database: str | None = None) -> None:
         self.workers = workers
+        # Only this database's backends count (and PostgreSQL's own processes).
+        self.database = database
+        # More processes of the benchmark's own, by part name -> pid (a web server).
+        self.others = dict(others or {})
+        self.parts = (*self.PARTS[:4], *self.others, *self.PARTS[4:])
         self.started = self._read()
 
     def _processes(self) -> dict[str, list[psutil.Process]]:
         return {
             "workers": [psutil.Process(self.workers.process.pid), *self.workers.children()],
-            "PostgreSQL": _server_processes("postgres"),
+            "PostgreSQL": _postgres_processes(self.database),
             "Redis": _server_processes("redis-server"),
             "this process": [psutil.Process()],
+            **{part: [psutil.Process(pid)] for part, pid in self.others.items()},
         }
 
     def _read(self) -> dict[str, dict[int, float]]:
@@ -327,7 +413,7 @@ class CpuMeter:
         ended = self._read()
         return {part: sum(seconds - self.started[part].get(pid, 0.0)
                           for pid, seconds in ended[part].items())
-                for part in self.PARTS}
+                for part in self.parts}
 
     def ms_per_item(self, items: int) -> dict[str, float]:
         """Milliseconds of CPU each part spent per item since the start."""

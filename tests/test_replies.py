@@ -20,7 +20,7 @@ from outreach_actors.domain.mail.reply_address import (
     token_is_valid,
 )
 from outreach_actors.domain.replies import forward
-from outreach_actors.domain.replies.ingest import ingest_post, replay_post
+from outreach_actors.domain.replies.ingest import ingest_post, ingest_posts, replay_post
 from outreach_actors.domain.stats import funnel
 from outreach_actors.domain.store.models import (
     Enrollment,
@@ -63,16 +63,30 @@ def receiver(inbound_settings, monkeypatch):
     return receiver
 
 
+def send_intro(name: str, sendgrid_client) -> OutboundMessage:
+    """``name``'s intro email, rendered and sent through the stand-in."""
+    enrollment = engine.enroll("acme", f"{name.lower()}@example.com", "outreach",
+                               fields={"first_name": name})
+    action = ScheduledAction.get(ScheduledAction.enrollment == enrollment)
+    message_id = delivery.render_action(action.id)
+    assert delivery.send_message(message_id, sendgrid_client).status == "sent"
+    return OutboundMessage.get_by_id(message_id)
+
+
 @pytest.fixture
 def sent(inbound_settings, sendgrid_client) -> OutboundMessage:
     """Ada's intro email, rendered and sent through the stand-in."""
     make_tenant()
     load_plan(PLAN)
-    enrollment = engine.enroll("acme", "ada@example.com", "outreach", fields={"first_name": "Ada"})
-    action = ScheduledAction.get(ScheduledAction.enrollment == enrollment)
-    message_id = delivery.render_action(action.id)
-    assert delivery.send_message(message_id, sendgrid_client).status == "sent"
-    return OutboundMessage.get_by_id(message_id)
+    return send_intro("Ada", sendgrid_client)
+
+
+@pytest.fixture
+def three_sent(inbound_settings, sendgrid_client) -> list[OutboundMessage]:
+    """The intros of Ada, Grace and Alan, sent."""
+    make_tenant()
+    load_plan(PLAN)
+    return [send_intro(name, sendgrid_client) for name in ("Ada", "Grace", "Alan")]
 
 
 def sample(name: str, message: OutboundMessage, *, to: str | None = None) -> bytes:
@@ -495,6 +509,234 @@ def test_the_parsed_form_is_read_in_the_charsets_sendgrid_names(charset) -> None
     assert parsed.form == "parsed" and not parsed.warnings
     assert "Vielen Dank für Ihre Nachricht" in body_text(parsed.message)
     assert "unregelmäßig" in body_text(parsed.message)
+
+
+# --- many posts in one run -----------------------------------------------------------
+
+def test_posts_read_in_one_batch_act_once_each_however_often_run(
+        three_sent, receiver, standin, sendgrid_client, inbound_settings) -> None:
+    ada, grace, alan = three_sent
+    OutboundMessage.update(from_name="").where(OutboundMessage.id == grace.id).execute()
+    ada_reply = inbound_form(sample("gmail_reply.eml", ada))
+    for body in [ada_reply, ada_reply.replace(b"192.0.2.25", b"192.0.2.26"),  # SendGrid again
+                 inbound_form(sample("apple_mail_reply.eml", grace)),
+                 inbound_form(sample("outlook_out_of_office.eml", alan)),
+                 inbound_form(b"From: x@example.com\nTo: y@in.acme.test\nSubject: hi\n\nhello\n")]:
+        assert post(receiver, body).status == 200
+    garbage = b"\x00\xff garbage"
+    assert post(receiver, garbage, headers={**inbound_headers(garbage, KEYS.private_key_pem),
+                                            "Content-Type": "text/plain"}).status == 200
+    posts = receiver.enqueued
+    # One run takes every post that waits, in the order received
+    batch = ingest_posts(posts[0])
+    expected = dict(zip(posts, ["processed", "duplicate", "processed", "processed", "unmatched",
+                                "failed"], strict=True))
+    assert batch.statuses == expected
+    assert [reply.post_id for reply in batch.forwards] == [posts[0], posts[2]]
+    # Every post's own run comes later, and each can run twice: each finds its post done
+    for post_id in posts * 2:
+        again = ingest_posts(post_id)
+        assert (again.statuses, again.forwards) == ({post_id: expected[post_id]}, [])
+    for _ in range(2):
+        forwarded = forward.forward_replies(batch.forwards, sendgrid_client)
+    assert forwarded == {posts[0]: forward.Forwarded("already forwarded"),
+                         posts[2]: forward.Forwarded("already forwarded")}
+    forwards = [m for m in standin.messages if forward.FORWARD_HEADER in m.body.get("headers", {})]
+    assert sorted(m.body["headers"][forward.FORWARD_HEADER] for m in forwards) == sorted(
+        [str(posts[0]), str(posts[2])])
+    assert [Enrollment.get_by_id(m.enrollment_id).status for m in three_sent] == [
+        "converted", "converted", "active"]
+    assert [(e.type, e.message_id) for e in MessageEvent.select().where(
+        MessageEvent.provider_event == "inbound_parse").order_by(MessageEvent.id)] == [
+        ("replied", ada.id), ("replied", grace.id), ("auto_replied", alan.id)]
+    assert [InboundPost.get_by_id(p).forward_status for p in posts[:3]] == ["sent", None, "sent"]
+
+
+def test_a_post_that_fails_its_batch_holds_up_no_other(three_sent, receiver,
+                                                      monkeypatch) -> None:
+    from outreach_actors.domain.replies import ingest as replies_ingest
+
+    ada, grace, alan = three_sent
+    for message in (ada, grace):
+        post(receiver, inbound_form(sample("gmail_reply.eml", message).replace(
+            b"<CAF=", f"<{message.id}-".encode())))
+    ada_post, grace_post = receiver.enqueued
+    classify = replies_ingest.classify
+
+    def a_bug_on_graces_reply(message):
+        if grace.headers["Reply-To"] in str(message["to"]):
+            raise RuntimeError("a bug that this reply finds")
+        return classify(message)
+
+    monkeypatch.setattr(replies_ingest, "classify", a_bug_on_graces_reply)
+    # Ada's run takes both, fails, and runs hers alone; Grace's waits for its own run
+    assert ingest_posts(ada_post).statuses == {ada_post: "processed"}
+    assert InboundPost.get_by_id(grace_post).status == "received"
+    with pytest.raises(RuntimeError, match="a bug"):  # and that run fails, to be retried
+        ingest_posts(grace_post)
+    assert "a run failed (RuntimeError('a bug" in InboundPost.get_by_id(grace_post).note
+    # From then on no other run takes it into its batch
+    post(receiver, inbound_form(sample("gmail_reply.eml", alan)))
+    alan_post = receiver.enqueued[-1]
+    assert ingest_posts(alan_post).statuses == {alan_post: "processed"}
+    monkeypatch.undo()
+    assert ingest_posts(grace_post).statuses == {grace_post: "processed"}
+    assert [Enrollment.get_by_id(m.enrollment_id).status for m in three_sent] == [
+        "converted", "converted", "converted"]
+
+
+def test_a_big_post_waits_for_its_own_run(three_sent, receiver) -> None:
+    from outreach_actors.domain.replies.ingest import BATCH_MAX_POST_BYTES
+
+    ada, grace, _ = three_sent
+    big = with_attachments(sample("gmail_reply.eml", grace).replace(b"<CAF=", b"<big-")).replace(
+        b"\n\n", b"\nX-Padding: " + b"x" * 70 + (b"\n " + b"x" * 70) * (
+            BATCH_MAX_POST_BYTES // 70) + b"\n\n", 1)
+    for email in (sample("gmail_reply.eml", ada), big):
+        post(receiver, inbound_form(email))
+    ada_post, big_post = receiver.enqueued
+    assert ingest_posts(ada_post).statuses == {ada_post: "processed"}
+    assert ingest_posts(big_post).statuses == {big_post: "processed"}
+
+
+def test_a_run_leaves_a_post_another_run_holds(three_sent, receiver, db) -> None:
+    import threading
+
+    from outreach_actors.domain.store.db import is_postgresql
+
+    for message in three_sent:
+        post(receiver, inbound_form(sample("gmail_reply.eml", message).replace(
+            b"<CAF=", f"<{message.id}-".encode())))
+    first, held, third = receiver.enqueued
+    holding, release = threading.Event(), threading.Event()
+    postgresql = is_postgresql(db)
+
+    def another_run() -> None:
+        # PostgreSQL: it holds its post's row; SQLite: the write lock, the whole database.
+        with db.connection_context(), db.atomic() if postgresql else db.atomic("IMMEDIATE"):
+            query = InboundPost.select().where(InboundPost.id == held)
+            (query.for_update() if postgresql else query).first()
+            holding.set()
+            release.wait(20)
+
+    other = threading.Thread(target=another_run)
+    other.start()
+    assert holding.wait(20)
+    runs: list = []
+    run = threading.Thread(target=lambda: runs.append(ingest_posts(first).statuses))
+    try:
+        run.start()
+        run.join(0.5)
+        # PostgreSQL takes the posts no one holds; SQLite waits for the other writer
+        assert runs == ([{first: "processed", third: "processed"}] if postgresql else [])
+    finally:
+        release.set()
+        other.join()
+        run.join(20)
+    if postgresql:
+        assert InboundPost.get_by_id(held).status == "received"
+    else:
+        assert runs == [{first: "processed", held: "processed", third: "processed"}]
+
+
+def test_a_forward_sendgrid_refuses_in_a_batch_goes_to_its_own_retries(
+        three_sent, receiver, standin, sendgrid_client, monkeypatch) -> None:
+    from outreach_actors.worker.actors import replies as reply_actors
+
+    for message in three_sent[:2]:
+        post(receiver, inbound_form(sample("gmail_reply.eml", message).replace(
+            b"<CAF=", f"<{message.id}-".encode())))
+    batch = ingest_posts(receiver.enqueued[0])
+    handed_on: list[int] = []
+    monkeypatch.setattr(reply_actors.forward_reply, "send", handed_on.append)
+    standin.fail_next(503)
+    reply_actors.forward_now(batch.forwards)  # what the run does once it has committed
+    assert handed_on == [receiver.enqueued[0]]
+    assert [InboundPost.get_by_id(p).forward_status for p in receiver.enqueued] == [
+        "sending", "sent"]
+    assert forward.forward_reply(handed_on[0], sendgrid_client) == "forwarded"
+    assert forward.forward_reply(handed_on[0], sendgrid_client) == "nothing to forward"
+    forwards = [m for m in standin.messages if forward.FORWARD_HEADER in m.body.get("headers", {})]
+    assert len(forwards) == 2
+
+
+# --- reading a reply without the contents of its attachments -------------------------
+
+def with_attachments(email: bytes, *, crlf: bool = False) -> bytes:
+    """``email`` with a long quoted history (read whole) and 40 KB of attachments: a
+    PDF, an image inside an HTML part beside the text, and an email attached with an
+    attachment of its own."""
+    from email import policy as email_policy
+    from email.message import EmailMessage
+    from email.parser import BytesParser
+
+    message = BytesParser(policy=email_policy.default).parsebytes(email)
+    text = message.get_body(("plain",))
+    text.set_content(text.get_content() + "\n".join(
+        f"> line {n} of the earlier conversation" for n in range(400)))
+    if not message.is_multipart():
+        text = message.get_content()
+        message.set_content(text)
+        message.add_alternative(f"<p>{text}</p>", subtype="html")
+        message.get_body(("html",)).add_related(bytes(range(256)) * 40, maintype="image",
+                                                 subtype="png", cid="<logo@example.com>")
+    message.add_attachment(bytes(range(256)) * 60, maintype="application", subtype="pdf",
+                           filename="proposal.pdf")
+    inner = EmailMessage()
+    inner["Subject"] = "the earlier thread"
+    inner.set_content("see attached")
+    inner.add_attachment(bytes(range(256)) * 40, maintype="application", subtype="zip",
+                         filename="thread.zip")
+    message.add_attachment(inner)
+    return message.as_bytes(policy=email_policy.SMTP if crlf else email_policy.default)
+
+
+@pytest.mark.parametrize("crlf", [False, True], ids=["lf", "crlf"])
+@pytest.mark.parametrize("name", ["gmail_reply.eml", "apple_mail_reply.eml",
+                                  "german_out_of_office.eml", "outlook_out_of_office.eml",
+                                  "postfix_dsn.eml", "spanish_unsubscribe.eml"])
+def test_a_reply_is_read_without_its_attachments_as_it_reads_with_them(name, crlf) -> None:
+    from email import policy as email_policy
+    from email.parser import BytesParser
+
+    from outreach_actors.domain.replies.classify import body_text, classify
+    from outreach_actors.domain.replies.parse import parse_post, skimmed
+
+    email = with_attachments((SAMPLES / name).read_bytes(), crlf=crlf)
+    whole = BytesParser(policy=email_policy.default).parsebytes(email)
+    parsed = parse_post(inbound_form(email), CONTENT_TYPE)
+    read = parsed.message
+    assert len(skimmed(email)) < len(email) - 20_000  # the attachments' contents left out
+    assert [(part.get_content_type(), part.get_filename()) for part in read.walk()] == [
+        (part.get_content_type(), part.get_filename()) for part in whole.walk()]
+    assert list(read.items()) == list(whole.items())
+    assert body_text(read) == body_text(whole)
+    assert (classify(read).kind, classify(read).data) == (classify(whole).kind,
+                                                          classify(whole).data)
+    assert [repr(defect) for part in read.walk() for defect in part.defects] == [
+        repr(defect) for part in whole.walk() for defect in part.defects]
+    attached = [part for part in read.walk() if part.get_filename() == "proposal.pdf"]
+    assert attached and attached[0].get_content() == b""
+    assert parsed.raw == email  # a forward attaches the email whole
+
+
+@pytest.mark.parametrize("case", ["bare CR", "no closing delimiter", "header without colon",
+                                  "delimiter with text after it"])
+def test_mime_the_skim_is_unsure_of_is_read_whole(case) -> None:
+    from outreach_actors.domain.replies.parse import skimmed
+
+    attachment = b"Content-Type: application/pdf\nContent-Transfer-Encoding: base64\n\n" + (
+        b"QUJD" * 19 + b"\n") * 200
+    head = b"From: a@example.com\nSubject: x\nContent-Type: multipart/mixed; boundary=zz\n\n"
+    parts = b"--zz\nContent-Type: text/plain\n\nhello\n--zz\n" + attachment + b"--zz--\n"
+    assert len(skimmed(head + parts)) < 1000  # well-formed: the attachment is left out
+    email = {
+        "bare CR": head + parts.replace(b"hello\n", b"hello\r--zz--\n"),
+        "no closing delimiter": head + parts.replace(b"--zz--\n", b""),
+        "header without colon": head.replace(b"Subject: x\n", b"Subject x\n") + parts,
+        "delimiter with text after it": head + parts.replace(b"--zz--\n", b"--zz-- and more\n"),
+    }[case]
+    assert skimmed(email) == email
 
 
 def test_a_reply_proves_a_send_whose_answer_was_lost(sent, receiver) -> None:

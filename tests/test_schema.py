@@ -80,3 +80,21 @@ def test_db_init_drops_the_indexes_that_repeat_a_unique_one(any_db: peewee.Datab
         for table, (index, _) in redundant.items():
             assert index not in {found.name for found in any_db.get_indexes(table)}
         assert models.missing_schema(any_db) == []
+
+
+def test_raw_inbound_posts_are_not_compressed_with_pglz(postgres_db: peewee.Database) -> None:
+    # pglz spends more CPU failing at base64 attachments than the insert takes.
+    with postgres_db.connection_context():
+        lz4 = postgres_db.execute_sql(
+            "SELECT 1 FROM pg_settings WHERE name = 'default_toast_compression' "
+            "AND 'lz4' = ANY(enumvals)").fetchone() is not None
+        setting, wanted = ("attcompression", "l") if lz4 else ("attstorage", "e")
+        postgres_db.execute_sql("ALTER TABLE inbound_post ALTER COLUMN body SET STORAGE EXTENDED"
+                                + (", ALTER COLUMN body SET COMPRESSION pglz" if lz4 else ""))
+    models.create_schema(postgres_db)  # what `outreach db init` does to an older database
+    models.create_schema(postgres_db)
+    with postgres_db.connection_context():
+        (stored,) = postgres_db.execute_sql(
+            f"SELECT {setting} FROM pg_attribute "
+            "WHERE attrelid = 'inbound_post'::regclass AND attname = 'body'").fetchone()
+    assert stored == wanted

@@ -32,6 +32,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from outreach_actors.dev.ports import free_port
 from outreach_actors.domain.plans import validate_plan
 from outreach_actors.domain.store import models
 from outreach_actors.settings import Settings, get_settings, parse_duration
@@ -80,14 +81,6 @@ def _iso(plan_duration: str | float) -> str:
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args) -> None:  # noqa: A002 (stdlib signature)
         pass
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _default_templates_dir() -> Path:
@@ -209,7 +202,7 @@ def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console,
     events_secret = secrets.token_urlsafe(32)
     dashboard_password = secrets.token_urlsafe(12)  # this run's only: printed, never stored
     standin = SendGridStandIn(api_key=DEMO_API_KEY).start()
-    port = _free_port()
+    port = free_port()
     environment = {
         "OUTREACH_DATA_DIR": str(data_dir),
         "OUTREACH_TEMPLATES_DIR": str(templates_dir),

@@ -14,11 +14,12 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import Literal
+
+from outreach_actors.dev.ports import free_port
 
 #: How long ``pg_ctl`` waits for the server to start or stop, in seconds.
 DEFAULT_WAIT_S = 60
@@ -53,7 +54,7 @@ class ThrowawayPostgres:
         # Not under pytest's tmp_path: it is private to root, and the server runs as postgres.
         self.directory = Path(tempfile.mkdtemp(prefix="outreach-postgres-"))
         self.data = self.directory / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self._user = "postgres" if os.geteuid() == 0 else None
         if self._user is not None:
             account = pwd.getpwnam(self._user)
@@ -95,9 +96,3 @@ class ThrowawayPostgres:
         if check and result.returncode != 0:
             raise PostgresUnavailable(
                 f"{program} failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]

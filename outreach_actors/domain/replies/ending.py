@@ -3,6 +3,7 @@ become a plan's default goal); an out-of-office's return date holds a wait node.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date, datetime, time
 
 from outreach_actors.domain import engine, goals, notifications
@@ -26,21 +27,34 @@ def apply_reply(enrollment_id: int, *, now: datetime) -> str:
     the reply either way (OUTREACH_NOTIFY_ACTOR). Returns what happened: moved,
     converted or nothing.
     """
-    enrollment = Enrollment.get_or_none(Enrollment.id == enrollment_id)
-    if enrollment is None or enrollment.status not in Enrollment.LIVE:
-        return "nothing"
-    plan = plan_for_id(enrollment.plan_id)
-    notifications.record(notifications.REPLIED, [enrollment_id], reason=EventType.REPLIED,
+    return apply_replies([enrollment_id], now=now)[enrollment_id]
+
+
+def apply_replies(enrollment_ids: Sequence[int], *, now: datetime) -> dict[int, str]:
+    """apply_reply for the enrollments of many replies: one read of them, one conversion
+    of those that end. An enrollment named twice is acted on once (the first: moved or
+    converted, the rest: nothing)."""
+    outcomes = dict.fromkeys(enrollment_ids, "nothing")
+    live = [enrollment for enrollment in Enrollment.select().where(
+                Enrollment.id.in_(sorted(outcomes))).order_by(Enrollment.id)
+            if enrollment.status in Enrollment.LIVE]
+    if not live:
+        return outcomes
+    notifications.record(notifications.REPLIED, [e.id for e in live], reason=EventType.REPLIED,
                          now=now)
-    explicit_goal = has_goal(plan.goals, EventType.REPLIED)
-    if not explicit_goal and enrollment.status == Enrollment.ACTIVE \
-            and plan.transition_for(enrollment.current_node, EventType.REPLIED) is not None:
-        moved = engine.process_event(enrollment_id, EventType.REPLIED, now=now)
-        return "moved" if moved else "nothing"
-    if explicit_goal or plan.stop_on_reply:
-        return "converted" if goals.convert([enrollment], EventType.REPLIED, now=now) \
-            else "nothing"
-    return "nothing"
+    ending = []
+    for enrollment in live:
+        plan = plan_for_id(enrollment.plan_id)
+        explicit_goal = has_goal(plan.goals, EventType.REPLIED)
+        if not explicit_goal and enrollment.status == Enrollment.ACTIVE \
+                and plan.transition_for(enrollment.current_node, EventType.REPLIED) is not None:
+            moved = engine.process_event(enrollment.id, EventType.REPLIED, now=now)
+            outcomes[enrollment.id] = "moved" if moved else "nothing"
+        elif explicit_goal or plan.stop_on_reply:
+            ending.append(enrollment)
+    for enrollment in goals.convert(ending, EventType.REPLIED, now=now):
+        outcomes[enrollment.id] = "converted"
+    return outcomes
 
 
 def wait_for_return(enrollment_id: int, back: date) -> int:

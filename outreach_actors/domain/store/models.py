@@ -669,6 +669,30 @@ def create_schema(database: peewee.Database) -> None:
         for index in replaced:
             database.execute_sql(f'DROP INDEX IF EXISTS "{index}"')
         install_counters(database)
+        if is_postgresql(database):
+            _store_raw_columns(database)
+
+
+# Columns of raw posts as received: mostly attachments in base64, which pglz (PostgreSQL's
+# default) cannot compress and spends more CPU failing at than the insert itself takes
+# (3.9 ms against 1.8 for a 157 KB post); lz4 gives up at once and still compresses text.
+# Where PostgreSQL has no lz4 (before 14, or built without it) they are not compressed.
+_RAW_COLUMNS = (("inbound_post", "body"),)
+
+
+def _store_raw_columns(database: peewee.Database) -> None:
+    """Set how PostgreSQL stores the raw columns, where it is not set yet."""
+    lz4 = database.execute_sql(
+        "SELECT 1 FROM pg_settings WHERE name = 'default_toast_compression' "
+        "AND 'lz4' = ANY(enumvals)").fetchone() is not None
+    setting, wanted, change = (("attcompression", "l", "SET COMPRESSION lz4") if lz4
+                               else ("attstorage", "e", "SET STORAGE EXTERNAL"))
+    for table, column in _RAW_COLUMNS:
+        (current,) = database.execute_sql(
+            f"SELECT {setting} FROM pg_attribute WHERE attrelid = %s::regclass AND attname = %s",
+            (table, column)).fetchone()
+        if current != wanted:
+            database.execute_sql(f'ALTER TABLE "{table}" ALTER COLUMN "{column}" {change}')
 
 
 def missing_schema(database: peewee.Database) -> list[str]:
