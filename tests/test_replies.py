@@ -380,6 +380,25 @@ def test_unsigned_forged_and_oversized_posts_are_refused(receiver, inbound_setti
     assert InboundPost.select().count() == 0
 
 
+def unprefixed(headers: dict[str, str]) -> dict[str, str]:
+    """``headers`` with the signature in the Event Webhook's names without "Twilio-"."""
+    return {name.replace("X-Twilio-Email-", "X-Email-"): value for name, value in headers.items()}
+
+
+def test_a_post_signed_in_the_unprefixed_headers_is_verified(receiver) -> None:
+    body = inbound_form(b"From: a@example.com\nTo: b@in.acme.test\nSubject: x\n\nhello\n")
+    signed = unprefixed(inbound_headers(body, KEYS.private_key_pem))
+    assert "X-Email-Event-Webhook-Signature" in signed
+    assert post(receiver, body, headers=signed).status == 200
+    other = inbound_form(b"From: a@example.com\nTo: b@in.acme.test\nSubject: y\n\nhello\n")
+    forged = unprefixed(inbound_headers(other, generate_webhook_keys().private_key_pem))
+    assert post(receiver, other, headers=forged).status == 403
+    # Signed in both pairs, one forged: the one that verifies is enough.
+    both = {**inbound_headers(other, KEYS.private_key_pem), **forged}
+    assert post(receiver, other, headers=both).status == 200
+    assert InboundPost.select().count() == 2
+
+
 def test_the_sendgrid_sample_posts_are_stored_and_match_nothing(sent, receiver) -> None:
     for name in ["sendgrid_raw_form.txt", "sendgrid_parsed_form.txt",
                  "sendgrid_raw_form_with_attachments.txt"]:
@@ -407,10 +426,18 @@ def test_the_readmes_reply_plan_is_valid() -> None:
 
 def test_a_forward_sendgrid_refuses_for_now_is_retried_and_sent_once(sent, receiver, standin,
                                                                      sendgrid_client) -> None:
+    import dramatiq
+
+    from outreach_actors.worker.actors import replies as reply_actors
+
     [first, _] = post_twice_and_ingest(receiver, sample("gmail_reply.eml", sent), raw=True)
     standin.fail_next(503)
     with pytest.raises(forward.ForwardNotSent):
         forward.forward_reply(first.id, sendgrid_client)
+    # The actor hands the refusal to Dramatiq as a Retry: one log line, no traceback.
+    standin.fail_next(503)
+    with pytest.raises(dramatiq.Retry, match="503"):
+        reply_actors.forward_reply.fn(first.id)
     assert forward.forward_reply(first.id, sendgrid_client) == "forwarded"
     assert forward.forward_reply(first.id, sendgrid_client) == "nothing to forward"
     assert [m.recipients()[0][0] for m in standin.messages].count("sales@acme.test") == 1

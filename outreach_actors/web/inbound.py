@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 
 from outreach_actors.domain.store.models import InboundPost, insert_rows, utcnow
-from outreach_actors.web.webhooks import SendGridWebhookReceiver
+from outreach_actors.web.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, SendGridWebhookReceiver
 from outreach_actors.worker.actors.replies import enqueue_inbound_post
 
 
@@ -29,6 +29,13 @@ class SendGridInboundReceiver(SendGridWebhookReceiver):
     max_body_setting = "inbound_max_body_bytes"
     what = "inbound post"
     replay_group = "replies"
+    # SendGrid documents ECDSA for Inbound Parse but names no headers; the Event
+    # Webhook's are expected, and the same names without "Twilio-" are taken too, as
+    # seen in tools that post Inbound Parse forms.
+    signature_headers = (
+        (SIGNATURE_HEADER, TIMESTAMP_HEADER),
+        ("X-Email-Event-Webhook-Signature", "X-Email-Event-Webhook-Timestamp"),
+    )
 
     def store(self, body: bytes, headers: dict[str, str]) -> tuple[int, bool]:
         digest = hashlib.sha256(body).hexdigest()

@@ -51,6 +51,8 @@ class SendGridWebhookReceiver:
     allow_unsigned_setting = "sendgrid_webhook_allow_unsigned"
     max_body_setting = "webhook_max_body_bytes"
     what = "webhook"
+    #: The (signature, timestamp) header pairs a request may be signed in, in order.
+    signature_headers: tuple[tuple[str, str], ...] = ((SIGNATURE_HEADER, TIMESTAMP_HEADER),)
 
     def __init__(self, settings: Settings) -> None:
         self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
@@ -131,14 +133,23 @@ class SendGridWebhookReceiver:
         enqueue_delivery(stored_id)
 
     def _signature_problem(self, headers: dict[str, str], body: bytes) -> str | None:
-        signature = headers.get(SIGNATURE_HEADER.lower())
-        timestamp = headers.get(TIMESTAMP_HEADER.lower())
-        if not signature or not timestamp:
-            return f"the {SIGNATURE_HEADER} and {TIMESTAMP_HEADER} headers are required"
+        signed = [(name, headers.get(name.lower()), headers.get(stamp.lower()), stamp)
+                  for name, stamp in self.signature_headers if headers.get(name.lower())]
+        if not signed:
+            name, stamp = self.signature_headers[0]
+            return f"the {name} and {stamp} headers are required"
+        # Signed in more than one pair: any that verifies will do.
+        problems = [self._pair_problem(body, *pair) for pair in signed]
+        return None if None in problems else problems[0]
+
+    def _pair_problem(self, body: bytes, name: str, signature: str, timestamp: str | None,
+                      stamp: str) -> str | None:
+        if not timestamp:
+            return f"the {name} and {stamp} headers are required"
         try:
             signed_at = int(timestamp)
         except ValueError:
-            return f"{TIMESTAMP_HEADER} is not a Unix time"
+            return f"{stamp} is not a Unix time"
         try:
             valid = self.verifier.verify_signature(body.decode("utf-8"), signature, timestamp)
         except UnicodeDecodeError:

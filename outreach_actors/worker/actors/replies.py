@@ -56,7 +56,13 @@ def forward_now(replies: list[forward.ReplyToForward]) -> None:
                 max_backoff=600_000, idempotency_key=False)
 def forward_reply(post_id: int) -> None:
     """Forward the reply of one post to its sender's forward address, once."""
-    outcome = forward.forward_reply(post_id, sendgrid_client_from_settings(get_settings()))
+    try:
+        outcome = forward.forward_reply(post_id, sendgrid_client_from_settings(get_settings()))
+    except forward.ForwardNotSent as exc:
+        # Expected (429, 5xx): retried as the send actor's refusals are, in one line,
+        # without a traceback or a Sentry error.
+        logger.warning("Forward of inbound post=%s will be retried: %s", post_id, exc)
+        raise dramatiq.Retry(str(exc)) from exc
     logger.info("Forward of inbound post=%s: %s", post_id, outcome)
 
 
