@@ -11,7 +11,9 @@ its 10k figure of the same run: the growth factor is what matters (target: under
 - stats_ms_10k / _100k / _1m: that many enrollments of one plan with companions in the
   proportions of a real account (per enrollment 2.2 node visits, 1.5 emails with an HTML
   body of 1.3 kB, 3.6 events: deliveries, human and machine opens, clicks, a few of
-  them on the unsubscribe link, and no_open timers), seeded set-based (generate_series);
+  them on the unsubscribe link, and no_open timers), seeded set-based (generate_series),
+  enrolled over a year (a 365th of them each day, the visits and emails that follow
+  days later, the events hours after each email);
   `outreach stats` for every plan. With --quick the 1m figure is measured at 300k
   enrollments (its name keeps the full size; the unit says the size measured).
 
@@ -97,15 +99,16 @@ def seed_funnel(count: int) -> None:
                     WHEN id %% 100 < 70 THEN 'thanks' ELSE 'done' END,
                CASE WHEN id %% 100 < 30 THEN 'active' WHEN id %% 100 < 38 THEN 'active'
                     WHEN id %% 100 < 40 THEN 'failed' ELSE 'completed' END,
-               2, now(), now(), now()
+               2, now(), now() - interval '7 days' - (id %% 365) * interval '1 day'
+                   - (id %% 1440) * interval '1 minute', now()
            FROM contact""", (plan.id,))
     # 2.2 visits each: intro for all, bump for 70%, an exit node for half.
     sql("""INSERT INTO node_visit (enrollment_id, node, via_event, entered_at, version, from_node)
-           SELECT id, 'intro', NULL, now(), 0, NULL FROM enrollment
-           UNION ALL SELECT id, 'bump', 'no_open', now(), 1, 'intro' FROM enrollment
-               WHERE id %% 10 < 7
-           UNION ALL SELECT id, 'done', 'no_click', now(), 2, 'bump' FROM enrollment
-               WHERE id %% 2 = 0""")
+           SELECT id, 'intro', NULL, created_at, 0, NULL FROM enrollment
+           UNION ALL SELECT id, 'bump', 'no_open', created_at + interval '3 days', 1, 'intro'
+               FROM enrollment WHERE id %% 10 < 7
+           UNION ALL SELECT id, 'done', 'no_click', created_at + interval '6 days', 2, 'bump'
+               FROM enrollment WHERE id %% 2 = 0""")
     # 1.5 emails each: the intro for all, the bump for half; bodies as rendered (1.3 kB).
     sql("""INSERT INTO outbound_message (id, tenant_id, enrollment_id, node, dedupe_key, status,
                to_email, from_email, from_name, subject, html, text, categories, headers,
@@ -115,15 +118,17 @@ def seed_funnel(count: int) -> None:
                CASE WHEN e.id %% 200 = 0 THEN 'ambiguous' ELSE 'sent' END,
                'c' || e.contact_id || '@example.com', %s, 'Bench', 'Hello',
                '<html><body>' || repeat(md5(e.id::text || n.node), 40) || '</body></html>',
-               repeat(md5(e.id::text), 20), '[]', '{}', 1, now()
-           FROM enrollment e CROSS JOIN (VALUES ('intro'), ('bump')) n(node)
+               repeat(md5(e.id::text), 20), '[]', '{}', 1, e.created_at + n.later
+           FROM enrollment e
+           CROSS JOIN (VALUES ('intro', interval '0'), ('bump', interval '3 days')) n(node, later)
            WHERE n.node = 'intro' OR e.id %% 2 = 0""", (_common.SENDER,))
     # 3.6 events per enrollment (2.4 per email): a delivery each, opens (a fifth of them
     # machine opens), clicks (a tenth on the unsubscribe link), no_open timers.
     sql("""INSERT INTO message_event (message_id, tenant, type, provider_event, synthetic,
                event_key, email, occurred_at, received_at, data)
            SELECT m.id, m.tenant_id, k.type, k.type, k.type = 'no_open',
-               m.id || ':' || k.type || ':' || k.n, m.to_email, now(), now(),
+               m.id || ':' || k.type || ':' || k.n, m.to_email,
+               m.created_at + k.n * interval '1 hour', now(),
                CASE WHEN k.type = 'opened' THEN
                         '{"machine_open": ' || (hashtext(m.id) %% 5 = 0)::text || '}'
                     WHEN k.type = 'clicked' THEN

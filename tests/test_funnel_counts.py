@@ -1,10 +1,12 @@
 """The funnel's counts, kept by database triggers: exact after duplicates, rollbacks,
-upgrades and folds, on SQLite and PostgreSQL, and generic over event types."""
+upgrades and folds, on SQLite and PostgreSQL, and generic over event types; and per
+day, so that any period's counts (whole days and parts of days) match its rows."""
 
 from __future__ import annotations
 
+import random
 import threading
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -46,11 +48,24 @@ def stored(plan: models.Plan) -> dict[tuple[str, str], int]:
             in counters.counts(models.database_proxy.obj, [plan.id]).items() if count}
 
 
-def recount(plan: models.Plan) -> dict[tuple[str, str], int]:
-    """The same figures counted from the rows themselves, the slow way."""
-    found: dict[tuple[str, str], int] = {}
+def stored_in(plan: models.Plan, since: datetime | None,
+              until: datetime | None) -> dict[tuple[str, str], int]:
+    return {(node, name): count for (_, node, name), count in counters.period_counts(
+        models.database_proxy.obj, [plan.id], since, until).items() if count}
 
-    def add(node: str, name: str) -> None:
+
+def recount(plan: models.Plan, since: datetime | None = None,
+            until: datetime | None = None) -> dict[tuple[str, str], int]:
+    """The same figures counted from the rows themselves, the slow way; with a period,
+    the visits, sends and events within it (each email's event type at its earliest
+    copy), and no enrollment statuses (they have no time)."""
+    found: dict[tuple[str, str], int] = {}
+    period = since is not None or until is not None
+
+    def add(node: str, name: str, moment: datetime | None = None) -> None:
+        if period and (moment is None or (since is not None and moment < since)
+                       or (until is not None and moment >= until)):
+            return
         found[(node, name)] = found.get((node, name), 0) + 1
 
     enrollments = Enrollment.select().where(Enrollment.plan == plan)
@@ -59,21 +74,93 @@ def recount(plan: models.Plan) -> dict[tuple[str, str], int]:
         visits = {visit.version: visit for visit in
                   NodeVisit.select().where(NodeVisit.enrollment == enrollment)}
         for visit in visits.values():
-            add(visit.node, "entered")
+            add(visit.node, "entered", visit.entered_at)
             if (before := visits.get(visit.version - 1)) is not None:  # the edge it moved along
-                add(visit.node, counters.edge_name(before.node, visit.via_event))
+                add(visit.node, counters.edge_name(before.node, visit.via_event), visit.entered_at)
         for message in OutboundMessage.select().where(OutboundMessage.enrollment == enrollment):
-            add(message.node, f"message:{message.status}")
-            names = set()
+            add(message.node, f"message:{message.status}", message.sent_at or message.created_at)
+            first: dict[str, datetime] = {}
             for row in MessageEvent.select().where(MessageEvent.message == message):
+                names = set()
                 if not ((row.type == "opened" and row.data.get("machine_open"))
                         or (row.type == "clicked" and row.data.get("unsubscribe_link"))):
                     names.add(row.type)
                 if row.type == "opened":
                     names.add("opened:any")
-            for name in names:
-                add(message.node, name)
+                for name in names:
+                    first[name] = min(first.get(name, row.occurred_at), row.occurred_at)
+            for name, moment in first.items():
+                add(message.node, name, moment)
     return found
+
+
+START = datetime(2026, 3, 2)
+
+
+def spread_over_days(rng: random.Random, contacts: int = 16, prefix: str = "c") -> None:
+    """Enrollments, moves, sends and events over six days at any time of day: sends
+    that change status (and day) later, events stored out of order, twice, machine
+    opens and unsubscribe clicks; half of it folded."""
+    clock = [START]
+    previous = models.set_clock(lambda: clock[0])
+
+    def later(hours: float) -> datetime:
+        return clock[0] + timedelta(hours=hours, seconds=rng.randrange(3600),
+                                    microseconds=rng.randrange(1_000_000))
+
+    try:
+        for n in range(contacts):
+            clock[0] = START + timedelta(hours=9 * n, seconds=rng.randrange(3600))
+            enrollment = engine.enroll("acme", f"{prefix}{n}@example.com", "onboarding")
+            clock[0] = later(rng.choice([0, 5, 14]))
+            message = send(enrollment, status="rendered")
+            outcome = rng.choice(["sent", "sent", "ambiguous", "rendered"])
+            if outcome != "rendered":
+                sent_at = later(rng.choice([0, 3, 20])) if outcome == "sent" else None
+                OutboundMessage.update(status=outcome, sent_at=sent_at).where(
+                    OutboundMessage.id == message.id).execute()
+            copies = [("delivered", {}), ("opened", {}), ("opened", {}),
+                      ("opened", {"machine_open": True}), ("clicked", {}),
+                      ("clicked", {"unsubscribe_link": True})]
+            rows = [{**event(message, kind, f"{prefix}{n}:{index}", **data),
+                     "occurred_at": later(rng.uniform(0, 60))}
+                    for index, (kind, data) in enumerate(rng.sample(copies, rng.randrange(7)))]
+            for first in range(0, len(rows), 2):  # batches out of time order, overlapping
+                insert_rows(MessageEvent, rows[first:first + 3], ignore_conflicts=True,
+                            conflict_target="event_key")
+            if rng.random() < 0.6:
+                clock[0] = later(rng.choice([2, 30]))
+                engine.process_event(enrollment.id, rng.choice(["clicked", "no_open"]))
+            if n == contacts // 2:
+                counters.fold_counts(models.database_proxy.obj)
+    finally:
+        models.set_clock(previous)
+
+
+def random_periods(rng: random.Random, count: int) -> list[tuple[datetime | None, datetime | None]]:
+    """Periods over the data's days and around them: open ends, whole days, parts of
+    days, within one day."""
+    def moment() -> datetime | None:
+        hours = rng.uniform(-30, 190)
+        if rng.random() < 0.15:
+            return None
+        at = START + timedelta(hours=hours)
+        return datetime(at.year, at.month, at.day) if rng.random() < 0.3 else at
+
+    periods = []
+    while len(periods) < count:
+        since, until = moment(), moment()
+        if since is not None and until is not None and until < since:
+            since, until = until, since
+        if since is not None and until is not None and rng.random() < 0.3:
+            until = since + timedelta(hours=rng.uniform(0, 20))  # within a day or across one
+        if since is not None or until is not None:
+            periods.append((since, until))
+    return periods
+
+
+def without_statuses(counted: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
+    return {key: count for key, count in counted.items() if not key[1].startswith("enrollment:")}
 
 
 def test_counts_follow_every_change_as_a_recount_finds_it(plan) -> None:
@@ -152,7 +239,8 @@ def test_db_init_counts_the_rows_of_a_database_from_before_the_counters(plan, db
     expected = recount(plan)
     # Given a database of the version before: no triggers, no counts
     with db.atomic():
-        for name in ("funnel_count", "funnel_count_delta", "counted_event"):
+        for name in ("funnel_count", "funnel_count_delta", "funnel_day_count",
+                     "counted_event"):
             db.execute_sql(f"DELETE FROM {name}")
         for table in ("node_visit", "enrollment", "outbound_message", "message_event"):
             for trigger in [row[0] for row in db.execute_sql(
@@ -167,6 +255,8 @@ def test_db_init_counts_the_rows_of_a_database_from_before_the_counters(plan, db
     assert models.missing_schema(db) == [] and stored(plan) == expected
     models.create_schema(db)  # and again: nothing counted twice
     assert stored(plan) == expected
+    today = datetime.combine(utcnow().date(), datetime.min.time())
+    assert stored_in(plan, today, today + timedelta(days=1)) == without_statuses(expected)
 
 
 def test_db_init_counts_the_edges_of_visits_stored_before_they_were_kept(plan, db) -> None:
@@ -218,3 +308,105 @@ def test_one_email_opened_in_two_transactions_at_once_counts_once(postgres_db, d
     assert stored(plan)[("intro", "opened")] == 1
     assert MessageEvent.select().where(MessageEvent.message == message.id).count() == 2
     configure(None)
+
+
+def test_any_periods_counts_match_a_recount_of_its_rows(plan) -> None:
+    rng = random.Random(24)
+    spread_over_days(rng)
+    assert stored(plan) == recount(plan)
+    periods = random_periods(rng, 60)
+    assert any(since and until and since.date() == until.date() for since, until in periods)
+    for since, until in periods:
+        expected = without_statuses(recount(plan, since, until))
+        assert stored_in(plan, since, until) == expected, (since, until)
+        moves = {(*edge, node): count for (node, name), count in expected.items()
+                 if (edge := counters.edge_of(name)) is not None}
+        assert transition_counts(plan.id, since=since, until=until) == moves
+    since, until = periods[0]
+    rows = {row["node"]: row for row in funnel(since=since, until=until)}
+    expected = recount(plan, since, until)
+    assert all(rows[node]["entered"] == count for (node, name), count in expected.items()
+               if name == "entered")
+
+
+def test_an_earlier_copy_stored_later_moves_its_emails_count_to_its_day(plan) -> None:
+    message = send(engine.enroll("acme", "ada@example.com", "onboarding"))
+    insert_rows(MessageEvent, [{**event(message, "opened", "late"),
+                                "occurred_at": START + timedelta(days=2, hours=9)}])
+    counters.fold_counts(models.database_proxy.obj)
+    insert_rows(MessageEvent, [{**event(message, "opened", "early"),
+                                "occurred_at": START + timedelta(hours=23)}])
+
+    def opened_on(day: int) -> int:
+        since = START + timedelta(days=day)
+        return stored_in(plan, since, since + timedelta(days=1)).get(("intro", "opened"), 0)
+
+    assert [opened_on(day) for day in range(3)] == [1, 0, 0]
+    assert stored_in(plan, START + timedelta(hours=23), START + timedelta(hours=23, seconds=1)) \
+        == {("intro", "opened"): 1, ("intro", "opened:any"): 1}
+    assert stored(plan)[("intro", "opened")] == 1
+
+
+def test_an_earlier_copy_stored_while_the_first_commits_moves_the_count_once(
+        postgres_db, data_dir) -> None:
+    # A worker stores an open and has not committed; another stores an earlier copy of
+    # it, waits on the first's mark, and then must find it and move the count.
+    from outreach_actors.settings import configure
+
+    from .conftest import make_settings, wait_until
+
+    configure(make_settings(data_dir))
+    models.bind(postgres_db)
+    make_tenant()
+    plan = load_plan()
+    message = send(engine.enroll("acme", "ada@example.com", "onboarding"))
+    inserted, release = threading.Event(), threading.Event()
+
+    def store_open(key: str, day: int, hold: bool) -> None:
+        with postgres_db.connection_context(), postgres_db.atomic():
+            insert_rows(MessageEvent, [{**event(message, "opened", key),
+                                        "occurred_at": START + timedelta(days=day, hours=12)}])
+            if hold:
+                inserted.set()
+                release.wait(timeout=10)
+
+    first = threading.Thread(target=store_open, args=("first", 2, True))
+    first.start()
+    assert inserted.wait(timeout=10)
+    second = threading.Thread(target=store_open, args=("second", 0, False))
+    second.start()
+    wait_until(lambda: postgres_db.execute_sql(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock'").fetchone()[0] > 0)
+    release.set()
+    first.join(timeout=10)
+    second.join(timeout=10)
+    by_day = [stored_in(plan, START + timedelta(days=day), START + timedelta(days=day + 1))
+              .get(("intro", "opened"), 0) for day in range(3)]
+    assert by_day == [1, 0, 0] and stored(plan)[("intro", "opened")] == 1
+    configure(None)
+
+
+def test_db_init_counts_the_days_of_a_database_counted_before_days_were_kept(plan, db) -> None:
+    rng = random.Random(25)
+    spread_over_days(rng)
+    all_time = stored(plan)
+    # Given the counters of the version before: no day trigger, no day counts, deltas
+    # without a day, and counted events without the time of their first copy.
+    db.execute_sql(f"DROP TRIGGER {counters._DAY_MARKER}"
+                   + (" ON message_event" if counters.is_postgresql(db) else ""))
+    models.FunnelDayCount.delete().execute()
+    models.FunnelCountDelta.update(day=None).execute()
+    models.CountedEvent.update(first_at=None).execute()
+    assert models.missing_schema(db) == ["funnel count triggers"]
+    models.create_schema(db)  # what `outreach db init` runs
+    assert models.missing_schema(db) == [] and stored(plan) == all_time
+    models.create_schema(db)  # and again: nothing counted twice
+    for since, until in random_periods(rng, 20):
+        assert stored_in(plan, since, until) == without_statuses(recount(plan, since, until))
+    # The triggers count days from now on.
+    counters.fold_counts(db)
+    spread_over_days(rng, contacts=20, prefix="d")
+    assert stored(plan) == recount(plan)
+    for since, until in random_periods(rng, 20):
+        assert stored_in(plan, since, until) == without_statuses(recount(plan, since, until))

@@ -7,22 +7,19 @@ from collections import defaultdict
 from datetime import datetime
 
 import peewee
-from peewee import fn
 
-from outreach_actors.domain.engagement import uncounted_events
 from outreach_actors.domain.store.counters import (
     ANY_OPEN,
     ENROLLMENT_STATUS,
     ENTERED,
     MESSAGE_STATUS,
     edge_of,
+    period_counts,
 )
 from outreach_actors.domain.store.counters import counts as stored_counts
 from outreach_actors.domain.store.models import (
     Contact,
     Enrollment,
-    MessageEvent,
-    NodeVisit,
     OutboundMessage,
     Plan,
     ScheduledAction,
@@ -53,8 +50,9 @@ def funnel(*, plan_name: str | None = None, tenant_id: str | None = None,
            until: datetime | None = None) -> list[dict]:
     """One row per (tenant, plan, node) in plan order; event columns count distinct
     messages. Plans of the same name in two tenants are two funnels. ``version``: of that
-    plan version only; ``since``/``until``: visits, sends and events of that period only
-    (active, exited and failed count contacts where they are now)."""
+    plan version only; ``since``/``until`` (naive UTC): visits, sends and events of
+    [since, until) only, an email's event type counted in the period of its earliest
+    copy (active, exited and failed count contacts where they are now)."""
     plans = Plan.select()
     if plan_name:
         plans = plans.where(Plan.name == plan_name)
@@ -64,9 +62,7 @@ def funnel(*, plan_name: str | None = None, tenant_id: str | None = None,
         plans = plans.where(Plan.version == version)
     if not plans.exists():
         return []
-    # All time: the counts the database keeps; a period needs the rows' dates.
-    counts = (_counted(plans) if since is None and until is None
-              else _scanned([plan.id for plan in plans], since, until))
+    counts = _counted(plans, since, until)
     order = _node_order(plans)
     totals = {(row["tenant"], row["plan"]): row
               for row in goals(plan_name=plan_name, tenant_id=tenant_id)}
@@ -83,72 +79,13 @@ def _plan_totals(plan: dict | None) -> dict:
             "conversion_rate": plan["conversion_rate"]}
 
 
-def _period(column, since: datetime | None, until: datetime | None) -> list:
-    """Conditions keeping ``column`` within [since, until) (none for an open end)."""
-    return ([column >= since] if since else []) + ([column < until] if until else [])
-
-
-def _scanned(plan_ids: list[int], since: datetime | None,
+def _counted(plans: peewee.ModelSelect, since: datetime | None,
              until: datetime | None) -> dict[Key, dict[str, int]]:
-    """The funnel's columns per (tenant, plan, node) of these plans, counted from the
-    rows of the period: visits, sends and events within [since, until)."""
-    counts: dict[Key, dict[str, int]] = defaultdict(lambda: dict.fromkeys(FUNNEL_COLUMNS, 0))
-    group = (Plan.tenant, Plan.name)
-
-    entered = (
-        NodeVisit.select(*group, NodeVisit.node, fn.COUNT(NodeVisit.id))
-        .join(Enrollment).join(Plan)
-        .where(Plan.id.in_(plan_ids), *_period(NodeVisit.entered_at, since, until))
-        .group_by(*group, NodeVisit.node)
-    )
-    for tenant, name, node, count in entered.tuples():
-        counts[(tenant, name, node)]["entered"] = count
-
-    messages = (
-        OutboundMessage.select(*group, OutboundMessage.node, OutboundMessage.status,
-                               fn.COUNT(OutboundMessage.id))
-        .join(Enrollment).join(Plan)
-        .where(Plan.id.in_(plan_ids),
-               OutboundMessage.status.in_([OutboundMessage.SENT, OutboundMessage.AMBIGUOUS]),
-               *_period(fn.COALESCE(OutboundMessage.sent_at, OutboundMessage.created_at),
-                        since, until))
-        .group_by(*group, OutboundMessage.node, OutboundMessage.status)
-    )
-    for tenant, name, node, status, count in messages.tuples():
-        column = "sent" if status == OutboundMessage.SENT else "ambiguous"
-        counts[(tenant, name, node)][column] = count
-
-    events = (
-        MessageEvent.select(*group, OutboundMessage.node, MessageEvent.type,
-                            fn.COUNT(fn.DISTINCT(MessageEvent.message)))
-        .join(OutboundMessage).join(Enrollment).join(Plan)
-        # Opens and clicks as plans count them: no machine opens (unless the settings
-        # say so), no clicks on our own unsubscribe link.
-        .where(Plan.id.in_(plan_ids), MessageEvent.type.in_(EVENT_COLUMNS),
-               ~uncounted_events(), *_period(MessageEvent.occurred_at, since, until))
-        .group_by(*group, OutboundMessage.node, MessageEvent.type)
-    )
-    for tenant, name, node, event_type, count in events.tuples():
-        counts[(tenant, name, node)][event_type] = count
-
-    where_they_are = (
-        Enrollment.select(*group, Enrollment.current_node, Enrollment.status,
-                          fn.COUNT(Enrollment.id))
-        .join(Plan)
-        .where(Plan.id.in_(plan_ids))
-        .group_by(*group, Enrollment.current_node, Enrollment.status)
-    )
-    for tenant, name, node, status, count in where_they_are.tuples():
-        column = {Enrollment.ACTIVE: "active", Enrollment.FAILED: "failed",
-                  Enrollment.PAUSED: "paused", Enrollment.CONVERTED: "converted"}.get(status, "exited")
-        counts[(tenant, name, node)][column] += count
-    return counts
-
-
-def _counted(plans: peewee.ModelSelect) -> dict[Key, dict[str, int]]:
     """The funnel's columns per (tenant, plan, node) of these plans, from the counts the
     database keeps in the transaction of each change (store/counters.py): no scan of
-    visits, messages or events, whatever their number. All time: a count has no date."""
+    visits, messages or events, whatever their number. With a period, its visits, sends
+    and events (each email's event type on the day of its earliest copy) by day, and
+    where contacts are now."""
     counts: dict[Key, dict[str, int]] = defaultdict(lambda: dict.fromkeys(FUNNEL_COLUMNS, 0))
     plan_keys = {plan.id: (plan.tenant_id, plan.name) for plan in plans}
     opened = ANY_OPEN if get_settings().machine_opens_are_engagement else EventType.OPENED
@@ -157,7 +94,7 @@ def _counted(plans: peewee.ModelSelect) -> dict[Key, dict[str, int]]:
                **{event: event for event in EVENT_COLUMNS if event != EventType.OPENED}}
     statuses = {Enrollment.ACTIVE: "active", Enrollment.FAILED: "failed",
                 Enrollment.PAUSED: "paused", Enrollment.CONVERTED: "converted"}
-    for (plan_id, node, name), count in stored_counts(database_proxy.obj, list(plan_keys)).items():
+    for (plan_id, node, name), count in _stored(list(plan_keys), since, until).items():
         if not count:  # a status every contact has left: no row of its own, as before
             continue
         if name.startswith(ENROLLMENT_STATUS):
@@ -167,6 +104,19 @@ def _counted(plans: peewee.ModelSelect) -> dict[Key, dict[str, int]]:
         if column is not None:
             counts[(*plan_keys[plan_id], node)][column] += count
     return counts
+
+
+def _stored(plan_ids: list[int], since: datetime | None,
+            until: datetime | None) -> dict[tuple[int, str, str], int]:
+    """The stored counts of these plan versions: all time, or the period's with the
+    enrollments' statuses of now."""
+    database = database_proxy.obj
+    everything = stored_counts(database, plan_ids)
+    if since is None and until is None:
+        return everything
+    return {**period_counts(database, plan_ids, since, until),
+            **{key: count for key, count in everything.items()
+               if key[2].startswith(ENROLLMENT_STATUS)}}
 
 
 def _node_order(plans) -> dict[Key, int]:
@@ -247,26 +197,14 @@ def goals(*, plan_name: str | None = None, tenant_id: str | None = None) -> list
 def transition_counts(plan_id: int, *, since: datetime | None = None,
                       until: datetime | None = None) -> dict[tuple[str, str, str], int]:
     """How many moves each transition of one plan version made, by (from node, event,
-    to node), in the period: all time from the edge counts the database keeps
-    (store/counters.py); a period from the visits of that period, each joined to the
-    visit before it (a move raises the enrollment's version by one). A routing node's
-    moves straight after the enrollment have no event (None)."""
-    if since is None and until is None:
-        counted = {}
-        for (_, target, name), count in stored_counts(database_proxy.obj, [plan_id]).items():
-            if count and (edge := edge_of(name)) is not None:
-                counted[(edge[0], edge[1], target)] = count
-        return counted
-    previous = NodeVisit.alias()
-    moves = (
-        NodeVisit.select(previous.node, NodeVisit.via_event, NodeVisit.node, fn.COUNT(NodeVisit.id))
-        .join(Enrollment, on=NodeVisit.enrollment == Enrollment.id)
-        .join(previous, on=(previous.enrollment == NodeVisit.enrollment)
-              & (previous.version == NodeVisit.version - 1))
-        .where(Enrollment.plan == plan_id, *_period(NodeVisit.entered_at, since, until))
-        .group_by(previous.node, NodeVisit.via_event, NodeVisit.node)
-    )
-    return {(source, event, target): count for source, event, target, count in moves.tuples()}
+    to node), in the period (by the day and time of each move), from the edge counts
+    the database keeps (store/counters.py). A routing node's moves straight after the
+    enrollment have no event (None)."""
+    moves = {}
+    for (_, target, name), count in _stored([plan_id], since, until).items():
+        if count and (edge := edge_of(name)) is not None:
+            moves[(edge[0], edge[1], target)] = count
+    return moves
 
 
 def count_failures(*, plan_name: str | None = None, tenant_id: str | None = None) -> int:

@@ -173,7 +173,11 @@ class NodeVisit(BaseModel):
     from_node = peewee.CharField(null=True)
 
     class Meta:
-        indexes = ((("enrollment", "version"), True),)
+        indexes = (
+            (("enrollment", "version"), True),
+            # A period's first and last partial day count their visits (store/counters.py).
+            (("entered_at",), False),
+        )
 
 
 class ScheduledAction(BaseModel):
@@ -269,6 +273,12 @@ class OutboundMessage(BaseModel):
         indexes = ((("status", "id"), False),
                    # The reputation check and `outreach stats` count the sends of a window.
                    (("sent_at",), False))
+
+
+# A period's first and last partial day count their sends by this time (store/counters.py).
+OutboundMessage.add_index(OutboundMessage.index(
+    peewee.fn.COALESCE(OutboundMessage.sent_at, OutboundMessage.created_at),
+    name="outbound_message_sent_or_created"))
 
 
 class WebhookDelivery(BaseModel):
@@ -465,22 +475,41 @@ class FunnelCount(BaseModel):
         indexes = ((("plan_id", "node", "name"), True),)
 
 
+class FunnelDayCount(BaseModel):
+    """A FunnelCount of one UTC day: the visits, sends and events of that day (the
+    statuses of enrollments, which are where contacts are now, have no day)."""
+
+    plan_id = peewee.IntegerField()
+    day = peewee.DateField()
+    node = peewee.CharField()
+    name = peewee.CharField()
+    count = peewee.BigIntegerField(default=0)
+
+    class Meta:
+        indexes = ((("plan_id", "day", "node", "name"), True),)
+
+
 class FunnelCountDelta(BaseModel):
     """A change to a FunnelCount, written by a trigger in the transaction that made it:
-    appended, never updated, so that no two transactions wait on a shared counter row."""
+    appended, never updated, so that no two transactions wait on a shared counter row.
+    With a day, also a change to that FunnelDayCount."""
 
     plan_id = peewee.IntegerField()
     node = peewee.CharField()
     name = peewee.CharField()
     delta = peewee.BigIntegerField()
+    day = peewee.DateField(null=True)
 
 
 class CountedEvent(BaseModel):
     """The (message, event name) pairs already counted: an event type counts each
-    message once, however often it is delivered."""
+    message once, however often it is delivered, on the day of its earliest copy."""
 
     message_id = peewee.CharField(max_length=64)
     name = peewee.CharField()
+    # When the earliest copy stored occurred (None: counted before days were kept, and
+    # its events purged since).
+    first_at = peewee.DateTimeField(null=True, index=True)
 
     class Meta:
         primary_key = peewee.CompositeKey("message_id", "name")
@@ -505,6 +534,7 @@ ALL_MODELS: list[type[BaseModel]] = [
     BlackoutDate,
     InboundPost,
     FunnelCount,
+    FunnelDayCount,
     FunnelCountDelta,
     CountedEvent,
 ]
@@ -661,10 +691,12 @@ def create_schema(database: peewee.Database) -> None:
     """
     bind(database)
     with database.connection_context():
+        # Columns first: creating the tables also creates every index of the existing
+        # ones, and an index of a new column needs the column.
+        _add_missing_columns(database)
         # A DeferredForeignKey (ScheduledAction.message) is created as a plain
         # column: the tables reference each other, and no constraint is needed.
         database.create_tables(ALL_MODELS, safe=True)
-        _add_missing_columns(database)
         _, replaced = _index_changes(database, database.get_tables())
         for index in replaced:
             database.execute_sql(f'DROP INDEX IF EXISTS "{index}"')
