@@ -18,7 +18,7 @@ import peewee
 
 from outreach_actors.domain import notifications, scheduled_soon
 from outreach_actors.domain.mail.ambiguous import mark_interrupted_sends
-from outreach_actors.domain.pauses import plan_paused_condition
+from outreach_actors.domain.pauses import plan_paused_condition, plan_paused_sql
 from outreach_actors.domain.store.db import is_postgresql
 from outreach_actors.domain.store.models import (
     OutboundMessage,
@@ -27,6 +27,7 @@ from outreach_actors.domain.store.models import (
     utcnow,
     write_transaction,
 )
+from outreach_actors.domain.store.statements import ids_condition, statement
 from outreach_actors.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -37,23 +38,44 @@ Enqueue = Callable[[list[tuple[ScheduledAction, int]]], None]
 EnqueueSend = Callable[[str], None]
 
 
-def _claim(query: peewee.ModelSelect, now: datetime, lease_until: datetime) -> list[ScheduledAction]:
-    """Mark the selected rows enqueued in one transaction and return the ones we won."""
+# The dispatcher's read at every poll, as fixed SQL (see store/statements.py): the due
+# actions, earliest first, that no pause of their plan holds; whole rows, as
+# ScheduledAction.select() reads them. Locked (FOR UPDATE SKIP LOCKED) on PostgreSQL.
+_DUE_ACTIONS = (
+    "SELECT " + ", ".join(f'a."{field.column_name}"' for field in ScheduledAction._meta.sorted_fields)
+    + " FROM scheduled_action AS a WHERE a.status = {p} AND a.run_at <= {p}"
+    " AND NOT " + plan_paused_sql("a.enrollment_id") + " ORDER BY a.run_at LIMIT {p}"
+)
+_LOCK = " FOR UPDATE SKIP LOCKED"
+# Claimed actions marked enqueued; ``{ids}`` as statements.ids_condition gives it. By
+# primary key alone: the rows are ours (locked FOR UPDATE SKIP LOCKED on PostgreSQL, the
+# write lock held on SQLite), and adding the status test makes PostgreSQL pick the
+# status index and scan every pending row.
+_MARK_ENQUEUED = "UPDATE scheduled_action SET status = {p}, enqueued_at = {p}, lease_until = {p} WHERE id {ids}"
+
+
+def _claim(query: peewee.ModelSelect | peewee.ModelRaw, now: datetime,
+           lease_until: datetime) -> list[ScheduledAction]:
+    """Mark the selected rows enqueued in one transaction and return the ones we won (a
+    raw query locks its rows itself on PostgreSQL: see _DUE_ACTIONS)."""
     database = database_proxy.obj
     with write_transaction():
-        if is_postgresql(database):
+        if is_postgresql(database) and isinstance(query, peewee.ModelSelect):
             query = query.for_update("FOR UPDATE SKIP LOCKED")
         actions = list(query)
         if actions:
-            # By primary key alone: the rows are ours (locked FOR UPDATE SKIP LOCKED on
-            # PostgreSQL, the write lock held on SQLite), and adding the status test
-            # makes PostgreSQL pick the status index and scan every pending row.
-            ScheduledAction.update(
-                status=ScheduledAction.ENQUEUED, enqueued_at=now, lease_until=lease_until,
-            ).where(ScheduledAction.id.in_([action.id for action in actions])).execute()
+            condition, ids = ids_condition([action.id for action in actions])
+            database.execute_sql(statement(_MARK_ENQUEUED.replace("{ids}", condition)),
+                                 [ScheduledAction.ENQUEUED, now, lease_until, *ids])
     for action in actions:
-        action.status, action.lease_until = ScheduledAction.ENQUEUED, lease_until
+        action.status, action.enqueued_at, action.lease_until = ScheduledAction.ENQUEUED, now, lease_until
     return actions
+
+
+def _due_actions(horizon: datetime, limit: int) -> peewee.ModelRaw:
+    locked = is_postgresql(database_proxy.obj)
+    return ScheduledAction.raw(statement(_DUE_ACTIONS + (_LOCK if locked else "")),
+                               ScheduledAction.PENDING, horizon, limit)
 
 
 def dispatch_due_actions(
@@ -63,13 +85,8 @@ def dispatch_due_actions(
     settings = settings or get_settings()
     total = 0
     while True:
-        claimed = _dispatch(lambda horizon: (
-            ScheduledAction.select()
-            .where(ScheduledAction.status == ScheduledAction.PENDING, ScheduledAction.run_at <= horizon,
-                   ~plan_paused_condition(ScheduledAction.enrollment))
-            .order_by(ScheduledAction.run_at)
-            .limit(settings.dispatch_batch_size)
-        ), enqueue, now, settings)
+        claimed = _dispatch(lambda horizon: _due_actions(horizon, settings.dispatch_batch_size),
+                            enqueue, now, settings)
         total += claimed
         if claimed < settings.dispatch_batch_size:
             break
@@ -116,7 +133,7 @@ def dispatch_after_commit(enqueue: Enqueue, *, settings: Settings | None = None)
                        len(noted), exc_info=True)
 
 
-def _dispatch(select: Callable[[datetime], peewee.ModelSelect], enqueue: Enqueue,
+def _dispatch(select: Callable[[datetime], peewee.ModelSelect | peewee.ModelRaw], enqueue: Enqueue,
               now: datetime | None, settings: Settings) -> int:
     """Claim what ``select(horizon)`` picks and enqueue it, each with its delay."""
     clock = (lambda: now) if now is not None else utcnow

@@ -212,6 +212,16 @@ def plan_paused_condition(action_enrollment: peewee.Field) -> peewee.Expression:
     return peewee.fn.EXISTS(paused)
 
 
+def plan_paused_sql(action_enrollment: str) -> str:
+    """plan_paused_condition as SQL text, for fixed statements (store/statements.py):
+    ``action_enrollment`` is the SQL (a column) of the enrollment to test."""
+    return (f"EXISTS (SELECT 1 FROM sending_pause AS sp"
+            f" JOIN plan AS spl ON spl.tenant_id = sp.tenant_id AND spl.name = sp.name"
+            f" JOIN enrollment AS spe ON spe.plan_id = spl.id"
+            f" WHERE spe.id = {action_enrollment} AND sp.kind = '{SendingPause.PLAN}'"
+            f" AND sp.resumed_at IS NULL)")
+
+
 # (tenant, kind, name) of every pause in force, as this process last read them.
 _cache: tuple[float, frozenset[tuple[str, str, str]]] | None = None
 _cache_lock = threading.Lock()

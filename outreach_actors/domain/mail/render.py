@@ -25,7 +25,6 @@ from outreach_actors.domain.mail.threading import (
 from outreach_actors.domain.observability import tag
 from outreach_actors.domain.rendering import IsolatedRenderer, RenderError, RenderLimits
 from outreach_actors.domain.store import keys
-from outreach_actors.domain.store.db import is_postgresql
 from outreach_actors.domain.store.models import (
     Contact,
     Enrollment,
@@ -38,7 +37,7 @@ from outreach_actors.domain.store.models import (
     utcnow,
     write_transaction,
 )
-from outreach_actors.domain.store.statements import one_statement_writes, statement
+from outreach_actors.domain.store.statements import ids_condition, one_statement_writes, statement
 from outreach_actors.domain.stored_plans import plan_for_id
 from outreach_actors.domain.unsubscribe import unsubscribe_url
 from outreach_actors.settings import Settings, get_settings
@@ -90,7 +89,7 @@ class _SendAction(NamedTuple):
 # rate-limit overrides of both, which the send order carries (see send_order). The
 # sender is looked up once and joined by id, not column by column in subqueries,
 # which PostgreSQL runs slower. ``{ids}`` stands for the batch's ids (see
-# _ids_condition).
+# statements.ids_condition).
 _LOAD_SEND_ACTIONS = """
 SELECT a.id, a.kind, a.status, a.dedupe_key, a.node, a.visit_version, a.enrollment_id,
        e.status, e.current_node, e.version, e.plan_id, e.tenant_id,
@@ -137,20 +136,11 @@ _RENDER_IN_ONE = (
     "RETURNING scheduled_action.id"
 )
 
-def _ids_condition(action_ids: Sequence[int]) -> tuple[str, list]:
-    """``{ids}`` of _LOAD_SEND_ACTIONS for ``action_ids``, and its parameters: on
-    PostgreSQL one array parameter, so that one prepared statement serves every batch
-    size; on SQLite, which has no arrays, a placeholder per id."""
-    if is_postgresql(database_proxy.obj):
-        return "= ANY({p})", [list(action_ids)]
-    return "IN (" + ", ".join(["{p}"] * len(action_ids)) + ")", list(action_ids)
-
-
 def _load_send_actions(action_ids: Sequence[int]) -> dict[int, _SendAction]:
     """One statement: each action joined to everything its email needs, narrow columns
     only, and the tenant's first sender (what a plan without ``sender`` mails from);
     by action id, and without the ids that are no action."""
-    condition, params = _ids_condition(action_ids)
+    condition, params = ids_condition(action_ids)
     rows = database_proxy.execute_sql(
         statement(_LOAD_SEND_ACTIONS.replace("{ids}", condition)), params).fetchall()
     return {facts.action_id: facts._replace(

@@ -9,6 +9,9 @@ statement on both databases (tests/test_delivery_statements.py).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from outreach_actors.domain.store.db import is_postgresql, prepare
 from outreach_actors.domain.store.models import database_proxy
 
@@ -30,3 +33,13 @@ def statement(template: str, *, prepared: bool = True) -> str:
 def one_statement_writes() -> bool:
     """Whether the bound database runs data-modifying CTEs (PostgreSQL; SQLite does not)."""
     return is_postgresql(database_proxy.obj)
+
+
+def ids_condition(ids: Sequence[Any]) -> tuple[str, list]:
+    """A statement's test that a column is one of ``ids`` (``IN (...)`` or ``= ANY(...)``,
+    to follow the column), and its parameters: on PostgreSQL one array parameter, so
+    that one prepared statement serves every count; on SQLite, which has no arrays, a
+    placeholder per id."""
+    if is_postgresql(database_proxy.obj):
+        return "= ANY({p})", [list(ids)]
+    return "IN (" + ", ".join(["{p}"] * len(ids)) + ")", list(ids)
