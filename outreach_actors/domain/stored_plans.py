@@ -8,28 +8,28 @@ from outreach_actors.domain.store.models import (
     Plan,
     SenderIdentity,
     Tenant,
+    database_cache,
     database_proxy,
-    on_bind,
 )
 
 
 def plan_for(plan: Plan) -> PlanSpec:
     """The parsed plan of a stored row (cached: a stored plan version never changes)."""
-    cached = _plan_cache.get(plan.id)
+    cache = database_cache(_PLANS)
+    cached = cache.get(plan.id)
     if cached is None:
-        cached = _plan_cache[plan.id] = plan_from_definition(plan.definition)
+        cached = cache[plan.id] = plan_from_definition(plan.definition)
     return cached
 
 
 def plan_for_id(plan_id: int) -> PlanSpec:
     """Like plan_for, without loading the row when the plan is cached."""
-    cached = _plan_cache.get(plan_id)
+    cached = database_cache(_PLANS).get(plan_id)
     return cached if cached is not None else plan_for(Plan.get_by_id(plan_id))
 
 
-# Plan id -> parsed plan. Emptied whenever another database is bound (see models.bind).
-_plan_cache: dict[int, PlanSpec] = {}
-on_bind(_plan_cache.clear)
+# The bound database's cache of parsed plans, by plan id (see models.database_cache).
+_PLANS = "plans"
 
 
 def store_plan(tenant_id: str, plan: PlanSpec) -> int:

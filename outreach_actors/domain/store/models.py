@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
+import weakref
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -624,20 +626,30 @@ def _copy_rows(model: type[BaseModel], rows: Sequence[Mapping[str, Any]], *,
                        _insert_tail(ignore_conflicts, conflict_target, returning))
 
 
-# Called after every bind: what is cached by row id means other rows in another database.
-_bind_listeners: list[Callable[[], None]] = []
-
-
-def on_bind(listener: Callable[[], None]) -> Callable[[], None]:
-    """Call ``listener`` whenever another database is bound (it clears a cache)."""
-    _bind_listeners.append(listener)
-    return listener
-
-
-def bind(database: peewee.Database) -> None:
+def bind(database: peewee.Database | None) -> None:
     database_proxy.initialize(database)
-    for listener in _bind_listeners:
-        listener()
+
+
+# What processes cache of a database's rows, by database object (weakly: a test's goes
+# with it), then by cache name: what is cached by row id means other rows in another
+# database. Kept while its database is bound again (the plan simulation binds its own
+# around each scenario, and what was bound before after it).
+_database_caches: weakref.WeakKeyDictionary[peewee.Database, dict[str, dict]] = (
+    weakref.WeakKeyDictionary())
+_database_caches_lock = threading.Lock()
+
+
+def database_cache(name: str) -> dict:
+    """The bound database's cache called ``name``: a dict (empty at first) that its
+    owner fills and clears; emptied when create_schema runs on the database."""
+    caches = _database_caches.get(database_proxy.obj)
+    if caches is None:
+        with _database_caches_lock:
+            caches = _database_caches.setdefault(database_proxy.obj, {})
+    cache = caches.get(name)
+    if cache is None:
+        cache = caches.setdefault(name, {})
+    return cache
 
 
 # Indexes of earlier versions that a newer one replaces (see the model's Meta), by
@@ -660,6 +672,8 @@ def create_schema(database: peewee.Database) -> None:
     dropped. Nothing else is ever dropped.
     """
     bind(database)
+    with _database_caches_lock:
+        _database_caches.pop(database, None)  # its tables may have been dropped and made again
     with database.connection_context():
         # A DeferredForeignKey (ScheduledAction.message) is created as a plain
         # column: the tables reference each other, and no constraint is needed.
