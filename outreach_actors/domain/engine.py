@@ -29,6 +29,7 @@ from outreach_actors.domain.plans import (
 )
 from outreach_actors.domain.routing import ROUTING_TYPES
 from outreach_actors.domain.scheduled_soon import note_scheduled
+from outreach_actors.domain.store.by_id import row_by_id
 from outreach_actors.domain.store.keys import action_key, enrollment_key
 from outreach_actors.domain.store.models import (
     Contact,
@@ -365,7 +366,7 @@ def process_event(
     now = now or utcnow()
     for _ in range(MAX_MOVE_ATTEMPTS):
         if enrollment is None:
-            enrollment = Enrollment.get_or_none(Enrollment.id == enrollment_id)
+            enrollment = row_by_id(Enrollment, enrollment_id)
         if enrollment is None or enrollment.status != Enrollment.ACTIVE:
             return False
         # A goal is reached from any node (see goals.py); a transition only from its own.

@@ -3,6 +3,8 @@ version parsed once per process as the engine reads it."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from outreach_actors.domain.plans import PlanSpec, plan_from_definition
 from outreach_actors.domain.store.models import (
     Plan,
@@ -26,6 +28,17 @@ def plan_for_id(plan_id: int) -> PlanSpec:
     """Like plan_for, without loading the row when the plan is cached."""
     cached = database_cache(_PLANS).get(plan_id)
     return cached if cached is not None else plan_for(Plan.get_by_id(plan_id))
+
+
+def plans_for_ids(plan_ids: Collection[int]) -> dict[int, PlanSpec]:
+    """The parsed plans by id, reading in one query only the rows not cached; an id that
+    is no plan is left out."""
+    cache = database_cache(_PLANS)
+    plans = {plan_id: cache[plan_id] for plan_id in plan_ids if plan_id in cache}
+    missing = sorted(set(plan_ids) - plans.keys())
+    if missing:
+        plans.update((row.id, plan_for(row)) for row in Plan.select().where(Plan.id.in_(missing)))
+    return plans
 
 
 # The bound database's cache of parsed plans, by plan id (see models.database_cache).

@@ -1,0 +1,68 @@
+"""Rows read and updated by primary key as fixed SQL (see statements.py): the hot paths'
+commonest statements, their text built once per model and columns instead of by Peewee's
+query compiler at every call.
+
+Each behaves as the Peewee query named in its docstring: values go through their
+fields' ``db_value``, rows come back as model instances through ``python_value``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Any, TypeVar
+
+import peewee
+
+from outreach_actors.domain.store.models import BaseModel, database_proxy
+from outreach_actors.domain.store.statements import ids_condition, statement
+
+Model = TypeVar("Model", bound=BaseModel)
+
+# (model, columns) -> the SELECT of those columns, ``{ids}`` standing for the test of
+# the primary key; (model, fields set) -> the UPDATE, likewise.
+_SELECTS: dict[tuple[type[BaseModel], tuple[str, ...]], str] = {}
+_UPDATES: dict[tuple[type[BaseModel], tuple[str, ...]], tuple[str, list[peewee.Field]]] = {}
+
+
+def rows_by_id(model: type[Model], ids: Collection[Any], *fields: peewee.Field) -> list[Model]:
+    """``model.select(*fields).where(model.id.in_(ids))`` (every field when none is
+    named), in no particular order."""
+    if not ids:
+        return []
+    key = (model, tuple(field.column_name for field in fields))
+    template = _SELECTS.get(key)
+    if template is None:
+        columns = key[1] or tuple(field.column_name for field in model._meta.sorted_fields)
+        template = _SELECTS[key] = (
+            "SELECT " + ", ".join(f'"{column}"' for column in columns)
+            + f' FROM "{model._meta.table_name}" WHERE "{model._meta.primary_key.column_name}" {{ids}}')
+    condition, params = ids_condition(list(ids))
+    return list(model.raw(statement(template.replace("{ids}", condition)), *params))
+
+
+def row_by_id(model: type[Model], row_id: Any, *fields: peewee.Field) -> Model | None:
+    """``model.get_or_none(model.id == row_id)``, with ``fields`` only when named."""
+    rows = rows_by_id(model, [row_id], *fields)
+    return rows[0] if rows else None
+
+
+def update_by_id(model: type[BaseModel], ids: Sequence[Any], **values: Any) -> int:
+    """``model.update(**values).where(model.id.in_(ids)).execute()``: the rows changed.
+    Values are plain values (no expressions), by field name."""
+    if not ids or not values:
+        return 0
+    names = tuple(sorted(values))
+    key = (model, names)
+    found = _UPDATES.get(key)
+    if found is None:
+        fields = [model._meta.fields[name] for name in names]
+        found = _UPDATES[key] = (
+            f'UPDATE "{model._meta.table_name}" SET '
+            + ", ".join(f'"{field.column_name}" = {{p}}' for field in fields)
+            + f' WHERE "{model._meta.primary_key.column_name}" {{ids}}', fields)
+    template, fields = found
+    condition, params = ids_condition(list(ids))
+    cursor = database_proxy.execute_sql(
+        statement(template.replace("{ids}", condition)),
+        [field.db_value(values[field.name]) for field in fields] + params)
+    return cursor.rowcount
