@@ -55,6 +55,19 @@ def test_enrolling_twice_is_refused_unless_the_plan_allows_reentry(acme) -> None
     assert Enrollment.select().count() == 2
 
 
+def test_enrolling_again_with_skip_returns_the_enrollment_and_merges_the_fields(db) -> None:
+    make_tenant()
+    load_plan()
+    first = engine.enroll("acme", "ada@example.com", "onboarding",
+                          fields={"first_name": "Ada", "tier": "free"})
+    again = engine.enroll("acme", "ADA@example.com", "onboarding", fields={"tier": "pro"},
+                          timezone="Europe/Paris", if_enrolled="skip")
+    assert again.id == first.id
+    contact = models.Contact.get()
+    assert (contact.fields, contact.timezone) == ({"first_name": "Ada", "tier": "pro"}, "Europe/Paris")
+    assert (Enrollment.select().count(), ScheduledAction.select().count()) == (1, 1)
+
+
 @pytest.mark.parametrize("address", ["", "no-at-sign", "a@b", "x@example.com\r\nBcc: evil@x.com",
                                      "two@@example.com",
                                      # Addresses every send would refuse (SendGrid takes no
