@@ -144,9 +144,8 @@ class _EngineInterest:
 
     def _load(self, ids: set[int]) -> None:
         columns = (Enrollment.id, Enrollment.status, Enrollment.current_node, Enrollment.plan)
-        for chunk in chunked(sorted(ids), LOOKUP_CHUNK):
-            for row in rows_by_id(Enrollment, chunk, *columns):
-                self.enrollments[row.id] = (row.status, row.current_node, row.plan_id)
+        for row in rows_by_id(Enrollment, sorted(ids), *columns):
+            self.enrollments[row.id] = (row.status, row.current_node, row.plan_id)
         plan_ids = {state[2] for state in self.enrollments.values()} - self.plans.keys()
         self.plans.update(plans_for_ids(plan_ids))
 
@@ -178,6 +177,15 @@ _TAKE_DELIVERY = """
 UPDATE webhook_delivery SET attempts = attempts + 1 WHERE id = {p} AND status <> {p}
 RETURNING id, body, received_at
 """
+
+
+def store_delivery(body: bytes, headers: dict[str, str], *,
+                   received_at: datetime | None = None) -> int:
+    """Store a SendGrid Event Webhook body as received, before anything reads it
+    (invariant 3); its delivery id, for normalize_delivery."""
+    return insert_rows(WebhookDelivery, [{
+        "provider": "sendgrid", "body": body, "headers": headers,
+        "received_at": received_at or utcnow()}], returning="id")[0]
 
 
 def normalize_delivery(delivery_id: int, *, parse_batch: ParseBatch,
@@ -358,10 +366,9 @@ def _find_messages(events: list[NormalizedEvent]) -> dict[str, dict[str, _Messag
     by_id: dict[str, _Message] = {}
     by_provider: dict[str, _Message] = {}
     ids = {event.message_id for event in events if event.message_id}
-    for chunk in chunked(sorted(ids), LOOKUP_CHUNK):
-        for row in rows_by_id(OutboundMessage, chunk, *columns):
-            by_id[row.id] = _Message(row.id, row.tenant_id, row.provider_message_id, row.to_email,
-                                     row.status, row.enrollment_id, row.node)
+    for row in rows_by_id(OutboundMessage, sorted(ids), *columns):
+        by_id[row.id] = _Message(row.id, row.tenant_id, row.provider_message_id, row.to_email,
+                                 row.status, row.enrollment_id, row.node)
     # SendGrid's id finds the messages of the events that do not carry ours (or name
     # one we do not have): the only ones _sort_batch looks up by it.
     provider_ids = {event.provider_message_id for event in events

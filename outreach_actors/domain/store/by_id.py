@@ -18,6 +18,9 @@ from outreach_actors.domain.store.statements import ids_condition, statement
 
 Model = TypeVar("Model", bound=BaseModel)
 
+#: Ids per statement: a longer list is read (or updated) in several.
+IDS_PER_STATEMENT = 1000
+
 # (model, columns) -> the SELECT of those columns, ``{ids}`` standing for the test of
 # the primary key; (model, fields set) -> the UPDATE, likewise.
 _SELECTS: dict[tuple[type[BaseModel], tuple[str, ...]], str] = {}
@@ -26,7 +29,7 @@ _UPDATES: dict[tuple[type[BaseModel], tuple[str, ...]], tuple[str, list[peewee.F
 
 def rows_by_id(model: type[Model], ids: Collection[Any], *fields: peewee.Field) -> list[Model]:
     """``model.select(*fields).where(model.id.in_(ids))`` (every field when none is
-    named), in no particular order."""
+    named), in no particular order; IDS_PER_STATEMENT ids per statement."""
     if not ids:
         return []
     key = (model, tuple(field.column_name for field in fields))
@@ -36,8 +39,12 @@ def rows_by_id(model: type[Model], ids: Collection[Any], *fields: peewee.Field) 
         template = _SELECTS[key] = (
             "SELECT " + ", ".join(f'"{column}"' for column in columns)
             + f' FROM "{model._meta.table_name}" WHERE "{model._meta.primary_key.column_name}" {{ids}}')
-    condition, params = ids_condition(list(ids))
-    return list(model.raw(statement(template.replace("{ids}", condition)), *params))
+    ids = list(ids)
+    rows: list[Model] = []
+    for start in range(0, len(ids), IDS_PER_STATEMENT):
+        condition, params = ids_condition(ids[start:start + IDS_PER_STATEMENT])
+        rows.extend(model.raw(statement(template.replace("{ids}", condition)), *params))
+    return rows
 
 
 def row_by_id(model: type[Model], row_id: Any, *fields: peewee.Field) -> Model | None:
@@ -48,7 +55,8 @@ def row_by_id(model: type[Model], row_id: Any, *fields: peewee.Field) -> Model |
 
 def update_by_id(model: type[BaseModel], ids: Sequence[Any], **values: Any) -> int:
     """``model.update(**values).where(model.id.in_(ids)).execute()``: the rows changed.
-    Values are plain values (no expressions), by field name."""
+    Values are plain values (no expressions), by field name; IDS_PER_STATEMENT ids per
+    statement."""
     if not ids or not values:
         return 0
     names = tuple(sorted(values))
@@ -61,8 +69,10 @@ def update_by_id(model: type[BaseModel], ids: Sequence[Any], **values: Any) -> i
             + ", ".join(f'"{field.column_name}" = {{p}}' for field in fields)
             + f' WHERE "{model._meta.primary_key.column_name}" {{ids}}', fields)
     template, fields = found
-    condition, params = ids_condition(list(ids))
-    cursor = database_proxy.execute_sql(
-        statement(template.replace("{ids}", condition)),
-        [field.db_value(values[field.name]) for field in fields] + params)
-    return cursor.rowcount
+    converted = [field.db_value(values[field.name]) for field in fields]
+    changed = 0
+    for start in range(0, len(ids), IDS_PER_STATEMENT):
+        condition, params = ids_condition(ids[start:start + IDS_PER_STATEMENT])
+        changed += database_proxy.execute_sql(
+            statement(template.replace("{ids}", condition)), converted + params).rowcount
+    return changed
