@@ -559,10 +559,15 @@ def insert_statements(model: type[BaseModel], rows: Sequence[Mapping[str, Any]],
     if not rows:
         return
     fields, values = _insert_values(model, rows)
-    database = database_proxy.obj
-    placeholders = "(" + ", ".join([database.param] * len(fields)) + ")"
-    head = (f'INSERT INTO "{model._meta.table_name}" ('
-            + ", ".join(f'"{field.column_name}"' for field in fields) + ") VALUES ")
+    param = database_proxy.obj.param
+    key = (model, tuple(fields), param)
+    found = _INSERT_HEADS.get(key)
+    if found is None:
+        found = _INSERT_HEADS[key] = (
+            f'INSERT INTO "{model._meta.table_name}" ('
+            + ", ".join(f'"{field.column_name}"' for field in fields) + ") VALUES ",
+            "(" + ", ".join([param] * len(fields)) + ")")
+    head, placeholders = found
     tail = _insert_tail(ignore_conflicts, conflict_target, returning)
     per_statement = max(1, _MAX_INSERT_PARAMS // len(fields))
     per_statement = min(per_statement, rows_per_statement or per_statement)
@@ -572,18 +577,31 @@ def insert_statements(model: type[BaseModel], rows: Sequence[Mapping[str, Any]],
         yield head + ", ".join([placeholders] * len(chunk)) + tail, params
 
 
+# (model, fields given) -> what _insert_values derives from them; (model, fields written,
+# placeholder) -> the head of the INSERT and one row's placeholders. Each insert of the
+# hot paths has one shape, so both are worked out once.
+_INSERT_SHAPES: dict[tuple[type[BaseModel], frozenset[str]], tuple[
+    list[peewee.Field], dict[str, Any], list[tuple[str, Callable[[Any], Any]]]]] = {}
+_INSERT_HEADS: dict[tuple[type[BaseModel], tuple[peewee.Field, ...], str], tuple[str, str]] = {}
+
+
 def _insert_values(model: type[BaseModel], rows: Sequence[Mapping[str, Any]]) -> tuple[
         list[peewee.Field], Callable[[Sequence[Mapping[str, Any]]], Iterator[list[Any]]]]:
     """The fields an insert of ``rows`` writes (those given, and those with a default),
     and a function giving each row's database values in that order."""
-    given = {name for row in rows for name in row}
-    fields = [field for field in model._meta.sorted_fields
-              if field.name in given or (field.default is not None and not field.primary_key)]
-    missing = given - {field.name for field in fields}
-    if missing:
-        raise ValueError(f"{model.__name__} has no field {sorted(missing)[0]!r}")
-    defaults = {field.name: field.default for field in fields if field.name not in given}
-    converters = [(field.name, field.db_value) for field in fields]
+    given = frozenset(rows[0]) if len(rows) == 1 else frozenset(
+        name for row in rows for name in row)
+    shape = _INSERT_SHAPES.get((model, given))
+    if shape is None:
+        fields = [field for field in model._meta.sorted_fields
+                  if field.name in given or (field.default is not None and not field.primary_key)]
+        missing = given - {field.name for field in fields}
+        if missing:
+            raise ValueError(f"{model.__name__} has no field {sorted(missing)[0]!r}")
+        shape = _INSERT_SHAPES[(model, given)] = (
+            fields, {field.name: field.default for field in fields if field.name not in given},
+            [(field.name, field.db_value) for field in fields])
+    fields, defaults, converters = shape
 
     def values(chunk: Sequence[Mapping[str, Any]]) -> Iterator[list[Any]]:
         for row in chunk:
