@@ -39,7 +39,7 @@ from outreach_actors.domain.store.models import (
     utcnow,
     write_transaction,
 )
-from outreach_actors.domain.store.statements import statement
+from outreach_actors.domain.store.statements import model_rows, statement
 from outreach_actors.domain.stored_plans import plans_for_ids
 from outreach_actors.domain.suppressions import (
     group_channel,
@@ -201,8 +201,9 @@ def normalize_delivery(delivery_id: int, *, parse_batch: ParseBatch,
     account. They are counted in the delivery's note, which is then processed.
     """
     settings = settings or get_settings()
-    delivery = next(iter(WebhookDelivery.raw(statement(_TAKE_DELIVERY), delivery_id,
-                                             WebhookDelivery.PROCESSED)), None)
+    taken = model_rows(WebhookDelivery, statement(_TAKE_DELIVERY),
+                       (delivery_id, WebhookDelivery.PROCESSED))
+    delivery = taken[0] if taken else None
     if delivery is None:
         if row_by_id(WebhookDelivery, delivery_id, WebhookDelivery.id) is None:
             logger.error("Webhook delivery=%s does not exist (purged?); nothing to do", delivery_id)
@@ -330,9 +331,10 @@ def handle_message_event(
     It resolves an ambiguous send (any event proves SendGrid accepted the mail),
     then hands the event to the enrollment's current visit.
     """
-    message = next(iter(OutboundMessage.raw(statement(_EVENT_MESSAGE), message_id)), None)
-    if message is None:
+    found = model_rows(OutboundMessage, statement(_EVENT_MESSAGE), (message_id,))
+    if not found:
         return False
+    message = found[0]
     ambiguous.confirm_by_event(message, event_type, occurred_at, provider_message_id)
     if not counts_for_plans(event_type, data):
         return False

@@ -29,7 +29,7 @@ from outreach_actors.domain.store.models import (
     utcnow,
     write_transaction,
 )
-from outreach_actors.domain.store.statements import ids_condition, statement
+from outreach_actors.domain.store.statements import ids_condition, model_rows, statement
 from outreach_actors.domain.vocabulary import AWAITED_ENGAGEMENT
 from outreach_actors.settings import get_settings
 
@@ -61,10 +61,9 @@ def claim_actions(action_ids: Sequence[int], now: datetime) -> list[ScheduledAct
     if not action_ids:
         return []
     condition, ids = ids_condition(sorted(set(action_ids)))
-    return list(ScheduledAction.raw(
-        statement(_CLAIM.replace("{ids}", condition)),
+    return model_rows(ScheduledAction, statement(_CLAIM.replace("{ids}", condition)), [
         ScheduledAction.RUNNING, now, now + get_settings().action_lease, *ids,
-        ScheduledAction.PENDING, ScheduledAction.ENQUEUED))
+        ScheduledAction.PENDING, ScheduledAction.ENQUEUED])
 
 
 def hold_paused_timers(action_ids: set[int]) -> None:

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import peewee
 
 from outreach_actors.domain.store.models import BaseModel, database_proxy
-from outreach_actors.domain.store.statements import ids_condition, statement
+from outreach_actors.domain.store.statements import ids_condition, model_rows, statement
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -22,8 +22,8 @@ Model = TypeVar("Model", bound=BaseModel)
 IDS_PER_STATEMENT = 1000
 
 # (model, columns) -> the SELECT of those columns, ``{ids}`` standing for the test of
-# the primary key, and the fields read; (model, fields set) -> the UPDATE, likewise.
-_SELECTS: dict[tuple[type[BaseModel], tuple[str, ...]], tuple[str, list[peewee.Field]]] = {}
+# the primary key; (model, fields set) -> the UPDATE, likewise, and the fields set.
+_SELECTS: dict[tuple[type[BaseModel], tuple[str, ...]], str] = {}
 _UPDATES: dict[tuple[type[BaseModel], tuple[str, ...]], tuple[str, list[peewee.Field]]] = {}
 
 
@@ -33,27 +33,17 @@ def rows_by_id(model: type[Model], ids: Collection[Any], *fields: peewee.Field) 
     if not ids:
         return []
     key = (model, tuple(field.column_name for field in fields))
-    found = _SELECTS.get(key)
-    if found is None:
-        read = list(fields) or model._meta.sorted_fields
-        found = _SELECTS[key] = (
-            "SELECT " + ", ".join(f'"{field.column_name}"' for field in read)
-            + f' FROM "{model._meta.table_name}" WHERE "{model._meta.primary_key.column_name}" {{ids}}',
-            read)
-    template, read = found
-    names = [field.name for field in read]
-    converters = [field.python_value for field in read]
+    template = _SELECTS.get(key)
+    if template is None:
+        columns = key[1] or tuple(field.column_name for field in model._meta.sorted_fields)
+        template = _SELECTS[key] = (
+            "SELECT " + ", ".join(f'"{column}"' for column in columns)
+            + f' FROM "{model._meta.table_name}" WHERE "{model._meta.primary_key.column_name}" {{ids}}')
     ids = list(ids)
     rows: list[Model] = []
     for start in range(0, len(ids), IDS_PER_STATEMENT):
         condition, params = ids_condition(ids[start:start + IDS_PER_STATEMENT])
-        cursor = database_proxy.execute_sql(statement(template.replace("{ids}", condition)), params)
-        for values in cursor.fetchall():
-            # As Peewee's cursor wrapper builds a row, without resolving the columns anew.
-            row = model(__no_default__=1, **{name: convert(value) for name, convert, value
-                                               in zip(names, converters, values, strict=True)})
-            row._dirty.clear()
-            rows.append(row)
+        rows += model_rows(model, statement(template.replace("{ids}", condition)), params)
     return rows
 
 
