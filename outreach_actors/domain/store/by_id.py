@@ -13,18 +13,18 @@ from typing import Any, TypeVar
 
 import peewee
 
-from outreach_actors.domain.store.models import BaseModel, database_proxy
+from outreach_actors.domain.store.db import database_proxy
 from outreach_actors.domain.store.statements import ids_condition, model_rows, statement
 
-Model = TypeVar("Model", bound=BaseModel)
+Model = TypeVar("Model", bound=peewee.Model)
 
 #: Ids per statement: a longer list is read (or updated) in several.
 IDS_PER_STATEMENT = 1000
 
 # (model, columns) -> the SELECT of those columns, ``{ids}`` standing for the test of
 # the primary key; (model, fields set) -> the UPDATE, likewise, and the fields set.
-_SELECTS: dict[tuple[type[BaseModel], tuple[str, ...]], str] = {}
-_UPDATES: dict[tuple[type[BaseModel], tuple[str, ...]], tuple[str, list[peewee.Field]]] = {}
+_SELECTS: dict[tuple[type[peewee.Model], tuple[str, ...]], str] = {}
+_UPDATES: dict[tuple[type[peewee.Model], tuple[str, ...]], tuple[str, list[peewee.Field]]] = {}
 
 
 def rows_by_id(model: type[Model], ids: Collection[Any], *fields: peewee.Field) -> list[Model]:
@@ -53,7 +53,7 @@ def row_by_id(model: type[Model], row_id: Any, *fields: peewee.Field) -> Model |
     return rows[0] if rows else None
 
 
-def update_by_id(model: type[BaseModel], ids: Sequence[Any], **values: Any) -> int:
+def update_by_id(model: type[peewee.Model], ids: Sequence[Any], **values: Any) -> int:
     """``model.update(**values).where(model.id.in_(ids)).execute()``: the rows changed.
     Values are plain values (no expressions), by field name; IDS_PER_STATEMENT ids per
     statement."""

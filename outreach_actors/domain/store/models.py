@@ -12,11 +12,10 @@ from typing import Any
 import peewee
 from playhouse.shortcuts import ThreadSafeDatabaseMetadata
 
+from outreach_actors.domain.store.by_id import update_by_id
 from outreach_actors.domain.store.copy_insert import COPY_MIN_ROWS, copy_insert
 from outreach_actors.domain.store.counters import counters_installed, install_counters
-from outreach_actors.domain.store.db import is_postgresql
-
-database_proxy = peewee.DatabaseProxy()
+from outreach_actors.domain.store.db import database_proxy, is_postgresql
 
 
 def utcnow() -> datetime:
@@ -222,12 +221,10 @@ class ScheduledAction(BaseModel):
         """Record how one action or several ended (done, skipped, failed) and, for a
         send, its message."""
         ids = [action_ids] if isinstance(action_ids, int) else list(action_ids)
-        if not ids:
-            return
         values = {"status": status, "result": result, "finished_at": now}
         if message_id is not None:
             values["message"] = message_id
-        cls.update(**values).where(cls.id.in_(ids) if len(ids) > 1 else cls.id == ids[0]).execute()
+        update_by_id(cls, ids, **values)
 
 
 class OutboundMessage(BaseModel):

@@ -16,8 +16,7 @@ from typing import Any, TypeVar
 
 import peewee
 
-from outreach_actors.domain.store.db import is_postgresql, prepare
-from outreach_actors.domain.store.models import database_proxy
+from outreach_actors.domain.store.db import database_proxy, is_postgresql, prepare
 
 _STATEMENTS: dict[tuple[str, str], str] = {}
 
