@@ -49,7 +49,12 @@ def renderer_for(templates_dir: Path, settings: Settings | None = None) -> Isola
     """The renderer of the templates in ``templates_dir``: each render and check runs in
     a render process, held to the settings' limits (see rendering.isolation)."""
     limits = RenderLimits.from_settings(settings or get_settings())
-    return _renderer(Path(templates_dir).resolve(), limits)
+    # Made absolute, not resolved: the renderer resolves it once, when it is made;
+    # resolving (a system call per part of the path) at every render cost more than
+    # the rest of finding the renderer.
+    templates_dir = Path(templates_dir)
+    return _renderer(templates_dir if templates_dir.is_absolute() else Path.cwd() / templates_dir,
+                     limits)
 
 
 @lru_cache(maxsize=8)
