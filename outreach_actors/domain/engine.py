@@ -456,9 +456,12 @@ def _move_group(plan: PlanSpec, from_node: str, group: list[Enrollment], target:
                 event: str, now: datetime, event_data: EventData | None) -> list[Enrollment]:
     """Move enrollments that were read at ``from_node`` to ``target``; the winners."""
     group.sort(key=lambda enrollment: enrollment.id)
-    pairs = ", ".join(["({p}, {p})"] * len(group))
+    # One enrollment (every event's move, most timers'): a plain test, which SQLite runs
+    # several times faster than a row-value IN of one pair.
+    seen = ("id = {p} AND version = {p}" if len(group) == 1
+            else "(id, version) IN (" + ", ".join(["({p}, {p})"] * len(group)) + ")")
     won = {enrollment_id for (enrollment_id,) in database_proxy.execute_sql(
-        statement(_MOVE.replace("{pairs}", pairs), prepared=len(group) == 1),
+        statement(_MOVE.replace("{seen}", seen), prepared=len(group) == 1),
         [target, now, now, *(value for enrollment in group
                              for value in (enrollment.id, enrollment.version)),
          Enrollment.ACTIVE]).fetchall()}
@@ -474,14 +477,14 @@ def _move_group(plan: PlanSpec, from_node: str, group: list[Enrollment], target:
     return winners
 
 
-# The move of enrollments read at their versions (``{pairs}``: a ``({p}, {p})`` of id and
-# version each) to a node, version-guarded; the ids that moved. A paused or ended
+# The move of enrollments read at their versions (``{seen}``: the test of each one's id
+# and version) to a node, version-guarded; the ids that moved. A paused or ended
 # enrollment does not move, whatever version it has. Fixed SQL: every event and timer
 # that moves someone runs it.
 _MOVE = """
 UPDATE enrollment SET current_node = {p}, version = version + 1, node_entered_at = {p},
     updated_at = {p}
-WHERE (id, version) IN ({pairs}) AND status = {p}
+WHERE {seen} AND status = {p}
 RETURNING id
 """
 
