@@ -56,6 +56,7 @@ from outreach_actors.domain.store.models import (
     SenderIdentity,
     Tenant,
 )
+from outreach_actors.domain.store.statements import model_rows, statement
 from outreach_actors.providers.sendgrid.client import InvalidEmail, build_mail
 from outreach_actors.providers.sendgrid.events import EVENT_TYPES, parse_sendgrid_batch
 from outreach_actors.settings import Settings, get_settings
@@ -84,6 +85,9 @@ _KIND_OF = {**{kind: kind for kind in EVENT_KINDS},
 
 # When the next pending action is due (fixed SQL: this runs after every step).
 _NEXT_DUE = "SELECT MIN(run_at) FROM scheduled_action WHERE status = ?"
+# The nodes an enrollment entered, in order, and each one's route (fixed SQL: see
+# domain/store/statements.py; each scenario reads it).
+_PATH = "SELECT node, route FROM node_visit WHERE enrollment_id = {p} ORDER BY version"
 
 
 class SimulationError(ValueError):
@@ -398,8 +402,7 @@ class PlanSimulator:
 
     def _result(self, enrollment_id: int, email: str, provider: RecordingProvider,
                 clock: VirtualClock) -> SimulationResult:
-        visits = list(NodeVisit.select(NodeVisit.node, NodeVisit.route)
-                      .where(NodeVisit.enrollment == enrollment_id).order_by(NodeVisit.version))
+        visits = model_rows(NodeVisit, statement(_PATH), (enrollment_id,))
         enrollment = row_by_id(Enrollment, enrollment_id, Enrollment.status,
                                Enrollment.exit_reason, Enrollment.current_node)
         # Not the rendered parts: the recorder kept what was sent.

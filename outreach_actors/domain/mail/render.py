@@ -4,6 +4,7 @@ actors. A replay finds the message stored under the action's dedupe key."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -45,21 +46,20 @@ from outreach_actors.settings import Settings, get_settings
 logger = logging.getLogger(__name__)
 
 
-def renderer_for(templates_dir: Path, settings: Settings | None = None) -> IsolatedRenderer:
+def renderer_for(templates_dir: str | Path, settings: Settings | None = None) -> IsolatedRenderer:
     """The renderer of the templates in ``templates_dir``: each render and check runs in
     a render process, held to the settings' limits (see rendering.isolation)."""
     limits = RenderLimits.from_settings(settings or get_settings())
-    # Made absolute, not resolved: the renderer resolves it once, when it is made;
-    # resolving (a system call per part of the path) at every render cost more than
-    # the rest of finding the renderer.
-    templates_dir = Path(templates_dir)
-    return _renderer(templates_dir if templates_dir.is_absolute() else Path.cwd() / templates_dir,
-                     limits)
+    # Found by the directory as given (and the current one, if it is relative), not
+    # resolved: the renderer resolves it once, when it is made; resolving (a system
+    # call per part of the path) at every render cost more than the rest of finding it.
+    relative_to = None if os.path.isabs(templates_dir) else os.getcwd()
+    return _renderer(os.fspath(templates_dir), relative_to, limits)
 
 
 @lru_cache(maxsize=8)
-def _renderer(templates_dir: Path, limits: RenderLimits) -> IsolatedRenderer:
-    return IsolatedRenderer(templates_dir, limits)
+def _renderer(templates_dir: str, relative_to: str | None, limits: RenderLimits) -> IsolatedRenderer:
+    return IsolatedRenderer(Path(relative_to or "", templates_dir), limits)
 
 
 class _SendAction(NamedTuple):
@@ -319,7 +319,7 @@ def _render_one(action_id: int, facts: _SendAction | None, settings: Settings,
                      "subject, but the enrollment has no earlier email to answer", now)
         return None
     try:
-        rendered = renderer_for(Path(settings.templates_dir), settings).render_email(
+        rendered = renderer_for(settings.templates_dir, settings).render_email(
             subject=node.subject or "Re:", template=node.template, body=node.body, context=context,
         )
     except RenderError as exc:
