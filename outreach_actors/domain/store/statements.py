@@ -47,10 +47,15 @@ def ids_condition(ids: Sequence[Any]) -> tuple[str, list]:
     """A statement's test that a column is one of ``ids`` (``IN (...)`` or ``= ANY(...)``,
     to follow the column), and its parameters: on PostgreSQL one array parameter, so
     that one prepared statement serves every count; on SQLite, which has no arrays, a
-    placeholder per id."""
+    placeholder per id, the list padded to a power of two with its last id (IN ignores
+    a repeat): a statement has a handful of texts, not one per count, to build and keep
+    (here, and prepared in the driver's cache)."""
     if is_postgresql(database_proxy.obj):
         return "= ANY({p})", [list(ids)]
-    return "IN (" + ", ".join(["{p}"] * len(ids)) + ")", list(ids)
+    padded = list(ids)
+    if padded:
+        padded += padded[-1:] * ((1 << (len(padded) - 1).bit_length()) - len(padded))
+    return "IN (" + ", ".join(["{p}"] * len(padded)) + ")", padded
 
 
 def model_rows(model: type[Model], sql: str, params: Sequence[Any]) -> list[Model]:
