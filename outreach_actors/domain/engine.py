@@ -142,8 +142,8 @@ def upsert_contact(
     address, fields, timezone = checked_contact(email, fields, timezone)
     row = {"tenant": tenant_id, "email": address, "fields": fields, "timezone": timezone,
            "created_at": utcnow()}
-    # One statement for a new contact (no read first, no savepoint); an existing one,
-    # or one inserted meanwhile by another enroll, is left as it is and read.
+    # One statement for a new contact (no read first, no savepoint); an existing one (or
+    # one another enroll inserted meanwhile) is read and given the new fields over its own.
     created = insert_rows(Contact, [row], ignore_conflicts=True, returning="id")
     if created:
         contact = Contact(id=created[0], **row)
