@@ -67,6 +67,29 @@ def figure(value: float | int, unit: str, reference: float | int | None,
             "ratio": None if ratio is None else round(ratio, 3)}
 
 
+def timed(work: Callable[[], object], count: int = 1) -> tuple[float, float]:
+    """(wall-clock s, CPU s of this process and its descendants, render processes
+    included) of ``count`` runs of ``work``. Descendants are counted as they are when
+    it starts: start them (a first render) before."""
+    this = psutil.Process()
+    processes = [this, *this.children(recursive=True)]
+    cpu, started = _cpu_s(processes), time.perf_counter()
+    for _ in range(count):
+        work()
+    return time.perf_counter() - started, _cpu_s(processes) - cpu
+
+
+def _cpu_s(processes: list[psutil.Process]) -> float:
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def ensure_database(url: str) -> None:
     """Create the PostgreSQL database ``url`` names if it does not exist."""
     ensure_postgres_database(url)

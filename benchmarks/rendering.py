@@ -21,15 +21,13 @@ import argparse
 import json
 import os
 import statistics
-import time
 from pathlib import Path
 
 # No broker is needed; keep the package from building the embedded one at import.
 os.environ.setdefault("OUTREACH_BROKER_URL", "stub://")
 
-import psutil  # noqa: E402
 import yaml  # noqa: E402
-from _common import BENCHMARKS_DIR, figure  # noqa: E402
+from _common import BENCHMARKS_DIR, figure, timed  # noqa: E402
 
 from outreach_actors.domain.mail import email_context  # noqa: E402
 from outreach_actors.domain.rendering import (  # noqa: E402
@@ -40,27 +38,6 @@ from outreach_actors.domain.rendering import (  # noqa: E402
 from outreach_actors.settings import Settings  # noqa: E402
 
 TEMPLATES = BENCHMARKS_DIR.parent / "templates"
-
-
-def _cpu_s(processes: list[psutil.Process]) -> float:
-    total = 0.0
-    for process in processes:
-        try:
-            times = process.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
-
-
-def _timed(render, count: int) -> tuple[float, float]:
-    """(wall-clock s, CPU s of this process and its descendants) of ``count`` renders."""
-    this = psutil.Process()
-    processes = [this, *this.children(recursive=True)]
-    cpu, started = _cpu_s(processes), time.perf_counter()
-    for _ in range(count):
-        render()
-    return time.perf_counter() - started, _cpu_s(processes) - cpu
 
 
 def run(quick: bool, rounds: int = 5) -> dict[str, dict]:
@@ -83,8 +60,8 @@ def run(quick: bool, rounds: int = 5) -> dict[str, dict]:
     cpu: dict[str, list[float]] = {"in": [], "isolated": []}
     for _ in range(rounds):
         for name, renderer in (("in", in_process), ("isolated", isolated)):
-            # The isolated renderer's processes exist by now: _timed counts their CPU.
-            elapsed, spent = _timed(lambda renderer=renderer: renderer.render_email(**email), count)
+            # The isolated renderer's processes exist by now: timed counts their CPU.
+            elapsed, spent = timed(lambda renderer=renderer: renderer.render_email(**email), count)
             wall[name].append(elapsed / count * 1e6)
             cpu[name].append(spent / count * 1e6)
     return {

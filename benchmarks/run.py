@@ -38,7 +38,7 @@ BENCHMARKS: dict[str, tuple[str, ...]] = {
     "timers": ("timer_lateness_p99_s", "broker_bytes_per_pending_timer",
                "worker_rss_mib_1m_timers"),
     "dashboard": ("dashboard_ms_1m", "dashboard_plan_page_ms_1m", "dashboard_plan_period_ms_1m"),
-    "simulation": ("simulated_scenarios_per_s",),
+    "simulation": ("simulated_scenarios_per_s", "simulated_scenario_cpu_ms"),
     "chaos": ("chaos_duplicate_sends", "chaos_lost_timers", "chaos_lost_events",
               "chaos_rabbitmq_duplicate_sends", "chaos_rabbitmq_lost_timers",
               "chaos_rabbitmq_lost_events",

@@ -55,6 +55,19 @@ def test_enrolling_twice_is_refused_unless_the_plan_allows_reentry(acme) -> None
     assert Enrollment.select().count() == 2
 
 
+def test_enrolling_again_with_skip_returns_the_enrollment_and_merges_the_fields(db) -> None:
+    make_tenant()
+    load_plan()
+    first = engine.enroll("acme", "ada@example.com", "onboarding",
+                          fields={"first_name": "Ada", "tier": "free"})
+    again = engine.enroll("acme", "ADA@example.com", "onboarding", fields={"tier": "pro"},
+                          timezone="Europe/Paris", if_enrolled="skip")
+    assert again.id == first.id
+    contact = models.Contact.get()
+    assert (contact.fields, contact.timezone) == ({"first_name": "Ada", "tier": "pro"}, "Europe/Paris")
+    assert (Enrollment.select().count(), ScheduledAction.select().count()) == (1, 1)
+
+
 @pytest.mark.parametrize("address", ["", "no-at-sign", "a@b", "x@example.com\r\nBcc: evil@x.com",
                                      "two@@example.com",
                                      # Addresses every send would refuse (SendGrid takes no
@@ -182,11 +195,41 @@ def test_binding_another_database_forgets_the_plans_read_from_the_last(data_dir)
 
     from .conftest import make_settings
 
-    plans = []
+    plans, databases = [], []
     for name in ("first", "second"):
         database = database_from_url(f"sqlite:///{data_dir / name}.db", make_settings(data_dir))
         models.create_schema(database)  # binds it
         make_tenant("acme")
         plans.append(load_plan(THREE_NODE_PLAN.replace("name: onboarding", f"name: {name}")))
+        databases.append(database)
         assert stored_plans.plan_for_id(plans[-1].id).name == name
     assert plans[0].id == plans[1].id
+    models.bind(databases[0])
+    assert stored_plans.plan_for_id(plans[0].id).name == "first"
+
+
+def test_binding_a_database_again_keeps_its_plans_parsed(data_dir) -> None:
+    # The plan simulation binds its database around each scenario, and what was bound
+    # before (or nothing) after it.
+    from outreach_actors.domain.store.db import database_from_url
+
+    from .conftest import counting, make_settings
+
+    databases = [database_from_url(f"sqlite:///{data_dir / name}.db", make_settings(data_dir))
+                 for name in ("simulated", "other")]
+    models.create_schema(databases[1])
+    models.create_schema(databases[0])
+    make_tenant("acme")
+    plan_id = load_plan().id
+    stored_plans.plan_for_id(plan_id)
+    for between in (None, databases[1]):
+        models.bind(between)
+        models.bind(databases[0])
+        with counting() as read:
+            assert stored_plans.plan_for_id(plan_id).name == "onboarding"
+        assert read.sql == []
+    # A schema created again (tables dropped and made anew) may hold other plans.
+    models.create_schema(databases[0])
+    with counting() as read:
+        stored_plans.plan_for_id(plan_id)
+    assert read.sql != []

@@ -169,6 +169,10 @@ def test_a_processed_delivery_is_not_processed_again(db) -> None:
     assert WebhookDelivery.get_by_id(delivery_id).attempts == 1
 
 
+def test_a_delivery_that_is_gone_is_reported_missing(db) -> None:
+    assert normalize_delivery(404).status == "missing"
+
+
 def test_duplicates_within_one_batch_are_stored_once(db) -> None:
     sample_world()
     click = next(e for e in SAMPLE_EVENTS if e["event"] == "click")

@@ -65,8 +65,9 @@ def test_each_fixed_statement_is_prepared_once_and_reused(postgres, standin, sen
     email("bob@example.com", sendgrid_client)
     after_two = executions()
 
-    # the render's read and write, the rate-limit read, the claim, sent and its timers
-    assert len(after_one) == 5
+    # the enrollment's plan read; the render's read and write, the rate-limit read, the
+    # claim, sent and its timers
+    assert len(after_one) == 6
     assert all(name.startswith("outreach_") for name in after_one)
     assert set(after_two) == set(after_one)
     assert all(after_two[name] == after_one[name] + 1 for name in after_one)
@@ -80,7 +81,7 @@ def test_statements_dropped_behind_its_back_are_prepared_again(postgres, standin
 
     email("bob@example.com", sendgrid_client)
 
-    assert len(executions()) == 5
+    assert len(executions()) == 6
     assert len(standin.messages) == 2
 
 
@@ -119,5 +120,5 @@ def test_statements_the_session_already_has_are_used(postgres, standin, sendgrid
 
     email("bob@example.com", sendgrid_client)
 
-    assert len(executions()) == 5
+    assert len(executions()) == 6
     assert len(standin.messages) == 2

@@ -46,6 +46,7 @@ from outreach_actors.domain.mail import (
 from outreach_actors.domain.mail.outgoing import OutgoingEmail, SendOutcome
 from outreach_actors.domain.plans import PlanSpec, validate_plan
 from outreach_actors.domain.store import models
+from outreach_actors.domain.store.by_id import row_by_id, rows_by_id
 from outreach_actors.domain.store.db import sqlite_database
 from outreach_actors.domain.store.models import (
     Enrollment,
@@ -54,8 +55,8 @@ from outreach_actors.domain.store.models import (
     ScheduledAction,
     SenderIdentity,
     Tenant,
-    WebhookDelivery,
 )
+from outreach_actors.domain.store.statements import model_rows, statement
 from outreach_actors.providers.sendgrid.client import InvalidEmail, build_mail
 from outreach_actors.providers.sendgrid.events import EVENT_TYPES, parse_sendgrid_batch
 from outreach_actors.settings import Settings, get_settings
@@ -84,6 +85,9 @@ _KIND_OF = {**{kind: kind for kind in EVENT_KINDS},
 
 # When the next pending action is due (fixed SQL: this runs after every step).
 _NEXT_DUE = "SELECT MIN(run_at) FROM scheduled_action WHERE status = ?"
+# The nodes an enrollment entered, in order, and each one's route (fixed SQL: see
+# domain/store/statements.py; each scenario reads it).
+_PATH = "SELECT node, route FROM node_visit WHERE enrollment_id = {p} ORDER BY version"
 
 
 class SimulationError(ValueError):
@@ -392,17 +396,20 @@ class PlanSimulator:
                                   f"(at +{clock.now - self.start}), so nothing can be {event}")
         _, accepted = list(provider.accepted.values())[-1]
         body = webhook_body(events_for(accepted, _KIND_OF[event], timestamp=_epoch(clock.now)))
-        delivery = WebhookDelivery.create(body=body, headers={}, received_at=clock.now)
-        ingest.normalize_delivery(delivery.id, parse_batch=parse_sendgrid_batch,
+        delivery_id = ingest.store_delivery(body, {}, received_at=clock.now)
+        ingest.normalize_delivery(delivery_id, parse_batch=parse_sendgrid_batch,
                                   settings=self.settings)
 
     def _result(self, enrollment_id: int, email: str, provider: RecordingProvider,
                 clock: VirtualClock) -> SimulationResult:
-        visits = list(NodeVisit.select(NodeVisit.node, NodeVisit.route)
-                      .where(NodeVisit.enrollment == enrollment_id).order_by(NodeVisit.version))
-        enrollment = Enrollment.get_by_id(enrollment_id)
-        sent = {message.id: message for message in OutboundMessage.select().where(
-            OutboundMessage.enrollment == enrollment_id, OutboundMessage.status == OutboundMessage.SENT)}
+        visits = model_rows(NodeVisit, statement(_PATH), (enrollment_id,))
+        enrollment = row_by_id(Enrollment, enrollment_id, Enrollment.status,
+                               Enrollment.exit_reason, Enrollment.current_node)
+        # Not the rendered parts: the recorder kept what was sent.
+        sent = {message.id: message for message in rows_by_id(
+                    OutboundMessage, list(provider.accepted), OutboundMessage.id,
+                    OutboundMessage.node, OutboundMessage.status, OutboundMessage.sent_at)
+                if message.status == OutboundMessage.SENT}
         emails = [
             SimulatedEmail(node=sent[message_id].node, subject=outgoing.subject,
                            text=outgoing.text or "", html=outgoing.html or "",

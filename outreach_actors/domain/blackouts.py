@@ -7,7 +7,7 @@ import threading
 import time
 from datetime import date
 
-from outreach_actors.domain.store.models import BlackoutDate, Tenant, on_bind
+from outreach_actors.domain.store.models import BlackoutDate, Tenant, database_cache
 
 #: How long a process trusts what it read of a tenant's blackout dates, in seconds.
 #: Changes made in this process apply at once; elsewhere within this long.
@@ -17,16 +17,15 @@ MAX_BLACKOUT_DAYS = 366
 
 Blackouts = tuple[tuple[date, date], ...]
 
-_cache: dict[str, tuple[float, Blackouts]] = {}
+# The bound database's cache (see models.database_cache): tenant id -> (until when it is
+# trusted, by time.monotonic(); the tenant's blackouts).
+_BLACKOUTS = "blackouts"
 _cache_lock = threading.Lock()
 
 
 def _forget() -> None:
     with _cache_lock:
-        _cache.clear()
-
-
-on_bind(_forget)
+        database_cache(_BLACKOUTS).clear()
 
 
 def add_blackout(tenant_id: str, first_day: date, last_day: date) -> bool:
@@ -67,12 +66,13 @@ def tenant_blackouts(tenant_id: str) -> Blackouts:
     """The tenant's blackouts as this process last read them (see BLACKOUT_CACHE_SECONDS):
     the engine asks at every scheduled send."""
     now = time.monotonic()
-    cached = _cache.get(tenant_id)
+    cache = database_cache(_BLACKOUTS)
+    cached = cache.get(tenant_id)
     if cached is not None and cached[0] > now:
         return cached[1]
     blackouts = list_blackouts(tenant_id)
     with _cache_lock:
-        _cache[tenant_id] = (now + BLACKOUT_CACHE_SECONDS, blackouts)
+        cache[tenant_id] = (now + BLACKOUT_CACHE_SECONDS, blackouts)
     return blackouts
 
 

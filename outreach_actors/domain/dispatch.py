@@ -18,7 +18,7 @@ import peewee
 
 from outreach_actors.domain import notifications, scheduled_soon
 from outreach_actors.domain.mail.ambiguous import mark_interrupted_sends
-from outreach_actors.domain.pauses import plan_paused_condition
+from outreach_actors.domain.pauses import plan_paused_condition, plan_paused_sql
 from outreach_actors.domain.store.db import is_postgresql
 from outreach_actors.domain.store.models import (
     OutboundMessage,
@@ -27,6 +27,7 @@ from outreach_actors.domain.store.models import (
     utcnow,
     write_transaction,
 )
+from outreach_actors.domain.store.statements import ids_condition, model_rows, statement
 from outreach_actors.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -37,23 +38,50 @@ Enqueue = Callable[[list[tuple[ScheduledAction, int]]], None]
 EnqueueSend = Callable[[str], None]
 
 
-def _claim(query: peewee.ModelSelect, now: datetime, lease_until: datetime) -> list[ScheduledAction]:
-    """Mark the selected rows enqueued in one transaction and return the ones we won."""
+# The dispatcher's read at every poll, as fixed SQL (see store/statements.py): the due
+# actions, earliest first, that no pause of their plan holds; whole rows, as
+# ScheduledAction.select() reads them. Locked (FOR UPDATE SKIP LOCKED) on PostgreSQL.
+_DUE_ACTIONS = (
+    "SELECT " + ", ".join(f'a."{field.column_name}"' for field in ScheduledAction._meta.sorted_fields)
+    + " FROM scheduled_action AS a WHERE a.status = {p} AND a.run_at <= {p}"
+    " AND NOT " + plan_paused_sql("a.enrollment_id") + " ORDER BY a.run_at LIMIT {p}"
+)
+_LOCK = " FOR UPDATE SKIP LOCKED"
+# Claimed actions marked enqueued; ``{ids}`` as statements.ids_condition gives it. By
+# primary key alone: the rows are ours (locked FOR UPDATE SKIP LOCKED on PostgreSQL, the
+# write lock held on SQLite), and adding the status test makes PostgreSQL pick the
+# status index and scan every pending row.
+_MARK_ENQUEUED = "UPDATE scheduled_action SET status = {p}, enqueued_at = {p}, lease_until = {p} WHERE id {ids}"
+
+
+def _claim(read: Callable[[], list[ScheduledAction]], now: datetime,
+           lease_until: datetime) -> list[ScheduledAction]:
+    """Mark the rows ``read`` gives (run in the claim's transaction, locking them on
+    PostgreSQL) enqueued, in one transaction, and return the ones we won."""
     database = database_proxy.obj
     with write_transaction():
-        if is_postgresql(database):
-            query = query.for_update("FOR UPDATE SKIP LOCKED")
-        actions = list(query)
+        actions = read()
         if actions:
-            # By primary key alone: the rows are ours (locked FOR UPDATE SKIP LOCKED on
-            # PostgreSQL, the write lock held on SQLite), and adding the status test
-            # makes PostgreSQL pick the status index and scan every pending row.
-            ScheduledAction.update(
-                status=ScheduledAction.ENQUEUED, enqueued_at=now, lease_until=lease_until,
-            ).where(ScheduledAction.id.in_([action.id for action in actions])).execute()
+            condition, ids = ids_condition([action.id for action in actions])
+            database.execute_sql(statement(_MARK_ENQUEUED.replace("{ids}", condition)),
+                                 [ScheduledAction.ENQUEUED, now, lease_until, *ids])
     for action in actions:
-        action.status, action.lease_until = ScheduledAction.ENQUEUED, lease_until
+        action.status, action.enqueued_at, action.lease_until = ScheduledAction.ENQUEUED, now, lease_until
     return actions
+
+
+def _due_actions(horizon: datetime, limit: int) -> list[ScheduledAction]:
+    locked = is_postgresql(database_proxy.obj)
+    return model_rows(ScheduledAction, statement(_DUE_ACTIONS + (_LOCK if locked else "")),
+                      (ScheduledAction.PENDING, horizon, limit))
+
+
+def _locked(query: peewee.ModelSelect) -> list[ScheduledAction]:
+    """The rows of ``query``, locked FOR UPDATE SKIP LOCKED on PostgreSQL (on SQLite the
+    claim's transaction holds the write lock)."""
+    if is_postgresql(database_proxy.obj):
+        query = query.for_update("FOR UPDATE SKIP LOCKED")
+    return list(query)
 
 
 def dispatch_due_actions(
@@ -63,13 +91,8 @@ def dispatch_due_actions(
     settings = settings or get_settings()
     total = 0
     while True:
-        claimed = _dispatch(lambda horizon: (
-            ScheduledAction.select()
-            .where(ScheduledAction.status == ScheduledAction.PENDING, ScheduledAction.run_at <= horizon,
-                   ~plan_paused_condition(ScheduledAction.enrollment))
-            .order_by(ScheduledAction.run_at)
-            .limit(settings.dispatch_batch_size)
-        ), enqueue, now, settings)
+        claimed = _dispatch(lambda horizon: _due_actions(horizon, settings.dispatch_batch_size),
+                            enqueue, now, settings)
         total += claimed
         if claimed < settings.dispatch_batch_size:
             break
@@ -86,9 +109,9 @@ def dispatch_actions(dedupe_keys: Sequence[str], enqueue: Enqueue, *, now: datet
     settings = settings or get_settings()
     total = 0
     for chunk in peewee.chunked(sorted(set(dedupe_keys)), settings.dispatch_batch_size):
-        total += _dispatch(lambda horizon, keys=chunk: ScheduledAction.select().where(
+        total += _dispatch(lambda horizon, keys=chunk: _locked(ScheduledAction.select().where(
             ScheduledAction.dedupe_key.in_(keys), ScheduledAction.status == ScheduledAction.PENDING,
-            ScheduledAction.run_at <= horizon, ~plan_paused_condition(ScheduledAction.enrollment)),
+            ScheduledAction.run_at <= horizon, ~plan_paused_condition(ScheduledAction.enrollment))),
             enqueue, now, settings)
     return total
 
@@ -116,14 +139,15 @@ def dispatch_after_commit(enqueue: Enqueue, *, settings: Settings | None = None)
                        len(noted), exc_info=True)
 
 
-def _dispatch(select: Callable[[datetime], peewee.ModelSelect], enqueue: Enqueue,
+def _dispatch(select: Callable[[datetime], list[ScheduledAction]], enqueue: Enqueue,
               now: datetime | None, settings: Settings) -> int:
-    """Claim what ``select(horizon)`` picks and enqueue it, each with its delay."""
+    """Claim what ``select(horizon)`` picks (locked on PostgreSQL) and enqueue it, each
+    with its delay."""
     clock = (lambda: now) if now is not None else utcnow
     horizon = clock() + settings.dispatch_horizon
     # The lease counts from the end of the horizon: an action enqueued with a
     # delay is not late before it is due.
-    actions = _claim(select(horizon), clock(), horizon + settings.action_lease)
+    actions = _claim(lambda: select(horizon), clock(), horizon + settings.action_lease)
     if actions:
         # Delays count from now, not from the start: claiming a large backlog
         # takes a while, and every timer would be late by that much.
@@ -174,7 +198,7 @@ def reconcile_expired_leases(
         .order_by(ScheduledAction.lease_until)
         .limit(settings.dispatch_batch_size)
     )
-    actions = _claim(query, now, now + settings.action_lease)
+    actions = _claim(lambda: _locked(query), now, now + settings.action_lease)
     for action in actions:
         logger.warning("Re-enqueueing action=%s kind=%s: its lease expired", action.id, action.kind)
     if actions:

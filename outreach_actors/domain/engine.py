@@ -17,8 +17,6 @@ from contextlib import nullcontext
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-import peewee
-
 from outreach_actors.domain import branches, goals, notifications
 from outreach_actors.domain.addresses import address_key, normalized_address
 from outreach_actors.domain.blackouts import tenant_blackouts
@@ -29,6 +27,7 @@ from outreach_actors.domain.plans import (
 )
 from outreach_actors.domain.routing import ROUTING_TYPES
 from outreach_actors.domain.scheduled_soon import note_scheduled
+from outreach_actors.domain.store.by_id import row_by_id, rows_by_id, update_by_id
 from outreach_actors.domain.store.keys import action_key, enrollment_key
 from outreach_actors.domain.store.models import (
     Contact,
@@ -42,7 +41,8 @@ from outreach_actors.domain.store.models import (
     insert_rows,
     utcnow,
 )
-from outreach_actors.domain.stored_plans import plan_for, plan_for_id
+from outreach_actors.domain.store.statements import ids_condition, statement
+from outreach_actors.domain.stored_plans import plan_for_id
 from outreach_actors.domain.windows import next_send_time
 from outreach_actors.settings import get_settings
 
@@ -70,18 +70,26 @@ class AlreadyEnrolled(EnrollmentError):
 
 
 def latest_plan(tenant_id: str, plan_name: str) -> Plan:
-    row = (
-        Plan.select()
-        .where(Plan.tenant == tenant_id, Plan.name == plan_name)
-        .order_by(Plan.version.desc())
-        .first()
+    """The row of the tenant's latest version of the plan; EnrollmentError if none."""
+    return Plan.get_by_id(latest_plan_id(tenant_id, plan_name))
+
+
+# The id of a tenant's latest version of a plan (fixed SQL: every enrollment reads it).
+_LATEST_PLAN_ID = "SELECT id FROM plan WHERE tenant_id = {p} AND name = {p} ORDER BY version DESC LIMIT 1"
+
+
+def latest_plan_id(tenant_id: str, plan_name: str) -> int:
+    """The id of the tenant's latest version of the plan; EnrollmentError, naming an
+    unknown tenant as such, if there is none."""
+    row = database_proxy.execute_sql(statement(_LATEST_PLAN_ID), (tenant_id, plan_name)).fetchone()
+    if row is not None:
+        return row[0]
+    if row_by_id(Tenant, tenant_id, Tenant.id) is None:
+        raise EnrollmentError(f"unknown tenant {tenant_id!r}")
+    raise EnrollmentError(
+        f"tenant {tenant_id!r} has no plan named {plan_name!r}; "
+        "load it with `outreach plan load FILE --tenant TENANT`"
     )
-    if row is None:
-        raise EnrollmentError(
-            f"tenant {tenant_id!r} has no plan named {plan_name!r}; "
-            "load it with `outreach plan load FILE --tenant TENANT`"
-        )
-    return row
 
 
 def normalize_email(email: str) -> str:
@@ -132,11 +140,17 @@ def upsert_contact(
     tenant_id: str, email: str, fields: dict[str, Any] | None, timezone: str | None
 ) -> Contact:
     address, fields, timezone = checked_contact(email, fields, timezone)
-    contact, created = Contact.get_or_create(
-        tenant=tenant_id, email=address,
-        defaults={"fields": fields, "timezone": timezone},
-    )
-    if not created and (fields or timezone):
+    row = {"tenant": tenant_id, "email": address, "fields": fields, "timezone": timezone,
+           "created_at": utcnow()}
+    # One statement for a new contact (no read first, no savepoint); an existing one (or
+    # one another enroll inserted meanwhile) is read and given the new fields over its own.
+    created = insert_rows(Contact, [row], ignore_conflicts=True, returning="id")
+    if created:
+        contact = Contact(id=created[0], **row)
+        contact._dirty.clear()
+        return contact
+    contact = Contact.get(Contact.tenant == tenant_id, Contact.email == address)
+    if fields or timezone:
         contact.fields = {**(contact.fields or {}), **(fields or {})}
         contact.timezone = timezone or contact.timezone
         contact.save()
@@ -163,25 +177,25 @@ def enroll(
     if if_enrolled not in IF_ENROLLED:
         raise ValueError(f"if_enrolled must be one of {', '.join(IF_ENROLLED)}, not {if_enrolled!r}")
     now = now or utcnow()
-    if not Tenant.select().where(Tenant.id == tenant_id).exists():
-        raise EnrollmentError(f"unknown tenant {tenant_id!r}")
-    plan_row = latest_plan(tenant_id, plan_name)
-    plan = plan_for(plan_row)
+    plan_id = latest_plan_id(tenant_id, plan_name)
+    plan = plan_for_id(plan_id)
     with database_proxy.atomic():
         contact = upsert_contact(tenant_id, email, fields, timezone)
         key = enrollment_key(tenant_id, plan_name, contact.id,
                              reentry=uuid.uuid4().hex if plan.allow_reentry else None)
-        try:
-            with database_proxy.atomic():
-                enrollment = Enrollment.create(
-                    tenant=tenant_id, plan=plan_row, contact=contact, enrollment_key=key,
-                    current_node=plan.start, version=0, node_entered_at=now,
-                    created_at=now, updated_at=now,
-                )
-        except peewee.IntegrityError:
+        # The contact itself, not its id: _enter reads its time zone from it.
+        row = {"tenant": tenant_id, "plan": plan_id, "contact": contact, "enrollment_key": key,
+               "current_node": plan.start, "status": Enrollment.ACTIVE, "version": 0,
+               "node_entered_at": now, "created_at": now, "updated_at": now}
+        # The key taken already: the contact is in the plan (no savepoint needed to find out).
+        created = insert_rows(Enrollment, [row], ignore_conflicts=True,
+                              conflict_target="enrollment_key", returning="id")
+        if not created:
             if if_enrolled == "skip":
                 return Enrollment.get(Enrollment.enrollment_key == key)
-            raise AlreadyEnrolled.of(contact.email, plan_name) from None
+            raise AlreadyEnrolled.of(contact.email, plan_name)
+        enrollment = Enrollment(id=created[0], **row)
+        enrollment._dirty.clear()
         enter_start([enrollment], plan, now=now)
     logger.info("Enrolled enrollment=%s tenant=%s plan=%s", enrollment.id, tenant_id, plan_name)
     return enrollment
@@ -241,9 +255,7 @@ def _enter(
                        event_data=event_data, from_node=node_name)
     else:
         ids = [enrollment.id for enrollment in enrollments]
-        Enrollment.update(status=Enrollment.COMPLETED, updated_at=now).where(
-            Enrollment.id.in_(ids)
-        ).execute()
+        update_by_id(Enrollment, ids, status=Enrollment.COMPLETED, updated_at=now)
         notifications.record(notifications.EXITED, ids, reason="completed", now=now)
         logger.info("Completed enrollment=%s at node=%s", ",".join(map(str, ids)), node_name)
 
@@ -308,8 +320,8 @@ def _contact_zones(enrollments: Sequence[Enrollment]) -> dict[int, str | None]:
              if "contact" in getattr(e, "__rel__", ())}
     missing = [e.contact_id for e in enrollments if e.contact_id not in zones]
     if missing:
-        zones.update(Contact.select(Contact.id, Contact.timezone)
-                     .where(Contact.id.in_(missing)).tuples())
+        zones.update((contact.id, contact.timezone)
+                     for contact in rows_by_id(Contact, missing, Contact.id, Contact.timezone))
     return zones
 
 
@@ -365,7 +377,7 @@ def process_event(
     now = now or utcnow()
     for _ in range(MAX_MOVE_ATTEMPTS):
         if enrollment is None:
-            enrollment = Enrollment.get_or_none(Enrollment.id == enrollment_id)
+            enrollment = row_by_id(Enrollment, enrollment_id)
         if enrollment is None or enrollment.status != Enrollment.ACTIVE:
             return False
         # A goal is reached from any node (see goals.py); a transition only from its own.
@@ -444,16 +456,15 @@ def _move_group(plan: PlanSpec, from_node: str, group: list[Enrollment], target:
                 event: str, now: datetime, event_data: EventData | None) -> list[Enrollment]:
     """Move enrollments that were read at ``from_node`` to ``target``; the winners."""
     group.sort(key=lambda enrollment: enrollment.id)
-    won = {
-        enrollment_id for (enrollment_id,) in
-        Enrollment.update(current_node=target, version=Enrollment.version + 1,
-                          node_entered_at=now, updated_at=now)
-        .where(peewee.Tuple(Enrollment.id, Enrollment.version)
-               .in_([(enrollment.id, enrollment.version) for enrollment in group]),
-               # A paused or ended enrollment does not move, whatever version it has.
-               Enrollment.status == Enrollment.ACTIVE)
-        .returning(Enrollment.id).tuples().execute()
-    }
+    # One enrollment (every event's move, most timers'): a plain test, which SQLite runs
+    # several times faster than a row-value IN of one pair.
+    seen = ("id = {p} AND version = {p}" if len(group) == 1
+            else "(id, version) IN (" + ", ".join(["({p}, {p})"] * len(group)) + ")")
+    won = {enrollment_id for (enrollment_id,) in database_proxy.execute_sql(
+        statement(_MOVE.replace("{seen}", seen), prepared=len(group) == 1),
+        [target, now, now, *(value for enrollment in group
+                             for value in (enrollment.id, enrollment.version)),
+         Enrollment.ACTIVE]).fetchall()}
     winners = [enrollment for enrollment in group if enrollment.id in won]
     if not winners:
         return []
@@ -466,23 +477,36 @@ def _move_group(plan: PlanSpec, from_node: str, group: list[Enrollment], target:
     return winners
 
 
+# The move of enrollments read at their versions (``{seen}``: the test of each one's id
+# and version) to a node, version-guarded; the ids that moved. A paused or ended
+# enrollment does not move, whatever version it has. Fixed SQL: every event and timer
+# that moves someone runs it.
+_MOVE = """
+UPDATE enrollment SET current_node = {p}, version = version + 1, node_entered_at = {p},
+    updated_at = {p}
+WHERE {seen} AND status = {p}
+RETURNING id
+"""
+
+# The open actions (pending, enqueued, or held: a paused enrollment's, cancelled when it
+# exits) of the enrollments ``{ids}`` (statements.ids_condition) at a node, cancelled.
+_CANCEL_OPEN_ACTIONS = """
+UPDATE scheduled_action SET status = {p}, finished_at = {p}
+WHERE enrollment_id {ids} AND node = {p} AND status IN ({p}, {p}, {p})
+"""
+
+
 def _cancel_open_actions(enrollment_ids: Sequence[int], node: str, now: datetime) -> int:
     """Cancel the timers and sends of the node being left.
 
     Only pending and enqueued ones: a running action (often the very timeout that
     caused this move) finishes on its own and re-checks the enrollment.
     """
-    return (
-        ScheduledAction.update(status=ScheduledAction.CANCELLED, finished_at=now)
-        .where(
-            ScheduledAction.enrollment.in_(list(enrollment_ids)),
-            ScheduledAction.node == node,
-            # Held: a paused enrollment's, cancelled when it exits.
-            ScheduledAction.status.in_([ScheduledAction.PENDING, ScheduledAction.ENQUEUED,
-                                        ScheduledAction.HELD]),
-        )
-        .execute()
-    )
+    condition, ids = ids_condition(list(enrollment_ids))
+    return database_proxy.execute_sql(
+        statement(_CANCEL_OPEN_ACTIONS.replace("{ids}", condition)),
+        [ScheduledAction.CANCELLED, now, *ids, node, ScheduledAction.PENDING,
+         ScheduledAction.ENQUEUED, ScheduledAction.HELD]).rowcount
 
 
 def exit_enrollment(enrollment_id: int, reason: str, *, now: datetime | None = None) -> bool:

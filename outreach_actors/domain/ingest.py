@@ -25,14 +25,13 @@ from outreach_actors.domain.mail import ambiguous
 from outreach_actors.domain.metrics import count
 from outreach_actors.domain.plan_events import has_goal
 from outreach_actors.domain.plans import PlanSpec
+from outreach_actors.domain.store.by_id import row_by_id, rows_by_id, update_by_id
 from outreach_actors.domain.store.db import is_postgresql
 from outreach_actors.domain.store.models import (
     Enrollment,
     InboundPost,
     MessageEvent,
     OutboundMessage,
-    Plan,
-    ScheduledAction,
     Tenant,
     WebhookDelivery,
     database_proxy,
@@ -40,7 +39,8 @@ from outreach_actors.domain.store.models import (
     utcnow,
     write_transaction,
 )
-from outreach_actors.domain.stored_plans import plan_for
+from outreach_actors.domain.store.statements import model_rows, statement
+from outreach_actors.domain.stored_plans import plans_for_ids
 from outreach_actors.domain.suppressions import (
     group_channel,
     lift,
@@ -144,13 +144,10 @@ class _EngineInterest:
 
     def _load(self, ids: set[int]) -> None:
         columns = (Enrollment.id, Enrollment.status, Enrollment.current_node, Enrollment.plan)
-        for chunk in chunked(sorted(ids), LOOKUP_CHUNK):
-            for row in Enrollment.select(*columns).where(Enrollment.id.in_(chunk)).tuples():
-                self.enrollments[row[0]] = row[1:]
+        for row in rows_by_id(Enrollment, sorted(ids), *columns):
+            self.enrollments[row.id] = (row.status, row.current_node, row.plan_id)
         plan_ids = {state[2] for state in self.enrollments.values()} - self.plans.keys()
-        if plan_ids:
-            for plan in Plan.select().where(Plan.id.in_(sorted(plan_ids))):
-                self.plans[plan.id] = plan_for(plan)
+        self.plans.update(plans_for_ids(plan_ids))
 
 
 @dataclass
@@ -174,6 +171,23 @@ ParseBatch = Callable[[bytes], tuple[list[NormalizedEvent], list[str]]]
 EnqueueDelivery = Callable[[int], None]
 
 
+# A delivery taken for a run: its attempt counted, and what the run reads of it returned,
+# in one statement (fixed SQL: see store/statements.py); none once it is processed.
+_TAKE_DELIVERY = """
+UPDATE webhook_delivery SET attempts = attempts + 1 WHERE id = {p} AND status <> {p}
+RETURNING id, body, received_at
+"""
+
+
+def store_delivery(body: bytes, headers: dict[str, str], *,
+                   received_at: datetime | None = None) -> int:
+    """Store a SendGrid Event Webhook body as received, before anything reads it
+    (invariant 3); its delivery id, for normalize_delivery."""
+    return insert_rows(WebhookDelivery, [{
+        "provider": "sendgrid", "body": body, "headers": headers,
+        "received_at": received_at or utcnow()}], returning="id")[0]
+
+
 def normalize_delivery(delivery_id: int, *, parse_batch: ParseBatch,
                        settings: Settings | None = None,
                        last_attempt: bool = False) -> IngestResult:
@@ -187,15 +201,14 @@ def normalize_delivery(delivery_id: int, *, parse_batch: ParseBatch,
     account. They are counted in the delivery's note, which is then processed.
     """
     settings = settings or get_settings()
-    delivery = WebhookDelivery.get_or_none(WebhookDelivery.id == delivery_id)
+    taken = model_rows(WebhookDelivery, statement(_TAKE_DELIVERY),
+                       (delivery_id, WebhookDelivery.PROCESSED))
+    delivery = taken[0] if taken else None
     if delivery is None:
-        logger.error("Webhook delivery=%s does not exist (purged?); nothing to do", delivery_id)
-        return IngestResult(delivery_id, status="missing")
-    if delivery.status == WebhookDelivery.PROCESSED:
+        if row_by_id(WebhookDelivery, delivery_id, WebhookDelivery.id) is None:
+            logger.error("Webhook delivery=%s does not exist (purged?); nothing to do", delivery_id)
+            return IngestResult(delivery_id, status="missing")
         return IngestResult(delivery_id, status=WebhookDelivery.PROCESSED)
-    WebhookDelivery.update(attempts=WebhookDelivery.attempts + 1).where(
-        WebhookDelivery.id == delivery_id
-    ).execute()
 
     try:
         events, errors = parse_batch(bytes(delivery.body))
@@ -318,31 +331,31 @@ def handle_message_event(
     It resolves an ambiguous send (any event proves SendGrid accepted the mail),
     then hands the event to the enrollment's current visit.
     """
-    # Only the columns needed here: the row also holds the rendered html and text.
-    message = (
-        OutboundMessage.select(
-            OutboundMessage.id, OutboundMessage.status, OutboundMessage.enrollment,
-            OutboundMessage.action, OutboundMessage.node, OutboundMessage.send_started_at,
-            OutboundMessage.provider_message_id, OutboundMessage.error,
-        )
-        .where(OutboundMessage.id == message_id)
-        .first()
-    )
-    if message is None:
+    found = model_rows(OutboundMessage, statement(_EVENT_MESSAGE), (message_id,))
+    if not found:
         return False
+    message = found[0]
     ambiguous.confirm_by_event(message, event_type, occurred_at, provider_message_id)
     if not counts_for_plans(event_type, data):
         return False
     if message.enrollment_id is None or event_type in TIMEOUT_EVENTS:
         return False
-    visit_version = None
-    if message.action_id is not None:
-        action = ScheduledAction.get_or_none(ScheduledAction.id == message.action_id)
-        visit_version = action.visit_version if action else None
     return engine.process_event(
-        message.enrollment_id, event_type, node=message.node, visit_version=visit_version,
+        message.enrollment_id, event_type, node=message.node, visit_version=message.visit_version,
         event_data=event_view(event_type, data),
     )
+
+
+# One of our messages as an event of it needs it, in one statement (fixed SQL): the
+# state of its send (see mail/ambiguous.py) and the visit the send belonged to (its
+# action's visit_version; null without one). Only these columns: the row also holds
+# the rendered html and text.
+_EVENT_MESSAGE = """
+SELECT m.id, m.status, m.enrollment_id, m.action_id, m.node, m.send_started_at,
+       m.provider_message_id, m.error,
+       (SELECT a.visit_version FROM scheduled_action AS a WHERE a.id = m.action_id) AS visit_version
+FROM outbound_message AS m WHERE m.id = {p}
+"""
 
 
 def _find_messages(events: list[NormalizedEvent]) -> dict[str, dict[str, _Message]]:
@@ -355,10 +368,13 @@ def _find_messages(events: list[NormalizedEvent]) -> dict[str, dict[str, _Messag
     by_id: dict[str, _Message] = {}
     by_provider: dict[str, _Message] = {}
     ids = {event.message_id for event in events if event.message_id}
-    provider_ids = {event.provider_message_id for event in events if event.provider_message_id}
-    for chunk in chunked(sorted(ids), LOOKUP_CHUNK):
-        for row in OutboundMessage.select(*columns).where(OutboundMessage.id.in_(chunk)).tuples():
-            by_id[row[0]] = _Message(*row)
+    for row in rows_by_id(OutboundMessage, sorted(ids), *columns):
+        by_id[row.id] = _Message(row.id, row.tenant_id, row.provider_message_id, row.to_email,
+                                 row.status, row.enrollment_id, row.node)
+    # SendGrid's id finds the messages of the events that do not carry ours (or name
+    # one we do not have): the only ones _sort_batch looks up by it.
+    provider_ids = {event.provider_message_id for event in events
+                    if event.provider_message_id and event.message_id not in by_id}
     for chunk in chunked(sorted(provider_ids), LOOKUP_CHUNK):
         query = OutboundMessage.select(*columns).where(
             OutboundMessage.provider_message_id.in_(chunk)
@@ -566,10 +582,8 @@ def _apply_group_event(
 
 
 def _finish(delivery_id: int, status: str, error: str | None) -> None:
-    WebhookDelivery.update(
-        status=status, error=error,
-        processed_at=utcnow() if status == WebhookDelivery.PROCESSED else None,
-    ).where(WebhookDelivery.id == delivery_id).execute()
+    update_by_id(WebhookDelivery, [delivery_id], status=status, error=error,
+                 processed_at=utcnow() if status == WebhookDelivery.PROCESSED else None)
 
 
 def _summary(errors: list[str]) -> str | None:

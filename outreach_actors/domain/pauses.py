@@ -28,7 +28,7 @@ from outreach_actors.domain.store.models import (
     SenderIdentity,
     SendingPause,
     Tenant,
-    on_bind,
+    database_cache,
     utcnow,
     write_transaction,
 )
@@ -212,30 +212,37 @@ def plan_paused_condition(action_enrollment: peewee.Field) -> peewee.Expression:
     return peewee.fn.EXISTS(paused)
 
 
-# (tenant, kind, name) of every pause in force, as this process last read them.
-_cache: tuple[float, frozenset[tuple[str, str, str]]] | None = None
+def plan_paused_sql(action_enrollment: str) -> str:
+    """plan_paused_condition as SQL text, for fixed statements (store/statements.py):
+    ``action_enrollment`` is the SQL (a column) of the enrollment to test."""
+    return (f"EXISTS (SELECT 1 FROM sending_pause AS sp"
+            f" JOIN plan AS spl ON spl.tenant_id = sp.tenant_id AND spl.name = sp.name"
+            f" JOIN enrollment AS spe ON spe.plan_id = spl.id"
+            f" WHERE spe.id = {action_enrollment} AND sp.kind = '{SendingPause.PLAN}'"
+            f" AND sp.resumed_at IS NULL)")
+
+
+# The bound database's cache (see models.database_cache): under _IN_FORCE, (until when
+# it is trusted, by time.monotonic(); (tenant, kind, name) of every pause in force).
+_PAUSES, _IN_FORCE = "pauses", "in force"
 _cache_lock = threading.Lock()
 
 
 def _forget() -> None:
-    global _cache
     with _cache_lock:
-        _cache = None
-
-
-on_bind(_forget)
+        database_cache(_PAUSES).clear()
 
 
 def paused(tenant_id: str, kind: str, name: str) -> bool:
     """Whether the plan or sender is paused, as this process read it at most
     PAUSE_CACHE_SECONDS ago (the send's claim checks again)."""
-    global _cache
     now = time.monotonic()
-    cached = _cache
+    cache = database_cache(_PAUSES)
+    cached = cache.get(_IN_FORCE)
     if cached is None or cached[0] <= now:
         keys = frozenset(SendingPause.select(SendingPause.tenant, SendingPause.kind,
                                              SendingPause.name)
                          .where(SendingPause.resumed_at.is_null()).tuples())
         with _cache_lock:
-            _cache = cached = (now + PAUSE_CACHE_SECONDS, keys)
+            cache[_IN_FORCE] = cached = (now + PAUSE_CACHE_SECONDS, keys)
     return (tenant_id, kind, name) in cached[1]

@@ -3,33 +3,46 @@ version parsed once per process as the engine reads it."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from outreach_actors.domain.plans import PlanSpec, plan_from_definition
 from outreach_actors.domain.store.models import (
     Plan,
     SenderIdentity,
     Tenant,
+    database_cache,
     database_proxy,
-    on_bind,
 )
 
 
 def plan_for(plan: Plan) -> PlanSpec:
     """The parsed plan of a stored row (cached: a stored plan version never changes)."""
-    cached = _plan_cache.get(plan.id)
+    cache = database_cache(_PLANS)
+    cached = cache.get(plan.id)
     if cached is None:
-        cached = _plan_cache[plan.id] = plan_from_definition(plan.definition)
+        cached = cache[plan.id] = plan_from_definition(plan.definition)
     return cached
 
 
 def plan_for_id(plan_id: int) -> PlanSpec:
     """Like plan_for, without loading the row when the plan is cached."""
-    cached = _plan_cache.get(plan_id)
+    cached = database_cache(_PLANS).get(plan_id)
     return cached if cached is not None else plan_for(Plan.get_by_id(plan_id))
 
 
-# Plan id -> parsed plan. Emptied whenever another database is bound (see models.bind).
-_plan_cache: dict[int, PlanSpec] = {}
-on_bind(_plan_cache.clear)
+def plans_for_ids(plan_ids: Collection[int]) -> dict[int, PlanSpec]:
+    """The parsed plans by id, reading in one query only the rows not cached; an id that
+    is no plan is left out."""
+    cache = database_cache(_PLANS)
+    plans = {plan_id: cache[plan_id] for plan_id in plan_ids if plan_id in cache}
+    missing = sorted(set(plan_ids) - plans.keys())
+    if missing:
+        plans.update((row.id, plan_for(row)) for row in Plan.select().where(Plan.id.in_(missing)))
+    return plans
+
+
+# The bound database's cache of parsed plans, by plan id (see models.database_cache).
+_PLANS = "plans"
 
 
 def store_plan(tenant_id: str, plan: PlanSpec) -> int:

@@ -18,7 +18,8 @@ from outreach_actors.domain import control, engine
 from outreach_actors.domain.engagement import engaged_timers
 from outreach_actors.domain.metrics import count, observe
 from outreach_actors.domain.observability import tag
-from outreach_actors.domain.pauses import plan_paused_condition
+from outreach_actors.domain.pauses import plan_paused_condition, plan_paused_sql
+from outreach_actors.domain.store.by_id import rows_by_id
 from outreach_actors.domain.store.keys import synthetic_event_key
 from outreach_actors.domain.store.models import (
     Enrollment,
@@ -28,6 +29,7 @@ from outreach_actors.domain.store.models import (
     utcnow,
     write_transaction,
 )
+from outreach_actors.domain.store.statements import ids_condition, model_rows, statement
 from outreach_actors.domain.vocabulary import AWAITED_ENGAGEMENT
 from outreach_actors.settings import get_settings
 
@@ -37,10 +39,15 @@ logger = logging.getLogger(__name__)
 FIRED, SKIPPED, MOVED_ON, REPLAY = "fired", "skipped", "moved-on", "replay"
 HELD = "held"  # the enrollment is paused: the timer waits for its resume (control.py)
 
-_CLAIMED_COLUMNS = (
-    ScheduledAction.id, ScheduledAction.enrollment, ScheduledAction.node, ScheduledAction.event,
-    ScheduledAction.message, ScheduledAction.run_at, ScheduledAction.visit_version,
-)
+# The claim ``pending|enqueued -> running`` of the actions ``{ids}`` (see
+# statements.ids_condition) that no pause of their plan holds, returning what firing
+# them reads. Fixed SQL (see store/statements.py): every batch of timers runs it.
+_CLAIM = """
+UPDATE scheduled_action SET status = {p}, attempts = attempts + 1, fired_at = {p},
+    lease_until = {p}
+WHERE id {ids} AND status IN ({p}, {p}) AND NOT """ + plan_paused_sql("scheduled_action.enrollment_id") + """
+RETURNING id, enrollment_id, node, event, message_id, run_at, visit_version
+"""
 _ENROLLMENT_COLUMNS = (
     Enrollment.id, Enrollment.tenant, Enrollment.plan, Enrollment.contact, Enrollment.status,
     Enrollment.current_node, Enrollment.version,
@@ -53,19 +60,10 @@ def claim_actions(action_ids: Sequence[int], now: datetime) -> list[ScheduledAct
     RETURNING."""
     if not action_ids:
         return []
-    return list(
-        ScheduledAction.update(
-            status=ScheduledAction.RUNNING, attempts=ScheduledAction.attempts + 1, fired_at=now,
-            lease_until=now + get_settings().action_lease,
-        )
-        .where(
-            ScheduledAction.id.in_(sorted(set(action_ids))),
-            ScheduledAction.status.in_([ScheduledAction.PENDING, ScheduledAction.ENQUEUED]),
-            ~plan_paused_condition(ScheduledAction.enrollment),
-        )
-        .returning(*_CLAIMED_COLUMNS)
-        .execute()
-    )
+    condition, ids = ids_condition(sorted(set(action_ids)))
+    return model_rows(ScheduledAction, statement(_CLAIM.replace("{ids}", condition)), [
+        ScheduledAction.RUNNING, now, now + get_settings().action_lease, *ids,
+        ScheduledAction.PENDING, ScheduledAction.ENQUEUED])
 
 
 def hold_paused_timers(action_ids: set[int]) -> None:
@@ -141,10 +139,8 @@ def _fire(actions: list[ScheduledAction], now: datetime) -> dict[int, str]:
     """Fire actions of distinct enrollments in one transaction."""
     outcomes: dict[int, str] = {}
     with write_transaction():
-        enrollments = {
-            enrollment.id: enrollment for enrollment in Enrollment.select(*_ENROLLMENT_COLUMNS)
-            .where(Enrollment.id.in_([action.enrollment_id for action in actions]))
-        }
+        enrollments = {enrollment.id: enrollment for enrollment in rows_by_id(
+            Enrollment, [action.enrollment_id for action in actions], *_ENROLLMENT_COLUMNS)}
         live = []
         for action in actions:
             enrollment = enrollments.get(action.enrollment_id)

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from sendgrid.helpers.eventwebhook import EventWebhook, EventWebhookHeader
 
-from outreach_actors.domain.store.models import WebhookDelivery, utcnow
+from outreach_actors.domain.ingest import store_delivery
 from outreach_actors.settings import Settings, SettingsError, env_name
 from outreach_actors.web.http import Reply, database_connection
 from outreach_actors.worker.actors.webhooks import enqueue_delivery
@@ -124,9 +124,7 @@ class SendGridWebhookReceiver:
 
     def store(self, body: bytes, headers: dict[str, str]) -> tuple[int, bool]:
         """Store the raw body; (its id, whether it is new)."""
-        delivery = WebhookDelivery.create(provider="sendgrid", body=body, received_at=utcnow(),
-                                          headers=headers)
-        return delivery.id, True
+        return store_delivery(body, headers), True
 
     def enqueue(self, stored_id: int) -> None:
         """Hand what was stored to the worker."""

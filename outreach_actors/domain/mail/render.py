@@ -4,6 +4,7 @@ actors. A replay finds the message stored under the action's dedupe key."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -25,7 +26,6 @@ from outreach_actors.domain.mail.threading import (
 from outreach_actors.domain.observability import tag
 from outreach_actors.domain.rendering import IsolatedRenderer, RenderError, RenderLimits
 from outreach_actors.domain.store import keys
-from outreach_actors.domain.store.db import is_postgresql
 from outreach_actors.domain.store.models import (
     Contact,
     Enrollment,
@@ -38,7 +38,7 @@ from outreach_actors.domain.store.models import (
     utcnow,
     write_transaction,
 )
-from outreach_actors.domain.store.statements import one_statement_writes, statement
+from outreach_actors.domain.store.statements import ids_condition, one_statement_writes, statement
 from outreach_actors.domain.stored_plans import plan_for_id
 from outreach_actors.domain.unsubscribe import unsubscribe_url
 from outreach_actors.settings import Settings, get_settings
@@ -46,16 +46,20 @@ from outreach_actors.settings import Settings, get_settings
 logger = logging.getLogger(__name__)
 
 
-def renderer_for(templates_dir: Path, settings: Settings | None = None) -> IsolatedRenderer:
+def renderer_for(templates_dir: str | Path, settings: Settings | None = None) -> IsolatedRenderer:
     """The renderer of the templates in ``templates_dir``: each render and check runs in
     a render process, held to the settings' limits (see rendering.isolation)."""
     limits = RenderLimits.from_settings(settings or get_settings())
-    return _renderer(Path(templates_dir).resolve(), limits)
+    # Found by the directory as given (and the current one, if it is relative), not
+    # resolved: the renderer resolves it once, when it is made; resolving (a system
+    # call per part of the path) at every render cost more than the rest of finding it.
+    relative_to = None if os.path.isabs(templates_dir) else os.getcwd()
+    return _renderer(os.fspath(templates_dir), relative_to, limits)
 
 
 @lru_cache(maxsize=8)
-def _renderer(templates_dir: Path, limits: RenderLimits) -> IsolatedRenderer:
-    return IsolatedRenderer(templates_dir, limits)
+def _renderer(templates_dir: str, relative_to: str | None, limits: RenderLimits) -> IsolatedRenderer:
+    return IsolatedRenderer(Path(relative_to or "", templates_dir), limits)
 
 
 class _SendAction(NamedTuple):
@@ -90,7 +94,7 @@ class _SendAction(NamedTuple):
 # rate-limit overrides of both, which the send order carries (see send_order). The
 # sender is looked up once and joined by id, not column by column in subqueries,
 # which PostgreSQL runs slower. ``{ids}`` stands for the batch's ids (see
-# _ids_condition).
+# statements.ids_condition).
 _LOAD_SEND_ACTIONS = """
 SELECT a.id, a.kind, a.status, a.dedupe_key, a.node, a.visit_version, a.enrollment_id,
        e.status, e.current_node, e.version, e.plan_id, e.tenant_id,
@@ -137,20 +141,11 @@ _RENDER_IN_ONE = (
     "RETURNING scheduled_action.id"
 )
 
-def _ids_condition(action_ids: Sequence[int]) -> tuple[str, list]:
-    """``{ids}`` of _LOAD_SEND_ACTIONS for ``action_ids``, and its parameters: on
-    PostgreSQL one array parameter, so that one prepared statement serves every batch
-    size; on SQLite, which has no arrays, a placeholder per id."""
-    if is_postgresql(database_proxy.obj):
-        return "= ANY({p})", [list(action_ids)]
-    return "IN (" + ", ".join(["{p}"] * len(action_ids)) + ")", list(action_ids)
-
-
 def _load_send_actions(action_ids: Sequence[int]) -> dict[int, _SendAction]:
     """One statement: each action joined to everything its email needs, narrow columns
     only, and the tenant's first sender (what a plan without ``sender`` mails from);
     by action id, and without the ids that are no action."""
-    condition, params = _ids_condition(action_ids)
+    condition, params = ids_condition(action_ids)
     rows = database_proxy.execute_sql(
         statement(_LOAD_SEND_ACTIONS.replace("{ids}", condition)), params).fetchall()
     return {facts.action_id: facts._replace(
@@ -324,7 +319,7 @@ def _render_one(action_id: int, facts: _SendAction | None, settings: Settings,
                      "subject, but the enrollment has no earlier email to answer", now)
         return None
     try:
-        rendered = renderer_for(Path(settings.templates_dir), settings).render_email(
+        rendered = renderer_for(settings.templates_dir, settings).render_email(
             subject=node.subject or "Re:", template=node.template, body=node.body, context=context,
         )
     except RenderError as exc:

@@ -14,6 +14,9 @@ from playhouse.pool import PooledPostgresqlDatabase
 
 from outreach_actors.settings import Settings, SettingsError
 
+#: The database every model and fixed statement runs on: models.bind sets it.
+database_proxy = peewee.DatabaseProxy()
+
 # SQLite waits this long for a lock held by another worker before failing.
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
+import weakref
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -10,11 +12,10 @@ from typing import Any
 import peewee
 from playhouse.shortcuts import ThreadSafeDatabaseMetadata
 
+from outreach_actors.domain.store.by_id import update_by_id
 from outreach_actors.domain.store.copy_insert import COPY_MIN_ROWS, copy_insert
 from outreach_actors.domain.store.counters import counters_installed, install_counters
-from outreach_actors.domain.store.db import is_postgresql
-
-database_proxy = peewee.DatabaseProxy()
+from outreach_actors.domain.store.db import database_proxy, is_postgresql
 
 
 def utcnow() -> datetime:
@@ -224,12 +225,10 @@ class ScheduledAction(BaseModel):
         """Record how one action or several ended (done, skipped, failed) and, for a
         send, its message."""
         ids = [action_ids] if isinstance(action_ids, int) else list(action_ids)
-        if not ids:
-            return
         values = {"status": status, "result": result, "finished_at": now}
         if message_id is not None:
             values["message"] = message_id
-        cls.update(**values).where(cls.id.in_(ids) if len(ids) > 1 else cls.id == ids[0]).execute()
+        update_by_id(cls, ids, **values)
 
 
 class OutboundMessage(BaseModel):
@@ -587,10 +586,15 @@ def insert_statements(model: type[BaseModel], rows: Sequence[Mapping[str, Any]],
     if not rows:
         return
     fields, values = _insert_values(model, rows)
-    database = database_proxy.obj
-    placeholders = "(" + ", ".join([database.param] * len(fields)) + ")"
-    head = (f'INSERT INTO "{model._meta.table_name}" ('
-            + ", ".join(f'"{field.column_name}"' for field in fields) + ") VALUES ")
+    param = database_proxy.obj.param
+    key = (model, tuple(fields), param)
+    found = _INSERT_HEADS.get(key)
+    if found is None:
+        found = _INSERT_HEADS[key] = (
+            f'INSERT INTO "{model._meta.table_name}" ('
+            + ", ".join(f'"{field.column_name}"' for field in fields) + ") VALUES ",
+            "(" + ", ".join([param] * len(fields)) + ")")
+    head, placeholders = found
     tail = _insert_tail(ignore_conflicts, conflict_target, returning)
     per_statement = max(1, _MAX_INSERT_PARAMS // len(fields))
     per_statement = min(per_statement, rows_per_statement or per_statement)
@@ -600,18 +604,31 @@ def insert_statements(model: type[BaseModel], rows: Sequence[Mapping[str, Any]],
         yield head + ", ".join([placeholders] * len(chunk)) + tail, params
 
 
+# (model, fields given) -> what _insert_values derives from them; (model, fields written,
+# placeholder) -> the head of the INSERT and one row's placeholders. Each insert of the
+# hot paths has one shape, so both are worked out once.
+_INSERT_SHAPES: dict[tuple[type[BaseModel], frozenset[str]], tuple[
+    list[peewee.Field], dict[str, Any], list[tuple[str, Callable[[Any], Any]]]]] = {}
+_INSERT_HEADS: dict[tuple[type[BaseModel], tuple[peewee.Field, ...], str], tuple[str, str]] = {}
+
+
 def _insert_values(model: type[BaseModel], rows: Sequence[Mapping[str, Any]]) -> tuple[
         list[peewee.Field], Callable[[Sequence[Mapping[str, Any]]], Iterator[list[Any]]]]:
     """The fields an insert of ``rows`` writes (those given, and those with a default),
     and a function giving each row's database values in that order."""
-    given = {name for row in rows for name in row}
-    fields = [field for field in model._meta.sorted_fields
-              if field.name in given or (field.default is not None and not field.primary_key)]
-    missing = given - {field.name for field in fields}
-    if missing:
-        raise ValueError(f"{model.__name__} has no field {sorted(missing)[0]!r}")
-    defaults = {field.name: field.default for field in fields if field.name not in given}
-    converters = [(field.name, field.db_value) for field in fields]
+    given = frozenset(rows[0]) if len(rows) == 1 else frozenset(
+        name for row in rows for name in row)
+    shape = _INSERT_SHAPES.get((model, given))
+    if shape is None:
+        fields = [field for field in model._meta.sorted_fields
+                  if field.name in given or (field.default is not None and not field.primary_key)]
+        missing = given - {field.name for field in fields}
+        if missing:
+            raise ValueError(f"{model.__name__} has no field {sorted(missing)[0]!r}")
+        shape = _INSERT_SHAPES[(model, given)] = (
+            fields, {field.name: field.default for field in fields if field.name not in given},
+            [(field.name, field.db_value) for field in fields])
+    fields, defaults, converters = shape
 
     def values(chunk: Sequence[Mapping[str, Any]]) -> Iterator[list[Any]]:
         for row in chunk:
@@ -654,20 +671,30 @@ def _copy_rows(model: type[BaseModel], rows: Sequence[Mapping[str, Any]], *,
                        _insert_tail(ignore_conflicts, conflict_target, returning))
 
 
-# Called after every bind: what is cached by row id means other rows in another database.
-_bind_listeners: list[Callable[[], None]] = []
-
-
-def on_bind(listener: Callable[[], None]) -> Callable[[], None]:
-    """Call ``listener`` whenever another database is bound (it clears a cache)."""
-    _bind_listeners.append(listener)
-    return listener
-
-
-def bind(database: peewee.Database) -> None:
+def bind(database: peewee.Database | None) -> None:
     database_proxy.initialize(database)
-    for listener in _bind_listeners:
-        listener()
+
+
+# What processes cache of a database's rows, by database object (weakly: a test's goes
+# with it), then by cache name: what is cached by row id means other rows in another
+# database. Kept while its database is bound again (the plan simulation binds its own
+# around each scenario, and what was bound before after it).
+_database_caches: weakref.WeakKeyDictionary[peewee.Database, dict[str, dict]] = (
+    weakref.WeakKeyDictionary())
+_database_caches_lock = threading.Lock()
+
+
+def database_cache(name: str) -> dict:
+    """The bound database's cache called ``name``: a dict (empty at first) that its
+    owner fills and clears; emptied when create_schema runs on the database."""
+    caches = _database_caches.get(database_proxy.obj)
+    if caches is None:
+        with _database_caches_lock:
+            caches = _database_caches.setdefault(database_proxy.obj, {})
+    cache = caches.get(name)
+    if cache is None:
+        cache = caches.setdefault(name, {})
+    return cache
 
 
 # Indexes of earlier versions that a newer one replaces (see the model's Meta), by
@@ -690,6 +717,8 @@ def create_schema(database: peewee.Database) -> None:
     dropped. Nothing else is ever dropped.
     """
     bind(database)
+    with _database_caches_lock:
+        _database_caches.pop(database, None)  # its tables may have been dropped and made again
     with database.connection_context():
         # Columns first: creating the tables also creates every index of the existing
         # ones, and an index of a new column needs the column.
