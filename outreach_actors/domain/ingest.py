@@ -153,6 +153,46 @@ class _EngineInterest:
                 self.plans[plan.id] = plan_for(plan)
 
 
+class _Moves:
+    """The engine step of a batch's events, applied together: one read of their messages
+    and one process_events call for as many enrollments as possible.
+
+    Events wait here, one per enrollment (or per message without one), until the batch
+    ends or something must see their effect first: a second event of the same
+    enrollment (it is applied after the first one's move, as if one by one) or an
+    exit of a contact (flush() first).
+    """
+
+    def __init__(self, interest: _EngineInterest) -> None:
+        self.interest = interest
+        self.pending: dict[int | str, tuple[NormalizedEvent, _Message, datetime]] = {}
+
+    def add(self, event: NormalizedEvent, message: _Message, occurred_at: datetime) -> None:
+        key = message.enrollment if message.enrollment is not None else message.id
+        if key in self.pending:
+            self.flush()  # the enrollment's earlier event first: this one sees its move
+        if self.interest.wants(message, event.type):
+            self.pending[key] = (event, message, occurred_at)
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        pending, self.pending = list(self.pending.values()), {}
+        messages = _messages_for_engine([message.id for _, message, _ in pending])
+        items = []
+        for event, stub, occurred_at in pending:
+            if (message := messages.get(stub.id)) is None:
+                continue  # purged meanwhile
+            # Only an ambiguous (or failed) send is touched: the others' enrollments
+            # differ from its own, so the order between them does not matter.
+            ambiguous.confirm_by_event(message, event.type, occurred_at,
+                                       event.provider_message_id)
+            if (item := _engine_event(message, event.type, event.data)) is not None:
+                items.append(item)
+        for enrollment_id in engine.process_events(items):
+            self.interest.moved(enrollment_id)
+
+
 @dataclass
 class _Batch:
     """The events of a batch sorted by what happens to them."""
@@ -216,13 +256,15 @@ def normalize_delivery(delivery_id: int, *, parse_batch: ParseBatch,
                 (batch.keyed[key] for key in new_keys),
                 key=lambda item: (item[2], item[0].event_key),
             )
-            interest = _EngineInterest([message for _, message, _ in new if message is not None])
+            moves = _Moves(_EngineInterest([message for _, message, _ in new
+                                            if message is not None]))
             tenants = _known_tenants({event.tenant for event, message, _ in new if message is None})
             for event, message, occurred_at in new:
                 if message is not None:
-                    _react(event, message, occurred_at, settings, interest)
+                    _react(event, message, occurred_at, settings, moves)
                 elif event.tenant in tenants:
-                    _react_without_message(event, occurred_at, settings)
+                    _react_without_message(event, occurred_at, settings, moves)
+            moves.flush()
     except (peewee.DataError, ValueError) as exc:
         # A value the database refuses (an address longer than any column, a NUL in a
         # group id) would fail every retry the same way: keep the delivery as failed,
@@ -318,31 +360,43 @@ def handle_message_event(
     It resolves an ambiguous send (any event proves SendGrid accepted the mail),
     then hands the event to the enrollment's current visit.
     """
-    # Only the columns needed here: the row also holds the rendered html and text.
-    message = (
-        OutboundMessage.select(
-            OutboundMessage.id, OutboundMessage.status, OutboundMessage.enrollment,
-            OutboundMessage.action, OutboundMessage.node, OutboundMessage.send_started_at,
-            OutboundMessage.provider_message_id, OutboundMessage.error,
-        )
-        .where(OutboundMessage.id == message_id)
-        .first()
-    )
+    message = _messages_for_engine([message_id]).get(message_id)
     if message is None:
         return False
     ambiguous.confirm_by_event(message, event_type, occurred_at, provider_message_id)
+    item = _engine_event(message, event_type, data)
+    return item is not None and bool(engine.process_events([item]))
+
+
+def _messages_for_engine(message_ids: list[str]) -> dict[str, OutboundMessage]:
+    """The messages as the engine step reads them, by id, each with its visit's version
+    (``visit_version``: None for a message without action); one query per chunk."""
+    # Only the columns needed here: the row also holds the rendered html and text.
+    columns = (OutboundMessage.id, OutboundMessage.status, OutboundMessage.enrollment,
+               OutboundMessage.action, OutboundMessage.node, OutboundMessage.send_started_at,
+               OutboundMessage.provider_message_id, OutboundMessage.error,
+               ScheduledAction.visit_version)
+    messages = {}
+    for chunk in chunked(sorted(set(message_ids)), LOOKUP_CHUNK):
+        query = (OutboundMessage.select(*columns)
+                 .join(ScheduledAction, peewee.JOIN.LEFT_OUTER,
+                       on=(OutboundMessage.action == ScheduledAction.id))
+                 .where(OutboundMessage.id.in_(chunk)).objects())
+        messages.update((message.id, message) for message in query)
+    return messages
+
+
+def _engine_event(message: OutboundMessage, event_type: str,
+                  data: dict[str, Any] | None) -> engine.EventFor | None:
+    """What the engine hears of a provider event of ``message``: its enrollment's event
+    at the message's visit, or None if the event moves no one."""
     if not counts_for_plans(event_type, data):
-        return False
+        return None
     if message.enrollment_id is None or event_type in TIMEOUT_EVENTS:
-        return False
-    visit_version = None
-    if message.action_id is not None:
-        action = ScheduledAction.get_or_none(ScheduledAction.id == message.action_id)
-        visit_version = action.visit_version if action else None
-    return engine.process_event(
-        message.enrollment_id, event_type, node=message.node, visit_version=visit_version,
-        event_data=event_view(event_type, data),
-    )
+        return None
+    return engine.EventFor(message.enrollment_id, event_type, node=message.node,
+                           visit_version=message.visit_version,
+                           event_data=event_view(event_type, data))
 
 
 def _find_messages(events: list[NormalizedEvent]) -> dict[str, dict[str, _Message]]:
@@ -453,10 +507,10 @@ def _insert(rows: list[dict[str, Any]]) -> list[str]:
 
 def _react(
     event: NormalizedEvent, message: _Message, occurred_at: datetime, settings: Settings,
-    interest: _EngineInterest,
+    moves: _Moves,
 ) -> None:
     """Apply one new event of one of our messages, to its recipient: suppressions, then
-    the engine."""
+    the engine (with the batch's other events: ``moves``), then exits."""
     email = address_key(message.to_email)
     if event.data.get(RECIPIENT_MISMATCH):
         logger.warning(
@@ -465,14 +519,9 @@ def _react(
             event.event_key, message.id, RECIPIENT_MISMATCH,
         )
     _suppress_for(event, message.tenant, email, occurred_at, settings)
-    if event.type in ENGINE_EVENTS and interest.wants(message, event.type):
-        moved = handle_message_event(
-            message.id, event.type, occurred_at,
-            data=event.data, provider_message_id=event.provider_message_id,
-        )
-        if moved and message.enrollment is not None:
-            interest.moved(message.enrollment)
-    _exit_for(event, message.tenant, email)
+    if event.type in ENGINE_EVENTS:
+        moves.add(event, message, occurred_at)
+    _exit_for(event, message.tenant, email, moves)
 
 
 def apply_message_event(event: NormalizedEvent, occurred_at: datetime, settings: Settings) -> None:
@@ -481,10 +530,13 @@ def apply_message_event(event: NormalizedEvent, occurred_at: datetime, settings:
     engine, exits."""
     message = _find_messages([event])["id"].get(event.message_id or "")
     if message is not None:
-        _react(event, message, occurred_at, settings, _EngineInterest([message]))
+        moves = _Moves(_EngineInterest([message]))
+        _react(event, message, occurred_at, settings, moves)
+        moves.flush()
 
 
-def _react_without_message(event: NormalizedEvent, occurred_at: datetime, settings: Settings) -> None:
+def _react_without_message(event: NormalizedEvent, occurred_at: datetime, settings: Settings,
+                           moves: _Moves) -> None:
     """Apply what an event says of an address when its message is not here (purged, or
     mailed by another environment on the same SendGrid account) but it names one of
     our tenants: a hard bounce, a complaint or an unsubscribe is about the address,
@@ -494,7 +546,7 @@ def _react_without_message(event: NormalizedEvent, occurred_at: datetime, settin
     except ValueError:
         return  # no address to suppress
     _suppress_for(event, event.tenant, email, occurred_at, settings)
-    _exit_for(event, event.tenant, email)
+    _exit_for(event, event.tenant, email, moves)
 
 
 def _suppress_for(event: NormalizedEvent, tenant_id: str, email: str, occurred_at: datetime,
@@ -506,8 +558,9 @@ def _suppress_for(event: NormalizedEvent, tenant_id: str, email: str, occurred_a
         suppress(tenant_id, email, reason, event.event_key)
 
 
-def _exit_for(event: NormalizedEvent, tenant_id: str, email: str) -> None:
+def _exit_for(event: NormalizedEvent, tenant_id: str, email: str, moves: _Moves) -> None:
     if (exit_reason := EXITING_EVENTS.get(event.type)) and event.data.get("asm_group_id") is None:
+        moves.flush()  # the moves of the events before it come first
         engine.exit_contact_enrollments(tenant_id, email, exit_reason)
 
 
