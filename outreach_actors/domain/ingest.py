@@ -409,10 +409,12 @@ def _find_messages(events: list[NormalizedEvent]) -> dict[str, dict[str, _Messag
     by_id: dict[str, _Message] = {}
     by_provider: dict[str, _Message] = {}
     ids = {event.message_id for event in events if event.message_id}
-    provider_ids = {event.provider_message_id for event in events if event.provider_message_id}
     for chunk in chunked(sorted(ids), LOOKUP_CHUNK):
         for row in OutboundMessage.select(*columns).where(OutboundMessage.id.in_(chunk)).tuples():
             by_id[row[0]] = _Message(*row)
+    # SendGrid's id is looked up only for events our own id did not find (_sort_batch).
+    provider_ids = {event.provider_message_id for event in events
+                    if event.provider_message_id and event.message_id not in by_id}
     for chunk in chunked(sorted(provider_ids), LOOKUP_CHUNK):
         query = OutboundMessage.select(*columns).where(
             OutboundMessage.provider_message_id.in_(chunk)
