@@ -9,6 +9,7 @@ receiving the same event in two deliveries, has every effect once.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -272,8 +273,8 @@ def normalize_delivery(delivery_id: int, *, parse_batch: ParseBatch,
         logger.error("Webhook delivery=%s cannot be stored: %s", delivery_id, exc)
         _finish(delivery_id, WebhookDelivery.FAILED, f"cannot be stored: {exc}; fix and replay it")
         return IngestResult(delivery_id, status=WebhookDelivery.FAILED, errors=[str(exc)])
-    for event, _, _ in new:
-        count("outreach_events_total", type=event.type, synthetic="false")
+    for event_type, events_of_type in Counter(event.type for event, _, _ in new).items():
+        count("outreach_events_total", events_of_type, type=event_type, synthetic="false")
 
     result = IngestResult(
         delivery_id,
