@@ -29,6 +29,7 @@ from outreach_actors.domain import dispatch, engine
 from outreach_actors.domain import mail as delivery
 from outreach_actors.domain.store import models
 from outreach_actors.domain.timers import fire_timeouts
+from outreach_actors.settings import Settings
 
 # Beside the benchmarks' database, named after it (BENCH_DATABASE_URL moves both).
 DATABASE_URL = _common.DATABASE_URL + "_inprocess"
@@ -81,7 +82,8 @@ def measure(work: Callable[[], None], count: int, profile: bool, what: str) -> N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=300, help="emails, and timers")
-    parser.add_argument("--batch", type=int, default=100, help="timers per fire_timeouts call")
+    parser.add_argument("--batch", type=int, default=Settings().timeout_batch_size,
+                        help="timers per fire_timeouts call (default: OUTREACH_TIMEOUT_BATCH_SIZE's)")
     parser.add_argument("--profile", action="store_true", help="print cProfile's top functions")
     options = parser.parse_args()
     _common.ensure_database(DATABASE_URL)

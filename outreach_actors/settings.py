@@ -137,9 +137,10 @@ class Settings(BaseModel):
     dispatch_horizon: Duration = timedelta(minutes=1)
     dispatch_interval: Duration = timedelta(seconds=5)
     dispatch_batch_size: int = 500
-    # Timers due together are fired by one message, in batches of at most this many;
-    # sends due together are rendered by one message, in batches of at most this many.
-    timeout_batch_size: int = 100
+    # Timers due together are fired by one message, in batches of at most this many
+    # (a batch's message, transactions and plans cost the same for 500 timers as for
+    # 100); sends due together are rendered by one message, in batches of at most this many.
+    timeout_batch_size: int = 500
     render_batch_size: int = 20
     # Each render of a tenant's template (and each check of one) runs in a render
     # process of its own, held to these: memory beyond what the process holds as the

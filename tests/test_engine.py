@@ -17,6 +17,7 @@ from outreach_actors.domain.store.models import (
     utcnow,
 )
 
+from .conftest import counting
 from .factories import THREE_NODE_PLAN, load_plan, make_tenant
 
 WAIT_PLAN = """
@@ -128,6 +129,28 @@ def test_two_events_racing_move_the_enrollment_once(acme) -> None:
     # Then exactly one of them moved it, and the history has one move.
     assert results.count(True) == 1
     assert NodeVisit.select().where(NodeVisit.enrollment == enrollment.id).count() == 2
+
+
+def test_events_of_many_enrollments_move_them_with_the_statements_of_one(acme) -> None:
+    enrollments = [engine.enroll("acme", f"c{n}@example.com", "onboarding") for n in range(5)]
+    events = [engine.EventFor(enrollment.id, "clicked", node="intro") for enrollment in enrollments]
+    stored_plans.plan_for_id(enrollments[0].plan_id)  # the plan read once, before counting
+    with counting() as one:
+        assert engine.process_events(events[:1]) == {enrollments[0].id}
+    with counting() as four:
+        assert engine.process_events(events[1:]) == {e.id for e in enrollments[1:]}
+    assert len(four.sql) == len(one.sql)
+    assert {e.status for e in Enrollment.select()} == {Enrollment.COMPLETED}
+    # Run again, nothing moves: each enrollment has left the event's node.
+    assert engine.process_events(events) == set()
+    assert NodeVisit.select().count() == 2 * len(enrollments)
+
+
+def test_process_events_takes_one_event_per_enrollment(acme) -> None:
+    enrollment = engine.enroll("acme", "ada@example.com", "onboarding")
+    with pytest.raises(ValueError, match="one event per enrollment"):
+        engine.process_events([engine.EventFor(enrollment.id, "opened"),
+                               engine.EventFor(enrollment.id, "clicked")])
 
 
 def test_wait_node_schedules_its_elapsed_timer_on_entry(settings) -> None:

@@ -356,6 +356,16 @@ def timeout_duration(event: str, after: timedelta | None) -> timedelta:
             "no_reply": settings.no_reply_timeout}[event]
 
 
+class EventFor(NamedTuple):
+    """One event for one enrollment, as process_events takes it (see process_event)."""
+
+    enrollment_id: int
+    event: str
+    node: str | None = None
+    visit_version: int | None = None
+    event_data: Mapping[str, Any] | None = None
+
+
 def process_event(
     enrollment_id: int,
     event: str,
@@ -374,28 +384,69 @@ def process_event(
     query; if it is stale, the version check catches it and the row is read again.
     ``event_data``: what a branch entered on it sees as ``event`` (branches.event_view).
     """
+    return enrollment_id in process_events(
+        [EventFor(enrollment_id, event, node, visit_version, event_data)], now=now,
+        enrollments=None if enrollment is None else {enrollment_id: enrollment})
+
+
+def process_events(events: Sequence[EventFor], *, now: datetime | None = None,
+                   enrollments: Mapping[int, Enrollment] | None = None) -> set[int]:
+    """process_event for many enrollments at once, one event each; the ids of those
+    that moved.
+
+    A batch costs the statements of one event: one read of the enrollments, then
+    move_on_event per event type. An enrollment another writer moved between the read
+    and the move is read again and decided anew, as process_event does. ``enrollments``
+    may pass rows just read, by id.
+    """
+    by_id = {item.enrollment_id: item for item in events}
+    if len(by_id) != len(events):
+        raise ValueError("process_events takes one event per enrollment; "
+                         "give an enrollment's next event once its first has moved it")
     now = now or utcnow()
+    known = dict(enrollments or {})
+    pending = sorted(by_id)
+    moved: set[int] = set()
     for _ in range(MAX_MOVE_ATTEMPTS):
-        if enrollment is None:
-            enrollment = row_by_id(Enrollment, enrollment_id)
-        if enrollment is None or enrollment.status != Enrollment.ACTIVE:
-            return False
-        # A goal is reached from any node (see goals.py); a transition only from its own.
-        stale = ((node is not None and enrollment.current_node != node)
-                 or (visit_version is not None and enrollment.version != visit_version))
-        if stale and not has_goal(plan_for_id(enrollment.plan_id).goals, event):
-            return False
-        from_node = enrollment.current_node
-        plan = plan_for_id(enrollment.plan_id)
-        if plan.transition_for(from_node, event) is None and not has_goal(plan.goals, event):
-            return False
-        if move_on_event([enrollment], event, now=now, event_data=(
-                None if event_data is None else {enrollment.id: event_data})):
-            logger.info("Moved enrollment=%s from=%s to=%s on=%s",
-                        enrollment.id, from_node, enrollment.current_node, event)
-            return True
-        enrollment = None  # another event moved it first: re-read and decide again
-    raise RuntimeError(f"enrollment {enrollment_id} kept changing under {event!r}; giving up")
+        unread = [enrollment_id for enrollment_id in pending if enrollment_id not in known]
+        known.update((row.id, row) for row in rows_by_id(Enrollment, unread))
+        moves: dict[str, list[Enrollment]] = defaultdict(list)
+        for enrollment_id in pending:
+            enrollment, item = known.get(enrollment_id), by_id[enrollment_id]
+            if enrollment is not None and _takes(enrollment, item):
+                moves[item.event].append(enrollment)
+        pending = []
+        for event, group in sorted(moves.items()):
+            from_nodes = {enrollment.id: enrollment.current_node for enrollment in group}
+            won = {enrollment.id for enrollment in move_on_event(
+                group, event, now=now, event_data={
+                    enrollment.id: by_id[enrollment.id].event_data for enrollment in group
+                    if by_id[enrollment.id].event_data is not None})}
+            for enrollment in group:
+                if enrollment.id in won:
+                    logger.info("Moved enrollment=%s from=%s to=%s on=%s", enrollment.id,
+                                from_nodes[enrollment.id], enrollment.current_node, event)
+                else:  # another event moved it first: read it again and decide again
+                    known.pop(enrollment.id)
+                    pending.append(enrollment.id)
+            moved |= won
+        if not pending:
+            return moved
+    raise RuntimeError(f"enrollment {pending[0]} kept changing under "
+                       f"{by_id[pending[0]].event!r}; giving up")
+
+
+def _takes(enrollment: Enrollment, item: EventFor) -> bool:
+    """Whether the enrollment, as read, moves on the event: it is active, the event is of
+    its current visit (or a goal, reached from any node) and its node has a transition."""
+    if enrollment.status != Enrollment.ACTIVE:
+        return False
+    plan = plan_for_id(enrollment.plan_id)
+    if has_goal(plan.goals, item.event):
+        return True
+    stale = ((item.node is not None and enrollment.current_node != item.node)
+             or (item.visit_version is not None and enrollment.version != item.visit_version))
+    return not stale and plan.transition_for(enrollment.current_node, item.event) is not None
 
 
 def move_on_event(enrollments: Sequence[Enrollment], event: str, *,
@@ -588,6 +639,7 @@ def timers_after_send(
 
 __all__ = [
     "AlreadyEnrolled",
+    "EventFor",
     "EnrollmentError",
     "after_send",
     "enroll",
@@ -596,5 +648,6 @@ __all__ = [
     "move_on_event",
     "move_to",
     "process_event",
+    "process_events",
     "timers_after_send",
 ]

@@ -9,6 +9,7 @@ receiving the same event in two deliveries, has every effect once.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -39,7 +40,7 @@ from outreach_actors.domain.store.models import (
     utcnow,
     write_transaction,
 )
-from outreach_actors.domain.store.statements import model_rows, statement
+from outreach_actors.domain.store.statements import ids_condition, model_rows, statement
 from outreach_actors.domain.stored_plans import plans_for_ids
 from outreach_actors.domain.suppressions import (
     group_channel,
@@ -150,6 +151,46 @@ class _EngineInterest:
         self.plans.update(plans_for_ids(plan_ids))
 
 
+class _Moves:
+    """The engine step of a batch's events, applied together: one read of their messages
+    and one process_events call for as many enrollments as possible.
+
+    Events wait here, one per enrollment (or per message without one), until the batch
+    ends or something must see their effect first: a second event of the same
+    enrollment (it is applied after the first one's move, as if one by one) or an
+    exit of a contact (flush() first).
+    """
+
+    def __init__(self, interest: _EngineInterest) -> None:
+        self.interest = interest
+        self.pending: dict[int | str, tuple[NormalizedEvent, _Message, datetime]] = {}
+
+    def add(self, event: NormalizedEvent, message: _Message, occurred_at: datetime) -> None:
+        key = message.enrollment if message.enrollment is not None else message.id
+        if key in self.pending:
+            self.flush()  # the enrollment's earlier event first: this one sees its move
+        if self.interest.wants(message, event.type):
+            self.pending[key] = (event, message, occurred_at)
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        pending, self.pending = list(self.pending.values()), {}
+        messages = _messages_for_engine([message.id for _, message, _ in pending])
+        items = []
+        for event, stub, occurred_at in pending:
+            if (message := messages.get(stub.id)) is None:
+                continue  # purged meanwhile
+            # Only an ambiguous (or failed) send is touched: the others' enrollments
+            # differ from its own, so the order between them does not matter.
+            ambiguous.confirm_by_event(message, event.type, occurred_at,
+                                       event.provider_message_id)
+            if (item := _engine_event(message, event.type, event.data)) is not None:
+                items.append(item)
+        for enrollment_id in engine.process_events(items):
+            self.interest.moved(enrollment_id)
+
+
 @dataclass
 class _Batch:
     """The events of a batch sorted by what happens to them."""
@@ -229,13 +270,15 @@ def normalize_delivery(delivery_id: int, *, parse_batch: ParseBatch,
                 (batch.keyed[key] for key in new_keys),
                 key=lambda item: (item[2], item[0].event_key),
             )
-            interest = _EngineInterest([message for _, message, _ in new if message is not None])
+            moves = _Moves(_EngineInterest([message for _, message, _ in new
+                                            if message is not None]))
             tenants = _known_tenants({event.tenant for event, message, _ in new if message is None})
             for event, message, occurred_at in new:
                 if message is not None:
-                    _react(event, message, occurred_at, settings, interest)
+                    _react(event, message, occurred_at, settings, moves)
                 elif event.tenant in tenants:
-                    _react_without_message(event, occurred_at, settings)
+                    _react_without_message(event, occurred_at, settings, moves)
+            moves.flush()
     except (peewee.DataError, ValueError) as exc:
         # A value the database refuses (an address longer than any column, a NUL in a
         # group id) would fail every retry the same way: keep the delivery as failed,
@@ -243,8 +286,8 @@ def normalize_delivery(delivery_id: int, *, parse_batch: ParseBatch,
         logger.error("Webhook delivery=%s cannot be stored: %s", delivery_id, exc)
         _finish(delivery_id, WebhookDelivery.FAILED, f"cannot be stored: {exc}; fix and replay it")
         return IngestResult(delivery_id, status=WebhookDelivery.FAILED, errors=[str(exc)])
-    for event, _, _ in new:
-        count("outreach_events_total", type=event.type, synthetic="false")
+    for event_type, events_of_type in Counter(event.type for event, _, _ in new).items():
+        count("outreach_events_total", events_of_type, type=event_type, synthetic="false")
 
     result = IngestResult(
         delivery_id,
@@ -331,30 +374,47 @@ def handle_message_event(
     It resolves an ambiguous send (any event proves SendGrid accepted the mail),
     then hands the event to the enrollment's current visit.
     """
-    found = model_rows(OutboundMessage, statement(_EVENT_MESSAGE), (message_id,))
-    if not found:
+    message = _messages_for_engine([message_id]).get(message_id)
+    if message is None:
         return False
-    message = found[0]
     ambiguous.confirm_by_event(message, event_type, occurred_at, provider_message_id)
+    item = _engine_event(message, event_type, data)
+    return item is not None and bool(engine.process_events([item]))
+
+
+def _messages_for_engine(message_ids: list[str]) -> dict[str, OutboundMessage]:
+    """The messages as the engine step reads them (_EVENT_MESSAGES), by id; one
+    statement per LOOKUP_CHUNK ids."""
+    messages = {}
+    for chunk in chunked(sorted(set(message_ids)), LOOKUP_CHUNK):
+        condition, params = ids_condition(chunk)
+        sql = statement(_EVENT_MESSAGES.replace("{ids}", condition))
+        messages.update((message.id, message) for message in model_rows(OutboundMessage, sql, params))
+    return messages
+
+
+def _engine_event(message: OutboundMessage, event_type: str,
+                  data: dict[str, Any] | None) -> engine.EventFor | None:
+    """What the engine hears of a provider event of ``message``: its enrollment's event
+    at the message's visit, or None if the event moves no one."""
     if not counts_for_plans(event_type, data):
-        return False
+        return None
     if message.enrollment_id is None or event_type in TIMEOUT_EVENTS:
-        return False
-    return engine.process_event(
-        message.enrollment_id, event_type, node=message.node, visit_version=message.visit_version,
-        event_data=event_view(event_type, data),
-    )
+        return None
+    return engine.EventFor(message.enrollment_id, event_type, node=message.node,
+                           visit_version=message.visit_version,
+                           event_data=event_view(event_type, data))
 
 
-# One of our messages as an event of it needs it, in one statement (fixed SQL): the
-# state of its send (see mail/ambiguous.py) and the visit the send belonged to (its
-# action's visit_version; null without one). Only these columns: the row also holds
-# the rendered html and text.
-_EVENT_MESSAGE = """
+# Our messages as an event of each needs them, in one statement (fixed SQL): the state
+# of its send (see mail/ambiguous.py) and the visit the send belonged to (its action's
+# visit_version; null without one). Only these columns: the row also holds the
+# rendered html and text.
+_EVENT_MESSAGES = """
 SELECT m.id, m.status, m.enrollment_id, m.action_id, m.node, m.send_started_at,
        m.provider_message_id, m.error,
        (SELECT a.visit_version FROM scheduled_action AS a WHERE a.id = m.action_id) AS visit_version
-FROM outbound_message AS m WHERE m.id = {p}
+FROM outbound_message AS m WHERE m.id {ids}
 """
 
 
@@ -469,10 +529,10 @@ def _insert(rows: list[dict[str, Any]]) -> list[str]:
 
 def _react(
     event: NormalizedEvent, message: _Message, occurred_at: datetime, settings: Settings,
-    interest: _EngineInterest,
+    moves: _Moves,
 ) -> None:
     """Apply one new event of one of our messages, to its recipient: suppressions, then
-    the engine."""
+    the engine (with the batch's other events: ``moves``), then exits."""
     email = address_key(message.to_email)
     if event.data.get(RECIPIENT_MISMATCH):
         logger.warning(
@@ -481,14 +541,9 @@ def _react(
             event.event_key, message.id, RECIPIENT_MISMATCH,
         )
     _suppress_for(event, message.tenant, email, occurred_at, settings)
-    if event.type in ENGINE_EVENTS and interest.wants(message, event.type):
-        moved = handle_message_event(
-            message.id, event.type, occurred_at,
-            data=event.data, provider_message_id=event.provider_message_id,
-        )
-        if moved and message.enrollment is not None:
-            interest.moved(message.enrollment)
-    _exit_for(event, message.tenant, email)
+    if event.type in ENGINE_EVENTS:
+        moves.add(event, message, occurred_at)
+    _exit_for(event, message.tenant, email, moves)
 
 
 def apply_message_event(event: NormalizedEvent, occurred_at: datetime, settings: Settings) -> None:
@@ -497,10 +552,13 @@ def apply_message_event(event: NormalizedEvent, occurred_at: datetime, settings:
     engine, exits."""
     message = _find_messages([event])["id"].get(event.message_id or "")
     if message is not None:
-        _react(event, message, occurred_at, settings, _EngineInterest([message]))
+        moves = _Moves(_EngineInterest([message]))
+        _react(event, message, occurred_at, settings, moves)
+        moves.flush()
 
 
-def _react_without_message(event: NormalizedEvent, occurred_at: datetime, settings: Settings) -> None:
+def _react_without_message(event: NormalizedEvent, occurred_at: datetime, settings: Settings,
+                           moves: _Moves) -> None:
     """Apply what an event says of an address when its message is not here (purged, or
     mailed by another environment on the same SendGrid account) but it names one of
     our tenants: a hard bounce, a complaint or an unsubscribe is about the address,
@@ -510,7 +568,7 @@ def _react_without_message(event: NormalizedEvent, occurred_at: datetime, settin
     except ValueError:
         return  # no address to suppress
     _suppress_for(event, event.tenant, email, occurred_at, settings)
-    _exit_for(event, event.tenant, email)
+    _exit_for(event, event.tenant, email, moves)
 
 
 def _suppress_for(event: NormalizedEvent, tenant_id: str, email: str, occurred_at: datetime,
@@ -522,8 +580,9 @@ def _suppress_for(event: NormalizedEvent, tenant_id: str, email: str, occurred_a
         suppress(tenant_id, email, reason, event.event_key)
 
 
-def _exit_for(event: NormalizedEvent, tenant_id: str, email: str) -> None:
+def _exit_for(event: NormalizedEvent, tenant_id: str, email: str, moves: _Moves) -> None:
     if (exit_reason := EXITING_EVENTS.get(event.type)) and event.data.get("asm_group_id") is None:
+        moves.flush()  # the moves of the events before it come first
         engine.exit_contact_enrollments(tenant_id, email, exit_reason)
 
 
