@@ -230,6 +230,10 @@ def test_the_audit_counts_each_kind_of_breach(settings) -> None:
         "suppressed_mailed": 1, "ambiguous_unresolved": 1, "ambiguous_misapplied": 1,
     }
     assert audit.timers == {"total": 1, "lost_never_started": 1, "lost_pending": 1}
+    # and the report says what each contact still active waits for
+    [ada_line] = [line for line in audit.lines() if f"enrollment={ada.id} " in line]
+    assert ada_line.startswith("still active: ") and "timeout:no_open@intro/v" in ada_line
+    assert "intro sent" in ada_line
 
 
 def test_the_audit_counts_each_kind_of_flow_breach(settings) -> None:

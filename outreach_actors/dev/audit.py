@@ -134,6 +134,9 @@ class Audit:
     mailed_while_paused: int = 0
     host_events_lost: int = 0
     host_events_stored_twice: int = 0
+    #: The first few enrollments still active, each with its open actions and emails:
+    #: what a run that ended with not_terminal above 0 was waiting for.
+    still_active: list[str] = field(default_factory=list)
 
     def violations(self) -> dict[str, int]:
         return {
@@ -165,6 +168,7 @@ class Audit:
             "ambiguous sends: " + _join(self.ambiguous),
             "flows: " + _join(self.flows),
             "invariants (all must be 0): " + _join(self.violations()),
+            *("still active: " + each for each in self.still_active),
         ]
 
 
@@ -213,11 +217,31 @@ def audit_campaign(accepted_mails: Sequence[AcceptedMessage], accepted_event_ids
         events=events,
         lost_events=lost_events,
         not_terminal=enrollments.get(Enrollment.ACTIVE, 0),
+        still_active=_still_active(),
         suppressed_mailed=_suppressed_mailed(accepted_mails, messages, presuppressed),
         ambiguous=_audit_ambiguous(messages, per_message),
         flows={key: value for key, value in flows.items() if key not in _FLOW_INVARIANTS},
         **{key: value for key, value in flows.items() if key in _FLOW_INVARIANTS},
     )
+
+
+def _still_active(shown: int = 5) -> list[str]:
+    """The first ``shown`` active enrollments: node and version, and the actions and
+    emails of the enrollment, each with its state."""
+    lines = []
+    for enrollment in (Enrollment.select().where(Enrollment.status == Enrollment.ACTIVE)
+                       .order_by(Enrollment.id).limit(shown)):
+        actions = [f"{a.kind}:{a.event or '-'}@{a.node}/v{a.visit_version} {a.status}"
+                   f" run_at={a.run_at:%H:%M:%S}" + (f" ({a.result})" if a.result else "")
+                   for a in ScheduledAction.select().where(
+                       ScheduledAction.enrollment == enrollment.id).order_by(ScheduledAction.id)]
+        emails = [f"{m.node} {m.status}" for m in OutboundMessage.select(
+            OutboundMessage.node, OutboundMessage.status).where(
+            OutboundMessage.enrollment == enrollment.id).order_by(OutboundMessage.created_at)]
+        lines.append(f"enrollment={enrollment.id} at {enrollment.current_node}/v{enrollment.version}"
+                     f" since {enrollment.node_entered_at:%H:%M:%S}; actions: "
+                     f"{', '.join(actions) or 'none'}; emails: {', '.join(emails) or 'none'}")
+    return lines
 
 
 def _audit_timers(messages: dict[str, OutboundMessage]) -> tuple[dict[str, int], int]:

@@ -21,7 +21,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from email import policy
+from email import errors, policy
 from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
@@ -219,7 +219,10 @@ def _skim_part(raw: bytes, start: int, end: int, dropped: list[tuple[int, int]],
     head_stop, body_start = blank
     # Read as the parser reads them (and so parsed once for both: READ_POLICY).
     head = BytesParser(policy=READ_POLICY).parsebytes(raw[start:head_stop], headersonly=True)
-    if head.defects:  # the parser would not end the headers where we did
+    # The parser would not end the headers where we did. (A multipart read headers only
+    # has no parts: some Pythons, Debian's 3.11.2 among them, note that as a defect.)
+    if any(not isinstance(defect, errors.MultipartInvariantViolationDefect)
+           for defect in head.defects):
         return
     maintype = head.get_content_maintype()
     if maintype == "multipart":
