@@ -107,3 +107,22 @@ def test_the_cli_dry_run_then_apply(settings) -> None:
     applied = runner.invoke(main, [*args, "--apply"])
     assert applied.exit_code == 0 and "migrated 1 of 1" in applied.output
     assert Enrollment.get().plan.version == 2
+
+
+def test_an_event_read_before_a_migration_moves_the_enrollment_after_it(two_versions) -> None:
+    # Given Ada's intro, sent, and an event of it read before a migration committed
+    ada = engine.enroll("acme", "ada@example.com", "trial")
+    message = _sent(ada, utcnow())
+    read_before = engine.EventFor(ada.id, "booked_meeting", node="intro",
+                                  visit_version=Enrollment.get_by_id(ada.id).version,
+                                  message_id=message.id)
+    load_plan((PLANS / "trial_v2.yaml").read_text())
+    migrate("acme", "trial", 2, mapping={"intro": "welcome"}, apply=True)
+    # Then the event is of the email's visit, which the migration moved: it still counts
+    # (without its email, the same event is stale and moves no one)
+    assert engine.process_events([read_before._replace(message_id=None)]) == set()
+    assert engine.process_events([read_before]) == {ada.id}
+    assert Enrollment.get_by_id(ada.id).current_node == "waiting"
+    # and once Ada has left that visit, an event of its email is stale again
+    assert engine.process_events([read_before]) == set()
+    assert Enrollment.get_by_id(ada.id).current_node == "waiting"

@@ -17,6 +17,8 @@ from contextlib import nullcontext
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
+from peewee import JOIN
+
 from outreach_actors.domain import branches, goals, notifications
 from outreach_actors.domain.addresses import address_key, normalized_address
 from outreach_actors.domain.blackouts import tenant_blackouts
@@ -364,6 +366,8 @@ class EventFor(NamedTuple):
     node: str | None = None
     visit_version: int | None = None
     event_data: Mapping[str, Any] | None = None
+    #: The email the event is of, if any: its visit is read again when it looks stale.
+    message_id: str | None = None
 
 
 def process_event(
@@ -411,10 +415,23 @@ def process_events(events: Sequence[EventFor], *, now: datetime | None = None,
         unread = [enrollment_id for enrollment_id in pending if enrollment_id not in known]
         known.update((row.id, row) for row in rows_by_id(Enrollment, unread))
         moves: dict[str, list[Enrollment]] = defaultdict(list)
+        stale: list[Enrollment] = []
         for enrollment_id in pending:
             enrollment, item = known.get(enrollment_id), by_id[enrollment_id]
             if enrollment is not None and _takes(enrollment, item):
                 moves[item.event].append(enrollment)
+            elif enrollment is not None and item.message_id is not None:
+                stale.append(enrollment)
+        # A migration that committed since the event's email was read moved that email's
+        # visit with the enrollment (migrate._rehome): read where the email is now.
+        visits = _visits_now([by_id[enrollment.id].message_id for enrollment in stale])
+        for enrollment in stale:
+            item = by_id[enrollment.id]
+            now_at = visits.get(item.message_id)
+            if now_at is not None and now_at != (item.node, item.visit_version):
+                by_id[enrollment.id] = item = item._replace(node=now_at[0], visit_version=now_at[1])
+                if _takes(enrollment, item):
+                    moves[item.event].append(enrollment)
         pending = []
         for event, group in sorted(moves.items()):
             from_nodes = {enrollment.id: enrollment.current_node for enrollment in group}
@@ -434,6 +451,17 @@ def process_events(events: Sequence[EventFor], *, now: datetime | None = None,
             return moved
     raise RuntimeError(f"enrollment {pending[0]} kept changing under "
                        f"{by_id[pending[0]].event!r}; giving up")
+
+
+def _visits_now(message_ids: Sequence[str]) -> dict[str, tuple[str, int | None]]:
+    """Each email's node and its send's visit version, as they are now."""
+    if not message_ids:
+        return {}
+    query = (OutboundMessage.select(OutboundMessage.id, OutboundMessage.node,
+                                    ScheduledAction.visit_version)
+             .join(ScheduledAction, JOIN.LEFT_OUTER, on=(OutboundMessage.action == ScheduledAction.id))
+             .where(OutboundMessage.id.in_(sorted(set(message_ids)))).tuples())
+    return {message_id: (node, version) for message_id, node, version in query}
 
 
 def _takes(enrollment: Enrollment, item: EventFor) -> bool:

@@ -403,7 +403,7 @@ def _engine_event(message: OutboundMessage, event_type: str,
         return None
     return engine.EventFor(message.enrollment_id, event_type, node=message.node,
                            visit_version=message.visit_version,
-                           event_data=event_view(event_type, data))
+                           event_data=event_view(event_type, data), message_id=message.id)
 
 
 # Our messages as an event of each needs them, in one statement (fixed SQL): the state
