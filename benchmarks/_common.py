@@ -379,8 +379,9 @@ class CpuMeter:
 
     A throughput on a shared 2-core machine moves with the other load; where the
     CPU of an item goes does not, much, and it says what a ratio is made of. The
-    parts: the workers (the CLI's main process and its workers), PostgreSQL and
-    Redis (every server process of theirs on this machine), this process (the
+    parts: the workers (the CLI's main process, its workers and their render
+    processes), PostgreSQL and Redis (every server process of theirs on this
+    machine), this process (the
     benchmark: its dispatching and waiting, and the SendGrid stand-in's threads),
     and the machine as a whole (all time not idle, not waiting on disk, not stolen
     by the hypervisor), and any other process of the benchmark's (``others``: a web
@@ -407,7 +408,10 @@ class CpuMeter:
 
     def _processes(self) -> dict[str, list[psutil.Process]]:
         return {
-            "workers": [psutil.Process(self.workers.process.pid), *self.workers.children()],
+            # Their render processes too: forked from a server that a worker starts,
+            # they are not its children, and rendered an email for as much CPU as it sent.
+            "workers": [main := psutil.Process(self.workers.process.pid),
+                        *main.children(recursive=True)],
             "PostgreSQL": _postgres_processes(self.database),
             "Redis": _server_processes("redis-server"),
             "this process": [psutil.Process()],

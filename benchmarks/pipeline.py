@@ -21,7 +21,7 @@ what the ``dispatch_due`` actor runs) and watches the database.
   third between the rounds of one run). Each round prints its pair; the figures are
   the medians of the rounds, the ratio the median of their ratios.
 - Each round also prints where the CPU of an email and of a chain went (CpuMeter: the
-  workers, PostgreSQL, Redis, this process with the stand-in, the machine; and the CPU
+  workers, PostgreSQL (the backends of the benchmark's database), Redis, this process with the stand-in, the machine; and the CPU
   time left idle, and stolen by the hypervisor). The machine is CPU-bound in both
   phases, so the ratio follows the CPU per item; the split says which part of an
   email's cost a change moved.
@@ -46,6 +46,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import _common
 import dramatiq
@@ -127,11 +128,11 @@ def warm_up(broker: dramatiq.Broker, queues: tuple[str, ...], send_one: Callable
 
 
 def measure_noop_chains(broker: dramatiq.Broker, workers: _common.Workers, count: int,
-                        idle_poll_s: float) -> tuple[float, dict[str, float]]:
+                        idle_poll_s: float, database: str) -> tuple[float, dict[str, float]]:
     """No-op chains per second, and the CPU of a chain (see CpuMeter)."""
     warm_up(broker, NOOP_QUEUES, lambda n: dramatiq.pipeline(
         [noop_first.message(-n), noop_second.message()]).run(), idle_poll_s)
-    cpu = _common.CpuMeter(workers)  # listing processes takes a while: not timed
+    cpu = _common.CpuMeter(workers, database=database)  # listing processes: not timed
     started = time.monotonic()
     for n in range(count):
         dramatiq.pipeline([noop_first.message(n), noop_second.message()]).run()
@@ -143,7 +144,7 @@ def measure_noop_chains(broker: dramatiq.Broker, workers: _common.Workers, count
 
 
 def measure_emails(settings: Settings, standin: SendGridStandIn, workers: _common.Workers,
-                   count: int) -> tuple[float, dict[str, float]]:
+                   count: int, database: str) -> tuple[float, dict[str, float]]:
     """Emails per second, and the CPU of an email (see CpuMeter); the database and the
     stand-in must hold no earlier email."""
     standin.reset()
@@ -160,7 +161,7 @@ def measure_emails(settings: Settings, standin: SendGridStandIn, workers: _commo
 
     warm_up(dramatiq.get_broker(), (render_batch.queue_name, send.queue_name), warm_up_one,
             settings.worker_idle_poll_interval.total_seconds())
-    cpu = _common.CpuMeter(workers)  # listing processes takes a while: not timed
+    cpu = _common.CpuMeter(workers, database=database)  # listing processes: not timed
     started = time.monotonic()
     dispatch.dispatch_due_actions(enqueue_actions, settings=settings)
     # Watched through the stand-in, in this process, until every mail reached it; only
@@ -225,6 +226,9 @@ def run(quick: bool, database_url: str = _common.DATABASE_URL,
         raise ValueError(f"rounds must be at least 1, got {rounds}")
     size = QUICK if quick else FULL
     _common.ensure_database(database_url)
+    # PostgreSQL's CPU is that of this database's backends: on a shared machine the
+    # backends of other people's databases moved the split by a third.
+    database_name = urlparse(database_url).path.lstrip("/")
     client = redis.Redis.from_url(redis_url)
     _common.clear_redis(client, f"{NAMESPACE}*")
     state_keys = (f"{NAMESPACE}:idempotency:*", f"{NAMESPACE}:ratelimit:*")
@@ -247,11 +251,11 @@ def run(quick: bool, database_url: str = _common.DATABASE_URL,
                     _common.seed_tenant(sample_plan())
                     noop_per_s, noop_cpu = measure_noop_chains(
                         broker, workers, size.noop_chains,
-                        settings.worker_idle_poll_interval.total_seconds())
+                        settings.worker_idle_poll_interval.total_seconds(), database_name)
                     _common.clear_redis(client, *state_keys)
                     with profiled(workers, profile_dir, f"emails-{round_number}"):
                         emails_per_s, email_cpu = measure_emails(
-                            settings, standin, workers, size.emails)
+                            settings, standin, workers, size.emails, database_name)
                     pairs.append((emails_per_s, noop_per_s))
                     if on_round:
                         on_round(round_number,

@@ -15,7 +15,7 @@ from dramatiq.brokers.stub import StubBroker
 from periodiq import PeriodiqMiddleware
 
 from outreach_actors.settings import Settings
-from outreach_actors.worker.broker import make_broker
+from outreach_actors.worker.broker import enqueue_many, make_broker
 from outreach_actors.worker.embedded import (
     EmbeddedRedis,
     ensure_embedded_redis,
@@ -68,6 +68,33 @@ def test_a_message_round_trips_on_every_broker(any_broker: dramatiq.Broker) -> N
     assert sorted(received) == [0, 1, 2, 3, 4]
 
 
+def test_enqueue_many_delivers_each_message_once_with_its_hooks(any_broker: dramatiq.Broker) -> None:
+    received, enqueued = [], []
+
+    class Seen(dramatiq.Middleware):
+        def after_enqueue(self, broker, message, delay) -> None:
+            enqueued.append(message.args[0])
+
+    any_broker.add_middleware(Seen())
+
+    @dramatiq.actor(broker=any_broker, queue_name="many")
+    def remember(value: int) -> None:
+        received.append(value)
+
+    any_broker.declare_queue(remember.queue_name)  # RabbitMQ: before the messages go
+    enqueue_many(any_broker, [remember.message(value) for value in range(25)])
+    enqueue_many(any_broker, [])
+    assert sorted(enqueued) == list(range(25))
+    worker = dramatiq.Worker(any_broker, worker_timeout=100)
+    worker.start()
+    try:
+        any_broker.join(remember.queue_name, timeout=10_000)
+        worker.join()
+    finally:
+        worker.stop()
+    assert sorted(received) == list(range(25))
+
+
 def test_embedded_queue_survives_a_server_restart(tmp_path: Path) -> None:
     # Given a message enqueued on the embedded broker
     broker = make_broker(make_settings(tmp_path, broker_url=None))
@@ -104,7 +131,7 @@ CONSUMER = textwrap.dedent(
     """
     import sys, time, dramatiq
     from pathlib import Path
-    from outreach_actors.worker.broker import make_broker
+    from outreach_actors.worker.broker import enqueue_many, make_broker
     from outreach_actors.settings import Settings
     data_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
     broker = make_broker(Settings(data_dir=data_dir))

@@ -340,6 +340,46 @@ def test_bombs_among_ordinary_emails_from_many_threads_fail_alone(
                         f"1. Contact {index}\n2. n{index}" for index in range(43)]
 
 
+@pytest.mark.timeout(120)
+def test_a_batch_fails_each_bomb_alone_as_a_render_of_its_own_would(
+        renderer: IsolatedRenderer) -> None:
+    # Given ordinary emails with a bomb for each bound among them, rendered as one batch
+    bombs = {1: ATTACKS["join filter"][0], 3: HOARDER, 5: GRINDER}
+    body = "<ol><li>{{ contact.first_name }}</li><li>{{ node.name }}</li></ol>"
+    emails = [{"subject": "Hi {{ contact.first_name }}", "template": None,
+               "body": bombs.get(index, body), "context": context(f"n{index}", f"Contact {index}")}
+              for index in range(8)]
+
+    with held_to(seconds=60):
+        outcomes = renderer.render_emails(emails)
+
+    # Then each bomb failed its own email with the error a render of its own raises
+    for index, outcome in enumerate(outcomes):
+        if index in bombs:
+            with pytest.raises(RenderError) as alone:
+                renderer.render_email(**emails[index])
+            assert isinstance(outcome, RenderError)
+            assert (str(outcome), outcome.node, outcome.field) == (
+                str(alone.value), alone.value.node, alone.value.field)
+        else:
+            assert outcome.text == f"1. Contact {index}\n2. n{index}"
+
+
+@pytest.mark.timeout(60)
+def test_a_render_of_a_batch_past_the_wall_clock_limit_is_stopped_alone() -> None:
+    patient = IsolatedRenderer(TEMPLATES, RenderLimits(memory_bytes=128 * 2**20, cpu_seconds=60,
+                                                       timeout_seconds=1, processes=1))
+    emails = [{"subject": "Hi {{ contact.first_name }}", "template": None, "body": body,
+               "context": context()} for body in ("<p>a</p>", GRINDER, "<p>b</p>")]
+
+    with held_to(seconds=10):
+        first, grinder, last = patient.render_emails(emails)
+
+    assert isinstance(grinder, RenderError)
+    assert "took longer than 1 s (OUTREACH_RENDER_TIMEOUT)" in str(grinder)
+    assert (first.text, last.text) == ("a", "b")
+
+
 def test_a_render_process_that_cannot_start_is_a_fault_and_fails_no_enrollment(
         settings, monkeypatch) -> None:
     from outreach_actors.domain.mail import render_for_send

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlparse
+from uuid import uuid4
 
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.common import current_millis
 from dramatiq.middleware import CurrentMessage
 from periodiq import PeriodiqMiddleware
 
@@ -79,6 +82,35 @@ def make_broker(settings: Settings) -> dramatiq.Broker:
     if settings.metrics_enabled:
         broker.add_middleware(_prometheus_middleware())
     return broker
+
+
+def enqueue_many(broker: dramatiq.Broker, messages: Sequence[dramatiq.Message]) -> None:
+    """Enqueue ``messages`` (none delayed), each with its middleware hooks, as
+    ``broker.enqueue`` would: on Redis in one round trip, elsewhere one by one."""
+    from dramatiq.brokers.redis import RedisBroker
+
+    if not isinstance(broker, RedisBroker) or len(messages) < 2:
+        for message in messages:
+            broker.enqueue(message)
+        return
+    # RedisBroker.enqueue (Dramatiq 2.x; setup.cfg pins <3) with its dispatch script's
+    # calls pipelined: a render's 20 sends cost one round trip, not 20 (each was as
+    # much client CPU as a no-op message's fetch).
+    copies = [message.copy(options={"redis_message_id": str(uuid4())}) for message in messages]
+    for message in copies:
+        broker.emit_before("enqueue", message, None)
+    dispatch = broker.scripts["dispatch"]
+    with broker.client.pipeline(transaction=False) as pipe:
+        for message in copies:
+            dispatch(keys=[broker.namespace], client=pipe, args=[
+                "enqueue", current_millis(), message.queue_name, broker.broker_id,
+                broker.heartbeat_timeout, broker.dead_message_ttl,
+                broker._should_do_maintenance("enqueue"), broker._max_unpack_size(),
+                message.options["redis_message_id"], message.encode(),
+            ])
+        pipe.execute()
+    for message in copies:
+        broker.emit_after("enqueue", message, None)
 
 
 def _prometheus_middleware() -> dramatiq.Middleware:

@@ -24,7 +24,13 @@ from outreach_actors.domain.mail.threading import (
     thread_headers,
 )
 from outreach_actors.domain.observability import tag
-from outreach_actors.domain.rendering import IsolatedRenderer, RenderError, RenderLimits
+from outreach_actors.domain.plans import PlanSpec
+from outreach_actors.domain.rendering import (
+    IsolatedRenderer,
+    RenderedEmail,
+    RenderError,
+    RenderLimits,
+)
 from outreach_actors.domain.store import keys
 from outreach_actors.domain.store.models import (
     Contact,
@@ -247,25 +253,58 @@ def render_for_send_many(action_ids: Sequence[int], *, settings: Settings | None
     orders: dict[int, dict | str | None] = {}
     raised: dict[int, Exception] = {}
     rendered: dict[int, _Rendered] = {}
+    pending: dict[int, _Pending] = {}
     for action_id in action_ids:
         try:
-            outcome = _render_one(action_id, facts.get(action_id), settings, now)
+            prepared = _prepare_one(action_id, facts.get(action_id), settings, now)
         except Exception as exc:  # reported to the caller, which decides
             raised[action_id] = exc
             continue
-        if isinstance(outcome, _Rendered):
-            rendered[action_id] = outcome
+        if isinstance(prepared, _Pending):
+            pending[action_id] = prepared
         else:
-            orders[action_id] = outcome
+            orders[action_id] = prepared
+    # The batch's emails go to a render process together (see IsolatedRenderer.render_emails).
+    try:
+        emails = renderer_for(settings.templates_dir, settings).render_emails(
+            [prepared.email for prepared in pending.values()]) if pending else []
+    except Exception as exc:  # render processes could not be had: each action alone
+        raised.update(dict.fromkeys(pending, exc))
+        pending, emails = {}, []
+    for (action_id, prepared), email in zip(pending.items(), emails, strict=True):
+        try:
+            outcome = _finish_one(prepared, email, now)
+        except Exception as exc:
+            raised[action_id] = exc
+            continue
+        if outcome is None:
+            orders[action_id] = None
+        else:
+            rendered[action_id] = outcome
     orders.update(_store_rendered(rendered, now))
     return RenderedBatch({action_id: orders[action_id] for action_id in action_ids
                           if action_id in orders}, raised)
 
 
-def _render_one(action_id: int, facts: _SendAction | None, settings: Settings,
-                now: datetime) -> _Rendered | str | None:
-    """The email of one send action, rendered; or, when there is nothing new to store,
-    what render_for_send returns for it (an earlier render's message id, or None)."""
+class _Pending(NamedTuple):
+    """A send action's email ready to render: render_email's keywords, and what its row
+    and send order are made of besides."""
+
+    action_id: int
+    facts: _SendAction
+    plan: PlanSpec
+    message_id: str
+    sender: tuple
+    unsubscribe: str
+    identity: dict
+    previous: OutboundMessage | None
+    email: dict
+
+
+def _prepare_one(action_id: int, facts: _SendAction | None, settings: Settings,
+                 now: datetime) -> _Pending | str | None:
+    """The email of one send action, ready to render; or, when there is nothing new to
+    store, what render_for_send returns for it (an earlier render's message id, or None)."""
     if facts is None or facts.kind != ScheduledAction.SEND:
         logger.warning("Render of action=%s skipped: no such send action", action_id)
         return None
@@ -318,12 +357,19 @@ def _render_one(action_id: int, facts: _SendAction | None, settings: Settings,
         _fail_render(action_id, facts.enrollment_id, f"node {facts.node!r}: thread: true and no "
                      "subject, but the enrollment has no earlier email to answer", now)
         return None
-    try:
-        rendered = renderer_for(settings.templates_dir, settings).render_email(
-            subject=node.subject or "Re:", template=node.template, body=node.body, context=context,
-        )
-    except RenderError as exc:
-        _fail_render(action_id, facts.enrollment_id, str(exc), now)
+    return _Pending(action_id, facts, plan, message_id, sender, unsubscribe, identity, previous,
+                    {"subject": node.subject or "Re:", "template": node.template,
+                     "body": node.body, "context": context})
+
+
+def _finish_one(prepared: _Pending, rendered: RenderedEmail | RenderError,
+                now: datetime) -> _Rendered | None:
+    """The rendered email's row and send order; None when its render failed (recorded)."""
+    action_id, facts, plan, message_id, sender, unsubscribe, identity, previous, _ = prepared
+    sender_email, sender_name, sender_overrides, sender_first_sent = sender
+    node = plan.node(facts.node)
+    if isinstance(rendered, RenderError):
+        _fail_render(action_id, facts.enrollment_id, str(rendered), now)
         return None
     if previous is not None and not node.subject:
         rendered = replace(rendered, subject=reply_subject(previous.subject))
@@ -333,7 +379,7 @@ def _render_one(action_id: int, facts: _SendAction | None, settings: Settings,
 
     row = (
         message_id, facts.tenant_id, facts.enrollment_id, action_id, facts.node,
-        message_key, OutboundMessage.RENDERED, facts.contact_email, sender_email,
+        keys.message_key(facts.dedupe_key), OutboundMessage.RENDERED, facts.contact_email, sender_email,
         sender_name or "", rendered.subject, rendered.html, rendered.text,
         OutboundMessage.categories.db_value(plan.categories_of(facts.node)),
         OutboundMessage.headers.db_value({

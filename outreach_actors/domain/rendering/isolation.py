@@ -22,6 +22,7 @@ import os
 import resource
 import signal
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -80,15 +81,37 @@ class IsolatedRenderer:
                      context: dict[str, Any]) -> RenderedEmail:
         """Render one email, or raise RenderError naming the node (and the part and line
         when known) at fault, a bound passed included."""
-        outcome = render_pool(self.limits).run(("render", str(self.templates_dir), {
-            "subject": subject, "template": template, "body": body, "context": context}))
-        if outcome[0] == "rendered":
-            return RenderedEmail(*outcome[1:])
-        if outcome[0] == "refused":
-            reason, node, field, line = outcome[1:]
-            raise RenderError(reason, node=node, field=field, line=line)
-        reason, part = outcome[1:]
-        raise RenderError(reason, node=node_of(context), field=part or None)
+        email = {"subject": subject, "template": template, "body": body, "context": context}
+        outcome = render_pool(self.limits).run(("render", str(self.templates_dir), email))
+        rendered = _rendered(outcome, context)
+        if isinstance(rendered, RenderError):
+            raise rendered
+        return rendered
+
+    def render_emails(self, emails: Sequence[dict[str, Any]]) -> list[RenderedEmail | RenderError]:
+        """Render several emails (each given as render_email's keywords), each held to the
+        bounds as if alone: its RenderedEmail, or the RenderError render_email would raise.
+
+        They go to one render process as one job, which saves a round trip to it per
+        email (its IPC and wake-ups cost it as much CPU as a render). Should one of them
+        end the process, it and those after it are rendered again each alone, so that
+        only it fails, as render_email says.
+        """
+        answers: list[tuple] = []
+        if len(emails) > 1:
+            outcome = render_pool(self.limits).run(
+                ("render_many", str(self.templates_dir), list(emails),
+                 self.limits.timeout_seconds), jobs=len(emails))
+            if outcome[0] == "rendered_many":
+                answers = outcome[1]
+        results: list[RenderedEmail | RenderError] = [
+            _rendered(answer, email["context"]) for answer, email in zip(answers, emails, strict=False)]
+        for email in emails[len(answers):]:
+            try:
+                results.append(self.render_email(**email))
+            except RenderError as exc:
+                results.append(exc)
+        return results
 
     def check_template(self, *, subject: str, template: str | None, body: str | None) -> list[str]:
         """What is wrong with an email node's subject and template or body (empty: fine),
@@ -101,6 +124,17 @@ class IsolatedRenderer:
 
     def shows_unsubscribe_link(self, *, template: str | None, body: str | None) -> bool:
         return self._in_process.shows_unsubscribe_link(template=template, body=body)
+
+
+def _rendered(outcome: tuple, context: dict[str, Any]) -> RenderedEmail | RenderError:
+    """A render job's answer as the email, or the error that fails it."""
+    if outcome[0] == "rendered":
+        return RenderedEmail(*outcome[1:])
+    if outcome[0] == "refused":
+        reason, node, field, line = outcome[1:]
+        return RenderError(reason, node=node, field=field, line=line)
+    reason, part = outcome[1:]
+    return RenderError(reason, node=node_of(context), field=part or None)
 
 
 class RenderPool:
@@ -133,21 +167,22 @@ class RenderPool:
             with self._lock:
                 self._idle.append(process)
 
-    def run(self, job: tuple) -> tuple:
-        """The outcome of ``job``: its answer (``rendered``, ``refused``, ``checked``) or
-        ``("stopped", why, part)`` when it passed the CPU or time bound or killed its
-        process."""
+    def run(self, job: tuple, *, jobs: int = 1) -> tuple:
+        """The outcome of ``job``: its answer (``rendered``, ``refused``, ``checked``,
+        ``rendered_many``) or ``("stopped", why, part)`` when it passed the CPU or time
+        bound or killed its process. ``jobs``: how many renders ``job`` holds, each
+        allowed the wall-clock bound."""
         with self._free:
             for attempt in (1, 2):
                 process = self._take()
                 try:
-                    outcome, spent = process.run(job)
+                    outcome, spent = process.run(job, self.limits.timeout_seconds * jobs)
                 except _Lost:
                     self._stop(process)  # it died idle: the job never ran
                     continue
                 except _Stopped as stopped:
                     self._stop(process)
-                    if stopped.unexplained and attempt == 1:
+                    if stopped.unexplained and attempt == 1 and jobs == 1:
                         continue  # not clearly the template's doing: once more
                     return ("stopped", stopped.reason, stopped.part)
                 except BaseException:  # an interrupted wait: its answer must not reach another job
@@ -254,14 +289,14 @@ class _RenderProcess:
             "process's log. A program that renders must guard its main module with "
             '`if __name__ == "__main__":`')
 
-    def run(self, job: tuple) -> tuple[tuple, bool]:
+    def run(self, job: tuple, timeout_seconds: float) -> tuple[tuple, bool]:
         """(the job's answer, whether the process is spent and must be replaced)."""
         self._part.value = 0
         try:
             self._connection.send(job)
         except OSError as exc:
             raise _Lost from exc
-        if not self._connection.poll(self.limits.timeout_seconds):
+        if not self._connection.poll(timeout_seconds):
             raise _Stopped(f"took longer than {self.limits.timeout_seconds:g} s "
                            "(OUTREACH_RENDER_TIMEOUT)", _PARTS[self._part.value])
         try:
@@ -315,6 +350,9 @@ def serve(connection: Connection, part: Any, memory_bytes: int, cpu_seconds: int
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     hard = {limit: resource.getrlimit(limit)[1] for limit in (resource.RLIMIT_CPU,
                                                              resource.RLIMIT_AS)}
+    # Each render of a batch is held to the wall-clock bound here: one that passes it ends
+    # the process (the pool renders the rest again alone, and it meets its own bound).
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
     renderers: dict[str, TemplateRenderer] = {}
     connection.send("ready")
     while True:
@@ -322,8 +360,22 @@ def serve(connection: Connection, part: Any, memory_bytes: int, cpu_seconds: int
             job = connection.recv()
         except (EOFError, OSError):
             return
-        _limit_job(memory_bytes, cpu_seconds, hard)
-        connection.send(_answer(job, renderers, part, memory_bytes))
+        if job[0] != "render_many":
+            _limit_job(memory_bytes, cpu_seconds, hard)
+            connection.send(_answer(job, renderers, part, memory_bytes))
+            continue
+        _, templates_dir, emails, timeout_seconds = job
+        answers, spent = [], False
+        for email in emails:
+            _limit_job(memory_bytes, cpu_seconds, hard)
+            signal.setitimer(signal.ITIMER_REAL, timeout_seconds)
+            answer, spent = _answer(("render", templates_dir, email), renderers, part,
+                                    memory_bytes)
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            answers.append(answer)
+            if spent:
+                break  # the rest go to a fresh process, each alone
+        connection.send((("rendered_many", answers), spent))
 
 
 def _limit_job(memory_bytes: int, cpu_seconds: int, hard: dict[int, int]) -> None:

@@ -29,6 +29,7 @@ from outreach_actors.domain.mail.send import HELD
 from outreach_actors.domain.store.models import ScheduledAction, utcnow
 from outreach_actors.providers.sendgrid.client import sendgrid_client_from_settings
 from outreach_actors.settings import get_settings
+from outreach_actors.worker.broker import enqueue_many
 from outreach_actors.worker.limiters import Limit, default_limits
 from outreach_actors.worker.middleware.polling import RENDER_QUEUE, SEND_QUEUE, TIMER_QUEUE
 from outreach_actors.worker.middleware.skips import quiet_skip
@@ -55,9 +56,8 @@ def render_batch(action_ids: list[int]) -> None:
         logger.warning("Render of action=%s failed in a batch (%s: %s); it is rendered alone",
                        action_id, type(error).__name__, error)
         dramatiq.pipeline([render.message(action_id), send.message()]).run()
-    for order in batch.orders.values():
-        if order is not None:
-            send.send(order)
+    enqueue_many(send.broker, [send.message(order) for order in batch.orders.values()
+                               if order is not None])
 
 
 def _send_order(message: dramatiq.Message) -> dict | str | None:
