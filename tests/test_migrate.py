@@ -16,6 +16,7 @@ from outreach_actors.domain.store.models import (
     Enrollment,
     OutboundMessage,
     ScheduledAction,
+    insert_rows,
     utcnow,
 )
 
@@ -125,4 +126,36 @@ def test_an_event_read_before_a_migration_moves_the_enrollment_after_it(two_vers
     assert Enrollment.get_by_id(ada.id).current_node == "waiting"
     # and once Ada has left that visit, an event of its email is stale again
     assert engine.process_events([read_before]) == set()
+    assert Enrollment.get_by_id(ada.id).current_node == "waiting"
+
+
+def test_timers_a_send_in_flight_started_for_the_old_visit_start_again_in_the_new(
+        two_versions) -> None:
+    # Given Ada's intro claimed for sending (in flight, no timers yet) when a migration
+    # carries her visit, and her email, to version 2
+    ada = engine.enroll("acme", "ada@example.com", "trial")
+    [send] = ScheduledAction.select().where(ScheduledAction.enrollment == ada.id)
+    message = OutboundMessage.create(
+        tenant="acme", enrollment=ada.id, action=send.id, node=send.node, dedupe_key="m-ada",
+        status="sending", to_email="ada@example.com", from_email="s@acme.test", subject="s",
+        html="h", text="t")
+    old_visit, old_plan = send.visit_version, ada.plan_id
+    load_plan((PLANS / "trial_v2.yaml").read_text())
+    migrate("acme", "trial", 2, mapping={"intro": "welcome"}, apply=True)
+    # when the send completes with the visit it had read (as send.py marks it sent)
+    sent_at = utcnow() - timedelta(days=6)
+    OutboundMessage.update(status="sent", sent_at=sent_at).where(
+        OutboundMessage.id == message.id).execute()
+    insert_rows(ScheduledAction, engine.timers_after_send(
+        message.id, ada.id, send.id, sent_at, node="intro", visit_version=old_visit,
+        plan_id=old_plan), ignore_conflicts=True)
+    [stale] = ScheduledAction.select().where(ScheduledAction.kind == "timeout")
+    # Then firing that timer starts the email's timer again in the visit it moved to
+    assert timers.fire_timeout(stale.id, now=utcnow()) == "moved-on"
+    [again] = ScheduledAction.select().where(ScheduledAction.kind == "timeout",
+                                             ScheduledAction.status == "pending")
+    ada = Enrollment.get_by_id(ada.id)
+    assert (again.node, again.visit_version) == ("welcome", ada.version)
+    assert again.run_at == sent_at + timedelta(days=5)  # version 2's no_open: P5D
+    assert timers.fire_timeout(again.id, now=utcnow()) == "fired"
     assert Enrollment.get_by_id(ada.id).current_node == "waiting"

@@ -14,16 +14,20 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
 
+from peewee import JOIN
+
 from outreach_actors.domain import control, engine
 from outreach_actors.domain.engagement import engaged_timers
 from outreach_actors.domain.metrics import count, observe
 from outreach_actors.domain.observability import tag
 from outreach_actors.domain.pauses import plan_paused_condition, plan_paused_sql
+from outreach_actors.domain.scheduled_soon import note_scheduled
 from outreach_actors.domain.store.by_id import rows_by_id
 from outreach_actors.domain.store.keys import synthetic_event_key
 from outreach_actors.domain.store.models import (
     Enrollment,
     MessageEvent,
+    OutboundMessage,
     ScheduledAction,
     insert_rows,
     utcnow,
@@ -168,7 +172,12 @@ def _fire(actions: list[ScheduledAction], now: datetime) -> dict[int, str]:
                 outcomes[action.id] = SKIPPED
             else:
                 due.append(action)
-        ScheduledAction.finish([a for a, o in outcomes.items() if o == MOVED_ON],
+        followed = _restarted_where_their_email_went(
+            [a for a in actions if outcomes.get(a.id) == MOVED_ON], enrollments)
+        ScheduledAction.finish(sorted(followed), ScheduledAction.SKIPPED,
+                               "started again in the visit its email moved to", now=now)
+        ScheduledAction.finish([a for a, o in outcomes.items() if o == MOVED_ON
+                                and a not in followed],
                                ScheduledAction.SKIPPED, "enrollment moved on", now=now)
         ScheduledAction.finish([a for a, o in outcomes.items() if o == SKIPPED],
                                ScheduledAction.SKIPPED, "engagement seen", now=now)
@@ -195,6 +204,35 @@ def _fire(actions: list[ScheduledAction], now: datetime) -> dict[int, str]:
         logger.info("Fired timeout action=%s event=%s enrollment=%s late_s=%.3f",
                     action.id, action.event, action.enrollment_id, lateness)
     return outcomes
+
+
+def _restarted_where_their_email_went(moved_on: list[ScheduledAction],
+                                      enrollments: dict[int, Enrollment]) -> set[int]:
+    """Of the timers that look moved on, those whose email a migration carried into its
+    enrollment's current visit (migrate._rehome) while the send, which had read the old
+    visit, was in flight: their email's timers are started again for that visit (from
+    its sent_at, by the plan in force). The ids of the timers so replaced."""
+    with_email = [a for a in moved_on if a.message_id is not None]
+    if not with_email:
+        return set()
+    rows = (OutboundMessage.select(OutboundMessage.id, OutboundMessage.enrollment,
+                                   OutboundMessage.action, OutboundMessage.sent_at,
+                                   ScheduledAction.node, ScheduledAction.visit_version)
+            .join(ScheduledAction, JOIN.LEFT_OUTER,
+                  on=(OutboundMessage.action == ScheduledAction.id))
+            .where(OutboundMessage.id.in_(sorted({a.message_id for a in with_email}))).tuples())
+    followed = {}
+    for message_id, enrollment_id, action_id, sent_at, node, version in rows:
+        enrollment = enrollments.get(enrollment_id)
+        if (enrollment is not None and sent_at is not None
+                and enrollment.status in (Enrollment.ACTIVE, Enrollment.PAUSED)
+                and (node, version) == (enrollment.current_node, enrollment.version)):
+            followed[message_id] = (enrollment_id, action_id, sent_at)
+    timers = [timer for message_id, (enrollment_id, action_id, sent_at) in followed.items()
+              for timer in engine.timers_after_send(message_id, enrollment_id, action_id, sent_at)]
+    insert_rows(ScheduledAction, timers, ignore_conflicts=True)
+    note_scheduled(timers)
+    return {a.id for a in with_email if a.message_id in followed}
 
 
 def _record_and_move(due: list[ScheduledAction], enrollments: dict[int, Enrollment],
