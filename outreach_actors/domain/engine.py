@@ -420,16 +420,19 @@ def process_events(events: Sequence[EventFor], *, now: datetime | None = None,
             enrollment, item = known.get(enrollment_id), by_id[enrollment_id]
             if enrollment is not None and _takes(enrollment, item):
                 moves[item.event].append(enrollment)
-            elif enrollment is not None and item.message_id is not None:
+            elif (enrollment is not None and enrollment.status == Enrollment.ACTIVE
+                    and item.message_id is not None):
                 stale.append(enrollment)
         # A migration that committed since the event's email was read moved that email's
         # visit with the enrollment (migrate._rehome): read where the email is now.
-        visits = _visits_now([by_id[enrollment.id].message_id for enrollment in stale])
+        visits = email_visits([by_id[enrollment.id].message_id for enrollment in stale])
         for enrollment in stale:
             item = by_id[enrollment.id]
-            now_at = visits.get(item.message_id)
-            if now_at is not None and now_at != (item.node, item.visit_version):
-                by_id[enrollment.id] = item = item._replace(node=now_at[0], visit_version=now_at[1])
+            visit = visits.get(item.message_id)
+            if visit is not None and (visit.node, visit.visit_version) != (item.node,
+                                                                          item.visit_version):
+                by_id[enrollment.id] = item = item._replace(node=visit.node,
+                                                            visit_version=visit.visit_version)
                 if _takes(enrollment, item):
                     moves[item.event].append(enrollment)
         pending = []
@@ -453,15 +456,27 @@ def process_events(events: Sequence[EventFor], *, now: datetime | None = None,
                        f"{by_id[pending[0]].event!r}; giving up")
 
 
-def _visits_now(message_ids: Sequence[str]) -> dict[str, tuple[str, int | None]]:
-    """Each email's node and its send's visit version, as they are now."""
+class EmailVisit(NamedTuple):
+    """Where an email is now: the visit its send belongs to (a migration moves it), and
+    what starting its timers again needs."""
+
+    enrollment_id: int | None
+    action_id: int | None
+    sent_at: datetime | None
+    node: str
+    visit_version: int | None
+
+
+def email_visits(message_ids: Sequence[str]) -> dict[str, EmailVisit]:
+    """Each email's visit as it is now, by message id; one query."""
     if not message_ids:
         return {}
-    query = (OutboundMessage.select(OutboundMessage.id, OutboundMessage.node,
-                                    ScheduledAction.visit_version)
+    query = (OutboundMessage.select(OutboundMessage.id, OutboundMessage.enrollment,
+                                    OutboundMessage.action, OutboundMessage.sent_at,
+                                    OutboundMessage.node, ScheduledAction.visit_version)
              .join(ScheduledAction, JOIN.LEFT_OUTER, on=(OutboundMessage.action == ScheduledAction.id))
              .where(OutboundMessage.id.in_(sorted(set(message_ids)))).tuples())
-    return {message_id: (node, version) for message_id, node, version in query}
+    return {message_id: EmailVisit(*rest) for message_id, *rest in query}
 
 
 def _takes(enrollment: Enrollment, item: EventFor) -> bool:
@@ -667,9 +682,11 @@ def timers_after_send(
 
 __all__ = [
     "AlreadyEnrolled",
+    "EmailVisit",
     "EventFor",
     "EnrollmentError",
     "after_send",
+    "email_visits",
     "enroll",
     "exit_contact_enrollments",
     "exit_enrollment",

@@ -146,19 +146,18 @@ def _rehome(enrollment: Enrollment, to_node: str, target: PlanSpec, now: datetim
     ScheduledAction.update(status=ScheduledAction.CANCELLED, finished_at=now).where(
         visit, ScheduledAction.kind == ScheduledAction.TIMEOUT,
         ScheduledAction.status.in_(open_statuses)).execute()
-    sends = list(ScheduledAction.select(ScheduledAction.id, ScheduledAction.status)
-                 .where(visit, ScheduledAction.kind == ScheduledAction.SEND))
+    sends = [send_id for (send_id,) in ScheduledAction.select(ScheduledAction.id)
+             .where(visit, ScheduledAction.kind == ScheduledAction.SEND).tuples()]
     # Only the sends follow: the timers just cancelled stay in the visit they belonged to.
     ScheduledAction.update(node=to_node, visit_version=version).where(
-        ScheduledAction.id.in_([send.id for send in sends])).execute()
-    OutboundMessage.update(node=to_node).where(
-        OutboundMessage.action.in_([send.id for send in sends])).execute()
+        ScheduledAction.id.in_(sends)).execute()
+    OutboundMessage.update(node=to_node).where(OutboundMessage.action.in_(sends)).execute()
     node = target.node(to_node)
     status = ScheduledAction.HELD if enrollment.status == Enrollment.PAUSED else ScheduledAction.PENDING
     rows = []
     if node.type == "email":
         sent = (OutboundMessage.select(OutboundMessage.id, OutboundMessage.sent_at)
-                .where(OutboundMessage.action.in_([send.id for send in sends]),
+                .where(OutboundMessage.action.in_(sends),
                        OutboundMessage.status == OutboundMessage.SENT).first())
         if sent is not None:
             rows = [{"kind": ScheduledAction.TIMEOUT, "event": t.on, "message": sent.id,

@@ -14,8 +14,6 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
 
-from peewee import JOIN
-
 from outreach_actors.domain import control, engine
 from outreach_actors.domain.engagement import engaged_timers
 from outreach_actors.domain.metrics import count, observe
@@ -27,7 +25,6 @@ from outreach_actors.domain.store.keys import synthetic_event_key
 from outreach_actors.domain.store.models import (
     Enrollment,
     MessageEvent,
-    OutboundMessage,
     ScheduledAction,
     insert_rows,
     utcnow,
@@ -213,23 +210,17 @@ def _restarted_where_their_email_went(moved_on: list[ScheduledAction],
     visit, was in flight: their email's timers are started again for that visit (from
     its sent_at, by the plan in force). The ids of the timers so replaced."""
     with_email = [a for a in moved_on if a.message_id is not None]
-    if not with_email:
-        return set()
-    rows = (OutboundMessage.select(OutboundMessage.id, OutboundMessage.enrollment,
-                                   OutboundMessage.action, OutboundMessage.sent_at,
-                                   ScheduledAction.node, ScheduledAction.visit_version)
-            .join(ScheduledAction, JOIN.LEFT_OUTER,
-                  on=(OutboundMessage.action == ScheduledAction.id))
-            .where(OutboundMessage.id.in_(sorted({a.message_id for a in with_email}))).tuples())
     followed = {}
-    for message_id, enrollment_id, action_id, sent_at, node, version in rows:
-        enrollment = enrollments.get(enrollment_id)
-        if (enrollment is not None and sent_at is not None
+    for message_id, visit in engine.email_visits([a.message_id for a in with_email]).items():
+        enrollment = enrollments.get(visit.enrollment_id)
+        if (enrollment is not None and visit.sent_at is not None
                 and enrollment.status in (Enrollment.ACTIVE, Enrollment.PAUSED)
-                and (node, version) == (enrollment.current_node, enrollment.version)):
-            followed[message_id] = (enrollment_id, action_id, sent_at)
-    timers = [timer for message_id, (enrollment_id, action_id, sent_at) in followed.items()
-              for timer in engine.timers_after_send(message_id, enrollment_id, action_id, sent_at)]
+                and (visit.node, visit.visit_version) == (enrollment.current_node,
+                                                          enrollment.version)):
+            followed[message_id] = visit
+    timers = [timer for message_id, visit in followed.items()
+              for timer in engine.timers_after_send(message_id, visit.enrollment_id,
+                                                    visit.action_id, visit.sent_at)]
     insert_rows(ScheduledAction, timers, ignore_conflicts=True)
     note_scheduled(timers)
     return {a.id for a in with_email if a.message_id in followed}
