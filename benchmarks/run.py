@@ -121,6 +121,14 @@ def print_table(results: dict[str, tuple[dict[str, dict], str | None, float]]) -
         print(f"{name} failed: {error}")
 
 
+def report_progress(name: str, figures: dict[str, dict], error: str | None,
+                    elapsed: float) -> None:
+    """One line per benchmark on stderr as it ends: a full run takes long."""
+    told = error if error is not None else ", ".join(
+        f"{figure} {_cell(entry['value'])}" for figure, entry in figures.items())
+    print(f"{name} ({elapsed:.0f} s): {told}", file=sys.stderr, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="every benchmark, small (~2 min)")
@@ -139,6 +147,7 @@ def main() -> None:
         if name in OPTIONAL and not (BENCHMARKS_DIR / f"{name}.py").exists():
             continue
         results[name] = run_benchmark(name, options.quick)
+        report_progress(name, *results[name])
     failed = [name for name, (_f, error, _e) in results.items() if error is not None]
     if options.json:
         merged: dict[str, dict] = {}

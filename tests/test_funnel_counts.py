@@ -8,6 +8,7 @@ import random
 import threading
 from datetime import datetime, timedelta
 
+import peewee
 import pytest
 
 from outreach_actors.domain import engine
@@ -21,7 +22,9 @@ from outreach_actors.domain.store.models import (
     insert_rows,
     utcnow,
 )
+from outreach_actors.settings import configure
 
+from .conftest import make_settings
 from .factories import load_plan, make_tenant
 
 
@@ -178,6 +181,45 @@ def test_counts_follow_every_change_as_a_recount_finds_it(plan) -> None:
     assert expected[("thanks", counters.edge_name("intro", "clicked"))] == 1
     assert expected[("intro", "entered")] == 3 and expected[("intro", "opened")] == 1
     assert ("intro", "clicked") not in expected and expected[("intro", "message:ambiguous")] == 1
+
+
+def test_one_update_that_moves_some_enrollments_and_leaves_others_counts_each_once(
+        plan) -> None:
+    # A batch of timers moves hundreds of enrollments in one UPDATE; beside them, rows
+    # whose node and status stay (only a timestamp changes) must add nothing.
+    enrollments = [engine.enroll("acme", f"c{n}@example.com", "onboarding") for n in range(9)]
+    ids = [enrollment.id for enrollment in enrollments]
+    Enrollment.update(current_node="thanks").where(Enrollment.id.in_(ids[:4])).execute()
+    Enrollment.update(
+        current_node=peewee.Case(Enrollment.id, [(ids[4], "bump")], Enrollment.current_node),
+        status=peewee.Case(Enrollment.id, [(ids[5], "converted"), (ids[0], "exited")],
+                           Enrollment.status),
+        updated_at=utcnow(),
+    ).where(Enrollment.id.in_(ids)).execute()
+    assert stored(plan) == recount(plan)
+    assert stored(plan)[("thanks", "enrollment:active")] == 3
+    assert stored(plan)[("thanks", "enrollment:exited")] == 1
+    assert stored(plan)[("intro", "enrollment:active")] == 3
+
+
+def test_db_init_replaces_the_row_trigger_of_enrollment_moves(postgres_db, data_dir) -> None:
+    configure(make_settings(data_dir))
+    models.bind(postgres_db)
+    make_tenant()
+    plan = load_plan()
+    # Given the row trigger of an earlier version
+    postgres_db.execute_sql(
+        "CREATE OR REPLACE TRIGGER outreach_count_enrollments_moved AFTER UPDATE ON enrollment "
+        "FOR EACH ROW EXECUTE FUNCTION outreach_count_enrollments_in()")
+    models.create_schema(postgres_db)  # what `outreach db init` runs
+    (definition,) = postgres_db.execute_sql(
+        "SELECT pg_get_triggerdef(oid) FROM pg_trigger "
+        "WHERE tgname = 'outreach_count_enrollments_moved'").fetchone()
+    assert "FOR EACH STATEMENT" in definition
+    ada = engine.enroll("acme", "ada@example.com", "onboarding")
+    engine.process_event(ada.id, "clicked")
+    assert stored(plan) == recount(plan)
+    configure(None)
 
 
 def test_an_event_delivered_twice_or_repeated_counts_its_email_once(plan) -> None:

@@ -63,11 +63,12 @@ def test_db_init_adds_columns_a_newer_version_introduced(any_db: peewee.Database
 
 
 def test_db_init_drops_the_indexes_that_repeat_a_unique_one(any_db: peewee.Database) -> None:
-    # Given a database of an earlier version: three foreign keys indexed on their own,
-    # though each is the first column of a unique index on its table
+    # Given a database of an earlier version: four foreign keys indexed on their own,
+    # though each is the first column of another index on its table
     redundant = {"contact": ("contact_tenant_id", "tenant_id"),
                  "node_visit": ("node_visit_enrollment_id", "enrollment_id"),
-                 "scheduled_action": ("scheduled_action_enrollment_id", "enrollment_id")}
+                 "scheduled_action": ("scheduled_action_enrollment_id", "enrollment_id"),
+                 "message_event": ("message_event_message_id", "message_id")}
     with any_db.connection_context():
         for table, (index, column) in redundant.items():
             any_db.execute_sql(f'CREATE INDEX "{index}" ON "{table}" ("{column}")')

@@ -18,7 +18,7 @@ import peewee
 
 from outreach_actors.domain import notifications, scheduled_soon
 from outreach_actors.domain.mail.ambiguous import mark_interrupted_sends
-from outreach_actors.domain.pauses import plan_paused_condition, plan_paused_sql
+from outreach_actors.domain.pauses import plan_paused_sql
 from outreach_actors.domain.store.db import is_postgresql
 from outreach_actors.domain.store.models import (
     OutboundMessage,
@@ -47,6 +47,13 @@ _DUE_ACTIONS = (
     " AND NOT " + plan_paused_sql("a.enrollment_id") + " ORDER BY a.run_at LIMIT {p}"
 )
 _LOCK = " FOR UPDATE SKIP LOCKED"
+# The same read of the actions named by their keys (``{keys}`` as ids_condition gives
+# it): what a unit of work scheduled, dispatched once it commits.
+_DUE_BY_KEY = (
+    "SELECT " + ", ".join(f'a."{field.column_name}"' for field in ScheduledAction._meta.sorted_fields)
+    + " FROM scheduled_action AS a WHERE a.dedupe_key {keys} AND a.status = {p}"
+    " AND a.run_at <= {p} AND NOT " + plan_paused_sql("a.enrollment_id")
+)
 # Claimed actions marked enqueued; ``{ids}`` as statements.ids_condition gives it. By
 # primary key alone: the rows are ours (locked FOR UPDATE SKIP LOCKED on PostgreSQL, the
 # write lock held on SQLite), and adding the status test makes PostgreSQL pick the
@@ -74,6 +81,14 @@ def _due_actions(horizon: datetime, limit: int) -> list[ScheduledAction]:
     locked = is_postgresql(database_proxy.obj)
     return model_rows(ScheduledAction, statement(_DUE_ACTIONS + (_LOCK if locked else "")),
                       (ScheduledAction.PENDING, horizon, limit))
+
+
+def _due_by_key(keys: list[str], horizon: datetime) -> list[ScheduledAction]:
+    condition, params = ids_condition(keys)
+    locked = is_postgresql(database_proxy.obj)
+    return model_rows(ScheduledAction, statement(
+        _DUE_BY_KEY.replace("{keys}", condition) + (_LOCK if locked else "")),
+        [*params, ScheduledAction.PENDING, horizon])
 
 
 def _locked(query: peewee.ModelSelect) -> list[ScheduledAction]:
@@ -109,10 +124,8 @@ def dispatch_actions(dedupe_keys: Sequence[str], enqueue: Enqueue, *, now: datet
     settings = settings or get_settings()
     total = 0
     for chunk in peewee.chunked(sorted(set(dedupe_keys)), settings.dispatch_batch_size):
-        total += _dispatch(lambda horizon, keys=chunk: _locked(ScheduledAction.select().where(
-            ScheduledAction.dedupe_key.in_(keys), ScheduledAction.status == ScheduledAction.PENDING,
-            ScheduledAction.run_at <= horizon, ~plan_paused_condition(ScheduledAction.enrollment))),
-            enqueue, now, settings)
+        total += _dispatch(lambda horizon, keys=chunk: _due_by_key(keys, horizon),
+                           enqueue, now, settings)
     return total
 
 

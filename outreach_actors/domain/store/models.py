@@ -297,8 +297,9 @@ class WebhookDelivery(BaseModel):
 
 
 class MessageEvent(BaseModel):
+    # No index of its own: (message, type) below serves lookups by message.
     message = peewee.ForeignKeyField(
-        OutboundMessage, backref="events", null=True, on_delete="CASCADE"
+        OutboundMessage, backref="events", null=True, on_delete="CASCADE", index=False
     )
     tenant = peewee.CharField(null=True)
     type = peewee.CharField()
@@ -706,6 +707,7 @@ _REPLACED_INDEXES = {
     "contact": ("contact_tenant_id",),
     "node_visit": ("node_visit_enrollment_id",),
     "scheduled_action": ("scheduled_action_enrollment_id",),
+    "message_event": ("message_event_message_id",),  # every event, timer or webhook, paid
 }
 
 
