@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -214,6 +215,15 @@ def clear_redis(client, *patterns: str) -> None:
         keys = list(client.scan_iter(match=pattern, count=1000))
         for start in range(0, len(keys), 1000):
             client.delete(*keys[start:start + 1000])
+
+
+def in_threads(work: Callable[[], None], count: int, name: str) -> None:
+    """Run ``work`` in ``count`` threads at once and wait for them all."""
+    threads = [threading.Thread(target=work, name=f"{name}-{n}") for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def wait_until(condition: Callable[[], bool], *, timeout_s: float, what: str,

@@ -27,7 +27,6 @@ import http.client
 import os
 import queue
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from email.message import EmailMessage
@@ -152,11 +151,7 @@ def post_all(port: int, bodies: Sequence[bytes], headers: Sequence[dict[str, str
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=poster, name=f"poster-{n}") for n in range(posters)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    _common.in_threads(poster, posters, "poster")
     if failures:
         raise RuntimeError(f"the endpoint answered {failures[0]}")
 

@@ -9,6 +9,7 @@ import pytest
 
 from outreach_actors.domain import engine
 from outreach_actors.domain.store.copy_insert import COPY_MIN_ROWS
+from outreach_actors.domain.store.db import is_postgresql
 from outreach_actors.domain.store.models import (
     MessageEvent,
     ScheduledAction,
@@ -121,3 +122,23 @@ def test_a_large_insert_returns_only_its_new_rows_and_refuses_a_conflict(enrollm
     assert MessageEvent.select().where(MessageEvent.event_key.startswith("k")).count() == count + 5
     with pytest.raises(peewee.IntegrityError):
         insert_rows(MessageEvent, event_rows("k", count))
+
+
+def test_large_inserts_of_many_transactions_reuse_one_staging_table(enrollment) -> None:
+    # A staging table made and dropped by every transaction wrote and deleted dozens of
+    # catalog rows each time: a busy worker bloated the catalogs wherever autovacuum lagged.
+    count = COPY_MIN_ROWS + 10
+    database = database_proxy.obj
+    with database.connection_context():
+        with pytest.raises(RuntimeError), database.atomic():  # one rolled back half-way
+            insert_rows(MessageEvent, event_rows("gone-", count))
+            raise RuntimeError("the worker died before its commit")
+        for batch in range(3):
+            with database.atomic():
+                insert_rows(MessageEvent, event_rows(f"b{batch}-", count))
+        assert len(stored_events("gone-")) == 0
+        assert all(len(stored_events(f"b{batch}-")) == count for batch in range(3))
+        if is_postgresql(database):  # (SQLite has no COPY: statements of values)
+            assert database.execute_sql(
+                "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_outreach\\_copy\\_%%' "
+                "AND relnamespace = pg_my_temp_schema()").fetchone()[0] == 1

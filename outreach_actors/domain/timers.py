@@ -206,7 +206,7 @@ def _fire(actions: list[ScheduledAction], now: datetime) -> dict[int, str]:
             logger.debug("Fired timeout action=%s event=%s enrollment=%s late_s=%.3f",
                          action.id, action.event, action.enrollment_id, lateness)
     if due:
-        logger.info("Fired %d timeouts (%s), the latest late_s=%.3f", len(due), ", ".join(
+        logger.info("Fired %d timeouts (%s), late_s at most %.3f", len(due), ", ".join(
             f"{event} {n}" for event, n in sorted(Counter(a.event for a in due).items())),
             latest)
     return outcomes

@@ -24,10 +24,15 @@ def copy_insert(database: peewee.Database, table: str, columns: Sequence[str],
     the ``ON CONFLICT ...``/``RETURNING ...`` of the INSERT. Returns the returned rows.
 
     Why a staging table rather than COPY into the table itself: COPY has no ``ON
-    CONFLICT`` and returns nothing. The staging table lives only for the transaction
-    (``ON COMMIT DROP``, so it also works behind a transaction pooler), and the insert
-    takes its rows out of it with ``DELETE ... RETURNING``, so a second call in the same
+    CONFLICT`` and returns nothing. The staging table is made once per connection and
+    emptied at each commit (``ON COMMIT DELETE ROWS``); behind a transaction pooler,
+    a transaction on a connection without it makes it there. The insert takes its
+    rows out of it with ``DELETE ... RETURNING``, so a second call in the same
     transaction starts from an empty one.
+
+    Why not a table per transaction (``ON COMMIT DROP``): each one writes and deletes
+    dozens of rows of the system catalogs, and a busy worker's batches left them
+    bloated wherever autovacuum lagged (or is off), slowing every later statement.
     """
     quoted = ", ".join(f'"{column}"' for column in columns)
     staging = f"_outreach_copy_{table}_{zlib.crc32(quoted.encode()):08x}"
@@ -45,7 +50,7 @@ def copy_insert(database: peewee.Database, table: str, columns: Sequence[str],
         cursor = database.cursor()
         # CREATE ... AS keeps the columns' types and drops their constraints: a staged
         # row is checked when it reaches the table.
-        cursor.execute(f'CREATE TEMP TABLE IF NOT EXISTS "{staging}" ON COMMIT DROP AS '
+        cursor.execute(f'CREATE TEMP TABLE IF NOT EXISTS "{staging}" ON COMMIT DELETE ROWS AS '
                        f'SELECT {quoted} FROM "{table}" WITH NO DATA')
         cursor.copy_expert(f'COPY "{staging}" ({quoted}) FROM STDIN WITH (FORMAT csv, '
                            f"NULL '{null}', FORCE_NULL ({quoted}))", buffer)
