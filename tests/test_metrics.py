@@ -50,16 +50,15 @@ def test_a_worker_started_with_metrics_exports_ours_and_dramatiqs(tmp_path) -> N
     # As an operator runs it: `dramatiq outreach_actors` with OUTREACH_METRICS_ENABLED;
     # Dramatiq's exporter adds up its worker processes through a shared directory.
     import os
-    import socket
     import subprocess
     import sys
     import urllib.request
 
+    from outreach_actors.dev.ports import free_port
+
     from .conftest import wait_until
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
     env.update({"OUTREACH_METRICS_ENABLED": "true", "OUTREACH_DATA_DIR": str(tmp_path / "var"),
                 "dramatiq_prom_port": str(port), "dramatiq_prom_host": "127.0.0.1",

@@ -17,18 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from outreach_actors.dev.ports import free_port
 from outreach_actors.domain.store.models import WebhookDelivery
 
 from .test_webhooks import assert_private_page
 
 IDLE_TIMEOUT_S = 2
 MAX_BODY = 64
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextmanager

@@ -5,7 +5,6 @@ Every send goes through the real ``sendgrid`` client to the SendGrid stand-in.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from dataclasses import replace
@@ -15,6 +14,7 @@ from email.utils import format_datetime
 
 import pytest
 
+from outreach_actors.dev.ports import free_port
 from outreach_actors.dev.standin import SendGridStandIn, error_body
 from outreach_actors.providers.sendgrid.client import (
     InvalidEmail,
@@ -168,9 +168,7 @@ def test_a_read_timeout_after_the_request_was_written_is_ambiguous(standin):
 
 def test_connection_refused_is_retried_because_nothing_was_sent():
     # Given a port that nothing listens on
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     sender = SendGridClient(API_KEY, host=f"http://127.0.0.1:{port}", timeout_s=1.0)
 
     outcome = sender.send(EMAIL)
