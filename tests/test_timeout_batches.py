@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import dramatiq
 import pytest
+from prometheus_client import REGISTRY
 
 from outreach_actors.domain import dispatch, engine, timers
 from outreach_actors.domain.store import models
@@ -63,11 +64,19 @@ def synthetic_events() -> Counter:
                    MessageEvent.select().where(MessageEvent.synthetic == True))  # noqa: E712
 
 
+def fired_counted() -> float:
+    """The outreach_events_total metric of fired no_open timers."""
+    return REGISTRY.get_sample_value(
+        "outreach_events_total", {"type": "no_open", "synthetic": "true"}) or 0.0
+
+
 def test_a_batch_fires_every_timer_once_and_a_replay_changes_nothing(db) -> None:
     due = sent_intros(20)
     ids = [timer.id for timer in due]
+    counted_before = fired_counted()
     outcomes = timers.fire_timeouts(ids)
     assert outcomes == dict.fromkeys(ids, "fired")
+    assert fired_counted() == counted_before + 20
     assert Counter(e.current_node for e in Enrollment.select()) == {"bump": 20}
     assert synthetic_events() == dict.fromkeys(ids, 1)
     # The bump emails are scheduled, one per contact.
@@ -77,6 +86,7 @@ def test_a_batch_fires_every_timer_once_and_a_replay_changes_nothing(db) -> None
     assert timers.fire_timeouts(ids) == dict.fromkeys(ids, "replay")
     assert timers.fire_timeouts(ids[::-1]) == dict.fromkeys(ids, "replay")
     assert synthetic_events() == dict.fromkeys(ids, 1)
+    assert fired_counted() == counted_before + 20
     assert Enrollment.select().where(Enrollment.version != 1).count() == 0
 
 

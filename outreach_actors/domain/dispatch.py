@@ -41,18 +41,18 @@ EnqueueSend = Callable[[str], None]
 # The dispatcher's read at every poll, as fixed SQL (see store/statements.py): the due
 # actions, earliest first, that no pause of their plan holds; whole rows, as
 # ScheduledAction.select() reads them. Locked (FOR UPDATE SKIP LOCKED) on PostgreSQL.
+_ACTION_COLUMNS = ", ".join(f'a."{field.column_name}"'
+                            for field in ScheduledAction._meta.sorted_fields)
 _DUE_ACTIONS = (
-    "SELECT " + ", ".join(f'a."{field.column_name}"' for field in ScheduledAction._meta.sorted_fields)
-    + " FROM scheduled_action AS a WHERE a.status = {p} AND a.run_at <= {p}"
+    "SELECT " + _ACTION_COLUMNS + " FROM scheduled_action AS a WHERE a.status = {p} AND a.run_at <= {p}"
     " AND NOT " + plan_paused_sql("a.enrollment_id") + " ORDER BY a.run_at LIMIT {p}"
 )
 _LOCK = " FOR UPDATE SKIP LOCKED"
 # The same read of the actions named by their keys (``{keys}`` as ids_condition gives
 # it): what a unit of work scheduled, dispatched once it commits.
 _DUE_BY_KEY = (
-    "SELECT " + ", ".join(f'a."{field.column_name}"' for field in ScheduledAction._meta.sorted_fields)
-    + " FROM scheduled_action AS a WHERE a.dedupe_key {keys} AND a.status = {p}"
-    " AND a.run_at <= {p} AND NOT " + plan_paused_sql("a.enrollment_id")
+    "SELECT " + _ACTION_COLUMNS + " FROM scheduled_action AS a WHERE a.dedupe_key {keys}"
+    " AND a.status = {p} AND a.run_at <= {p} AND NOT " + plan_paused_sql("a.enrollment_id")
 )
 # Claimed actions marked enqueued; ``{ids}`` as statements.ids_condition gives it. By
 # primary key alone: the rows are ours (locked FOR UPDATE SKIP LOCKED on PostgreSQL, the

@@ -201,14 +201,15 @@ def _fire(actions: list[ScheduledAction], now: datetime) -> dict[int, str]:
         lateness = (now - action.run_at).total_seconds()
         latest = max(latest, lateness)
         observe("outreach_timer_lateness_seconds", lateness)
-        count("outreach_events_total", type=action.event, synthetic="true")
         if each:
             logger.debug("Fired timeout action=%s event=%s enrollment=%s late_s=%.3f",
                          action.id, action.event, action.enrollment_id, lateness)
+    fired = sorted(Counter(action.event for action in due).items())
+    for event, events_of_type in fired:  # one increment per type, as ingest counts
+        count("outreach_events_total", events_of_type, type=event, synthetic="true")
     if due:
-        logger.info("Fired %d timeouts (%s), late_s at most %.3f", len(due), ", ".join(
-            f"{event} {n}" for event, n in sorted(Counter(a.event for a in due).items())),
-            latest)
+        logger.info("Fired %d timeouts (%s), late_s at most %.3f", len(due),
+                    ", ".join(f"{event} {n}" for event, n in fired), latest)
     return outcomes
 
 
