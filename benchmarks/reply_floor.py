@@ -26,21 +26,22 @@ from __future__ import annotations
 import argparse
 import os
 import queue
-import subprocess
+import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import _common
 import psycopg2
 import replies
 
-from outreach_actors.dev.ports import free_port
 from outreach_actors.dev.standin import SendGridStandIn
 from outreach_actors.domain.mail.outgoing import OutgoingEmail
 from outreach_actors.providers.sendgrid.client import sendgrid_client_from_settings
 
+NAMESPACE = "outreach-bench-reply-floor"
 TABLE = "reply_floor_post"
 THREADS = 8
 WARM_UP = 40
@@ -66,6 +67,21 @@ def serve(database_url: str, port: int) -> None:
         return [b"ok"]
 
     waitress.serve(app, host="127.0.0.1", port=port, threads=THREADS, _quiet=True)
+
+
+class BareApp(_common.WebServer):
+    """``serve`` below in a subprocess, on a free port (started and stopped as the
+    benchmarks' ``outreach serve`` is)."""
+
+    name, log_name, stop_signal = "the bare app", "bare-app.log", signal.SIGTERM
+
+    def __init__(self, environment: dict[str, str], database_url: str) -> None:
+        super().__init__(environment, threads=THREADS)
+        self.database_url = database_url
+
+    def command(self) -> list[str]:
+        return [sys.executable, str(Path(__file__).resolve()), "serve", self.database_url,
+                str(self.port)]
 
 
 def machine_busy_s() -> float:
@@ -141,20 +157,15 @@ def main() -> None:
               for n in range(WARM_UP + count)]
     boundary = template.split(b"\r\n", 1)[0][2:].decode()
     headers = [{"Content-Type": f"multipart/form-data; boundary={boundary}"}] * len(bodies)
-    port = free_port()
-    server = subprocess.Popen([sys.executable, __file__, "serve", url, str(port)])
-    try:
-        _common.wait_until(lambda: _listening(port), timeout_s=30, what="the bare app")
-        replies.post_all(port, bodies[:WARM_UP], headers[:WARM_UP], THREADS)
-        stored = measured(lambda: replies.post_all(port, bodies[WARM_UP:], headers[WARM_UP:],
-                                                   THREADS), count)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     with SendGridStandIn(api_key=replies.API_KEY) as standin:
-        settings = _common.install(_common.bench_environment(
-            url, _common.REDIS_URL, "outreach-bench-reply-floor",
-            OUTREACH_SENDGRID_API_KEY=replies.API_KEY, OUTREACH_SENDGRID_API_HOST=standin.host))
+        environment = _common.bench_environment(
+            url, _common.REDIS_URL, NAMESPACE,
+            OUTREACH_SENDGRID_API_KEY=replies.API_KEY, OUTREACH_SENDGRID_API_HOST=standin.host)
+        settings = _common.install(environment)
+        with BareApp(environment, url) as app:
+            replies.post_all(app.port, bodies[:WARM_UP], headers[:WARM_UP], THREADS)
+            stored = measured(lambda: replies.post_all(
+                app.port, bodies[WARM_UP:], headers[WARM_UP:], THREADS), count)
         forward_all(settings, url, list(range(1, WARM_UP + 1)))
         forwarded = measured(lambda: forward_all(
             settings, url, list(range(WARM_UP + 1, WARM_UP + count + 1))), count)
@@ -165,13 +176,6 @@ def main() -> None:
           f"forwarded: {forwarded[0]:,.0f}/s, machine CPU {forwarded[1]:.2f} ms per reply\n"
           f"floor:     {total:.2f} ms per reply: at most {cores * 1000 / total:,.0f} replies/s "
           f"on {cores} cores (replies.py's target: {replies.TARGET_PER_S}/s)")
-
-
-def _listening(port: int) -> bool:
-    import socket
-
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 if __name__ == "__main__":
