@@ -141,9 +141,10 @@ class Settings(BaseModel):
     # Timers due together are fired by one message, in batches of at most this many
     # (a batch runs the same statements whatever its size, so a larger one costs less
     # per timer); sends due together are rendered by one message, in batches of at
-    # most this many.
+    # most this many (a batch's message, read, write and round trip to a render process
+    # are shared by its emails; its emails are sent one message each either way).
     timeout_batch_size: int = 1000
-    render_batch_size: int = 20
+    render_batch_size: int = 100
     # Each render of a tenant's template (and each check of one) runs in a render
     # process of its own, held to these: memory beyond what the process holds as the
     # render starts (bytes, or a size such as 256MiB), CPU time (whole seconds, as the
