@@ -180,6 +180,22 @@ def test_sends_due_together_are_rendered_in_batches_and_each_sent_once(
     assert OutboundMessage.select().where(OutboundMessage.status == "sent").count() == 10
 
 
+def test_a_render_batch_out_of_time_hands_the_rest_to_a_batch_of_their_own(
+        data_dir, sqlite_db, stub_broker, stub_worker, standin, monkeypatch) -> None:
+    from outreach_actors.worker.actors import mail
+
+    # Given three contacts due together, and render batches with no time to spare
+    monkeypatch.setattr(mail, "RENDER_BATCH_BUDGET_S", 0)
+    emails = ["ada@example.com", "bob@example.com", "cy@example.com"]
+    with campaign(stub_broker, data_dir, standin, emails) as seen:
+        pass
+    # Then each batch rendered one and handed on the rest, and each email went out once
+    (first,), (second,), (third,) = seen.args["render_batch"]
+    assert (len(first), second, third) == (3, first[1:], first[2:])
+    assert recipients(standin) == emails
+    assert OutboundMessage.select().where(OutboundMessage.status == "sent").count() == 3
+
+
 def test_a_render_that_faults_in_its_batch_is_rendered_alone_and_holds_back_no_other(
         data_dir, sqlite_db, stub_broker, stub_worker, standin, monkeypatch) -> None:
     from outreach_actors.domain import mail as delivery

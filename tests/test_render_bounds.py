@@ -365,6 +365,22 @@ def test_a_batch_fails_each_bomb_alone_as_a_render_of_its_own_would(
             assert outcome.text == f"1. Contact {index}\n2. n{index}"
 
 
+def test_a_batch_out_of_time_renders_what_it_started_and_leaves_the_rest(
+        renderer: IsolatedRenderer) -> None:
+    # Given three emails rendered as one batch, with no time to spare
+    emails = [{"subject": "Hi {{ contact.first_name }}", "template": None,
+               "body": "<p>{{ node.name }}</p>", "context": context(f"n{index}")}
+              for index in range(3)]
+
+    out_of_time = renderer.render_emails(emails, budget_seconds=0)
+    with_time = renderer.render_emails(emails, budget_seconds=60)
+
+    # Then the first was rendered all the same (a batch always gets somewhere), and no
+    # other was started; with time to spare, all three were
+    assert [email.text for email in out_of_time] == ["n0"]
+    assert [email.text for email in with_time] == ["n0", "n1", "n2"]
+
+
 @pytest.mark.timeout(60)
 def test_a_render_of_a_batch_past_the_wall_clock_limit_is_stopped_alone() -> None:
     patient = IsolatedRenderer(TEMPLATES, RenderLimits(memory_bytes=128 * 2**20, cpu_seconds=60,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -225,6 +225,9 @@ class RenderedBatch:
     #: The actions whose render raised (not a RenderError, which fails the send as
     #: the README says, but a fault), each with its error; nothing of theirs is stored.
     raised: dict[int, Exception]
+    #: The actions not rendered for lack of time (see render_for_send_many's budget),
+    #: in the batch's order; nothing of theirs is stored.
+    deferred: list[int] = field(default_factory=list)
 
 
 class _Rendered(NamedTuple):
@@ -235,7 +238,8 @@ class _Rendered(NamedTuple):
 
 
 def render_for_send_many(action_ids: Sequence[int], *, settings: Settings | None = None,
-                         now: datetime | None = None) -> RenderedBatch:
+                         now: datetime | None = None,
+                         budget_seconds: float | None = None) -> RenderedBatch:
     """Render the emails of send actions and store them (see render_for_send).
 
     In the usual case one joined read for the whole batch, then one write of every
@@ -244,7 +248,8 @@ def render_for_send_many(action_ids: Sequence[int], *, settings: Settings | None
     finished (its message is stored atomically with the finish) or when the write
     finds it there (two renders of the action raced). An action whose render raises is
     left out of the write and reported, so that one contact's fault does not hold
-    back the others.
+    back the others. With ``budget_seconds``, the renders that would start after that
+    long are left for another call (RenderedBatch.deferred; see render_emails).
     """
     settings = settings or get_settings()
     now = now or utcnow()
@@ -267,11 +272,13 @@ def render_for_send_many(action_ids: Sequence[int], *, settings: Settings | None
     # The batch's emails go to a render process together (see IsolatedRenderer.render_emails).
     try:
         emails = renderer_for(settings.templates_dir, settings).render_emails(
-            [prepared.email for prepared in pending.values()]) if pending else []
+            [prepared.email for prepared in pending.values()],
+            budget_seconds=budget_seconds) if pending else []
     except Exception as exc:  # render processes could not be had: each action alone
         raised.update(dict.fromkeys(pending, exc))
         pending, emails = {}, []
-    for (action_id, prepared), email in zip(pending.items(), emails, strict=True):
+    deferred = list(pending)[len(emails):]
+    for (action_id, prepared), email in zip(pending.items(), emails, strict=False):
         try:
             outcome = _finish_one(prepared, email, now)
         except Exception as exc:
@@ -283,7 +290,7 @@ def render_for_send_many(action_ids: Sequence[int], *, settings: Settings | None
             rendered[action_id] = outcome
     orders.update(_store_rendered(rendered, now))
     return RenderedBatch({action_id: orders[action_id] for action_id in action_ids
-                          if action_id in orders}, raised)
+                          if action_id in orders}, raised, deferred)
 
 
 class _Pending(NamedTuple):

@@ -22,6 +22,7 @@ import os
 import resource
 import signal
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -88,7 +89,8 @@ class IsolatedRenderer:
             raise rendered
         return rendered
 
-    def render_emails(self, emails: Sequence[dict[str, Any]]) -> list[RenderedEmail | RenderError]:
+    def render_emails(self, emails: Sequence[dict[str, Any]], *,
+                      budget_seconds: float | None = None) -> list[RenderedEmail | RenderError]:
         """Render several emails (each given as render_email's keywords), each held to the
         bounds as if alone: its RenderedEmail, or the RenderError render_email would raise.
 
@@ -96,17 +98,25 @@ class IsolatedRenderer:
         email (its IPC and wake-ups cost it as much CPU as a render). Should one of them
         end the process, it and those after it are rendered again each alone, so that
         only it fails, as render_email says.
+
+        With ``budget_seconds``, no render starts once that much time has passed since
+        the call (the first always starts): the answers are then for the emails up to
+        there, and the caller renders the rest another time. Each render is bounded, but
+        a batch of slow ones would hold its thread for the sum of their bounds.
         """
+        deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
         answers: list[tuple] = []
         if len(emails) > 1:
             outcome = render_pool(self.limits).run(
                 ("render_many", str(self.templates_dir), list(emails),
-                 self.limits.timeout_seconds), jobs=len(emails))
+                 self.limits.timeout_seconds, deadline), jobs=len(emails))
             if outcome[0] == "rendered_many":
                 answers = outcome[1]
         results: list[RenderedEmail | RenderError] = [
             _rendered(answer, email["context"]) for answer, email in zip(answers, emails, strict=False)]
         for email in emails[len(answers):]:
+            if results and deadline is not None and time.monotonic() >= deadline:
+                break
             try:
                 results.append(self.render_email(**email))
             except RenderError as exc:
@@ -364,9 +374,12 @@ def serve(connection: Connection, part: Any, memory_bytes: int, cpu_seconds: int
             _limit_job(memory_bytes, cpu_seconds, hard)
             connection.send(_answer(job, renderers, part, memory_bytes))
             continue
-        _, templates_dir, emails, timeout_seconds = job
+        _, templates_dir, emails, timeout_seconds, deadline = job
         answers, spent = [], False
         for email in emails:
+            # The caller's deadline: time.monotonic is one clock for every process of the machine.
+            if answers and deadline is not None and time.monotonic() >= deadline:
+                break  # out of time: the pool's caller renders the rest another time
             _limit_job(memory_bytes, cpu_seconds, hard)
             signal.setitimer(signal.ITIMER_REAL, timeout_seconds)
             answer, spent = _answer(("render", templates_dir, email), renderers, part,

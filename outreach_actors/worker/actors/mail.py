@@ -45,13 +45,26 @@ def render(action_id: int) -> dict | str | None:
     return render_for_send(action_id)
 
 
+# How long one render_batch message starts renders for: each render is bounded
+# (OUTREACH_RENDER_CPU_LIMIT, OUTREACH_RENDER_TIMEOUT), but a batch of a tenant's slow
+# templates would hold its thread for the sum, past Dramatiq's time limit (10 minutes),
+# which would fail the batch and the others' emails in it again at every retry.
+RENDER_BATCH_BUDGET_S = 60.0
+
+
 @dramatiq.actor(queue_name=RENDER_QUEUE, max_retries=5)
 def render_batch(action_ids: list[int]) -> None:
     """Render the emails of send actions that came due together, and enqueue a send for
     each: what `render` and its pipe do, with one message, one read and one write for
     the batch. An action whose render fails (a fault, not a template error) goes to
-    `render` alone, with retries of its own, and holds back none of the others."""
-    batch = render_for_send_many(action_ids)
+    `render` alone, with retries of its own, and holds back none of the others; those
+    left when the batch's time is up (RENDER_BATCH_BUDGET_S) go to a batch of their own."""
+    batch = render_for_send_many(action_ids, budget_seconds=RENDER_BATCH_BUDGET_S)
+    if batch.deferred:
+        logger.warning("Render batch out of time after %d of its %d actions; the other %d go to "
+                       "a batch of their own", len(action_ids) - len(batch.deferred),
+                       len(action_ids), len(batch.deferred))
+        render_batch.send(batch.deferred)
     for action_id, error in batch.raised.items():
         logger.warning("Render of action=%s failed in a batch (%s: %s); it is rendered alone",
                        action_id, type(error).__name__, error)
