@@ -115,7 +115,7 @@ class IsolatedRenderer:
         results: list[RenderedEmail | RenderError] = [
             _rendered(answer, email["context"]) for answer, email in zip(answers, emails, strict=False)]
         for email in emails[len(answers):]:
-            if results and deadline is not None and time.monotonic() >= deadline:
+            if results and _past(deadline):
                 break
             try:
                 results.append(self.render_email(**email))
@@ -343,6 +343,13 @@ def _exit_description(code: int | None) -> str:
     return f"exit status {code}"
 
 
+def _past(deadline: float | None) -> bool:
+    """Whether a batch's deadline (a time.monotonic() value, or None for none) has come:
+    asked in the pool's caller and in the render process alike, since time.monotonic is
+    one clock for every process of the machine."""
+    return deadline is not None and time.monotonic() >= deadline
+
+
 def _mib(size: int) -> str:
     return f"{size / 2**20:g} MiB"
 
@@ -377,8 +384,7 @@ def serve(connection: Connection, part: Any, memory_bytes: int, cpu_seconds: int
         _, templates_dir, emails, timeout_seconds, deadline = job
         answers, spent = [], False
         for email in emails:
-            # The caller's deadline: time.monotonic is one clock for every process of the machine.
-            if answers and deadline is not None and time.monotonic() >= deadline:
+            if answers and _past(deadline):
                 break  # out of time: the pool's caller renders the rest another time
             _limit_job(memory_bytes, cpu_seconds, hard)
             signal.setitimer(signal.ITIMER_REAL, timeout_seconds)
