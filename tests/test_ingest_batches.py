@@ -9,6 +9,8 @@ import peewee
 import pytest
 
 from outreach_actors.domain import engine, ingest
+from outreach_actors.domain.stats import funnel
+from outreach_actors.domain.store.copy_insert import COPY_MIN_ROWS
 from outreach_actors.domain.store.models import (
     Enrollment,
     MessageEvent,
@@ -162,3 +164,27 @@ def test_an_ambiguous_send_in_a_batch_is_resolved_and_its_contact_moves(contacts
     assert OutboundMessage.get_by_id("MSG-ada").status == "sent"
     assert reload(contacts["ada"]).current_node == "opened"
     assert reload(contacts["bob"]).current_node == "opened"
+
+
+def test_a_delivery_of_sendgrid_size_stores_each_event_once_and_moves_each_contact_once(
+        contacts) -> None:
+    # SendGrid posts up to thousands of events at once: more than COPY_MIN_ROWS go
+    # through COPY on PostgreSQL, with the same conflicts and keys returned.
+    batch = [event(name, "deferred", n, response="421 try later", attempt=str(n))
+             for name in NAMES for n in range(1, 81)]
+    batch += [event(name, "open", 100) for name in NAMES]
+    batch.append(batch[0])  # an event twice in one delivery
+    assert len(batch) > COPY_MIN_ROWS
+    first = normalize_delivery(store(batch))
+    again = normalize_delivery(store(batch))  # the same batch delivered twice
+    assert (first.status, first.stored, first.duplicates) == ("processed", len(batch) - 1, 1)
+    assert (again.stored, again.duplicates) == (0, len(batch))
+    assert MessageEvent.select().count() == len(batch) - 1
+    for name in NAMES:
+        assert visited(reload(contacts[name])) == ["intro", "opened"], name
+        deferrals = MessageEvent.select().where(MessageEvent.message == f"MSG-{name}",
+                                                MessageEvent.type == "deferred")
+        assert sorted(row.data["attempt"] for row in deferrals) == sorted(
+            str(n) for n in range(1, 81))
+    [intro] = [row for row in funnel() if row["node"] == "intro"]
+    assert intro["opened"] == len(NAMES)  # each email's opens count once

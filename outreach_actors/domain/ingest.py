@@ -67,7 +67,6 @@ from outreach_actors.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
-INSERT_CHUNK = 500
 LOOKUP_CHUNK = 1000
 MAX_ERRORS_KEPT = 20
 # Column widths (Peewee's CharField default) that provider-supplied text must fit.
@@ -524,7 +523,7 @@ def _sort_batch(
 def _insert(rows: list[dict[str, Any]]) -> list[str]:
     """Insert the events, ignoring known keys; the keys that were new."""
     return insert_rows(MessageEvent, rows, ignore_conflicts=True, conflict_target="event_key",
-                       returning="event_key", rows_per_statement=INSERT_CHUNK)
+                       returning="event_key")
 
 
 def _react(

@@ -291,13 +291,16 @@ def _postgresql_triggers() -> list[str]:
         # Runs after outreach_count_events (triggers fire in the order of their names),
         # so it sees a pair a concurrent transaction counted first; the row lock makes
         # two earlier copies at once move the count one after the other, each from the
-        # day the other left it on.
+        # day the other left it on. Each pair is looked up by its key (LATERAL), in key
+        # order: a join left to the planner hashed the whole table where its statistics
+        # were stale (a new table, or autovacuum behind), at every batch of events.
         function(_DAY_MARKER,
                  f"WITH named AS ({first_copies}), "
-                 "earlier AS (SELECT c.message_id, c.name, c.first_at AS was, n.at "
-                 "FROM counted_event c JOIN named n "
-                 "ON n.message_id = c.message_id AND n.name = c.name "
-                 "WHERE n.at < c.first_at ORDER BY 1, 2 FOR UPDATE OF c), "
+                 "earlier AS (SELECT c.message_id, c.name, c.was, c.at "
+                 "FROM (SELECT * FROM named ORDER BY 1, 2) n CROSS JOIN LATERAL ("
+                 "SELECT c.message_id, c.name, c.first_at AS was, n.at FROM counted_event c "
+                 "WHERE c.message_id = n.message_id AND c.name = n.name "
+                 "AND n.at < c.first_at FOR UPDATE) c), "
                  "moved AS (UPDATE counted_event c SET first_at = earlier.at FROM earlier "
                  "WHERE c.message_id = earlier.message_id AND c.name = earlier.name "
                  "RETURNING earlier.message_id, earlier.name, earlier.was, earlier.at) "

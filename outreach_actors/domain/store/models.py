@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 import weakref
@@ -45,15 +46,14 @@ def new_message_id() -> str:
 class JSONField(peewee.TextField):
     """JSON stored as text, so the same schema works on SQLite and PostgreSQL."""
 
-    def db_value(self, value):
-        import json
+    # One encoder for every value: json.dumps with an argument builds a new one per call.
+    _encoder = json.JSONEncoder(default=str)
 
+    def db_value(self, value):
         # Key order is kept: a plan's nodes are listed in the order they were written.
-        return None if value is None else json.dumps(value, default=str)
+        return None if value is None else self._encoder.encode(value)
 
     def python_value(self, value):
-        import json
-
         return None if value is None else json.loads(value)
 
 
