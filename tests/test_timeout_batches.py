@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from datetime import timedelta
 
@@ -21,7 +22,7 @@ from outreach_actors.domain.store.models import (
     utcnow,
 )
 from outreach_actors.settings import configure
-from outreach_actors.worker.actors.mail import enqueue_actions, fire_timeouts
+from outreach_actors.worker.actors.mail import enqueue_actions, fire_timeouts, render_batch
 
 from .conftest import counting, make_settings
 from .factories import THREE_NODE_PLAN, load_plan, make_tenant
@@ -224,3 +225,50 @@ def test_enqueued_timers_travel_in_batches_and_sends_in_pipelines(stub_broker, d
     assert [(m.actor_name, sorted(m.args[0])) for m in timeout_messages] == [
         (fire_timeouts.actor_name, sorted(t.id for t in due))]
     assert stub_broker.queues["render"].qsize() == 1
+
+
+class _Recorder(dramatiq.Middleware):
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+
+    def before_process_message(self, broker, message) -> None:
+        self.ran.append(message.actor_name)
+
+
+def test_a_worker_holding_renders_and_timers_fires_the_timers_first(stub_broker, sqlite_db) -> None:
+    def taken(queue_name: str) -> None:
+        while stub_broker.queues[queue_name].qsize():
+            time.sleep(0.01)
+        time.sleep(0.1)  # from the consumer to the worker's own queue
+
+    recorder = _Recorder()
+    stub_broker.add_middleware(recorder)
+    started, release = threading.Event(), threading.Event()
+
+    @dramatiq.actor(queue_name="busy", broker=stub_broker)
+    def busy() -> None:
+        started.set()
+        release.wait(10)
+
+    worker = dramatiq.Worker(stub_broker, worker_timeout=50, worker_threads=1)
+    worker.start()
+    try:
+        # Given the worker's one thread busy, and holding renders taken before a timer
+        # batch (two: what a consumer of a one-thread worker takes ahead)
+        busy.send()
+        assert started.wait(10)
+        for missing in range(2):  # distinct arguments: duplicates would be skipped
+            render_batch.send([-1 - missing])
+        taken("render")
+        fire_timeouts.send([-1])
+        taken("timeouts")
+        # When the thread is free again
+        release.set()
+        stub_broker.join("render")
+        stub_broker.join("timeouts")
+        worker.join()
+    finally:
+        release.set()
+        worker.stop()
+    # Then the timers went first, the renders after them
+    assert recorder.ran == ["busy", fire_timeouts.actor_name] + [render_batch.actor_name] * 2

@@ -176,16 +176,22 @@ def send(order: dict | str | None) -> None:
         raise quiet_skip(message.message_id, f"send of {message_id} held: {result.detail}")
 
 
+# Of the messages a worker process holds, timers run first (lower runs first; Dramatiq's
+# default is 0): firing one is a short transaction that decides what is sent next, and
+# behind a burst of renders and sends it fired late and held back its own follow-up.
+TIMER_PRIORITY = -10
+
+
 # The dispatcher sends batches (fire_timeouts); this single-timer actor stays so that
 # messages enqueued by an earlier version, still in a broker, are still processed.
-@dramatiq.actor(queue_name=TIMER_QUEUE, max_retries=10)
+@dramatiq.actor(queue_name=TIMER_QUEUE, max_retries=10, priority=TIMER_PRIORITY)
 def fire_timeout(action_id: int) -> None:
     """Fire a due timeout: a synthetic no_open/no_click/elapsed event, exactly once."""
     with dispatch.dispatch_after_commit(enqueue_actions):
         timers.fire_timeout(action_id)
 
 
-@dramatiq.actor(queue_name=TIMER_QUEUE, max_retries=10)
+@dramatiq.actor(queue_name=TIMER_QUEUE, max_retries=10, priority=TIMER_PRIORITY)
 def fire_timeouts(action_ids: list[int]) -> None:
     """Fire a batch of timeouts that came due together (see timers.fire_timeouts); the
     sends and timers their moves schedule due soon are enqueued once they commit."""
