@@ -87,6 +87,7 @@ class Round:
     email_cpu: dict[str, float]
     noop_cpu: dict[str, float]
     timeouts_per_s: float
+    timeout_cpu: dict[str, float]
 
 
 ROUNDS = 5
@@ -181,9 +182,13 @@ def measure_emails(settings: Settings, standin: SendGridStandIn, workers: _commo
     return count / (finished - started), cpu.ms_per_item(count)
 
 
-def measure_timeouts(settings: Settings, plan: models.Plan, count: int) -> float:
+def measure_timeouts(settings: Settings, plan: models.Plan, count: int, workers: _common.Workers,
+                     database: str) -> tuple[float, dict[str, float]]:
+    """Timeouts per second, and the CPU of a timeout (with its share of the bumps
+    rendered and sent meanwhile; see CpuMeter)."""
     now = utcnow()
     timers = _common.seed_sent_messages(plan, "quiet", [now] * count)
+    cpu = _common.CpuMeter(workers, database=database)
     # As the dispatcher runs in production: a claim of OUTREACH_DISPATCH_BATCH_SIZE at a
     # time, each enqueued before the next, so the workers start on the first while it
     # claims the rest (one claim of them all kept the workers waiting for it).
@@ -193,11 +198,16 @@ def measure_timeouts(settings: Settings, plan: models.Plan, count: int) -> float
     dispatch.dispatch_due_actions(enqueue_actions, settings=settings)
     finished = _common.wait_until(lambda: _common.finished(timers) >= count, timeout_s=600,
                                   what=f"{count} timeouts fired", interval_s=0.05)
+    spent = cpu.ms_per_item(count)
     synthetic = models.MessageEvent.select().where(models.MessageEvent.type == "no_open").count()
     moved = Enrollment.select().where(Enrollment.current_node == "bump").count()
     if synthetic != count or moved != count:
         raise RuntimeError(f"{synthetic} no_open events and {moved} moves, expected {count}")
-    return count / (finished - started)
+    # The bumps are let finish (untimed): the next round empties the tables they write.
+    bumps = models.OutboundMessage.select().where(
+        models.OutboundMessage.node == "bump", models.OutboundMessage.status == "sent")
+    _common.wait_until(lambda: bumps.count() >= count, timeout_s=600, what=f"{count} bumps sent")
+    return count / (finished - started), spent
 
 
 def profiled(workers: _common.Workers, profile_dir: Path | None, name: str) -> ExitStack:
@@ -267,10 +277,12 @@ def run(quick: bool, database_url: str = _common.DATABASE_URL,
                     _common.clear_redis(client, *state_keys)
                     plan = _common.seed_tenant(sample_plan())
                     with profiled(workers, profile_dir, f"timeouts-{round_number}"):
-                        timeouts.append(measure_timeouts(settings, plan, size.timeouts))
+                        timeouts_per_s, timeout_cpu = measure_timeouts(
+                            settings, plan, size.timeouts, workers, database_name)
+                    timeouts.append(timeouts_per_s)
                     if on_round:
                         on_round(round_number, Round(emails_per_s, noop_per_s, email_cpu,
-                                                     noop_cpu, timeouts[-1]))
+                                                     noop_cpu, timeouts_per_s, timeout_cpu))
         finally:
             database.close_all()
             _common.clear_redis(client, f"{NAMESPACE}*")
@@ -310,7 +322,8 @@ def main() -> None:
                   f"{measured.emails_per_s / measured.noop_per_s:.3f}; timeouts "
                   f"{measured.timeouts_per_s:.1f}/s\n"
                   f"  CPU ms per email: {_common.cpu_split(measured.email_cpu)}\n"
-                  f"  CPU ms per chain: {_common.cpu_split(measured.noop_cpu)}", flush=True)
+                  f"  CPU ms per chain: {_common.cpu_split(measured.noop_cpu)}\n"
+                  f"  CPU ms per timeout: {_common.cpu_split(measured.timeout_cpu)}", flush=True)
 
     figures = run(options.quick, options.database_url, options.redis_url, options.profile,
                   options.processes, options.threads, options.rounds, print_round)
