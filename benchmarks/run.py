@@ -4,7 +4,8 @@ Each benchmark module exposes ``run(quick) -> {name: {"value", "unit",
 "reference", "ratio"}}`` and runs here in a process of its own (each installs its
 own settings, broker and database binding). A benchmark that fails shows its
 error in place of its figures and makes this script exit non-zero; chaos.py is
-run when it exists.
+run when it exists. Each starts once the machine has settled (see settle): the one
+before it can leave work behind that a CPU-bound figure would share the cores with.
 
 Usage: python benchmarks/run.py [--quick] [--json]
 """
@@ -20,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import psutil
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 # In order, with the figures each one must report (a failed one shows them as errors).
@@ -53,6 +56,18 @@ BENCHMARKS: dict[str, tuple[str, ...]] = {
 }
 OPTIONAL = {"chaos"}
 TIMEOUT_S = {True: 600, False: 3600}
+# Settled: at most this share of the CPUs busy over a second, waited for up to SETTLE_MAX_S.
+SETTLED_BUSY_PERCENT = 10.0
+SETTLE_MAX_S = 60.0
+
+
+def settle() -> float:
+    """Wait until the machine is settled (or SETTLE_MAX_S passed); the seconds waited."""
+    started = time.monotonic()
+    while (psutil.cpu_percent(interval=1.0) > SETTLED_BUSY_PERCENT
+           and time.monotonic() - started < SETTLE_MAX_S):
+        pass
+    return time.monotonic() - started
 
 
 def run_one(name: str, quick: bool, output: Path) -> None:
@@ -122,11 +137,12 @@ def print_table(results: dict[str, tuple[dict[str, dict], str | None, float]]) -
 
 
 def report_progress(name: str, figures: dict[str, dict], error: str | None,
-                    elapsed: float) -> None:
+                    elapsed: float, settled_s: float) -> None:
     """One line per benchmark on stderr as it ends: a full run takes long."""
     told = error if error is not None else ", ".join(
         f"{figure} {_cell(entry['value'])}" for figure, entry in figures.items())
-    print(f"{name} ({elapsed:.0f} s): {told}", file=sys.stderr, flush=True)
+    print(f"{name} ({elapsed:.0f} s, after {settled_s:.0f} s settling): {told}",
+          file=sys.stderr, flush=True)
 
 
 def main() -> None:
@@ -146,8 +162,9 @@ def main() -> None:
     for name in BENCHMARKS:
         if name in OPTIONAL and not (BENCHMARKS_DIR / f"{name}.py").exists():
             continue
+        settled_s = settle()
         results[name] = run_benchmark(name, options.quick)
-        report_progress(name, *results[name])
+        report_progress(name, *results[name], settled_s)
     failed = [name for name, (_f, error, _e) in results.items() if error is not None]
     if options.json:
         merged: dict[str, dict] = {}
