@@ -255,16 +255,19 @@ def run(quick: bool, database_url: str = _common.DATABASE_URL,
         settings = _common.install(environment)
         broker = dramatiq.get_broker()
         database = _common.fresh_schema()
+        measured: list[Round] = []
         try:
             with database.connection_context(), _common.Workers(
                 environment, modules=("pipeline",), processes=processes, threads=threads,
             ) as workers:
-                pairs = []
-                timeouts: list[float] = []
-                for round_number in range(1, rounds + 1):
+                def fresh_tenant() -> models.Plan:
+                    """Empty tables and rate-limit/idempotency state; the tenant's plan."""
                     _common.truncate_all()
                     _common.clear_redis(client, *state_keys)
-                    _common.seed_tenant(sample_plan())
+                    return _common.seed_tenant(sample_plan())
+
+                for round_number in range(1, rounds + 1):
+                    fresh_tenant()
                     noop_per_s, noop_cpu = measure_noop_chains(
                         broker, workers, size.noop_chains,
                         settings.worker_idle_poll_interval.total_seconds(), database_name)
@@ -272,27 +275,24 @@ def run(quick: bool, database_url: str = _common.DATABASE_URL,
                     with profiled(workers, profile_dir, f"emails-{round_number}"):
                         emails_per_s, email_cpu = measure_emails(
                             settings, standin, workers, size.emails, database_name)
-                    pairs.append((emails_per_s, noop_per_s))
-                    _common.truncate_all()
-                    _common.clear_redis(client, *state_keys)
-                    plan = _common.seed_tenant(sample_plan())
+                    plan = fresh_tenant()
                     with profiled(workers, profile_dir, f"timeouts-{round_number}"):
                         timeouts_per_s, timeout_cpu = measure_timeouts(
                             settings, plan, size.timeouts, workers, database_name)
-                    timeouts.append(timeouts_per_s)
+                    measured.append(Round(emails_per_s, noop_per_s, email_cpu, noop_cpu,
+                                          timeouts_per_s, timeout_cpu))
                     if on_round:
-                        on_round(round_number, Round(emails_per_s, noop_per_s, email_cpu,
-                                                     noop_cpu, timeouts_per_s, timeout_cpu))
+                        on_round(round_number, measured[-1])
         finally:
             database.close_all()
             _common.clear_redis(client, f"{NAMESPACE}*")
-    emails_per_s = statistics.median(emails for emails, _ in pairs)
-    noop_per_s = statistics.median(noop for _, noop in pairs)
-    timeouts_per_s = statistics.median(timeouts)
+    emails_per_s = statistics.median(r.emails_per_s for r in measured)
+    noop_per_s = statistics.median(r.noop_per_s for r in measured)
+    timeouts_per_s = statistics.median(r.timeouts_per_s for r in measured)
     return {
         "emails_per_s": _common.figure(
             round(emails_per_s, 1), "emails/s", round(noop_per_s, 1),
-            ratio=statistics.median(emails / noop for emails, noop in pairs)),
+            ratio=statistics.median(r.emails_per_s / r.noop_per_s for r in measured)),
         "noop_chain_per_s": _common.figure(round(noop_per_s, 1), "chains/s", None),
         "timeouts_per_s": _common.figure(
             round(timeouts_per_s, 1), "timeouts/s", TIMEOUTS_TARGET_PER_S),
