@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -78,6 +79,41 @@ def test_a_terminated_demo_stops_every_process_it_started(tmp_path: Path, signal
     assert demo.returncode == 128 + getattr(signal, signal_name), output[-3000:]
     _, alive = psutil.wait_procs(started, timeout=10)
     assert [" ".join(process.cmdline()) for process in alive] == []
+
+
+def _ended(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE  # ended, not reaped by its new parent
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_stopping_the_demos_processes_also_ends_what_they_left_in_their_groups() -> None:
+    from outreach_actors.dev.demo import _stop_processes
+
+    # Given a process started as the demo starts its workers and periodiq (a process
+    # group of its own), with a child of its own that outlives a SIGTERM
+    script = ("import os, signal, time\n"
+              "child = os.fork()\n"
+              "if child == 0:\n"
+              "    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+              "    time.sleep(120)\n"
+              "    os._exit(0)\n"
+              "print(child, flush=True)\n"
+              "time.sleep(120)\n")
+    started = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    child = psutil.Process(int(started.stdout.readline()))
+    try:
+        # when the demo stops its processes
+        _stop_processes([started])
+        # then the process ended on the SIGTERM, and its child with the rest of its group.
+        assert started.returncode == -signal.SIGTERM
+        wait_until(lambda: _ended(child), timeout=10)
+    finally:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+        started.stdout.close()
 
 
 def test_a_demo_killed_outright_is_cleaned_up_by_the_next_one(tmp_path: Path) -> None:

@@ -286,7 +286,7 @@ def run_demo(*, contacts: int, workers: int, timeout_s: int, console: Console,
                 if elapsed > timeout_s:
                     break
                 for process in processes:
-                    if process.poll() is not None:
+                    if _exited(process):  # left unreaped: the cleanup sweeps its group
                         raise RuntimeError(f"a worker process exited early; see {log_path}")
                 if int(elapsed) % 50 == 49:
                     dispatch_due.send()  # keep the dispatcher going between periodiq ticks
@@ -387,16 +387,29 @@ def _seed(contacts: int, templates_dir: Path) -> None:
 
 
 def _stop_processes(processes: list[subprocess.Popen]) -> None:
-    for process in processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+    """Stop the workers and periodiq (SIGTERM, SIGKILL after 20 s), then anything left
+    in their process groups: a process they started that outlived them would still
+    take the broker's messages."""
+    # Until a process is reaped its pid, and so its group's id, cannot be taken by
+    # another program: each is waited for without reaping (WNOWAIT) until its group is
+    # swept, where Popen.poll() and wait() would reap it.
+    unreaped = [process for process in processes if process.returncode is None]
+    for process in unreaped:
+        os.kill(process.pid, signal.SIGTERM)
     deadline = time.monotonic() + 20
-    for process in processes:
-        try:
-            process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    while time.monotonic() < deadline and not all(_exited(process) for process in unreaped):
+        time.sleep(0.1)
+    for process in unreaped:
+        if not _exited(process):
+            os.kill(process.pid, signal.SIGKILL)
+        os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)
+        with contextlib.suppress(ProcessLookupError):  # nothing left in the group
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _exited(process: subprocess.Popen) -> bool:
+    return process.returncode is not None or os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
 
 def _summary(console: Console, counts: dict[str, int], accepted: int, simulator, data_dir: Path,
