@@ -257,8 +257,9 @@ def measure(quick: bool, database_url: str = _common.DATABASE_URL,
     figures = {
         "timer_lateness_p99_s": _common.figure(round(p99, 3), "s", LATENESS_TARGET_S),
         "broker_bytes_per_pending_timer": _common.figure(
-            round((memory_pending["used_memory"] - memory_empty["used_memory"]) / size.pending, 3),
-            "B", 0),
+            # + 0.0: a growth that rounds to nothing shows as 0.0, not -0.0
+            round((memory_pending["used_memory"] - memory_empty["used_memory"]) / size.pending, 3)
+            + 0.0, "B", 0),
         "worker_rss_mib_1m_timers": _common.figure(
             round(rss_pending, 1), "MiB", round(rss_empty, 1)),
         "dispatch_us_per_timer": _common.figure(
