@@ -396,6 +396,41 @@ def test_a_render_of_a_batch_past_the_wall_clock_limit_is_stopped_alone() -> Non
     assert (first.text, last.text) == ("a", "b")
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("limits", "error"), [
+    (LIMITS, "used more than 2 s of CPU time (OUTREACH_RENDER_CPU_LIMIT)"),
+    (RenderLimits(memory_bytes=128 * 2**20, cpu_seconds=60, timeout_seconds=1, processes=1),
+     "took longer than 1 s (OUTREACH_RENDER_TIMEOUT)"),
+], ids=["cpu", "wall-clock"])
+def test_a_bomb_in_a_batch_is_run_once_and_the_emails_around_it_render(
+        limits: RenderLimits, error: str, monkeypatch) -> None:
+    from outreach_actors.domain.rendering import isolation
+
+    # Given a batch with a bomb between ordinary emails, and every job a render process
+    # is handed written down
+    bodies = ["<p>a</p>", GRINDER, "<p>b</p>", "<p>c</p>"]
+    emails = [{"subject": "Hi", "template": None, "body": body, "context": context(f"n{index}")}
+              for index, body in enumerate(bodies)]
+    handed: list[list[str]] = []
+    run = isolation._RenderProcess.run
+
+    def written_down(process, job: tuple, timeout_seconds: float) -> tuple:
+        handed.append([email["body"] for email in job[2]] if job[0] == "render_many"
+                      else [job[2]["body"]])
+        return run(process, job, timeout_seconds)
+
+    monkeypatch.setattr(isolation._RenderProcess, "run", written_down)
+
+    outcomes = IsolatedRenderer(TEMPLATES, limits).render_emails(emails)
+
+    # Then the bomb failed its own email at its bound, the others rendered, and the bomb
+    # was run once: its batch's answers were lost with the process, not its bound
+    assert [outcome.node if isinstance(outcome, RenderError) else outcome.text
+            for outcome in outcomes] == ["a", "n1", "b", "c"]
+    assert error in str(outcomes[1]) and outcomes[1].field == "body"
+    assert sum(job.count(GRINDER) for job in handed) == 1, handed
+
+
 def test_a_render_process_that_cannot_start_is_a_fault_and_fails_no_enrollment(
         settings, monkeypatch) -> None:
     from outreach_actors.domain.mail import render_for_send

@@ -96,8 +96,11 @@ class IsolatedRenderer:
 
         They go to one render process as one job, which saves a round trip to it per
         email (its IPC and wake-ups cost it as much CPU as a render). Should one of them
-        end the process, it and those after it are rendered again each alone, so that
-        only it fails, as render_email says.
+        end the process by passing the CPU or wall-clock bound, it fails with the error
+        render_email would raise, without being run again, and the others are rendered
+        again (their answers went with the process). Should the process end for no
+        clear reason, that one and those after it are rendered again each alone, so
+        that only it fails, as render_email says.
 
         With ``budget_seconds``, no render starts once that much time has passed since
         the call (the first always starts): the answers are then for the emails up to
@@ -105,13 +108,26 @@ class IsolatedRenderer:
         a batch of slow ones would hold its thread for the sum of their bounds.
         """
         deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
+        return self._render_emails(list(emails), deadline)
+
+    def _render_emails(self, emails: list[dict[str, Any]],
+                       deadline: float | None) -> list[RenderedEmail | RenderError]:
         answers: list[tuple] = []
         if len(emails) > 1:
             outcome = render_pool(self.limits).run(
-                ("render_many", str(self.templates_dir), list(emails),
+                ("render_many", str(self.templates_dir), emails,
                  self.limits.timeout_seconds, deadline), jobs=len(emails))
             if outcome[0] == "rendered_many":
                 answers = outcome[1]
+            elif not outcome[4]:  # stopped by a bound, at email ``at``: it alone fails
+                at = outcome[3]
+                # Those before it had started within the budget: all are rendered again,
+                # or the caller would run the bomb again with the ones left over.
+                before = self._render_emails(emails[:at], None)
+                failed = _rendered(outcome, emails[at]["context"])
+                rest = emails[at + 1:]
+                after = self._render_emails(rest, deadline) if rest and not _past(deadline) else []
+                return [*before, failed, *after]
         results: list[RenderedEmail | RenderError] = [
             _rendered(answer, email["context"]) for answer, email in zip(answers, emails, strict=False)]
         for email in emails[len(answers):]:
@@ -143,7 +159,7 @@ def _rendered(outcome: tuple, context: dict[str, Any]) -> RenderedEmail | Render
     if outcome[0] == "refused":
         reason, node, field, line = outcome[1:]
         return RenderError(reason, node=node, field=field, line=line)
-    reason, part = outcome[1:]
+    reason, part = outcome[1:3]
     return RenderError(reason, node=node_of(context), field=part or None)
 
 
@@ -179,9 +195,10 @@ class RenderPool:
 
     def run(self, job: tuple, *, jobs: int = 1) -> tuple:
         """The outcome of ``job``: its answer (``rendered``, ``refused``, ``checked``,
-        ``rendered_many``) or ``("stopped", why, part)`` when it passed the CPU or time
-        bound or killed its process. ``jobs``: how many renders ``job`` holds, each
-        allowed the wall-clock bound."""
+        ``rendered_many``) or ``("stopped", why, part, email, unexplained)`` when it
+        passed the CPU or time bound or killed its process (``email``: the index of the
+        email of a ``render_many`` it was at; ``unexplained``: not clearly by a bound).
+        ``jobs``: how many renders ``job`` holds, each allowed the wall-clock bound."""
         with self._free:
             for attempt in (1, 2):
                 process = self._take()
@@ -194,7 +211,8 @@ class RenderPool:
                     self._stop(process)
                     if stopped.unexplained and attempt == 1 and jobs == 1:
                         continue  # not clearly the template's doing: once more
-                    return ("stopped", stopped.reason, stopped.part)
+                    return ("stopped", stopped.reason, stopped.part, stopped.email,
+                            stopped.unexplained)
                 except BaseException:  # an interrupted wait: its answer must not reach another job
                     self._stop(process)
                     raise
@@ -253,11 +271,12 @@ class _Lost(Exception):
 
 
 class _Stopped(Exception):
-    """The job ended its render process: ``reason`` says why, ``part`` where it was."""
+    """The job ended its render process: ``reason`` says why, ``part`` and ``email`` (the
+    index in a batch) where it was."""
 
-    def __init__(self, reason: str, part: str, *, unexplained: bool = False) -> None:
+    def __init__(self, reason: str, part: str, email: int, *, unexplained: bool = False) -> None:
         super().__init__(reason)
-        self.reason, self.part, self.unexplained = reason, part, unexplained
+        self.reason, self.part, self.email, self.unexplained = reason, part, email, unexplained
 
 
 class _RenderProcess:
@@ -265,8 +284,9 @@ class _RenderProcess:
 
     Started with the forkserver method: forked from a small server process that has
     this module (Jinja, lxml) imported, never from this one, whose other threads may
-    hold locks that a fork would copy held. It records in shared memory which part of
-    an email it is rendering, so that a render it dies of can still be placed.
+    hold locks that a fork would copy held. It records in shared memory which email of
+    a batch and which part of it it is rendering, so that a render it dies of can still
+    be placed.
     """
 
     def __init__(self, limits: RenderLimits) -> None:
@@ -276,8 +296,10 @@ class _RenderProcess:
         self.limits = limits
         self._connection, theirs = context.Pipe()
         self._part = context.RawValue("b", 0)
+        self._email = context.RawValue("i", 0)
         self._process = context.Process(
-            target=serve, args=(theirs, self._part, limits.memory_bytes, limits.cpu_seconds),
+            target=serve, args=(theirs, self._part, self._email, limits.memory_bytes,
+                                limits.cpu_seconds),
             name="outreach-render", daemon=True)
         try:
             try:
@@ -301,27 +323,30 @@ class _RenderProcess:
 
     def run(self, job: tuple, timeout_seconds: float) -> tuple[tuple, bool]:
         """(the job's answer, whether the process is spent and must be replaced)."""
-        self._part.value = 0
+        self._part.value = self._email.value = 0
         try:
             self._connection.send(job)
         except OSError as exc:
             raise _Lost from exc
+        took_too_long = (f"took longer than {self.limits.timeout_seconds:g} s "
+                         "(OUTREACH_RENDER_TIMEOUT)")
         if not self._connection.poll(timeout_seconds):
-            raise _Stopped(f"took longer than {self.limits.timeout_seconds:g} s "
-                           "(OUTREACH_RENDER_TIMEOUT)", _PARTS[self._part.value])
+            raise _Stopped(took_too_long, _PARTS[self._part.value], self._email.value)
         try:
             return self._connection.recv()
         except (EOFError, OSError):
             self._process.join(5)
-        part, code = _PARTS[self._part.value], self._process.exitcode
+        part, email, code = _PARTS[self._part.value], self._email.value, self._process.exitcode
         if code == -signal.SIGXCPU:
             raise _Stopped(f"used more than {self.limits.cpu_seconds} s of CPU time "
                            "(OUTREACH_RENDER_CPU_LIMIT); make the template do less work: "
-                           "fewer or smaller loops and macro calls", part)
+                           "fewer or smaller loops and macro calls", part, email)
+        if code == -signal.SIGALRM:  # a render of a batch, past its own wall-clock bound
+            raise _Stopped(took_too_long, part, email)
         raise _Stopped(f"ended its render process ({_exit_description(code)}), most likely "
                        f"by needing more than {_mib(self.limits.memory_bytes)} of memory "
                        "(OUTREACH_RENDER_MEMORY_LIMIT); make the template build smaller values",
-                       part, unexplained=True)
+                       part, email, unexplained=True)
 
     def stop(self) -> None:
         if self._process.pid is not None:
@@ -356,7 +381,8 @@ def _mib(size: int) -> str:
 
 # -- in the render process ---------------------------------------------------------------
 
-def serve(connection: Connection, part: Any, memory_bytes: int, cpu_seconds: int) -> None:
+def serve(connection: Connection, part: Any, email_index: Any, memory_bytes: int,
+          cpu_seconds: int) -> None:
     """A render process: run each job the pool sends within the limits and answer it,
     until the pool closes its end of the pipe."""
     # A Ctrl-C at the terminal is for the worker, which then closes the pipe.
@@ -368,7 +394,7 @@ def serve(connection: Connection, part: Any, memory_bytes: int, cpu_seconds: int
     hard = {limit: resource.getrlimit(limit)[1] for limit in (resource.RLIMIT_CPU,
                                                              resource.RLIMIT_AS)}
     # Each render of a batch is held to the wall-clock bound here: one that passes it ends
-    # the process (the pool renders the rest again alone, and it meets its own bound).
+    # the process, and the pool fails it and renders the others again.
     signal.signal(signal.SIGALRM, signal.SIG_DFL)
     renderers: dict[str, TemplateRenderer] = {}
     connection.send("ready")
@@ -383,9 +409,10 @@ def serve(connection: Connection, part: Any, memory_bytes: int, cpu_seconds: int
             continue
         _, templates_dir, emails, timeout_seconds, deadline = job
         answers, spent = [], False
-        for email in emails:
+        for index, email in enumerate(emails):
             if answers and _past(deadline):
                 break  # out of time: the pool's caller renders the rest another time
+            email_index.value = index
             _limit_job(memory_bytes, cpu_seconds, hard)
             signal.setitimer(signal.ITIMER_REAL, timeout_seconds)
             answer, spent = _answer(("render", templates_dir, email), renderers, part,
