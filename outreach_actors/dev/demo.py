@@ -409,7 +409,8 @@ def _stop_processes(processes: list[subprocess.Popen]) -> None:
 
 
 def _exited(process: subprocess.Popen) -> bool:
-    return process.returncode is not None or os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    return process.returncode is not None or os.waitid(
+        os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
 
 def _summary(console: Console, counts: dict[str, int], accepted: int, simulator, data_dir: Path,

@@ -125,8 +125,7 @@ class IsolatedRenderer:
                 # or the caller would run the bomb again with the ones left over.
                 before = self._render_emails(emails[:at], None)
                 failed = _rendered(outcome, emails[at]["context"])
-                rest = emails[at + 1:]
-                after = self._render_emails(rest, deadline) if rest and not _past(deadline) else []
+                after = [] if _past(deadline) else self._render_emails(emails[at + 1:], deadline)
                 return [*before, failed, *after]
         results: list[RenderedEmail | RenderError] = [
             _rendered(answer, email["context"]) for answer, email in zip(answers, emails, strict=False)]
@@ -328,10 +327,8 @@ class _RenderProcess:
             self._connection.send(job)
         except OSError as exc:
             raise _Lost from exc
-        took_too_long = (f"took longer than {self.limits.timeout_seconds:g} s "
-                         "(OUTREACH_RENDER_TIMEOUT)")
         if not self._connection.poll(timeout_seconds):
-            raise _Stopped(took_too_long, _PARTS[self._part.value], self._email.value)
+            raise _Stopped(self._took_too_long(), _PARTS[self._part.value], self._email.value)
         try:
             return self._connection.recv()
         except (EOFError, OSError):
@@ -342,11 +339,14 @@ class _RenderProcess:
                            "(OUTREACH_RENDER_CPU_LIMIT); make the template do less work: "
                            "fewer or smaller loops and macro calls", part, email)
         if code == -signal.SIGALRM:  # a render of a batch, past its own wall-clock bound
-            raise _Stopped(took_too_long, part, email)
+            raise _Stopped(self._took_too_long(), part, email)
         raise _Stopped(f"ended its render process ({_exit_description(code)}), most likely "
                        f"by needing more than {_mib(self.limits.memory_bytes)} of memory "
                        "(OUTREACH_RENDER_MEMORY_LIMIT); make the template build smaller values",
                        part, email, unexplained=True)
+
+    def _took_too_long(self) -> str:
+        return f"took longer than {self.limits.timeout_seconds:g} s (OUTREACH_RENDER_TIMEOUT)"
 
     def stop(self) -> None:
         if self._process.pid is not None:
